@@ -1,0 +1,3 @@
+module github.com/wxgate/wxgate
+
+go 1.26

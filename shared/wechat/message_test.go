@@ -1,0 +1,121 @@
+package wechat
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func readSample(t testing.TB, name string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("testdata", name+".xml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestParseSamples(t *testing.T) {
+	tests := []struct {
+		file, msgType, event, subject string
+		scene, kind                   string
+		dedupPrefix                   string
+		check                         func(*Message) bool
+	}{
+		{"text", "text", "", "msg.text", "", "", "msg.24123456789012345", func(m *Message) bool { return m.Content == "你好, wxgate" }},
+		{"image", "image", "", "msg.image", "", "", "msg.", func(m *Message) bool { return m.PicURL != "" && m.MediaID == "media_image_1" }},
+		{"voice", "voice", "", "msg.voice", "", "", "msg.", func(m *Message) bool { return m.Recognition == "腾讯微信团队" && m.Format == "amr" }},
+		{"voice_unrecognised", "voice", "", "msg.voice", "", "", "msg.", func(m *Message) bool { return m.Recognition == "" }},
+		{"video", "video", "", "msg.video", "", "", "msg.", func(m *Message) bool { return m.ThumbMediaID == "thumb_1" }},
+		{"shortvideo", "shortvideo", "", "msg.shortvideo", "", "", "msg.", func(m *Message) bool { return m.MediaID == "media_sv_1" }},
+		{"location", "location", "", "msg.location", "", "", "msg.", func(m *Message) bool { return m.LocationX == "23.134521" && m.Label == "广州市天河区" }},
+		{"link", "link", "", "msg.link", "", "", "msg.", func(m *Message) bool { return m.URL == "https://mp.weixin.qq.com/" && m.Title != "" }},
+		{"subscribe", "event", "subscribe", "event.subscribe", "", "", "evt.", nil},
+		{"subscribe_scene", "event", "subscribe", "event.subscribe", "123", KindSubscribe, "evt.", func(m *Message) bool { return m.Ticket != "" }},
+		{"subscribe_scene_str", "event", "subscribe", "event.subscribe", "poster_a", KindSubscribe, "evt.", nil},
+		{"unsubscribe", "event", "unsubscribe", "event.unsubscribe", "", "", "evt.", nil},
+		{"scan", "event", "SCAN", "event.scan", "123", KindScan, "evt.", func(m *Message) bool { return m.Ticket != "" }},
+		{"scan_str", "event", "SCAN", "event.scan", "store_counter_7", KindScan, "evt.", nil},
+		{"location_event", "event", "LOCATION", "event.location", "", "", "evt.", func(m *Message) bool { return m.Latitude == "23.137466" && m.Precision != "" }},
+		{"click", "event", "CLICK", "event.click", "", "", "evt.", func(m *Message) bool { return m.EventKey == "V1001_TODAY_MUSIC" }},
+		{"view", "event", "VIEW", "event.view", "", "", "evt.", func(m *Message) bool { return m.EventKey == "https://www.qq.com/" }},
+		{"scancode_push", "event", "scancode_push", "event.scancode_push", "", "", "evt.", func(m *Message) bool {
+			v, ok := m.Field("ScanCodeInfo.ScanResult")
+			_, container := m.Field("ScanCodeInfo")
+			return ok && v == "1" && !container
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.file, func(t *testing.T) {
+			m, err := Parse(readSample(t, tt.file))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if m.MsgType != tt.msgType || m.Event != tt.event {
+				t.Errorf("MsgType, Event = %q, %q; want %q, %q", m.MsgType, m.Event, tt.msgType, tt.event)
+			}
+			if m.ToUserName != "gh_7f083739789a" || m.FromUserName != "oia2TjjewbmiOUlr6X-1crbLOvLw" || m.CreateTime != 1700000000 {
+				t.Errorf("header fields = %q %q %d", m.ToUserName, m.FromUserName, m.CreateTime)
+			}
+			if got := m.Subject(); got != tt.subject {
+				t.Errorf("Subject = %q, want %q", got, tt.subject)
+			}
+			scene, kind, ok := m.SceneScan()
+			if scene != tt.scene || kind != tt.kind || ok != (tt.scene != "") {
+				t.Errorf("SceneScan = %q, %q, %v; want %q, %q", scene, kind, ok, tt.scene, tt.kind)
+			}
+			if got := m.DedupKey(); !strings.HasPrefix(got, tt.dedupPrefix) {
+				t.Errorf("DedupKey = %q, want prefix %q", got, tt.dedupPrefix)
+			}
+			if tt.check != nil && !tt.check(m) {
+				t.Errorf("fields not as expected: %+v", m)
+			}
+		})
+	}
+}
+
+func TestParseSafeEnvelope(t *testing.T) {
+	m, err := Parse(readSample(t, "safe_envelope"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Encrypt != sampleEncrypt || m.ToUserName != "gh_10f6c3c3ac5a" {
+		t.Errorf("envelope = %+v", m)
+	}
+}
+
+func TestParseRejects(t *testing.T) {
+	deep := strings.Repeat("<a>", MaxDepth+1) + strings.Repeat("</a>", MaxDepth+1)
+	many := strings.Repeat("<a>1</a>", MaxElements)
+	tests := map[string]string{
+		"empty":        "",
+		"not xml":      "hello",
+		"wrong root":   "<root><MsgType>text</MsgType></root>",
+		"unclosed":     "<xml><MsgType>text</MsgType>",
+		"mismatched":   "<xml><MsgType>text</Event></xml>",
+		"too deep":     "<xml>" + deep + "</xml>",
+		"too many":     "<xml>" + many + "</xml>",
+		"bad entity":   "<xml><Content>&foo;</Content></xml>",
+		"gbk encoding": `<?xml version="1.0" encoding="GBK"?><xml></xml>`,
+	}
+	for name, in := range tests {
+		t.Run(name, func(t *testing.T) {
+			if m, err := Parse([]byte(in)); !errors.Is(err, ErrMalformed) {
+				t.Fatalf("Parse = %+v, %v; want ErrMalformed", m, err)
+			}
+		})
+	}
+}
+
+func TestParseTrimsTypesNotText(t *testing.T) {
+	// WeChat's own sample has whitespace around a CDATA MsgType.
+	m, err := Parse([]byte("<xml><MsgType>  <![CDATA[text]]>\n</MsgType><Content><![CDATA[  two spaces ]]></Content></xml>"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.MsgType != "text" || m.Content != "  two spaces " {
+		t.Errorf("MsgType=%q Content=%q", m.MsgType, m.Content)
+	}
+}
