@@ -1,0 +1,46 @@
+package admin
+
+import (
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+func TestEndpoints(t *testing.T) {
+	var readyErr error
+	reg := NewRegistry()
+	srv := httptest.NewServer(NewMux(Options{Gatherer: reg, Ready: func() error { return readyErr }}))
+	defer srv.Close()
+
+	get := func(path string) (int, string) {
+		t.Helper()
+		resp, err := http.Get(srv.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, _ := get("/healthz"); code != 200 {
+		t.Errorf("/healthz = %d", code)
+	}
+	if code, _ := get("/readyz"); code != 200 {
+		t.Errorf("/readyz = %d while ready", code)
+	}
+	readyErr = errors.New("nats: RECONNECTING")
+	if code, body := get("/readyz"); code != 503 || !strings.Contains(body, "RECONNECTING") {
+		t.Errorf("/readyz = %d %q while not ready", code, body)
+	}
+	if code, body := get("/metrics"); code != 200 || !strings.Contains(body, "go_goroutines") || !strings.Contains(body, "process_") {
+		t.Errorf("/metrics = %d, missing runtime or process metrics", code)
+	}
+	if problems, err := testutil.GatherAndLint(reg); err != nil || len(problems) > 0 {
+		t.Errorf("lint: %v %v", problems, err)
+	}
+}

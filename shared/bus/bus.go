@@ -1,0 +1,122 @@
+// Package bus holds what the ingress and the workers agree on about NATS:
+// the request subjects and headers, how to connect, and the embedded server
+// used by standalone mode and tests.
+package bus
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// Request subjects. The ingress publishes one request per callback on
+// msg.<MsgType> or event.<Event>; workers serve both trees in one queue group.
+const (
+	MessagesSubject = "msg.>"
+	EventsSubject   = "event.>"
+
+	// ServiceName is the micro service name of the workers ($SRV.PING.wxgate-worker).
+	ServiceName = "wxgate-worker"
+	// QueueGroup is the queue group every worker joins, so any number of
+	// worker processes share the requests.
+	QueueGroup = "wxgate-workers"
+)
+
+// Request headers set by the ingress.
+const (
+	// HeaderAccount is the account (ToUserName) the message was sent to.
+	HeaderAccount = "Wx-Account"
+	// HeaderDedupKey is what WeChat's retries of the message share.
+	HeaderDedupKey = "Wx-Dedup-Key"
+	// HeaderReceived is when the ingress received the request (Unix nanoseconds).
+	HeaderReceived = "Wx-Received"
+	// HeaderDeadline is when the ingress stops waiting (Unix nanoseconds):
+	// a worker that sees it passed can skip work nobody will read.
+	HeaderDeadline = "Wx-Deadline"
+)
+
+// FormatTime and ParseTime encode the time headers.
+func FormatTime(t time.Time) string { return strconv.FormatInt(t.UnixNano(), 10) }
+
+// ParseTime decodes a time header; ok is false when it is absent or invalid.
+func ParseTime(s string) (t time.Time, ok bool) {
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n <= 0 {
+		return time.Time{}, false
+	}
+	return time.Unix(0, n), true
+}
+
+// Connect dials NATS for a long-running process: it keeps retrying the
+// first connection and every reconnect forever, logging each change of
+// state, because a callback server must come back by itself when NATS does.
+// It returns at once; the connection may still be establishing.
+func Connect(url, name string, logger *slog.Logger, extra ...nats.Option) (*nats.Conn, error) {
+	opts := append([]nats.Option{
+		nats.Name(name),
+		nats.RetryOnFailedConnect(true),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250 * time.Millisecond),
+		nats.ReconnectJitter(100*time.Millisecond, time.Second),
+		nats.PingInterval(10 * time.Second),
+		nats.MaxPingsOutstanding(3),
+		nats.ConnectHandler(func(nc *nats.Conn) {
+			logger.Info("nats connected", "server", nc.ConnectedUrlRedacted())
+		}),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			logger.Warn("nats disconnected", "err", err)
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			logger.Info("nats reconnected", "server", nc.ConnectedUrlRedacted())
+		}),
+		nats.ClosedHandler(func(*nats.Conn) { logger.Info("nats connection closed") }),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			subject := ""
+			if sub != nil {
+				subject = sub.Subject
+			}
+			logger.Error("nats async error", "subject", subject, "err", err)
+		}),
+	}, extra...)
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("nats connect: %w", err)
+	}
+	return nc, nil
+}
+
+// Ready reports whether nc can carry requests now, for readiness probes.
+func Ready(nc *nats.Conn) error {
+	if nc == nil {
+		return fmt.Errorf("nats: no connection")
+	}
+	if s := nc.Status(); s != nats.CONNECTED {
+		return fmt.Errorf("nats: %s", s)
+	}
+	return nil
+}
+
+// Drain drains nc, waiting at most until ctx is done, so that in-flight
+// replies and published messages are flushed before the process exits.
+func Drain(ctx context.Context, nc *nats.Conn) error {
+	if nc == nil || nc.IsClosed() {
+		return nil
+	}
+	closed := make(chan struct{})
+	nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
+	if err := nc.Drain(); err != nil {
+		nc.Close()
+		return fmt.Errorf("nats drain: %w", err)
+	}
+	select {
+	case <-closed:
+		return nil
+	case <-ctx.Done():
+		nc.Close()
+		return fmt.Errorf("nats drain: %w", ctx.Err())
+	}
+}

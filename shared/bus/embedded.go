@@ -1,0 +1,94 @@
+package bus
+
+import (
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+)
+
+// EmbeddedOptions configures an in-process NATS server.
+type EmbeddedOptions struct {
+	// Listen is the client address ("127.0.0.1:4222"; port 0 picks one).
+	// Empty means no listener: only in-process connections.
+	Listen string
+	// StoreDir is where JetStream keeps its files; empty disables JetStream.
+	StoreDir string
+	// Name is the server name; it must stay the same across restarts for
+	// JetStream to find its data again.
+	Name   string
+	Logger *slog.Logger
+}
+
+// Embedded is a NATS server running inside this process.
+type Embedded struct {
+	*server.Server
+}
+
+// RunEmbedded starts a NATS server in process and waits until it accepts
+// connections.
+func RunEmbedded(o EmbeddedOptions) (*Embedded, error) {
+	opts := &server.Options{
+		ServerName: o.Name,
+		NoSigs:     true, // the process owns its signals
+		NoLog:      o.Logger == nil,
+		MaxPayload: 1 << 20,
+	}
+	if o.Listen == "" {
+		opts.DontListen = true
+	} else {
+		host, port, err := net.SplitHostPort(o.Listen)
+		if err != nil {
+			return nil, fmt.Errorf("embedded nats listen %q: %w", o.Listen, err)
+		}
+		p, err := strconv.Atoi(port)
+		if err != nil {
+			return nil, fmt.Errorf("embedded nats listen %q: bad port", o.Listen)
+		}
+		if p == 0 {
+			p = server.RANDOM_PORT
+		}
+		opts.Host, opts.Port = host, p
+	}
+	if o.StoreDir != "" {
+		opts.JetStream = true
+		opts.StoreDir = o.StoreDir
+	}
+	s, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("embedded nats: %w", err)
+	}
+	if o.Logger != nil {
+		s.SetLoggerV2(serverLogger{o.Logger}, false, false, false)
+	}
+	s.Start()
+	if !s.ReadyForConnections(30 * time.Second) {
+		s.Shutdown()
+		return nil, fmt.Errorf("embedded nats: not ready for connections")
+	}
+	return &Embedded{s}, nil
+}
+
+// ConnectOption makes a client connect to this server in process, without
+// TCP. Pass it to Connect (the URL is then ignored).
+func (e *Embedded) ConnectOption() nats.Option { return nats.InProcessServer(e.Server) }
+
+// Close shuts the server down and waits until it has.
+func (e *Embedded) Close() {
+	e.Shutdown()
+	e.WaitForShutdown()
+}
+
+// serverLogger routes the server's log through slog.
+type serverLogger struct{ l *slog.Logger }
+
+func (s serverLogger) Noticef(f string, v ...any) { s.l.Info(fmt.Sprintf(f, v...)) }
+func (s serverLogger) Warnf(f string, v ...any)   { s.l.Warn(fmt.Sprintf(f, v...)) }
+func (s serverLogger) Fatalf(f string, v ...any)  { s.l.Error(fmt.Sprintf(f, v...)) }
+func (s serverLogger) Errorf(f string, v ...any)  { s.l.Error(fmt.Sprintf(f, v...)) }
+func (s serverLogger) Debugf(f string, v ...any)  { s.l.Debug(fmt.Sprintf(f, v...)) }
+func (s serverLogger) Tracef(f string, v ...any)  { s.l.Debug(fmt.Sprintf(f, v...)) }

@@ -1,0 +1,139 @@
+// Package config reads wxgate's configuration from the environment, the
+// contract in design.md: every variable, its meaning and its default.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Config is the configuration shared by the ingress and the workers; each
+// uses the part it needs.
+type Config struct {
+	Token          string        // WECHAT_TOKEN
+	AppID          string        // WECHAT_APPID
+	EncodingAESKey string        // WECHAT_ENCODING_AES_KEY; empty: plain mode only
+	TimestampSkew  time.Duration // WECHAT_TIMESTAMP_SKEW; 0 disables the check
+	NATSURL        string        // NATS_URL, comma-separated
+	ReplyTimeout   time.Duration // REPLY_TIMEOUT
+	HTTPAddr       string        // HTTP_ADDR
+	AdminAddr      string        // ADMIN_ADDR
+	DataDir        string        // DATA_DIR (standalone)
+	AdminToken     string        // ADMIN_TOKEN
+	MaxBodyBytes   int64         // MAX_BODY_BYTES
+	LogLevel       string        // LOG_LEVEL: debug, info, warn, error
+	LogFormat      string        // LOG_FORMAT: json or text
+	Replies        ReplyTexts
+}
+
+// ReplyTexts are the workers' reply texts; "{scene}" stands for the scene.
+type ReplyTexts struct {
+	Subscribe         string // REPLY_SUBSCRIBE
+	SubscribeScene    string // REPLY_SUBSCRIBE_SCENE, appended on its own line
+	Scan              string // REPLY_SCAN
+	VoiceUnrecognised string // REPLY_VOICE_UNRECOGNISED
+	Default           string // REPLY_DEFAULT, for other message types; empty: no reply
+}
+
+// Defaults returns the documented defaults. AdminAddr is the ingress's; the
+// workers binary overrides it before reading the environment.
+func Defaults() Config {
+	return Config{
+		TimestampSkew: 5 * time.Minute,
+		NATSURL:       "nats://127.0.0.1:4222",
+		ReplyTimeout:  4 * time.Second,
+		HTTPAddr:      ":8080",
+		AdminAddr:     ":8081",
+		DataDir:       "./data",
+		MaxBodyBytes:  64 << 10,
+		LogLevel:      "info",
+		LogFormat:     "json",
+		Replies: ReplyTexts{
+			Subscribe:         "感谢您的关注！",
+			SubscribeScene:    "场景值:{scene}",
+			Scan:              "您扫描的场景值为：{scene}",
+			VoiceUnrecognised: "未识别",
+			Default:           "您的消息已收到。",
+		},
+	}
+}
+
+// FromEnv overrides c with the variables that lookup finds (os.LookupEnv in
+// the binaries, a map in tests). A variable set to the empty string counts
+// as set, so REPLY_DEFAULT= turns the default reply off.
+func (c *Config) FromEnv(lookup func(string) (string, bool)) error {
+	var errs []error
+	str := func(key string, dst *string) {
+		if v, ok := lookup(key); ok {
+			*dst = v
+		}
+	}
+	dur := func(key string, dst *time.Duration) {
+		if v, ok := lookup(key); ok {
+			d, err := time.ParseDuration(strings.TrimSpace(v))
+			if err != nil || d < 0 {
+				errs = append(errs, fmt.Errorf("%s=%q: want a non-negative Go duration such as 4s", key, v))
+				return
+			}
+			*dst = d
+		}
+	}
+	str("WECHAT_TOKEN", &c.Token)
+	str("WECHAT_APPID", &c.AppID)
+	str("WECHAT_ENCODING_AES_KEY", &c.EncodingAESKey)
+	dur("WECHAT_TIMESTAMP_SKEW", &c.TimestampSkew)
+	str("NATS_URL", &c.NATSURL)
+	dur("REPLY_TIMEOUT", &c.ReplyTimeout)
+	str("HTTP_ADDR", &c.HTTPAddr)
+	str("ADMIN_ADDR", &c.AdminAddr)
+	str("DATA_DIR", &c.DataDir)
+	str("ADMIN_TOKEN", &c.AdminToken)
+	if v, ok := lookup("MAX_BODY_BYTES"); ok {
+		n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+		if err != nil || n < 1024 {
+			errs = append(errs, fmt.Errorf("MAX_BODY_BYTES=%q: want a byte count of at least 1024", v))
+		} else {
+			c.MaxBodyBytes = n
+		}
+	}
+	str("LOG_LEVEL", &c.LogLevel)
+	str("LOG_FORMAT", &c.LogFormat)
+	str("REPLY_SUBSCRIBE", &c.Replies.Subscribe)
+	str("REPLY_SUBSCRIBE_SCENE", &c.Replies.SubscribeScene)
+	str("REPLY_SCAN", &c.Replies.Scan)
+	str("REPLY_VOICE_UNRECOGNISED", &c.Replies.VoiceUnrecognised)
+	str("REPLY_DEFAULT", &c.Replies.Default)
+	return errors.Join(errs...)
+}
+
+// ValidateIngress checks what the ingress needs. Secrets are never echoed.
+func (c *Config) ValidateIngress() error {
+	var errs []error
+	if c.Token == "" {
+		errs = append(errs, errors.New("WECHAT_TOKEN is required"))
+	}
+	if c.EncodingAESKey != "" && c.AppID == "" {
+		errs = append(errs, errors.New("WECHAT_APPID is required when WECHAT_ENCODING_AES_KEY is set"))
+	}
+	if c.ReplyTimeout <= 0 {
+		errs = append(errs, errors.New("REPLY_TIMEOUT must be positive"))
+	} else if c.ReplyTimeout >= 5*time.Second {
+		errs = append(errs, errors.New("REPLY_TIMEOUT must be under 5s, WeChat's own deadline"))
+	}
+	return errors.Join(errs...)
+}
+
+// NATSServers splits NATS_URL into the server list nats.Connect takes.
+func (c *Config) NATSServers() string {
+	parts := strings.Split(c.NATSURL, ",")
+	out := parts[:0]
+	for _, p := range parts {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return strings.Join(out, ",")
+}

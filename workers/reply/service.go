@@ -1,0 +1,110 @@
+package reply
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/wxgate/wxgate/shared/bus"
+	"github.com/wxgate/wxgate/shared/wechat"
+)
+
+// Version is the micro service version (SemVer, as micro requires).
+const Version = "0.1.0"
+
+// Options wire a Service.
+type Options struct {
+	Conn       *nats.Conn
+	Replier    *Replier
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+	// Now stamps replies' CreateTime; time.Now when nil.
+	Now func() time.Time
+}
+
+// Service answers msg.> and event.> requests in the workers' queue group.
+type Service struct {
+	svc     micro.Service
+	replier *Replier
+	logger  *slog.Logger
+	now     func() time.Time
+	metrics *metrics
+}
+
+// ErrMalformed is what Handle returns for a payload that is not a message.
+var ErrMalformed = errors.New("malformed message")
+
+// Start registers the service on the connection and begins serving.
+func Start(o Options) (*Service, error) {
+	if o.Conn == nil || o.Replier == nil || o.Logger == nil || o.Registerer == nil {
+		return nil, errors.New("reply: Conn, Replier, Logger and Registerer are required")
+	}
+	s := &Service{replier: o.Replier, logger: o.Logger, now: o.Now, metrics: newMetrics(o.Registerer)}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	svc, err := micro.AddService(o.Conn, micro.Config{
+		Name:        bus.ServiceName,
+		Version:     Version,
+		Description: "wxgate WeChat callback workers: passive replies",
+		QueueGroup:  bus.QueueGroup,
+		ErrorHandler: func(_ micro.Service, e *micro.NATSError) {
+			o.Logger.Error("worker subscription error", "subject", e.Subject, "err", e.Description)
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("add service: %w", err)
+	}
+	for name, subject := range map[string]string{"messages": bus.MessagesSubject, "events": bus.EventsSubject} {
+		if err := svc.AddEndpoint(name, micro.HandlerFunc(s.serve), micro.WithEndpointSubject(subject)); err != nil {
+			_ = svc.Stop()
+			return nil, fmt.Errorf("add endpoint %s: %w", subject, err)
+		}
+	}
+	s.svc = svc
+	return s, nil
+}
+
+// Stop drains the service's subscriptions: requests already received are
+// answered, no new ones are taken.
+func (s *Service) Stop() error { return s.svc.Stop() }
+
+// ID is this instance's micro service ID.
+func (s *Service) ID() string { return s.svc.Info().ID }
+
+func (s *Service) serve(req micro.Request) {
+	start := time.Now()
+	subject := req.Subject()
+	body, err := s.Handle(req.Data())
+	if err != nil {
+		s.logger.Warn("worker rejected request", "subject", subject, "err", err)
+		_ = req.Error("400", err.Error(), nil)
+	} else if err := req.Respond(body); err != nil {
+		s.logger.Error("worker respond", "subject", subject, "err", err)
+	}
+	s.metrics.observe(subject, time.Since(start))
+	if s.logger.Enabled(context.Background(), slog.LevelDebug) {
+		s.logger.Debug("handled", "subject", subject, "dedup_key", req.Headers().Get(bus.HeaderDedupKey), "duration", time.Since(start))
+	}
+}
+
+// Handle parses a raw message and returns the reply XML, or an empty body
+// when there is nothing to say. It is the whole of a worker's decision, so
+// it can also run without a bus.
+func (s *Service) Handle(data []byte) ([]byte, error) {
+	m, err := wechat.Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrMalformed, err)
+	}
+	r := s.replier.Reply(m)
+	if r == nil {
+		return nil, nil
+	}
+	return r.ReplyTo(m, s.now().Unix()), nil
+}
