@@ -4,6 +4,7 @@ package admin
 
 import (
 	"net/http"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -49,4 +50,16 @@ func NewMux(o Options) *http.ServeMux {
 		_, _ = w.Write([]byte("ready\n"))
 	})
 	return mux
+}
+
+// Server is the admin http.Server: generous but bounded timeouts.
+func Server(addr string, h http.Handler) *http.Server {
+	return &http.Server{
+		Addr:              addr,
+		Handler:           h,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       120 * time.Second,
+	}
 }

@@ -68,7 +68,9 @@ func Connect(url, name string, logger *slog.Logger, extra ...nats.Option) (*nats
 			logger.Info("nats connected", "server", nc.ConnectedUrlRedacted())
 		}),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			logger.Warn("nats disconnected", "err", err)
+			if err != nil { // nil: our own Close or Drain
+				logger.Warn("nats disconnected", "err", err)
+			}
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			logger.Info("nats reconnected", "server", nc.ConnectedUrlRedacted())

@@ -86,7 +86,9 @@ func (e *Embedded) Close() {
 // serverLogger routes the server's log through slog.
 type serverLogger struct{ l *slog.Logger }
 
-func (s serverLogger) Noticef(f string, v ...any) { s.l.Info(fmt.Sprintf(f, v...)) }
+// Notices (the banner, "Server is ready") go to debug: the process logs
+// what matters about the embedded server itself.
+func (s serverLogger) Noticef(f string, v ...any) { s.l.Debug(fmt.Sprintf(f, v...)) }
 func (s serverLogger) Warnf(f string, v ...any)   { s.l.Warn(fmt.Sprintf(f, v...)) }
 func (s serverLogger) Fatalf(f string, v ...any)  { s.l.Error(fmt.Sprintf(f, v...)) }
 func (s serverLogger) Errorf(f string, v ...any)  { s.l.Error(fmt.Sprintf(f, v...)) }

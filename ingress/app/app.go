@@ -1,0 +1,213 @@
+// Package app assembles the ingress process: the WeChat-facing listener,
+// the admin listener and the NATS connection, and in standalone mode an
+// embedded NATS server and the workers too. It does not touch signals, so
+// it runs the same in main and in tests.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/wxgate/wxgate/ingress/gateway"
+	"github.com/wxgate/wxgate/shared/admin"
+	"github.com/wxgate/wxgate/shared/bus"
+	"github.com/wxgate/wxgate/shared/config"
+	"github.com/wxgate/wxgate/shared/serve"
+	"github.com/wxgate/wxgate/shared/wechat"
+	"github.com/wxgate/wxgate/workers/reply"
+)
+
+// DevToken is the token standalone mode uses when WECHAT_TOKEN is unset.
+const DevToken = "wxgate-dev-token"
+
+// ShutdownGrace bounds how long in-flight requests may take at shutdown.
+const ShutdownGrace = 10 * time.Second
+
+// Options configure the process.
+type Options struct {
+	Config config.Config
+	// Standalone runs an embedded NATS server (JetStream under
+	// Config.DataDir) and the workers in this process.
+	Standalone bool
+	// NATSListen is where the embedded server accepts clients in standalone
+	// mode ("127.0.0.1:4222"); empty for in-process connections only.
+	NATSListen string
+	Logger     *slog.Logger
+}
+
+// App is a started ingress.
+type App struct {
+	logger   *slog.Logger
+	http     *serve.Server
+	admin    *serve.Server
+	nc       *nats.Conn
+	workerNC *nats.Conn
+	workers  *reply.Service
+	embedded *bus.Embedded
+}
+
+// Start brings the process up. On error everything already started is
+// stopped again.
+func Start(o Options) (a *App, err error) {
+	cfg, logger := o.Config, o.Logger
+	a = &App{logger: logger}
+	defer func() {
+		if err != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), ShutdownGrace)
+			defer cancel()
+			_ = a.Shutdown(ctx)
+		}
+	}()
+
+	if o.Standalone && cfg.Token == "" {
+		cfg.Token = DevToken
+		// A dev token is no secret; printing it is what makes it usable.
+		logger.Warn("WECHAT_TOKEN is not set: standalone mode uses a development token; set WECHAT_TOKEN before connecting a real account", "token", DevToken)
+	}
+	if err := cfg.ValidateIngress(); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	var cipher *wechat.Cipher
+	if cfg.EncodingAESKey != "" {
+		if cipher, err = wechat.NewCipher(cfg.EncodingAESKey, cfg.AppID); err != nil {
+			return nil, fmt.Errorf("WECHAT_ENCODING_AES_KEY: %w", err)
+		}
+	}
+
+	reg := admin.NewRegistry()
+	url, connOpts := cfg.NATSServers(), []nats.Option(nil)
+	if o.Standalone {
+		a.embedded, err = bus.RunEmbedded(bus.EmbeddedOptions{
+			Listen:   o.NATSListen,
+			StoreDir: cfg.DataDir, // the server adds its own jetstream/ below
+			Name:     "wxgate-standalone",
+			Logger:   logger.With("component", "nats-server"),
+		})
+		if err != nil {
+			return nil, err
+		}
+		if o.NATSListen != "" {
+			logger.Info("embedded nats listening", "url", a.embedded.ClientURL())
+		}
+		url, connOpts = "", []nats.Option{a.embedded.ConnectOption()}
+		if a.workerNC, err = bus.Connect(url, "wxgate-standalone-worker", logger.With("component", "worker-nats"), connOpts...); err != nil {
+			return nil, err
+		}
+		if a.workers, err = reply.Start(reply.Options{
+			Conn:       a.workerNC,
+			Replier:    reply.NewReplier(cfg.Replies),
+			Logger:     logger.With("component", "worker"),
+			Registerer: reg,
+		}); err != nil {
+			return nil, err
+		}
+	}
+	if a.nc, err = bus.Connect(url, "wxgate-ingress", logger.With("component", "nats"), connOpts...); err != nil {
+		return nil, err
+	}
+
+	gw, err := gateway.New(gateway.Options{
+		Token:         cfg.Token,
+		Cipher:        cipher,
+		Conn:          a.nc,
+		ReplyTimeout:  cfg.ReplyTimeout,
+		TimestampSkew: cfg.TimestampSkew,
+		MaxBodyBytes:  cfg.MaxBodyBytes,
+		Logger:        logger.With("component", "gateway"),
+		Registerer:    reg,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if a.http, err = serve.Start("http", WeChatServer(cfg.HTTPAddr, gw.Handler(), cfg.ReplyTimeout), logger); err != nil {
+		return nil, err
+	}
+	ready := func() error { return bus.Ready(a.nc) }
+	if a.admin, err = serve.Start("admin", admin.Server(cfg.AdminAddr, admin.NewMux(admin.Options{Gatherer: reg, Ready: ready})), logger); err != nil {
+		return nil, err
+	}
+	logger.Info("ingress started", "standalone", o.Standalone, "safe_mode", cipher != nil, "reply_timeout", cfg.ReplyTimeout.String())
+	return a, nil
+}
+
+// WeChatServer is the WeChat-facing http.Server: bounded reads against
+// slow clients, and a write timeout that leaves room for the reply wait.
+func WeChatServer(addr string, h http.Handler, replyTimeout time.Duration) *http.Server {
+	return &http.Server{
+		Addr:              addr,
+		Handler:           h,
+		ReadHeaderTimeout: 2 * time.Second,
+		ReadTimeout:       5 * time.Second,
+		WriteTimeout:      replyTimeout + 5*time.Second,
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+	}
+}
+
+// HTTPAddr and AdminAddr are the bound listener addresses.
+func (a *App) HTTPAddr() string  { return a.http.Addr() }
+func (a *App) AdminAddr() string { return a.admin.Addr() }
+
+// Done yields an error if a listener stopped by itself.
+func (a *App) Done() <-chan error {
+	errc := make(chan error, 1)
+	go func() {
+		select {
+		case err := <-a.http.Done():
+			errc <- fmt.Errorf("http listener: %w", err)
+		case err := <-a.admin.Done():
+			errc <- fmt.Errorf("admin listener: %w", err)
+		}
+	}()
+	return errc
+}
+
+// Shutdown stops taking requests, lets in-flight ones finish (their replies
+// still arrive over NATS), then stops the workers and drains NATS.
+func (a *App) Shutdown(ctx context.Context) error {
+	var errs []error
+	if a.http != nil {
+		errs = append(errs, a.http.Shutdown(ctx))
+	}
+	if a.workers != nil {
+		errs = append(errs, a.workers.Stop())
+	}
+	errs = append(errs, bus.Drain(ctx, a.nc), bus.Drain(ctx, a.workerNC))
+	if a.admin != nil {
+		errs = append(errs, a.admin.Shutdown(ctx))
+	}
+	if a.embedded != nil {
+		a.embedded.Close()
+	}
+	err := errors.Join(errs...)
+	if err != nil {
+		a.logger.Error("shutdown", "err", err)
+	} else {
+		a.logger.Info("ingress stopped")
+	}
+	return err
+}
+
+// Run starts the ingress and serves until ctx is cancelled or a listener
+// fails, then shuts down within ShutdownGrace.
+func Run(ctx context.Context, o Options) error {
+	a, err := Start(o)
+	if err != nil {
+		return err
+	}
+	var runErr error
+	select {
+	case <-ctx.Done():
+		o.Logger.Info("shutting down")
+	case runErr = <-a.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), ShutdownGrace)
+	defer cancel()
+	return errors.Join(runErr, a.Shutdown(sctx))
+}

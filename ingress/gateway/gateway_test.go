@@ -1,0 +1,481 @@
+package gateway_test
+
+import (
+	"bytes"
+	"encoding/xml"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/wxgate/wxgate/ingress/gateway"
+	"github.com/wxgate/wxgate/shared/bus"
+	"github.com/wxgate/wxgate/shared/config"
+	"github.com/wxgate/wxgate/shared/natstest"
+	"github.com/wxgate/wxgate/shared/wechat"
+	"github.com/wxgate/wxgate/workers/reply"
+)
+
+const (
+	token  = "test-token"
+	aesKey = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
+	appID  = "wx2c2769f8efd9abc2"
+)
+
+type harness struct {
+	t      *testing.T
+	url    string
+	reg    *prometheus.Registry
+	srv    *bus.Embedded
+	sender wechat.Sender
+	logs   *bytes.Buffer
+}
+
+type opts struct {
+	safe         bool
+	noWorker     bool
+	replyTimeout time.Duration
+	conn         *nats.Conn
+}
+
+var seq atomic.Int64
+
+func newHarness(t *testing.T, o opts) *harness {
+	t.Helper()
+	h := &harness{t: t, reg: prometheus.NewRegistry(), sender: wechat.Sender{Token: token}, logs: &bytes.Buffer{}}
+	h.srv = natstest.RunServer(t)
+	logger := slog.New(slog.NewTextHandler(&lockedWriter{w: h.logs}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	if !o.noWorker {
+		wnc := natstest.Connect(t, h.srv)
+		svc, err := reply.Start(reply.Options{Conn: wnc, Replier: reply.NewReplier(config.Defaults().Replies), Logger: logger, Registerer: prometheus.NewRegistry()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = svc.Stop() })
+		if err := wnc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var cipher *wechat.Cipher
+	if o.safe {
+		var err error
+		if cipher, err = wechat.NewCipher(aesKey, appID); err != nil {
+			t.Fatal(err)
+		}
+		h.sender.Cipher = cipher
+	}
+	if o.replyTimeout == 0 {
+		o.replyTimeout = 4 * time.Second
+	}
+	nc := o.conn
+	if nc == nil {
+		nc = natstest.Connect(t, h.srv)
+	}
+	gw, err := gateway.New(gateway.Options{
+		Token: token, Cipher: cipher, Conn: nc, ReplyTimeout: o.replyTimeout,
+		TimestampSkew: 5 * time.Minute, MaxBodyBytes: 64 << 10, Logger: logger, Registerer: h.reg,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(gw.Handler()) // a real loopback listener
+	t.Cleanup(hs.Close)
+	h.url = hs.URL + gateway.Path
+	return h
+}
+
+type lockedWriter struct {
+	mu atomic.Bool
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	for !l.mu.CompareAndSwap(false, true) {
+	}
+	defer l.mu.Store(false)
+	return l.w.Write(p)
+}
+
+// post sends msg as WeChat would and returns the status and the opened reply.
+func (h *harness) post(msg string) (int, string) {
+	h.t.Helper()
+	req, err := h.sender.NewRequest(h.url, []byte(msg), time.Now(), "nonce"+strconv.FormatInt(seq.Add(1), 10))
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	code, body := do(h.t, req)
+	if code != http.StatusOK {
+		return code, string(body)
+	}
+	plain, err := h.sender.OpenReply(body)
+	if err != nil {
+		h.t.Fatalf("open reply %q: %v", body, err)
+	}
+	return code, string(plain)
+}
+
+func do(t *testing.T, req *http.Request) (int, []byte) {
+	t.Helper()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, b
+}
+
+func (h *harness) counter(name, label, value string) float64 {
+	h.t.Helper()
+	mfs, err := h.reg.Gather()
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if lp.GetName() == label && lp.GetValue() == value {
+					if m.Counter != nil {
+						return m.GetCounter().GetValue()
+					}
+					return float64(m.GetHistogram().GetSampleCount())
+				}
+			}
+		}
+	}
+	h.t.Fatalf("no series %s{%s=%q}", name, label, value)
+	return 0
+}
+
+func message(msgType, extra string) string {
+	n := seq.Add(1)
+	return fmt.Sprintf("<xml><ToUserName><![CDATA[gh_account]]></ToUserName><FromUserName><![CDATA[openid_%d]]></FromUserName>"+
+		"<CreateTime>%d</CreateTime><MsgType><![CDATA[%s]]></MsgType>%s<MsgId>%d</MsgId></xml>", n, time.Now().Unix(), msgType, extra, 1000+n)
+}
+
+func event(ev, key string) string {
+	n := seq.Add(1)
+	return fmt.Sprintf("<xml><ToUserName><![CDATA[gh_account]]></ToUserName><FromUserName><![CDATA[openid_%d]]></FromUserName>"+
+		"<CreateTime>%d</CreateTime><MsgType><![CDATA[event]]></MsgType><Event><![CDATA[%s]]></Event><EventKey><![CDATA[%s]]></EventKey></xml>", n, time.Now().Unix(), ev, key)
+}
+
+type replyDoc struct {
+	ToUserName, FromUserName, MsgType, Content string
+}
+
+var replyCases = []struct {
+	name, msg, want string // want "" means "success"
+}{
+	{"text echo", message("text", "<Content><![CDATA[hello ]]]]><![CDATA[> 你好 😀]]></Content>"), "hello ]]> 你好 😀"},
+	{"voice recognition", message("voice", "<MediaId>m</MediaId><Format>amr</Format><Recognition><![CDATA[腾讯微信团队]]></Recognition>"), "腾讯微信团队"},
+	{"voice unrecognised", message("voice", "<MediaId>m</MediaId><Format>amr</Format><Recognition><![CDATA[]]></Recognition>"), "未识别"},
+	{"subscribe without scene", event("subscribe", ""), "感谢您的关注！"},
+	{"subscribe with scene", event("subscribe", "qrscene_123"), "感谢您的关注！\n场景值:123"},
+	{"subscribe with string scene", event("subscribe", "qrscene_poster_a"), "感谢您的关注！\n场景值:poster_a"},
+	{"scan", event("SCAN", "123"), "您扫描的场景值为：123"},
+	{"unknown message type", message("image", "<PicUrl>http://x/y.jpg</PicUrl><MediaId>m</MediaId>"), "您的消息已收到。"},
+	{"invented message type", message("hologram", ""), "您的消息已收到。"},
+	{"other event", event("CLICK", "V1001"), ""},
+	{"unsubscribe", event("unsubscribe", ""), ""},
+}
+
+func TestReplies(t *testing.T) {
+	for _, mode := range []struct {
+		name string
+		safe bool
+	}{{"plain", false}, {"safe", true}} {
+		t.Run(mode.name, func(t *testing.T) {
+			h := newHarness(t, opts{safe: mode.safe})
+			for _, tc := range replyCases {
+				t.Run(tc.name, func(t *testing.T) {
+					code, body := h.post(tc.msg)
+					if code != http.StatusOK {
+						t.Fatalf("status %d: %s", code, body)
+					}
+					if tc.want == "" {
+						if body != "success" {
+							t.Fatalf("reply = %q, want success", body)
+						}
+						return
+					}
+					var d replyDoc
+					if err := xml.Unmarshal([]byte(body), &d); err != nil {
+						t.Fatalf("reply is not XML: %v: %q", err, body)
+					}
+					if d.Content != tc.want || d.MsgType != "text" || d.FromUserName != "gh_account" || !strings.HasPrefix(d.ToUserName, "openid_") {
+						t.Fatalf("reply = %+v, want text %q to the sender", d, tc.want)
+					}
+				})
+			}
+			var replies, empties float64
+			for _, tc := range replyCases {
+				if tc.want == "" {
+					empties++
+				} else {
+					replies++
+				}
+			}
+			if got := h.counter("wxgate_ingress_requests_total", "outcome", "reply"); got != replies {
+				t.Errorf("requests{outcome=reply} = %v, want %v", got, replies)
+			}
+			if got := h.counter("wxgate_ingress_requests_total", "outcome", "empty"); got != empties {
+				t.Errorf("requests{outcome=empty} = %v, want %v", got, empties)
+			}
+		})
+	}
+}
+
+// Compatible mode: the body carries the plaintext fields and Encrypt; the
+// encrypted copy is the one trusted, and the reply is encrypted.
+func TestCompatibleMode(t *testing.T) {
+	h := newHarness(t, opts{safe: true})
+	msg := message("text", "<Content>compat</Content>")
+	enc, err := h.sender.Cipher.Encrypt([]byte(msg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts, nonce := strconv.FormatInt(time.Now().Unix(), 10), "compat1"
+	body := strings.Replace(msg, "</xml>", "<Encrypt><![CDATA["+enc+"]]></Encrypt></xml>", 1)
+	u := fmt.Sprintf("%s?signature=%s&timestamp=%s&nonce=%s&encrypt_type=aes&msg_signature=%s",
+		h.url, wechat.Signature(token, ts, nonce), ts, nonce, wechat.Signature(token, ts, nonce, enc))
+	req, _ := http.NewRequest(http.MethodPost, u, strings.NewReader(body))
+	code, resp := do(t, req)
+	if code != 200 {
+		t.Fatalf("status %d", code)
+	}
+	plain, err := h.sender.OpenReply(resp)
+	if err != nil || !strings.Contains(string(plain), "compat") {
+		t.Fatalf("reply %q, %v", plain, err)
+	}
+}
+
+func TestVerifyURL(t *testing.T) {
+	h := newHarness(t, opts{noWorker: true})
+	ts := strconv.FormatInt(time.Now().Unix(), 10)
+	good := wechat.Signature(token, ts, "n1")
+	tests := []struct {
+		name  string
+		query string
+		code  int
+		body  string
+	}{
+		{"valid", "signature=" + good + "&timestamp=" + ts + "&nonce=n1&echostr=echo123", 200, "echo123"},
+		{"bad signature", "signature=" + strings.Repeat("0", 40) + "&timestamp=" + ts + "&nonce=n1&echostr=e", 403, ""},
+		{"missing echostr", "signature=" + good + "&timestamp=" + ts + "&nonce=n1", 400, ""},
+		{"missing nonce", "signature=" + good + "&timestamp=" + ts + "&echostr=e", 400, ""},
+		{"stale", "signature=" + wechat.Signature(token, "1000", "n1") + "&timestamp=1000&nonce=n1&echostr=e", 403, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req, _ := http.NewRequest(http.MethodGet, h.url+"?"+tt.query, nil)
+			code, body := do(t, req)
+			if code != tt.code || (tt.body != "" && string(body) != tt.body) {
+				t.Fatalf("GET = %d %q, want %d %q", code, body, tt.code, tt.body)
+			}
+		})
+	}
+}
+
+func TestRejects(t *testing.T) {
+	plainH := newHarness(t, opts{})
+	safeH := newHarness(t, opts{safe: true})
+	now := time.Now()
+	ts := strconv.FormatInt(now.Unix(), 10)
+	sign := func(ts, nonce string) string { return wechat.Signature(token, ts, nonce) }
+	okMsg := message("text", "<Content>x</Content>")
+	otherApp, _ := wechat.NewCipher(aesKey, "wx_someone_else")
+	wrongAppEnc, _ := otherApp.Encrypt([]byte(okMsg))
+	safeQuery := func(enc string) string {
+		return fmt.Sprintf("signature=%s&timestamp=%s&nonce=n&encrypt_type=aes&msg_signature=%s", sign(ts, "n"), ts, wechat.Signature(token, ts, "n", enc))
+	}
+	envelope := func(enc string) string { return "<xml><ToUserName>gh</ToUserName><Encrypt><![CDATA[" + enc + "]]></Encrypt></xml>" }
+	tests := []struct {
+		name   string
+		h      *harness
+		query  string
+		body   string
+		code   int
+		reason string
+	}{
+		{"bad signature", plainH, "signature=" + sign(ts, "other") + "&timestamp=" + ts + "&nonce=n", okMsg, 403, "signature"},
+		{"stale timestamp", plainH, "signature=" + sign("1000000000", "n") + "&timestamp=1000000000&nonce=n", okMsg, 403, "stale"},
+		{"future timestamp", plainH, func() string {
+			f := strconv.FormatInt(now.Add(time.Hour).Unix(), 10)
+			return "signature=" + sign(f, "n") + "&timestamp=" + f + "&nonce=n"
+		}(), okMsg, 403, "stale"},
+		{"non-numeric timestamp", plainH, "signature=" + sign("soon", "n") + "&timestamp=soon&nonce=n", okMsg, 400, "malformed"},
+		{"missing signature", plainH, "timestamp=" + ts + "&nonce=n", okMsg, 400, "malformed"},
+		{"malformed xml", plainH, "signature=" + sign(ts, "n") + "&timestamp=" + ts + "&nonce=n", "<xml><MsgType>text</xml>", 400, "malformed"},
+		{"not xml", plainH, "signature=" + sign(ts, "n") + "&timestamp=" + ts + "&nonce=n", "hello", 400, "malformed"},
+		{"empty body", plainH, "signature=" + sign(ts, "n") + "&timestamp=" + ts + "&nonce=n", "", 400, "malformed"},
+		{"oversized body", plainH, "signature=" + sign(ts, "n") + "&timestamp=" + ts + "&nonce=n",
+			"<xml><Content>" + strings.Repeat("x", 65<<10) + "</Content></xml>", 413, "too_large"},
+		{"encrypted without key", plainH, safeQuery("AAAA"), envelope("AAAA"), 400, "decrypt"},
+		{"bad msg_signature", safeH, fmt.Sprintf("signature=%s&timestamp=%s&nonce=n&encrypt_type=aes&msg_signature=%s", sign(ts, "n"), ts, strings.Repeat("a", 40)), envelope(wrongAppEnc), 403, "signature"},
+		{"missing msg_signature", safeH, "signature=" + sign(ts, "n") + "&timestamp=" + ts + "&nonce=n&encrypt_type=aes", envelope(wrongAppEnc), 400, "malformed"},
+		{"envelope without Encrypt", safeH, safeQuery(""), "<xml><ToUserName>gh</ToUserName></xml>", 400, "malformed"},
+		{"bad base64", safeH, safeQuery("!!!!"), envelope("!!!!"), 400, "decrypt"},
+		{"short block", safeH, safeQuery("AAAA"), envelope("AAAA"), 400, "decrypt"},
+		{"wrong appid", safeH, safeQuery(wrongAppEnc), envelope(wrongAppEnc), 400, "decrypt"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := tt.h.counter("wxgate_ingress_rejected_total", "reason", tt.reason)
+			req, _ := http.NewRequest(http.MethodPost, tt.h.url+"?"+tt.query, strings.NewReader(tt.body))
+			code, body := do(t, req)
+			if code != tt.code {
+				t.Fatalf("status = %d (%s), want %d", code, body, tt.code)
+			}
+			if got := tt.h.counter("wxgate_ingress_rejected_total", "reason", tt.reason); got != before+1 {
+				t.Errorf("rejected{reason=%s} went %v -> %v", tt.reason, before, got)
+			}
+		})
+	}
+	// A body over the limit without Content-Length (chunked) is cut off too.
+	pr, pw := io.Pipe()
+	go func() {
+		_, _ = pw.Write([]byte("<xml><Content>" + strings.Repeat("y", 70<<10)))
+		_ = pw.Close()
+	}()
+	req, _ := http.NewRequest(http.MethodPost, plainH.url+"?signature="+sign(ts, "n")+"&timestamp="+ts+"&nonce=n", pr)
+	if code, _ := do(t, req); code != 413 {
+		t.Errorf("chunked oversized body: status %d, want 413", code)
+	}
+	// Every rejection was logged, and no log line carries the token.
+	logs := plainH.logs.String()
+	if !strings.Contains(logs, "reason=signature") || !strings.Contains(logs, "reason=too_large") {
+		t.Errorf("rejections not logged:\n%s", logs)
+	}
+	if strings.Contains(logs+safeH.logs.String(), token) || strings.Contains(safeH.logs.String(), aesKey) {
+		t.Error("a secret appears in the logs")
+	}
+}
+
+func TestNoWorkerAnswersSuccessFast(t *testing.T) {
+	h := newHarness(t, opts{noWorker: true, replyTimeout: 4 * time.Second})
+	start := time.Now()
+	code, body := h.post(message("text", "<Content>anyone?</Content>"))
+	elapsed := time.Since(start)
+	if code != 200 || body != "success" {
+		t.Fatalf("= %d %q, want 200 success", code, body)
+	}
+	// No responders is known at once; waiting for REPLY_TIMEOUT would be a bug.
+	if elapsed >= time.Second {
+		t.Errorf("took %v with no worker, want well under a second", elapsed)
+	}
+	if got := h.counter("wxgate_ingress_fallbacks_total", "reason", "no_responders"); got != 1 {
+		t.Errorf("fallbacks{no_responders} = %v", got)
+	}
+}
+
+func TestSlowWorkerAnswersSuccessAtDeadline(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	h := newHarness(t, opts{noWorker: true, replyTimeout: timeout})
+	nc := natstest.Connect(t, h.srv)
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	if _, err := nc.QueueSubscribe(bus.MessagesSubject, bus.QueueGroup, func(m *nats.Msg) {
+		<-release // slower than any deadline
+		_ = m.Respond([]byte("too late"))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	code, body := h.post(message("text", "<Content>slow</Content>"))
+	elapsed := time.Since(start)
+	if code != 200 || body != "success" {
+		t.Fatalf("= %d %q, want 200 success", code, body)
+	}
+	if elapsed < timeout || elapsed > timeout+3*time.Second {
+		t.Errorf("answered after %v, want at the %v deadline", elapsed, timeout)
+	}
+	if got := h.counter("wxgate_ingress_fallbacks_total", "reason", "timeout"); got != 1 {
+		t.Errorf("fallbacks{timeout} = %v", got)
+	}
+}
+
+func TestWorkerErrorAnswersSuccess(t *testing.T) {
+	h := newHarness(t, opts{noWorker: true})
+	nc := natstest.Connect(t, h.srv)
+	svc, err := micro.AddService(nc, micro.Config{Name: "failing", Version: "0.0.1", QueueGroup: bus.QueueGroup,
+		Endpoint: &micro.EndpointConfig{Subject: bus.MessagesSubject, Handler: micro.HandlerFunc(func(r micro.Request) {
+			_ = r.Error("500", "boom", nil)
+		})}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = svc.Stop() })
+	if err := nc.Flush(); err != nil { // the subscription is live on the server
+		t.Fatal(err)
+	}
+	code, body := h.post(message("text", "<Content>x</Content>"))
+	if code != 200 || body != "success" {
+		t.Fatalf("= %d %q", code, body)
+	}
+	if got := h.counter("wxgate_ingress_fallbacks_total", "reason", "worker_error"); got != 1 {
+		t.Errorf("fallbacks{worker_error} = %v", got)
+	}
+}
+
+func TestBusDownAnswersSuccessFast(t *testing.T) {
+	down := natstest.RunServer(t)
+	nc := natstest.Connect(t, down, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	disconnected := make(chan struct{})
+	nc.SetDisconnectErrHandler(func(*nats.Conn, error) { close(disconnected) })
+	h := newHarness(t, opts{conn: nc})
+	down.Shutdown()
+	<-disconnected
+
+	start := time.Now()
+	code, body := h.post(message("text", "<Content>x</Content>"))
+	if code != 200 || body != "success" {
+		t.Fatalf("= %d %q", code, body)
+	}
+	if elapsed := time.Since(start); elapsed >= time.Second {
+		t.Errorf("took %v with the bus down, want an immediate answer", elapsed)
+	}
+	if got := h.counter("wxgate_ingress_fallbacks_total", "reason", "bus_down"); got != 1 {
+		t.Errorf("fallbacks{bus_down} = %v", got)
+	}
+}
+
+func TestMetricsLint(t *testing.T) {
+	h := newHarness(t, opts{noWorker: true})
+	problems, err := testutil.GatherAndLint(h.reg)
+	if err != nil || len(problems) != 0 {
+		t.Errorf("lint: %v %v", problems, err)
+	}
+	// Every outcome and reason series exists before any traffic.
+	for _, o := range []string{"reply", "empty", "fallback", "rejected"} {
+		if h.counter("wxgate_ingress_requests_total", "outcome", o) != 0 {
+			t.Errorf("outcome %s not zero", o)
+		}
+	}
+}
+
+func TestMain(m *testing.M) {
+	gin.SetMode(gin.TestMode)
+	os.Exit(m.Run())
+}

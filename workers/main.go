@@ -1,0 +1,76 @@
+// Command workers serves wxgate's msg.> and event.> requests from NATS in a
+// queue group: run as many as the load needs.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/wxgate/wxgate/shared/admin"
+	"github.com/wxgate/wxgate/shared/bus"
+	"github.com/wxgate/wxgate/shared/config"
+	"github.com/wxgate/wxgate/shared/logging"
+	"github.com/wxgate/wxgate/shared/serve"
+	"github.com/wxgate/wxgate/workers/reply"
+)
+
+func main() { os.Exit(run()) }
+
+func run() int {
+	cfg := config.Defaults()
+	cfg.AdminAddr = ":8082"
+	if err := cfg.FromEnv(os.LookupEnv); err != nil {
+		fmt.Fprintln(os.Stderr, "workers:", err)
+		return 2
+	}
+	logger, err := logging.New(os.Stderr, cfg.LogLevel, cfg.LogFormat)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "workers:", err)
+		return 2
+	}
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer cancel()
+	if err := serveWorkers(ctx, cfg, logger); err != nil {
+		logger.Error("workers exited with error", "err", err)
+		return 1
+	}
+	return 0
+}
+
+func serveWorkers(ctx context.Context, cfg config.Config, logger *slog.Logger) error {
+	reg := admin.NewRegistry()
+	nc, err := bus.Connect(cfg.NATSServers(), "wxgate-worker", logger.With("component", "nats"))
+	if err != nil {
+		return err
+	}
+	svc, err := reply.Start(reply.Options{Conn: nc, Replier: reply.NewReplier(cfg.Replies), Logger: logger.With("component", "worker"), Registerer: reg})
+	if err != nil {
+		nc.Close()
+		return err
+	}
+	mux := admin.NewMux(admin.Options{Gatherer: reg, Ready: func() error { return bus.Ready(nc) }})
+	adm, err := serve.Start("admin", admin.Server(cfg.AdminAddr, mux), logger)
+	if err != nil {
+		_ = svc.Stop()
+		nc.Close()
+		return err
+	}
+	logger.Info("worker started", "service", bus.ServiceName, "id", svc.ID(), "queue_group", bus.QueueGroup)
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		logger.Info("shutting down")
+	case runErr = <-adm.Done():
+	}
+	sctx, cancelShutdown := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancelShutdown()
+	// Stop taking requests, answer the ones in hand, flush, then go.
+	return errors.Join(runErr, svc.Stop(), bus.Drain(sctx, nc), adm.Shutdown(sctx))
+}
