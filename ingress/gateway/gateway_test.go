@@ -24,6 +24,7 @@ import (
 	"github.com/wxgate/wxgate/ingress/gateway"
 	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/config"
+	"github.com/wxgate/wxgate/shared/metricstest"
 	"github.com/wxgate/wxgate/shared/natstest"
 	"github.com/wxgate/wxgate/shared/wechat"
 	"github.com/wxgate/wxgate/workers/reply"
@@ -143,27 +144,7 @@ func do(t *testing.T, req *http.Request) (int, []byte) {
 
 func (h *harness) counter(name, label, value string) float64 {
 	h.t.Helper()
-	mfs, err := h.reg.Gather()
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, lp := range m.GetLabel() {
-				if lp.GetName() == label && lp.GetValue() == value {
-					if m.Counter != nil {
-						return m.GetCounter().GetValue()
-					}
-					return float64(m.GetHistogram().GetSampleCount())
-				}
-			}
-		}
-	}
-	h.t.Fatalf("no series %s{%s=%q}", name, label, value)
-	return 0
+	return metricstest.Value(h.t, h.reg, name, label, value)
 }
 
 func message(msgType, extra string) string {
@@ -307,7 +288,9 @@ func TestRejects(t *testing.T) {
 	safeQuery := func(enc string) string {
 		return fmt.Sprintf("signature=%s&timestamp=%s&nonce=n&encrypt_type=aes&msg_signature=%s", sign(ts, "n"), ts, wechat.Signature(token, ts, "n", enc))
 	}
-	envelope := func(enc string) string { return "<xml><ToUserName>gh</ToUserName><Encrypt><![CDATA[" + enc + "]]></Encrypt></xml>" }
+	envelope := func(enc string) string {
+		return "<xml><ToUserName>gh</ToUserName><Encrypt><![CDATA[" + enc + "]]></Encrypt></xml>"
+	}
 	tests := []struct {
 		name   string
 		h      *harness

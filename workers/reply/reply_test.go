@@ -1,0 +1,49 @@
+package reply
+
+import (
+	"testing"
+
+	"github.com/wxgate/wxgate/shared/config"
+	"github.com/wxgate/wxgate/shared/wechat"
+)
+
+func TestReplier(t *testing.T) {
+	texts := config.Defaults().Replies
+	custom := texts
+	custom.Scan = "scan {scene} / {scene}"
+	custom.Default = ""
+	custom.SubscribeScene = ""
+	tests := []struct {
+		name  string
+		texts config.ReplyTexts
+		m     wechat.Message
+		want  string // "" means no reply
+	}{
+		{"text", texts, wechat.Message{MsgType: "text", Content: "hi"}, "hi"},
+		{"empty text", texts, wechat.Message{MsgType: "text", Content: ""}, ""},
+		{"voice", texts, wechat.Message{MsgType: "voice", Recognition: "识别"}, "识别"},
+		{"voice unrecognised", texts, wechat.Message{MsgType: "voice", Recognition: " "}, "未识别"},
+		{"image gets default", texts, wechat.Message{MsgType: "image"}, "您的消息已收到。"},
+		{"default off", custom, wechat.Message{MsgType: "image"}, ""},
+		{"subscribe", texts, wechat.Message{MsgType: "event", Event: "subscribe"}, "感谢您的关注！"},
+		{"subscribe scene", texts, wechat.Message{MsgType: "event", Event: "subscribe", EventKey: "qrscene_42"}, "感谢您的关注！\n场景值:42"},
+		{"subscribe scene text off", custom, wechat.Message{MsgType: "event", Event: "subscribe", EventKey: "qrscene_42"}, "感谢您的关注！"},
+		{"SCAN", texts, wechat.Message{MsgType: "event", Event: "SCAN", EventKey: "42"}, "您扫描的场景值为：42"},
+		{"scan lower-case", texts, wechat.Message{MsgType: "event", Event: "scan", EventKey: "42"}, "您扫描的场景值为：42"},
+		{"scan template", custom, wechat.Message{MsgType: "event", Event: "SCAN", EventKey: "a"}, "scan a / a"},
+		{"SCAN without key", texts, wechat.Message{MsgType: "event", Event: "SCAN"}, ""},
+		{"click", texts, wechat.Message{MsgType: "event", Event: "CLICK", EventKey: "k"}, ""},
+		{"unsubscribe", texts, wechat.Message{MsgType: "event", Event: "unsubscribe"}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := NewReplier(tt.texts).Reply(&tt.m)
+			switch {
+			case tt.want == "" && r != nil:
+				t.Fatalf("reply %+v, want none", r)
+			case tt.want != "" && (r == nil || r.Type != wechat.ReplyText || r.Content != tt.want):
+				t.Fatalf("reply %+v, want text %q", r, tt.want)
+			}
+		})
+	}
+}

@@ -1,0 +1,141 @@
+package reply_test
+
+import (
+	"encoding/json"
+	"encoding/xml"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/wxgate/wxgate/shared/bus"
+	"github.com/wxgate/wxgate/shared/config"
+	"github.com/wxgate/wxgate/shared/metricstest"
+	"github.com/wxgate/wxgate/shared/natstest"
+	"github.com/wxgate/wxgate/workers/reply"
+)
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+func start(t *testing.T, nc *nats.Conn, reg prometheus.Registerer) *reply.Service {
+	t.Helper()
+	svc, err := reply.Start(reply.Options{
+		Conn: nc, Replier: reply.NewReplier(config.Defaults().Replies), Logger: quiet, Registerer: reg,
+		Now: func() time.Time { return time.Unix(1700000000, 0) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = svc.Stop() })
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return svc
+}
+
+func TestServiceScalesInOneQueueGroup(t *testing.T) {
+	srv := natstest.RunServer(t)
+	regs := make([]*prometheus.Registry, 3)
+	for i := range regs {
+		regs[i] = prometheus.NewRegistry()
+		start(t, natstest.Connect(t, srv), regs[i])
+	}
+	client := natstest.Connect(t, srv)
+
+	// Discovery: every instance answers PING.
+	inbox := nats.NewInbox()
+	sub, err := client.SubscribeSync(inbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ping, _ := micro.ControlSubject(micro.PingVerb, bus.ServiceName, "")
+	if err := client.PublishRequest(ping, inbox, nil); err != nil {
+		t.Fatal(err)
+	}
+	ids := map[string]bool{}
+	for len(ids) < 3 {
+		m, err := sub.NextMsg(5 * time.Second)
+		if err != nil {
+			t.Fatalf("%d PING replies, want 3: %v", len(ids), err)
+		}
+		var p micro.Ping
+		if err := json.Unmarshal(m.Data, &p); err != nil {
+			t.Fatal(err)
+		}
+		ids[p.ID] = true
+	}
+
+	// Each request is handled exactly once, by one instance.
+	const n = 60
+	for i := 0; i < n; i++ {
+		msg := fmt.Sprintf("<xml><ToUserName>gh</ToUserName><FromUserName>o%d</FromUserName><CreateTime>1</CreateTime><MsgType>text</MsgType><Content>m%d</Content><MsgId>%d</MsgId></xml>", i, i, i+1)
+		resp, err := client.Request("msg.text", []byte(msg), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var d struct{ ToUserName, FromUserName, Content string }
+		if err := xml.Unmarshal(resp.Data, &d); err != nil || d.Content != fmt.Sprintf("m%d", i) || d.ToUserName != fmt.Sprintf("o%d", i) {
+			t.Fatalf("reply %q: %+v %v", resp.Data, d, err)
+		}
+	}
+	var total float64
+	busy := 0
+	for _, reg := range regs {
+		c, err := testutil.GatherAndCount(reg, "wxgate_worker_handled_total")
+		if err != nil || c == 0 {
+			t.Fatalf("handled series missing: %v", err)
+		}
+		v := counterValue(t, reg, "msg.text")
+		total += v
+		if v > 0 {
+			busy++
+		}
+	}
+	if total != n {
+		t.Errorf("handled %v requests in all, want %d (each once)", total, n)
+	}
+	if busy < 2 {
+		t.Errorf("only %d of 3 instances handled requests", busy)
+	}
+}
+
+func TestServiceRejectsMalformedAndBoundsLabels(t *testing.T) {
+	srv := natstest.RunServer(t)
+	reg := prometheus.NewRegistry()
+	svc := start(t, natstest.Connect(t, srv), reg)
+	client := natstest.Connect(t, srv)
+
+	resp, err := client.Request("msg.text", []byte("<nope"), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Header.Get(micro.ErrorCodeHeader) != "400" {
+		t.Errorf("malformed payload: headers %v, want error code 400", resp.Header)
+	}
+	if _, err := svc.Handle([]byte("<nope")); !errors.Is(err, reply.ErrMalformed) {
+		t.Errorf("Handle error = %v", err)
+	}
+	// An invented event type is served, but counted under event.other.
+	ev := "<xml><ToUserName>gh</ToUserName><FromUserName>o</FromUserName><CreateTime>1</CreateTime><MsgType>event</MsgType><Event>brand_new</Event></xml>"
+	if resp, err = client.Request("event.brand_new", []byte(ev), 5*time.Second); err != nil || len(resp.Data) != 0 {
+		t.Fatalf("event.brand_new = %q, %v; want an empty reply", resp.Data, err)
+	}
+	if got := counterValue(t, reg, "event.other"); got != 1 {
+		t.Errorf("handled{subject=event.other} = %v, want 1", got)
+	}
+	if problems, err := testutil.GatherAndLint(reg); err != nil || len(problems) > 0 {
+		t.Errorf("lint: %v %v", problems, err)
+	}
+}
+
+func counterValue(t *testing.T, reg *prometheus.Registry, subject string) float64 {
+	t.Helper()
+	return metricstest.Value(t, reg, "wxgate_worker_handled_total", "subject", subject)
+}
