@@ -68,6 +68,13 @@ func Start(o Options) (*Service, error) {
 		}
 	}
 	s.svc = svc
+	// Once Start returns on a connected client, the server routes requests
+	// here: a worker that says it started is really serving.
+	if o.Conn.IsConnected() {
+		if err := o.Conn.FlushTimeout(5 * time.Second); err != nil {
+			o.Logger.Warn("worker flush after subscribe", "err", err)
+		}
+	}
 	return s, nil
 }
 
