@@ -143,6 +143,13 @@ func TestDistributed(t *testing.T) {
 	if got := handled(t, w2.admin); got != h2+after {
 		t.Errorf("surviving worker handled %v, want %v", got, h2+after)
 	}
+
+	// NATS gone: the ingress says it is not ready and still answers WeChat.
+	ns.kill(t)
+	eventually(t, "ingress not ready without NATS", func() bool { return status("http://"+admin+"/readyz") == 503 })
+	if code, body := post(t, s, url, textMessage("bus down")); code != 200 || body != "success" {
+		t.Errorf("with NATS down = %d %q, want 200 success", code, body)
+	}
 }
 
 // SIGTERM on the ingress: in-flight requests finish with their reply, the

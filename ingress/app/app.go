@@ -54,9 +54,9 @@ type App struct {
 
 // Start brings the process up. On error everything already started is
 // stopped again.
-func Start(o Options) (a *App, err error) {
+func Start(o Options) (_ *App, err error) {
 	cfg, logger := o.Config, o.Logger
-	a = &App{logger: logger}
+	a := &App{logger: logger}
 	defer func() {
 		if err != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), ShutdownGrace)

@@ -1,0 +1,84 @@
+package app_test
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gin-gonic/gin"
+
+	"github.com/wxgate/wxgate/ingress/app"
+	"github.com/wxgate/wxgate/shared/config"
+	"github.com/wxgate/wxgate/shared/wechat"
+)
+
+// Standalone mode in process (under the race detector, unlike the e2e
+// binaries): embedded NATS, workers and both listeners from one Start.
+func TestStandaloneInProcess(t *testing.T) {
+	cfg := config.Defaults()
+	cfg.HTTPAddr, cfg.AdminAddr, cfg.DataDir = "127.0.0.1:0", "127.0.0.1:0", t.TempDir()
+	cfg.Token = "app-test-token"
+	cfg.EncodingAESKey, cfg.AppID = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG", "wx_app_test"
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	a, err := app.Start(app.Options{Config: cfg, Standalone: true, Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := a.Shutdown(ctx); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+	}()
+
+	cipher, _ := wechat.NewCipher(cfg.EncodingAESKey, cfg.AppID)
+	s := wechat.Sender{Token: cfg.Token, Cipher: cipher}
+	msg := `<xml><ToUserName>gh</ToUserName><FromUserName>o</FromUserName><CreateTime>1</CreateTime><MsgType>event</MsgType><Event>subscribe</Event><EventKey>qrscene_7</EventKey></xml>`
+	req, err := s.NewRequest("http://"+a.HTTPAddr()+"/wechat", []byte(msg), time.Now(), "n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	plain, err := s.OpenReply(body)
+	if err != nil || !strings.Contains(string(plain), "场景值:7") {
+		t.Fatalf("safe-mode subscribe = %d %q %v", resp.StatusCode, plain, err)
+	}
+
+	resp, err = http.Get("http://" + a.AdminAddr() + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Errorf("/readyz = %d", resp.StatusCode)
+	}
+}
+
+func TestStartRejectsBadConfig(t *testing.T) {
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	cfg := config.Defaults()
+	cfg.HTTPAddr, cfg.AdminAddr = "127.0.0.1:0", "127.0.0.1:0"
+	if _, err := app.Start(app.Options{Config: cfg, Logger: logger}); err == nil || !strings.Contains(err.Error(), "WECHAT_TOKEN") {
+		t.Errorf("no token: %v", err)
+	}
+	cfg.Token, cfg.EncodingAESKey, cfg.AppID = "t", "too-short", "wx"
+	if _, err := app.Start(app.Options{Config: cfg, Logger: logger}); err == nil || !strings.Contains(err.Error(), "WECHAT_ENCODING_AES_KEY") {
+		t.Errorf("bad key: %v", err)
+	}
+}
+
+func TestMain(m *testing.M) {
+	gin.SetMode(gin.TestMode)
+	os.Exit(m.Run())
+}
