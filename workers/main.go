@@ -1,5 +1,6 @@
 // Command workers serves wxgate's msg.> and event.> requests from NATS in a
-// queue group: run as many as the load needs.
+// queue group, fans scene scans out to JetStream and keeps the per-scene
+// totals: run as many as the load needs.
 package main
 
 import (
@@ -17,7 +18,7 @@ import (
 	"github.com/wxgate/wxgate/shared/config"
 	"github.com/wxgate/wxgate/shared/logging"
 	"github.com/wxgate/wxgate/shared/serve"
-	"github.com/wxgate/wxgate/workers/reply"
+	"github.com/wxgate/wxgate/workers/worker"
 )
 
 func main() { os.Exit(run()) }
@@ -49,19 +50,19 @@ func serveWorkers(ctx context.Context, cfg config.Config, logger *slog.Logger) e
 	if err != nil {
 		return err
 	}
-	svc, err := reply.Start(reply.Options{Conn: nc, Replier: reply.NewReplier(cfg.Replies), Logger: logger.With("component", "worker"), Registerer: reg})
+	w, err := worker.Start(worker.Options{Conn: nc, Config: cfg, Logger: logger, Registerer: reg})
 	if err != nil {
 		nc.Close()
 		return err
 	}
 	mux := admin.NewMux(admin.Options{Gatherer: reg, Ready: func() error { return bus.Ready(nc) }})
+	mux.Handle("/api/", w.API())
 	adm, err := serve.Start("admin", admin.Server(cfg.AdminAddr, mux), logger)
 	if err != nil {
-		_ = svc.Stop()
 		nc.Close()
 		return err
 	}
-	logger.Info("worker started", "service", bus.ServiceName, "id", svc.ID(), "queue_group", bus.QueueGroup)
+	logger.Info("worker started", "service", bus.ServiceName, "id", w.Service.ID(), "queue_group", bus.QueueGroup)
 
 	var runErr error
 	select {
@@ -72,5 +73,5 @@ func serveWorkers(ctx context.Context, cfg config.Config, logger *slog.Logger) e
 	sctx, cancelShutdown := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancelShutdown()
 	// Stop taking requests, answer the ones in hand, flush, then go.
-	return errors.Join(runErr, svc.Stop(), bus.Drain(sctx, nc), adm.Shutdown(sctx))
+	return errors.Join(runErr, w.Stop(sctx), bus.Drain(sctx, nc), adm.Shutdown(sctx))
 }

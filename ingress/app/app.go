@@ -10,9 +10,11 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/wxgate/wxgate/ingress/gateway"
 	"github.com/wxgate/wxgate/shared/admin"
@@ -20,7 +22,8 @@ import (
 	"github.com/wxgate/wxgate/shared/config"
 	"github.com/wxgate/wxgate/shared/serve"
 	"github.com/wxgate/wxgate/shared/wechat"
-	"github.com/wxgate/wxgate/workers/reply"
+	"github.com/wxgate/wxgate/workers/analytics"
+	"github.com/wxgate/wxgate/workers/worker"
 )
 
 // DevToken is the token standalone mode uses when WECHAT_TOKEN is unset.
@@ -48,7 +51,7 @@ type App struct {
 	admin    *serve.Server
 	nc       *nats.Conn
 	workerNC *nats.Conn
-	workers  *reply.Service
+	workers  *worker.Worker
 	embedded *bus.Embedded
 }
 
@@ -99,12 +102,7 @@ func Start(o Options) (_ *App, err error) {
 		if a.workerNC, err = bus.Connect(url, "wxgate-standalone-worker", logger.With("component", "worker-nats"), connOpts...); err != nil {
 			return nil, err
 		}
-		if a.workers, err = reply.Start(reply.Options{
-			Conn:       a.workerNC,
-			Replier:    reply.NewReplier(cfg.Replies),
-			Logger:     logger.With("component", "worker"),
-			Registerer: reg,
-		}); err != nil {
+		if a.workers, err = worker.Start(worker.Options{Conn: a.workerNC, Config: cfg, Logger: logger, Registerer: reg}); err != nil {
 			return nil, err
 		}
 	}
@@ -129,7 +127,13 @@ func Start(o Options) (_ *App, err error) {
 		return nil, err
 	}
 	ready := func() error { return bus.Ready(a.nc) }
-	if a.admin, err = serve.Start("admin", admin.Server(cfg.AdminAddr, admin.NewMux(admin.Options{Gatherer: reg, Ready: ready})), logger); err != nil {
+	mux := admin.NewMux(admin.Options{Gatherer: reg, Ready: ready})
+	if a.workers != nil {
+		mux.Handle("/api/", a.workers.API())
+	} else {
+		mux.Handle("/api/", analytics.API(storeOn(a.nc, cfg), cfg.AdminToken))
+	}
+	if a.admin, err = serve.Start("admin", admin.Server(cfg.AdminAddr, mux), logger); err != nil {
 		return nil, err
 	}
 	logger.Info("ingress started", "standalone", o.Standalone, "safe_mode", cipher != nil, "reply_timeout", cfg.ReplyTimeout.String())
@@ -176,7 +180,7 @@ func (a *App) Shutdown(ctx context.Context) error {
 		errs = append(errs, a.http.Shutdown(ctx))
 	}
 	if a.workers != nil {
-		errs = append(errs, a.workers.Stop())
+		errs = append(errs, a.workers.Stop(ctx))
 	}
 	errs = append(errs, bus.Drain(ctx, a.nc), bus.Drain(ctx, a.workerNC))
 	if a.admin != nil {
@@ -210,4 +214,30 @@ func Run(ctx context.Context, o Options) error {
 	sctx, cancel := context.WithTimeout(context.Background(), ShutdownGrace)
 	defer cancel()
 	return errors.Join(runErr, a.Shutdown(sctx))
+}
+
+// storeOn opens the totals store on first use, so the ingress can serve the
+// analytics API without running the analytics consumer.
+func storeOn(nc *nats.Conn, cfg config.Config) analytics.StoreFunc {
+	var (
+		mu    sync.Mutex
+		store *analytics.Store
+	)
+	return func(ctx context.Context) (*analytics.Store, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if store != nil {
+			return store, nil
+		}
+		js, err := jetstream.New(nc)
+		if err != nil {
+			return nil, err
+		}
+		s, err := analytics.OpenStore(ctx, js, worker.StreamOptions(cfg))
+		if err != nil {
+			return nil, err
+		}
+		store = s
+		return store, nil
+	}
 }

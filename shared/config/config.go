@@ -27,6 +27,10 @@ type Config struct {
 	LogLevel       string        // LOG_LEVEL: debug, info, warn, error
 	LogFormat      string        // LOG_FORMAT: json or text
 	Replies        ReplyTexts
+
+	AnalyticsMaxScenes int           // ANALYTICS_MAX_SCENES: scene label values in metrics
+	AnalyticsRetention time.Duration // ANALYTICS_RETENTION: how long scan records stay in the stream; 0 forever
+	JetStreamReplicas  int           // JETSTREAM_REPLICAS: replicas of the stream and buckets
 }
 
 // ReplyTexts are the workers' reply texts; "{scene}" stands for the scene.
@@ -51,6 +55,9 @@ func Defaults() Config {
 		MaxBodyBytes:  64 << 10,
 		LogLevel:      "info",
 		LogFormat:     "json",
+
+		AnalyticsMaxScenes: 100,
+		JetStreamReplicas:  1,
 		Replies: ReplyTexts{
 			Subscribe:         "感谢您的关注！",
 			SubscribeScene:    "场景值:{scene}",
@@ -99,6 +106,19 @@ func (c *Config) FromEnv(lookup func(string) (string, bool)) error {
 			c.MaxBodyBytes = n
 		}
 	}
+	num := func(key string, lo, hi int, dst *int) {
+		if v, ok := lookup(key); ok {
+			n, err := strconv.Atoi(strings.TrimSpace(v))
+			if err != nil || n < lo || n > hi {
+				errs = append(errs, fmt.Errorf("%s=%q: want a whole number from %d to %d", key, v, lo, hi))
+				return
+			}
+			*dst = n
+		}
+	}
+	num("ANALYTICS_MAX_SCENES", 1, 10000, &c.AnalyticsMaxScenes)
+	num("JETSTREAM_REPLICAS", 1, 5, &c.JetStreamReplicas)
+	dur("ANALYTICS_RETENTION", &c.AnalyticsRetention)
 	str("LOG_LEVEL", &c.LogLevel)
 	str("LOG_FORMAT", &c.LogFormat)
 	str("REPLY_SUBSCRIBE", &c.Replies.Subscribe)

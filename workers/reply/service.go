@@ -26,6 +26,10 @@ type Options struct {
 	Registerer prometheus.Registerer
 	// Now stamps replies' CreateTime; time.Now when nil.
 	Now func() time.Time
+	// Observe, when set, sees every handled message with its dedup key and
+	// the time the ingress received it (the analytics fan-out). It must not
+	// block: the reply waits for it.
+	Observe func(m *wechat.Message, dedupKey string, received time.Time)
 }
 
 // Service answers msg.> and event.> requests in the workers' queue group.
@@ -34,6 +38,7 @@ type Service struct {
 	replier *Replier
 	logger  *slog.Logger
 	now     func() time.Time
+	observe func(*wechat.Message, string, time.Time)
 	metrics *metrics
 }
 
@@ -45,7 +50,7 @@ func Start(o Options) (*Service, error) {
 	if o.Conn == nil || o.Replier == nil || o.Logger == nil || o.Registerer == nil {
 		return nil, errors.New("reply: Conn, Replier, Logger and Registerer are required")
 	}
-	s := &Service{replier: o.Replier, logger: o.Logger, now: o.Now, metrics: newMetrics(o.Registerer)}
+	s := &Service{replier: o.Replier, logger: o.Logger, now: o.Now, observe: o.Observe, metrics: newMetrics(o.Registerer)}
 	if s.now == nil {
 		s.now = time.Now
 	}
@@ -88,12 +93,26 @@ func (s *Service) ID() string { return s.svc.Info().ID }
 func (s *Service) serve(req micro.Request) {
 	start := time.Now()
 	subject := req.Subject()
-	body, err := s.Handle(req.Data())
+	m, body, err := s.handle(req.Data())
 	if err != nil {
 		s.logger.Warn("worker rejected request", "subject", subject, "err", err)
 		_ = req.Error("400", err.Error(), nil)
-	} else if err := req.Respond(body); err != nil {
-		s.logger.Error("worker respond", "subject", subject, "err", err)
+	} else {
+		if err := req.Respond(body); err != nil {
+			s.logger.Error("worker respond", "subject", subject, "err", err)
+		}
+		if s.observe != nil {
+			h := req.Headers()
+			key := h.Get(bus.HeaderDedupKey)
+			if key == "" {
+				key = m.DedupKey()
+			}
+			received, ok := bus.ParseTime(h.Get(bus.HeaderReceived))
+			if !ok {
+				received = s.now()
+			}
+			s.observe(m, key, received)
+		}
 	}
 	s.metrics.observe(subject, time.Since(start))
 	if s.logger.Enabled(context.Background(), slog.LevelDebug) {
@@ -105,13 +124,18 @@ func (s *Service) serve(req micro.Request) {
 // when there is nothing to say. It is the whole of a worker's decision, so
 // it can also run without a bus.
 func (s *Service) Handle(data []byte) ([]byte, error) {
+	_, body, err := s.handle(data)
+	return body, err
+}
+
+func (s *Service) handle(data []byte) (*wechat.Message, []byte, error) {
 	m, err := wechat.Parse(data)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrMalformed, err)
+		return nil, nil, fmt.Errorf("%w: %w", ErrMalformed, err)
 	}
 	r := s.replier.Reply(m)
 	if r == nil {
-		return nil, nil
+		return m, nil, nil
 	}
-	return r.ReplyTo(m, s.now().Unix()), nil
+	return m, r.ReplyTo(m, s.now().Unix()), nil
 }

@@ -1,0 +1,150 @@
+package analytics
+
+import (
+	"cmp"
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// sortKeys are the totals /api/scenes can sort by.
+var sortKeys = map[string]func(Totals) int64{
+	"scans":           func(t Totals) int64 { return t.Scans },
+	"subscribe_scans": func(t Totals) int64 { return t.SubscribeScans },
+	"scan_scans":      func(t Totals) int64 { return t.ScanScans },
+	"new_followers":   func(t Totals) int64 { return t.NewFollowers },
+	"unique_people":   func(t Totals) int64 { return t.UniquePeople },
+	"unfollows":       func(t Totals) int64 { return t.Unfollows },
+}
+
+// ScenesPage is the /api/scenes answer.
+type ScenesPage struct {
+	Total  int      `json:"total"`
+	Offset int      `json:"offset"`
+	Limit  int      `json:"limit"`
+	Sort   string   `json:"sort"`
+	Order  string   `json:"order"`
+	Scenes []Totals `json:"scenes"`
+}
+
+// StoreFunc returns the store, or an error while it cannot be opened yet
+// (NATS or JetStream not reachable).
+type StoreFunc func(context.Context) (*Store, error)
+
+// API serves the totals as JSON:
+//
+//	GET /api/scenes?sort=scans&order=desc&limit=50&offset=0
+//	GET /api/scenes/{scene}
+//
+// The totals are read from the store on every request. When token is not
+// empty the routes require "Authorization: Bearer <token>".
+func API(store StoreFunc, token string) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /api/scenes", func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		sortBy := cmp.Or(q.Get("sort"), "scans")
+		order := cmp.Or(q.Get("order"), "desc")
+		key, ok := sortKeys[sortBy]
+		if !ok && sortBy != "scene" {
+			apiError(w, http.StatusBadRequest, "sort must be scene or one of scans, subscribe_scans, scan_scans, new_followers, unique_people, unfollows")
+			return
+		}
+		if order != "asc" && order != "desc" {
+			apiError(w, http.StatusBadRequest, "order must be asc or desc")
+			return
+		}
+		limit, err1 := intParam(q.Get("limit"), 50, 1, 1000)
+		offset, err2 := intParam(q.Get("offset"), 0, 0, 1<<31-1)
+		if err1 != nil || err2 != nil {
+			apiError(w, http.StatusBadRequest, "limit must be 1..1000 and offset 0 or more")
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+		defer cancel()
+		s, err := store(ctx)
+		if err != nil {
+			apiError(w, http.StatusServiceUnavailable, "totals store unavailable")
+			return
+		}
+		all, err := s.Scenes(ctx)
+		if err != nil {
+			apiError(w, http.StatusServiceUnavailable, "totals store unavailable")
+			return
+		}
+		slices.SortFunc(all, func(a, b Totals) int {
+			c := 0
+			if key != nil {
+				c = cmp.Compare(key(a), key(b))
+			}
+			if c == 0 {
+				c = strings.Compare(a.Scene, b.Scene)
+			}
+			if order == "desc" {
+				c = -c
+			}
+			return c
+		})
+		page := ScenesPage{Total: len(all), Offset: offset, Limit: limit, Sort: sortBy, Order: order, Scenes: []Totals{}}
+		if offset < len(all) {
+			page.Scenes = all[offset:min(len(all), offset+limit)]
+		}
+		writeJSON(w, http.StatusOK, page)
+	})
+	mux.HandleFunc("GET /api/scenes/{scene}", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+		defer cancel()
+		s, err := store(ctx)
+		if err != nil {
+			apiError(w, http.StatusServiceUnavailable, "totals store unavailable")
+			return
+		}
+		t, ok, err := s.Scene(ctx, r.PathValue("scene"))
+		switch {
+		case err != nil:
+			apiError(w, http.StatusServiceUnavailable, "totals store unavailable")
+		case !ok:
+			apiError(w, http.StatusNotFound, "no scans recorded for this scene")
+		default:
+			writeJSON(w, http.StatusOK, t)
+		}
+	})
+	if token == "" {
+		return mux
+	}
+	want := []byte("Bearer " + token)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got := []byte(r.Header.Get("Authorization"))
+		if subtle.ConstantTimeCompare(got, want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="wxgate"`)
+			apiError(w, http.StatusUnauthorized, "bearer token required")
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+func intParam(s string, def, lo, hi int) (int, error) {
+	if s == "" {
+		return def, nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < lo || n > hi {
+		return 0, strconv.ErrRange
+	}
+	return n, nil
+}
+
+func apiError(w http.ResponseWriter, code int, msg string) {
+	writeJSON(w, code, map[string]string{"error": msg})
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
