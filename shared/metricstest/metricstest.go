@@ -1,8 +1,10 @@
-// Package metricstest reads single values out of a Prometheus gatherer in
-// tests, by metric name and label values.
+// Package metricstest reads values out of a Prometheus gatherer in tests,
+// by metric name and labels.
 package metricstest
 
 import (
+	"sort"
+	"strings"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -10,44 +12,88 @@ import (
 )
 
 // Value returns the value of the series name{label=value} (label may be
-// empty for a series without labels): a counter's or gauge's value, a
-// histogram's sample count. It fails the test when there is no such series.
+// empty for a series without labels). It fails the test when there is no
+// such series.
 func Value(t testing.TB, g prometheus.Gatherer, name, label, value string) float64 {
 	t.Helper()
+	labels := map[string]string{}
+	if label != "" {
+		labels[label] = value
+	}
+	v, ok := Lookup(g, name, labels)
+	if !ok {
+		t.Fatalf("no series %s{%s=%q}", name, label, value)
+	}
+	return v
+}
+
+// Lookup returns the value of the first series of name whose labels include
+// labels: a counter's or gauge's value, a histogram's sample count.
+func Lookup(g prometheus.Gatherer, name string, labels map[string]string) (float64, bool) {
 	mfs, err := g.Gather()
 	if err != nil {
-		t.Fatal(err)
+		return 0, false
 	}
 	for _, mf := range mfs {
 		if mf.GetName() != name {
 			continue
 		}
 		for _, m := range mf.GetMetric() {
-			if !hasLabel(m.GetLabel(), label, value) {
-				continue
-			}
-			switch {
-			case m.Counter != nil:
-				return m.GetCounter().GetValue()
-			case m.Gauge != nil:
-				return m.GetGauge().GetValue()
-			case m.Histogram != nil:
-				return float64(m.GetHistogram().GetSampleCount())
+			if matches(m.GetLabel(), labels) {
+				return value(m), true
 			}
 		}
 	}
-	t.Fatalf("no series %s{%s=%q}", name, label, value)
-	return 0
+	return 0, false
 }
 
-func hasLabel(pairs []*dto.LabelPair, label, value string) bool {
-	if label == "" {
-		return len(pairs) == 0
+// Series returns every series of name, keyed by its labels ("k=v,k=v").
+func Series(t testing.TB, g prometheus.Gatherer, name string) map[string]float64 {
+	t.Helper()
+	mfs, err := g.Gather()
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, lp := range pairs {
-		if lp.GetName() == label && lp.GetValue() == value {
-			return true
+	out := map[string]float64{}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			var parts []string
+			for _, lp := range m.GetLabel() {
+				parts = append(parts, lp.GetName()+"="+lp.GetValue())
+			}
+			sort.Strings(parts)
+			out[strings.Join(parts, ",")] = value(m)
 		}
 	}
-	return false
+	return out
+}
+
+func matches(pairs []*dto.LabelPair, labels map[string]string) bool {
+	n := 0
+	for _, lp := range pairs {
+		if v, ok := labels[lp.GetName()]; ok {
+			if v != lp.GetValue() {
+				return false
+			}
+			n++
+		}
+	}
+	return n == len(labels) && (len(labels) > 0 || len(pairs) == 0)
+}
+
+func value(m *dto.Metric) float64 {
+	switch {
+	case m.Counter != nil:
+		return m.GetCounter().GetValue()
+	case m.Gauge != nil:
+		return m.GetGauge().GetValue()
+	case m.Histogram != nil:
+		return float64(m.GetHistogram().GetSampleCount())
+	case m.Untyped != nil:
+		return m.GetUntyped().GetValue()
+	}
+	return 0
 }

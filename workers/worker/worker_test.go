@@ -1,0 +1,310 @@
+package worker_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/wxgate/wxgate/ingress/gateway"
+	"github.com/wxgate/wxgate/shared/bus"
+	"github.com/wxgate/wxgate/shared/config"
+	"github.com/wxgate/wxgate/shared/metricstest"
+	"github.com/wxgate/wxgate/shared/natstest"
+	"github.com/wxgate/wxgate/shared/wechat"
+	"github.com/wxgate/wxgate/workers/analytics"
+	"github.com/wxgate/wxgate/workers/worker"
+)
+
+func TestMain(m *testing.M) {
+	gin.SetMode(gin.TestMode)
+	os.Exit(m.Run())
+}
+
+const token = "analytics-token"
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+type cluster struct {
+	t        *testing.T
+	srv      *bus.Embedded
+	ingress  []string // callback URLs
+	workers  []*worker.Worker
+	regs     []*prometheus.Registry
+	apiURL   string
+	sender   wechat.Sender
+	js       jetstream.JetStream
+	received int
+}
+
+// newCluster runs, on one real NATS server, two ingress gateways behind
+// real HTTP listeners and two workers, each on its own connection.
+func newCluster(t *testing.T, maxScenes int) *cluster {
+	t.Helper()
+	c := &cluster{t: t, srv: natstest.RunServer(t), sender: wechat.Sender{Token: token}}
+	cfg := config.Defaults()
+	cfg.AnalyticsMaxScenes = maxScenes
+	for i := 0; i < 2; i++ {
+		reg := prometheus.NewRegistry()
+		w, err := worker.Start(worker.Options{Conn: natstest.Connect(t, c.srv), Config: cfg, Logger: quiet, Registerer: reg})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			_ = w.Stop(ctx)
+		})
+		select {
+		case <-w.Analytics.Ready():
+		case <-time.After(30 * time.Second):
+			t.Fatal("analytics consumer did not start")
+		}
+		c.workers, c.regs = append(c.workers, w), append(c.regs, reg)
+	}
+	for i := 0; i < 2; i++ {
+		gw, err := gateway.New(gateway.Options{Token: token, Conn: natstest.Connect(t, c.srv), ReplyTimeout: 4 * time.Second,
+			TimestampSkew: 0, Logger: quiet, Registerer: prometheus.NewRegistry()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		hs := httptest.NewServer(gw.Handler())
+		t.Cleanup(hs.Close)
+		c.ingress = append(c.ingress, hs.URL+gateway.Path)
+	}
+	api := httptest.NewServer(c.workers[0].API())
+	t.Cleanup(api.Close)
+	c.apiURL = api.URL
+	js, err := jetstream.New(natstest.Connect(t, c.srv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.js = js
+	return c
+}
+
+// send posts msg to a random ingress, then repeats it retries more times,
+// as WeChat does when it gets no answer: identical body, fresh query.
+func (c *cluster) send(rng *rand.Rand, msg string, copies int) {
+	c.t.Helper()
+	for i := 0; i < copies; i++ {
+		url := c.ingress[rng.IntN(len(c.ingress))]
+		req, err := c.sender.NewRequest(url, []byte(msg), time.Now(), "n"+strconv.Itoa(rng.Int()))
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			c.t.Fatalf("status %d", resp.StatusCode)
+		}
+	}
+}
+
+// settle waits until the stream holds want records and the consumer has
+// applied and acknowledged all of them.
+func (c *cluster) settle(want uint64) {
+	c.t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		s, err := c.js.Stream(ctx, analytics.StreamName)
+		var msgs uint64
+		if err == nil {
+			if info, err := s.Info(ctx); err == nil {
+				msgs = info.State.Msgs
+			}
+		}
+		pending, ackPending, lerr := c.workers[0].Analytics.Consumer().Lag(ctx)
+		cancel()
+		if msgs > want {
+			c.t.Fatalf("stream holds %d records, want %d: a retry was stored twice", msgs, want)
+		}
+		if msgs == want && lerr == nil && pending == 0 && ackPending == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("not settled: stream %d/%d records, pending %d, ack pending %d (%v)", msgs, want, pending, ackPending, lerr)
+		}
+		time.Sleep(20 * time.Millisecond) // polling the server's view; there is no event for "all acked"
+	}
+}
+
+func (c *cluster) scenes() map[string]analytics.Totals {
+	c.t.Helper()
+	resp, err := http.Get(c.apiURL + "/api/scenes?limit=1000")
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var page analytics.ScenesPage
+	if err := json.NewDecoder(resp.Body).Decode(&page); err != nil {
+		c.t.Fatal(err)
+	}
+	out := map[string]analytics.Totals{}
+	for _, s := range page.Scenes {
+		out[s.Scene] = s
+	}
+	return out
+}
+
+func event(openid, ev, key string, createTime int64) string {
+	return fmt.Sprintf("<xml><ToUserName><![CDATA[gh_acct]]></ToUserName><FromUserName><![CDATA[%s]]></FromUserName>"+
+		"<CreateTime>%d</CreateTime><MsgType><![CDATA[event]]></MsgType><Event><![CDATA[%s]]></Event>"+
+		"<EventKey><![CDATA[%s]]></EventKey><Ticket><![CDATA[T]]></Ticket></xml>", openid, createTime, ev, key)
+}
+
+type want struct{ subscribe, scan, followers, unique, unfollows int64 }
+
+// N distinct scans and follows across several scenes, each sent 1-4 times
+// through two ingress instances to two workers: the API and the metrics of
+// every worker show each exactly once.
+func TestExactCountsThroughRetries(t *testing.T) {
+	c := newCluster(t, 100)
+	rng := rand.New(rand.NewPCG(1, 2))
+	scenes := []string{"poster_a", "counter_b", "123", "ad 4/中文"}
+	expect := map[string]*want{}
+	seen := map[string]bool{}
+	followedVia := map[string]string{}
+	ct := int64(1700000000)
+	records := uint64(0)
+	for i := 0; i < 60; i++ {
+		scene := scenes[rng.IntN(len(scenes))]
+		openid := "person_" + strconv.Itoa(rng.IntN(12))
+		w := expect[scene]
+		if w == nil {
+			w = &want{}
+			expect[scene] = w
+		}
+		ct++
+		if _, follows := followedVia[openid]; follows {
+			c.send(rng, event(openid, "SCAN", scene, ct), 1+rng.IntN(4))
+			w.scan++
+		} else {
+			c.send(rng, event(openid, "subscribe", "qrscene_"+scene, ct), 1+rng.IntN(4))
+			w.subscribe++
+			w.followers++
+			followedVia[openid] = scene
+		}
+		if !seen[scene+"|"+openid] {
+			seen[scene+"|"+openid] = true
+			w.unique++
+		}
+		records++
+	}
+	// Unfollows go after their follows were counted: the stream does not
+	// order one person's records across concurrent publishers.
+	c.settle(records)
+	n := 0
+	for openid, scene := range followedVia {
+		if n++; n%2 == 0 {
+			continue
+		}
+		ct++
+		c.send(rng, event(openid, "unsubscribe", "", ct), 1+rng.IntN(3))
+		expect[scene].unfollows++
+		records++
+	}
+	// Events that are not scans add nothing.
+	c.send(rng, event("person_x", "subscribe", "", ct+1), 2)
+	c.send(rng, event("person_x", "CLICK", "menu", ct+2), 1)
+	c.settle(records)
+
+	got := c.scenes()
+	if len(got) != len(expect) {
+		t.Errorf("API lists %d scenes, want %d", len(got), len(expect))
+	}
+	for scene, w := range expect {
+		g := got[scene]
+		if g.SubscribeScans != w.subscribe || g.ScanScans != w.scan || g.Scans != w.subscribe+w.scan ||
+			g.NewFollowers != w.followers || g.UniquePeople != w.unique || g.Unfollows != w.unfollows {
+			t.Errorf("scene %q: API %+v, want %+v", scene, g, *w)
+		}
+		for i, reg := range c.regs {
+			waitMetric(t, reg, "wechat_scene_scans_total", map[string]string{"scene": scene, "kind": "subscribe"}, float64(w.subscribe), i)
+			waitMetric(t, reg, "wechat_scene_scans_total", map[string]string{"scene": scene, "kind": "scan"}, float64(w.scan), i)
+			waitMetric(t, reg, "wechat_scene_unique_people_total", map[string]string{"scene": scene}, float64(w.unique), i)
+			waitMetric(t, reg, "wechat_scene_unfollows_total", map[string]string{"scene": scene}, float64(w.unfollows), i)
+			waitMetric(t, reg, "wechat_scene_new_followers_total", map[string]string{"scene": scene}, float64(w.followers), i)
+		}
+	}
+	// One scene through the single-scene route, with a path-escaped name.
+	resp, err := http.Get(c.apiURL + "/api/scenes/" + "ad%204%2F%E4%B8%AD%E6%96%87")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var one analytics.Totals
+	_ = json.NewDecoder(resp.Body).Decode(&one)
+	resp.Body.Close()
+	if w := expect["ad 4/中文"]; w != nil && (resp.StatusCode != 200 || one.Scans != w.subscribe+w.scan) {
+		t.Errorf("GET /api/scenes/{scene} = %d %+v", resp.StatusCode, one)
+	}
+}
+
+// With the label bound at 3 and 5 scenes scanned, 3 scenes and _other are
+// exported, and the totals still add up.
+func TestSceneLabelBound(t *testing.T) {
+	c := newCluster(t, 3)
+	rng := rand.New(rand.NewPCG(3, 4))
+	ct := int64(1700000000)
+	perScene := map[string]int{"s1": 1, "s2": 2, "s3": 3, "s4": 4, "s5": 5}
+	total := 0
+	// In order, so the first three scenes seen are s1..s3.
+	for _, scene := range []string{"s1", "s2", "s3", "s4", "s5"} {
+		for i := 0; i < perScene[scene]; i++ {
+			ct++
+			c.send(rng, event("p"+strconv.Itoa(i), "SCAN", scene, ct), 1)
+			total++
+		}
+		c.settle(uint64(total))
+	}
+	for i, reg := range c.regs {
+		waitMetric(t, reg, "wechat_scene_label_overflow_scenes", nil, 2, i)
+		for _, s := range []string{"s1", "s2", "s3"} {
+			waitMetric(t, reg, "wechat_scene_scans_total", map[string]string{"scene": s, "kind": "scan"}, float64(perScene[s]), i)
+		}
+		waitMetric(t, reg, "wechat_scene_scans_total", map[string]string{"scene": "_other", "kind": "scan"}, 9, i)
+		series := metricstest.Series(t, reg, "wechat_scene_scans_total")
+		if len(series) != 8 { // (3 scenes + _other) x 2 kinds
+			t.Errorf("worker %d exports %d scan series, want 8: %v", i, len(series), series)
+		}
+		sum := 0.0
+		for _, v := range series {
+			sum += v
+		}
+		if sum != float64(total) {
+			t.Errorf("worker %d: scan series add up to %v, want %d", i, sum, total)
+		}
+	}
+}
+
+func waitMetric(t *testing.T, reg prometheus.Gatherer, name string, labels map[string]string, want float64, worker int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		got, ok := metricstest.Lookup(reg, name, labels)
+		if ok && got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("worker %d: %s%v = %v (present %v), want %v", worker, name, labels, got, ok, want)
+			return
+		}
+		time.Sleep(10 * time.Millisecond) // the exporter mirrors the store through a watch
+	}
+}
