@@ -105,6 +105,13 @@ func Start(o Options) (_ *App, err error) {
 		if a.workers, err = worker.Start(worker.Options{Conn: a.workerNC, Config: cfg, Logger: logger, Registerer: reg}); err != nil {
 			return nil, err
 		}
+		// JetStream is in this process: the analytics consumer starts at
+		// once, so the scene metrics exist from the first scrape.
+		select {
+		case <-a.workers.Analytics.Ready():
+		case <-time.After(30 * time.Second):
+			return nil, errors.New("standalone: analytics consumer did not start within 30s")
+		}
 	}
 	if a.nc, err = bus.Connect(url, "wxgate-ingress", logger.With("component", "nats"), connOpts...); err != nil {
 		return nil, err
