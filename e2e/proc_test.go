@@ -205,7 +205,14 @@ type natsServer struct {
 
 func startNATS(t *testing.T) *natsServer {
 	t.Helper()
-	p := start(t, "nats-server", nil, "-a", "127.0.0.1", "-p", "-1", "-m", "-1", "-js", "-sd", t.TempDir())
+	return startNATSAt(t, "-1", t.TempDir())
+}
+
+// startNATSAt runs nats-server on a given port and store directory, so a
+// test can stop it and start it again where the clients expect it.
+func startNATSAt(t *testing.T, port, storeDir string) *natsServer {
+	t.Helper()
+	p := start(t, "nats-server", nil, "-a", "127.0.0.1", "-p", port, "-m", "-1", "-js", "-sd", storeDir)
 	mon := monitorAddrRE.FindStringSubmatch(p.waitLine(t, "monitor address", monitorAddrRE.MatchString))[1]
 	addr := natsAddrRE.FindStringSubmatch(p.waitLine(t, "client address", natsAddrRE.MatchString))[1]
 	p.waitLine(t, "readiness", func(l string) bool { return strings.Contains(l, "Server is ready") })

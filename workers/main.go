@@ -62,7 +62,11 @@ func serveWorkers(ctx context.Context, cfg config.Config, logger *slog.Logger) e
 		nc.Close()
 		return err
 	}
-	logger.Info("worker started", "service", bus.ServiceName, "id", w.Service.ID(), "queue_group", bus.QueueGroup)
+	if w.Service != nil {
+		logger.Info("worker started", "roles", cfg.WorkerRoles, "service", bus.ServiceName, "id", w.Service.ID(), "queue_group", bus.QueueGroup)
+	} else {
+		logger.Info("worker started", "roles", cfg.WorkerRoles)
+	}
 
 	var runErr error
 	select {

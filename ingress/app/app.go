@@ -102,7 +102,9 @@ func Start(o Options) (_ *App, err error) {
 		if a.workerNC, err = bus.Connect(url, "wxgate-standalone-worker", logger.With("component", "worker-nats"), connOpts...); err != nil {
 			return nil, err
 		}
-		if a.workers, err = worker.Start(worker.Options{Conn: a.workerNC, Config: cfg, Logger: logger, Registerer: reg}); err != nil {
+		wcfg := cfg
+		wcfg.WorkerRoles = []string{"replies", "analytics"} // one process does it all
+		if a.workers, err = worker.Start(worker.Options{Conn: a.workerNC, Config: wcfg, Logger: logger, Registerer: reg}); err != nil {
 			return nil, err
 		}
 		// JetStream is in this process: the analytics consumer starts at

@@ -31,6 +31,20 @@ type Config struct {
 	AnalyticsMaxScenes int           // ANALYTICS_MAX_SCENES: scene label values in metrics
 	AnalyticsRetention time.Duration // ANALYTICS_RETENTION: how long scan records stay in the stream; 0 forever
 	JetStreamReplicas  int           // JETSTREAM_REPLICAS: replicas of the stream and buckets
+	// WorkerRoles are what a workers process runs: "replies" (the reply
+	// service and the scan fan-out) and "analytics" (the totals consumer and
+	// scene metrics). WORKER_ROLES, comma-separated.
+	WorkerRoles []string
+}
+
+// HasRole reports whether the workers process runs role.
+func (c *Config) HasRole(role string) bool {
+	for _, r := range c.WorkerRoles {
+		if r == role {
+			return true
+		}
+	}
+	return false
 }
 
 // ReplyTexts are the workers' reply texts; "{scene}" stands for the scene.
@@ -58,6 +72,7 @@ func Defaults() Config {
 
 		AnalyticsMaxScenes: 100,
 		JetStreamReplicas:  1,
+		WorkerRoles:        []string{"replies", "analytics"},
 		Replies: ReplyTexts{
 			Subscribe:         "感谢您的关注！",
 			SubscribeScene:    "场景值:{scene}",
@@ -119,6 +134,21 @@ func (c *Config) FromEnv(lookup func(string) (string, bool)) error {
 	num("ANALYTICS_MAX_SCENES", 1, 10000, &c.AnalyticsMaxScenes)
 	num("JETSTREAM_REPLICAS", 1, 5, &c.JetStreamReplicas)
 	dur("ANALYTICS_RETENTION", &c.AnalyticsRetention)
+	if v, ok := lookup("WORKER_ROLES"); ok {
+		c.WorkerRoles = nil
+		for _, r := range strings.Split(v, ",") {
+			switch r = strings.TrimSpace(r); r {
+			case "replies", "analytics":
+				c.WorkerRoles = append(c.WorkerRoles, r)
+			case "":
+			default:
+				errs = append(errs, fmt.Errorf("WORKER_ROLES: unknown role %q (want replies, analytics)", r))
+			}
+		}
+		if len(c.WorkerRoles) == 0 {
+			errs = append(errs, errors.New("WORKER_ROLES: name at least one of replies, analytics"))
+		}
+	}
 	str("LOG_LEVEL", &c.LogLevel)
 	str("LOG_FORMAT", &c.LogFormat)
 	str("REPLY_SUBSCRIBE", &c.Replies.Subscribe)

@@ -31,7 +31,7 @@ type Options struct {
 // Worker is a running reply service with its analytics role.
 type Worker struct {
 	Analytics *analytics.Role
-	Service   *reply.Service
+	Service   *reply.Service // nil without the replies role
 	api       http.Handler
 }
 
@@ -41,10 +41,14 @@ func Start(o Options) (*Worker, error) {
 		Conn: o.Conn, Logger: o.Logger.With("component", "analytics"), Registerer: o.Registerer,
 		Stream:    StreamOptions(o.Config),
 		MaxScenes: o.Config.AnalyticsMaxScenes,
-		Consume:   true,
+		Consume:   o.Config.HasRole("analytics"),
 	})
 	if err != nil {
 		return nil, err
+	}
+	w := &Worker{Analytics: role, api: analytics.API(role.Store, o.Config.AdminToken)}
+	if !o.Config.HasRole("replies") {
+		return w, nil
 	}
 	svc, err := reply.Start(reply.Options{
 		Conn:       o.Conn,
@@ -62,7 +66,8 @@ func Start(o Options) (*Worker, error) {
 		defer cancel()
 		return nil, errors.Join(err, role.Stop(ctx))
 	}
-	return &Worker{Analytics: role, Service: svc, api: analytics.API(role.Store, o.Config.AdminToken)}, nil
+	w.Service = svc
+	return w, nil
 }
 
 // StreamOptions are the stream and bucket settings from the configuration.
@@ -76,5 +81,9 @@ func (w *Worker) API() http.Handler { return w.api }
 // Stop stops taking requests, answers those in hand, then stops the
 // analytics role (records queued are published, records in hand applied).
 func (w *Worker) Stop(ctx context.Context) error {
-	return errors.Join(w.Service.Stop(), w.Analytics.Stop(ctx))
+	var err error
+	if w.Service != nil {
+		err = w.Service.Stop()
+	}
+	return errors.Join(err, w.Analytics.Stop(ctx))
 }
