@@ -270,17 +270,9 @@ func startStandalone(t *testing.T) *standalone {
 func (s *standalone) post(t *testing.T, msg string) {
 	t.Helper()
 	s.n++
-	req, err := s.sender.NewRequest(s.http, []byte(msg), time.Now(), "n"+strconv.Itoa(s.n))
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != 200 {
-		t.Fatalf("POST = %d", resp.StatusCode)
+	code, _, err := s.sender.Post(http.DefaultClient, s.http, []byte(msg), time.Now(), "n"+strconv.Itoa(s.n))
+	if err != nil || code != 200 {
+		t.Fatalf("POST = %d: %v", code, err)
 	}
 }
 

@@ -32,27 +32,14 @@ func textMessage(content string) []byte {
 		n, time.Now().Unix(), content, 5000+n))
 }
 
-// post sends a signed callback and returns the status and the body.
+// post sends a signed callback and returns the status and the opened reply.
 func post(t *testing.T, s wechat.Sender, url string, msg []byte) (int, string) {
 	t.Helper()
-	req, err := s.NewRequest(url, msg, time.Now(), "n"+strconv.FormatInt(seq.Add(1), 10))
+	code, body, err := s.Post(http.DefaultClient, url, msg, time.Now(), "n"+strconv.FormatInt(seq.Add(1), 10))
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	plain, err := s.OpenReply(b)
-	if err != nil {
-		t.Fatalf("open reply: %v", err)
-	}
-	return resp.StatusCode, string(plain)
+	return code, string(body)
 }
 
 // expectEcho posts a text message and checks it comes back as the reply.

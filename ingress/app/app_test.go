@@ -40,22 +40,12 @@ func TestStandaloneInProcess(t *testing.T) {
 	cipher, _ := wechat.NewCipher(cfg.EncodingAESKey, cfg.AppID)
 	s := wechat.Sender{Token: cfg.Token, Cipher: cipher}
 	msg := `<xml><ToUserName>gh</ToUserName><FromUserName>o</FromUserName><CreateTime>1</CreateTime><MsgType>event</MsgType><Event>subscribe</Event><EventKey>qrscene_7</EventKey></xml>`
-	req, err := s.NewRequest("http://"+a.HTTPAddr()+"/wechat", []byte(msg), time.Now(), "n")
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	plain, err := s.OpenReply(body)
-	if err != nil || !strings.Contains(string(plain), "场景值:7") {
-		t.Fatalf("safe-mode subscribe = %d %q %v", resp.StatusCode, plain, err)
+	code, plain, err := s.Post(http.DefaultClient, "http://"+a.HTTPAddr()+"/wechat", []byte(msg), time.Now(), "n")
+	if err != nil || code != 200 || !strings.Contains(string(plain), "场景值:7") {
+		t.Fatalf("safe-mode subscribe = %d %q %v", code, plain, err)
 	}
 
-	resp, err = http.Get("http://" + a.AdminAddr() + "/readyz")
+	resp, err := http.Get("http://" + a.AdminAddr() + "/readyz")
 	if err != nil {
 		t.Fatal(err)
 	}

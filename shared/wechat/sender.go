@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -22,15 +23,10 @@ type Sender struct {
 // the given nonce. In safe mode the body is the encrypted envelope and the
 // query carries encrypt_type=aes and msg_signature.
 func (s Sender) NewRequest(rawURL string, msg []byte, now time.Time, nonce string) (*http.Request, error) {
-	u, err := url.Parse(rawURL)
+	u, q, ts, err := s.signedQuery(rawURL, now, nonce)
 	if err != nil {
-		return nil, fmt.Errorf("url: %w", err)
+		return nil, err
 	}
-	ts := strconv.FormatInt(now.Unix(), 10)
-	q := u.Query()
-	q.Set("signature", Signature(s.Token, ts, nonce))
-	q.Set("timestamp", ts)
-	q.Set("nonce", nonce)
 	body := msg
 	if s.Cipher != nil {
 		enc, err := s.Cipher.Encrypt(msg)
@@ -56,18 +52,50 @@ func (s Sender) NewRequest(rawURL string, msg []byte, now time.Time, nonce strin
 
 // NewVerifyRequest returns the GET WeChat sends to check a callback URL.
 func (s Sender) NewVerifyRequest(rawURL, echostr string, now time.Time, nonce string) (*http.Request, error) {
+	u, q, _, err := s.signedQuery(rawURL, now, nonce)
+	if err != nil {
+		return nil, err
+	}
+	q.Set("echostr", echostr)
+	u.RawQuery = q.Encode()
+	return http.NewRequest(http.MethodGet, u.String(), nil)
+}
+
+// signedQuery parses rawURL and adds signature, timestamp and nonce.
+func (s Sender) signedQuery(rawURL string, now time.Time, nonce string) (*url.URL, url.Values, string, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
-		return nil, fmt.Errorf("url: %w", err)
+		return nil, nil, "", fmt.Errorf("url: %w", err)
 	}
 	ts := strconv.FormatInt(now.Unix(), 10)
 	q := u.Query()
 	q.Set("signature", Signature(s.Token, ts, nonce))
 	q.Set("timestamp", ts)
 	q.Set("nonce", nonce)
-	q.Set("echostr", echostr)
-	u.RawQuery = q.Encode()
-	return http.NewRequest(http.MethodGet, u.String(), nil)
+	return u, q, ts, nil
+}
+
+// Post sends msg to rawURL as WeChat would and returns the HTTP status and
+// the reply, opened (decrypted and checked) when the status is 200.
+func (s Sender) Post(c *http.Client, rawURL string, msg []byte, now time.Time, nonce string) (status int, reply []byte, err error) {
+	req, err := s.NewRequest(rawURL, msg, now, nonce)
+	if err != nil {
+		return 0, nil, err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return resp.StatusCode, nil, fmt.Errorf("read reply: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return resp.StatusCode, body, nil
+	}
+	reply, err = s.OpenReply(body)
+	return resp.StatusCode, reply, err
 }
 
 // ErrReplySignature means a safe-mode reply's MsgSignature did not verify.

@@ -101,17 +101,9 @@ func (c *cluster) send(rng *rand.Rand, msg string, copies int) {
 	c.t.Helper()
 	for i := 0; i < copies; i++ {
 		url := c.ingress[rng.IntN(len(c.ingress))]
-		req, err := c.sender.NewRequest(url, []byte(msg), time.Now(), "n"+strconv.Itoa(rng.Int()))
-		if err != nil {
-			c.t.Fatal(err)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			c.t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != 200 {
-			c.t.Fatalf("status %d", resp.StatusCode)
+		code, _, err := c.sender.Post(http.DefaultClient, url, []byte(msg), time.Now(), "n"+strconv.Itoa(rng.Int()))
+		if err != nil || code != 200 {
+			c.t.Fatalf("status %d: %v", code, err)
 		}
 	}
 }
