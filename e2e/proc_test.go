@@ -34,6 +34,7 @@ func TestMain(m *testing.M) {
 		for name, pkg := range map[string]string{
 			"ingress":     "github.com/wxgate/wxgate/ingress",
 			"workers":     "github.com/wxgate/wxgate/workers",
+			"wxsim":       "github.com/wxgate/wxgate/wxsim",
 			"nats-server": "github.com/nats-io/nats-server/v2",
 		} {
 			cmd := exec.Command("go", "build", "-o", filepath.Join(dir, name), pkg)

@@ -270,3 +270,55 @@ func (m *Message) Scene() (string, bool) {
 	scene, _, ok := m.SceneScan()
 	return scene, ok
 }
+
+// AppendXML appends the message as WeChat sends it: the typed fields that
+// are set, strings in CDATA. It is the inverse of Parse for those fields;
+// the simulator and tests build messages with it.
+func (m *Message) AppendXML(dst []byte) []byte {
+	dst = append(dst, "<xml>"...)
+	str := func(name, v string) {
+		if v != "" {
+			dst = cdataElem(dst, name, v)
+		}
+	}
+	num := func(name, v string) {
+		if v != "" {
+			dst = append(dst, '<')
+			dst = append(dst, name...)
+			dst = append(dst, '>')
+			dst = appendText(dst, v)
+			dst = append(dst, "</"...)
+			dst = append(dst, name...)
+			dst = append(dst, '>')
+		}
+	}
+	str("ToUserName", m.ToUserName)
+	str("FromUserName", m.FromUserName)
+	num("CreateTime", strconv.FormatInt(m.CreateTime, 10))
+	str("MsgType", m.MsgType)
+	str("Content", m.Content)
+	str("PicUrl", m.PicURL)
+	str("MediaId", m.MediaID)
+	str("Format", m.Format)
+	if strings.EqualFold(m.MsgType, MsgVoice) {
+		dst = cdataElem(dst, "Recognition", m.Recognition) // present even when empty, as WeChat sends it
+	}
+	str("ThumbMediaId", m.ThumbMediaID)
+	num("Location_X", m.LocationX)
+	num("Location_Y", m.LocationY)
+	num("Scale", m.Scale)
+	str("Label", m.Label)
+	str("Title", m.Title)
+	str("Description", m.Description)
+	str("Url", m.URL)
+	str("Event", m.Event)
+	if m.IsEvent() && (m.IsEventType(EventSubscribe) || m.IsEventType(EventScan) || m.EventKey != "") {
+		dst = cdataElem(dst, "EventKey", m.EventKey)
+	}
+	str("Ticket", m.Ticket)
+	num("Latitude", m.Latitude)
+	num("Longitude", m.Longitude)
+	num("Precision", m.Precision)
+	num("MsgId", m.MsgID)
+	return append(dst, "</xml>"...)
+}

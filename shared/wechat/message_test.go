@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -117,5 +118,27 @@ func TestParseTrimsTypesNotText(t *testing.T) {
 	}
 	if m.MsgType != "text" || m.Content != "  two spaces " {
 		t.Errorf("MsgType=%q Content=%q", m.MsgType, m.Content)
+	}
+}
+
+func TestAppendXMLRoundTrips(t *testing.T) {
+	files, _ := filepath.Glob(filepath.Join("testdata", "*.xml"))
+	for _, f := range files {
+		name := strings.TrimSuffix(filepath.Base(f), ".xml")
+		if name == "scancode_push" || name == "safe_envelope" { // nested / envelope: not modelled fields
+			continue
+		}
+		m, err := Parse(readSample(t, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		back, err := Parse(m.AppendXML(nil))
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		m.Fields, back.Fields = nil, nil
+		if !reflect.DeepEqual(m, back) {
+			t.Errorf("%s: round trip\n got %+v\nwant %+v", name, *back, *m)
+		}
 	}
 }

@@ -1,0 +1,128 @@
+package sim
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/wxgate/wxgate/shared/loadgen"
+	"github.com/wxgate/wxgate/shared/wechat"
+)
+
+// Mix is a message mix: the share of each kind, in percent.
+type Mix struct{ Text, Scan, Subscribe, Other int }
+
+// DefaultMix is a QR campaign's shape: mostly chat, a fifth scans.
+var DefaultMix = Mix{Text: 60, Scan: 20, Subscribe: 15, Other: 5}
+
+// ParseMix reads "text=60,scan=20,subscribe=15,other=5".
+func ParseMix(s string) (Mix, error) {
+	var m Mix
+	for _, part := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(strings.TrimSpace(part), "=")
+		n, err := strconv.Atoi(v)
+		if !ok || err != nil || n < 0 {
+			return Mix{}, fmt.Errorf("mix %q: want kind=percent pairs", s)
+		}
+		switch k {
+		case "text":
+			m.Text = n
+		case "scan":
+			m.Scan = n
+		case "subscribe":
+			m.Subscribe = n
+		case "other":
+			m.Other = n
+		default:
+			return Mix{}, fmt.Errorf("mix: unknown kind %q (text, scan, subscribe, other)", k)
+		}
+	}
+	if m.Text+m.Scan+m.Subscribe+m.Other == 0 {
+		return Mix{}, fmt.Errorf("mix %q is empty", s)
+	}
+	return m, nil
+}
+
+// Message returns request i of a run: its kind follows the mix, and every
+// message is distinct (own OpenID and MsgId), so none is a retry of another.
+// replyExpected tells whether "success" would mean a fallback.
+func (m Mix) Message(run string, i, scenes int, now time.Time) (msg *wechat.Message, replyExpected bool) {
+	total := m.Text + m.Scan + m.Subscribe + m.Other
+	// Spread kinds evenly over consecutive requests.
+	slot := int((uint64(i) * 2654435761) % uint64(total))
+	msg = &wechat.Message{ToUserName: "gh_wxsim", FromUserName: "o_" + run + "_" + strconv.Itoa(i), CreateTime: now.Unix()}
+	scene := "scene_" + strconv.Itoa(i%max(scenes, 1))
+	switch {
+	case slot < m.Text:
+		msg.MsgType, msg.Content, msg.MsgID = wechat.MsgText, "load "+strconv.Itoa(i), strconv.Itoa(1_000_000_000+i)
+		return msg, true
+	case slot < m.Text+m.Scan:
+		msg.MsgType, msg.Event, msg.EventKey, msg.Ticket = wechat.MsgEvent, wechat.EventScan, scene, "load_ticket"
+		return msg, true
+	case slot < m.Text+m.Scan+m.Subscribe:
+		msg.MsgType, msg.Event, msg.EventKey, msg.Ticket = wechat.MsgEvent, wechat.EventSubscribe, wechat.ScenePrefix+scene, "load_ticket"
+		return msg, true
+	}
+	msg.MsgType, msg.Event, msg.EventKey = wechat.MsgEvent, wechat.EventClick, "menu_"+strconv.Itoa(i%8)
+	return msg, false
+}
+
+type loadCmd struct {
+	*client
+	concurrency int
+	rate        float64
+	duration    time.Duration
+	requests    int
+	mix         string
+	scenes      int
+}
+
+func (l *loadCmd) flags(fs *flag.FlagSet) {
+	fs.IntVar(&l.concurrency, "concurrency", 16, "connections (closed loop), or the most requests in flight at -rate")
+	fs.Float64Var(&l.rate, "rate", 0, "requests per second, open loop (latency from each request's due time); 0: closed loop")
+	fs.DurationVar(&l.duration, "duration", 10*time.Second, "how long to send")
+	fs.IntVar(&l.requests, "requests", 0, "stop after this many requests (0: -duration alone)")
+	fs.StringVar(&l.mix, "mix", "text=60,scan=20,subscribe=15,other=5", "message mix in percent")
+	fs.IntVar(&l.scenes, "scenes", 10, "distinct QR scenes in the scans")
+}
+
+func (l *loadCmd) run(ctx context.Context) error {
+	mix, err := ParseMix(l.mix)
+	if err != nil {
+		return err
+	}
+	if err := l.ready(ctx); err != nil {
+		return err
+	}
+	l.http.Transport.(*http.Transport).MaxIdleConnsPerHost = l.concurrency
+	run := strconv.FormatUint(rand.Uint64()%1e8, 36)
+	report, err := loadgen.Run(ctx, loadgen.Options{
+		Concurrency: l.concurrency, Rate: l.rate, Duration: l.duration, Requests: l.requests,
+		Do: func(ctx context.Context, i int) loadgen.Outcome {
+			m, replyExpected := mix.Message(run, i, l.scenes, time.Now())
+			code, reply, err := l.sender.Post(l.http, l.url, m.AppendXML(nil), time.Now(), strconv.Itoa(i))
+			switch {
+			case err != nil || code != http.StatusOK:
+				return loadgen.Error
+			case len(reply) > 0 && string(reply) != "success":
+				return loadgen.Reply
+			case replyExpected:
+				return loadgen.Fallback
+			}
+			return loadgen.Empty
+		},
+	})
+	if err != nil {
+		return err
+	}
+	report.Print(l.out)
+	if report.Err > 0 {
+		return fmt.Errorf("%d requests failed", report.Err)
+	}
+	return nil
+}
