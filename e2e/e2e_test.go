@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -232,7 +234,20 @@ func TestStandalone(t *testing.T) {
 	if status("http://"+admin+"/readyz") != 200 || status("http://"+admin+"/healthz") != 200 {
 		t.Error("standalone admin endpoints not healthy")
 	}
+	// The container healthcheck: the binary probes its own admin listener.
+	for bin, want := range map[string]int{"ingress": 0, "workers": 0} {
+		hc := exec.Command(filepath.Join(binDir, bin), "-healthcheck")
+		hc.Env = []string{"ADMIN_ADDR=" + admin}
+		if err := hc.Run(); hc.ProcessState.ExitCode() != want {
+			t.Errorf("%s -healthcheck against a ready process: %v", bin, err)
+		}
+	}
 	if code := p.terminate(t); code != 0 {
 		t.Errorf("exit code %d after SIGTERM, want 0", code)
+	}
+	hc := exec.Command(filepath.Join(binDir, "ingress"), "-healthcheck")
+	hc.Env = []string{"ADMIN_ADDR=" + admin}
+	if err := hc.Run(); err == nil {
+		t.Error("-healthcheck passed with the process gone")
 	}
 }

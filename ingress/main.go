@@ -13,6 +13,7 @@ import (
 	"github.com/gin-gonic/gin"
 
 	"github.com/wxgate/wxgate/ingress/app"
+	"github.com/wxgate/wxgate/shared/admin"
 	"github.com/wxgate/wxgate/shared/config"
 	"github.com/wxgate/wxgate/shared/logging"
 )
@@ -22,6 +23,7 @@ func main() { os.Exit(run()) }
 func run() int {
 	fs := flag.NewFlagSet("ingress", flag.ContinueOnError)
 	standalone := fs.Bool("standalone", false, "run an embedded NATS server (JetStream under DATA_DIR) and the workers in this process")
+	healthcheck := fs.Bool("healthcheck", false, "probe a running ingress's /readyz on ADMIN_ADDR and exit 0 if ready (for container healthchecks)")
 	natsListen := fs.String("nats-listen", envOr("NATS_LISTEN", "127.0.0.1:4222"), "standalone: client address of the embedded NATS server; empty for in-process only")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return 2
@@ -31,6 +33,9 @@ func run() int {
 	if err := cfg.FromEnv(os.LookupEnv); err != nil {
 		fmt.Fprintln(os.Stderr, "ingress:", err)
 		return 2
+	}
+	if *healthcheck {
+		return admin.Healthcheck(cfg.AdminAddr, os.Stderr)
 	}
 	logger, err := logging.New(os.Stderr, cfg.LogLevel, cfg.LogFormat)
 	if err != nil {

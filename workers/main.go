@@ -6,6 +6,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"log/slog"
 	"os"
@@ -24,11 +25,19 @@ import (
 func main() { os.Exit(run()) }
 
 func run() int {
+	fs := flag.NewFlagSet("workers", flag.ContinueOnError)
+	healthcheck := fs.Bool("healthcheck", false, "probe a running worker's /readyz on ADMIN_ADDR and exit 0 if ready (for container healthchecks)")
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		return 2
+	}
 	cfg := config.Defaults()
 	cfg.AdminAddr = ":8082"
 	if err := cfg.FromEnv(os.LookupEnv); err != nil {
 		fmt.Fprintln(os.Stderr, "workers:", err)
 		return 2
+	}
+	if *healthcheck {
+		return admin.Healthcheck(cfg.AdminAddr, os.Stderr)
 	}
 	logger, err := logging.New(os.Stderr, cfg.LogLevel, cfg.LogFormat)
 	if err != nil {

@@ -3,7 +3,11 @@
 package admin
 
 import (
+	"fmt"
+	"io"
+	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -62,4 +66,38 @@ func Server(addr string, h http.Handler) *http.Server {
 		WriteTimeout:      30 * time.Second,
 		IdleTimeout:       120 * time.Second,
 	}
+}
+
+// Probe asks the admin listener at addr (":8081" means this host) whether
+// the process is ready: the healthcheck subcommand for distroless images,
+// which have no curl or wget.
+func Probe(addr string, timeout time.Duration) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("admin address %q: %w", addr, err)
+	}
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		host = "127.0.0.1"
+	}
+	c := &http.Client{Timeout: timeout}
+	resp, err := c.Get("http://" + net.JoinHostPort(host, port) + "/readyz")
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return fmt.Errorf("not ready: %s %s", resp.Status, strings.TrimSpace(string(b)))
+	}
+	return nil
+}
+
+// Healthcheck is the -healthcheck mode of the binaries: probe, report, and
+// return the exit code (0 ready, 1 not).
+func Healthcheck(addr string, stderr io.Writer) int {
+	if err := Probe(addr, 3*time.Second); err != nil {
+		fmt.Fprintln(stderr, "unhealthy:", err)
+		return 1
+	}
+	return 0
 }

@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -42,5 +43,26 @@ func TestEndpoints(t *testing.T) {
 	}
 	if problems, err := testutil.GatherAndLint(reg); err != nil || len(problems) > 0 {
 		t.Errorf("lint: %v %v", problems, err)
+	}
+}
+
+func TestProbe(t *testing.T) {
+	var readyErr error
+	srv := httptest.NewServer(NewMux(Options{Gatherer: NewRegistry(), Ready: func() error { return readyErr }}))
+	defer srv.Close()
+	addr := strings.TrimPrefix(srv.URL, "http://")
+	if err := Probe(addr, time.Second); err != nil {
+		t.Errorf("ready process: %v", err)
+	}
+	readyErr = errors.New("nats: CLOSED")
+	if err := Probe(addr, time.Second); err == nil || !strings.Contains(err.Error(), "CLOSED") {
+		t.Errorf("unready process: %v", err)
+	}
+	srv.Close()
+	if err := Probe(addr, time.Second); err == nil {
+		t.Error("closed port probed healthy")
+	}
+	if err := Probe("nonsense", time.Second); err == nil {
+		t.Error("bad address accepted")
 	}
 }
