@@ -24,6 +24,7 @@ func run() int {
 	fs := flag.NewFlagSet("ingress", flag.ContinueOnError)
 	standalone := fs.Bool("standalone", false, "run an embedded NATS server (JetStream under DATA_DIR) and the workers in this process")
 	healthcheck := fs.Bool("healthcheck", false, "probe a running ingress's /readyz on ADMIN_ADDR and exit 0 if ready (for container healthchecks)")
+	noBus := fs.Bool("no-bus", false, "benchmarks only: compute replies in process, with no NATS and no analytics (the floor the bus is measured against)")
 	natsListen := fs.String("nats-listen", envOr("NATS_LISTEN", "127.0.0.1:4222"), "standalone: client address of the embedded NATS server; empty for in-process only")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		return 2
@@ -46,7 +47,7 @@ func run() int {
 
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancel()
-	if err := app.Run(ctx, app.Options{Config: cfg, Standalone: *standalone, NATSListen: *natsListen, Logger: logger}); err != nil {
+	if err := app.Run(ctx, app.Options{Config: cfg, Standalone: *standalone, NATSListen: *natsListen, NoBus: *noBus, Logger: logger}); err != nil {
 		logger.Error("ingress exited with error", "err", err)
 		return 1
 	}

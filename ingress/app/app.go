@@ -23,6 +23,7 @@ import (
 	"github.com/wxgate/wxgate/shared/serve"
 	"github.com/wxgate/wxgate/shared/wechat"
 	"github.com/wxgate/wxgate/workers/analytics"
+	"github.com/wxgate/wxgate/workers/reply"
 	"github.com/wxgate/wxgate/workers/worker"
 )
 
@@ -41,7 +42,10 @@ type Options struct {
 	// NATSListen is where the embedded server accepts clients in standalone
 	// mode ("127.0.0.1:4222"); empty for in-process connections only.
 	NATSListen string
-	Logger     *slog.Logger
+	// NoBus answers with the workers' reply logic in this process and no
+	// NATS at all: the floor the side-by-side benchmark measures against.
+	NoBus  bool
+	Logger *slog.Logger
 }
 
 // App is a started ingress.
@@ -115,7 +119,11 @@ func Start(o Options) (_ *App, err error) {
 			return nil, errors.New("standalone: analytics consumer did not start within 30s")
 		}
 	}
-	if a.nc, err = bus.Connect(url, "wxgate-ingress", logger.With("component", "nats"), connOpts...); err != nil {
+	var local func([]byte) ([]byte, error)
+	if o.NoBus {
+		local = reply.NewHandler(reply.NewReplier(cfg.Replies), nil).Handle
+		logger.Warn("no-bus mode: replies computed in process, no NATS, no analytics (for benchmarks)")
+	} else if a.nc, err = bus.Connect(url, "wxgate-ingress", logger.With("component", "nats"), connOpts...); err != nil {
 		return nil, err
 	}
 
@@ -123,6 +131,7 @@ func Start(o Options) (_ *App, err error) {
 		Token:         cfg.Token,
 		Cipher:        cipher,
 		Conn:          a.nc,
+		Local:         local,
 		ReplyTimeout:  cfg.ReplyTimeout,
 		TimestampSkew: cfg.TimestampSkew,
 		MaxBodyBytes:  cfg.MaxBodyBytes,
@@ -136,10 +145,13 @@ func Start(o Options) (_ *App, err error) {
 		return nil, err
 	}
 	ready := func() error { return bus.Ready(a.nc) }
+	if o.NoBus {
+		ready = nil
+	}
 	mux := admin.NewMux(admin.Options{Gatherer: reg, Ready: ready})
 	if a.workers != nil {
 		mux.Handle("/api/", a.workers.API())
-	} else {
+	} else if !o.NoBus {
 		mux.Handle("/api/", analytics.API(storeOn(a.nc, cfg), cfg.AdminToken))
 	}
 	if a.admin, err = serve.Start("admin", admin.Server(cfg.AdminAddr, mux), logger); err != nil {

@@ -32,12 +32,26 @@ type Options struct {
 	Observe func(m *wechat.Message, dedupKey string, received time.Time)
 }
 
+// Handler is a worker's decision without the bus: raw message in, reply
+// XML out.
+type Handler struct {
+	replier *Replier
+	now     func() time.Time
+}
+
+// NewHandler returns a Handler; now stamps replies (time.Now when nil).
+func NewHandler(r *Replier, now func() time.Time) *Handler {
+	if now == nil {
+		now = time.Now
+	}
+	return &Handler{replier: r, now: now}
+}
+
 // Service answers msg.> and event.> requests in the workers' queue group.
 type Service struct {
+	*Handler
 	svc     micro.Service
-	replier *Replier
 	logger  *slog.Logger
-	now     func() time.Time
 	observe func(*wechat.Message, string, time.Time)
 	metrics *metrics
 }
@@ -50,10 +64,7 @@ func Start(o Options) (*Service, error) {
 	if o.Conn == nil || o.Replier == nil || o.Logger == nil || o.Registerer == nil {
 		return nil, errors.New("reply: Conn, Replier, Logger and Registerer are required")
 	}
-	s := &Service{replier: o.Replier, logger: o.Logger, now: o.Now, observe: o.Observe, metrics: newMetrics(o.Registerer)}
-	if s.now == nil {
-		s.now = time.Now
-	}
+	s := &Service{Handler: NewHandler(o.Replier, o.Now), logger: o.Logger, observe: o.Observe, metrics: newMetrics(o.Registerer)}
 	svc, err := micro.AddService(o.Conn, micro.Config{
 		Name:        bus.ServiceName,
 		Version:     Version,
@@ -123,12 +134,12 @@ func (s *Service) serve(req micro.Request) {
 // Handle parses a raw message and returns the reply XML, or an empty body
 // when there is nothing to say. It is the whole of a worker's decision, so
 // it can also run without a bus.
-func (s *Service) Handle(data []byte) ([]byte, error) {
+func (s *Handler) Handle(data []byte) ([]byte, error) {
 	_, body, err := s.handle(data)
 	return body, err
 }
 
-func (s *Service) handle(data []byte) (*wechat.Message, []byte, error) {
+func (s *Handler) handle(data []byte) (*wechat.Message, []byte, error) {
 	m, err := wechat.Parse(data)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: %w", ErrMalformed, err)

@@ -1,0 +1,78 @@
+// Command benchmark runs wxgate's side-by-side load benchmark: the floor (no
+// bus), standalone and distributed, on loopback, in one run.
+//
+//	go run ./benchmark                  # the full run the README reports
+//	go run ./benchmark -duration 2s -rates '' -scaling '' -records 2000   # a quick look
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/wxgate/wxgate/benchmark/sidebyside"
+)
+
+func main() {
+	o := sidebyside.Options{Out: os.Stdout}
+	var rates, scaling, sets string
+	flag.IntVar(&o.Connections, "connections", 64, "closed-loop connections")
+	flag.DurationVar(&o.Duration, "duration", 15*time.Second, "each closed-loop measurement")
+	flag.DurationVar(&o.Warmup, "warmup", 2*time.Second, "load before each measurement")
+	flag.StringVar(&rates, "rates", "1000,3000", "open-loop rates, requests/s (empty: skip)")
+	flag.DurationVar(&o.RateTime, "rate-duration", 10*time.Second, "each open-loop measurement")
+	flag.IntVar(&o.Workers, "workers", 2, "worker processes in (c)")
+	flag.StringVar(&scaling, "scaling", "1,2,4", "worker counts for the scaling curve (empty: skip)")
+	flag.IntVar(&o.Scenes, "scenes", 100, "QR scenes in the traffic")
+	flag.IntVar(&o.Records, "records", 200000, "analytics: records pre-filled in the stream")
+	flag.StringVar(&sets, "record-scenes", "100,10000", "analytics: scene counts to drain with (empty: skip)")
+	flag.DurationVar(&o.Soak, "soak", 0, "run (c) this long at -soak-rate and compare memory at start and end (0: skip)")
+	flag.Float64Var(&o.SoakRate, "soak-rate", 1000, "soak rate, requests/s")
+	flag.Parse()
+	var err error
+	if o.Rates, err = floats(rates); err == nil {
+		if o.Scaling, err = ints(scaling); err == nil {
+			o.RecordSets, err = ints(sets)
+		}
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "benchmark:", err)
+		os.Exit(2)
+	}
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer cancel()
+	if err := sidebyside.Run(ctx, o); err != nil {
+		fmt.Fprintln(os.Stderr, "benchmark:", err)
+		os.Exit(1)
+	}
+}
+
+func ints(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.FieldsFunc(s, func(r rune) bool { return r == ',' }) {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n <= 0 {
+			return nil, fmt.Errorf("%q: want positive whole numbers", s)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+func floats(s string) ([]float64, error) {
+	var out []float64
+	for _, f := range strings.FieldsFunc(s, func(r rune) bool { return r == ',' }) {
+		n, err := strconv.ParseFloat(strings.TrimSpace(f), 64)
+		if err != nil || n <= 0 {
+			return nil, fmt.Errorf("%q: want positive numbers", s)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}

@@ -1,0 +1,205 @@
+package sidebyside
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wxgate/wxgate/workers/analytics"
+)
+
+func numCPU() int { return runtime.NumCPU() }
+
+// analytics pre-fills the scans stream with records over scenes, starts an
+// analytics-only worker process and times it draining them, then checks
+// every count through the API.
+func (e *env) analytics(ctx context.Context, records, scenes int) error {
+	ns, url, err := e.natsServer()
+	if err != nil {
+		return err
+	}
+	defer ns.stop()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	if err := analytics.EnsureStream(ctx, js, analytics.StreamOptions{}); err != nil {
+		return err
+	}
+	people := max(records/4, 1)
+	pending := make([]jetstream.PubAckFuture, 0, 4096)
+	flush := func() error {
+		for _, f := range pending {
+			select {
+			case <-f.Ok():
+			case err := <-f.Err():
+				return err
+			}
+		}
+		pending = pending[:0]
+		return nil
+	}
+	at := time.Unix(1700000000, 0)
+	for i := 0; i < records; i++ {
+		r := analytics.Record{Account: "gh_bench", OpenID: "o" + strconv.Itoa(i%people), Scene: "scene_" + strconv.Itoa(i%scenes),
+			Kind: analytics.KindScan, CreateTime: int64(i), Received: at, DedupKey: "bench." + strconv.Itoa(i)}
+		b, _ := json.Marshal(r)
+		f, err := js.PublishMsgAsync(&nats.Msg{Subject: r.Subject(), Data: b}, jetstream.WithMsgID(r.DedupKey))
+		if err != nil {
+			return err
+		}
+		if pending = append(pending, f); len(pending) == cap(pending) {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+	if err := flush(); err != nil {
+		return err
+	}
+
+	start := time.Now()
+	w, err := startProc("worker", filepath.Join(e.bin, "workers"), []string{"NATS_URL=" + url, "ADMIN_ADDR=127.0.0.1:0", "WORKER_ROLES=analytics"})
+	if err != nil {
+		return err
+	}
+	defer w.stop()
+	admin, err := w.listen("admin")
+	if err != nil {
+		return err
+	}
+	for {
+		cons, err := js.Consumer(ctx, analytics.StreamName, analytics.ConsumerName)
+		if err == nil {
+			info, err := cons.Info(ctx)
+			if err == nil && info.NumPending == 0 && info.NumAckPending == 0 && info.Delivered.Stream >= uint64(records) {
+				break
+			}
+		} else if !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return err
+		}
+		if time.Since(start) > 30*time.Minute {
+			return errors.New("analytics: not drained within 30 minutes")
+		}
+		time.Sleep(20 * time.Millisecond) // polling the server's view of the consumer
+	}
+	elapsed := time.Since(start)
+	u := w.usage()
+
+	var total int64
+	listed := 0
+	for offset := 0; ; offset += 1000 {
+		var page analytics.ScenesPage
+		resp, err := http.Get(fmt.Sprintf("http://%s/api/scenes?limit=1000&offset=%d", admin, offset))
+		if err != nil {
+			return err
+		}
+		err = json.NewDecoder(resp.Body).Decode(&page)
+		resp.Body.Close()
+		if err != nil {
+			return err
+		}
+		for _, s := range page.Scenes {
+			total += s.Scans
+		}
+		listed += len(page.Scenes)
+		if len(page.Scenes) < 1000 {
+			break
+		}
+	}
+	exact := total == int64(records) && listed == scenes
+	fmt.Fprintf(e.o.Out, "\nanalytics consumer: %d records over %d scenes drained in %s: %.0f records/s; counts exact: %v (%d scans in %d scenes); worker RSS %.1f MiB\n",
+		records, scenes, elapsed.Round(time.Millisecond), float64(records)/elapsed.Seconds(), exact, total, listed, float64(u.rssKB)/1024)
+	if !exact {
+		return fmt.Errorf("analytics counts not exact: %d scans in %d scenes, want %d in %d", total, listed, records, scenes)
+	}
+	return nil
+}
+
+// soak runs (c) at a steady rate and compares each process's memory in the
+// first and the last minute (or tenth, for short runs).
+func (e *env) soak(ctx context.Context) error {
+	s, err := e.distributed(e.o.Workers)
+	if err != nil {
+		return err
+	}
+	defer s.stop()
+	window := min(time.Minute, e.o.Soak/10)
+	type sample struct {
+		at  time.Duration
+		rss []int64
+	}
+	var samples []sample
+	start := time.Now()
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(max(window/6, 100*time.Millisecond))
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				var rss []int64
+				for _, p := range s.procs {
+					rss = append(rss, p.usage().rssKB)
+				}
+				samples = append(samples, sample{time.Since(start), rss})
+			}
+		}
+	}()
+	r, err := e.measure(ctx, "soak", s, e.o.SoakRate, e.o.Soak)
+	close(stop)
+	<-done
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(e.o.Out, "\nsoak: (c) at %.0f/s for %s: %d requests, %d errors, %d fallbacks, p99 %s\n",
+		e.o.SoakRate, e.o.Soak, r.report.Sent, r.report.Err, r.report.Fallbacks, dur(r.report.Percentile(99)))
+	end := time.Since(start)
+	for i, p := range s.procs {
+		var first, last []int64
+		for _, sm := range samples {
+			if sm.at <= window {
+				first = append(first, sm.rss[i])
+			}
+			if sm.at >= end-window {
+				last = append(last, sm.rss[i])
+			}
+		}
+		f, l := mean(first), mean(last)
+		change := 0.0
+		if f > 0 {
+			change = (l - f) / f * 100
+		}
+		fmt.Fprintf(e.o.Out, "  %-12s RSS first %s %.1f MiB, last %s %.1f MiB: %+.1f%%\n", p.name, window, f/1024, window, l/1024, change)
+	}
+	return nil
+}
+
+func mean(xs []int64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	var s int64
+	for _, x := range xs {
+		s += x
+	}
+	return float64(s) / float64(len(xs))
+}
