@@ -1,11 +1,13 @@
 package analytics
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,7 +24,8 @@ type ConsumerOptions struct {
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 	Stream     StreamOptions
-	// Concurrency is how many records are applied at once. Default 16.
+	// Concurrency is how many batches are applied at once. Default 1: one
+	// pipelined batch at a time already keeps JetStream busy.
 	Concurrency int
 
 	metrics *consumerMetrics // made once by a Role that retries starts
@@ -55,8 +58,8 @@ func newConsumerMetrics(reg prometheus.Registerer) *consumerMetrics {
 	f := promauto.With(reg)
 	m := &consumerMetrics{
 		applied: f.NewCounterVec(prometheus.CounterOpts{Name: "wxgate_analytics_records_total",
-			Help: "Records taken from the scans stream by this process, by kind and result (applied, already_applied)."},
-			[]string{"kind", "result"}),
+			Help: "Records taken from the scans stream and applied (or found applied) by this process, by kind."},
+			[]string{"kind"}),
 		redelivered: f.NewCounter(prometheus.CounterOpts{Name: "wxgate_analytics_redeliveries_total",
 			Help: "Records delivered more than once (a consumer died or was slow before acking)."}),
 		errors: f.NewCounter(prometheus.CounterOpts{Name: "wxgate_analytics_apply_errors_total",
@@ -69,9 +72,7 @@ func newConsumerMetrics(reg prometheus.Registerer) *consumerMetrics {
 			Help: "Unfollows of people with no recorded scene (followed another way, or before wxgate)."}),
 	}
 	for _, k := range []string{KindSubscribe, KindScan, KindUnsubscribe} {
-		for _, r := range []string{"applied", "already_applied"} {
-			m.applied.WithLabelValues(k, r)
-		}
+		m.applied.WithLabelValues(k)
 	}
 	return m
 }
@@ -80,7 +81,7 @@ func newConsumerMetrics(reg prometheus.Registerer) *consumerMetrics {
 // they are missing and starts applying records.
 func StartConsumer(ctx context.Context, o ConsumerOptions) (*Consumer, error) {
 	if o.Concurrency <= 0 {
-		o.Concurrency = 16
+		o.Concurrency = 1
 	}
 	js, err := jetstream.New(o.Conn)
 	if err != nil {
@@ -99,7 +100,7 @@ func StartConsumer(ctx context.Context, o ConsumerOptions) (*Consumer, error) {
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       30 * time.Second,
 		MaxDeliver:    -1,
-		MaxAckPending: 4 * o.Concurrency,
+		MaxAckPending: 4 * maxBatch * o.Concurrency,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 	})
 	if err != nil {
@@ -108,7 +109,7 @@ func StartConsumer(ctx context.Context, o ConsumerOptions) (*Consumer, error) {
 	if o.metrics == nil {
 		o.metrics = newConsumerMetrics(o.Registerer)
 	}
-	c := &Consumer{o: o, store: store, cons: cons, work: make(chan jetstream.Msg), m: o.metrics}
+	c := &Consumer{o: o, store: store, cons: cons, work: make(chan jetstream.Msg, maxBatch), m: o.metrics}
 	if err := c.refreshInfo(ctx); err != nil {
 		return nil, err
 	}
@@ -120,7 +121,7 @@ func StartConsumer(ctx context.Context, o ConsumerOptions) (*Consumer, error) {
 		go c.run()
 	}
 	c.cc, err = cons.Consume(func(msg jetstream.Msg) { c.work <- msg },
-		jetstream.PullMaxMessages(2*o.Concurrency),
+		jetstream.PullMaxMessages(2*maxBatch),
 		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 			o.Logger.Warn("analytics consume", "err", err)
 		}))
@@ -134,58 +135,85 @@ func StartConsumer(ctx context.Context, o ConsumerOptions) (*Consumer, error) {
 // Store is the totals store the consumer writes.
 func (c *Consumer) Store() *Store { return c.store }
 
+// maxBatch bounds the records applied together: enough to pipeline the KV
+// writes, few enough that a scene's list of recent sequences stays short.
+const maxBatch = 500
+
 func (c *Consumer) run() {
 	defer c.wg.Done()
+	cache := &sceneCache{}
 	for msg := range c.work {
-		c.handle(msg)
+		batch := []jetstream.Msg{msg}
+	more:
+		for len(batch) < maxBatch {
+			select {
+			case m, ok := <-c.work:
+				if !ok {
+					break more
+				}
+				batch = append(batch, m)
+			default:
+				break more
+			}
+		}
+		c.handleBatch(batch, cache)
 	}
 }
 
-func (c *Consumer) handle(msg jetstream.Msg) {
-	meta, err := msg.Metadata()
-	if err != nil {
-		c.o.Logger.Error("analytics: record without metadata", "err", err)
-		_ = msg.Term()
-		return
+func (c *Consumer) handleBatch(msgs []jetstream.Msg, cache *sceneCache) {
+	type entry struct {
+		it  item
+		msg jetstream.Msg
 	}
-	var r Record
-	if err := json.Unmarshal(msg.Data(), &r); err != nil {
-		// Not ours to count; keep it in the stream for whoever wrote it.
-		c.o.Logger.Error("analytics: undecodable record", "seq", meta.Sequence.Stream, "err", err)
-		_ = msg.Term()
-		return
-	}
-	if meta.NumDelivered > 1 {
-		c.m.redelivered.Inc()
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	applied, err := c.store.Apply(ctx, meta.Sequence.Stream, r, c.ackFloor.Load())
-	if err != nil {
-		c.m.errors.Inc()
-		c.o.Logger.Warn("analytics: apply failed; will retry", "seq", meta.Sequence.Stream, "kind", r.Kind, "err", err)
-		_ = msg.NakWithDelay(time.Second)
-		return
-	}
-	result := "applied"
-	if !applied {
-		result = "already_applied"
-		if r.Kind == KindUnsubscribe && meta.NumDelivered == 1 {
-			c.m.unattributed.Inc()
-			result = "applied"
+	entries := make([]entry, 0, len(msgs))
+	for _, msg := range msgs {
+		meta, err := msg.Metadata()
+		if err != nil {
+			c.o.Logger.Error("analytics: record without metadata", "err", err)
+			_ = msg.Term()
+			continue
 		}
+		var r Record
+		if err := json.Unmarshal(msg.Data(), &r); err != nil {
+			// Not ours to count; it stays in the stream for whoever wrote it.
+			c.o.Logger.Error("analytics: undecodable record", "seq", meta.Sequence.Stream, "err", err)
+			_ = msg.Term()
+			continue
+		}
+		if meta.NumDelivered > 1 {
+			c.m.redelivered.Inc()
+		}
+		entries = append(entries, entry{item{seq: meta.Sequence.Stream, delivered: meta.NumDelivered, rec: r}, msg})
 	}
-	c.m.applied.WithLabelValues(r.Kind, result).Inc()
-	// DoubleAck: the sequence is only forgotten (ack floor) once the server
-	// has the ack, so wait for it.
-	if err := msg.DoubleAck(ctx); err != nil {
-		c.o.Logger.Warn("analytics: ack", "seq", meta.Sequence.Stream, "err", err)
+	// Redeliveries can arrive out of order; apply in stream order.
+	slices.SortFunc(entries, func(a, b entry) int { return cmp.Compare(a.it.seq, b.it.seq) })
+	items := make([]item, len(entries))
+	for i, e := range entries {
+		items[i] = e.it
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	unattributed, err := c.store.applyBatch(ctx, items, c.ackFloor.Load(), cache)
+	if err != nil {
+		c.m.errors.Add(float64(len(entries)))
+		c.o.Logger.Warn("analytics: batch failed; will retry", "records", len(entries), "err", err)
+		for _, e := range entries {
+			_ = e.msg.NakWithDelay(time.Second)
+		}
+		return
+	}
+	c.m.unattributed.Add(float64(unattributed))
+	for _, e := range entries {
+		c.m.applied.WithLabelValues(e.it.rec.Kind).Inc()
+		// A lost ack only means a redelivery, which the applied lists absorb;
+		// sequences are forgotten only below the server's own ack floor.
+		_ = e.msg.Ack()
 	}
 }
 
 // watchInfo keeps the ack floor and the lag gauges fresh.
 func (c *Consumer) watchInfo(ctx context.Context) {
-	t := time.NewTicker(time.Second)
+	t := time.NewTicker(250 * time.Millisecond)
 	defer t.Stop()
 	for {
 		select {

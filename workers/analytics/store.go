@@ -48,7 +48,9 @@ type sceneDoc struct {
 // Scenes are base64url-encoded and people are hashed, so keys stay valid
 // and carry no OpenID in the clear.
 type Store struct {
-	kv jetstream.KeyValue
+	kv     jetstream.KeyValue
+	js     jetstream.JetStream
+	prefix string // the bucket's subject prefix, for pipelined writes
 }
 
 // OpenStore creates or opens the totals bucket.
@@ -64,7 +66,7 @@ func OpenStore(ctx context.Context, js jetstream.JetStream, o StreamOptions) (*S
 	if err != nil {
 		return nil, fmt.Errorf("kv %s: %w", BucketName, err)
 	}
-	return &Store{kv: kv}, nil
+	return &Store{kv: kv, js: js, prefix: "$KV." + BucketName + "."}, nil
 }
 
 func sceneKey(scene string) string { return "s." + base64.RawURLEncoding.EncodeToString([]byte(scene)) }
@@ -138,7 +140,7 @@ func (s *Store) Apply(ctx context.Context, seq uint64, r Record, ackFloor uint64
 // scene. The claim stores the claiming sequence, so a redelivery of the
 // claiming record still sees itself as first.
 func (s *Store) claimPerson(ctx context.Context, r Record, seq uint64) (bool, error) {
-	key := "u." + base64.RawURLEncoding.EncodeToString([]byte(r.Scene)) + "." + person(r.Account, r.OpenID)
+	key := claimKey(r)
 	val := strconv.FormatUint(seq, 10)
 	_, err := s.kv.Create(ctx, key, []byte(val))
 	if err == nil {

@@ -2,6 +2,7 @@ package analytics
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -139,5 +140,62 @@ func TestAppliedSetIsPruned(t *testing.T) {
 	}
 	if len(e.Value()) > 512 {
 		t.Errorf("scene value is %d bytes after 100 records: applied set not pruned", len(e.Value()))
+	}
+}
+
+func TestApplyBatchIsIdempotentAcrossReplicas(t *testing.T) {
+	s := openStore(t)
+	ctx := context.Background()
+	batch := []item{
+		{seq: 1, delivered: 1, rec: rec(KindSubscribe, "alice", "poster")},
+		{seq: 2, delivered: 1, rec: rec(KindScan, "bob", "poster")},
+		{seq: 3, delivered: 1, rec: rec(KindScan, "bob", "poster")}, // same person, same batch
+		{seq: 4, delivered: 1, rec: rec(KindScan, "carol", "counter")},
+		{seq: 5, delivered: 1, rec: rec(KindUnsubscribe, "alice", "")},
+	}
+	a, b := &sceneCache{}, &sceneCache{} // two replicas' caches
+	if _, err := s.applyBatch(ctx, batch, 0, a); err != nil {
+		t.Fatal(err)
+	}
+	// The whole batch again, as after a crash before the acks, through the
+	// other replica (whose cache knows nothing): nothing changes.
+	again := slices.Clone(batch)
+	for i := range again {
+		again[i].delivered = 2
+	}
+	if _, err := s.applyBatch(ctx, again, 0, b); err != nil {
+		t.Fatal(err)
+	}
+	// A new record through the first replica, whose cached revision is
+	// now stale for nothing, and through the second for poster.
+	if _, err := s.applyBatch(ctx, []item{{seq: 6, delivered: 1, rec: rec(KindScan, "dave", "poster")}}, 0, b); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.applyBatch(ctx, []item{{seq: 7, delivered: 1, rec: rec(KindScan, "erin", "poster")}}, 0, a); err != nil {
+		t.Fatal(err)
+	}
+	got := totals(t, s, "poster")
+	if got.Scans != 5 || got.SubscribeScans != 1 || got.ScanScans != 4 || got.UniquePeople != 4 || got.NewFollowers != 1 || got.Unfollows != 1 {
+		t.Errorf("poster = %+v, want 5 scans (1 subscribe), 4 people, 1 follower who left", got)
+	}
+	if c := totals(t, s, "counter"); c.Scans != 1 || c.UniquePeople != 1 {
+		t.Errorf("counter = %+v", c)
+	}
+}
+
+// A record whose claim was written by an earlier delivery, which then died
+// before the totals: the redelivery still counts the person once.
+func TestApplyBatchAfterPartialCrash(t *testing.T) {
+	s := openStore(t)
+	ctx := context.Background()
+	r := rec(KindScan, "frank", "ad")
+	if _, err := s.claimBatch(ctx, []item{{seq: 9, delivered: 1, rec: r}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.applyBatch(ctx, []item{{seq: 9, delivered: 2, rec: r}}, 0, &sceneCache{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := totals(t, s, "ad"); got.UniquePeople != 1 || got.Scans != 1 {
+		t.Errorf("ad = %+v", got)
 	}
 }
