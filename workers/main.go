@@ -64,7 +64,7 @@ func serveWorkers(ctx context.Context, cfg config.Config, logger *slog.Logger) e
 		nc.Close()
 		return err
 	}
-	mux := admin.NewMux(admin.Options{Gatherer: reg, Ready: func() error { return bus.Ready(nc) }})
+	mux := admin.NewMux(admin.Options{Gatherer: reg, Ready: func() error { return bus.Ready(nc) }, Pprof: cfg.Pprof})
 	mux.Handle("/api/", w.API())
 	adm, err := serve.Start("admin", admin.Server(cfg.AdminAddr, mux), logger)
 	if err != nil {

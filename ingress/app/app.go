@@ -148,7 +148,7 @@ func Start(o Options) (_ *App, err error) {
 	if o.NoBus {
 		ready = nil
 	}
-	mux := admin.NewMux(admin.Options{Gatherer: reg, Ready: ready})
+	mux := admin.NewMux(admin.Options{Gatherer: reg, Ready: ready, Pprof: cfg.Pprof})
 	if a.workers != nil {
 		mux.Handle("/api/", a.workers.API())
 	} else if !o.NoBus {

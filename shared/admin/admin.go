@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"strings"
 	"time"
 
@@ -31,6 +32,9 @@ type Options struct {
 	Gatherer prometheus.Gatherer
 	// Ready returns nil when the process can do its work (NATS connected).
 	Ready func() error
+	// Pprof serves net/http/pprof under /debug/pprof/ (PPROF=true): for
+	// profiling, never on by default.
+	Pprof bool
 }
 
 // NewMux returns a mux with /metrics, /healthz and /readyz. Callers add
@@ -38,6 +42,13 @@ type Options struct {
 func NewMux(o Options) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(o.Gatherer, promhttp.HandlerOpts{}))
+	if o.Pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = w.Write([]byte("ok\n"))

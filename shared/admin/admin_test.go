@@ -66,3 +66,18 @@ func TestProbe(t *testing.T) {
 		t.Error("bad address accepted")
 	}
 }
+
+func TestPprofOnlyWhenAsked(t *testing.T) {
+	for _, on := range []bool{false, true} {
+		srv := httptest.NewServer(NewMux(Options{Gatherer: NewRegistry(), Pprof: on}))
+		resp, err := http.Get(srv.URL + "/debug/pprof/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if (resp.StatusCode == 200) != on {
+			t.Errorf("pprof=%v: /debug/pprof/ = %d", on, resp.StatusCode)
+		}
+		srv.Close()
+	}
+}

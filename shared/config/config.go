@@ -35,6 +35,8 @@ type Config struct {
 	// service and the scan fan-out) and "analytics" (the totals consumer and
 	// scene metrics). WORKER_ROLES, comma-separated.
 	WorkerRoles []string
+	// Pprof serves /debug/pprof/ on the admin listener: PPROF=true.
+	Pprof bool
 }
 
 // HasRole reports whether the workers process runs role.
@@ -134,6 +136,13 @@ func (c *Config) FromEnv(lookup func(string) (string, bool)) error {
 	num("ANALYTICS_MAX_SCENES", 1, 10000, &c.AnalyticsMaxScenes)
 	num("JETSTREAM_REPLICAS", 1, 5, &c.JetStreamReplicas)
 	dur("ANALYTICS_RETENTION", &c.AnalyticsRetention)
+	if v, ok := lookup("PPROF"); ok {
+		b, err := strconv.ParseBool(strings.TrimSpace(v))
+		if err != nil {
+			errs = append(errs, fmt.Errorf("PPROF=%q: want true or false", v))
+		}
+		c.Pprof = b
+	}
 	if v, ok := lookup("WORKER_ROLES"); ok {
 		c.WorkerRoles = nil
 		for _, r := range strings.Split(v, ",") {
