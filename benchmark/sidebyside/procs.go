@@ -126,8 +126,12 @@ type usage struct {
 	cpu   time.Duration
 }
 
-func (p *proc) usage() usage {
-	pid := p.cmd.Process.Pid
+func (p *proc) usage() usage { return pidUsage(p.cmd.Process.Pid) }
+
+// selfUsage is this process's: the load generator's share of the machine.
+func selfUsage() usage { return pidUsage(os.Getpid()) }
+
+func pidUsage(pid int) usage {
 	var u usage
 	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid)); err == nil {
 		for _, l := range strings.Split(string(b), "\n") {

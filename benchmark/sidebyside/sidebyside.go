@@ -286,6 +286,7 @@ func (e *env) measure(ctx context.Context, name string, s *setup, rate float64, 
 	for i, p := range s.procs {
 		before[i] = p.usage()
 	}
+	selfBefore := selfUsage()
 	r, err := loadgen.Run(ctx, loadgen.Options{Concurrency: e.o.Connections, Rate: rate, Duration: d, Do: do})
 	if err != nil {
 		return result{}, err
@@ -295,6 +296,8 @@ func (e *env) measure(ctx context.Context, name string, s *setup, rate float64, 
 		u := p.usage()
 		res.procs = append(res.procs, procUsage{name: p.name, rssKB: u.rssKB, cpu: (u.cpu - before[i].cpu).Seconds() / r.Elapsed.Seconds()})
 	}
+	self := selfUsage()
+	res.procs = append(res.procs, procUsage{name: "loadgen", rssKB: self.rssKB, cpu: (self.cpu - selfBefore.cpu).Seconds() / r.Elapsed.Seconds()})
 	return res, nil
 }
 

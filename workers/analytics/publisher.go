@@ -23,7 +23,8 @@ type PublisherOptions struct {
 	// Queue is how many records may wait for JetStream; past it they are
 	// dropped (and counted) rather than delaying replies. Default 10000.
 	Queue int
-	// Workers publishing concurrently. Default 4.
+	// Workers publishing concurrently, each with its own pipeline of
+	// unacknowledged publishes. Default 1.
 	Workers int
 }
 
@@ -66,7 +67,7 @@ func NewPublisher(o PublisherOptions) (*Publisher, error) {
 		o.Queue = 10000
 	}
 	if o.Workers <= 0 {
-		o.Workers = 4
+		o.Workers = 1
 	}
 	f := promauto.With(o.Registerer)
 	p := &Publisher{
@@ -134,18 +135,51 @@ func (p *Publisher) Publish(r Record) {
 	}
 }
 
+// run publishes queued records without waiting for each ack: JetStream
+// acks in order, so a second goroutine collects them, and a record whose
+// publish failed goes through the retrying path.
 func (p *Publisher) run() {
 	defer p.wg.Done()
+	type inflight struct {
+		r Record
+		f jetstream.PubAckFuture
+	}
+	acks := make(chan inflight, 4096)
+	collected := make(chan struct{})
+	go func() {
+		defer close(collected)
+		for in := range acks {
+			select {
+			case ack := <-in.f.Ok():
+				p.count(ack)
+			case <-in.f.Err():
+				p.publish(in.r)
+			}
+		}
+	}()
+	send := func(r Record) {
+		msg := &nats.Msg{Subject: r.Subject(), Data: r.marshal(), Header: nats.Header{}}
+		f, err := p.js.PublishMsgAsync(msg, jetstream.WithMsgID(r.DedupKey))
+		if err != nil {
+			p.publish(r)
+			return
+		}
+		acks <- inflight{r, f}
+	}
+	defer func() {
+		close(acks)
+		<-collected
+	}()
 	for {
 		select {
 		case r := <-p.queue:
-			p.publish(r)
+			send(r)
 		case <-p.stop:
 			// Flush what is queued, then go.
 			for {
 				select {
 				case r := <-p.queue:
-					p.publish(r)
+					send(r)
 				default:
 					return
 				}
@@ -154,7 +188,15 @@ func (p *Publisher) run() {
 	}
 }
 
-// publish stores r, retrying with backoff for about 30s: long enough to
+func (p *Publisher) count(ack *jetstream.PubAck) {
+	if ack.Duplicate {
+		p.metrics.duplicates.Inc()
+	} else {
+		p.metrics.published.Inc()
+	}
+}
+
+// publish stores r synchronously, retrying with backoff for about 30s: long enough to
 // ride out a NATS restart or a JetStream leader election.
 func (p *Publisher) publish(r Record) {
 	msg := &nats.Msg{Subject: r.Subject(), Data: r.marshal(), Header: nats.Header{}}
@@ -170,11 +212,7 @@ func (p *Publisher) publish(r Record) {
 		}
 		cancel()
 		if err == nil {
-			if ack.Duplicate {
-				p.metrics.duplicates.Inc()
-			} else {
-				p.metrics.published.Inc()
-			}
+			p.count(ack)
 			return
 		}
 		if time.Now().Add(backoff).After(deadline) {
