@@ -28,6 +28,25 @@ type item struct {
 // the only truth.
 type sceneCache struct {
 	docs map[string]cachedDoc
+	// claimed holds person claims known to exist in the store. Claims are
+	// never deleted, so a first delivery whose claim is here is not the
+	// person's first scan, with no write needed. Redeliveries always ask
+	// the store: the claim may be their own from an earlier attempt.
+	claimed map[string]struct{}
+}
+
+const maxClaimsCached = 500_000
+
+func (c *sceneCache) knownClaim(key string) bool {
+	_, ok := c.claimed[key]
+	return ok
+}
+
+func (c *sceneCache) addClaim(key string) {
+	if c.claimed == nil || len(c.claimed) >= maxClaimsCached {
+		c.claimed = make(map[string]struct{})
+	}
+	c.claimed[key] = struct{}{}
 }
 
 type cachedDoc struct {
@@ -55,7 +74,7 @@ func (c *sceneCache) put(scene string, d cachedDoc) {
 // The batch is in stream order.
 // It returns how many unsubscribes had no follow to attribute.
 func (s *Store) applyBatch(ctx context.Context, items []item, ackFloor uint64, cache *sceneCache) (unattributed int, err error) {
-	first, err := s.claimBatch(ctx, items)
+	first, err := s.claimBatch(ctx, items, cache)
 	if err != nil {
 		return 0, err
 	}
@@ -96,7 +115,7 @@ func (s *Store) applyBatch(ctx context.Context, items []item, ackFloor uint64, c
 
 // claimBatch claims each (scene, person) of the batch's scans and reports
 // which records are the person's first on their scene.
-func (s *Store) claimBatch(ctx context.Context, items []item) ([]bool, error) {
+func (s *Store) claimBatch(ctx context.Context, items []item, cache *sceneCache) ([]bool, error) {
 	first := make([]bool, len(items))
 	type claim struct {
 		idx int
@@ -117,6 +136,9 @@ func (s *Store) claimBatch(ctx context.Context, items []item) ([]bool, error) {
 			continue // the same person again in this batch: the earlier record claims
 		}
 		seen[key] = true
+		if it.delivered == 1 && cache.knownClaim(key) {
+			continue
+		}
 		f, err := s.js.PublishMsgAsync(&nats.Msg{Subject: s.prefix + key, Data: []byte(strconv.FormatUint(it.seq, 10))},
 			jetstream.WithExpectLastSequencePerSubject(0))
 		if err != nil {
@@ -130,6 +152,9 @@ func (s *Store) claimBatch(ctx context.Context, items []item) ([]bool, error) {
 		return nil, fmt.Errorf("claim person: %w", err)
 	}
 	for n, c := range claims {
+		if errs[n] == nil || isWrongLastSequence(errs[n]) {
+			cache.addClaim(c.key)
+		}
 		switch err := errs[n]; {
 		case err == nil:
 			first[c.idx] = true

@@ -174,9 +174,13 @@ func TestApplyBatchIsIdempotentAcrossReplicas(t *testing.T) {
 	if _, err := s.applyBatch(ctx, []item{{seq: 7, delivered: 1, rec: rec(KindScan, "erin", "poster")}}, 0, a); err != nil {
 		t.Fatal(err)
 	}
+	// bob again, in a later batch: his claim is known (cached), no new person.
+	if _, err := s.applyBatch(ctx, []item{{seq: 8, delivered: 1, rec: rec(KindScan, "bob", "poster")}}, 0, a); err != nil {
+		t.Fatal(err)
+	}
 	got := totals(t, s, "poster")
-	if got.Scans != 5 || got.SubscribeScans != 1 || got.ScanScans != 4 || got.UniquePeople != 4 || got.NewFollowers != 1 || got.Unfollows != 1 {
-		t.Errorf("poster = %+v, want 5 scans (1 subscribe), 4 people, 1 follower who left", got)
+	if got.Scans != 6 || got.SubscribeScans != 1 || got.ScanScans != 5 || got.UniquePeople != 4 || got.NewFollowers != 1 || got.Unfollows != 1 {
+		t.Errorf("poster = %+v, want 6 scans (1 subscribe), 4 people, 1 follower who left", got)
 	}
 	if c := totals(t, s, "counter"); c.Scans != 1 || c.UniquePeople != 1 {
 		t.Errorf("counter = %+v", c)
@@ -189,7 +193,7 @@ func TestApplyBatchAfterPartialCrash(t *testing.T) {
 	s := openStore(t)
 	ctx := context.Background()
 	r := rec(KindScan, "frank", "ad")
-	if _, err := s.claimBatch(ctx, []item{{seq: 9, delivered: 1, rec: r}}); err != nil {
+	if _, err := s.claimBatch(ctx, []item{{seq: 9, delivered: 1, rec: r}}, &sceneCache{}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.applyBatch(ctx, []item{{seq: 9, delivered: 2, rec: r}}, 0, &sceneCache{}); err != nil {
