@@ -138,7 +138,7 @@ func (e *env) soak(ctx context.Context) error {
 		return err
 	}
 	defer s.stop()
-	window := min(time.Minute, e.o.Soak/10)
+	window := min(time.Minute, e.o.Soak/5) // the first and last minute of a 5-minute run
 	type sample struct {
 		at  time.Duration
 		rss []int64
