@@ -262,21 +262,7 @@ func (e *env) distributed(workers int) (*setup, error) {
 // measure warms s up, then loads it closed loop (rate 0) or at rate.
 func (e *env) measure(ctx context.Context, name string, s *setup, rate float64, d time.Duration) (result, error) {
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: e.o.Connections, DisableCompression: true}}
-	sender := wechat.Sender{Token: token}
-	run := strconv.FormatInt(time.Now().UnixNano(), 36)
-	do := func(_ context.Context, i int) loadgen.Outcome {
-		m, replyExpected := sim.DefaultMix.Message(run, i, e.o.Scenes, time.Now())
-		code, reply, err := sender.Post(client, s.url, m.AppendXML(nil), time.Now(), strconv.Itoa(i))
-		switch {
-		case err != nil || code != http.StatusOK:
-			return loadgen.Error
-		case len(reply) > 0 && string(reply) != "success":
-			return loadgen.Reply
-		case replyExpected:
-			return loadgen.Fallback
-		}
-		return loadgen.Empty
-	}
+	do := sim.DefaultMix.Requests(wechat.Sender{Token: token}, client, s.url, e.o.Scenes)
 	if e.o.Warmup > 0 {
 		if _, err := loadgen.Run(ctx, loadgen.Options{Concurrency: e.o.Connections, Duration: e.o.Warmup, Do: do}); err != nil {
 			return result{}, err

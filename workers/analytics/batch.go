@@ -236,15 +236,17 @@ func (s *Store) updateScenes(ctx context.Context, items []item, first []bool, ac
 		// Someone else wrote the scene: read, fold and compare-and-set
 		// until it takes.
 		delete(cache.docs, w.scene)
-		if err := s.updateSync(ctx, w.scene, items, byScene[w.scene], first, ackFloor); err != nil {
+		if _, err := s.updateSync(ctx, w.scene, items, byScene[w.scene], first, ackFloor); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// updateSync is the read-fold-write loop for one scene.
-func (s *Store) updateSync(ctx context.Context, scene string, items []item, idx []int, first []bool, ackFloor uint64) error {
+// updateSync is the read-fold-write loop for one scene: compare-and-set
+// until it takes, so concurrent consumers never lose an increment. It
+// reports whether any record was new to the scene.
+func (s *Store) updateSync(ctx context.Context, scene string, items []item, idx []int, first []bool, ackFloor uint64) (bool, error) {
 	key := sceneKey(scene)
 	for {
 		var d sceneDoc
@@ -253,26 +255,29 @@ func (s *Store) updateSync(ctx context.Context, scene string, items []item, idx 
 		switch {
 		case err == nil:
 			if err := json.Unmarshal(e.Value(), &d); err != nil {
-				return fmt.Errorf("scene %q: corrupt totals: %w", scene, err)
+				return false, fmt.Errorf("scene %q: corrupt totals: %w", scene, err)
 			}
 			rev = e.Revision()
 		case !errors.Is(err, jetstream.ErrKeyNotFound):
-			return fmt.Errorf("scene totals: %w", err)
+			return false, fmt.Errorf("scene totals: %w", err)
 		}
 		if !fold(&d, scene, rev == 0, items, idx, first, ackFloor) {
-			return nil
+			return false, nil
 		}
 		b, err := json.Marshal(d)
 		if err != nil {
-			return err
+			return false, err
 		}
 		if rev == 0 {
 			_, err = s.kv.Create(ctx, key, b)
 		} else {
 			_, err = s.kv.Update(ctx, key, b, rev)
 		}
-		if err == nil || !isConflict(err) {
-			return err
+		if err == nil {
+			return true, nil
+		}
+		if !isConflict(err) {
+			return false, fmt.Errorf("scene totals: %w", err)
 		}
 	}
 }
@@ -302,11 +307,15 @@ func fold(d *sceneDoc, scene string, fresh bool, items []item, idx []int, first 
 		if it.rec.Received.After(d.LastSeen) {
 			d.LastSeen = it.rec.Received
 		}
-		d.Scans++
-		if it.rec.Kind == KindSubscribe {
+		switch it.rec.Kind {
+		case KindUnsubscribe:
+			d.Unfollows++
+		case KindSubscribe:
+			d.Scans++
 			d.SubscribeScans++
 			d.NewFollowers++
-		} else {
+		default:
+			d.Scans++
 			d.ScanScans++
 		}
 		if first[i] {

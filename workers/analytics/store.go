@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
 	"strconv"
 	"time"
 
@@ -81,7 +80,6 @@ func person(account, openid string) string {
 // floor: sequences at or below it can never come again, so they are
 // forgotten. It reports what the record changed, for metrics.
 func (s *Store) Apply(ctx context.Context, seq uint64, r Record, ackFloor uint64) (applied bool, err error) {
-	at := r.Received
 	switch r.Kind {
 	case KindSubscribe, KindScan:
 		if r.Scene == "" {
@@ -91,18 +89,7 @@ func (s *Store) Apply(ctx context.Context, seq uint64, r Record, ackFloor uint64
 		if err != nil {
 			return false, err
 		}
-		applied, err = s.update(ctx, r.Scene, seq, ackFloor, at, func(t *Totals) {
-			t.Scans++
-			if r.Kind == KindSubscribe {
-				t.SubscribeScans++
-				t.NewFollowers++
-			} else {
-				t.ScanScans++
-			}
-			if first {
-				t.UniquePeople++
-			}
-		})
+		applied, err = s.updateSync(ctx, r.Scene, []item{{seq: seq, rec: r}}, []int{0}, []bool{first}, ackFloor)
 		if err != nil {
 			return false, err
 		}
@@ -122,7 +109,7 @@ func (s *Store) Apply(ctx context.Context, seq uint64, r Record, ackFloor uint64
 		if err != nil {
 			return false, fmt.Errorf("follow: %w", err)
 		}
-		applied, err = s.update(ctx, string(e.Value()), seq, ackFloor, at, func(t *Totals) { t.Unfollows++ })
+		applied, err = s.updateSync(ctx, string(e.Value()), []item{{seq: seq, rec: r}}, []int{0}, []bool{false}, ackFloor)
 		if err != nil {
 			return false, err
 		}
@@ -158,60 +145,6 @@ func (s *Store) claimPerson(ctx context.Context, r Record, seq uint64) (bool, er
 
 func isConflict(err error) bool {
 	return errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch)
-}
-
-// update applies mutate to the scene's totals with compare-and-set, unless
-// seq was applied already. Concurrent consumers retry on conflict, so no
-// increment is ever lost.
-func (s *Store) update(ctx context.Context, scene string, seq, ackFloor uint64, at time.Time, mutate func(*Totals)) (bool, error) {
-	key := sceneKey(scene)
-	for {
-		var d sceneDoc
-		var rev uint64
-		e, err := s.kv.Get(ctx, key)
-		switch {
-		case err == nil:
-			if err := json.Unmarshal(e.Value(), &d); err != nil {
-				return false, fmt.Errorf("scene %q: corrupt totals: %w", scene, err)
-			}
-			rev = e.Revision()
-		case !errors.Is(err, jetstream.ErrKeyNotFound):
-			return false, fmt.Errorf("scene totals: %w", err)
-		}
-		if slices.Contains(d.Applied, seq) {
-			return false, nil
-		}
-		if rev == 0 {
-			d.Scene, d.FirstSeq, d.FirstSeen = scene, seq, at
-		}
-		if seq < d.FirstSeq {
-			d.FirstSeq = seq
-		}
-		if at.Before(d.FirstSeen) {
-			d.FirstSeen = at
-		}
-		if at.After(d.LastSeen) {
-			d.LastSeen = at
-		}
-		mutate(&d.Totals)
-		d.Applied = slices.DeleteFunc(d.Applied, func(s uint64) bool { return s <= ackFloor })
-		d.Applied = append(d.Applied, seq)
-		b, err := json.Marshal(d)
-		if err != nil {
-			return false, err
-		}
-		if rev == 0 {
-			_, err = s.kv.Create(ctx, key, b)
-		} else {
-			_, err = s.kv.Update(ctx, key, b, rev)
-		}
-		if err == nil {
-			return true, nil
-		}
-		if !isConflict(err) {
-			return false, fmt.Errorf("scene totals: %w", err)
-		}
-	}
 }
 
 // Scenes reads every scene's totals from the bucket.

@@ -72,6 +72,25 @@ func (m Mix) Message(run string, i, scenes int, now time.Time) (msg *wechat.Mess
 	return msg, false
 }
 
+// Requests returns a loadgen request function: request i is message i of
+// the mix, sent to url as WeChat would, its answer classified.
+func (m Mix) Requests(s wechat.Sender, c *http.Client, url string, scenes int) func(context.Context, int) loadgen.Outcome {
+	run := strconv.FormatUint(rand.Uint64()%1e8, 36) // distinct messages across runs too
+	return func(_ context.Context, i int) loadgen.Outcome {
+		msg, replyExpected := m.Message(run, i, scenes, time.Now())
+		code, reply, err := s.Post(c, url, msg.AppendXML(nil), time.Now(), strconv.Itoa(i))
+		switch {
+		case err != nil || code != http.StatusOK:
+			return loadgen.Error
+		case len(reply) > 0 && string(reply) != "success":
+			return loadgen.Reply
+		case replyExpected:
+			return loadgen.Fallback
+		}
+		return loadgen.Empty
+	}
+}
+
 type loadCmd struct {
 	*client
 	concurrency int
@@ -100,22 +119,9 @@ func (l *loadCmd) run(ctx context.Context) error {
 		return err
 	}
 	l.http.Transport.(*http.Transport).MaxIdleConnsPerHost = l.concurrency
-	run := strconv.FormatUint(rand.Uint64()%1e8, 36)
 	report, err := loadgen.Run(ctx, loadgen.Options{
 		Concurrency: l.concurrency, Rate: l.rate, Duration: l.duration, Requests: l.requests,
-		Do: func(ctx context.Context, i int) loadgen.Outcome {
-			m, replyExpected := mix.Message(run, i, l.scenes, time.Now())
-			code, reply, err := l.sender.Post(l.http, l.url, m.AppendXML(nil), time.Now(), strconv.Itoa(i))
-			switch {
-			case err != nil || code != http.StatusOK:
-				return loadgen.Error
-			case len(reply) > 0 && string(reply) != "success":
-				return loadgen.Reply
-			case replyExpected:
-				return loadgen.Fallback
-			}
-			return loadgen.Empty
-		},
+		Do: mix.Requests(l.sender, l.http, l.url, l.scenes),
 	})
 	if err != nil {
 		return err
