@@ -14,6 +14,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -54,6 +55,17 @@ type Gateway struct {
 	o       Options
 	metrics *metrics
 	engine  *gin.Engine
+
+	mu      sync.Mutex
+	flights map[string]*flight // requests in flight, by dedup key
+}
+
+// flight is one worker request that retries of the same message join
+// instead of publishing again.
+type flight struct {
+	done    chan struct{}
+	reply   []byte
+	outcome string
 }
 
 // New returns a Gateway; its Handler serves GET and POST on Path.
@@ -70,7 +82,7 @@ func New(o Options) (*Gateway, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	g := &Gateway{o: o, metrics: newMetrics(o.Registerer)}
+	g := &Gateway{o: o, metrics: newMetrics(o.Registerer), flights: map[string]*flight{}}
 
 	e := gin.New()
 	// WeChat connects directly or through a proxy we configure; never trust
@@ -197,7 +209,7 @@ func (g *Gateway) callback(c *gin.Context) {
 		return
 	}
 
-	reply, outcome := g.request(c.Request.Context(), m, plain, received, deadline)
+	reply, outcome := g.once(c.Request.Context(), m, plain, received, deadline)
 	if len(reply) == 0 {
 		g.answer(c, received, outcome, "text/plain; charset=utf-8", success)
 		return
@@ -214,6 +226,37 @@ func (g *Gateway) callback(c *gin.Context) {
 		reply = sealed
 	}
 	g.answer(c, received, outcome, "application/xml; charset=utf-8", reply)
+}
+
+// once runs request for the message, unless the same message (a WeChat
+// retry, by dedup key) is already in flight here: then it waits for that
+// one's result, within its own deadline, so the handler runs once.
+func (g *Gateway) once(ctx context.Context, m *wechat.Message, plain []byte, received, deadline time.Time) ([]byte, string) {
+	key := m.DedupKey()
+	g.mu.Lock()
+	if f, ok := g.flights[key]; ok {
+		g.mu.Unlock()
+		g.metrics.duplicates.Inc()
+		wait, cancel := context.WithDeadline(ctx, deadline)
+		defer cancel()
+		select {
+		case <-f.done:
+			return f.reply, f.outcome
+		case <-wait.Done():
+			return nil, g.fallback(reasonTimeout, m.Subject(), fmt.Errorf("waiting for the first delivery: %w", wait.Err()))
+		}
+	}
+	f := &flight{done: make(chan struct{})}
+	g.flights[key] = f
+	g.mu.Unlock()
+	defer func() {
+		g.mu.Lock()
+		delete(g.flights, key)
+		g.mu.Unlock()
+		close(f.done)
+	}()
+	f.reply, f.outcome = g.request(ctx, m, plain, received, deadline)
+	return f.reply, f.outcome
 }
 
 // request asks a worker for the reply. It returns the reply XML (nil for

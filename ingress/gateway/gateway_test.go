@@ -454,3 +454,55 @@ func TestMain(m *testing.M) {
 	gin.SetMode(gin.TestMode)
 	os.Exit(m.Run())
 }
+
+// A retry that arrives while the first delivery is still with the worker
+// joins it: the worker sees one request, both deliveries get its reply.
+func TestRetryInFlightJoinsFirstDelivery(t *testing.T) {
+	h := newHarness(t, opts{noWorker: true, safe: true})
+	nc := natstest.Connect(t, h.srv)
+	held := make(chan *nats.Msg, 4)
+	if _, err := nc.QueueSubscribe(bus.MessagesSubject, bus.QueueGroup, func(m *nats.Msg) { held <- m }); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	msg := message("text", "<Content>once</Content>")
+	type answer struct {
+		code int
+		body string
+	}
+	answers := make(chan answer, 2)
+	send := func(nonce string) {
+		code, body, err := h.sender.Post(http.DefaultClient, h.url, []byte(msg), time.Now(), nonce)
+		if err != nil {
+			t.Error(err)
+		}
+		answers <- answer{code, string(body)}
+	}
+	go send("first")
+	first := <-held // the worker has the first delivery
+	go send("retry")
+	// The retry is counted as joined before anyone answers the first.
+	for deadline := time.Now().Add(10 * time.Second); h.counter("wxgate_ingress_duplicates_total", "", "") < 1; {
+		if time.Now().After(deadline) {
+			t.Fatal("the retry never joined the first delivery")
+		}
+		time.Sleep(5 * time.Millisecond) // polling a counter: the join has no event of its own
+	}
+	reply := wechat.TextReply("answered once").AppendXML(nil, "o", "gh_account", 1)
+	if err := first.Respond(reply); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 2; i++ {
+		a := <-answers
+		if a.code != 200 || !strings.Contains(a.body, "answered once") {
+			t.Errorf("delivery answered %d %q, want the worker's reply", a.code, a.body)
+		}
+	}
+	select {
+	case m := <-held:
+		t.Errorf("the worker got a second request: %s", m.Data)
+	default:
+	}
+}
