@@ -1,7 +1,6 @@
 package wechat
 
 import (
-	"strconv"
 	"strings"
 	"unicode/utf8"
 )
@@ -82,35 +81,22 @@ func parseFlat(data []byte, m *Message, headerOnly bool) bool {
 			return false
 		}
 		i += 2 + len(name) + 1
-		if headerOnly {
-			m.setHeader(name, value)
-		} else {
+		switch {
+		case !headerOnly:
 			m.set(name, value)
+		case isHeaderField(name):
+			m.assign(name, value)
 		}
 	}
 }
 
-// setHeader is Message.set for the fields Classify reads.
-func (m *Message) setHeader(name, value string) {
-	v := strings.TrimSpace(value)
+// isHeaderField reports whether Classify reads the element.
+func isHeaderField(name string) bool {
 	switch name {
-	case "ToUserName":
-		m.ToUserName = v
-	case "FromUserName":
-		m.FromUserName = v
-	case "CreateTime":
-		m.CreateTime, _ = strconv.ParseInt(v, 10, 64)
-	case "MsgType":
-		m.MsgType = v
-	case "MsgId":
-		m.MsgID = v
-	case "Event":
-		m.Event = v
-	case "EventKey":
-		m.EventKey = v
-	case "Encrypt":
-		m.Encrypt = v
+	case "ToUserName", "FromUserName", "CreateTime", "MsgType", "MsgId", "Event", "EventKey", "Encrypt":
+		return true
 	}
+	return false
 }
 
 func skipSpace(s string, i int) int {

@@ -180,6 +180,11 @@ func parseXML(data []byte) (*Message, error) {
 // set records an element and fills the typed field it names.
 func (m *Message) set(name, value string) {
 	m.Fields = append(m.Fields, Field{Name: name, Value: value})
+	m.assign(name, value)
+}
+
+// assign fills the typed field name names, if any.
+func (m *Message) assign(name, value string) {
 	trimmed := strings.TrimSpace(value)
 	switch name {
 	case "ToUserName":
