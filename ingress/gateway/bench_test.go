@@ -1,6 +1,7 @@
 package gateway_test
 
 import (
+	"context"
 	"io"
 	"log/slog"
 	"net/http"
@@ -39,11 +40,11 @@ func BenchmarkCallback(b *testing.B) {
 		b.Cleanup(nc.Close)
 		return nc
 	}
-	svc, err := reply.Start(reply.Options{Conn: connect(), Replier: reply.NewReplier(config.Defaults().Replies), Logger: quiet, Registerer: prometheus.NewRegistry()})
+	svc, err := reply.Start(reply.Options{Conn: connect(), Decider: reply.NewReplier(config.Defaults().Replies), Logger: quiet, Registerer: prometheus.NewRegistry()})
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer svc.Stop()
+	defer svc.Stop(context.Background())
 
 	for _, mode := range []string{"bus", "local"} {
 		b.Run(mode, func(b *testing.B) {

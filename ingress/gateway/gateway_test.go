@@ -2,6 +2,7 @@ package gateway_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/xml"
 	"fmt"
 	"io"
@@ -61,11 +62,11 @@ func newHarness(t *testing.T, o opts) *harness {
 	logger := slog.New(slog.NewTextHandler(&lockedWriter{w: h.logs}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	if !o.noWorker {
 		wnc := natstest.Connect(t, h.srv)
-		svc, err := reply.Start(reply.Options{Conn: wnc, Replier: reply.NewReplier(config.Defaults().Replies), Logger: logger, Registerer: prometheus.NewRegistry()})
+		svc, err := reply.Start(reply.Options{Conn: wnc, Decider: reply.NewReplier(config.Defaults().Replies), Logger: logger, Registerer: prometheus.NewRegistry()})
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { _ = svc.Stop() })
+		t.Cleanup(func() { _ = svc.Stop(context.Background()) })
 		if err := wnc.Flush(); err != nil {
 			t.Fatal(err)
 		}

@@ -31,6 +31,13 @@ type Config struct {
 	AnalyticsMaxScenes int           // ANALYTICS_MAX_SCENES: scene label values in metrics
 	AnalyticsRetention time.Duration // ANALYTICS_RETENTION: how long scan records stay in the stream; 0 forever
 	JetStreamReplicas  int           // JETSTREAM_REPLICAS: replicas of the stream and buckets
+	// DedupTTL is how long workers keep each dedup key's claim and reply, so
+	// that WeChat's retries, at any replica, run the handler once
+	// (DEDUP_TTL; 0 turns the shared store off).
+	DedupTTL time.Duration
+	// HandlerTimeout bounds a reply handler; one slower than the request's
+	// deadline still answers WeChat's next retry (HANDLER_TIMEOUT).
+	HandlerTimeout time.Duration
 	// WorkerRoles are what a workers process runs: "replies" (the reply
 	// service and the scan fan-out) and "analytics" (the totals consumer and
 	// scene metrics). WORKER_ROLES, comma-separated.
@@ -74,6 +81,8 @@ func Defaults() Config {
 
 		AnalyticsMaxScenes: 100,
 		JetStreamReplicas:  1,
+		DedupTTL:           time.Minute,
+		HandlerTimeout:     20 * time.Second,
 		WorkerRoles:        []string{"replies", "analytics"},
 		Replies: ReplyTexts{
 			Subscribe:         "感谢您的关注！",
@@ -136,6 +145,11 @@ func (c *Config) FromEnv(lookup func(string) (string, bool)) error {
 	num("ANALYTICS_MAX_SCENES", 1, 10000, &c.AnalyticsMaxScenes)
 	num("JETSTREAM_REPLICAS", 1, 5, &c.JetStreamReplicas)
 	dur("ANALYTICS_RETENTION", &c.AnalyticsRetention)
+	dur("DEDUP_TTL", &c.DedupTTL)
+	dur("HANDLER_TIMEOUT", &c.HandlerTimeout)
+	if c.HandlerTimeout == 0 {
+		errs = append(errs, errors.New("HANDLER_TIMEOUT: want a positive duration"))
+	}
 	if v, ok := lookup("PPROF"); ok {
 		b, err := strconv.ParseBool(strings.TrimSpace(v))
 		if err != nil {

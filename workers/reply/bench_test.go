@@ -1,6 +1,7 @@
 package reply_test
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -17,12 +18,12 @@ import (
 //	go test -run '^$' -bench Handle -benchmem ./workers/reply
 func BenchmarkHandle(b *testing.B) {
 	srv := natstest.RunServer(b)
-	svc, err := reply.Start(reply.Options{Conn: natstest.Connect(b, srv), Replier: reply.NewReplier(config.Defaults().Replies),
+	svc, err := reply.Start(reply.Options{Conn: natstest.Connect(b, srv), Decider: reply.NewReplier(config.Defaults().Replies),
 		Logger: quiet, Registerer: prometheus.NewRegistry(), Now: func() time.Time { return time.Unix(1700000000, 0) }})
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer svc.Stop()
+	defer svc.Stop(context.Background())
 	for name, msg := range map[string]string{
 		"text": "<xml><ToUserName><![CDATA[gh]]></ToUserName><FromUserName><![CDATA[o1]]></FromUserName><CreateTime>1</CreateTime><MsgType><![CDATA[text]]></MsgType><Content><![CDATA[hello]]></Content><MsgId>1</MsgId></xml>",
 		"scan": "<xml><ToUserName><![CDATA[gh]]></ToUserName><FromUserName><![CDATA[o1]]></FromUserName><CreateTime>1</CreateTime><MsgType><![CDATA[event]]></MsgType><Event><![CDATA[SCAN]]></Event><EventKey><![CDATA[poster_a]]></EventKey><Ticket><![CDATA[t]]></Ticket></xml>",

@@ -3,11 +3,19 @@
 package reply
 
 import (
+	"context"
 	"strings"
 
 	"github.com/wxgate/wxgate/shared/config"
 	"github.com/wxgate/wxgate/shared/wechat"
 )
+
+// A Decider decides the reply to a message: nil when there is nothing to
+// say. It may be slow (call other systems): ctx ends at the handler
+// timeout, which outlasts WeChat's retries, not at one request's deadline.
+type Decider interface {
+	Decide(ctx context.Context, m *wechat.Message) (*wechat.Reply, error)
+}
 
 // Replier holds the reply texts; it is safe for concurrent use.
 type Replier struct {
@@ -50,6 +58,11 @@ func (r *Replier) Reply(m *wechat.Message) *wechat.Reply {
 		return wechat.TextReply(m.Recognition)
 	}
 	return textOrNil(r.texts.Default)
+}
+
+// Decide is Reply as a Decider.
+func (r *Replier) Decide(_ context.Context, m *wechat.Message) (*wechat.Reply, error) {
+	return r.Reply(m), nil
 }
 
 func withScene(tmpl, scene string) string { return strings.ReplaceAll(tmpl, "{scene}", scene) }

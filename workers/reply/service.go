@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/wechat"
+	"github.com/wxgate/wxgate/workers/dedup"
 )
 
 // Version is the micro service version (SemVer, as micro requires).
@@ -20,40 +22,49 @@ const Version = "0.1.0"
 
 // Options wire a Service.
 type Options struct {
-	Conn       *nats.Conn
-	Replier    *Replier
+	Conn    *nats.Conn
+	Decider Decider // the built-in Replier, or an application's own
+	// Dedup, when set, runs each message's handler once across replicas and
+	// answers retries from the store; nil handles every request.
+	Dedup      *dedup.Store
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 	// Now stamps replies' CreateTime; time.Now when nil.
 	Now func() time.Time
-	// Observe, when set, sees every handled message with its dedup key and
-	// the time the ingress received it (the analytics fan-out). It must not
-	// block: the reply waits for it.
+	// Observe, when set, sees every message a handler ran for, with its
+	// dedup key and the time the ingress received it (the analytics
+	// fan-out). It must not block.
 	Observe func(m *wechat.Message, dedupKey string, received time.Time)
+	// Concurrency bounds the requests one worker holds at once (waiting
+	// retries included); past it the subscription backs up. Default 1024.
+	Concurrency int
 }
 
 // Handler is a worker's decision without the bus: raw message in, reply
 // XML out.
 type Handler struct {
-	replier *Replier
+	decider Decider
 	now     func() time.Time
 }
 
 // NewHandler returns a Handler; now stamps replies (time.Now when nil).
-func NewHandler(r *Replier, now func() time.Time) *Handler {
+func NewHandler(d Decider, now func() time.Time) *Handler {
 	if now == nil {
 		now = time.Now
 	}
-	return &Handler{replier: r, now: now}
+	return &Handler{decider: d, now: now}
 }
 
 // Service answers msg.> and event.> requests in the workers' queue group.
 type Service struct {
 	*Handler
 	svc     micro.Service
+	dedup   *dedup.Store
 	logger  *slog.Logger
 	observe func(*wechat.Message, string, time.Time)
 	metrics *metrics
+	slots   chan struct{}  // one per request in hand
+	pending sync.WaitGroup // requests in hand
 }
 
 // ErrMalformed is what Handle returns for a payload that is not a message.
@@ -61,10 +72,16 @@ var ErrMalformed = errors.New("malformed message")
 
 // Start registers the service on the connection and begins serving.
 func Start(o Options) (*Service, error) {
-	if o.Conn == nil || o.Replier == nil || o.Logger == nil || o.Registerer == nil {
-		return nil, errors.New("reply: Conn, Replier, Logger and Registerer are required")
+	if o.Conn == nil || o.Decider == nil || o.Logger == nil || o.Registerer == nil {
+		return nil, errors.New("reply: Conn, Decider, Logger and Registerer are required")
 	}
-	s := &Service{Handler: NewHandler(o.Replier, o.Now), logger: o.Logger, observe: o.Observe, metrics: newMetrics(o.Registerer)}
+	if o.Concurrency <= 0 {
+		o.Concurrency = 1024
+	}
+	s := &Service{
+		Handler: NewHandler(o.Decider, o.Now), dedup: o.Dedup, logger: o.Logger, observe: o.Observe,
+		metrics: newMetrics(o.Registerer), slots: make(chan struct{}, o.Concurrency),
+	}
 	svc, err := micro.AddService(o.Conn, micro.Config{
 		Name:        bus.ServiceName,
 		Version:     Version,
@@ -94,59 +111,126 @@ func Start(o Options) (*Service, error) {
 	return s, nil
 }
 
-// Stop drains the service's subscriptions: requests already received are
-// answered, no new ones are taken.
-func (s *Service) Stop() error { return s.svc.Stop() }
+// Stop drains the service's subscriptions (no new requests), then waits
+// for the requests in hand and for handlers still running to store their
+// replies, until ctx ends.
+func (s *Service) Stop(ctx context.Context) error {
+	err := s.svc.Stop()
+	done := make(chan struct{})
+	go func() { s.pending.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return errors.Join(err, fmt.Errorf("requests still in hand: %w", ctx.Err()))
+	}
+	if s.dedup != nil {
+		err = errors.Join(err, s.dedup.Wait(ctx))
+	}
+	return err
+}
 
 // ID is this instance's micro service ID.
 func (s *Service) ID() string { return s.svc.Info().ID }
 
+// serve runs on the subscription's goroutine: it parses, then hands the
+// request to its own goroutine so that a slow handler, or a retry waiting
+// for another's reply, holds up nothing else.
 func (s *Service) serve(req micro.Request) {
-	start := time.Now()
-	subject := req.Subject()
-	m, body, err := s.handle(req.Data())
+	m, err := parse(req.Data())
 	if err != nil {
-		s.logger.Warn("worker rejected request", "subject", subject, "err", err)
+		s.logger.Warn("worker rejected request", "subject", req.Subject(), "err", err)
 		_ = req.Error("400", err.Error(), nil)
-	} else {
-		if err := req.Respond(body); err != nil {
-			s.logger.Error("worker respond", "subject", subject, "err", err)
-		}
-		if s.observe != nil {
-			h := req.Headers()
-			key := h.Get(bus.HeaderDedupKey)
-			if key == "" {
-				key = m.DedupKey()
-			}
+		return
+	}
+	s.slots <- struct{}{}
+	s.pending.Add(1)
+	go func() {
+		defer func() { <-s.slots; s.pending.Done() }()
+		s.answer(req, m)
+	}()
+}
+
+func (s *Service) answer(req micro.Request, m *wechat.Message) {
+	h := req.Headers()
+	subject := req.Subject()
+	key := h.Get(bus.HeaderDedupKey)
+	if key == "" {
+		key = m.DedupKey()
+	}
+	run := func(ctx context.Context) ([]byte, error) {
+		start := time.Now()
+		body, err := s.decide(ctx, m)
+		s.metrics.observe(subject, time.Since(start))
+		if err == nil && s.observe != nil {
 			received, ok := bus.ParseTime(h.Get(bus.HeaderReceived))
 			if !ok {
 				received = s.now()
 			}
 			s.observe(m, key, received)
 		}
+		return body, err
 	}
-	s.metrics.observe(subject, time.Since(start))
+
+	var body []byte
+	var err error
+	outcome := dedup.Ran
+	if s.dedup == nil {
+		body, err = run(context.Background())
+	} else {
+		ctx, cancel := requestContext(h.Get(bus.HeaderDeadline))
+		body, outcome, err = s.dedup.Do(ctx, key, run)
+		cancel()
+	}
+	switch {
+	case errors.Is(err, dedup.ErrPending):
+		// The ingress has answered "success" by now; the reply, when the
+		// handler finishes, is stored for WeChat's next retry.
+		s.logger.Debug("no reply before the deadline", "subject", subject, "dedup_key", key)
+	case err != nil:
+		s.logger.Warn("worker handler failed", "subject", subject, "err", err)
+		_ = req.Error("500", "handler failed", nil)
+	default:
+		if err := req.Respond(body); err != nil {
+			s.logger.Error("worker respond", "subject", subject, "err", err)
+		}
+	}
 	if s.logger.Enabled(context.Background(), slog.LevelDebug) {
-		s.logger.Debug("handled", "subject", subject, "dedup_key", req.Headers().Get(bus.HeaderDedupKey), "duration", time.Since(start))
+		s.logger.Debug("handled", "subject", subject, "dedup_key", key, "outcome", outcome)
 	}
+}
+
+// requestContext ends at the ingress's deadline, when the header has one.
+func requestContext(deadline string) (context.Context, context.CancelFunc) {
+	d, ok := bus.ParseTime(deadline)
+	if !ok {
+		d = time.Now().Add(5 * time.Second) // WeChat's own limit
+	}
+	return context.WithDeadline(context.Background(), d)
 }
 
 // Handle parses a raw message and returns the reply XML, or an empty body
 // when there is nothing to say. It is the whole of a worker's decision, so
 // it can also run without a bus.
 func (s *Handler) Handle(data []byte) ([]byte, error) {
-	_, body, err := s.handle(data)
-	return body, err
+	m, err := parse(data)
+	if err != nil {
+		return nil, err
+	}
+	return s.decide(context.Background(), m)
 }
 
-func (s *Handler) handle(data []byte) (*wechat.Message, []byte, error) {
+func parse(data []byte) (*wechat.Message, error) {
 	m, err := wechat.Parse(data)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%w: %w", ErrMalformed, err)
+		return nil, fmt.Errorf("%w: %w", ErrMalformed, err)
 	}
-	r := s.replier.Reply(m)
-	if r == nil {
-		return m, nil, nil
+	return m, nil
+}
+
+func (s *Handler) decide(ctx context.Context, m *wechat.Message) ([]byte, error) {
+	r, err := s.decider.Decide(ctx, m)
+	if err != nil || r == nil {
+		return nil, err
 	}
-	return m, r.ReplyTo(m, s.now().Unix()), nil
+	return r.ReplyTo(m, s.now().Unix()), nil
 }

@@ -1,6 +1,7 @@
 package reply_test
 
 import (
+	"context"
 	"encoding/json"
 	"encoding/xml"
 	"errors"
@@ -27,13 +28,13 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 func start(t *testing.T, nc *nats.Conn, reg prometheus.Registerer) *reply.Service {
 	t.Helper()
 	svc, err := reply.Start(reply.Options{
-		Conn: nc, Replier: reply.NewReplier(config.Defaults().Replies), Logger: quiet, Registerer: reg,
+		Conn: nc, Decider: reply.NewReplier(config.Defaults().Replies), Logger: quiet, Registerer: reg,
 		Now: func() time.Time { return time.Unix(1700000000, 0) },
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = svc.Stop() })
+	t.Cleanup(func() { _ = svc.Stop(context.Background()) })
 	if err := nc.Flush(); err != nil {
 		t.Fatal(err)
 	}

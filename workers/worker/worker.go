@@ -6,17 +6,21 @@ package worker
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wxgate/wxgate/shared/config"
 	"github.com/wxgate/wxgate/shared/wechat"
 	"github.com/wxgate/wxgate/workers/analytics"
+	"github.com/wxgate/wxgate/workers/dedup"
 	"github.com/wxgate/wxgate/workers/reply"
 )
 
@@ -26,6 +30,8 @@ type Options struct {
 	Config     config.Config
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
+	// Decider decides replies; nil uses the built-in texts (Config.Replies).
+	Decider reply.Decider
 }
 
 // Worker is a running reply service with its analytics role.
@@ -50,9 +56,20 @@ func Start(o Options) (*Worker, error) {
 	if !o.Config.HasRole("replies") {
 		return w, nil
 	}
+	var store *dedup.Store
+	if o.Config.DedupTTL > 0 {
+		if store, err = openDedup(o); err != nil {
+			return nil, errors.Join(err, stopRole(role))
+		}
+	}
+	decider := o.Decider
+	if decider == nil {
+		decider = reply.NewReplier(o.Config.Replies)
+	}
 	svc, err := reply.Start(reply.Options{
 		Conn:       o.Conn,
-		Replier:    reply.NewReplier(o.Config.Replies),
+		Dedup:      store,
+		Decider:    decider,
 		Logger:     o.Logger.With("component", "worker"),
 		Registerer: o.Registerer,
 		Observe: func(m *wechat.Message, key string, received time.Time) {
@@ -62,12 +79,33 @@ func Start(o Options) (*Worker, error) {
 		},
 	})
 	if err != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		return nil, errors.Join(err, role.Stop(ctx))
+		return nil, errors.Join(err, stopRole(role))
 	}
 	w.Service = svc
 	return w, nil
+}
+
+func stopRole(role *analytics.Role) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return role.Stop(ctx)
+}
+
+// openDedup opens the claim-and-reply store shared by every worker.
+func openDedup(o Options) (*dedup.Store, error) {
+	js, err := jetstream.New(o.Conn)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return dedup.Open(ctx, js, o.Conn.Opts.Name+"/"+rand.Text(), dedup.Options{
+		TTL:            o.Config.DedupTTL,
+		Replicas:       o.Config.JetStreamReplicas,
+		HandlerTimeout: o.Config.HandlerTimeout,
+		Logger:         o.Logger.With("component", "dedup"),
+		Registerer:     o.Registerer,
+	})
 }
 
 // StreamOptions are the stream and bucket settings from the configuration.
@@ -83,7 +121,7 @@ func (w *Worker) API() http.Handler { return w.api }
 func (w *Worker) Stop(ctx context.Context) error {
 	var err error
 	if w.Service != nil {
-		err = w.Service.Stop()
+		err = w.Service.Stop(ctx)
 	}
 	return errors.Join(err, w.Analytics.Stop(ctx))
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/wxgate/wxgate/shared/natstest"
 	"github.com/wxgate/wxgate/shared/wechat"
 	"github.com/wxgate/wxgate/workers/analytics"
+	"github.com/wxgate/wxgate/workers/reply"
 	"github.com/wxgate/wxgate/workers/worker"
 )
 
@@ -51,14 +52,18 @@ type cluster struct {
 
 // newCluster runs, on one real NATS server, two ingress gateways behind
 // real HTTP listeners and two workers, each on its own connection.
-func newCluster(t *testing.T, maxScenes int) *cluster {
+func newCluster(t *testing.T, maxScenes int, decider ...reply.Decider) *cluster {
 	t.Helper()
 	c := &cluster{t: t, srv: natstest.RunServer(t), sender: wechat.Sender{Token: token}}
 	cfg := config.Defaults()
 	cfg.AnalyticsMaxScenes = maxScenes
 	for i := 0; i < 2; i++ {
 		reg := prometheus.NewRegistry()
-		w, err := worker.Start(worker.Options{Conn: natstest.Connect(t, c.srv), Config: cfg, Logger: quiet, Registerer: reg})
+		o := worker.Options{Conn: natstest.Connect(t, c.srv), Config: cfg, Logger: quiet, Registerer: reg}
+		if len(decider) > 0 {
+			o.Decider = decider[0]
+		}
+		w, err := worker.Start(o)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,0 +1,374 @@
+// Package dedup runs each WeChat message's handler once across every worker
+// replica, and answers WeChat's retries with the first run's reply.
+//
+// The first worker to see a dedup key claims it with an atomic create in a
+// JetStream KV bucket, keeps the claim alive while its handler runs, and
+// stores the reply under the key. A retry at any worker finds the key: it
+// answers with the stored reply, or waits for it within its own deadline. A
+// claim nobody refreshes for a lease (its worker crashed) is taken over with
+// a compare-and-set, so no message stays stuck.
+//
+// Because the handler keeps running after the ingress has given up, a
+// handler slower than one deadline still reaches the person: WeChat's next
+// retry is answered with its reply.
+package dedup
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+)
+
+// Bucket is the KV bucket holding claims and replies.
+const Bucket = "wxgate_replies"
+
+// Defaults: WeChat retries about every 5 s, three times, so a key must live
+// well past 20 s; a minute leaves room for slow handlers and clock drift.
+const (
+	DefaultTTL            = time.Minute
+	DefaultLease          = 3 * time.Second
+	DefaultHandlerTimeout = 20 * time.Second
+)
+
+// ErrPending means the request's deadline passed before a reply existed.
+// The handler may still be running; a later retry gets its reply.
+var ErrPending = errors.New("reply not ready before the deadline")
+
+// Outcome says how Do produced a reply.
+type Outcome int
+
+const (
+	Ran       Outcome = iota // this call claimed the key and ran the handler
+	Stored                   // another run's reply, stored or awaited
+	TookOver                 // a stale claim was taken over and the handler ran
+	Unguarded                // the store was unavailable; the handler ran without a claim
+)
+
+func (o Outcome) String() string {
+	return [...]string{"ran", "stored", "took_over", "unguarded"}[o]
+}
+
+// HandlerRan reports whether the outcome ran the handler in this call.
+func (o Outcome) HandlerRan() bool { return o != Stored }
+
+// Options configure a Store.
+type Options struct {
+	TTL      time.Duration // how long a key and its reply are kept
+	Lease    time.Duration // a claim not refreshed for this long is stale
+	Replicas int           // bucket replicas (JETSTREAM_REPLICAS)
+	// HandlerTimeout bounds a handler that outlives its request.
+	HandlerTimeout time.Duration
+	Logger         *slog.Logger
+	Registerer     prometheus.Registerer
+}
+
+func (o *Options) defaults() {
+	if o.TTL <= 0 {
+		o.TTL = DefaultTTL
+	}
+	if o.Lease <= 0 {
+		o.Lease = DefaultLease
+	}
+	if o.Replicas <= 0 {
+		o.Replicas = 1
+	}
+	if o.HandlerTimeout <= 0 {
+		o.HandlerTimeout = DefaultHandlerTimeout
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Registerer == nil {
+		o.Registerer = prometheus.NewRegistry()
+	}
+}
+
+// Store is the shared claim-and-reply store.
+type Store struct {
+	kv      jetstream.KeyValue
+	o       Options
+	claim   []byte
+	running sync.WaitGroup // handlers still running
+	metrics metrics
+}
+
+type metrics struct {
+	duplicates, stored, expired, unavailable prometheus.Counter
+}
+
+// Open creates or opens the bucket. Claims and replies live in memory: they
+// matter for a minute, and replicas (not disk) keep them through a node loss.
+func Open(ctx context.Context, js jetstream.JetStream, owner string, o Options) (*Store, error) {
+	o.defaults()
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      Bucket,
+		Description: "wxgate: claims and replies by dedup key, for WeChat's retries",
+		History:     1,
+		TTL:         o.TTL,
+		Storage:     jetstream.MemoryStorage,
+		Replicas:    o.Replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("kv %s: %w", Bucket, err)
+	}
+	f := promauto.With(o.Registerer)
+	return &Store{
+		kv:    kv,
+		o:     o,
+		claim: append([]byte(claimPrefix), owner...),
+		metrics: metrics{
+			duplicates: f.NewCounter(prometheus.CounterOpts{
+				Name: "wxgate_worker_duplicates_total",
+				Help: "Requests whose dedup key another request had already claimed (WeChat retries reaching a worker).",
+			}),
+			stored: f.NewCounter(prometheus.CounterOpts{
+				Name: "wxgate_worker_replies_from_store_total",
+				Help: "Duplicates answered with the first run's stored reply, at once or after waiting for it.",
+			}),
+			expired: f.NewCounter(prometheus.CounterOpts{
+				Name: "wxgate_worker_claims_expired_total",
+				Help: "Claims left unrefreshed for a lease (their worker died) and taken over.",
+			}),
+			unavailable: f.NewCounter(prometheus.CounterOpts{
+				Name: "wxgate_worker_dedup_unavailable_total",
+				Help: "Requests handled without a claim because the store did not answer.",
+			}),
+		},
+	}, nil
+}
+
+// Values: a claim is "c" and its owner; a reply is "r" and the reply body
+// (empty: no reply).
+const (
+	claimPrefix = "c"
+	replyPrefix = "r"
+)
+
+// Handler produces a reply; ctx ends at the handler timeout, not at the
+// request's deadline.
+type Handler func(ctx context.Context) ([]byte, error)
+
+// Do returns the reply for key, running run at most once across replicas
+// while the key lives. ctx carries the request's deadline: past it, Do
+// returns ErrPending and a running handler carries on to store its reply.
+func (s *Store) Do(ctx context.Context, key string, run Handler) ([]byte, Outcome, error) {
+	// A store slower than a quarter of the budget is treated as down:
+	// answering matters more than deduplicating.
+	cctx, cancel := context.WithTimeout(ctx, s.claimBudget(ctx))
+	rev, err := s.kv.Create(cctx, key, s.claim)
+	cancel()
+	switch {
+	case err == nil:
+		return s.own(ctx, key, rev, run, Ran)
+	case errors.Is(err, jetstream.ErrKeyExists):
+		s.metrics.duplicates.Inc()
+		return s.await(ctx, key, run)
+	default:
+		s.metrics.unavailable.Inc()
+		s.o.Logger.Warn("dedup store unavailable, handling without a claim", "err", err)
+		body, err := s.runBounded(ctx, run)
+		return body, Unguarded, err
+	}
+}
+
+func (s *Store) claimBudget(ctx context.Context) time.Duration {
+	budget := time.Second
+	if d, ok := ctx.Deadline(); ok {
+		if q := time.Until(d) / 4; q < budget {
+			budget = q
+		}
+	}
+	return budget
+}
+
+type result struct {
+	body []byte
+	err  error
+}
+
+// own runs the handler under the claim at rev, refreshing the claim until
+// the reply is stored. The handler outlives ctx.
+func (s *Store) own(ctx context.Context, key string, rev uint64, run Handler, outcome Outcome) ([]byte, Outcome, error) {
+	done := make(chan result, 1)
+	s.running.Add(1)
+	go func() {
+		defer s.running.Done()
+		hctx, cancel := context.WithTimeout(context.Background(), s.o.HandlerTimeout)
+		defer cancel()
+		stop := s.refresh(key, rev)
+		body, err := run(hctx)
+		stop()
+		s.finish(key, body, err)
+		done <- result{body, err}
+	}()
+	select {
+	case r := <-done:
+		return r.body, outcome, r.err
+	case <-ctx.Done():
+		return nil, outcome, ErrPending
+	}
+}
+
+// runBounded runs without a claim, still answering by ctx's deadline.
+func (s *Store) runBounded(ctx context.Context, run Handler) ([]byte, error) {
+	done := make(chan result, 1)
+	s.running.Add(1)
+	go func() {
+		defer s.running.Done()
+		hctx, cancel := context.WithTimeout(context.Background(), s.o.HandlerTimeout)
+		defer cancel()
+		body, err := run(hctx)
+		done <- result{body, err}
+	}()
+	select {
+	case r := <-done:
+		return r.body, r.err
+	case <-ctx.Done():
+		return nil, ErrPending
+	}
+}
+
+// refresh keeps the claim alive every third of a lease until stopped, or
+// until another worker takes it over.
+func (s *Store) refresh(key string, rev uint64) (stop func()) {
+	quit := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		t := time.NewTicker(s.o.Lease / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-quit:
+				return
+			case <-t.C:
+				ctx, cancel := context.WithTimeout(context.Background(), s.o.Lease/3)
+				r, err := s.kv.Update(ctx, key, s.claim, rev)
+				cancel()
+				switch {
+				case err == nil:
+					rev = r
+				case errors.Is(err, jetstream.ErrKeyExists), errors.Is(err, jetstream.ErrKeyRevisionMismatch):
+					s.o.Logger.Warn("dedup claim taken over while the handler ran", "dedup_key", key)
+					return
+				default:
+					s.o.Logger.Warn("dedup claim refresh", "dedup_key", key, "err", err)
+				}
+			}
+		}
+	}()
+	return func() { close(quit); <-finished }
+}
+
+// finish stores the reply, or on error releases the claim so that a retry
+// runs the handler again.
+func (s *Store) finish(key string, body []byte, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err != nil {
+		if derr := s.kv.Delete(ctx, key); derr != nil {
+			s.o.Logger.Warn("dedup release claim", "dedup_key", key, "err", derr)
+		}
+		return
+	}
+	v := make([]byte, 0, len(replyPrefix)+len(body))
+	v = append(append(v, replyPrefix...), body...)
+	if _, perr := s.kv.Put(ctx, key, v); perr != nil {
+		s.o.Logger.Warn("dedup store reply", "dedup_key", key, "err", perr)
+	}
+}
+
+// await waits for the key's reply. Staleness is judged by this process's
+// clock alone: a claim whose revision does not move for a lease is dead.
+func (s *Store) await(ctx context.Context, key string, run Handler) ([]byte, Outcome, error) {
+	w, err := s.kv.Watch(ctx, key)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, Stored, ErrPending
+		}
+		s.metrics.unavailable.Inc()
+		body, err := s.runBounded(ctx, run)
+		return body, Unguarded, err
+	}
+	defer func() { _ = w.Stop() }()
+	stale := time.NewTimer(s.o.Lease)
+	defer stale.Stop()
+	var rev uint64 // the last claim's revision; 0: no entry
+	seen := false
+	for {
+		select {
+		case e, ok := <-w.Updates():
+			if !ok {
+				return nil, Stored, ErrPending
+			}
+			if e == nil { // initial value delivered, or none: the key just expired
+				if !seen {
+					if body, out, ok, err := s.tryCreate(ctx, key, run); ok {
+						return body, out, err
+					}
+				}
+				continue
+			}
+			seen = true
+			if e.Operation() != jetstream.KeyValuePut {
+				rev = 0 // released or expired: free to claim
+				if body, out, ok, err := s.tryCreate(ctx, key, run); ok {
+					return body, out, err
+				}
+				continue
+			}
+			if v := e.Value(); bytes.HasPrefix(v, []byte(replyPrefix)) {
+				s.metrics.stored.Inc()
+				return v[len(replyPrefix):], Stored, nil
+			}
+			rev = e.Revision()
+			stale.Reset(s.o.Lease)
+		case <-stale.C:
+			if rev != 0 {
+				if r, err := s.kv.Update(ctx, key, s.claim, rev); err == nil {
+					s.metrics.expired.Inc()
+					s.o.Logger.Info("dedup claim expired, taken over", "dedup_key", key)
+					return s.own(ctx, key, r, run, TookOver)
+				}
+			}
+			// The key may have aged out of the bucket without a marker.
+			if body, out, ok, err := s.tryCreate(ctx, key, run); ok {
+				return body, out, err
+			}
+			stale.Reset(s.o.Lease)
+		case <-ctx.Done():
+			return nil, Stored, ErrPending
+		}
+	}
+}
+
+// tryCreate claims a key found free; ok is false when another got it first.
+func (s *Store) tryCreate(ctx context.Context, key string, run Handler) (body []byte, out Outcome, ok bool, err error) {
+	r, err := s.kv.Create(ctx, key, s.claim)
+	if err != nil {
+		return nil, 0, false, nil
+	}
+	body, out, err = s.own(ctx, key, r, run, Ran)
+	return body, out, true, err
+}
+
+// Wait blocks until every handler still running has finished (and stored
+// its reply), or ctx ends: a stopping worker lets slow handlers finish.
+func (s *Store) Wait(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() { s.running.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("dedup: handlers still running: %w", ctx.Err())
+	}
+}

@@ -1,0 +1,241 @@
+package dedup
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/wxgate/wxgate/shared/bus"
+	"github.com/wxgate/wxgate/shared/natstest"
+)
+
+type replica struct {
+	store *Store
+	reg   *prometheus.Registry
+	js    jetstream.JetStream
+}
+
+// replicas opens n stores, each on its own connection to one server, as n
+// worker processes would.
+func replicas(t *testing.T, srv *bus.Embedded, n int, o Options) []replica {
+	t.Helper()
+	out := make([]replica, n)
+	for i := range out {
+		js, err := jetstream.New(natstest.Connect(t, srv))
+		if err != nil {
+			t.Fatal(err)
+		}
+		reg := prometheus.NewRegistry()
+		o := o
+		o.Registerer = reg
+		s, err := Open(context.Background(), js, string(rune('a'+i)), o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[i] = replica{s, reg, js}
+	}
+	return out
+}
+
+func sum(rs []replica, c func(*Store) prometheus.Counter) float64 {
+	var total float64
+	for _, r := range rs {
+		total += testutil.ToFloat64(c(r.store))
+	}
+	return total
+}
+
+func duplicates(s *Store) prometheus.Counter  { return s.metrics.duplicates }
+func stored(s *Store) prometheus.Counter      { return s.metrics.stored }
+func expired(s *Store) prometheus.Counter     { return s.metrics.expired }
+func unavailable(s *Store) prometheus.Counter { return s.metrics.unavailable }
+
+func within(d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	_ = cancel // released by the deadline; tests are short
+	return ctx
+}
+
+// Retries spread over replicas, all arriving while the first run is in
+// flight: the handler runs once and every one gets its reply.
+func TestRunsOnceAcrossReplicas(t *testing.T) {
+	rs := replicas(t, natstest.RunServer(t), 3, Options{})
+	var runs atomic.Int32
+	release := make(chan struct{})
+	started := make(chan struct{})
+	run := func(context.Context) ([]byte, error) {
+		if runs.Add(1) == 1 {
+			close(started)
+		}
+		<-release
+		return []byte("<xml>hi</xml>"), nil
+	}
+
+	const n = 9
+	type answer struct {
+		body []byte
+		out  Outcome
+		err  error
+	}
+	answers := make(chan answer, n)
+	var wg sync.WaitGroup
+	do := func(i int) {
+		defer wg.Done()
+		body, out, err := rs[i%len(rs)].store.Do(within(20*time.Second), "msg.1", run)
+		answers <- answer{body, out, err}
+	}
+	wg.Add(1)
+	go do(0)
+	<-started // the first has claimed the key
+	for i := 1; i < n; i++ {
+		wg.Add(1)
+		go do(i)
+	}
+	// Every retry has seen the claim before the handler finishes.
+	deadline := time.Now().Add(10 * time.Second)
+	for sum(rs, duplicates) < n-1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("duplicates seen: %v, want %d", sum(rs, duplicates), n-1)
+		}
+		time.Sleep(5 * time.Millisecond) // polling a counter; nothing to await
+	}
+	close(release)
+	wg.Wait()
+	close(answers)
+
+	counts := map[Outcome]int{}
+	for a := range answers {
+		if a.err != nil || string(a.body) != "<xml>hi</xml>" {
+			t.Fatalf("answer %q %v %v", a.body, a.out, a.err)
+		}
+		counts[a.out]++
+	}
+	if runs.Load() != 1 || counts[Ran] != 1 || counts[Stored] != n-1 {
+		t.Fatalf("handler ran %d times; outcomes %v", runs.Load(), counts)
+	}
+	if got := sum(rs, stored); got != n-1 {
+		t.Fatalf("replies from store = %v, want %d", got, n-1)
+	}
+
+	// A retry after the fact is answered from the store at once.
+	body, out, err := rs[2].store.Do(within(5*time.Second), "msg.1", run)
+	if err != nil || out != Stored || string(body) != "<xml>hi</xml>" || runs.Load() != 1 {
+		t.Fatalf("late retry: %q %v %v (runs %d)", body, out, err, runs.Load())
+	}
+}
+
+// A handler slower than the request's deadline keeps running; the retry
+// that comes after it is answered with its reply.
+func TestSlowHandlerAnswersTheRetry(t *testing.T) {
+	rs := replicas(t, natstest.RunServer(t), 2, Options{Lease: time.Second})
+	var runs atomic.Int32
+	finished := make(chan struct{})
+	run := func(context.Context) ([]byte, error) {
+		runs.Add(1)
+		time.Sleep(1500 * time.Millisecond) // the slow handler under test
+		defer close(finished)
+		return []byte("slow"), nil
+	}
+	if _, _, err := rs[0].store.Do(within(300*time.Millisecond), "evt.slow", run); !errors.Is(err, ErrPending) {
+		t.Fatalf("first delivery: err %v, want ErrPending", err)
+	}
+	// The second delivery reaches another replica while the handler runs.
+	body, out, err := rs[1].store.Do(within(10*time.Second), "evt.slow", run)
+	if err != nil || out != Stored || string(body) != "slow" {
+		t.Fatalf("retry: %q %v %v", body, out, err)
+	}
+	<-finished
+	if runs.Load() != 1 || sum(rs, expired) != 0 {
+		t.Fatalf("runs %d, expired claims %v: a refreshed claim was taken over", runs.Load(), sum(rs, expired))
+	}
+	if err := rs[0].store.Wait(within(5 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A claim whose worker died (nobody refreshes it) is taken over.
+func TestStaleClaimIsTakenOver(t *testing.T) {
+	srv := natstest.RunServer(t)
+	rs := replicas(t, srv, 1, Options{Lease: 300 * time.Millisecond})
+	kv, err := rs[0].js.KeyValue(context.Background(), Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Create(context.Background(), "msg.dead", []byte(claimPrefix+"crashed-worker")); err != nil {
+		t.Fatal(err)
+	}
+	var runs atomic.Int32
+	body, out, err := rs[0].store.Do(within(5*time.Second), "msg.dead", func(context.Context) ([]byte, error) {
+		runs.Add(1)
+		return []byte("again"), nil
+	})
+	if err != nil || out != TookOver || string(body) != "again" || runs.Load() != 1 {
+		t.Fatalf("got %q %v %v, runs %d", body, out, err, runs.Load())
+	}
+	if testutil.ToFloat64(expired(rs[0].store)) != 1 {
+		t.Fatalf("claims expired = %v, want 1", testutil.ToFloat64(expired(rs[0].store)))
+	}
+	e, err := kv.Get(context.Background(), "msg.dead")
+	if err != nil || string(e.Value()) != replyPrefix+"again" {
+		t.Fatalf("stored %q %v", e.Value(), err)
+	}
+}
+
+// A handler that fails leaves nothing behind: the retry runs it again.
+func TestFailedHandlerReleasesTheKey(t *testing.T) {
+	rs := replicas(t, natstest.RunServer(t), 2, Options{})
+	var runs atomic.Int32
+	run := func(context.Context) ([]byte, error) {
+		if runs.Add(1) == 1 {
+			return nil, errors.New("downstream failed")
+		}
+		return []byte("ok"), nil
+	}
+	if _, out, err := rs[0].store.Do(within(5*time.Second), "msg.2", run); err == nil || out != Ran {
+		t.Fatalf("first: %v %v, want the handler's error", out, err)
+	}
+	body, out, err := rs[1].store.Do(within(5*time.Second), "msg.2", run)
+	if err != nil || out != Ran || string(body) != "ok" || runs.Load() != 2 {
+		t.Fatalf("retry: %q %v %v, runs %d", body, out, err, runs.Load())
+	}
+}
+
+// An empty reply (nothing to say) is stored and served like any other.
+func TestEmptyReplyIsStored(t *testing.T) {
+	rs := replicas(t, natstest.RunServer(t), 1, Options{})
+	run := func(context.Context) ([]byte, error) { return nil, nil }
+	if _, out, err := rs[0].store.Do(within(5*time.Second), "evt.quiet", run); err != nil || out != Ran {
+		t.Fatal(out, err)
+	}
+	body, out, err := rs[0].store.Do(within(5*time.Second), "evt.quiet", run)
+	if err != nil || out != Stored || len(body) != 0 {
+		t.Fatalf("%q %v %v", body, out, err)
+	}
+}
+
+// With the store gone, requests are still answered, each by its own run.
+func TestStoreUnavailableStillAnswers(t *testing.T) {
+	srv := natstest.RunServer(t)
+	rs := replicas(t, srv, 1, Options{})
+	srv.Shutdown()
+	var runs atomic.Int32
+	for i := 0; i < 2; i++ {
+		body, out, err := rs[0].store.Do(within(2*time.Second), "msg.3", func(context.Context) ([]byte, error) {
+			runs.Add(1)
+			return []byte("still"), nil
+		})
+		if err != nil || out != Unguarded || string(body) != "still" {
+			t.Fatalf("%q %v %v", body, out, err)
+		}
+	}
+	if runs.Load() != 2 || testutil.ToFloat64(unavailable(rs[0].store)) != 2 {
+		t.Fatalf("runs %d, unavailable %v", runs.Load(), testutil.ToFloat64(unavailable(rs[0].store)))
+	}
+}
