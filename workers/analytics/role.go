@@ -114,9 +114,8 @@ func (r *Role) Store(context.Context) (*Store, error) {
 	return nil, errors.New("analytics consumer not started")
 }
 
-// Stop stops the consumer (records in hand are applied first) and
-// publishes what is queued, within ctx.
-func (r *Role) Stop(ctx context.Context) error {
+// Stop stops the consumer; records in hand are applied first.
+func (r *Role) Stop(context.Context) error {
 	r.cancel()
 	<-r.done
 	r.mu.Lock()
@@ -128,5 +127,5 @@ func (r *Role) Stop(ctx context.Context) error {
 	if cons != nil {
 		cons.Stop()
 	}
-	return r.Publisher.Close(ctx)
+	return nil
 }

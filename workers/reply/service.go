@@ -31,10 +31,12 @@ type Options struct {
 	Registerer prometheus.Registerer
 	// Now stamps replies' CreateTime; time.Now when nil.
 	Now func() time.Time
-	// Observe, when set, sees every message a handler ran for, with its
+	// Record, when set, runs with the handler for every message, with its
 	// dedup key and the time the ingress received it (the analytics
-	// fan-out). It must not block.
-	Observe func(m *wechat.Message, dedupKey string, received time.Time)
+	// fan-out). The reply waits for it: a message is only answered once its
+	// record is stored, and an error fails the handler so that WeChat's
+	// retry records it again.
+	Record func(ctx context.Context, m *wechat.Message, dedupKey string, received time.Time) error
 	// Concurrency bounds the requests one worker holds at once (waiting
 	// retries included); past it the subscription backs up. Default 1024.
 	Concurrency int
@@ -61,7 +63,7 @@ type Service struct {
 	svc     micro.Service
 	dedup   *dedup.Store
 	logger  *slog.Logger
-	observe func(*wechat.Message, string, time.Time)
+	record  func(context.Context, *wechat.Message, string, time.Time) error
 	metrics *metrics
 	slots   chan struct{}  // one per request in hand
 	pending sync.WaitGroup // requests in hand
@@ -79,7 +81,7 @@ func Start(o Options) (*Service, error) {
 		o.Concurrency = 1024
 	}
 	s := &Service{
-		Handler: NewHandler(o.Decider, o.Now), dedup: o.Dedup, logger: o.Logger, observe: o.Observe,
+		Handler: NewHandler(o.Decider, o.Now), dedup: o.Dedup, logger: o.Logger, record: o.Record,
 		metrics: newMetrics(o.Registerer), slots: make(chan struct{}, o.Concurrency),
 	}
 	svc, err := micro.AddService(o.Conn, micro.Config{
@@ -161,14 +163,17 @@ func (s *Service) answer(req micro.Request, m *wechat.Message) {
 		start := time.Now()
 		body, err := s.decide(ctx, m)
 		s.metrics.observe(subject, time.Since(start))
-		if err == nil && s.observe != nil {
-			received, ok := bus.ParseTime(h.Get(bus.HeaderReceived))
-			if !ok {
-				received = s.now()
-			}
-			s.observe(m, key, received)
+		if err != nil || s.record == nil {
+			return body, err
 		}
-		return body, err
+		received, ok := bus.ParseTime(h.Get(bus.HeaderReceived))
+		if !ok {
+			received = s.now()
+		}
+		if err := s.record(ctx, m, key, received); err != nil {
+			return nil, fmt.Errorf("record: %w", err)
+		}
+		return body, nil
 	}
 
 	var body []byte

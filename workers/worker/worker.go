@@ -72,10 +72,11 @@ func Start(o Options) (*Worker, error) {
 		Decider:    decider,
 		Logger:     o.Logger.With("component", "worker"),
 		Registerer: o.Registerer,
-		Observe: func(m *wechat.Message, key string, received time.Time) {
+		Record: func(ctx context.Context, m *wechat.Message, key string, received time.Time) error {
 			if r, ok := analytics.RecordFrom(m, key, received); ok {
-				role.Publish(r)
+				return role.PublishSync(ctx, r)
 			}
+			return nil
 		},
 	})
 	if err != nil {
