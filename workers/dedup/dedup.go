@@ -94,10 +94,15 @@ func (o *Options) defaults() {
 // Store is the shared claim-and-reply store.
 type Store struct {
 	kv      jetstream.KeyValue
+	js      jetstream.JetStream
+	cfg     jetstream.KeyValueConfig
 	o       Options
 	claim   []byte
 	running sync.WaitGroup // handlers still running
-	metrics metrics
+
+	recreating   sync.Mutex
+	lastRecreate time.Time
+	metrics      metrics
 }
 
 type metrics struct {
@@ -108,20 +113,23 @@ type metrics struct {
 // matter for a minute, and replicas (not disk) keep them through a node loss.
 func Open(ctx context.Context, js jetstream.JetStream, owner string, o Options) (*Store, error) {
 	o.defaults()
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	cfg := jetstream.KeyValueConfig{
 		Bucket:      Bucket,
 		Description: "wxgate: claims and replies by dedup key, for WeChat's retries",
 		History:     1,
 		TTL:         o.TTL,
 		Storage:     jetstream.MemoryStorage,
 		Replicas:    o.Replicas,
-	})
+	}
+	kv, err := js.CreateOrUpdateKeyValue(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("kv %s: %w", Bucket, err)
 	}
 	f := promauto.With(o.Registerer)
 	return &Store{
 		kv:    kv,
+		js:    js,
+		cfg:   cfg,
 		o:     o,
 		claim: append([]byte(claimPrefix), owner...),
 		metrics: metrics{
@@ -174,9 +182,32 @@ func (s *Store) Do(ctx context.Context, key string, run Handler) ([]byte, Outcom
 	default:
 		s.metrics.unavailable.Inc()
 		s.o.Logger.Warn("dedup store unavailable, handling without a claim", "err", err)
+		if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, jetstream.ErrStreamNotFound) {
+			go s.recreate()
+		}
 		body, err := s.runBounded(ctx, run)
 		return body, Unguarded, err
 	}
+}
+
+// recreate brings the bucket back after the server lost it: it lives in
+// memory, so a restarted single server starts without it.
+func (s *Store) recreate() {
+	if !s.recreating.TryLock() {
+		return
+	}
+	defer s.recreating.Unlock()
+	if time.Since(s.lastRecreate) < time.Second {
+		return
+	}
+	s.lastRecreate = time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := s.js.CreateOrUpdateKeyValue(ctx, s.cfg); err != nil {
+		s.o.Logger.Warn("dedup bucket not recreated yet", "err", err)
+		return
+	}
+	s.o.Logger.Info("dedup bucket recreated", "bucket", Bucket)
 }
 
 func (s *Store) claimBudget(ctx context.Context) time.Duration {

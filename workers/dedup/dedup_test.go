@@ -239,3 +239,30 @@ func TestStoreUnavailableStillAnswers(t *testing.T) {
 		t.Fatalf("runs %d, unavailable %v", runs.Load(), testutil.ToFloat64(unavailable(rs[0].store)))
 	}
 }
+
+// The bucket lives in server memory: a restarted server has lost it, and
+// the store brings it back while requests are still answered.
+func TestBucketLossIsRepaired(t *testing.T) {
+	rs := replicas(t, natstest.RunServer(t), 1, Options{})
+	if err := rs[0].js.DeleteKeyValue(context.Background(), Bucket); err != nil {
+		t.Fatal(err)
+	}
+	run := func(context.Context) ([]byte, error) { return []byte("x"), nil }
+	if _, out, err := rs[0].store.Do(within(5*time.Second), "msg.lost", run); err != nil || out != Unguarded {
+		t.Fatalf("with the bucket gone: %v %v, want an unguarded answer", out, err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for i := 0; ; i++ {
+		_, out, err := rs[0].store.Do(within(5*time.Second), "msg.back."+string(rune('a'+i%26)), run)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out == Ran {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("bucket not recreated within 20s")
+		}
+		time.Sleep(100 * time.Millisecond) // the repair runs in the background
+	}
+}
