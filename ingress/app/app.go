@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -30,8 +31,14 @@ import (
 // DevToken is the token standalone mode uses when WECHAT_TOKEN is unset.
 const DevToken = "wxgate-dev-token"
 
-// ShutdownGrace bounds how long in-flight requests may take at shutdown.
+// ShutdownGrace bounds how long in-flight requests may take at shutdown,
+// after the shutdown delay.
 const ShutdownGrace = 10 * time.Second
+
+// DefaultShutdownDelay is the distributed ingress's SHUTDOWN_DELAY: longer
+// than load balancers' usual readiness probe interval. Standalone mode,
+// which has no balancer in front, uses none.
+const DefaultShutdownDelay = 5 * time.Second
 
 // Options configure the process.
 type Options struct {
@@ -51,6 +58,8 @@ type Options struct {
 // App is a started ingress.
 type App struct {
 	logger   *slog.Logger
+	delay    time.Duration // SHUTDOWN_DELAY, resolved
+	draining atomic.Bool
 	http     *serve.Server
 	admin    *serve.Server
 	nc       *nats.Conn
@@ -63,7 +72,13 @@ type App struct {
 // stopped again.
 func Start(o Options) (_ *App, err error) {
 	cfg, logger := o.Config, o.Logger
-	a := &App{logger: logger}
+	a := &App{logger: logger, delay: cfg.ShutdownDelay}
+	if a.delay < 0 {
+		a.delay = DefaultShutdownDelay
+		if o.Standalone || o.NoBus {
+			a.delay = 0
+		}
+	}
 	defer func() {
 		if err != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), ShutdownGrace)
@@ -144,9 +159,14 @@ func Start(o Options) (_ *App, err error) {
 	if a.http, err = serve.Start("http", WeChatServer(cfg.HTTPAddr, gw.Handler(), cfg.ReplyTimeout), logger); err != nil {
 		return nil, err
 	}
-	ready := func() error { return bus.Ready(a.nc) }
-	if o.NoBus {
-		ready = nil
+	ready := func() error {
+		if a.draining.Load() {
+			return errors.New("shutting down")
+		}
+		if o.NoBus {
+			return nil
+		}
+		return bus.Ready(a.nc)
 	}
 	mux := admin.NewMux(admin.Options{Gatherer: reg, Ready: ready, Pprof: cfg.Pprof})
 	if a.workers != nil {
@@ -197,6 +217,7 @@ func (a *App) Done() <-chan error {
 // still arrive over NATS), then stops the workers and drains NATS.
 func (a *App) Shutdown(ctx context.Context) error {
 	var errs []error
+	a.drain()
 	if a.http != nil {
 		errs = append(errs, a.http.Shutdown(ctx))
 	}
@@ -219,6 +240,18 @@ func (a *App) Shutdown(ctx context.Context) error {
 	return err
 }
 
+// drain keeps serving for the shutdown delay while /readyz says 503 and
+// every response closes its connection: balancers move traffic elsewhere
+// before the listener closes, and no request meets a closed socket.
+func (a *App) drain() {
+	if a.delay <= 0 || a.http == nil || a.draining.Swap(true) {
+		return
+	}
+	a.http.CloseKeepAlives()
+	a.logger.Info("draining: not ready, still serving", "delay", a.delay.String())
+	time.Sleep(a.delay) // the delay is the point: balancers need time to notice
+}
+
 // Run starts the ingress and serves until ctx is cancelled or a listener
 // fails, then shuts down within ShutdownGrace.
 func Run(ctx context.Context, o Options) error {
@@ -232,7 +265,7 @@ func Run(ctx context.Context, o Options) error {
 		o.Logger.Info("shutting down")
 	case runErr = <-a.Done():
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), ShutdownGrace)
+	sctx, cancel := context.WithTimeout(context.Background(), a.delay+ShutdownGrace)
 	defer cancel()
 	return errors.Join(runErr, a.Shutdown(sctx))
 }

@@ -42,6 +42,10 @@ type Config struct {
 	// service and the scan fan-out) and "analytics" (the totals consumer and
 	// scene metrics). WORKER_ROLES, comma-separated.
 	WorkerRoles []string
+	// ShutdownDelay is how long a terminating ingress keeps serving while it
+	// reports not ready, so that load balancers stop sending to it before it
+	// stops listening (SHUTDOWN_DELAY). Negative: the mode's default.
+	ShutdownDelay time.Duration
 	// Pprof serves /debug/pprof/ on the admin listener: PPROF=true.
 	Pprof bool
 }
@@ -83,6 +87,7 @@ func Defaults() Config {
 		JetStreamReplicas:  1,
 		DedupTTL:           time.Minute,
 		HandlerTimeout:     20 * time.Second,
+		ShutdownDelay:      -1,
 		WorkerRoles:        []string{"replies", "analytics"},
 		Replies: ReplyTexts{
 			Subscribe:         "感谢您的关注！",
@@ -147,6 +152,7 @@ func (c *Config) FromEnv(lookup func(string) (string, bool)) error {
 	dur("ANALYTICS_RETENTION", &c.AnalyticsRetention)
 	dur("DEDUP_TTL", &c.DedupTTL)
 	dur("HANDLER_TIMEOUT", &c.HandlerTimeout)
+	dur("SHUTDOWN_DELAY", &c.ShutdownDelay)
 	if c.HandlerTimeout == 0 {
 		errs = append(errs, errors.New("HANDLER_TIMEOUT: want a positive duration"))
 	}

@@ -51,6 +51,10 @@ func (s *Server) Addr() string { return s.ln.Addr().String() }
 // Shutdown.
 func (s *Server) Done() <-chan error { return s.errc }
 
+// CloseKeepAlives makes every later response close its connection, so
+// clients reconnect (through their load balancer) before Shutdown.
+func (s *Server) CloseKeepAlives() { s.srv.SetKeepAlivesEnabled(false) }
+
 // Shutdown stops accepting connections and waits, until ctx is done, for
 // in-flight requests to finish.
 func (s *Server) Shutdown(ctx context.Context) error {

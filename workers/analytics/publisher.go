@@ -116,7 +116,9 @@ func (p *Publisher) PublishSync(ctx context.Context, r Record) error {
 	msg := &nats.Msg{Subject: r.Subject(), Data: r.marshal(), Header: nats.Header{}}
 	backoff := 100 * time.Millisecond
 	for attempt := 1; ; attempt++ {
-		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		// An ack normally takes a millisecond; a request lost in a reconnect
+		// should not hold the handler for long.
+		actx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		ack, err := p.js.PublishMsg(actx, msg, jetstream.WithMsgID(r.DedupKey))
 		if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, jetstream.ErrStreamNotFound) {
 			if serr := EnsureStream(actx, p.js, p.stream); serr == nil {

@@ -3,6 +3,7 @@ package analytics
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -114,18 +115,29 @@ func (r *Role) Store(context.Context) (*Store, error) {
 	return nil, errors.New("analytics consumer not started")
 }
 
-// Stop stops the consumer; records in hand are applied first.
-func (r *Role) Stop(context.Context) error {
-	r.cancel()
-	<-r.done
-	r.mu.Lock()
-	cons, exp := r.cons, r.exp
-	r.mu.Unlock()
-	if exp != nil {
-		exp.Stop()
+// Stop stops the consumer; records in hand are applied first, unless ctx
+// ends before (NATS gone): then Stop returns and the batch is redelivered
+// to whichever consumer comes next.
+func (r *Role) Stop(ctx context.Context) error {
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		r.cancel()
+		<-r.done
+		r.mu.Lock()
+		cons, exp := r.cons, r.exp
+		r.mu.Unlock()
+		if exp != nil {
+			exp.Stop()
+		}
+		if cons != nil {
+			cons.Stop()
+		}
+	}()
+	select {
+	case <-stopped:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("analytics stop: %w", ctx.Err())
 	}
-	if cons != nil {
-		cons.Stop()
-	}
-	return nil
 }

@@ -305,6 +305,7 @@ func (s *Store) finish(key string, body []byte, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err != nil {
+		s.o.Logger.Warn("handler failed; claim released for a retry", "dedup_key", key, "err", err)
 		if derr := s.kv.Delete(ctx, key); derr != nil {
 			s.o.Logger.Warn("dedup release claim", "dedup_key", key, "err", derr)
 		}

@@ -1,0 +1,228 @@
+package e2e
+
+import (
+	"bufio"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Each test here runs real processes under steady traffic (traffic_test.go),
+// breaks something, and checks that every delivery was answered within
+// WeChat's deadline, that it recovers by itself, and that every scan is
+// counted exactly once.
+
+const rate = 100 // deliveries per second
+
+// metricValue reads one series (name and labels exactly as exposed) from a
+// process's /metrics; 0 when absent.
+func metricValue(t *testing.T, admin, series string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), series+" "); ok {
+			f, _ := strconv.ParseFloat(v, 64)
+			return f
+		}
+	}
+	return 0
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+}
+
+func waitReady(t *testing.T, admins ...string) {
+	t.Helper()
+	for _, a := range admins {
+		eventually(t, a+" ready", func() bool { return status("http://"+a+"/readyz") == 200 })
+	}
+}
+
+// Workers killed -9 under load, one, then all; then new ones started.
+func TestFaultWorkersKilledAndBack(t *testing.T) {
+	ns := startNATS(t)
+	w1, w2 := startWorker(t, ns.url), startWorker(t, ns.url)
+	_, url, admin := startIngress(t, "NATS_URL="+ns.url)
+	waitReady(t, admin, w1.admin, w2.admin)
+
+	tr := startTraffic(t, rate, fixed(url))
+	tr.waitReplies("steady state", 200)
+	w1.kill(t)
+	tr.waitReplies("one worker left", 200)
+
+	w2.kill(t)
+	before := metricValue(t, admin, `wxgate_ingress_fallbacks_total{reason="no_responders"}`)
+	tr.waitFallbacks("no workers: success", 50)
+	if after := metricValue(t, admin, `wxgate_ingress_fallbacks_total{reason="no_responders"}`); after <= before {
+		t.Fatalf("no workers, yet no no_responders fallbacks (%v -> %v)", before, after)
+	}
+	if status("http://"+admin+"/readyz") != 200 {
+		t.Fatal("the ingress should stay ready without workers: it still answers WeChat")
+	}
+
+	w3 := startWorker(t, ns.url)
+	startWorker(t, ns.url)
+	tr.waitReplies("workers back", 200)
+	want := tr.finish()
+	waitCounts(t, w3.admin, want)
+}
+
+// The NATS server stopped and started again under load: the ingress
+// answers "success" at once and reports not ready meanwhile; everyone
+// reconnects without help.
+func TestFaultNATSRestart(t *testing.T) {
+	port, store := freePort(t), t.TempDir()
+	ns := startNATSAt(t, port, store)
+	w1, w2 := startWorker(t, ns.url), startWorker(t, ns.url)
+	ingress, url, admin := startIngress(t, "NATS_URL="+ns.url)
+	waitReady(t, admin, w1.admin, w2.admin)
+
+	tr := startTraffic(t, rate, fixed(url))
+	tr.waitReplies("steady state", 200)
+	if code := ns.terminate(t); code != 0 {
+		t.Fatalf("nats-server exit %d", code)
+	}
+	eventually(t, "ingress not ready", func() bool { return status("http://"+admin+"/readyz") == 503 })
+	tr.waitFallbacks("NATS down: success", 50)
+	if v := metricValue(t, admin, `wxgate_ingress_fallbacks_total{reason="bus_down"}`); v == 0 {
+		t.Fatal("NATS down, yet no bus_down fallbacks")
+	}
+
+	ns = startNATSAt(t, port, store)
+	for _, p := range []*proc{ingress, w1.proc, w2.proc} {
+		p.waitLog(t, "nats reconnected", nil)
+	}
+	waitReady(t, admin, w1.admin, w2.admin)
+	tr.waitReplies("after the restart", 200)
+	want := tr.finish()
+	waitCounts(t, w1.admin, want)
+}
+
+// SIGTERM to one of two ingress replicas under load. Traffic goes through
+// a balancer that follows /readyz, as a load balancer would: not one
+// delivery fails.
+func TestFaultIngressSIGTERM(t *testing.T) {
+	ns := startNATS(t)
+	w := startWorker(t, ns.url)
+	a, urlA, adminA := startIngress(t, "NATS_URL="+ns.url)
+	_, urlB, adminB := startIngress(t, "NATS_URL="+ns.url)
+	waitReady(t, adminA, adminB, w.admin)
+
+	lb := newBalancer(map[string]string{urlA: adminA, urlB: adminB})
+	defer lb.close()
+	tr := startTraffic(t, rate, lb.ready)
+	tr.waitReplies("steady state", 200)
+
+	exited := make(chan int, 1)
+	go func() { exited <- a.terminate(t) }()
+	tr.waitReplies("while A drains", 100)
+	if code := <-exited; code != 0 {
+		t.Fatalf("ingress A exit %d", code)
+	}
+	tr.waitReplies("on B alone", 200)
+	want := tr.finish()
+	waitCounts(t, w.admin, want)
+}
+
+// balancer sends to the backends whose /readyz answered 200 at its last
+// probe, every 100 ms, as a load balancer's health check would.
+type balancer struct {
+	mu    sync.Mutex
+	up    []string
+	stop  chan struct{}
+	done  chan struct{}
+	admin map[string]string
+}
+
+func newBalancer(backends map[string]string) *balancer {
+	b := &balancer{admin: backends, stop: make(chan struct{}), done: make(chan struct{})}
+	b.probe()
+	go func() {
+		defer close(b.done)
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-b.stop:
+				return
+			case <-t.C:
+				b.probe()
+			}
+		}
+	}()
+	return b
+}
+
+func (b *balancer) probe() {
+	var up []string
+	for url, admin := range b.admin {
+		if status("http://"+admin+"/readyz") == 200 {
+			up = append(up, url)
+		}
+	}
+	b.mu.Lock()
+	b.up = up
+	b.mu.Unlock()
+}
+
+func (b *balancer) ready() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.up
+}
+
+func (b *balancer) close() { close(b.stop); <-b.done }
+
+// The analytics consumer stopped for a while under load, then back: the
+// replies never noticed, and the consumer catches up exactly.
+// E2E_OUTAGE sets how long (default 20s; the closing note's run used 3m).
+func TestFaultAnalyticsConsumerDown(t *testing.T) {
+	outage := 20 * time.Second
+	if v := os.Getenv("E2E_OUTAGE"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			t.Fatalf("E2E_OUTAGE: %v", err)
+		}
+		outage = d
+	}
+	ns := startNATS(t)
+	replies := startRole(t, ns.url, "replies")
+	consumer := startRole(t, ns.url, "analytics")
+	_, url, admin := startIngress(t, "NATS_URL="+ns.url)
+	waitReady(t, admin, replies.admin, consumer.admin)
+
+	tr := startTraffic(t, rate, fixed(url))
+	tr.waitReplies("steady state", 100)
+	if code := consumer.terminate(t); code != 0 {
+		t.Fatalf("consumer exit %d", code)
+	}
+	stoppedAt := tr.replied.Load()
+	time.Sleep(outage) // the outage under test: traffic keeps flowing
+	backlog := tr.replied.Load() - stoppedAt
+	if backlog < int64(outage/time.Second)*rate/2 {
+		t.Fatalf("only %d scans answered during a %v consumer outage: replies depend on the consumer", backlog, outage)
+	}
+	consumer = startRole(t, ns.url, "analytics")
+	start := time.Now()
+	want := tr.finish()
+	waitCounts(t, consumer.admin, want)
+	t.Logf("consumer down %v with %d scans answered meanwhile; caught up %v after its restart", outage, backlog, time.Since(start).Round(time.Millisecond))
+}
