@@ -86,9 +86,9 @@ type worker struct {
 	admin string
 }
 
-func startWorker(t *testing.T, natsURL string) worker {
+func startWorker(t *testing.T, natsURL string, env ...string) worker {
 	t.Helper()
-	p := start(t, "workers", []string{"NATS_URL=" + natsURL, "ADMIN_ADDR=127.0.0.1:0"})
+	p := start(t, "workers", append([]string{"NATS_URL=" + natsURL, "ADMIN_ADDR=127.0.0.1:0"}, env...))
 	admin := p.listenAddr(t, "admin")
 	p.waitLog(t, "worker started", nil)
 	return worker{p, admin}

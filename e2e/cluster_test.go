@@ -1,0 +1,134 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// clusterNode is one nats-server process of a three-node cluster.
+type clusterNode struct {
+	*natsServer
+	name string
+}
+
+// startCluster runs three nats-server processes routed into one JetStream
+// cluster on loopback, and waits until each reports itself healthy.
+func startCluster(t *testing.T) []clusterNode {
+	t.Helper()
+	clusterPorts := []string{freePort(t), freePort(t), freePort(t)}
+	var routes []string
+	for _, p := range clusterPorts {
+		routes = append(routes, "nats://127.0.0.1:"+p)
+	}
+	nodes := make([]clusterNode, 3)
+	for i := range nodes {
+		name := fmt.Sprintf("n%d", i+1)
+		p := start(t, "nats-server", nil, "-a", "127.0.0.1", "-p", "-1", "-m", "-1", "-js",
+			"-sd", filepath.Join(t.TempDir(), name), "-n", name, "--cluster_name", "wxgate",
+			"--cluster", "nats://127.0.0.1:"+clusterPorts[i], "--routes", strings.Join(routes, ","))
+		mon := monitorAddrRE.FindStringSubmatch(p.waitLine(t, "monitor address", monitorAddrRE.MatchString))[1]
+		addr := natsAddrRE.FindStringSubmatch(p.waitLine(t, "client address", natsAddrRE.MatchString))[1]
+		nodes[i] = clusterNode{&natsServer{proc: p, url: "nats://" + addr, monitor: "http://" + mon}, name}
+	}
+	for _, n := range nodes {
+		eventually(t, n.name+" healthy (JetStream meta leader known)", func() bool { return status(n.monitor+"/healthz") == 200 })
+	}
+	return nodes
+}
+
+// Past one machine: a three-node NATS cluster with the scans stream and
+// both buckets replicated three times. The node leading the scans stream is
+// killed -9 under load: replies continue, no scan record is lost, and
+// replies stored before the loss still answer WeChat's retries.
+func TestFaultClusterNodeLoss(t *testing.T) {
+	nodes := startCluster(t)
+	var urls []string
+	for _, n := range nodes {
+		urls = append(urls, n.url)
+	}
+	natsURL := strings.Join(urls, ",")
+	env := []string{"JETSTREAM_REPLICAS=3", "DEDUP_TTL=5m"}
+	w1, w2 := startWorker(t, natsURL, env...), startWorker(t, natsURL, env...)
+	w1.waitLog(t, "analytics consumer started", nil)
+	w2.waitLog(t, "analytics consumer started", nil)
+	_, url, admin := startIngress(t, "NATS_URL="+natsURL)
+	waitReady(t, admin, w1.admin, w2.admin)
+
+	nc, err := nats.Connect(natsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info := func(name string) *jetstream.StreamInfo {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		s, err := js.Stream(ctx, name)
+		if err != nil {
+			t.Fatalf("stream %s: %v", name, err)
+		}
+		i, err := s.Info(ctx)
+		if err != nil {
+			t.Fatalf("stream %s: %v", name, err)
+		}
+		return i
+	}
+	for _, name := range []string{"WXGATE_SCANS", "KV_wxgate_scenes", "KV_wxgate_replies"} {
+		if r := info(name).Config.Replicas; r != 3 {
+			t.Fatalf("%s has %d replicas, want 3", name, r)
+		}
+	}
+
+	tr := startTraffic(t, rate, fixed(url))
+	tr.waitReplies("steady state", 200)
+	leader := info("WXGATE_SCANS").Cluster.Leader
+	var victim clusterNode
+	for _, n := range nodes {
+		if n.name == leader {
+			victim = n
+		}
+	}
+	if victim.proc == nil {
+		t.Fatalf("scans stream leader %q is not one of ours", leader)
+	}
+	t.Logf("killing %s, leader of the scans stream", leader)
+	victim.kill(t)
+	tr.waitReplies("after losing a node", 300)
+	want := tr.finish()
+	waitCounts(t, w1.admin, want)
+	if l := info("WXGATE_SCANS").Cluster.Leader; l == leader || l == "" {
+		t.Fatalf("scans stream leader after the loss: %q", l)
+	}
+
+	// WeChat retries of messages answered before the loss: answered from
+	// the replicated store, without running a handler.
+	handledSum := func(series string) float64 {
+		return metricValue(t, w1.admin, series) + metricValue(t, w2.admin, series)
+	}
+	handledBefore := handledSum(`wxgate_worker_handled_total{subject="event.scan"}`)
+	storedBefore := handledSum("wxgate_worker_replies_from_store_total")
+	for n := int64(1); n <= 20; n++ {
+		msg, scene := scanMessage(n)
+		code, body := post(t, tr.sender, url, msg)
+		if code != 200 || !strings.Contains(body, scene) {
+			t.Fatalf("retry of message %d: %d %q", n, code, body)
+		}
+	}
+	if h := handledSum(`wxgate_worker_handled_total{subject="event.scan"}`); h != handledBefore {
+		t.Fatalf("retries ran handlers: handled %v -> %v", handledBefore, h)
+	}
+	if s := handledSum("wxgate_worker_replies_from_store_total"); s != storedBefore+20 {
+		t.Fatalf("replies from store %v -> %v, want +20", storedBefore, s)
+	}
+	waitCounts(t, w2.admin, want) // and the retries counted nothing twice
+}
