@@ -2,6 +2,9 @@ package gateway_test
 
 import (
 	"bytes"
+	"crypto/aes"
+	"crypto/cipher"
+	"encoding/base64"
 	"context"
 	"encoding/xml"
 	"fmt"
@@ -10,6 +13,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -269,7 +273,31 @@ func TestVerifyURL(t *testing.T) {
 	}
 }
 
+// rawEncrypt encrypts plain (a multiple of the block size) with the test
+// key as WeChat does, without any framing: to build broken ciphertexts.
+func rawEncrypt(t *testing.T, plain []byte) string {
+	t.Helper()
+	key, err := base64.StdEncoding.DecodeString(aesKey + "=")
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make([]byte, len(plain))
+	cipher.NewCBCEncrypter(block, key[:16]).CryptBlocks(out, plain)
+	return base64.StdEncoding.EncodeToString(out)
+}
+
 func TestRejects(t *testing.T) {
+	// Padding byte 0 is never valid PKCS#7.
+	badPadding := rawEncrypt(t, make([]byte, 32))
+	// A length field claiming far more than the buffer holds.
+	framed := append(append(make([]byte, 16), 0x00, 0xff, 0xff, 0xff), "<xml/>"+appID...)
+	pad := 32 - len(framed)%32
+	longLength := rawEncrypt(t, append(framed, bytes.Repeat([]byte{byte(pad)}, pad)...))
+
 	plainH := newHarness(t, opts{})
 	safeH := newHarness(t, opts{safe: true})
 	now := time.Now()
@@ -312,6 +340,16 @@ func TestRejects(t *testing.T) {
 		{"bad base64", safeH, safeQuery("!!!!"), envelope("!!!!"), 400, "decrypt"},
 		{"short block", safeH, safeQuery("AAAA"), envelope("AAAA"), 400, "decrypt"},
 		{"wrong appid", safeH, safeQuery(wrongAppEnc), envelope(wrongAppEnc), 400, "decrypt"},
+		{"bad padding", safeH, safeQuery(badPadding), envelope(badPadding), 400, "decrypt"},
+		{"length beyond the buffer", safeH, safeQuery(longLength), envelope(longLength), 400, "decrypt"},
+		// The signature is checked before any decryption: garbage under a
+		// bad signature is a signature rejection, so a caller without the
+		// token learns nothing from the cipher's errors or timing.
+		{"bad signature over garbage", safeH, fmt.Sprintf("signature=%s&timestamp=%s&nonce=n&encrypt_type=aes&msg_signature=%s", sign(ts, "n"), ts, strings.Repeat("b", 40)), envelope("!!!!"), 403, "signature"},
+		{"xml too deep", plainH, "signature=" + sign(ts, "n") + "&timestamp=" + ts + "&nonce=n",
+			"<xml><MsgType>text</MsgType>" + strings.Repeat("<a>", 64) + strings.Repeat("</a>", 64) + "</xml>", 400, "malformed"},
+		{"too many elements", plainH, "signature=" + sign(ts, "n") + "&timestamp=" + ts + "&nonce=n",
+			"<xml><MsgType>text</MsgType>" + strings.Repeat("<a>1</a>", 2000) + "</xml>", 400, "malformed"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -505,5 +543,53 @@ func TestRetryInFlightJoinsFirstDelivery(t *testing.T) {
 	case m := <-held:
 		t.Errorf("the worker got a second request: %s", m.Data)
 	default:
+	}
+}
+
+// No byte a sender controls may choose a NATS subject outside msg.* and
+// event.*: hostile MsgType and Event values, seen from a wildcard
+// subscriber on the real server.
+func TestSubjectInjection(t *testing.T) {
+	h := newHarness(t, opts{})
+	sniffer := natstest.Connect(t, h.srv)
+	seen := make(chan string, 256)
+	sub, err := sniffer.Subscribe(">", func(m *nats.Msg) { seen <- m.Subject })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	if err := sniffer.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	hostile := []string{"text.>", "*", ">", "msg.text", "text event", "../x", "te\tx\nt", "事件", "TEXT.*.>",
+		strings.Repeat("a", 100), "", "a$b", "_INBOX.x", "$JS.API.STREAM.DELETE.X"}
+	for _, v := range hostile {
+		for _, msg := range []string{message(v, ""), event(v, "")} {
+			if code, _ := h.post(msg); code != 200 {
+				t.Fatalf("%q: status %d", v, code)
+			}
+		}
+	}
+	// A sentinel published after every request: the server delivers in
+	// order, so once it arrives everything before it has.
+	if err := sniffer.Publish("sentinel", nil); err != nil {
+		t.Fatal(err)
+	}
+	valid := regexp.MustCompile(`^(msg|event)\.[a-z0-9_]{1,64}$`)
+	requests := 0
+	for subject := range seen {
+		switch {
+		case subject == "sentinel":
+			if requests != 2*len(hostile) {
+				t.Fatalf("saw %d requests, want %d", requests, 2*len(hostile))
+			}
+			return
+		case strings.HasPrefix(subject, "_INBOX.") || strings.HasPrefix(subject, "$SRV."):
+			// replies and the micro service's own subjects
+		case valid.MatchString(subject):
+			requests++
+		default:
+			t.Errorf("a request reached subject %q", subject)
+		}
 	}
 }
