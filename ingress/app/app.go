@@ -16,6 +16,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
 
 	"github.com/wxgate/wxgate/ingress/gateway"
 	"github.com/wxgate/wxgate/shared/admin"
@@ -156,7 +158,12 @@ func Start(o Options) (_ *App, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if a.http, err = serve.Start("http", WeChatServer(cfg.HTTPAddr, gw.Handler(), cfg.ReplyTimeout), logger); err != nil {
+	refused := promauto.With(reg).NewCounter(prometheus.CounterOpts{
+		Name: "wxgate_ingress_connections_refused_total",
+		Help: "Connections answered 503 and closed because MAX_CONNECTIONS were open.",
+	})
+	if a.http, err = serve.Start("http", WeChatServer(cfg.HTTPAddr, gw.Handler(), cfg.ReplyTimeout), logger,
+		serve.MaxConns(cfg.MaxConnections, refused.Inc)); err != nil {
 		return nil, err
 	}
 	ready := func() error {

@@ -24,6 +24,7 @@ type Config struct {
 	DataDir        string        // DATA_DIR (standalone)
 	AdminToken     string        // ADMIN_TOKEN
 	MaxBodyBytes   int64         // MAX_BODY_BYTES
+	MaxConnections int           // MAX_CONNECTIONS: open connections on the WeChat listener; past it, 503
 	LogLevel       string        // LOG_LEVEL: debug, info, warn, error
 	LogFormat      string        // LOG_FORMAT: json or text
 	Replies        ReplyTexts
@@ -73,15 +74,16 @@ type ReplyTexts struct {
 // workers binary overrides it before reading the environment.
 func Defaults() Config {
 	return Config{
-		TimestampSkew: 5 * time.Minute,
-		NATSURL:       "nats://127.0.0.1:4222",
-		ReplyTimeout:  4 * time.Second,
-		HTTPAddr:      ":8080",
-		AdminAddr:     ":8081",
-		DataDir:       "./data",
-		MaxBodyBytes:  64 << 10,
-		LogLevel:      "info",
-		LogFormat:     "json",
+		TimestampSkew:  5 * time.Minute,
+		NATSURL:        "nats://127.0.0.1:4222",
+		ReplyTimeout:   4 * time.Second,
+		HTTPAddr:       ":8080",
+		AdminAddr:      ":8081",
+		DataDir:        "./data",
+		MaxBodyBytes:   64 << 10,
+		MaxConnections: 4096,
+		LogLevel:       "info",
+		LogFormat:      "json",
 
 		AnalyticsMaxScenes: 100,
 		JetStreamReplicas:  1,
@@ -148,6 +150,7 @@ func (c *Config) FromEnv(lookup func(string) (string, bool)) error {
 		}
 	}
 	num("ANALYTICS_MAX_SCENES", 1, 10000, &c.AnalyticsMaxScenes)
+	num("MAX_CONNECTIONS", 1, 1<<20, &c.MaxConnections)
 	num("JETSTREAM_REPLICAS", 1, 5, &c.JetStreamReplicas)
 	dur("ANALYTICS_RETENTION", &c.AnalyticsRetention)
 	dur("DEDUP_TTL", &c.DedupTTL)

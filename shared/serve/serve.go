@@ -24,7 +24,7 @@ type Server struct {
 // Start listens on srv.Addr and serves in the background. name identifies
 // the listener in logs ("http", "admin"); the log line "listening" carries
 // the bound address, which matters when the port was 0.
-func Start(name string, srv *http.Server, logger *slog.Logger) (*Server, error) {
+func Start(name string, srv *http.Server, logger *slog.Logger, opts ...Option) (*Server, error) {
 	ln, err := net.Listen("tcp", srv.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("%s listener: %w", name, err)
@@ -33,9 +33,12 @@ func Start(name string, srv *http.Server, logger *slog.Logger) (*Server, error) 
 		srv.ErrorLog = slog.NewLogLogger(logger.Handler(), slog.LevelWarn)
 	}
 	s := &Server{name: name, srv: srv, ln: ln, errc: make(chan error, 1), logger: logger}
+	for _, o := range opts {
+		o(s)
+	}
 	logger.Info("listening", "listener", name, "addr", ln.Addr().String())
 	go func() {
-		err := srv.Serve(ln)
+		err := srv.Serve(s.ln)
 		if errors.Is(err, http.ErrServerClosed) {
 			err = nil
 		}
