@@ -2,10 +2,10 @@ package gateway_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/aes"
 	"crypto/cipher"
 	"encoding/base64"
-	"context"
 	"encoding/xml"
 	"fmt"
 	"io"
