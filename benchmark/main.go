@@ -34,6 +34,7 @@ func main() {
 	flag.StringVar(&sets, "record-scenes", "100,10000", "analytics: scene counts to drain with (empty: skip)")
 	flag.DurationVar(&o.Soak, "soak", 0, "run (c) this long at -soak-rate and compare memory at start and end (0: skip)")
 	flag.Float64Var(&o.SoakRate, "soak-rate", 1000, "soak rate, requests/s")
+	flag.DurationVar(&o.SoakKill, "soak-kill", 0, "during the soak, kill a worker -9 this often and start a replacement (0: never)")
 	flag.Parse()
 	var err error
 	if o.Rates, err = floats(rates); err == nil {

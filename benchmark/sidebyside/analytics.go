@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -131,14 +133,16 @@ func (e *env) analytics(ctx context.Context, records, scenes int) error {
 }
 
 // soak runs (c) at a steady rate and compares each process's memory in the
-// first and the last minute (or tenth, for short runs).
+// first and the last minute (or fifth, for short runs). With SoakKill, a
+// worker is killed -9 and replaced at that interval throughout.
 func (e *env) soak(ctx context.Context) error {
 	s, err := e.distributed(e.o.Workers)
 	if err != nil {
 		return err
 	}
-	defer s.stop()
-	window := min(time.Minute, e.o.Soak/5) // the first and last minute of a 5-minute run
+	var mu sync.Mutex // guards s.procs: killed workers are replaced
+	defer func() { mu.Lock(); defer mu.Unlock(); s.stop() }()
+	window := min(time.Minute, e.o.Soak/5)
 	type sample struct {
 		at  time.Duration
 		rss []int64
@@ -146,9 +150,10 @@ func (e *env) soak(ctx context.Context) error {
 	var samples []sample
 	start := time.Now()
 	stop := make(chan struct{})
-	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
 	go func() {
-		defer close(done)
+		defer wg.Done()
 		t := time.NewTicker(max(window/6, 100*time.Millisecond))
 		defer t.Stop()
 		for {
@@ -156,22 +161,67 @@ func (e *env) soak(ctx context.Context) error {
 			case <-stop:
 				return
 			case <-t.C:
+				mu.Lock()
 				var rss []int64
 				for _, p := range s.procs {
 					rss = append(rss, p.usage().rssKB)
 				}
+				mu.Unlock()
 				samples = append(samples, sample{time.Since(start), rss})
 			}
 		}
 	}()
+	kills, killErr := 0, error(nil)
+	if e.o.SoakKill > 0 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t := time.NewTicker(e.o.SoakKill)
+			defer t.Stop()
+			for {
+				select {
+				case <-stop:
+					return
+				case <-t.C:
+				}
+				mu.Lock()
+				var idx []int
+				for i, p := range s.procs {
+					if strings.HasPrefix(p.name, "worker") {
+						idx = append(idx, i)
+					}
+				}
+				i := idx[kills%len(idx)]
+				victim := s.procs[i]
+				mu.Unlock()
+				_ = victim.cmd.Process.Kill()
+				<-victim.done
+				w, err := e.worker(victim.name, s.natsURL)
+				if err != nil {
+					killErr = fmt.Errorf("restart %s: %w", victim.name, err)
+					return
+				}
+				mu.Lock()
+				s.procs[i] = w
+				kills++
+				mu.Unlock()
+			}
+		}()
+	}
 	r, err := e.measure(ctx, "soak", s, e.o.SoakRate, e.o.Soak)
 	close(stop)
-	<-done
+	wg.Wait()
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(e.o.Out, "\nsoak: (c) at %.0f/s for %s: %d requests, %d errors, %d fallbacks, p99 %s\n",
-		e.o.SoakRate, e.o.Soak, r.report.Sent, r.report.Err, r.report.Fallbacks, dur(r.report.Percentile(99)))
+	if killErr != nil {
+		return killErr
+	}
+	rep := r.report
+	fmt.Fprintf(e.o.Out, "\nsoak: (c) at %.0f/s for %s, %d workers, %d worker kills (-9, every %s, each replaced):\n",
+		e.o.SoakRate, e.o.Soak, e.o.Workers, kills, e.o.SoakKill)
+	fmt.Fprintf(e.o.Out, "  requests sent %d; answered by a worker with a reply %d; \"success\" where no reply is due %d; answered by fallback %d; failed %d; p99 %s\n",
+		rep.Sent, rep.Replies, rep.Empty, rep.Fallbacks, rep.Err, dur(rep.Percentile(99)))
 	end := time.Since(start)
 	for i, p := range s.procs {
 		var first, last []int64
@@ -190,16 +240,23 @@ func (e *env) soak(ctx context.Context) error {
 		}
 		fmt.Fprintf(e.o.Out, "  %-12s RSS first %s %.1f MiB, last %s %.1f MiB: %+.1f%%\n", p.name, window, f/1024, window, l/1024, change)
 	}
+	if e.o.SoakKill > 0 && rep.Err > 0 {
+		return fmt.Errorf("soak: %d requests failed", rep.Err)
+	}
 	return nil
 }
 
+// mean of the samples taken while the process was alive (a killed
+// worker reads 0 until its replacement is up).
 func mean(xs []int64) float64 {
-	if len(xs) == 0 {
+	var s, n int64
+	for _, x := range xs {
+		if x > 0 {
+			s, n = s+x, n+1
+		}
+	}
+	if n == 0 {
 		return 0
 	}
-	var s int64
-	for _, x := range xs {
-		s += x
-	}
-	return float64(s) / float64(len(xs))
+	return float64(s) / float64(n)
 }

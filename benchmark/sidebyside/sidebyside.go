@@ -37,7 +37,11 @@ type Options struct {
 	RecordSets  []int         // analytics: scene counts to drain with
 	Soak        time.Duration // (c) at SoakRate for this long, memory sampled; 0 skips
 	SoakRate    float64
-	Out         io.Writer
+	// SoakKill, when set, kills a worker -9 this often during the soak
+	// (round robin) and starts a replacement; the soak then fails if any
+	// request failed.
+	SoakKill time.Duration
+	Out      io.Writer
 }
 
 const token = "bench-token"
@@ -164,8 +168,22 @@ func Run(ctx context.Context, o Options) error {
 
 // setup is a running configuration: its URL and its processes.
 type setup struct {
-	url   string
-	procs []*proc
+	url     string
+	natsURL string // distributed only
+	procs   []*proc
+}
+
+// worker starts a workers process and waits until it serves.
+func (e *env) worker(name, natsURL string) (*proc, error) {
+	w, err := startProc(name, filepath.Join(e.bin, "workers"), []string{"NATS_URL=" + natsURL, "ADMIN_ADDR=127.0.0.1:0"})
+	if err != nil {
+		return nil, err
+	}
+	if _, err := w.waitLine(regexp.MustCompile(`"msg":"worker started"`)); err != nil {
+		w.stop()
+		return nil, err
+	}
+	return w, nil
 }
 
 func (s *setup) stop() {
@@ -233,17 +251,14 @@ func (e *env) distributed(workers int) (*setup, error) {
 		return nil, err
 	}
 	s.procs = append(s.procs, ns)
+	s.natsURL = url
 	for i := 0; i < workers; i++ {
-		w, err := startProc(fmt.Sprintf("worker%d", i+1), filepath.Join(e.bin, "workers"), []string{"NATS_URL=" + url, "ADMIN_ADDR=127.0.0.1:0"})
+		w, err := e.worker(fmt.Sprintf("worker%d", i+1), url)
 		if err != nil {
 			s.stop()
 			return nil, err
 		}
 		s.procs = append(s.procs, w)
-		if _, err := w.waitLine(regexp.MustCompile(`"msg":"worker started"`)); err != nil {
-			s.stop()
-			return nil, err
-		}
 	}
 	in, u, err := e.ingress(nil, "NATS_URL="+url)
 	if err != nil {
