@@ -21,7 +21,7 @@ import (
 
 func main() {
 	o := sidebyside.Options{Out: os.Stdout}
-	var rates, scaling, sets string
+	var rates, scaling, sets, env string
 	flag.IntVar(&o.Connections, "connections", 64, "closed-loop connections")
 	flag.DurationVar(&o.Duration, "duration", 15*time.Second, "each closed-loop measurement")
 	flag.DurationVar(&o.Warmup, "warmup", 2*time.Second, "load before each measurement")
@@ -35,7 +35,9 @@ func main() {
 	flag.DurationVar(&o.Soak, "soak", 0, "run (c) this long at -soak-rate and compare memory at start and end (0: skip)")
 	flag.Float64Var(&o.SoakRate, "soak-rate", 1000, "soak rate, requests/s")
 	flag.DurationVar(&o.SoakKill, "soak-kill", 0, "during the soak, kill a worker -9 this often and start a replacement (0: never)")
+	flag.StringVar(&env, "env", "", "KEY=value,... added to every wxgate process's environment, to compare settings")
 	flag.Parse()
+	o.Env = strings.FieldsFunc(env, func(r rune) bool { return r == ',' })
 	var err error
 	if o.Rates, err = floats(rates); err == nil {
 		if o.Scaling, err = ints(scaling); err == nil {

@@ -41,6 +41,9 @@ type Options struct {
 	// (round robin) and starts a replacement; the soak then fails if any
 	// request failed.
 	SoakKill time.Duration
+	// Env is added to every wxgate process's environment (KEY=value), to
+	// compare settings.
+	Env []string
 	Out      io.Writer
 }
 
@@ -175,7 +178,7 @@ type setup struct {
 
 // worker starts a workers process and waits until it serves.
 func (e *env) worker(name, natsURL string) (*proc, error) {
-	w, err := startProc(name, filepath.Join(e.bin, "workers"), []string{"NATS_URL=" + natsURL, "ADMIN_ADDR=127.0.0.1:0"})
+	w, err := startProc(name, filepath.Join(e.bin, "workers"), append([]string{"NATS_URL=" + natsURL, "ADMIN_ADDR=127.0.0.1:0"}, e.o.Env...))
 	if err != nil {
 		return nil, err
 	}
@@ -195,7 +198,7 @@ func (s *setup) stop() {
 func (e *env) ingress(args []string, envs ...string) (*proc, string, error) {
 	p, err := startProc("ingress", filepath.Join(e.bin, "ingress"), append([]string{
 		"HTTP_ADDR=127.0.0.1:0", "ADMIN_ADDR=127.0.0.1:0", "WECHAT_TOKEN=" + token, "DATA_DIR=" + e.tempDir("data"),
-	}, envs...), args...)
+	}, append(envs, e.o.Env...)...), args...)
 	if err != nil {
 		return nil, "", err
 	}

@@ -22,6 +22,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
@@ -35,6 +36,7 @@ const Bucket = "wxgate_replies"
 const (
 	DefaultTTL            = time.Minute
 	DefaultLease          = 3 * time.Second
+	DefaultClaimAfter     = time.Second
 	DefaultHandlerTimeout = 20 * time.Second
 )
 
@@ -61,9 +63,12 @@ func (o Outcome) HandlerRan() bool { return o != Stored }
 
 // Options configure a Store.
 type Options struct {
-	TTL      time.Duration // how long a key and its reply are kept
-	Lease    time.Duration // a claim not refreshed for this long is stale
-	Replicas int           // bucket replicas (JETSTREAM_REPLICAS)
+	TTL   time.Duration // how long a key and its reply are kept
+	Lease time.Duration // a claim not refreshed for this long is stale
+	// ClaimAfter is how long a handler runs before its key is claimed;
+	// well under WeChat's 5 s, so every retry finds the claim or the reply.
+	ClaimAfter time.Duration
+	Replicas   int // bucket replicas (JETSTREAM_REPLICAS)
 	// HandlerTimeout bounds a handler that outlives its request.
 	HandlerTimeout time.Duration
 	Logger         *slog.Logger
@@ -76,6 +81,9 @@ func (o *Options) defaults() {
 	}
 	if o.Lease <= 0 {
 		o.Lease = DefaultLease
+	}
+	if o.ClaimAfter <= 0 {
+		o.ClaimAfter = DefaultClaimAfter
 	}
 	if o.Replicas <= 0 {
 		o.Replicas = 1
@@ -167,22 +175,32 @@ type Handler func(ctx context.Context) ([]byte, error)
 // Do returns the reply for key, running run at most once across replicas
 // while the key lives. ctx carries the request's deadline: past it, Do
 // returns ErrPending and a running handler carries on to store its reply.
+//
+// The common case costs one read and one write: a key not found runs the
+// handler at once, and the claim is only written if the handler is still
+// running after ClaimAfter, long before WeChat could retry (5 s). A fast
+// handler's reply is stored with an atomic create after it answered.
 func (s *Store) Do(ctx context.Context, key string, run Handler) ([]byte, Outcome, error) {
 	// A store slower than a quarter of the budget is treated as down:
 	// answering matters more than deduplicating.
-	cctx, cancel := context.WithTimeout(ctx, s.claimBudget(ctx))
-	rev, err := s.kv.Create(cctx, key, s.claim)
+	gctx, cancel := context.WithTimeout(ctx, s.claimBudget(ctx))
+	e, err := s.kv.Get(gctx, key)
 	cancel()
 	switch {
 	case err == nil:
-		return s.own(ctx, key, rev, run, Ran)
-	case errors.Is(err, jetstream.ErrKeyExists):
 		s.metrics.duplicates.Inc()
+		if v := e.Value(); bytes.HasPrefix(v, []byte(replyPrefix)) {
+			s.metrics.stored.Inc()
+			return v[len(replyPrefix):], Stored, nil
+		}
 		return s.await(ctx, key, run)
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		return s.own(ctx, key, 0, run, Ran)
 	default:
 		s.metrics.unavailable.Inc()
 		s.o.Logger.Warn("dedup store unavailable, handling without a claim", "err", err)
-		if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, jetstream.ErrStreamNotFound) {
+		if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, jetstream.ErrStreamNotFound) ||
+			errors.Is(err, jetstream.ErrBucketNotFound) || errors.Is(err, nats.ErrNoResponders) {
 			go s.recreate()
 		}
 		body, err := s.runBounded(ctx, run)
@@ -225,7 +243,8 @@ type result struct {
 	err  error
 }
 
-// own runs the handler under the claim at rev, refreshing the claim until
+// own runs the handler, under the claim at rev, or (rev 0) claiming the
+// key only if the handler outlasts ClaimAfter; the claim is refreshed until
 // the reply is stored. The handler outlives ctx.
 func (s *Store) own(ctx context.Context, key string, rev uint64, run Handler, outcome Outcome) ([]byte, Outcome, error) {
 	done := make(chan result, 1)
@@ -234,11 +253,11 @@ func (s *Store) own(ctx context.Context, key string, rev uint64, run Handler, ou
 		defer s.running.Done()
 		hctx, cancel := context.WithTimeout(context.Background(), s.o.HandlerTimeout)
 		defer cancel()
-		stop := s.refresh(key, rev)
+		stop := s.hold(key, rev)
 		body, err := run(hctx)
-		stop()
-		s.finish(key, body, err)
-		done <- result{body, err}
+		rev := stop()
+		done <- result{body, err} // answer first; the store is for retries
+		s.finish(key, rev, body, err)
 	}()
 	select {
 	case r := <-done:
@@ -267,13 +286,33 @@ func (s *Store) runBounded(ctx context.Context, run Handler) ([]byte, error) {
 	}
 }
 
-// refresh keeps the claim alive every third of a lease until stopped, or
-// until another worker takes it over.
-func (s *Store) refresh(key string, rev uint64) (stop func()) {
+// hold keeps a claim on key while the handler runs: from rev, or from a
+// claim created after ClaimAfter when rev is 0. stop returns the claim's
+// last revision, 0 when none is held.
+func (s *Store) hold(key string, rev uint64) (stop func() uint64) {
 	quit := make(chan struct{})
 	finished := make(chan struct{})
 	go func() {
 		defer close(finished)
+		if rev == 0 {
+			t := time.NewTimer(s.o.ClaimAfter)
+			select {
+			case <-quit:
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), s.o.Lease/3)
+			r, err := s.kv.Create(ctx, key, s.claim)
+			cancel()
+			if err != nil {
+				// Another delivery holds it (a duplicate faster than WeChat
+				// sends them), or the store is down: run on regardless.
+				s.o.Logger.Warn("dedup claim for a slow handler", "dedup_key", key, "err", err)
+				return
+			}
+			rev = r
+		}
 		t := time.NewTicker(s.o.Lease / 3)
 		defer t.Stop()
 		for {
@@ -289,6 +328,7 @@ func (s *Store) refresh(key string, rev uint64) (stop func()) {
 					rev = r
 				case errors.Is(err, jetstream.ErrKeyExists), errors.Is(err, jetstream.ErrKeyRevisionMismatch):
 					s.o.Logger.Warn("dedup claim taken over while the handler ran", "dedup_key", key)
+					rev = 0
 					return
 				default:
 					s.o.Logger.Warn("dedup claim refresh", "dedup_key", key, "err", err)
@@ -296,25 +336,33 @@ func (s *Store) refresh(key string, rev uint64) (stop func()) {
 			}
 		}
 	}()
-	return func() { close(quit); <-finished }
+	return func() uint64 { close(quit); <-finished; return rev }
 }
 
-// finish stores the reply, or on error releases the claim so that a retry
-// runs the handler again.
-func (s *Store) finish(key string, body []byte, err error) {
+// finish stores the reply (over the claim at rev, or as a new key), or on
+// error releases the claim so that a retry runs the handler again.
+func (s *Store) finish(key string, rev uint64, body []byte, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err != nil {
 		s.o.Logger.Warn("handler failed; claim released for a retry", "dedup_key", key, "err", err)
-		if derr := s.kv.Delete(ctx, key); derr != nil {
+		if rev == 0 {
+			return
+		}
+		if derr := s.kv.Delete(ctx, key, jetstream.LastRevision(rev)); derr != nil {
 			s.o.Logger.Warn("dedup release claim", "dedup_key", key, "err", derr)
 		}
 		return
 	}
 	v := make([]byte, 0, len(replyPrefix)+len(body))
 	v = append(append(v, replyPrefix...), body...)
-	if _, perr := s.kv.Put(ctx, key, v); perr != nil {
-		s.o.Logger.Warn("dedup store reply", "dedup_key", key, "err", perr)
+	if rev != 0 {
+		_, err = s.kv.Put(ctx, key, v)
+	} else if _, err = s.kv.Create(ctx, key, v); errors.Is(err, jetstream.ErrKeyExists) {
+		err = nil // a concurrent duplicate stored first; either reply will do
+	}
+	if err != nil {
+		s.o.Logger.Warn("dedup store reply", "dedup_key", key, "err", err)
 	}
 }
 

@@ -57,6 +57,28 @@ func stored(s *Store) prometheus.Counter      { return s.metrics.stored }
 func expired(s *Store) prometheus.Counter     { return s.metrics.expired }
 func unavailable(s *Store) prometheus.Counter { return s.metrics.unavailable }
 
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s within 10s", what)
+		}
+		time.Sleep(5 * time.Millisecond) // polling the server's state
+	}
+}
+
+// waitStored waits until every handler has stored its reply (a reply is
+// stored just after it is answered).
+func waitStored(t *testing.T, rs ...replica) {
+	t.Helper()
+	for _, r := range rs {
+		if err := r.store.Wait(within(10 * time.Second)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 func within(d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	_ = cancel // released by the deadline; tests are short
@@ -66,7 +88,7 @@ func within(d time.Duration) context.Context {
 // Retries spread over replicas, all arriving while the first run is in
 // flight: the handler runs once and every one gets its reply.
 func TestRunsOnceAcrossReplicas(t *testing.T) {
-	rs := replicas(t, natstest.RunServer(t), 3, Options{})
+	rs := replicas(t, natstest.RunServer(t), 3, Options{ClaimAfter: 20 * time.Millisecond})
 	var runs atomic.Int32
 	release := make(chan struct{})
 	started := make(chan struct{})
@@ -93,19 +115,20 @@ func TestRunsOnceAcrossReplicas(t *testing.T) {
 	}
 	wg.Add(1)
 	go do(0)
-	<-started // the first has claimed the key
+	<-started
+	// WeChat retries 5 s after a delivery; by then the first has claimed
+	// the key. Wait for the claim, as that retry would.
+	kv, err := rs[0].js.KeyValue(context.Background(), Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the claim", func() bool { _, err := kv.Get(context.Background(), "msg.1"); return err == nil })
 	for i := 1; i < n; i++ {
 		wg.Add(1)
 		go do(i)
 	}
 	// Every retry has seen the claim before the handler finishes.
-	deadline := time.Now().Add(10 * time.Second)
-	for sum(rs, duplicates) < n-1 {
-		if time.Now().After(deadline) {
-			t.Fatalf("duplicates seen: %v, want %d", sum(rs, duplicates), n-1)
-		}
-		time.Sleep(5 * time.Millisecond) // polling a counter; nothing to await
-	}
+	eventually(t, "every duplicate seen", func() bool { return sum(rs, duplicates) >= n-1 })
 	close(release)
 	wg.Wait()
 	close(answers)
@@ -125,6 +148,7 @@ func TestRunsOnceAcrossReplicas(t *testing.T) {
 	}
 
 	// A retry after the fact is answered from the store at once.
+	waitStored(t, rs...)
 	body, out, err := rs[2].store.Do(within(5*time.Second), "msg.1", run)
 	if err != nil || out != Stored || string(body) != "<xml>hi</xml>" || runs.Load() != 1 {
 		t.Fatalf("late retry: %q %v %v (runs %d)", body, out, err, runs.Load())
@@ -134,7 +158,7 @@ func TestRunsOnceAcrossReplicas(t *testing.T) {
 // A handler slower than the request's deadline keeps running; the retry
 // that comes after it is answered with its reply.
 func TestSlowHandlerAnswersTheRetry(t *testing.T) {
-	rs := replicas(t, natstest.RunServer(t), 2, Options{Lease: time.Second})
+	rs := replicas(t, natstest.RunServer(t), 2, Options{Lease: time.Second, ClaimAfter: 50 * time.Millisecond})
 	var runs atomic.Int32
 	finished := make(chan struct{})
 	run := func(context.Context) ([]byte, error) {
@@ -182,6 +206,7 @@ func TestStaleClaimIsTakenOver(t *testing.T) {
 	if testutil.ToFloat64(expired(rs[0].store)) != 1 {
 		t.Fatalf("claims expired = %v, want 1", testutil.ToFloat64(expired(rs[0].store)))
 	}
+	waitStored(t, rs...)
 	e, err := kv.Get(context.Background(), "msg.dead")
 	if err != nil || string(e.Value()) != replyPrefix+"again" {
 		t.Fatalf("stored %q %v", e.Value(), err)
@@ -214,6 +239,7 @@ func TestEmptyReplyIsStored(t *testing.T) {
 	if _, out, err := rs[0].store.Do(within(5*time.Second), "evt.quiet", run); err != nil || out != Ran {
 		t.Fatal(out, err)
 	}
+	waitStored(t, rs...)
 	body, out, err := rs[0].store.Do(within(5*time.Second), "evt.quiet", run)
 	if err != nil || out != Stored || len(body) != 0 {
 		t.Fatalf("%q %v %v", body, out, err)
