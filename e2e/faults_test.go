@@ -1,15 +1,14 @@
 package e2e
 
 import (
-	"bufio"
 	"net"
-	"net/http"
 	"os"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/wxgate/wxgate/shared/metricstest"
 )
 
 // Each test here runs real processes under steady traffic (traffic_test.go),
@@ -19,24 +18,10 @@ import (
 
 const rate = 100 // deliveries per second
 
-// metricValue reads one series (name and labels exactly as exposed) from a
-// process's /metrics; 0 when absent.
+// metricValue reads one series from a process's admin listener.
 func metricValue(t *testing.T, admin, series string) float64 {
 	t.Helper()
-	resp, err := http.Get("http://" + admin + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), series+" "); ok {
-			f, _ := strconv.ParseFloat(v, 64)
-			return f
-		}
-	}
-	return 0
+	return metricstest.Scrape(t, "http://"+admin+"/metrics", series)
 }
 
 func freePort(t *testing.T) string {

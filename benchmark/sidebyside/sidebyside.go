@@ -44,7 +44,7 @@ type Options struct {
 	// Env is added to every wxgate process's environment (KEY=value), to
 	// compare settings.
 	Env []string
-	Out      io.Writer
+	Out io.Writer
 }
 
 const token = "bench-token"

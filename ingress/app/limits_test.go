@@ -1,7 +1,6 @@
 package app_test
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/wxgate/wxgate/ingress/app"
 	"github.com/wxgate/wxgate/shared/config"
+	"github.com/wxgate/wxgate/shared/metricstest"
 	"github.com/wxgate/wxgate/shared/wechat"
 )
 
@@ -119,8 +119,8 @@ func TestListenerLimits(t *testing.T) {
 		if code := post(t, fifth, sender, url, msg); code != http.StatusServiceUnavailable {
 			t.Fatalf("fifth connection: %d, want 503", code)
 		}
-		if got := scrape(t, a.AdminAddr(), "wxgate_ingress_connections_refused_total"); got != "1" {
-			t.Fatalf("refused connections = %s, want 1", got)
+		if got := metricstest.Scrape(t, "http://"+a.AdminAddr()+"/metrics", "wxgate_ingress_connections_refused_total"); got != 1 {
+			t.Fatalf("refused connections = %v, want 1", got)
 		}
 		// One client goes away: its slot frees and the next is served.
 		clients[0].CloseIdleConnections()
@@ -147,22 +147,6 @@ func post(t *testing.T, c *http.Client, s wechat.Sender, url string, msg []byte)
 	_, _ = io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
 	return resp.StatusCode
-}
-
-func scrape(t *testing.T, admin, name string) string {
-	t.Helper()
-	resp, err := http.Get("http://" + admin + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
-			return v
-		}
-	}
-	return ""
 }
 
 // The admin listener and the WeChat listener serve apart: WeChat's side has

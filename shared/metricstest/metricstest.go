@@ -3,7 +3,10 @@
 package metricstest
 
 import (
+	"bufio"
+	"net/http"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -94,6 +97,33 @@ func value(m *dto.Metric) float64 {
 		return float64(m.GetHistogram().GetSampleCount())
 	case m.Untyped != nil:
 		return m.GetUntyped().GetValue()
+	}
+	return 0
+}
+
+// Scrape reads one series, named and labelled exactly as exposed (for
+// example `x_total{reason="a"}`), from a live process's /metrics URL; 0
+// when the series is absent.
+func Scrape(t testing.TB, url, series string) float64 {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), series+" "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("%s: %q: %v", series, v, err)
+			}
+			return f
+		}
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
 	}
 	return 0
 }
