@@ -232,3 +232,42 @@ func TestDefaultLogsHoldNoSecrets(t *testing.T) {
 type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+// With ADMIN_TOKEN set, the JSON API needs it as a bearer token, while the
+// scrape and probe endpoints stay open.
+func TestAdminToken(t *testing.T) {
+	cfg := config.Defaults()
+	cfg.Token, cfg.AdminToken = "api-token-test", "s3cret-admin"
+	a := startApp(t, app.Options{Config: cfg, Standalone: true})
+	base := "http://" + a.AdminAddr()
+	get := func(path, auth string) int {
+		req, _ := http.NewRequest(http.MethodGet, base+path, nil)
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for _, c := range []struct {
+		path, auth string
+		want       int
+	}{
+		{"/api/scenes", "", 401},
+		{"/api/scenes", "Bearer wrong", 401},
+		{"/api/scenes", "s3cret-admin", 401}, // not as a bearer token
+		{"/api/scenes", "Bearer s3cret-admin-and-more", 401},
+		{"/api/scenes/poster", "", 401},
+		{"/api/scenes", "Bearer s3cret-admin", 200},
+		{"/metrics", "", 200},
+		{"/healthz", "", 200},
+		{"/readyz", "", 200},
+	} {
+		if got := get(c.path, c.auth); got != c.want {
+			t.Errorf("GET %s with %q = %d, want %d", c.path, c.auth, got, c.want)
+		}
+	}
+}

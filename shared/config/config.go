@@ -87,7 +87,7 @@ func Defaults() Config {
 
 		AnalyticsMaxScenes: 100,
 		JetStreamReplicas:  1,
-		DedupTTL:           time.Minute,
+		DedupTTL:           30 * time.Second,
 		HandlerTimeout:     20 * time.Second,
 		ShutdownDelay:      -1,
 		WorkerRoles:        []string{"replies", "analytics"},

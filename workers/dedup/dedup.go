@@ -32,9 +32,10 @@ import (
 const Bucket = "wxgate_replies"
 
 // Defaults: WeChat retries about every 5 s, three times, so a key must live
-// well past 20 s; a minute leaves room for slow handlers and clock drift.
+// past about 20 s from its last write; 30 s leaves room. The bucket holds
+// rate × TTL entries in memory, so the TTL is kept no longer than that.
 const (
-	DefaultTTL            = time.Minute
+	DefaultTTL            = 30 * time.Second
 	DefaultLease          = 3 * time.Second
 	DefaultClaimAfter     = time.Second
 	DefaultHandlerTimeout = 20 * time.Second
