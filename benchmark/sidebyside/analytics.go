@@ -151,62 +151,42 @@ func (e *env) soak(ctx context.Context) error {
 	start := time.Now()
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		t := time.NewTicker(max(window/6, 100*time.Millisecond))
-		defer t.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-t.C:
-				mu.Lock()
-				var rss []int64
-				for _, p := range s.procs {
-					rss = append(rss, p.usage().rssKB)
-				}
-				mu.Unlock()
-				samples = append(samples, sample{time.Since(start), rss})
-			}
+	every(&wg, stop, max(window/6, 100*time.Millisecond), func() bool {
+		mu.Lock()
+		var rss []int64
+		for _, p := range s.procs {
+			rss = append(rss, p.usage().rssKB)
 		}
-	}()
+		mu.Unlock()
+		samples = append(samples, sample{time.Since(start), rss})
+		return true
+	})
 	kills, killErr := 0, error(nil)
 	if e.o.SoakKill > 0 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			t := time.NewTicker(e.o.SoakKill)
-			defer t.Stop()
-			for {
-				select {
-				case <-stop:
-					return
-				case <-t.C:
+		every(&wg, stop, e.o.SoakKill, func() bool {
+			mu.Lock()
+			var idx []int
+			for i, p := range s.procs {
+				if strings.HasPrefix(p.name, "worker") {
+					idx = append(idx, i)
 				}
-				mu.Lock()
-				var idx []int
-				for i, p := range s.procs {
-					if strings.HasPrefix(p.name, "worker") {
-						idx = append(idx, i)
-					}
-				}
-				i := idx[kills%len(idx)]
-				victim := s.procs[i]
-				mu.Unlock()
-				_ = victim.cmd.Process.Kill()
-				<-victim.done
-				w, err := e.worker(victim.name, s.natsURL)
-				if err != nil {
-					killErr = fmt.Errorf("restart %s: %w", victim.name, err)
-					return
-				}
-				mu.Lock()
-				s.procs[i] = w
-				kills++
-				mu.Unlock()
 			}
-		}()
+			i := idx[kills%len(idx)]
+			victim := s.procs[i]
+			mu.Unlock()
+			_ = victim.cmd.Process.Kill()
+			<-victim.done
+			w, err := e.worker(victim.name, s.natsURL)
+			if err != nil {
+				killErr = fmt.Errorf("restart %s: %w", victim.name, err)
+				return false
+			}
+			mu.Lock()
+			s.procs[i] = w
+			kills++
+			mu.Unlock()
+			return true
+		})
 	}
 	r, err := e.measure(ctx, "soak", s, e.o.SoakRate, e.o.Soak)
 	close(stop)
@@ -244,6 +224,27 @@ func (e *env) soak(ctx context.Context) error {
 		return fmt.Errorf("soak: %d requests failed", rep.Err)
 	}
 	return nil
+}
+
+// every runs fn every d, in a goroutine counted in wg, until stop closes or
+// fn returns false.
+func every(wg *sync.WaitGroup, stop <-chan struct{}, d time.Duration, fn func() bool) {
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(d)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				if !fn() {
+					return
+				}
+			}
+		}
+	}()
 }
 
 // mean of the samples taken while the process was alive (a killed
