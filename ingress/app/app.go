@@ -166,6 +166,10 @@ func Start(o Options) (_ *App, err error) {
 		serve.MaxConns(cfg.MaxConnections, refused.Inc)); err != nil {
 		return nil, err
 	}
+	promauto.With(reg).NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "wxgate_ingress_open_connections",
+		Help: "Connections open on the WeChat listener (MAX_CONNECTIONS is the cap).",
+	}, func() float64 { return float64(a.http.OpenConns()) })
 	ready := func() error {
 		if a.draining.Load() {
 			return errors.New("shutting down")

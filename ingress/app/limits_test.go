@@ -106,6 +106,18 @@ func TestListenerLimits(t *testing.T) {
 	})
 
 	t.Run("too many connections", func(t *testing.T) {
+		// The connections above are closed by the server as it sees fit;
+		// start from none.
+		open := func() float64 {
+			return metricstest.Scrape(t, "http://"+a.AdminAddr()+"/metrics", "wxgate_ingress_open_connections")
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for open() != 0 {
+			if time.Now().After(deadline) {
+				t.Fatalf("%v connections still open", open())
+			}
+			time.Sleep(10 * time.Millisecond) // the server closes them on its own schedule
+		}
 		// Four clients each keep an idle keep-alive connection open.
 		var clients []*http.Client
 		for i := 0; i < cfg.MaxConnections; i++ {
@@ -122,9 +134,12 @@ func TestListenerLimits(t *testing.T) {
 		if got := metricstest.Scrape(t, "http://"+a.AdminAddr()+"/metrics", "wxgate_ingress_connections_refused_total"); got != 1 {
 			t.Fatalf("refused connections = %v, want 1", got)
 		}
+		if got := open(); got != float64(cfg.MaxConnections) {
+			t.Fatalf("open connections = %v, want %d", got, cfg.MaxConnections)
+		}
 		// One client goes away: its slot frees and the next is served.
 		clients[0].CloseIdleConnections()
-		deadline := time.Now().Add(10 * time.Second)
+		deadline = time.Now().Add(10 * time.Second)
 		for post(t, fifth, sender, url, msg) != 200 {
 			if time.Now().After(deadline) {
 				t.Fatal("a freed connection slot was not reused")

@@ -28,6 +28,9 @@ type limitListener struct {
 	onRefuse func()
 }
 
+// open is how many connections hold a slot.
+func (l *limitListener) open() int { return len(l.slots) }
+
 func (l *limitListener) Accept() (net.Conn, error) {
 	for {
 		c, err := l.Listener.Accept()
@@ -62,14 +65,23 @@ func refuse(c net.Conn) {
 	}
 }
 
+// OpenConns is how many connections are open, with MaxConns; -1 without.
+func (s *Server) OpenConns() int {
+	if l, ok := s.ln.(*limitListener); ok {
+		return l.open()
+	}
+	return -1
+}
+
 type limitConn struct {
 	net.Conn
 	once    sync.Once
 	release func()
 }
 
+// Close frees the slot first, so that a client which sees the connection
+// closed can count on the slot being free.
 func (c *limitConn) Close() error {
-	err := c.Conn.Close()
 	c.once.Do(c.release)
-	return err
+	return c.Conn.Close()
 }
