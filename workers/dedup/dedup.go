@@ -204,7 +204,7 @@ func (s *Store) Do(ctx context.Context, key string, run Handler) ([]byte, Outcom
 			errors.Is(err, jetstream.ErrBucketNotFound) || errors.Is(err, nats.ErrNoResponders) {
 			go s.recreate()
 		}
-		body, err := s.runBounded(ctx, run)
+		body, err := s.runBounded(ctx, run, nil)
 		return body, Unguarded, err
 	}
 }
@@ -248,28 +248,20 @@ type result struct {
 // key only if the handler outlasts ClaimAfter; the claim is refreshed until
 // the reply is stored. The handler outlives ctx.
 func (s *Store) own(ctx context.Context, key string, rev uint64, run Handler, outcome Outcome) ([]byte, Outcome, error) {
-	done := make(chan result, 1)
-	s.running.Add(1)
-	go func() {
-		defer s.running.Done()
-		hctx, cancel := context.WithTimeout(context.Background(), s.o.HandlerTimeout)
-		defer cancel()
+	var last uint64 // the claim's last revision, for finish
+	body, err := s.runBounded(ctx, func(hctx context.Context) ([]byte, error) {
 		stop := s.hold(key, rev)
-		body, err := run(hctx)
-		rev := stop()
-		done <- result{body, err} // answer first; the store is for retries
-		s.finish(key, rev, body, err)
-	}()
-	select {
-	case r := <-done:
-		return r.body, outcome, r.err
-	case <-ctx.Done():
-		return nil, outcome, ErrPending
-	}
+		defer func() { last = stop() }()
+		return run(hctx)
+	}, func(body []byte, err error) { s.finish(key, last, body, err) })
+	return body, outcome, err
 }
 
-// runBounded runs without a claim, still answering by ctx's deadline.
-func (s *Store) runBounded(ctx context.Context, run Handler) ([]byte, error) {
+// runBounded runs the handler past ctx (up to HandlerTimeout) and returns
+// its result if it comes by ctx's deadline, ErrPending otherwise. after,
+// when set, sees the result once it has been handed back: answer first,
+// the store is for retries.
+func (s *Store) runBounded(ctx context.Context, run Handler, after func([]byte, error)) ([]byte, error) {
 	done := make(chan result, 1)
 	s.running.Add(1)
 	go func() {
@@ -278,6 +270,9 @@ func (s *Store) runBounded(ctx context.Context, run Handler) ([]byte, error) {
 		defer cancel()
 		body, err := run(hctx)
 		done <- result{body, err}
+		if after != nil {
+			after(body, err)
+		}
 	}()
 	select {
 	case r := <-done:
@@ -376,7 +371,7 @@ func (s *Store) await(ctx context.Context, key string, run Handler) ([]byte, Out
 			return nil, Stored, ErrPending
 		}
 		s.metrics.unavailable.Inc()
-		body, err := s.runBounded(ctx, run)
+		body, err := s.runBounded(ctx, run, nil)
 		return body, Unguarded, err
 	}
 	defer func() { _ = w.Stop() }()
