@@ -69,7 +69,7 @@ func BenchmarkClassify(b *testing.B) {
 }
 
 func BenchmarkReplyXML(b *testing.B) {
-	r := TextReply("感谢您的关注！\n场景值:poster_a")
+	r := TextReply("感谢您的关注！场景值:poster_a")
 	buf := make([]byte, 0, 512)
 	b.ReportAllocs()
 	for b.Loop() {

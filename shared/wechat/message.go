@@ -8,6 +8,7 @@ import (
 	"io"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 // Message types (MsgType) WeChat sends to an Official Account.
@@ -228,7 +229,8 @@ func (m *Message) assign(name, value string) {
 	case "Event":
 		m.Event = trimmed
 	case "EventKey":
-		m.EventKey = trimmed
+		// Not trimmed: the scene is the EventKey exactly as delivered.
+		m.EventKey = value
 	case "Ticket":
 		m.Ticket = trimmed
 	case "Latitude":
@@ -261,21 +263,64 @@ func (m *Message) IsEventType(ev string) bool {
 	return m.IsEvent() && strings.EqualFold(m.Event, ev)
 }
 
+// Scene limits: WeChat's scene_str is 1 to 64 characters (a scene_id is at
+// most 10 digits). Anything else in an EventKey did not come from a QR code
+// WeChat issued, so it is not counted as a scene, and nothing derived from it
+// (a subject, a KV key, a label) can grow with what a sender writes.
+const MaxSceneChars = 64
+
+// Reasons a scan's scene is refused (the reason label of
+// wxgate_scene_rejected_total).
+const (
+	SceneEmpty       = "empty"
+	SceneTooLong     = "too_long"
+	SceneInvalidUTF8 = "invalid_utf8"
+)
+
+// SceneReasons lists every reason SceneProblem can return.
+var SceneReasons = []string{SceneEmpty, SceneTooLong, SceneInvalidUTF8}
+
+// SceneProblem returns why scene cannot be a scene, or "" when it can: it
+// must be 1 to MaxSceneChars characters of valid UTF-8, whitespace included.
+func SceneProblem(scene string) string {
+	switch {
+	case scene == "":
+		return SceneEmpty
+	case len(scene) > 4*MaxSceneChars:
+		return SceneTooLong // more bytes than 64 characters can take
+	case !utf8.ValidString(scene):
+		return SceneInvalidUTF8
+	case utf8.RuneCountInString(scene) > MaxSceneChars:
+		return SceneTooLong
+	}
+	return ""
+}
+
 // SceneScan returns the QR scene of a parametric-code scan and its kind:
 // a subscribe whose EventKey is qrscene_<scene> (a new follower) or a SCAN
 // whose EventKey is <scene> (an existing one). Numeric scene_id and string
-// scene_str values are returned alike, as the text WeChat sent.
+// scene_str values are returned alike, as the text WeChat sent. ok is false
+// when the message is not a scan, or its scene is not valid (SceneProblem;
+// SceneCandidate tells which).
 func (m *Message) SceneScan() (scene, kind string, ok bool) {
+	scene, kind, scan := m.SceneCandidate()
+	if !scan || SceneProblem(scene) != "" {
+		return "", "", false
+	}
+	return scene, kind, true
+}
+
+// SceneCandidate is SceneScan without the validity check: scan reports
+// whether the message is a subscribe with a qrscene_ EventKey or a SCAN,
+// whatever the scene it carries.
+func (m *Message) SceneCandidate() (scene, kind string, scan bool) {
 	switch {
 	case m.IsEventType(EventSubscribe):
-		scene, ok = strings.CutPrefix(m.EventKey, ScenePrefix)
-		if ok && scene != "" {
+		if scene, ok := strings.CutPrefix(m.EventKey, ScenePrefix); ok {
 			return scene, KindSubscribe, true
 		}
 	case m.IsEventType(EventScan):
-		if m.EventKey != "" {
-			return m.EventKey, KindScan, true
-		}
+		return m.EventKey, KindScan, true
 	}
 	return "", "", false
 }

@@ -142,3 +142,42 @@ func TestAppendXMLRoundTrips(t *testing.T) {
 		}
 	}
 }
+
+func TestSceneLimits(t *testing.T) {
+	tests := []struct {
+		name, event, key string
+		scene, problem   string // problem "" means a valid scene
+		scan             bool
+	}{
+		{"scan", "SCAN", "poster_a", "poster_a", "", true},
+		{"subscribe", "subscribe", "qrscene_123", "123", "", true},
+		{"whitespace kept", "SCAN", " a b ", " a b ", "", true},
+		{"_other is a scene", "SCAN", "_other", "_other", "", true},
+		{"64 characters", "SCAN", strings.Repeat("场", 64), strings.Repeat("场", 64), "", true},
+		{"65 characters", "SCAN", strings.Repeat("a", 65), strings.Repeat("a", 65), SceneTooLong, true},
+		{"1000 Chinese characters", "SCAN", strings.Repeat("场", 1000), strings.Repeat("场", 1000), SceneTooLong, true},
+		{"not UTF-8", "SCAN", "a\xffb", "a\xffb", SceneInvalidUTF8, true},
+		{"empty SCAN", "SCAN", "", "", SceneEmpty, true},
+		{"empty qrscene", "subscribe", "qrscene_", "", SceneEmpty, true},
+		{"plain follow", "subscribe", "", "", "", false},
+		{"click", "CLICK", "k", "", "", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := &Message{MsgType: "event", Event: tt.event, EventKey: tt.key}
+			scene, _, scan := m.SceneCandidate()
+			if scan != tt.scan || scene != tt.scene {
+				t.Fatalf("SceneCandidate = %q, %v; want %q, %v", scene, scan, tt.scene, tt.scan)
+			}
+			if !scan {
+				return
+			}
+			if got := SceneProblem(scene); got != tt.problem {
+				t.Fatalf("SceneProblem = %q, want %q", got, tt.problem)
+			}
+			if _, _, ok := m.SceneScan(); ok != (tt.problem == "") {
+				t.Fatalf("SceneScan ok = %v with problem %q", ok, tt.problem)
+			}
+		})
+	}
+}

@@ -77,31 +77,39 @@ func equalFoldASCII(a, b string) bool {
 }
 
 // DedupKey returns what WeChat's retries of this message share, and nothing
-// else does: "msg.<MsgId>" for messages; for events, which carry no MsgId, a
-// digest of FromUserName, CreateTime, Event and EventKey ("evt.<hex>").
-// WeChat itself advises FromUserName+CreateTime, but LOCATION reports and
-// unsubscribe can share those within one second, so the event fields go in.
+// else does. For messages it is "msg.<MsgId>.<digest>", the digest binding
+// the MsgId to the account and the sender: a MsgId alone is chosen by
+// whoever signs the request, and must not hand one person's stored reply to
+// another. For events, which carry no MsgId, it is a digest of the account,
+// FromUserName, CreateTime, Event and EventKey ("evt.<hex>"). WeChat itself
+// advises FromUserName+CreateTime, but LOCATION reports and unsubscribe can
+// share those within one second, so the event fields go in.
 //
-// The key uses only [a-z0-9.], so it is valid as a Nats-Msg-Id header and as
-// a JetStream KV key, and it carries no OpenID in the clear.
+// The key uses only [a-z0-9.] and is at most 53 bytes, whatever the sender
+// sent, so it is valid as a Nats-Msg-Id header and as a JetStream KV key, and
+// it carries no OpenID in the clear.
 func (m *Message) DedupKey() string {
-	if !m.IsEvent() && isDigits(m.MsgID) {
-		return "msg." + m.MsgID
-	}
 	h := sha256.New()
+	write := func(fields ...string) {
+		for _, f := range fields {
+			h.Write([]byte(f))
+			h.Write([]byte{0}) // separator: ("ab","c") and ("a","bc") differ
+		}
+	}
+	var sum [sha256.Size]byte
+	if !m.IsEvent() && isDigits(m.MsgID) {
+		write(m.ToUserName, m.FromUserName)
+		return "msg." + m.MsgID + "." + hex.EncodeToString(h.Sum(sum[:0])[:8])
+	}
 	kind := "evt."
-	fields := [...]string{m.FromUserName, strconv.FormatInt(m.CreateTime, 10), m.Event, m.EventKey}
+	fields := [...]string{m.ToUserName, m.FromUserName, strconv.FormatInt(m.CreateTime, 10), m.Event, m.EventKey}
 	if !m.IsEvent() {
 		// A message without a usable MsgId: fall back to the event recipe
 		// with the type and whatever MsgId said.
 		kind = "msh."
-		fields[2], fields[3] = m.MsgType, m.MsgID
+		fields[3], fields[4] = m.MsgType, m.MsgID
 	}
-	for _, f := range fields {
-		h.Write([]byte(f))
-		h.Write([]byte{0}) // separator: ("ab","c") and ("a","bc") differ
-	}
-	var sum [sha256.Size]byte
+	write(fields[:]...)
 	return kind + hex.EncodeToString(h.Sum(sum[:0])[:16])
 }
 

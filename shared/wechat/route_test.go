@@ -33,7 +33,7 @@ func TestSubjectFor(t *testing.T) {
 	}
 }
 
-var dedupKeyRE = regexp.MustCompile(`^(msg\.[0-9]{1,20}|(evt|msh)\.[0-9a-f]{32})$`)
+var dedupKeyRE = regexp.MustCompile(`^(msg\.[0-9]{1,20}\.[0-9a-f]{16}|(evt|msh)\.[0-9a-f]{32})$`)
 
 func TestDedupKey(t *testing.T) {
 	ev := func(from string, ct int64, event, key string) *Message {
@@ -52,6 +52,11 @@ func TestDedupKey(t *testing.T) {
 		{MsgType: "text", MsgID: "1235"},
 		{MsgType: "text", FromUserName: "o1", CreateTime: 100}, // no MsgId
 		{MsgType: "text", MsgID: "12a4"},
+		// The same MsgId from another person or to another account is
+		// another message: it must never be answered with the first's reply.
+		{MsgType: "text", MsgID: "1234", FromUserName: "o_attacker"},
+		{MsgType: "text", MsgID: "1234", ToUserName: "gh_other"},
+		{MsgType: "event", ToUserName: "gh_other", FromUserName: "o1", CreateTime: 100, Event: "subscribe", EventKey: "qrscene_1"},
 	}
 	seen := map[string]int{}
 	for i, m := range distinct {
@@ -70,8 +75,12 @@ func TestDedupKey(t *testing.T) {
 	if retry.DedupKey() != base.DedupKey() {
 		t.Error("retry of the same event got a different key")
 	}
-	if got := (&Message{MsgType: "text", MsgID: "6054768590064713728"}).DedupKey(); got != "msg.6054768590064713728" {
-		t.Errorf("message key = %q", got)
+	if got := (&Message{MsgType: "text", MsgID: "6054768590064713728"}).DedupKey(); !strings.HasPrefix(got, "msg.6054768590064713728.") {
+		t.Errorf("message key = %q, want the MsgId in it", got)
+	}
+	long := &Message{MsgType: "event", Event: "SCAN", EventKey: strings.Repeat("场", 5000), FromUserName: strings.Repeat("o", 5000)}
+	if k := long.DedupKey(); len(k) > 53 {
+		t.Errorf("key of a huge event is %d bytes: it must stay bounded", len(k))
 	}
 	if k := base.DedupKey(); strings.Contains(k, "o1") {
 		t.Errorf("event key %q carries the OpenID in the clear", k)

@@ -30,8 +30,9 @@ func NewReplier(texts config.ReplyTexts) *Replier { return &Replier{texts: texts
 // (WeChat is then answered "success"):
 //   - text: the content echoed; voice: the recognised text, or the
 //     "unrecognised" text;
-//   - subscribe: the thanks, and the scene on its own line when it came
-//     through a parametric QR code; SCAN: the scene;
+//   - subscribe: the thanks, followed directly by the scene text when it
+//     came through a parametric QR code (the seed's exact
+//     "感谢您的关注！场景值:<scene>", no separator); SCAN: the scene;
 //   - other events: nothing; other messages: the default text, if any.
 func (r *Replier) Reply(m *wechat.Message) *wechat.Reply {
 	if m.IsEvent() {
@@ -40,7 +41,7 @@ func (r *Replier) Reply(m *wechat.Message) *wechat.Reply {
 		case m.IsEventType(wechat.EventSubscribe):
 			text := r.texts.Subscribe
 			if ok && r.texts.SubscribeScene != "" {
-				text += "\n" + withScene(r.texts.SubscribeScene, scene)
+				text += withScene(r.texts.SubscribeScene, scene)
 			}
 			return textOrNil(text)
 		case ok && kind == wechat.KindScan:

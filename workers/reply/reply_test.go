@@ -1,6 +1,7 @@
 package reply
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/wxgate/wxgate/shared/config"
@@ -26,12 +27,17 @@ func TestReplier(t *testing.T) {
 		{"image gets default", texts, wechat.Message{MsgType: "image"}, "您的消息已收到。"},
 		{"default off", custom, wechat.Message{MsgType: "image"}, ""},
 		{"subscribe", texts, wechat.Message{MsgType: "event", Event: "subscribe"}, "感谢您的关注！"},
-		{"subscribe scene", texts, wechat.Message{MsgType: "event", Event: "subscribe", EventKey: "qrscene_42"}, "感谢您的关注！\n场景值:42"},
+		{"subscribe scene", texts, wechat.Message{MsgType: "event", Event: "subscribe", EventKey: "qrscene_42"}, "感谢您的关注！场景值:42"},
 		{"subscribe scene text off", custom, wechat.Message{MsgType: "event", Event: "subscribe", EventKey: "qrscene_42"}, "感谢您的关注！"},
 		{"SCAN", texts, wechat.Message{MsgType: "event", Event: "SCAN", EventKey: "42"}, "您扫描的场景值为：42"},
 		{"scan lower-case", texts, wechat.Message{MsgType: "event", Event: "scan", EventKey: "42"}, "您扫描的场景值为：42"},
 		{"scan template", custom, wechat.Message{MsgType: "event", Event: "SCAN", EventKey: "a"}, "scan a / a"},
 		{"SCAN without key", texts, wechat.Message{MsgType: "event", Event: "SCAN"}, ""},
+		{"scene with spaces kept", texts, wechat.Message{MsgType: "event", Event: "SCAN", EventKey: " a b "}, "您扫描的场景值为： a b "},
+		{"SCAN with a scene too long", texts, wechat.Message{MsgType: "event", Event: "SCAN", EventKey: strings.Repeat("场", 65)}, ""},
+		{"subscribe with a scene too long", texts, wechat.Message{MsgType: "event", Event: "subscribe", EventKey: "qrscene_" + strings.Repeat("z", 65)}, "感谢您的关注！"},
+		{"SCAN with invalid UTF-8", texts, wechat.Message{MsgType: "event", Event: "SCAN", EventKey: "a\xffb"}, ""},
+		{"SCAN of 64 characters", texts, wechat.Message{MsgType: "event", Event: "SCAN", EventKey: strings.Repeat("场", 64)}, "您扫描的场景值为：" + strings.Repeat("场", 64)},
 		{"click", texts, wechat.Message{MsgType: "event", Event: "CLICK", EventKey: "k"}, ""},
 		{"unsubscribe", texts, wechat.Message{MsgType: "event", Event: "unsubscribe"}, ""},
 	}
