@@ -17,6 +17,7 @@ import (
 	"github.com/wxgate/wxgate/shared/admin"
 	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/config"
+	"github.com/wxgate/wxgate/shared/health"
 	"github.com/wxgate/wxgate/shared/logging"
 	"github.com/wxgate/wxgate/shared/serve"
 	"github.com/wxgate/wxgate/workers/worker"
@@ -55,22 +56,28 @@ func run() int {
 
 func serveWorkers(ctx context.Context, cfg config.Config, logger *slog.Logger) error {
 	reg := admin.NewRegistry()
-	nc, err := bus.Connect(cfg.NATSServers(), "wxgate-worker", logger.With("component", "nats"))
+	hc, err := health.New(reg)
 	if err != nil {
 		return err
 	}
-	w, err := worker.Start(worker.Options{Conn: nc, Config: cfg, Logger: logger, Registerer: reg})
+	nc, err := bus.Connect(cfg.NATSServers(), "wxgate-worker", logger.With("component", "nats"), hc.Fatal)
+	if err != nil {
+		return err
+	}
+	hc.Add("nats", func() error { return bus.Ready(nc) })
+	w, err := worker.Start(worker.Options{Conn: nc, Config: cfg, Logger: logger, Registerer: reg, Health: hc})
 	if err != nil {
 		nc.Close()
 		return err
 	}
-	mux := admin.NewMux(admin.Options{Gatherer: reg, Ready: func() error { return bus.Ready(nc) }, Pprof: cfg.Pprof})
+	mux := admin.NewMux(admin.Options{Gatherer: reg, Ready: hc.Ready, Pprof: cfg.Pprof, Token: cfg.AdminToken, Logger: logger})
 	mux.Handle("/api/", w.API())
 	adm, err := serve.Start("admin", admin.Server(cfg.AdminAddr, mux), logger)
 	if err != nil {
 		nc.Close()
 		return err
 	}
+	admin.WarnIfOpen(logger, cfg.AdminAddr, cfg.AdminToken)
 	if w.Service != nil {
 		logger.Info("worker started", "roles", cfg.WorkerRoles, "service", bus.ServiceName, "id", w.Service.ID(), "queue_group", bus.QueueGroup)
 	} else {
@@ -82,6 +89,10 @@ func serveWorkers(ctx context.Context, cfg config.Config, logger *slog.Logger) e
 	case <-ctx.Done():
 		logger.Info("shutting down")
 	case runErr = <-adm.Done():
+	case runErr = <-hc.Fatals():
+		// Alive but deaf helps nobody: exit non-zero so that the
+		// orchestrator starts a fresh process.
+		logger.Error("a part of the worker is lost for good; exiting", "err", runErr)
 	}
 	sctx, cancelShutdown := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancelShutdown()

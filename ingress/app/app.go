@@ -9,7 +9,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -23,11 +25,11 @@ import (
 	"github.com/wxgate/wxgate/shared/admin"
 	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/config"
+	"github.com/wxgate/wxgate/shared/health"
 	"github.com/wxgate/wxgate/shared/serve"
 	"github.com/wxgate/wxgate/shared/wechat"
 	"github.com/wxgate/wxgate/workers/analytics"
 	"github.com/wxgate/wxgate/workers/reply"
-	"github.com/wxgate/wxgate/workers/worker"
 )
 
 // DevToken is the token standalone mode uses when WECHAT_TOKEN is unset.
@@ -62,19 +64,18 @@ type App struct {
 	logger   *slog.Logger
 	delay    time.Duration // SHUTDOWN_DELAY, resolved
 	draining atomic.Bool
+	health   *health.Checker
 	http     *serve.Server
 	admin    *serve.Server
 	nc       *nats.Conn
-	workerNC *nats.Conn
-	workers  *worker.Worker
-	embedded *bus.Embedded
+	*standalone
 }
 
 // Start brings the process up. On error everything already started is
 // stopped again.
 func Start(o Options) (_ *App, err error) {
 	cfg, logger := o.Config, o.Logger
-	a := &App{logger: logger, delay: cfg.ShutdownDelay}
+	a := &App{logger: logger, delay: cfg.ShutdownDelay, standalone: &standalone{}}
 	if a.delay < 0 {
 		a.delay = DefaultShutdownDelay
 		if o.Standalone || o.NoBus {
@@ -91,8 +92,14 @@ func Start(o Options) (_ *App, err error) {
 
 	if o.Standalone && cfg.Token == "" {
 		cfg.Token = DevToken
+		// Published in the README, so only this host may use it.
+		cfg.HTTPAddr, cfg.AdminAddr = onLoopback(cfg.HTTPAddr), onLoopback(cfg.AdminAddr)
 		// A dev token is no secret; printing it is what makes it usable.
-		logger.Warn("WECHAT_TOKEN is not set: standalone mode uses a development token; set WECHAT_TOKEN before connecting a real account", "token", DevToken)
+		logger.Warn("WECHAT_TOKEN is not set: standalone mode uses a development token and listens on loopback only; set WECHAT_TOKEN before connecting a real account",
+			"token", DevToken, "http_addr", cfg.HTTPAddr, "admin_addr", cfg.AdminAddr)
+	}
+	if err := checkExposure(cfg); err != nil {
+		return nil, fmt.Errorf("config: %w", err)
 	}
 	if err := cfg.ValidateIngress(); err != nil {
 		return nil, fmt.Errorf("config: %w", err)
@@ -105,43 +112,34 @@ func Start(o Options) (_ *App, err error) {
 	}
 
 	reg := admin.NewRegistry()
+	if a.health, err = health.New(reg); err != nil {
+		return nil, err
+	}
+	a.health.Add("ingress", func() error {
+		if a.draining.Load() {
+			return errors.New("shutting down")
+		}
+		return nil
+	})
 	url, connOpts := cfg.NATSServers(), []nats.Option(nil)
 	if o.Standalone {
-		a.embedded, err = bus.RunEmbedded(bus.EmbeddedOptions{
-			Listen:   o.NATSListen,
-			StoreDir: cfg.DataDir, // the server adds its own jetstream/ below
-			Name:     "wxgate-standalone",
-			Logger:   logger.With("component", "nats-server"),
-		})
-		if err != nil {
+		if err := a.startStandalone(o, cfg, reg); err != nil {
 			return nil, err
 		}
-		if o.NATSListen != "" {
-			logger.Info("embedded nats listening", "url", a.embedded.ClientURL())
-		}
-		url, connOpts = "", []nats.Option{a.embedded.ConnectOption()}
-		if a.workerNC, err = bus.Connect(url, "wxgate-standalone-worker", logger.With("component", "worker-nats"), connOpts...); err != nil {
-			return nil, err
-		}
-		wcfg := cfg
-		wcfg.WorkerRoles = []string{"replies", "analytics"} // one process does it all
-		if a.workers, err = worker.Start(worker.Options{Conn: a.workerNC, Config: wcfg, Logger: logger, Registerer: reg}); err != nil {
-			return nil, err
-		}
-		// JetStream is in this process: the analytics consumer starts at
-		// once, so the scene metrics exist from the first scrape.
-		select {
-		case <-a.workers.Analytics.Ready():
-		case <-time.After(30 * time.Second):
-			return nil, errors.New("standalone: analytics consumer did not start within 30s")
-		}
+		url, connOpts = "", a.embedded.ConnectOptions()
 	}
 	var local func([]byte) ([]byte, error)
 	if o.NoBus {
 		local = reply.NewHandler(reply.NewReplier(cfg.Replies), nil).Handle
 		logger.Warn("no-bus mode: replies computed in process, no NATS, no analytics (for benchmarks)")
-	} else if a.nc, err = bus.Connect(url, "wxgate-ingress", logger.With("component", "nats"), connOpts...); err != nil {
-		return nil, err
+	} else {
+		if a.nc, err = bus.Connect(url, "wxgate-ingress", logger.With("component", "nats"), a.health.Fatal, connOpts...); err != nil {
+			return nil, err
+		}
+		a.health.Add("nats", func() error { return bus.Ready(a.nc) })
+		if err := checkPayload(a.nc, cfg.MaxBodyBytes); err != nil {
+			return nil, fmt.Errorf("config: %w", err)
+		}
 	}
 
 	gw, err := gateway.New(gateway.Options{
@@ -170,26 +168,59 @@ func Start(o Options) (_ *App, err error) {
 		Name: "wxgate_ingress_open_connections",
 		Help: "Connections open on the WeChat listener (MAX_CONNECTIONS is the cap).",
 	}, func() float64 { return float64(a.http.OpenConns()) })
-	ready := func() error {
-		if a.draining.Load() {
-			return errors.New("shutting down")
-		}
-		if o.NoBus {
-			return nil
-		}
-		return bus.Ready(a.nc)
-	}
-	mux := admin.NewMux(admin.Options{Gatherer: reg, Ready: ready, Pprof: cfg.Pprof})
+	mux := admin.NewMux(admin.Options{Gatherer: reg, Ready: a.health.Ready, Pprof: cfg.Pprof, Token: cfg.AdminToken, Logger: logger})
 	if a.workers != nil {
 		mux.Handle("/api/", a.workers.API())
 	} else if !o.NoBus {
-		mux.Handle("/api/", analytics.API(storeOn(a.nc, cfg), cfg.AdminToken))
+		mux.Handle("/api/", analytics.API(storeOn(a.nc), cfg.AdminToken))
 	}
 	if a.admin, err = serve.Start("admin", admin.Server(cfg.AdminAddr, mux), logger); err != nil {
 		return nil, err
 	}
+	admin.WarnIfOpen(logger, cfg.AdminAddr, cfg.AdminToken)
 	logger.Info("ingress started", "standalone", o.Standalone, "safe_mode", cipher != nil, "reply_timeout", cfg.ReplyTimeout.String())
 	return a, nil
+}
+
+// publicTokens are tokens anyone can read (the README, .env.example): an
+// account using one can be sent anything by anyone.
+var publicTokens = []string{DevToken, "change-me"}
+
+// checkExposure refuses a published token on a listener other hosts can
+// reach: a non-loopback address needs a real WECHAT_TOKEN.
+func checkExposure(cfg config.Config) error {
+	if !slices.Contains(publicTokens, cfg.Token) {
+		return nil
+	}
+	for name, addr := range map[string]string{"HTTP_ADDR": cfg.HTTPAddr, "ADMIN_ADDR": cfg.AdminAddr} {
+		if !admin.IsLoopback(addr) {
+			return fmt.Errorf("%s=%s is not a loopback address and WECHAT_TOKEN is a published development token: set WECHAT_TOKEN to the Token of the WeChat console, or listen on 127.0.0.1", name, addr)
+		}
+	}
+	return nil
+}
+
+// onLoopback binds an address with no host (":8080", all interfaces) to
+// 127.0.0.1 instead; an explicit host is kept (and checked by
+// checkExposure).
+func onLoopback(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || host != "" {
+		return addr
+	}
+	return net.JoinHostPort("127.0.0.1", port)
+}
+
+// checkPayload refuses a body limit that one NATS message cannot carry:
+// such callbacks would be accepted and then fail on the bus.
+func checkPayload(nc *nats.Conn, maxBody int64) error {
+	if !nc.IsConnected() {
+		return nil // not known yet; the static limit in config applies
+	}
+	if limit := nc.MaxPayload() - 16<<10; maxBody > limit {
+		return fmt.Errorf("MAX_BODY_BYTES=%d is more than the NATS server's max_payload (%d) leaves for a callback (%d)", maxBody, nc.MaxPayload(), limit)
+	}
+	return nil
 }
 
 // WeChatServer is the WeChat-facing http.Server: bounded reads against
@@ -210,7 +241,9 @@ func WeChatServer(addr string, h http.Handler, replyTimeout time.Duration) *http
 func (a *App) HTTPAddr() string  { return a.http.Addr() }
 func (a *App) AdminAddr() string { return a.admin.Addr() }
 
-// Done yields an error if a listener stopped by itself.
+// Done yields an error if a listener stopped by itself, or a part of the
+// process was lost for good (a NATS connection closed, a consumer that
+// cannot be rebuilt): the process should then exit non-zero.
 func (a *App) Done() <-chan error {
 	errc := make(chan error, 1)
 	go func() {
@@ -219,10 +252,15 @@ func (a *App) Done() <-chan error {
 			errc <- fmt.Errorf("http listener: %w", err)
 		case err := <-a.admin.Done():
 			errc <- fmt.Errorf("admin listener: %w", err)
+		case err := <-a.health.Fatals():
+			errc <- err
 		}
 	}()
 	return errc
 }
+
+// Ready is what /readyz answers: nil, or every part that does not work.
+func (a *App) Ready() error { return a.health.Ready() }
 
 // Shutdown stops taking requests, lets in-flight ones finish (their replies
 // still arrive over NATS), then stops the workers and drains NATS.
@@ -232,16 +270,11 @@ func (a *App) Shutdown(ctx context.Context) error {
 	if a.http != nil {
 		errs = append(errs, a.http.Shutdown(ctx))
 	}
-	if a.workers != nil {
-		errs = append(errs, a.workers.Stop(ctx))
-	}
-	errs = append(errs, bus.Drain(ctx, a.nc), bus.Drain(ctx, a.workerNC))
+	errs = append(errs, a.stopWorkers(ctx), bus.Drain(ctx, a.nc), bus.Drain(ctx, a.workerNC))
 	if a.admin != nil {
 		errs = append(errs, a.admin.Shutdown(ctx))
 	}
-	if a.embedded != nil {
-		a.embedded.Close()
-	}
+	a.stopServer()
 	err := errors.Join(errs...)
 	if err != nil {
 		a.logger.Error("shutdown", "err", err)
@@ -275,6 +308,7 @@ func Run(ctx context.Context, o Options) error {
 	case <-ctx.Done():
 		o.Logger.Info("shutting down")
 	case runErr = <-a.Done():
+		o.Logger.Error("stopping: the process cannot serve", "err", runErr)
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), a.delay+ShutdownGrace)
 	defer cancel()
@@ -282,8 +316,9 @@ func Run(ctx context.Context, o Options) error {
 }
 
 // storeOn opens the totals store on first use, so the ingress can serve the
-// analytics API without running the analytics consumer.
-func storeOn(nc *nats.Conn, cfg config.Config) analytics.StoreFunc {
+// analytics API without running the analytics consumer. It only opens the
+// bucket: the consumer creates it, with its replica count.
+func storeOn(nc *nats.Conn) analytics.StoreFunc {
 	var (
 		mu    sync.Mutex
 		store *analytics.Store
@@ -298,7 +333,7 @@ func storeOn(nc *nats.Conn, cfg config.Config) analytics.StoreFunc {
 		if err != nil {
 			return nil, err
 		}
-		s, err := analytics.OpenStore(ctx, js, worker.StreamOptions(cfg))
+		s, err := analytics.OpenExistingStore(ctx, js)
 		if err != nil {
 			return nil, err
 		}

@@ -33,7 +33,7 @@ func BenchmarkCallback(b *testing.B) {
 	}
 	defer srv.Close()
 	connect := func() *nats.Conn {
-		nc, err := nats.Connect("", srv.ConnectOption())
+		nc, err := nats.Connect("", srv.ConnectOptions()...)
 		if err != nil {
 			b.Fatal(err)
 		}

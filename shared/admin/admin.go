@@ -3,8 +3,10 @@
 package admin
 
 import (
+	"crypto/subtle"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/pprof"
@@ -30,24 +32,42 @@ func NewRegistry() *prometheus.Registry {
 // Options are what the admin endpoints report on.
 type Options struct {
 	Gatherer prometheus.Gatherer
-	// Ready returns nil when the process can do its work (NATS connected).
+	// Ready returns nil when the process can do its work, or an error
+	// naming each part that cannot.
 	Ready func() error
 	// Pprof serves net/http/pprof under /debug/pprof/ (PPROF=true): for
-	// profiling, never on by default.
+	// profiling, never on by default. It requires Token when one is set.
 	Pprof bool
+	// Token is ADMIN_TOKEN: when set, /debug/pprof/ requires it (the
+	// routes callers add wrap themselves with RequireToken).
+	Token string
+	// Logger receives metric collection errors; nil discards them.
+	Logger *slog.Logger
 }
 
 // NewMux returns a mux with /metrics, /healthz and /readyz. Callers add
 // their own routes (the analytics API) to it.
 func NewMux(o Options) *http.ServeMux {
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(o.Gatherer, promhttp.HandlerOpts{}))
+	logger := o.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	// One collector failing must not take every metric with it (a 500 on
+	// /metrics hides the very signals an alert needs): serve what gathers,
+	// and log the rest.
+	mux.Handle("GET /metrics", promhttp.HandlerFor(o.Gatherer, promhttp.HandlerOpts{
+		ErrorHandling: promhttp.ContinueOnError,
+		ErrorLog:      slog.NewLogLogger(logger.Handler(), slog.LevelError),
+	}))
 	if o.Pprof {
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		pp := http.NewServeMux()
+		pp.HandleFunc("/debug/pprof/", pprof.Index)
+		pp.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		pp.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		pp.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		pp.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		mux.Handle("/debug/pprof/", RequireToken(o.Token, pp))
 	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -65,6 +85,48 @@ func NewMux(o Options) *http.ServeMux {
 		_, _ = w.Write([]byte("ready\n"))
 	})
 	return mux
+}
+
+// RequireToken wraps h so that, when token is not empty, every request
+// needs "Authorization: Bearer <token>" (compared in constant time), and
+// gets 401 with a JSON error otherwise.
+func RequireToken(token string, h http.Handler) http.Handler {
+	if token == "" {
+		return h
+	}
+	want := []byte("Bearer " + token)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="wxgate"`)
+			w.Header().Set("Content-Type", "application/json; charset=utf-8")
+			w.WriteHeader(http.StatusUnauthorized)
+			_, _ = w.Write([]byte(`{"error":"bearer token required"}` + "\n"))
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// IsLoopback reports whether a listen address binds only this host
+// (127.0.0.0/8, ::1 or localhost); ":8081" binds every interface.
+func IsLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// WarnIfOpen logs a warning when the admin listener is reachable from other
+// hosts and its API has no token.
+func WarnIfOpen(logger *slog.Logger, addr, token string) {
+	if token == "" && !IsLoopback(addr) {
+		logger.Warn("ADMIN_TOKEN is not set and the admin listener is not on loopback: anyone who reaches it can read and change the API; set ADMIN_TOKEN or bind ADMIN_ADDR to 127.0.0.1", "addr", addr)
+	}
 }
 
 // Server is the admin http.Server: generous but bounded timeouts.

@@ -55,7 +55,13 @@ func ParseTime(s string) (t time.Time, ok bool) {
 // first connection and every reconnect forever, logging each change of
 // state, because a callback server must come back by itself when NATS does.
 // It returns at once; the connection may still be establishing.
-func Connect(url, name string, logger *slog.Logger, extra ...nats.Option) (*nats.Conn, error) {
+//
+// A connection can still close for good by itself: nats.go closes it on a
+// protocol error the server sends (-ERR), or an authorization error it
+// repeats, and never reconnects a closed connection. onClosed, when not nil,
+// is then called with the reason, so that the process can end rather than
+// stay alive and deaf; a close of our own (Close, Drain) does not call it.
+func Connect(url, name string, logger *slog.Logger, onClosed func(error), extra ...nats.Option) (*nats.Conn, error) {
 	opts := append([]nats.Option{
 		nats.Name(name),
 		nats.RetryOnFailedConnect(true),
@@ -75,7 +81,17 @@ func Connect(url, name string, logger *slog.Logger, extra ...nats.Option) (*nats
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			logger.Info("nats reconnected", "server", nc.ConnectedUrlRedacted())
 		}),
-		nats.ClosedHandler(func(*nats.Conn) { logger.Info("nats connection closed") }),
+		nats.ClosedHandler(func(nc *nats.Conn) {
+			err := nc.LastError()
+			if err == nil {
+				logger.Info("nats connection closed")
+				return
+			}
+			logger.Error("nats connection closed for good", "err", err)
+			if onClosed != nil {
+				onClosed(fmt.Errorf("nats connection %s closed: %w", name, err))
+			}
+		}),
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
 			subject := ""
 			if sub != nil {

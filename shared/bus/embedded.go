@@ -1,6 +1,7 @@
 package bus
 
 import (
+	"crypto/rand"
 	"fmt"
 	"log/slog"
 	"net"
@@ -22,11 +23,21 @@ type EmbeddedOptions struct {
 	// JetStream to find its data again.
 	Name   string
 	Logger *slog.Logger
+	// Token, or User and Password, are the credentials every client must
+	// present. With a listener and none of them, a random token is made:
+	// the listener is never open to every local user. In-process clients
+	// get them through ConnectOption.
+	Token          string
+	User, Password string
 }
 
 // Embedded is a NATS server running inside this process.
 type Embedded struct {
 	*server.Server
+	auth nats.Option
+	// Token is the token clients present (the generated one when none
+	// was given); empty with user and password.
+	Token string
 }
 
 // RunEmbedded starts a NATS server in process and waits until it accepts
@@ -51,8 +62,27 @@ func RunEmbedded(o EmbeddedOptions) (*Embedded, error) {
 		}
 		if p == 0 {
 			p = server.RANDOM_PORT
+		} else if ln, err := net.Listen("tcp", o.Listen); err != nil {
+			// The server would only log this and never become ready; say
+			// it now, and how to get out of the way.
+			return nil, fmt.Errorf("embedded nats: cannot listen on %s (another NATS server running?): set -nats-listen (NATS_LISTEN) to a free address, or to empty for in-process connections only: %w", o.Listen, err)
+		} else {
+			ln.Close()
 		}
 		opts.Host, opts.Port = host, p
+	}
+	e := &Embedded{}
+	switch {
+	case o.User != "":
+		opts.Username, opts.Password = o.User, o.Password
+		e.auth = nats.UserInfo(o.User, o.Password)
+	default:
+		e.Token = o.Token
+		if e.Token == "" {
+			e.Token = rand.Text()
+		}
+		opts.Authorization = e.Token
+		e.auth = nats.Token(e.Token)
 	}
 	if o.StoreDir != "" {
 		opts.JetStream = true
@@ -70,12 +100,19 @@ func RunEmbedded(o EmbeddedOptions) (*Embedded, error) {
 		s.Shutdown()
 		return nil, fmt.Errorf("embedded nats: not ready for connections")
 	}
-	return &Embedded{s}, nil
+	e.Server = s
+	return e, nil
 }
 
-// ConnectOption makes a client connect to this server in process, without
-// TCP. Pass it to Connect (the URL is then ignored).
-func (e *Embedded) ConnectOption() nats.Option { return nats.InProcessServer(e.Server) }
+// ConnectOptions make a client connect to this server in process, without
+// TCP, with its credentials. Pass them to Connect (the URL is then ignored).
+func (e *Embedded) ConnectOptions() []nats.Option {
+	return []nats.Option{nats.InProcessServer(e.Server), e.auth}
+}
+
+// AuthOption is the credentials option alone, for clients that connect
+// over TCP (tests, tools).
+func (e *Embedded) AuthOption() nats.Option { return e.auth }
 
 // Close shuts the server down and waits until it has.
 func (e *Embedded) Close() {

@@ -26,10 +26,11 @@ func RunServer(t testing.TB) *bus.Embedded {
 	return s
 }
 
-// Connect returns a client connection to s, closed with the test.
+// Connect returns a client connection to s, with its credentials, closed
+// with the test.
 func Connect(t testing.TB, s *bus.Embedded, opts ...nats.Option) *nats.Conn {
 	t.Helper()
-	nc, err := nats.Connect(s.ClientURL(), opts...)
+	nc, err := nats.Connect(s.ClientURL(), append([]nats.Option{s.AuthOption()}, opts...)...)
 	if err != nil {
 		t.Fatalf("nats connect: %v", err)
 	}

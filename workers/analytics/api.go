@@ -3,13 +3,15 @@ package analytics
 import (
 	"cmp"
 	"context"
-	"crypto/subtle"
 	"encoding/json"
 	"net/http"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/wxgate/wxgate/shared/admin"
+	"github.com/wxgate/wxgate/shared/wechat"
 )
 
 // sortKeys are the totals /api/scenes can sort by.
@@ -103,7 +105,14 @@ func API(store StoreFunc, token string) http.Handler {
 			apiError(w, http.StatusServiceUnavailable, "totals store unavailable")
 			return
 		}
-		t, ok, err := s.Scene(ctx, r.PathValue("scene"))
+		scene := r.PathValue("scene")
+		if p := wechat.SceneProblem(scene); p != "" {
+			// Checked before it becomes a KV key: a path of any length
+			// must not reach the bus.
+			apiError(w, http.StatusBadRequest, "scene must be 1 to 64 characters of UTF-8 ("+p+")")
+			return
+		}
+		t, ok, err := s.Scene(ctx, scene)
 		switch {
 		case err != nil:
 			apiError(w, http.StatusServiceUnavailable, "totals store unavailable")
@@ -113,19 +122,7 @@ func API(store StoreFunc, token string) http.Handler {
 			writeJSON(w, http.StatusOK, t)
 		}
 	})
-	if token == "" {
-		return mux
-	}
-	want := []byte("Bearer " + token)
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got := []byte(r.Header.Get("Authorization"))
-		if subtle.ConstantTimeCompare(got, want) != 1 {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="wxgate"`)
-			apiError(w, http.StatusUnauthorized, "bearer token required")
-			return
-		}
-		mux.ServeHTTP(w, r)
-	})
+	return admin.RequireToken(token, mux)
 }
 
 func intParam(s string, def, lo, hi int) (int, error) {

@@ -68,18 +68,50 @@ func (c *sceneCache) put(scene string, d cachedDoc) {
 	c.docs[scene] = d
 }
 
-// ApplyBatch applies records exactly once, like Apply, but pipelines the
-// KV writes of the whole batch: the person claims, then one compare-and-set
-// per scene, then the follow records; unsubscribes go last, one by one.
-// The batch is in stream order.
+// applyBatch applies records exactly once, like Apply, but pipelines the
+// KV writes: the person claims, then one compare-and-set per scene, then
+// the follow records. An unsubscribe ends a segment: it is applied, alone,
+// after the follows before it and before any after it, so that a person
+// who follows, unfollows and follows again within one batch (a backlog
+// drained) is attributed in order. The batch is in stream order.
 // It returns how many unsubscribes had no follow to attribute.
 func (s *Store) applyBatch(ctx context.Context, items []item, ackFloor uint64, cache *sceneCache) (unattributed int, err error) {
+	for len(items) > 0 {
+		n := slices.IndexFunc(items, func(it item) bool { return it.rec.Kind == KindUnsubscribe })
+		scans := items
+		if n >= 0 {
+			scans = items[:n]
+		}
+		if err := s.applyScans(ctx, scans, ackFloor, cache); err != nil {
+			return unattributed, err
+		}
+		if n < 0 {
+			break
+		}
+		it := items[n]
+		applied, err := s.Apply(ctx, it.seq, it.rec, ackFloor)
+		if err != nil {
+			return unattributed, err
+		}
+		if !applied && it.delivered == 1 {
+			unattributed++
+		}
+		items = items[n+1:]
+	}
+	return unattributed, nil
+}
+
+// applyScans applies subscribe and scan records, pipelined.
+func (s *Store) applyScans(ctx context.Context, items []item, ackFloor uint64, cache *sceneCache) error {
+	if len(items) == 0 {
+		return nil
+	}
 	first, err := s.claimBatch(ctx, items, cache)
 	if err != nil {
-		return 0, err
+		return err
 	}
 	if err := s.updateScenes(ctx, items, first, ackFloor, cache); err != nil {
-		return 0, err
+		return err
 	}
 	// Follow records, idempotent: safe to write again after a crash.
 	var puts []jetstream.PubAckFuture
@@ -87,7 +119,7 @@ func (s *Store) applyBatch(ctx context.Context, items []item, ackFloor uint64, c
 		if it.rec.Kind == KindSubscribe {
 			f, err := s.js.PublishMsgAsync(&nats.Msg{Subject: s.prefix + "f." + person(it.rec.Account, it.rec.OpenID), Data: []byte(it.rec.Scene)})
 			if err != nil {
-				return 0, fmt.Errorf("follow: %w", err)
+				return fmt.Errorf("follow: %w", err)
 			}
 			puts = append(puts, f)
 		}
@@ -97,20 +129,9 @@ func (s *Store) applyBatch(ctx context.Context, items []item, ackFloor uint64, c
 		err = firstErr(errs)
 	}
 	if err != nil {
-		return 0, fmt.Errorf("follow: %w", err)
+		return fmt.Errorf("follow: %w", err)
 	}
-	for _, it := range items {
-		if it.rec.Kind == KindUnsubscribe {
-			applied, err := s.Apply(ctx, it.seq, it.rec, ackFloor)
-			if err != nil {
-				return unattributed, err
-			}
-			if !applied && it.delivered == 1 {
-				unattributed++
-			}
-		}
-	}
-	return unattributed, nil
+	return nil
 }
 
 // claimBatch claims each (scene, person) of the batch's scans and reports
@@ -323,8 +344,21 @@ func fold(d *sceneDoc, scene string, fresh bool, items []item, idx []int, first 
 		}
 		d.Applied = append(d.Applied, it.seq)
 	}
+	if over := len(d.Applied) - maxApplied; over > 0 {
+		// Only a record stuck below all of these (never acked, never
+		// quarantined) keeps the ack floor from pruning them; the list
+		// must not grow past what one KV value can hold meanwhile.
+		slices.Sort(d.Applied)
+		d.Applied = slices.Delete(d.Applied, 0, over)
+	}
 	return changed
 }
+
+// maxApplied bounds a scene's list of applied sequences (about 10 bytes
+// each in the stored JSON). The consumer holds at most 4 batches unacked,
+// and quarantines records that keep failing, so the ack floor moves and
+// the list normally holds a few hundred.
+const maxApplied = 20_000
 
 func claimKey(r Record) string {
 	return "u." + sceneKey(r.Scene)[2:] + "." + person(r.Account, r.OpenID)

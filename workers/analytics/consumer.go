@@ -35,6 +35,7 @@ type ConsumerOptions struct {
 // Any number of processes can run one: they share the durable consumer.
 type Consumer struct {
 	o        ConsumerOptions
+	js       jetstream.JetStream
 	store    *Store
 	cons     jetstream.Consumer
 	cc       jetstream.ConsumeContext
@@ -43,10 +44,18 @@ type Consumer struct {
 	ackFloor atomic.Uint64
 	stopInfo context.CancelFunc
 	m        *consumerMetrics
+
+	lastInfo atomic.Int64 // unix nanos of the last consumer info the server gave
+	lost     chan struct{}
+	lostOnce sync.Once
+	lostErr  atomic.Pointer[error]
+	stopping atomic.Bool
 }
 
 type consumerMetrics struct {
 	applied      *prometheus.CounterVec
+	poison       *prometheus.CounterVec
+	infoTime     prometheus.Gauge
 	redelivered  prometheus.Counter
 	errors       prometheus.Counter
 	pending      prometheus.Gauge
@@ -70,15 +79,23 @@ func newConsumerMetrics(reg prometheus.Registerer) *consumerMetrics {
 			Help: "Records delivered to the analytics consumer and not yet acknowledged."}),
 		unattributed: f.NewCounter(prometheus.CounterOpts{Name: "wxgate_analytics_unattributed_unfollows_total",
 			Help: "Unfollows of people with no recorded scene (followed another way, or before wxgate)."}),
+		poison: f.NewCounterVec(prometheus.CounterOpts{Name: "wxgate_analytics_poison_total",
+			Help: "Records that could not be applied, copied to the dead-letter stream and terminated, by reason."},
+			[]string{"reason"}),
+		infoTime: f.NewGauge(prometheus.GaugeOpts{Name: "wxgate_analytics_consumer_last_info_timestamp_seconds",
+			Help: "When the server last reported the analytics consumer's state (Unix time). Old: the lag gauges are stale and the consumer may be lost."}),
 	}
 	for _, k := range []string{KindSubscribe, KindScan, KindUnsubscribe} {
 		m.applied.WithLabelValues(k)
 	}
+	for _, r := range poisonReasons {
+		m.poison.WithLabelValues(r)
+	}
 	return m
 }
 
-// StartConsumer creates the stream, the bucket and the durable consumer if
-// they are missing and starts applying records.
+// StartConsumer creates the stream, the bucket, the dead-letter stream and
+// the durable consumer if they are missing and starts applying records.
 func StartConsumer(ctx context.Context, o ConsumerOptions) (*Consumer, error) {
 	if o.Concurrency <= 0 {
 		o.Concurrency = 1
@@ -90,15 +107,21 @@ func StartConsumer(ctx context.Context, o ConsumerOptions) (*Consumer, error) {
 	if err := EnsureStream(ctx, js, o.Stream); err != nil {
 		return nil, err
 	}
+	if err := ensureDeadLetter(ctx, js, o.Stream); err != nil {
+		return nil, err
+	}
 	store, err := OpenStore(ctx, js, o.Stream)
 	if err != nil {
 		return nil, err
 	}
 	cons, err := js.CreateOrUpdateConsumer(ctx, StreamName, jetstream.ConsumerConfig{
-		Durable:       ConsumerName,
-		Description:   "wxgate per-scene totals",
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       30 * time.Second,
+		Durable:     ConsumerName,
+		Description: "wxgate per-scene totals",
+		AckPolicy:   jetstream.AckExplicitPolicy,
+		AckWait:     30 * time.Second,
+		// Unbounded: a record waits for NATS as long as NATS is away. A
+		// record that fails by itself is quarantined by the consumer after
+		// maxPoisonDeliveries, so none is retried forever.
 		MaxDeliver:    -1,
 		MaxAckPending: 4 * maxBatch * o.Concurrency,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
@@ -109,7 +132,7 @@ func StartConsumer(ctx context.Context, o ConsumerOptions) (*Consumer, error) {
 	if o.metrics == nil {
 		o.metrics = newConsumerMetrics(o.Registerer)
 	}
-	c := &Consumer{o: o, store: store, cons: cons, work: make(chan jetstream.Msg, maxBatch), m: o.metrics}
+	c := &Consumer{o: o, js: js, store: store, cons: cons, work: make(chan jetstream.Msg, maxBatch), m: o.metrics, lost: make(chan struct{})}
 	if err := c.refreshInfo(ctx); err != nil {
 		return nil, err
 	}
@@ -123,17 +146,62 @@ func StartConsumer(ctx context.Context, o ConsumerOptions) (*Consumer, error) {
 	c.cc, err = cons.Consume(func(msg jetstream.Msg) { c.work <- msg },
 		jetstream.PullMaxMessages(2*maxBatch),
 		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+			if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) {
+				c.markLost(err)
+				return
+			}
 			o.Logger.Warn("analytics consume", "err", err)
 		}))
 	if err != nil {
 		c.stopWorkers()
 		return nil, fmt.Errorf("consume: %w", err)
 	}
+	go func() {
+		<-c.cc.Closed()
+		if !c.stopping.Load() {
+			c.markLost(errors.New("consume ended"))
+		}
+	}()
 	return c, nil
 }
 
 // Store is the totals store the consumer writes.
 func (c *Consumer) Store() *Store { return c.store }
+
+// Lost is closed when the consumer stopped working by itself: deleted on
+// the server (an operator, a stream recreated, NATS restarted without its
+// data), or its consume loop ended. The role then builds a new one.
+func (c *Consumer) Lost() <-chan struct{} { return c.lost }
+
+// LostErr is why the consumer was lost.
+func (c *Consumer) LostErr() error {
+	if p := c.lostErr.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+func (c *Consumer) markLost(err error) {
+	c.lostOnce.Do(func() {
+		c.lostErr.Store(&err)
+		close(c.lost)
+	})
+}
+
+// Check reports whether the consumer works: not lost, and the server
+// reported its state recently.
+func (c *Consumer) Check() error {
+	if err := c.LostErr(); err != nil {
+		return fmt.Errorf("consumer lost: %w", err)
+	}
+	if age := time.Since(time.Unix(0, c.lastInfo.Load())); age > infoStale {
+		return fmt.Errorf("no consumer info from the server for %s", age.Round(time.Second))
+	}
+	return nil
+}
+
+// infoStale is how long without consumer info makes the consumer not ready.
+const infoStale = 10 * time.Second
 
 // maxBatch bounds the records applied together: enough to pipeline the KV
 // writes, few enough that a scene's list of recent sequences stays short.
@@ -160,11 +228,13 @@ func (c *Consumer) run() {
 	}
 }
 
+// entry is one record of a batch with its message.
+type entry struct {
+	it  item
+	msg jetstream.Msg
+}
+
 func (c *Consumer) handleBatch(msgs []jetstream.Msg, cache *sceneCache) {
-	type entry struct {
-		it  item
-		msg jetstream.Msg
-	}
 	entries := make([]entry, 0, len(msgs))
 	for _, msg := range msgs {
 		meta, err := msg.Metadata()
@@ -173,17 +243,23 @@ func (c *Consumer) handleBatch(msgs []jetstream.Msg, cache *sceneCache) {
 			_ = msg.Term()
 			continue
 		}
+		seq := meta.Sequence.Stream
 		var r Record
 		if err := json.Unmarshal(msg.Data(), &r); err != nil {
-			// Not ours to count; it stays in the stream for whoever wrote it.
-			c.o.Logger.Error("analytics: undecodable record", "seq", meta.Sequence.Stream, "err", err)
-			_ = msg.Term()
+			c.quarantine(msg, seq, PoisonUndecodable, err)
+			continue
+		}
+		if p := r.problem(); p != "" {
+			c.quarantine(msg, seq, p, nil)
 			continue
 		}
 		if meta.NumDelivered > 1 {
 			c.m.redelivered.Inc()
 		}
-		entries = append(entries, entry{item{seq: meta.Sequence.Stream, delivered: meta.NumDelivered, rec: r}, msg})
+		entries = append(entries, entry{item{seq: seq, delivered: meta.NumDelivered, rec: r}, msg})
+	}
+	if len(entries) == 0 {
+		return
 	}
 	// Redeliveries can arrive out of order; apply in stream order.
 	slices.SortFunc(entries, func(a, b entry) int { return cmp.Compare(a.it.seq, b.it.seq) })
@@ -194,24 +270,72 @@ func (c *Consumer) handleBatch(msgs []jetstream.Msg, cache *sceneCache) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	unattributed, err := c.store.applyBatch(ctx, items, c.ackFloor.Load(), cache)
-	if err != nil {
-		c.m.errors.Add(float64(len(entries)))
-		c.o.Logger.Warn("analytics: batch failed; will retry", "records", len(entries), "err", err)
+	if err == nil {
+		c.m.unattributed.Add(float64(unattributed))
 		for _, e := range entries {
-			_ = e.msg.NakWithDelay(time.Second)
+			c.acked(e)
 		}
 		return
 	}
-	c.m.unattributed.Add(float64(unattributed))
-	for _, e := range entries {
-		c.m.applied.WithLabelValues(e.it.rec.Kind).Inc()
-		// A lost ack only means a redelivery, which the applied lists absorb;
-		// sequences are forgotten only below the server's own ack floor.
-		_ = e.msg.Ack()
+	if transient(err) {
+		c.retryLater(entries, err)
+		return
+	}
+	if len(entries) == 1 {
+		c.poisonAfterRetries(entries[0], err)
+		return
+	}
+	// Something in the batch fails by itself: apply the records one by one,
+	// so the rest are counted and only the record at fault is retried (and
+	// in the end quarantined).
+	c.o.Logger.Warn("analytics: batch failed; applying its records one by one", "records", len(entries), "err", err)
+	for i, e := range entries {
+		applied, err := c.store.Apply(ctx, e.it.seq, e.it.rec, c.ackFloor.Load())
+		switch {
+		case err == nil:
+			if e.it.rec.Kind == KindUnsubscribe && !applied && e.it.delivered == 1 {
+				c.m.unattributed.Inc()
+			}
+			c.acked(e)
+		case transient(err):
+			c.retryLater(entries[i:], err)
+			return
+		default:
+			c.poisonAfterRetries(e, err)
+		}
 	}
 }
 
-// watchInfo keeps the ack floor and the lag gauges fresh.
+// acked acknowledges an applied record. A lost ack only means a redelivery,
+// which the applied lists absorb; sequences are forgotten only below the
+// server's own ack floor.
+func (c *Consumer) acked(e entry) {
+	c.m.applied.WithLabelValues(e.it.rec.Kind).Inc()
+	_ = e.msg.Ack()
+}
+
+func (c *Consumer) retryLater(entries []entry, err error) {
+	c.m.errors.Add(float64(len(entries)))
+	c.o.Logger.Warn("analytics: records not applied; will retry", "records", len(entries), "err", err)
+	for _, e := range entries {
+		_ = e.msg.NakWithDelay(time.Second)
+	}
+}
+
+// poisonAfterRetries hands a record that failed by itself back for another
+// try, and quarantines it once it has failed maxPoisonDeliveries times.
+func (c *Consumer) poisonAfterRetries(e entry, err error) {
+	if e.it.delivered < maxPoisonDeliveries {
+		c.m.errors.Inc()
+		c.o.Logger.Warn("analytics: record not applied; will retry", "seq", e.it.seq, "deliveries", e.it.delivered, "err", err)
+		_ = e.msg.NakWithDelay(time.Second)
+		return
+	}
+	c.quarantine(e.msg, e.it.seq, PoisonApplyFailed, err)
+}
+
+// watchInfo keeps the ack floor and the lag gauges fresh, and notices a
+// consumer deleted on the server.
 func (c *Consumer) watchInfo(ctx context.Context) {
 	t := time.NewTicker(250 * time.Millisecond)
 	defer t.Stop()
@@ -221,10 +345,15 @@ func (c *Consumer) watchInfo(ctx context.Context) {
 			return
 		case <-t.C:
 			ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
-			if err := c.refreshInfo(ictx); err != nil && !errors.Is(err, context.Canceled) {
+			err := c.refreshInfo(ictx)
+			cancel()
+			switch {
+			case err == nil, errors.Is(err, context.Canceled):
+			case errors.Is(err, jetstream.ErrConsumerNotFound), errors.Is(err, jetstream.ErrStreamNotFound):
+				c.markLost(err)
+			default:
 				c.o.Logger.Debug("analytics consumer info", "err", err)
 			}
-			cancel()
 		}
 	}
 }
@@ -234,6 +363,9 @@ func (c *Consumer) refreshInfo(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("consumer info: %w", err)
 	}
+	now := time.Now()
+	c.lastInfo.Store(now.UnixNano())
+	c.m.infoTime.Set(float64(now.UnixNano()) / 1e9)
 	c.ackFloor.Store(info.AckFloor.Stream)
 	c.m.pending.Set(float64(info.NumPending))
 	c.m.ackPending.Set(float64(info.NumAckPending))
@@ -242,6 +374,7 @@ func (c *Consumer) refreshInfo(ctx context.Context) error {
 
 // Stop stops taking records and waits for those in hand to be applied.
 func (c *Consumer) Stop() {
+	c.stopping.Store(true)
 	c.cc.Stop()
 	<-c.cc.Closed()
 	c.stopWorkers()

@@ -3,16 +3,16 @@ package analytics
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"sort"
 	"sync"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
-)
 
-// OtherScene is the label value for scenes past the label bound.
-const OtherScene = "_other"
+	"github.com/wxgate/wxgate/shared/wechat"
+)
 
 var (
 	descScans = prometheus.NewDesc("wechat_scene_scans_total",
@@ -24,26 +24,45 @@ var (
 		"Distinct people who scanned the scene's QR code.", []string{"scene"}, nil)
 	descUnfollows = prometheus.NewDesc("wechat_scene_unfollows_total",
 		"Unfollows by people who had followed through the scene's QR code.", []string{"scene"}, nil)
+
+	// Scenes past the label bound are summed here, never under a scene
+	// label: every real scene, whatever its name, keeps its own series.
+	descScansOverflow = prometheus.NewDesc("wechat_scene_scans_overflow_total",
+		"Scans of scenes past the label bound (ANALYTICS_MAX_SCENES), by kind.", []string{"kind"}, nil)
+	descFollowersOverflow = prometheus.NewDesc("wechat_scene_new_followers_overflow_total",
+		"New followers through scenes past the label bound.", nil, nil)
+	descUniqueOverflow = prometheus.NewDesc("wechat_scene_unique_people_overflow_total",
+		"Unique people of scenes past the label bound, summed over those scenes.", nil, nil)
+	descUnfollowsOverflow = prometheus.NewDesc("wechat_scene_unfollows_overflow_total",
+		"Attributed unfollows of scenes past the label bound.", nil, nil)
 	descOverflow = prometheus.NewDesc("wechat_scene_label_overflow_scenes",
-		"Scenes past the label bound, counted under scene=\"_other\".", nil, nil)
+		"Scenes past the label bound, counted in the wechat_scene_*_overflow_total series.", nil, nil)
 	descScenes = prometheus.NewDesc("wechat_scene_scenes",
 		"Scenes with recorded scans.", nil, nil)
 )
+
+func describeScenes(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descScans, descFollowers, descUnique, descUnfollows,
+		descScansOverflow, descFollowersOverflow, descUniqueOverflow, descUnfollowsOverflow, descOverflow, descScenes} {
+		ch <- d
+	}
+}
 
 // Exporter exports the durable per-scene totals as Prometheus metrics. It
 // mirrors the totals bucket through a KV watch, so every process that runs
 // one exports the same values, and a restarted process starts from the
 // stored totals, not from zero. Dashboards take max() across instances.
 //
-// At most MaxScenes scene label values are exported: the scenes seen first
-// (lowest first stream sequence), the same in every process. The rest are
-// summed under scene="_other".
+// At most MaxScenes scenes get their own label values: the scenes seen
+// first (lowest first stream sequence), the same in every process. The rest
+// are summed in the wechat_scene_*_overflow_total series.
 type Exporter struct {
 	maxScenes int
 	mu        sync.RWMutex
 	scenes    map[string]Totals // by KV key
 	watcher   jetstream.KeyWatcher
 	cancel    context.CancelFunc
+	lost      chan struct{} // closed when the watch ends
 }
 
 // NewExporter starts mirroring the store's totals.
@@ -54,11 +73,13 @@ func NewExporter(ctx context.Context, s *Store, maxScenes int, logger *slog.Logg
 		cancel()
 		return nil, err
 	}
-	e := &Exporter{maxScenes: maxScenes, scenes: map[string]Totals{}, watcher: w, cancel: cancel}
+	e := &Exporter{maxScenes: maxScenes, scenes: map[string]Totals{}, watcher: w, cancel: cancel, lost: make(chan struct{})}
 	initial := make(chan struct{})
 	go e.mirror(initial, logger)
 	select {
 	case <-initial:
+	case <-e.lost:
+		return nil, errors.New("scene totals watch ended before the initial values")
 	case <-ctx.Done():
 		e.Stop()
 		return nil, ctx.Err()
@@ -67,6 +88,7 @@ func NewExporter(ctx context.Context, s *Store, maxScenes int, logger *slog.Logg
 }
 
 func (e *Exporter) mirror(initial chan struct{}, logger *slog.Logger) {
+	defer close(e.lost)
 	for entry := range e.watcher.Updates() {
 		if entry == nil {
 			close(initial)
@@ -77,7 +99,7 @@ func (e *Exporter) mirror(initial chan struct{}, logger *slog.Logger) {
 			var d sceneDoc
 			if err := json.Unmarshal(entry.Value(), &d); err != nil {
 				logger.Error("scene totals: corrupt value", "key", entry.Key(), "err", err)
-			} else {
+			} else if wechat.SceneProblem(d.Scene) == "" {
 				e.scenes[entry.Key()] = d.Totals
 			}
 		} else {
@@ -87,6 +109,9 @@ func (e *Exporter) mirror(initial chan struct{}, logger *slog.Logger) {
 	}
 }
 
+// Lost is closed when the watch ended; after Stop, or by itself.
+func (e *Exporter) Lost() <-chan struct{} { return e.lost }
+
 // Stop ends the mirror.
 func (e *Exporter) Stop() {
 	_ = e.watcher.Stop()
@@ -94,11 +119,7 @@ func (e *Exporter) Stop() {
 }
 
 // Describe implements prometheus.Collector.
-func (e *Exporter) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descScans, descFollowers, descUnique, descUnfollows, descOverflow, descScenes} {
-		ch <- d
-	}
-}
+func (e *Exporter) Describe(ch chan<- *prometheus.Desc) { describeScenes(ch) }
 
 // Collect implements prometheus.Collector.
 func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
@@ -126,18 +147,19 @@ func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
 			overflow++
 			continue
 		}
-		emit(ch, t.Scene, t)
+		ch <- prometheus.MustNewConstMetric(descScans, prometheus.CounterValue, float64(t.SubscribeScans), t.Scene, KindSubscribe)
+		ch <- prometheus.MustNewConstMetric(descScans, prometheus.CounterValue, float64(t.ScanScans), t.Scene, KindScan)
+		ch <- prometheus.MustNewConstMetric(descFollowers, prometheus.CounterValue, float64(t.NewFollowers), t.Scene)
+		ch <- prometheus.MustNewConstMetric(descUnique, prometheus.CounterValue, float64(t.UniquePeople), t.Scene)
+		ch <- prometheus.MustNewConstMetric(descUnfollows, prometheus.CounterValue, float64(t.Unfollows), t.Scene)
 	}
-	// _other always exists, so rate() over it never starts from a gap.
-	emit(ch, OtherScene, other)
+	// The overflow series always exist, so rate() over them never starts
+	// from a gap.
+	ch <- prometheus.MustNewConstMetric(descScansOverflow, prometheus.CounterValue, float64(other.SubscribeScans), KindSubscribe)
+	ch <- prometheus.MustNewConstMetric(descScansOverflow, prometheus.CounterValue, float64(other.ScanScans), KindScan)
+	ch <- prometheus.MustNewConstMetric(descFollowersOverflow, prometheus.CounterValue, float64(other.NewFollowers))
+	ch <- prometheus.MustNewConstMetric(descUniqueOverflow, prometheus.CounterValue, float64(other.UniquePeople))
+	ch <- prometheus.MustNewConstMetric(descUnfollowsOverflow, prometheus.CounterValue, float64(other.Unfollows))
 	ch <- prometheus.MustNewConstMetric(descOverflow, prometheus.GaugeValue, float64(overflow))
 	ch <- prometheus.MustNewConstMetric(descScenes, prometheus.GaugeValue, float64(len(all)))
-}
-
-func emit(ch chan<- prometheus.Metric, scene string, t Totals) {
-	ch <- prometheus.MustNewConstMetric(descScans, prometheus.CounterValue, float64(t.SubscribeScans), scene, KindSubscribe)
-	ch <- prometheus.MustNewConstMetric(descScans, prometheus.CounterValue, float64(t.ScanScans), scene, KindScan)
-	ch <- prometheus.MustNewConstMetric(descFollowers, prometheus.CounterValue, float64(t.NewFollowers), scene)
-	ch <- prometheus.MustNewConstMetric(descUnique, prometheus.CounterValue, float64(t.UniquePeople), scene)
-	ch <- prometheus.MustNewConstMetric(descUnfollows, prometheus.CounterValue, float64(t.Unfollows), scene)
 }

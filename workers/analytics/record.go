@@ -49,21 +49,57 @@ type Record struct {
 }
 
 // RecordFrom returns the record for m, if m is a scene scan or an
-// unsubscribe.
-func RecordFrom(m *wechat.Message, dedupKey string, received time.Time) (Record, bool) {
-	r := Record{
+// unsubscribe. A scan whose scene is not a valid scene gives no record, and
+// rejected says why (wechat.SceneProblem).
+func RecordFrom(m *wechat.Message, dedupKey string, received time.Time) (r Record, ok bool, rejected string) {
+	r = Record{
 		Account: m.ToUserName, OpenID: m.FromUserName, Ticket: m.Ticket,
 		CreateTime: m.CreateTime, Received: received.UTC(), DedupKey: dedupKey,
 	}
-	if scene, kind, ok := m.SceneScan(); ok {
+	if scene, kind, scan := m.SceneCandidate(); scan {
+		if p := wechat.SceneProblem(scene); p != "" {
+			return Record{}, false, p
+		}
 		r.Scene, r.Kind = scene, kind
-		return r, true
+		return r, true, ""
 	}
 	if m.IsEventType(wechat.EventUnsubscribe) {
 		r.Kind = KindUnsubscribe
-		return r, true
+		return r, true, ""
 	}
-	return Record{}, false
+	return Record{}, false, ""
+}
+
+// Reasons a stored record is quarantined instead of applied (the reason
+// label of wxgate_analytics_poison_total).
+const (
+	PoisonUndecodable  = "undecodable"   // not a JSON record
+	PoisonUnknownKind  = "unknown_kind"  // a kind this version does not count
+	PoisonInvalidScene = "invalid_scene" // a scan whose scene is not 1-64 characters of UTF-8
+	PoisonNoPerson     = "no_openid"     // no account or OpenID to attribute it to
+	PoisonApplyFailed  = "apply_failed"  // valid, but failed to apply on every delivery
+)
+
+var poisonReasons = []string{PoisonUndecodable, PoisonUnknownKind, PoisonInvalidScene, PoisonNoPerson, PoisonApplyFailed}
+
+// problem says why the record cannot be applied, or "" when it can. Records
+// come from the stream, which any version (or any publisher) may have
+// written: they are checked again here, so that a record an older version
+// stored cannot make a key, a subject or a label of unbounded size.
+func (r Record) problem() string {
+	switch r.Kind {
+	case KindSubscribe, KindScan:
+		if wechat.SceneProblem(r.Scene) != "" {
+			return PoisonInvalidScene
+		}
+	case KindUnsubscribe:
+	default:
+		return PoisonUnknownKind
+	}
+	if r.OpenID == "" {
+		return PoisonNoPerson
+	}
+	return ""
 }
 
 // Subject is where the record is published.

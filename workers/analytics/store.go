@@ -47,12 +47,14 @@ type sceneDoc struct {
 // Scenes are base64url-encoded and people are hashed, so keys stay valid
 // and carry no OpenID in the clear.
 type Store struct {
-	kv     jetstream.KeyValue
-	js     jetstream.JetStream
-	prefix string // the bucket's subject prefix, for pipelined writes
+	kv      jetstream.KeyValue
+	js      jetstream.JetStream
+	prefix  string    // the bucket's subject prefix, for pipelined writes
+	created time.Time // when the bucket's stream was created, to notice a new one
 }
 
-// OpenStore creates or opens the totals bucket.
+// OpenStore creates or opens the totals bucket: for the analytics consumer,
+// which owns it.
 func OpenStore(ctx context.Context, js jetstream.JetStream, o StreamOptions) (*Store, error) {
 	o = o.withDefaults()
 	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
@@ -65,7 +67,55 @@ func OpenStore(ctx context.Context, js jetstream.JetStream, o StreamOptions) (*S
 	if err != nil {
 		return nil, fmt.Errorf("kv %s: %w", BucketName, err)
 	}
-	return &Store{kv: kv, js: js, prefix: "$KV." + BucketName + "."}, nil
+	return newStore(ctx, js, kv)
+}
+
+// OpenExistingStore opens the totals bucket without creating or changing
+// it: for processes that only read the totals (the ingress's API), so that
+// their settings (replicas) never override the consumer's.
+func OpenExistingStore(ctx context.Context, js jetstream.JetStream) (*Store, error) {
+	kv, err := js.KeyValue(ctx, BucketName)
+	if err != nil {
+		return nil, fmt.Errorf("kv %s: %w", BucketName, err)
+	}
+	return newStore(ctx, js, kv)
+}
+
+func newStore(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue) (*Store, error) {
+	s := &Store{kv: kv, js: js, prefix: "$KV." + BucketName + "."}
+	created, err := s.bucketCreated(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s.created = created
+	return s, nil
+}
+
+func (s *Store) bucketCreated(ctx context.Context) (time.Time, error) {
+	st, err := s.kv.Status(ctx)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("kv %s: %w", BucketName, err)
+	}
+	if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok && bs.StreamInfo() != nil {
+		return bs.StreamInfo().Created, nil
+	}
+	return time.Time{}, nil
+}
+
+// errBucketReplaced means the totals bucket was deleted and made again
+// since the store opened it: watches of the old one see nothing new.
+var errBucketReplaced = errors.New("totals bucket replaced")
+
+// checkBucket reports whether the bucket the store opened is still there.
+func (s *Store) checkBucket(ctx context.Context) error {
+	created, err := s.bucketCreated(ctx)
+	if err != nil {
+		return err
+	}
+	if !created.Equal(s.created) {
+		return errBucketReplaced
+	}
+	return nil
 }
 
 func sceneKey(scene string) string { return "s." + base64.RawURLEncoding.EncodeToString([]byte(scene)) }

@@ -40,6 +40,9 @@ type Options struct {
 	// Concurrency bounds the requests one worker holds at once (waiting
 	// retries included); past it the subscription backs up. Default 1024.
 	Concurrency int
+	// HandlerTimeout bounds every handler run, record included, with or
+	// without Dedup. Default 20s.
+	HandlerTimeout time.Duration
 }
 
 // Handler is a worker's decision without the bus: raw message in, reply
@@ -64,6 +67,7 @@ type Service struct {
 	dedup   *dedup.Store
 	logger  *slog.Logger
 	record  func(context.Context, *wechat.Message, string, time.Time) error
+	timeout time.Duration
 	metrics *metrics
 	slots   chan struct{}  // one per request in hand
 	pending sync.WaitGroup // requests in hand
@@ -80,9 +84,12 @@ func Start(o Options) (*Service, error) {
 	if o.Concurrency <= 0 {
 		o.Concurrency = 1024
 	}
+	if o.HandlerTimeout <= 0 {
+		o.HandlerTimeout = 20 * time.Second
+	}
 	s := &Service{
 		Handler: NewHandler(o.Decider, o.Now), dedup: o.Dedup, logger: o.Logger, record: o.Record,
-		metrics: newMetrics(o.Registerer), slots: make(chan struct{}, o.Concurrency),
+		timeout: o.HandlerTimeout, metrics: newMetrics(o.Registerer), slots: make(chan struct{}, o.Concurrency),
 	}
 	svc, err := micro.AddService(o.Conn, micro.Config{
 		Name:        bus.ServiceName,
@@ -134,6 +141,15 @@ func (s *Service) Stop(ctx context.Context) error {
 // ID is this instance's micro service ID.
 func (s *Service) ID() string { return s.svc.Info().ID }
 
+// Check reports whether the service still takes requests: micro stops it
+// when its connection closes.
+func (s *Service) Check() error {
+	if s.svc.Stopped() {
+		return errors.New("reply service stopped")
+	}
+	return nil
+}
+
 // serve runs on the subscription's goroutine: it parses, then hands the
 // request to its own goroutine so that a slow handler, or a retry waiting
 // for another's reply, holds up nothing else.
@@ -155,10 +171,9 @@ func (s *Service) serve(req micro.Request) {
 func (s *Service) answer(req micro.Request, m *wechat.Message) {
 	h := req.Headers()
 	subject := req.Subject()
-	key := h.Get(bus.HeaderDedupKey)
-	if key == "" {
-		key = m.DedupKey()
-	}
+	// Computed here, not taken from the header: anyone on the bus can send
+	// a request, and the key becomes a KV key and a message ID.
+	key := m.DedupKey()
 	run := func(ctx context.Context) ([]byte, error) {
 		start := time.Now()
 		body, err := s.decide(ctx, m)
@@ -180,9 +195,13 @@ func (s *Service) answer(req micro.Request, m *wechat.Message) {
 	var err error
 	outcome := dedup.Ran
 	if s.dedup == nil {
-		body, err = run(context.Background())
+		// Bounded like any handler: a record that JetStream never takes
+		// must not hold a slot for ever.
+		ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+		body, err = run(ctx)
+		cancel()
 	} else {
-		ctx, cancel := requestContext(h.Get(bus.HeaderDeadline))
+		ctx, cancel := requestContext(h)
 		body, outcome, err = s.dedup.Do(ctx, key, run)
 		cancel()
 	}
@@ -204,13 +223,19 @@ func (s *Service) answer(req micro.Request, m *wechat.Message) {
 	}
 }
 
-// requestContext ends at the ingress's deadline, when the header has one.
-func requestContext(deadline string) (context.Context, context.CancelFunc) {
-	d, ok := bus.ParseTime(deadline)
-	if !ok {
-		d = time.Now().Add(5 * time.Second) // WeChat's own limit
+// requestContext ends when the ingress stops waiting. The ingress's
+// deadline is taken as a budget (deadline minus received, both by the
+// ingress's clock) and counted from now by this process's clock, so a
+// worker whose clock runs ahead of the ingress host still gets the time.
+func requestContext(h micro.Headers) (context.Context, context.CancelFunc) {
+	const most = 5 * time.Second // WeChat's own limit
+	budget := most
+	received, ok1 := bus.ParseTime(h.Get(bus.HeaderReceived))
+	deadline, ok2 := bus.ParseTime(h.Get(bus.HeaderDeadline))
+	if ok1 && ok2 {
+		budget = min(max(deadline.Sub(received), 0), most)
 	}
-	return context.WithDeadline(context.Background(), d)
+	return context.WithTimeout(context.Background(), budget)
 }
 
 // Handle parses a raw message and returns the reply XML, or an empty body

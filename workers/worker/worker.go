@@ -18,20 +18,33 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wxgate/wxgate/shared/config"
-	"github.com/wxgate/wxgate/shared/wechat"
+	"github.com/wxgate/wxgate/shared/health"
 	"github.com/wxgate/wxgate/workers/analytics"
 	"github.com/wxgate/wxgate/workers/dedup"
 	"github.com/wxgate/wxgate/workers/reply"
 )
 
-// Options wire a Worker.
+// Options wire a Worker. Conn, Logger, Registerer and Health are required.
 type Options struct {
 	Conn       *nats.Conn
 	Config     config.Config
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
+	// Health gets the worker's parts ("replies", "analytics") for
+	// readiness, and a part lost for good as fatal.
+	Health *health.Checker
 	// Decider decides replies; nil uses the built-in texts (Config.Replies).
 	Decider reply.Decider
+	// GiveUp is how long the analytics consumer may fail to be rebuilt,
+	// with NATS connected, before the process is told to end. Default 1m.
+	GiveUp time.Duration
+}
+
+func (o *Options) validate() error {
+	if o.Conn == nil || o.Logger == nil || o.Registerer == nil || o.Health == nil {
+		return errors.New("worker: Options.Conn, Logger, Registerer and Health are required")
+	}
+	return nil
 }
 
 // Worker is a running reply service with its analytics role.
@@ -43,16 +56,24 @@ type Worker struct {
 
 // Start starts the analytics role, then the reply service that feeds it.
 func Start(o Options) (*Worker, error) {
+	if err := o.validate(); err != nil {
+		return nil, err
+	}
 	role, err := analytics.StartRole(analytics.RoleOptions{
 		Conn: o.Conn, Logger: o.Logger.With("component", "analytics"), Registerer: o.Registerer,
 		Stream:    StreamOptions(o.Config),
 		MaxScenes: o.Config.AnalyticsMaxScenes,
 		Consume:   o.Config.HasRole("analytics"),
+		Fatal:     o.Health.Fatal,
+		GiveUp:    o.GiveUp,
 	})
 	if err != nil {
 		return nil, err
 	}
 	w := &Worker{Analytics: role, api: analytics.API(role.Store, o.Config.AdminToken)}
+	if o.Config.HasRole("analytics") {
+		o.Health.Add("analytics", role.Check)
+	}
 	if !o.Config.HasRole("replies") {
 		return w, nil
 	}
@@ -67,21 +88,18 @@ func Start(o Options) (*Worker, error) {
 		decider = reply.NewReplier(o.Config.Replies)
 	}
 	svc, err := reply.Start(reply.Options{
-		Conn:       o.Conn,
-		Dedup:      store,
-		Decider:    decider,
-		Logger:     o.Logger.With("component", "worker"),
-		Registerer: o.Registerer,
-		Record: func(ctx context.Context, m *wechat.Message, key string, received time.Time) error {
-			if r, ok := analytics.RecordFrom(m, key, received); ok {
-				return role.PublishSync(ctx, r)
-			}
-			return nil
-		},
+		Conn:           o.Conn,
+		Dedup:          store,
+		Decider:        decider,
+		Logger:         o.Logger.With("component", "worker"),
+		Registerer:     o.Registerer,
+		HandlerTimeout: o.Config.HandlerTimeout,
+		Record:         role.Record,
 	})
 	if err != nil {
 		return nil, errors.Join(err, stopRole(role))
 	}
+	o.Health.Add("replies", svc.Check)
 	w.Service = svc
 	return w, nil
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/wxgate/wxgate/ingress/gateway"
 	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/config"
+	"github.com/wxgate/wxgate/shared/health"
 	"github.com/wxgate/wxgate/shared/metricstest"
 	"github.com/wxgate/wxgate/shared/natstest"
 	"github.com/wxgate/wxgate/shared/wechat"
@@ -59,7 +60,11 @@ func newCluster(t *testing.T, maxScenes int, decider ...reply.Decider) *cluster 
 	cfg.AnalyticsMaxScenes = maxScenes
 	for i := 0; i < 2; i++ {
 		reg := prometheus.NewRegistry()
-		o := worker.Options{Conn: natstest.Connect(t, c.srv), Config: cfg, Logger: quiet, Registerer: reg}
+		hc, err := health.New(reg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		o := worker.Options{Conn: natstest.Connect(t, c.srv), Config: cfg, Logger: quiet, Registerer: reg, Health: hc}
 		if len(decider) > 0 {
 			o.Decider = decider[0]
 		}
@@ -253,16 +258,18 @@ func TestExactCountsThroughRetries(t *testing.T) {
 	}
 }
 
-// With the label bound at 3 and 5 scenes scanned, 3 scenes and _other are
-// exported, and the totals still add up.
+// With the label bound at 3 and 5 scenes scanned, 3 scenes get labels and
+// the other two are summed in the overflow series; the totals still add
+// up. A real scene named _other (the old overflow label) is a scene like
+// any other: it gets its own series, and /metrics stays well-formed.
 func TestSceneLabelBound(t *testing.T) {
 	c := newCluster(t, 3)
 	rng := rand.New(rand.NewPCG(3, 4))
 	ct := int64(1700000000)
-	perScene := map[string]int{"s1": 1, "s2": 2, "s3": 3, "s4": 4, "s5": 5}
+	perScene := map[string]int{"s1": 1, "_other": 2, "s3": 3, "s4": 4, "s5": 5}
 	total := 0
-	// In order, so the first three scenes seen are s1..s3.
-	for _, scene := range []string{"s1", "s2", "s3", "s4", "s5"} {
+	// In order, so the first three scenes seen are s1, _other and s3.
+	for _, scene := range []string{"s1", "_other", "s3", "s4", "s5"} {
 		for i := 0; i < perScene[scene]; i++ {
 			ct++
 			c.send(rng, event("p"+strconv.Itoa(i), "SCAN", scene, ct), 1)
@@ -272,16 +279,22 @@ func TestSceneLabelBound(t *testing.T) {
 	}
 	for i, reg := range c.regs {
 		waitMetric(t, reg, "wechat_scene_label_overflow_scenes", nil, 2, i)
-		for _, s := range []string{"s1", "s2", "s3"} {
+		for _, s := range []string{"s1", "_other", "s3"} {
 			waitMetric(t, reg, "wechat_scene_scans_total", map[string]string{"scene": s, "kind": "scan"}, float64(perScene[s]), i)
 		}
-		waitMetric(t, reg, "wechat_scene_scans_total", map[string]string{"scene": "_other", "kind": "scan"}, 9, i)
+		waitMetric(t, reg, "wechat_scene_scans_overflow_total", map[string]string{"kind": "scan"}, 9, i)
 		series := metricstest.Series(t, reg, "wechat_scene_scans_total")
-		if len(series) != 8 { // (3 scenes + _other) x 2 kinds
-			t.Errorf("worker %d exports %d scan series, want 8: %v", i, len(series), series)
+		if len(series) != 6 { // 3 scenes x 2 kinds
+			t.Errorf("worker %d exports %d scan series, want 6: %v", i, len(series), series)
+		}
+		if _, err := reg.Gather(); err != nil {
+			t.Errorf("worker %d: gather: %v", i, err)
 		}
 		sum := 0.0
 		for _, v := range series {
+			sum += v
+		}
+		for _, v := range metricstest.Series(t, reg, "wechat_scene_scans_overflow_total") {
 			sum += v
 		}
 		if sum != float64(total) {
