@@ -67,6 +67,7 @@ type Role struct {
 	ready     chan struct{}
 	readyOnce sync.Once
 	rejected  *prometheus.CounterVec
+	rebuilds  prometheus.Counter
 
 	mu   sync.Mutex
 	cons *Consumer
@@ -95,6 +96,10 @@ func StartRole(o RoleOptions) (*Role, error) {
 			Help: "Scans answered but not counted, because their scene is empty, longer than 64 characters or not UTF-8, by reason.",
 		}, []string{"reason"}),
 	}
+	r.rebuilds = promauto.With(o.Registerer).NewCounter(prometheus.CounterOpts{
+		Name: "wxgate_analytics_consumer_rebuilds_total",
+		Help: "Times the analytics consumer was lost (deleted, its bucket or stream gone, its watch ended) and rebuilt.",
+	})
 	for _, reason := range wechat.SceneReasons {
 		r.rejected.WithLabelValues(reason)
 	}
@@ -179,6 +184,7 @@ func (r *Role) supervise(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
+		r.rebuilds.Inc()
 		r.o.Logger.Warn("analytics consumer lost; rebuilding", "err", lost)
 	}
 }
