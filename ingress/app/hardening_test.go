@@ -14,11 +14,14 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/wxgate/wxgate/ingress/app"
 	"github.com/wxgate/wxgate/shared/config"
 	"github.com/wxgate/wxgate/shared/metricstest"
+	"github.com/wxgate/wxgate/shared/natstest"
 	"github.com/wxgate/wxgate/shared/wechat"
+	"github.com/wxgate/wxgate/workers/analytics"
 )
 
 func get(t *testing.T, url string) (int, string) {
@@ -231,5 +234,26 @@ func waitUntil(t *testing.T, what string, cond func() error) {
 			t.Fatalf("%s: not within 30s: %v", what, err)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// The ingress serves the totals API without owning the bucket: it opens
+// it, never creates or changes it (a plain ingress once scaled the
+// workers' replicated bucket down to one copy).
+func TestIngressAPIDoesNotCreateTheBucket(t *testing.T) {
+	srv := natstest.RunServer(t)
+	cfg := config.Defaults()
+	cfg.Token, cfg.NATSURL = "hardening-token", "nats://"+srv.Token+"@"+strings.TrimPrefix(srv.ClientURL(), "nats://")
+	cfg.ShutdownDelay = 0
+	a := startApp(t, app.Options{Config: cfg})
+	if code, body := get(t, "http://"+a.AdminAddr()+"/api/scenes"); code != 503 {
+		t.Errorf("/api/scenes without the bucket = %d %q, want 503", code, body)
+	}
+	js, err := jetstream.New(natstest.Connect(t, srv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.KeyValue(context.Background(), analytics.BucketName); !errors.Is(err, jetstream.ErrBucketNotFound) {
+		t.Errorf("bucket after an ingress API call: %v, want not found", err)
 	}
 }
