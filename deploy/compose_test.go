@@ -2,21 +2,40 @@ package deploy_test
 
 import (
 	"context"
+	"maps"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/compose-spec/compose-go/v2/cli"
 	"github.com/compose-spec/compose-go/v2/types"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
+// secrets are the variables compose requires: no default, so that nobody
+// runs the stack with a published token or password.
+var secrets = map[string]string{"WECHAT_TOKEN": "t0kenFromTheConsole", "NATS_TOKEN": "nats-secret", "GRAFANA_ADMIN_PASSWORD": "grafana-secret"}
+
 // loadCompose loads docker-compose.yml with the loader docker compose itself
-// uses, in an empty environment (every variable must have a default).
+// uses, in the environment env (every other variable must have a default).
 func loadCompose(t *testing.T, env map[string]string) *types.Project {
 	t.Helper()
+	p, err := tryLoadCompose(env)
+	if err != nil {
+		t.Fatalf("docker-compose.yml does not load: %v", err)
+	}
+	return p
+}
+
+func tryLoadCompose(env map[string]string) (*types.Project, error) {
 	var pairs []string
 	for k, v := range env {
 		pairs = append(pairs, k+"="+v)
@@ -24,19 +43,30 @@ func loadCompose(t *testing.T, env map[string]string) *types.Project {
 	opts, err := cli.NewProjectOptions([]string{"../docker-compose.yml"},
 		cli.WithName("wxgate"), cli.WithWorkingDirectory(".."), cli.WithEnv(pairs))
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	p, err := opts.LoadProject(context.Background())
-	if err != nil {
-		t.Fatalf("docker-compose.yml does not load: %v", err)
+	return opts.LoadProject(context.Background())
+}
+
+// Compose refuses to start without each secret, naming it.
+func TestComposeRequiresSecrets(t *testing.T) {
+	for name := range secrets {
+		env := maps.Clone(secrets)
+		delete(env, name)
+		if _, err := tryLoadCompose(env); err == nil || !strings.Contains(err.Error(), name) {
+			t.Errorf("without %s: %v, want a refusal naming it", name, err)
+		}
+		env[name] = ""
+		if _, err := tryLoadCompose(env); err == nil {
+			t.Errorf("with %s empty: compose loads", name)
+		}
 	}
-	return p
 }
 
 var pinnedImage = regexp.MustCompile(`^[a-z0-9./_-]+:v?[0-9]+\.[0-9]+(\.[0-9]+)?(-[a-z0-9]+)?$`)
 
 func TestComposeFile(t *testing.T) {
-	p := loadCompose(t, nil)
+	p := loadCompose(t, secrets)
 	for _, name := range []string{"nats", "ingress", "workers", "prometheus", "grafana"} {
 		if _, err := p.GetService(name); err != nil {
 			t.Fatalf("service %s: %v", name, err)
@@ -93,11 +123,32 @@ func TestComposeFile(t *testing.T) {
 		}
 		return ""
 	}
-	if env(ingress, "HTTP_ADDR") != ":8080" || env(ingress, "ADMIN_ADDR") != ":8081" || env(ingress, "NATS_URL") != "nats://nats:4222" {
+	if env(ingress, "HTTP_ADDR") != ":8080" || env(ingress, "ADMIN_ADDR") != ":8081" {
 		t.Errorf("ingress environment = %v", ingress.Environment)
 	}
-	if env(ingress, "WECHAT_TOKEN") == "" {
-		t.Error("ingress has no WECHAT_TOKEN default: docker compose up would fail the first time")
+	// Every wxgate service reaches NATS with the token the server requires.
+	nats, _ := p.GetService("nats")
+	if env(nats, "NATS_TOKEN") != secrets["NATS_TOKEN"] {
+		t.Errorf("nats NATS_TOKEN = %q", env(nats, "NATS_TOKEN"))
+	}
+	for _, s := range []types.ServiceConfig{ingress, workers} {
+		if want := "nats://" + secrets["NATS_TOKEN"] + "@nats:4222"; env(s, "NATS_URL") != want {
+			t.Errorf("%s NATS_URL = %q, want %q", s.Name, env(s, "NATS_URL"), want)
+		}
+		if env(s, "WECHAT_TOKEN") != secrets["WECHAT_TOKEN"] {
+			t.Errorf("%s WECHAT_TOKEN = %q", s.Name, env(s, "WECHAT_TOKEN"))
+		}
+	}
+	conf, err := os.ReadFile("nats/nats.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !regexp.MustCompile(`(?m)^\s*token:\s*\$NATS_TOKEN\s*$`).Match(conf) {
+		t.Errorf("nats.conf does not require the NATS_TOKEN token:\n%s", conf)
+	}
+	prometheus, _ := p.GetService("prometheus")
+	if slices.Contains(prometheus.Command, "--web.enable-lifecycle") {
+		t.Error("prometheus serves its unauthenticated lifecycle API (/-/quit, /-/reload)")
 	}
 
 	for svc, deps := range map[string][]string{"ingress": {"nats"}, "workers": {"nats"}, "prometheus": {"ingress", "workers"}, "grafana": {"prometheus"}} {
@@ -109,10 +160,13 @@ func TestComposeFile(t *testing.T) {
 		}
 	}
 
-	nats, _ := p.GetService("nats")
-	cmd := strings.Join(nats.Command, " ")
-	if !strings.Contains(cmd, "-js") || !strings.Contains(cmd, "-m 8222") || !strings.Contains(cmd, "-sd /data") {
-		t.Errorf("nats command %q: want JetStream on a volume and monitoring on 8222", cmd)
+	if cmd := strings.Join(nats.Command, " "); cmd != "-c /etc/nats/nats.conf" {
+		t.Errorf("nats command %q: want the config file", cmd)
+	}
+	for _, want := range []string{"store_dir: /data", "http_port: 8222"} {
+		if !strings.Contains(string(conf), want) {
+			t.Errorf("nats.conf lacks %q: want JetStream on the volume and monitoring on 8222", want)
+		}
 	}
 	if !strings.HasSuffix(nats.Image, strings.TrimPrefix(natsServerVersion(t), "v")+"-alpine") {
 		t.Errorf("nats image %s is not the nats-server version go.mod pins (%s)", nats.Image, natsServerVersion(t))
@@ -139,13 +193,20 @@ func TestEnvExampleCoversCompose(t *testing.T) {
 			t.Errorf(".env.example lacks %s", m[1])
 		}
 	}
-	// And the compose file loads with it.
+	// And the compose file loads with it once the secrets are filled in,
+	// which the example leaves empty.
 	env := map[string]string{}
 	for _, line := range strings.Split(string(example), "\n") {
 		if k, v, ok := strings.Cut(line, "="); ok && !strings.HasPrefix(k, "#") {
 			env[k] = v
 		}
 	}
+	for k := range secrets {
+		if env[k] != "" {
+			t.Errorf(".env.example sets %s: a secret in an example is a published secret", k)
+		}
+	}
+	maps.Copy(env, secrets)
 	loadCompose(t, env)
 }
 
@@ -176,4 +237,73 @@ func natsServerVersion(t *testing.T) string {
 		t.Fatal("go.mod does not pin nats-server")
 	}
 	return string(m[1])
+}
+
+// The compose stack's nats.conf, run by the real nats-server (the version
+// go.mod pins) on loopback: a client without NATS_TOKEN is refused, one
+// with it gets JetStream.
+func TestNATSConfigRequiresToken(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs nats-server")
+	}
+	bin := filepath.Join(t.TempDir(), "nats-server")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/nats-io/nats-server/v2").CombinedOutput(); err != nil {
+		t.Fatalf("build nats-server: %v\n%s", err, out)
+	}
+	port := func() string {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		_, p, _ := net.SplitHostPort(ln.Addr().String())
+		return p
+	}
+	// The file as compose mounts it, on this host's loopback ports and a
+	// temporary store (a flag may not repeat what the file sets).
+	conf, err := os.ReadFile("nats/nats.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := port()
+	local := strings.NewReplacer("port: 4222", "port: "+client, "http_port: 8222", "http_port: "+port(),
+		"store_dir: /data", "store_dir: "+strconv.Quote(t.TempDir())).Replace(string(conf))
+	path := filepath.Join(t.TempDir(), "nats.conf")
+	if err := os.WriteFile(path, []byte(local), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "-c", path, "-a", "127.0.0.1")
+	cmd.Env = append(os.Environ(), "NATS_TOKEN="+secrets["NATS_TOKEN"])
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	url := "nats://127.0.0.1:" + client
+	var nc *nats.Conn
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var err error
+		nc, err = nats.Connect(url, nats.Token(secrets["NATS_TOKEN"]))
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nats-server with nats.conf: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond) // the server process is starting; nothing to wait on but its port
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.AccountInfo(context.Background()); err != nil {
+		t.Errorf("JetStream with the token: %v", err)
+	}
+	for _, opt := range []nats.Option{nats.Token("wrong"), nats.Name("no token")} {
+		if c, err := nats.Connect(url, opt); err == nil {
+			c.Close()
+			t.Error("connected to the compose NATS without its token")
+		}
+	}
 }
