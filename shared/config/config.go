@@ -1,5 +1,6 @@
-// Package config reads wxgate's configuration from the environment, the
-// contract in design.md: every variable, its meaning and its default.
+// Package config reads the configuration of wxgate's binaries (ingress and
+// workers) from environment variables: every variable's meaning, default and
+// check lives here, so both binaries refuse the same bad values.
 package config
 
 import (
@@ -16,6 +17,7 @@ type Config struct {
 	Token          string        // WECHAT_TOKEN
 	AppID          string        // WECHAT_APPID
 	EncodingAESKey string        // WECHAT_ENCODING_AES_KEY; empty: plain mode only
+	Mode           string        // WECHAT_MODE as given; empty: the default, see EffectiveMode
 	TimestampSkew  time.Duration // WECHAT_TIMESTAMP_SKEW; 0 disables the check
 	NATSURL        string        // NATS_URL, comma-separated
 	ReplyTimeout   time.Duration // REPLY_TIMEOUT
@@ -50,6 +52,31 @@ type Config struct {
 	// Pprof serves /debug/pprof/ on the admin listener: PPROF=true.
 	Pprof bool
 }
+
+// The callback modes (WECHAT_MODE): the WeChat console's 明文, 兼容 and
+// 安全 message encryption modes.
+const (
+	ModePlain  = "plain"  // plaintext callbacks only
+	ModeCompat = "compat" // plaintext and encrypted: the switch-over
+	ModeSafe   = "safe"   // encrypted callbacks only
+)
+
+// EffectiveMode is the callback mode the ingress runs in: WECHAT_MODE, or
+// when it is empty, safe with an AES key and plain without. An account that
+// has a key is in safe mode unless told otherwise, so a plaintext POST
+// cannot slip past msg_signature.
+func (c *Config) EffectiveMode() string {
+	switch {
+	case c.Mode != "":
+		return c.Mode
+	case c.EncodingAESKey != "":
+		return ModeSafe
+	default:
+		return ModePlain
+	}
+}
+
+func knownMode(m string) bool { return m == ModePlain || m == ModeCompat || m == ModeSafe }
 
 // HasRole reports whether the workers process runs role.
 func (c *Config) HasRole(role string) bool {
@@ -124,6 +151,13 @@ func (c *Config) FromEnv(lookup func(string) (string, bool)) error {
 	str("WECHAT_TOKEN", &c.Token)
 	str("WECHAT_APPID", &c.AppID)
 	str("WECHAT_ENCODING_AES_KEY", &c.EncodingAESKey)
+	if v, ok := lookup("WECHAT_MODE"); ok {
+		if m := strings.ToLower(strings.TrimSpace(v)); m == "" || knownMode(m) {
+			c.Mode = m
+		} else {
+			errs = append(errs, fmt.Errorf("WECHAT_MODE=%q: want plain, compat or safe (empty: safe with WECHAT_ENCODING_AES_KEY, plain without)", v))
+		}
+	}
 	dur("WECHAT_TIMESTAMP_SKEW", &c.TimestampSkew)
 	str("NATS_URL", &c.NATSURL)
 	dur("REPLY_TIMEOUT", &c.ReplyTimeout)
@@ -197,8 +231,15 @@ func (c *Config) ValidateIngress() error {
 	if c.Token == "" {
 		errs = append(errs, errors.New("WECHAT_TOKEN is required"))
 	}
-	if c.EncodingAESKey != "" && c.AppID == "" {
-		errs = append(errs, errors.New("WECHAT_APPID is required when WECHAT_ENCODING_AES_KEY is set"))
+	switch mode := c.EffectiveMode(); {
+	case !knownMode(mode):
+		errs = append(errs, fmt.Errorf("WECHAT_MODE=%q: want plain, compat or safe", mode))
+	case mode == ModePlain:
+		// The key, if set, goes unused: nothing encrypted is accepted.
+	case c.EncodingAESKey == "":
+		errs = append(errs, fmt.Errorf("WECHAT_MODE=%s needs WECHAT_ENCODING_AES_KEY (and WECHAT_APPID)", mode))
+	case c.AppID == "":
+		errs = append(errs, fmt.Errorf("WECHAT_APPID is required in %s mode (WECHAT_ENCODING_AES_KEY is set)", mode))
 	}
 	if c.ReplyTimeout <= 0 {
 		errs = append(errs, errors.New("REPLY_TIMEOUT must be positive"))
