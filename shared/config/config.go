@@ -97,6 +97,24 @@ type ReplyTexts struct {
 	Default           string // REPLY_DEFAULT, for other message types; empty: no reply
 }
 
+// AnalyticsDuplicateWindow is the scan stream's duplicate window (the
+// default of workers/analytics StreamOptions.Duplicates). JetStream refuses a
+// stream whose MaxAge is shorter, so a shorter ANALYTICS_RETENTION could
+// never store a scan.
+const AnalyticsDuplicateWindow = 10 * time.Minute
+
+// A callback body travels as one NATS message, with its headers beside it.
+const (
+	// NATSMaxPayload is NATS's default max_payload.
+	NATSMaxPayload = 1 << 20
+	// NATSHeaderRoom is what the request's headers may take.
+	NATSHeaderRoom = 16 << 10
+	// MaxBodyBytesLimit is the largest MAX_BODY_BYTES accepted: a larger
+	// body would be refused by the bus and every such callback lost. Check it
+	// against the live connection's MaxPayload too, a server may lower it.
+	MaxBodyBytesLimit = NATSMaxPayload - NATSHeaderRoom
+)
+
 // Defaults returns the documented defaults. AdminAddr is the ingress's; the
 // workers binary overrides it before reading the environment.
 func Defaults() Config {
@@ -167,9 +185,12 @@ func (c *Config) FromEnv(lookup func(string) (string, bool)) error {
 	str("ADMIN_TOKEN", &c.AdminToken)
 	if v, ok := lookup("MAX_BODY_BYTES"); ok {
 		n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-		if err != nil || n < 1024 {
+		switch {
+		case err != nil || n < 1024:
 			errs = append(errs, fmt.Errorf("MAX_BODY_BYTES=%q: want a byte count of at least 1024", v))
-		} else {
+		case n > MaxBodyBytesLimit:
+			errs = append(errs, fmt.Errorf("MAX_BODY_BYTES=%q: at most %d, what one NATS message carries (1 MiB max_payload less %d for headers)", v, MaxBodyBytesLimit, NATSHeaderRoom))
+		default:
 			c.MaxBodyBytes = n
 		}
 	}
@@ -187,6 +208,9 @@ func (c *Config) FromEnv(lookup func(string) (string, bool)) error {
 	num("MAX_CONNECTIONS", 1, 1<<20, &c.MaxConnections)
 	num("JETSTREAM_REPLICAS", 1, 5, &c.JetStreamReplicas)
 	dur("ANALYTICS_RETENTION", &c.AnalyticsRetention)
+	if r := c.AnalyticsRetention; r > 0 && r < AnalyticsDuplicateWindow {
+		errs = append(errs, fmt.Errorf("ANALYTICS_RETENTION=%s: must be 0 (keep) or at least %s, the duplicate window", shortDuration(r), shortDuration(AnalyticsDuplicateWindow)))
+	}
 	dur("DEDUP_TTL", &c.DedupTTL)
 	dur("HANDLER_TIMEOUT", &c.HandlerTimeout)
 	dur("SHUTDOWN_DELAY", &c.ShutdownDelay)
@@ -247,6 +271,18 @@ func (c *Config) ValidateIngress() error {
 		errs = append(errs, errors.New("REPLY_TIMEOUT must be under 5s, WeChat's own deadline"))
 	}
 	return errors.Join(errs...)
+}
+
+// shortDuration writes d as people do: 10m, not 10m0s.
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = s[:len(s)-2]
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = s[:len(s)-2]
+	}
+	return s
 }
 
 // NATSServers splits NATS_URL into the server list nats.Connect takes.

@@ -1,6 +1,8 @@
 package config
 
 import (
+	"errors"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -114,5 +116,37 @@ func TestMode(t *testing.T) {
 				t.Error("the error leaks the AES key")
 			}
 		})
+	}
+}
+
+func TestFromEnvRefusesWhatCannotWork(t *testing.T) {
+	tests := []struct {
+		key, value string
+		want       string // "" accepted
+	}{
+		{"ANALYTICS_RETENTION", "0", ""},
+		{"ANALYTICS_RETENTION", "10m", ""},
+		{"ANALYTICS_RETENTION", "720h", ""},
+		{"ANALYTICS_RETENTION", "1m", "ANALYTICS_RETENTION=1m: must be 0 (keep) or at least 10m, the duplicate window"},
+		{"ANALYTICS_RETENTION", "9m59s", "ANALYTICS_RETENTION=9m59s"},
+		{"ANALYTICS_RETENTION", "1ns", "ANALYTICS_RETENTION=1ns"},
+		{"MAX_BODY_BYTES", strconv.Itoa(MaxBodyBytesLimit), ""},
+		{"MAX_BODY_BYTES", strconv.Itoa(MaxBodyBytesLimit + 1), "MAX_BODY_BYTES"},
+		{"MAX_BODY_BYTES", "4000000", "MAX_BODY_BYTES"},
+		{"MAX_BODY_BYTES", "9223372036854775807", "MAX_BODY_BYTES"},
+		{"REPLY_TIMEOUT", "4999ms", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.key+"="+tt.value, func(t *testing.T) {
+			c := Defaults()
+			c.Token = "tok"
+			err := errors.Join(c.FromEnv(env(map[string]string{tt.key: tt.value})), c.ValidateIngress())
+			if (err == nil) != (tt.want == "") || (err != nil && !strings.Contains(err.Error(), tt.want)) {
+				t.Errorf("error = %v, want mention of %q", err, tt.want)
+			}
+		})
+	}
+	if MaxBodyBytesLimit != 1<<20-16<<10 {
+		t.Errorf("MaxBodyBytesLimit = %d", MaxBodyBytesLimit)
 	}
 }
