@@ -5,7 +5,6 @@
 package gateway
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -19,10 +18,8 @@ import (
 
 	"github.com/gin-gonic/gin"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/micro"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/wechat"
 )
 
@@ -58,14 +55,6 @@ type Gateway struct {
 
 	mu      sync.Mutex
 	flights map[string]*flight // requests in flight, by dedup key
-}
-
-// flight is one worker request that retries of the same message join
-// instead of publishing again.
-type flight struct {
-	done    chan struct{}
-	reply   []byte
-	outcome string
 }
 
 // New returns a Gateway; its Handler serves GET and POST on Path.
@@ -134,88 +123,38 @@ func (g *Gateway) logRequest(c *gin.Context) {
 // verify answers WeChat's URL check: the echostr when the signature is good.
 func (g *Gateway) verify(c *gin.Context) {
 	start := g.o.Now()
-	q := c.Request.URL.Query()
-	sig, ts, nonce, echo := q.Get("signature"), q.Get("timestamp"), q.Get("nonce"), q.Get("echostr")
+	sig, ts, nonce, echo := c.Query("signature"), c.Query("timestamp"), c.Query("nonce"), c.Query("echostr")
 	if sig == "" || ts == "" || nonce == "" || echo == "" {
-		g.reject(c, start, http.StatusBadRequest, rejectMalformed, "missing signature, timestamp, nonce or echostr")
+		g.reject(c, start, malformed(errors.New("missing signature, timestamp, nonce or echostr")))
 		return
 	}
 	if !wechat.VerifySignature(g.o.Token, ts, nonce, sig) {
-		g.reject(c, start, http.StatusForbidden, rejectSignature, "bad signature")
+		g.reject(c, start, refuse(http.StatusForbidden, rejectSignature, errors.New("bad signature")))
 		return
 	}
-	if status, reason, msg := g.checkTimestamp(ts, start); status != 0 {
-		g.reject(c, start, status, reason, msg)
+	if err := g.checkTimestamp(ts, start); err != nil {
+		g.reject(c, start, err)
 		return
 	}
 	g.answer(c, start, outcomeReply, "text/plain; charset=utf-8", []byte(echo))
 }
 
-// callback handles a message or event POST.
+// callback handles a message or event POST: admit it, ask a worker once,
+// seal the reply when the request was encrypted, answer.
 func (g *Gateway) callback(c *gin.Context) {
 	received := g.o.Now()
-	deadline := received.Add(g.o.ReplyTimeout)
-	q := c.Request.URL.Query()
-	sig, ts, nonce := q.Get("signature"), q.Get("timestamp"), q.Get("nonce")
-	encrypted := strings.EqualFold(q.Get("encrypt_type"), "aes")
-	msgSig := q.Get("msg_signature")
-
-	if ts == "" || nonce == "" || (!encrypted && sig == "") || (encrypted && msgSig == "") {
-		g.reject(c, received, http.StatusBadRequest, rejectMalformed, "missing signature, timestamp or nonce")
-		return
-	}
-	// In safe mode msg_signature covers the body; signature, when present,
-	// is checked too. Checking before reading the body spends nothing on
-	// unsigned traffic.
-	if sig != "" && !wechat.VerifySignature(g.o.Token, ts, nonce, sig) {
-		g.reject(c, received, http.StatusForbidden, rejectSignature, "bad signature")
-		return
-	}
-	if status, reason, msg := g.checkTimestamp(ts, received); status != 0 {
-		g.reject(c, received, status, reason, msg)
-		return
-	}
-	body, status, reason, msg := g.readBody(c)
-	if status != 0 {
-		g.reject(c, received, status, reason, msg)
-		return
-	}
-
-	plain := body
-	if encrypted {
-		if g.o.Cipher == nil {
-			g.reject(c, received, http.StatusBadRequest, rejectDecrypt, "encrypted request but WECHAT_ENCODING_AES_KEY is not set")
-			return
-		}
-		env, err := classify(body)
-		if err != nil || env.Encrypt == "" {
-			g.reject(c, received, http.StatusBadRequest, rejectMalformed, "safe-mode envelope without Encrypt")
-			return
-		}
-		// Signature before decryption: padding errors must not be an
-		// oracle for anyone without the token.
-		if !wechat.VerifyMsgSignature(g.o.Token, ts, nonce, env.Encrypt, msgSig) {
-			g.reject(c, received, http.StatusForbidden, rejectSignature, "bad msg_signature")
-			return
-		}
-		if plain, err = g.o.Cipher.Decrypt(env.Encrypt); err != nil {
-			g.reject(c, received, http.StatusBadRequest, rejectDecrypt, "decrypt: "+err.Error())
-			return
-		}
-	}
-	m, err := classify(plain)
+	plain, m, encrypted, err := g.admit(c, received)
 	if err != nil {
-		g.reject(c, received, http.StatusBadRequest, rejectMalformed, err.Error())
+		g.reject(c, received, err)
 		return
 	}
-
-	reply, outcome := g.once(c.Request.Context(), m, plain, received, deadline)
+	reply, outcome := g.once(c.Request.Context(), m, plain, received, received.Add(g.o.ReplyTimeout))
 	if len(reply) == 0 {
 		g.answer(c, received, outcome, "text/plain; charset=utf-8", success)
 		return
 	}
 	if encrypted {
-		sealed, err := g.o.Cipher.Seal(g.o.Token, reply, strconv.FormatInt(g.o.Now().Unix(), 10), nonce)
+		sealed, err := g.o.Cipher.Seal(g.o.Token, reply, strconv.FormatInt(g.o.Now().Unix(), 10), c.Query("nonce"))
 		if err != nil {
 			// crypto/rand failing: nothing the sender did; still answer.
 			g.o.Logger.Error("encrypt reply", "err", err)
@@ -228,91 +167,53 @@ func (g *Gateway) callback(c *gin.Context) {
 	g.answer(c, received, outcome, "application/xml; charset=utf-8", reply)
 }
 
-// once runs request for the message, unless the same message (a WeChat
-// retry, by dedup key) is already in flight here: then it waits for that
-// one's result, within its own deadline, so the handler runs once.
-func (g *Gateway) once(ctx context.Context, m *wechat.Message, plain []byte, received, deadline time.Time) ([]byte, string) {
-	key := m.DedupKey()
-	g.mu.Lock()
-	if f, ok := g.flights[key]; ok {
-		g.mu.Unlock()
-		g.metrics.duplicates.Inc()
-		wait, cancel := context.WithDeadline(ctx, deadline)
-		defer cancel()
-		select {
-		case <-f.done:
-			return f.reply, f.outcome
-		case <-wait.Done():
-			return nil, g.fallback(reasonTimeout, m.Subject(), fmt.Errorf("waiting for the first delivery: %w", wait.Err()))
-		}
-	}
-	f := &flight{done: make(chan struct{})}
-	g.flights[key] = f
-	g.mu.Unlock()
-	defer func() {
-		g.mu.Lock()
-		delete(g.flights, key)
-		g.mu.Unlock()
-		close(f.done)
-	}()
-	f.reply, f.outcome = g.request(ctx, m, plain, received, deadline)
-	return f.reply, f.outcome
-}
+// admit checks a callback POST (parameters, signatures, timestamp, size,
+// decryption) and returns the message it carries: the plaintext XML, its
+// routing fields and whether it came encrypted. Its errors are rejections.
+func (g *Gateway) admit(c *gin.Context, now time.Time) (plain []byte, m *wechat.Message, encrypted bool, err error) {
+	sig, ts, nonce := c.Query("signature"), c.Query("timestamp"), c.Query("nonce")
+	encrypted = strings.EqualFold(c.Query("encrypt_type"), "aes")
+	msgSig := c.Query("msg_signature")
 
-// request asks a worker for the reply. It returns the reply XML (nil for
-// "success") and the outcome; it never waits past deadline.
-func (g *Gateway) request(ctx context.Context, m *wechat.Message, plain []byte, received, deadline time.Time) ([]byte, string) {
-	subject := m.Subject()
-	if g.o.Local != nil {
-		reply, err := g.o.Local(plain)
-		if err != nil {
-			return nil, g.fallback(reasonWorkerError, subject, err)
-		}
-		if len(reply) == 0 {
-			return nil, outcomeEmpty
-		}
-		return reply, outcomeReply
+	if ts == "" || nonce == "" || (!encrypted && sig == "") || (encrypted && msgSig == "") {
+		return nil, nil, false, malformed(errors.New("missing signature, timestamp or nonce"))
 	}
-	if !g.o.Conn.IsConnected() {
-		// Requests would sit in the reconnect buffer until the deadline;
-		// answer now instead.
-		return nil, g.fallback(reasonBusDown, subject, nats.ErrConnectionReconnecting)
+	// In safe mode msg_signature covers the body; signature, when present,
+	// is checked too. Checking before reading the body spends nothing on
+	// unsigned traffic.
+	if sig != "" && !wechat.VerifySignature(g.o.Token, ts, nonce, sig) {
+		return nil, nil, false, refuse(http.StatusForbidden, rejectSignature, errors.New("bad signature"))
 	}
-	msg := &nats.Msg{
-		Subject: subject,
-		Data:    plain,
-		Header: nats.Header{
-			bus.HeaderAccount:  []string{m.ToUserName},
-			bus.HeaderDedupKey: []string{m.DedupKey()},
-			bus.HeaderReceived: []string{bus.FormatTime(received)},
-			bus.HeaderDeadline: []string{bus.FormatTime(deadline)},
-		},
+	if err := g.checkTimestamp(ts, now); err != nil {
+		return nil, nil, false, err
 	}
-	ctx, cancel := context.WithDeadline(ctx, deadline)
-	defer cancel()
-	resp, err := g.o.Conn.RequestMsgWithContext(ctx, msg)
-	switch {
-	case err == nil:
-	case errors.Is(err, nats.ErrNoResponders):
-		return nil, g.fallback(reasonNoResponders, subject, err)
-	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout), errors.Is(err, context.Canceled):
-		return nil, g.fallback(reasonTimeout, subject, err)
-	default:
-		return nil, g.fallback(reasonBusDown, subject, err)
+	body, err := g.readBody(c)
+	if err != nil {
+		return nil, nil, false, err
 	}
-	if code := resp.Header.Get(micro.ErrorCodeHeader); code != "" {
-		return nil, g.fallback(reasonWorkerError, subject, fmt.Errorf("worker error %s: %s", code, resp.Header.Get(micro.ErrorHeader)))
-	}
-	if len(resp.Data) == 0 {
-		return nil, outcomeEmpty
-	}
-	return resp.Data, outcomeReply
-}
 
-func (g *Gateway) fallback(reason, subject string, err error) string {
-	g.metrics.fallbacks.WithLabelValues(reason).Inc()
-	g.o.Logger.Warn("answering success without a worker reply", "reason", reason, "subject", subject, "err", err)
-	return outcomeFallback
+	plain = body
+	if encrypted {
+		if g.o.Cipher == nil {
+			return nil, nil, false, refuse(http.StatusBadRequest, rejectDecrypt, errors.New("encrypted request but WECHAT_ENCODING_AES_KEY is not set"))
+		}
+		env, err := classify(body)
+		if err != nil || env.Encrypt == "" {
+			return nil, nil, false, malformed(errors.New("safe-mode envelope without Encrypt"))
+		}
+		// Signature before decryption: padding errors must not be an
+		// oracle for anyone without the token.
+		if !wechat.VerifyMsgSignature(g.o.Token, ts, nonce, env.Encrypt, msgSig) {
+			return nil, nil, false, refuse(http.StatusForbidden, rejectSignature, errors.New("bad msg_signature"))
+		}
+		if plain, err = g.o.Cipher.Decrypt(env.Encrypt); err != nil {
+			return nil, nil, false, refuse(http.StatusBadRequest, rejectDecrypt, fmt.Errorf("decrypt: %w", err))
+		}
+	}
+	if m, err = classify(plain); err != nil {
+		return nil, nil, false, malformed(err)
+	}
+	return plain, m, encrypted, nil
 }
 
 // classify reads the routing fields by the fast path, falling back to the
@@ -326,50 +227,71 @@ func classify(data []byte) (*wechat.Message, error) {
 	return wechat.Parse(data)
 }
 
+// rejection is why a request is refused: the 4xx status, the reason label
+// and the cause, which is logged but never sent back.
+type rejection struct {
+	status int
+	reason string
+	err    error
+}
+
+func (r *rejection) Error() string { return r.reason + ": " + r.err.Error() }
+func (r *rejection) Unwrap() error { return r.err }
+
+func refuse(status int, reason string, err error) error {
+	return &rejection{status: status, reason: reason, err: err}
+}
+
+func malformed(err error) error { return refuse(http.StatusBadRequest, rejectMalformed, err) }
+
 // checkTimestamp refuses replays outside the configured window.
-func (g *Gateway) checkTimestamp(ts string, now time.Time) (status int, reason, msg string) {
+func (g *Gateway) checkTimestamp(ts string, now time.Time) error {
 	if g.o.TimestampSkew <= 0 {
-		return 0, "", ""
+		return nil
 	}
 	sec, err := strconv.ParseInt(ts, 10, 64)
 	if err != nil {
-		return http.StatusBadRequest, rejectMalformed, "timestamp is not a number"
+		return malformed(errors.New("timestamp is not a number"))
 	}
 	skew := now.Sub(time.Unix(sec, 0))
 	if skew < 0 {
 		skew = -skew
 	}
 	if skew > g.o.TimestampSkew {
-		return http.StatusForbidden, rejectStale, fmt.Sprintf("timestamp off by %s, more than %s", skew.Round(time.Second), g.o.TimestampSkew)
+		return refuse(http.StatusForbidden, rejectStale, fmt.Errorf("timestamp off by %s, more than %s", skew.Round(time.Second), g.o.TimestampSkew))
 	}
-	return 0, "", ""
+	return nil
 }
 
 // readBody reads the whole body within the size limit.
-func (g *Gateway) readBody(c *gin.Context) (body []byte, status int, reason, msg string) {
+func (g *Gateway) readBody(c *gin.Context) ([]byte, error) {
 	limit := g.o.MaxBodyBytes
 	if c.Request.ContentLength > limit {
-		return nil, http.StatusRequestEntityTooLarge, rejectTooLarge, fmt.Sprintf("body of %d bytes over the %d-byte limit", c.Request.ContentLength, limit)
+		return nil, refuse(http.StatusRequestEntityTooLarge, rejectTooLarge, fmt.Errorf("body of %d bytes over the %d-byte limit", c.Request.ContentLength, limit))
 	}
 	r := http.MaxBytesReader(c.Writer, c.Request.Body, limit)
 	body, err := io.ReadAll(r)
 	var tooLarge *http.MaxBytesError
 	switch {
 	case errors.As(err, &tooLarge):
-		return nil, http.StatusRequestEntityTooLarge, rejectTooLarge, fmt.Sprintf("body over the %d-byte limit", limit)
+		return nil, refuse(http.StatusRequestEntityTooLarge, rejectTooLarge, fmt.Errorf("body over the %d-byte limit", limit))
 	case err != nil:
-		return nil, http.StatusBadRequest, rejectMalformed, "reading body: " + err.Error()
+		return nil, malformed(fmt.Errorf("reading body: %w", err))
 	case len(body) == 0:
-		return nil, http.StatusBadRequest, rejectMalformed, "empty body"
+		return nil, malformed(errors.New("empty body"))
 	}
-	return body, 0, "", ""
+	return body, nil
 }
 
-func (g *Gateway) reject(c *gin.Context, start time.Time, status int, reason, msg string) {
-	g.metrics.rejected.WithLabelValues(reason).Inc()
+// reject answers a refused request with its status and reason. An error
+// that is not a rejection is the sender's too: a 400, never a 5xx.
+func (g *Gateway) reject(c *gin.Context, start time.Time, err error) {
+	r := &rejection{status: http.StatusBadRequest, reason: rejectMalformed, err: err}
+	errors.As(err, &r)
+	g.metrics.rejected.WithLabelValues(r.reason).Inc()
 	g.observe(outcomeRejected, start)
-	g.o.Logger.Warn("rejected", "reason", reason, "status", status, "detail", msg, "method", c.Request.Method, "remote", c.ClientIP())
-	c.Data(status, "text/plain; charset=utf-8", []byte(http.StatusText(status)+": "+reason+"\n"))
+	g.o.Logger.Warn("rejected", "reason", r.reason, "status", r.status, "detail", r.err.Error(), "method", c.Request.Method, "remote", c.ClientIP())
+	c.Data(r.status, "text/plain; charset=utf-8", []byte(http.StatusText(r.status)+": "+r.reason+"\n"))
 }
 
 func (g *Gateway) answer(c *gin.Context, start time.Time, outcome, contentType string, body []byte) {

@@ -16,6 +16,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -47,7 +48,7 @@ type harness struct {
 	reg    *prometheus.Registry
 	srv    *bus.Embedded
 	sender wechat.Sender
-	logs   *bytes.Buffer
+	logs   *lockedWriter
 }
 
 type opts struct {
@@ -61,9 +62,9 @@ var seq atomic.Int64
 
 func newHarness(t *testing.T, o opts) *harness {
 	t.Helper()
-	h := &harness{t: t, reg: prometheus.NewRegistry(), sender: wechat.Sender{Token: token}, logs: &bytes.Buffer{}}
+	h := &harness{t: t, reg: prometheus.NewRegistry(), sender: wechat.Sender{Token: token}, logs: &lockedWriter{w: &bytes.Buffer{}}}
 	h.srv = natstest.RunServer(t)
-	logger := slog.New(slog.NewTextHandler(&lockedWriter{w: h.logs}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	logger := slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	if !o.noWorker {
 		wnc := natstest.Connect(t, h.srv)
 		svc, err := reply.Start(reply.Options{Conn: wnc, Decider: reply.NewReplier(config.Defaults().Replies), Logger: logger, Registerer: prometheus.NewRegistry()})
@@ -103,16 +104,23 @@ func newHarness(t *testing.T, o opts) *harness {
 	return h
 }
 
+// lockedWriter lets the handlers' goroutines log into one buffer while the
+// test reads it.
 type lockedWriter struct {
-	mu atomic.Bool
-	w  io.Writer
+	mu sync.Mutex
+	w  *bytes.Buffer
 }
 
 func (l *lockedWriter) Write(p []byte) (int, error) {
-	for !l.mu.CompareAndSwap(false, true) {
-	}
-	defer l.mu.Store(false)
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	return l.w.Write(p)
+}
+
+func (l *lockedWriter) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.String()
 }
 
 // post sends msg as WeChat would and returns the status and the opened reply.
