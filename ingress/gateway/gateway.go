@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
 	"runtime/debug"
 	"strconv"
@@ -244,23 +245,38 @@ func refuse(status int, reason string, err error) error {
 
 func malformed(err error) error { return refuse(http.StatusBadRequest, rejectMalformed, err) }
 
-// checkTimestamp refuses replays outside the configured window.
+// checkTimestamp refuses replays outside the configured window, either
+// side of now. It compares whole seconds as unsigned distances, exact for
+// any two int64 values: a time.Duration saturates about 292 years out,
+// which once let a far-future timestamp, and its signature, stay fresh
+// forever.
 func (g *Gateway) checkTimestamp(ts string, now time.Time) error {
 	if g.o.TimestampSkew <= 0 {
 		return nil
 	}
+	// Past int64's range ParseInt returns the nearest limit with ErrRange:
+	// a number, and as stale as can be.
 	sec, err := strconv.ParseInt(ts, 10, 64)
-	if err != nil {
+	if err != nil && !errors.Is(err, strconv.ErrRange) {
 		return malformed(errors.New("timestamp is not a number"))
 	}
-	skew := now.Sub(time.Unix(sec, 0))
-	if skew < 0 {
-		skew = -skew
+	nowSec := now.Unix()
+	off, side := uint64(nowSec)-uint64(sec), "behind" // two's complement: exact when sec <= nowSec
+	if sec > nowSec {
+		off, side = uint64(sec)-uint64(nowSec), "ahead"
 	}
-	if skew > g.o.TimestampSkew {
-		return refuse(http.StatusForbidden, rejectStale, fmt.Errorf("timestamp off by %s, more than %s", skew.Round(time.Second), g.o.TimestampSkew))
+	if off > uint64(g.o.TimestampSkew/time.Second) {
+		return refuse(http.StatusForbidden, rejectStale, fmt.Errorf("timestamp %s %s, more than %s", seconds(off), side, g.o.TimestampSkew))
 	}
 	return nil
+}
+
+// seconds writes n seconds as a duration when one can hold it.
+func seconds(n uint64) string {
+	if n > uint64(math.MaxInt64/int64(time.Second)) {
+		return strconv.FormatUint(n, 10) + "s"
+	}
+	return (time.Duration(n) * time.Second).String()
 }
 
 // readBody reads the whole body within the size limit.

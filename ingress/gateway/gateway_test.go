@@ -269,6 +269,8 @@ func TestVerifyURL(t *testing.T) {
 		{"missing echostr", "signature=" + good + "&timestamp=" + ts + "&nonce=n1", 400, ""},
 		{"missing nonce", "signature=" + good + "&timestamp=" + ts + "&echostr=e", 400, ""},
 		{"stale", "signature=" + wechat.Signature(token, "1000", "n1") + "&timestamp=1000&nonce=n1&echostr=e", 403, ""},
+		// Finding F7: 634 years ahead overflowed the check and passed.
+		{"far future", "signature=" + wechat.Signature(token, "20000000000", "n1") + "&timestamp=20000000000&nonce=n1&echostr=e", 403, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -334,6 +336,8 @@ func TestRejects(t *testing.T) {
 			f := strconv.FormatInt(now.Add(time.Hour).Unix(), 10)
 			return "signature=" + sign(f, "n") + "&timestamp=" + f + "&nonce=n"
 		}(), okMsg, 403, "stale"},
+		{"far-future timestamp", plainH, "signature=" + sign("20000000000", "n") + "&timestamp=20000000000&nonce=n", okMsg, 403, "stale"},
+		{"timestamp past int64", plainH, "signature=" + sign("99999999999999999999", "n") + "&timestamp=99999999999999999999&nonce=n", okMsg, 403, "stale"},
 		{"non-numeric timestamp", plainH, "signature=" + sign("soon", "n") + "&timestamp=soon&nonce=n", okMsg, 400, "malformed"},
 		{"missing signature", plainH, "timestamp=" + ts + "&nonce=n", okMsg, 400, "malformed"},
 		{"malformed xml", plainH, "signature=" + sign(ts, "n") + "&timestamp=" + ts + "&nonce=n", "<xml><MsgType>text</xml>", 400, "malformed"},
