@@ -30,12 +30,30 @@ const Path = "/wechat"
 // success is what WeChat takes as "received, no reply".
 var success = []byte("success")
 
+// Mode is which callbacks the gateway accepts: WeChat's message encryption
+// modes, as the account is set in the WeChat console.
+type Mode string
+
+const (
+	// ModePlain accepts plaintext only; an encrypted POST is refused.
+	ModePlain Mode = "plain"
+	// ModeCompat accepts both, for the switch-over in the WeChat console.
+	ModeCompat Mode = "compat"
+	// ModeSafe accepts encrypted POSTs only. signature does not cover the
+	// body; msg_signature does, so a plaintext POST, which anyone who saw
+	// one callback URL could forge, is refused.
+	ModeSafe Mode = "safe"
+)
+
 // Options wire a Gateway. Token, Conn, Logger and Registerer are required.
 type Options struct {
 	Token string
-	// Cipher decrypts safe-mode requests; nil means plain mode only and
-	// encrypted requests are refused.
-	Cipher        *wechat.Cipher
+	// Cipher decrypts encrypted requests and seals their replies; compat
+	// and safe need it, plain does not use it.
+	Cipher *wechat.Cipher
+	// Mode is empty for the default: ModeSafe with a Cipher, ModePlain
+	// without.
+	Mode          Mode
 	Conn          *nats.Conn
 	ReplyTimeout  time.Duration // counted from when the request arrived
 	TimestampSkew time.Duration // 0 disables the check
@@ -65,6 +83,20 @@ func New(o Options) (*Gateway, error) {
 	}
 	if o.ReplyTimeout <= 0 {
 		return nil, errors.New("gateway: ReplyTimeout must be positive")
+	}
+	switch o.Mode {
+	case "":
+		o.Mode = ModePlain
+		if o.Cipher != nil {
+			o.Mode = ModeSafe
+		}
+	case ModePlain:
+	case ModeCompat, ModeSafe:
+		if o.Cipher == nil {
+			return nil, fmt.Errorf("gateway: Mode %s needs a Cipher", o.Mode)
+		}
+	default:
+		return nil, fmt.Errorf("gateway: unknown Mode %q (want plain, compat or safe)", o.Mode)
 	}
 	if o.MaxBodyBytes <= 0 {
 		o.MaxBodyBytes = 64 << 10
@@ -176,11 +208,20 @@ func (g *Gateway) admit(c *gin.Context, now time.Time) (plain []byte, m *wechat.
 	encrypted = strings.EqualFold(c.Query("encrypt_type"), "aes")
 	msgSig := c.Query("msg_signature")
 
-	if ts == "" || nonce == "" || (!encrypted && sig == "") || (encrypted && msgSig == "") {
-		return nil, nil, false, malformed(errors.New("missing signature, timestamp or nonce"))
+	switch {
+	case ts == "" || nonce == "":
+		return nil, nil, false, malformed(errors.New("missing timestamp or nonce"))
+	case !encrypted && g.o.Mode == ModeSafe:
+		// Before anything else: a plaintext body is covered by no
+		// signature, whatever the query carries.
+		return nil, nil, false, refuse(http.StatusForbidden, rejectSignature, errors.New("plaintext POST in safe mode"))
+	case !encrypted && sig == "":
+		return nil, nil, false, malformed(errors.New("missing signature"))
+	case encrypted && msgSig == "":
+		return nil, nil, false, malformed(errors.New("missing msg_signature"))
 	}
-	// In safe mode msg_signature covers the body; signature, when present,
-	// is checked too. Checking before reading the body spends nothing on
+	// msg_signature covers an encrypted body; signature, when present, is
+	// checked too. Checking before reading the body spends nothing on
 	// unsigned traffic.
 	if sig != "" && !wechat.VerifySignature(g.o.Token, ts, nonce, sig) {
 		return nil, nil, false, refuse(http.StatusForbidden, rejectSignature, errors.New("bad signature"))
@@ -188,16 +229,20 @@ func (g *Gateway) admit(c *gin.Context, now time.Time) (plain []byte, m *wechat.
 	if err := g.checkTimestamp(ts, now); err != nil {
 		return nil, nil, false, err
 	}
+	if encrypted && g.o.Mode == ModePlain {
+		detail := "encrypted POST in plain mode"
+		if g.o.Cipher == nil {
+			detail += ": WECHAT_ENCODING_AES_KEY is not set"
+		}
+		return nil, nil, false, refuse(http.StatusBadRequest, rejectDecrypt, errors.New(detail))
+	}
 	body, err := g.readBody(c)
 	if err != nil {
 		return nil, nil, false, err
 	}
 
 	plain = body
-	if encrypted {
-		if g.o.Cipher == nil {
-			return nil, nil, false, refuse(http.StatusBadRequest, rejectDecrypt, errors.New("encrypted request but WECHAT_ENCODING_AES_KEY is not set"))
-		}
+	if encrypted { // compat or safe: New saw to the Cipher
 		env, err := classify(body)
 		if err != nil || env.Encrypt == "" {
 			return nil, nil, false, malformed(errors.New("safe-mode envelope without Encrypt"))

@@ -52,7 +52,8 @@ type harness struct {
 }
 
 type opts struct {
-	safe         bool
+	safe         bool         // the gateway has the Cipher and the sender encrypts
+	mode         gateway.Mode // empty: the gateway's default
 	noWorker     bool
 	replyTimeout time.Duration
 	conn         *nats.Conn
@@ -92,7 +93,7 @@ func newHarness(t *testing.T, o opts) *harness {
 		nc = natstest.Connect(t, h.srv)
 	}
 	gw, err := gateway.New(gateway.Options{
-		Token: token, Cipher: cipher, Conn: nc, ReplyTimeout: o.replyTimeout,
+		Token: token, Cipher: cipher, Mode: o.mode, Conn: nc, ReplyTimeout: o.replyTimeout,
 		TimestampSkew: 5 * time.Minute, MaxBodyBytes: 64 << 10, Logger: logger, Registerer: h.reg,
 	})
 	if err != nil {
@@ -251,6 +252,119 @@ func TestCompatibleMode(t *testing.T) {
 	plain, err := h.sender.OpenReply(resp)
 	if err != nil || !strings.Contains(string(plain), "compat") {
 		t.Fatalf("reply %q, %v", plain, err)
+	}
+}
+
+// Each mode × each kind of POST: safe refuses plaintext (finding F6: with
+// the AES key set and no mode given, a plaintext POST signed only with
+// signature was accepted); plain refuses encrypted; compat takes both. The
+// URL check answers the same in every mode.
+func TestModes(t *testing.T) {
+	cipher, err := wechat.NewCipher(aesKey, appID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plainSender, safeSender := wechat.Sender{Token: token}, wechat.Sender{Token: token, Cipher: cipher}
+	type kind int
+	const (
+		plainPost kind = iota
+		encryptedPost
+		missingMsgSignature
+		badMsgSignature
+		kinds
+	)
+	kindNames := [kinds]string{"plain POST", "encrypted POST", "missing msg_signature", "bad msg_signature"}
+	type want struct {
+		code   int
+		reason string // rejections only
+		detail string // in the rejected log line
+	}
+	ok := want{code: 200}
+	plainRefused := want{403, "signature", "plaintext POST in safe mode"}
+	encryptedRefused := want{400, "decrypt", "encrypted POST in plain mode"}
+	missing := want{400, "malformed", "missing msg_signature"}
+	badSig := want{403, "signature", "bad msg_signature"}
+	modes := []struct {
+		name string
+		o    opts
+		want [kinds]want
+	}{
+		{"plain by default (no key)", opts{}, [kinds]want{ok, encryptedRefused, missing, encryptedRefused}},
+		{"plain with a key", opts{safe: true, mode: gateway.ModePlain}, [kinds]want{ok, encryptedRefused, missing, encryptedRefused}},
+		{"safe by default (key set)", opts{safe: true}, [kinds]want{plainRefused, ok, missing, badSig}},
+		{"compat", opts{safe: true, mode: gateway.ModeCompat}, [kinds]want{ok, ok, missing, badSig}},
+		{"safe", opts{safe: true, mode: gateway.ModeSafe}, [kinds]want{plainRefused, ok, missing, badSig}},
+	}
+	for _, mode := range modes {
+		t.Run(mode.name, func(t *testing.T) {
+			h := newHarness(t, mode.o)
+			for k := kind(0); k < kinds; k++ {
+				t.Run(kindNames[k], func(t *testing.T) {
+					w := mode.want[k]
+					content := "mode " + strconv.Itoa(int(k))
+					msg := []byte(message("text", "<Content>"+content+"</Content>"))
+					nonce := "m" + strconv.FormatInt(seq.Add(1), 10)
+					sender := safeSender
+					if k == plainPost {
+						sender = plainSender
+					}
+					req, err := sender.NewRequest(h.url, msg, time.Now(), nonce)
+					if err != nil {
+						t.Fatal(err)
+					}
+					q := req.URL.Query()
+					switch k {
+					case missingMsgSignature:
+						q.Del("msg_signature")
+					case badMsgSignature:
+						q.Set("msg_signature", strings.Repeat("0", 40))
+					}
+					req.URL.RawQuery = q.Encode()
+					before, logged := 0.0, 0
+					if w.reason != "" {
+						before = h.counter("wxgate_ingress_rejected_total", "reason", w.reason)
+						logged = strings.Count(h.logs.String(), "detail=\""+w.detail)
+					}
+					code, body := do(t, req)
+					if code != w.code {
+						t.Fatalf("status %d (%s), want %d", code, body, w.code)
+					}
+					if w.code == 200 {
+						reply, err := sender.OpenReply(body)
+						if err != nil || !strings.Contains(string(reply), content) {
+							t.Fatalf("reply %q, %v; want the echo of %q", reply, err, content)
+						}
+						return
+					}
+					if got := h.counter("wxgate_ingress_rejected_total", "reason", w.reason); got != before+1 {
+						t.Errorf("rejected{reason=%s} went %v -> %v", w.reason, before, got)
+					}
+					if logs := h.logs.String(); strings.Count(logs, "detail=\""+w.detail) != logged+1 {
+						t.Errorf("no rejection logged with detail %q:\n%s", w.detail, logs)
+					}
+				})
+			}
+			t.Run("URL check", func(t *testing.T) {
+				req, err := plainSender.NewVerifyRequest(h.url, "echo-"+mode.name, time.Now(), "v")
+				if err != nil {
+					t.Fatal(err)
+				}
+				if code, body := do(t, req); code != 200 || string(body) != "echo-"+mode.name {
+					t.Fatalf("GET = %d %q, want the echostr", code, body)
+				}
+			})
+		})
+	}
+}
+
+func TestNewRefusesModeWithoutCipher(t *testing.T) {
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	for _, m := range []gateway.Mode{gateway.ModeCompat, gateway.ModeSafe, "aes", "SAFE"} {
+		_, err := gateway.New(gateway.Options{Token: token, Mode: m, Local: func([]byte) ([]byte, error) { return nil, nil },
+			ReplyTimeout: time.Second, Logger: quiet, Registerer: prometheus.NewRegistry()})
+		if err == nil || !strings.Contains(err.Error(), "Mode") {
+			t.Errorf("Mode %q without a Cipher: %v, want an error naming Mode", m, err)
+		}
 	}
 }
 
