@@ -115,6 +115,9 @@ func New(o Options) (*Gateway, error) {
 	e.Use(g.recover, g.logRequest)
 	e.GET(Path, g.verify)
 	e.POST(Path, g.callback)
+	// Any other route gets gin's 404, on a connection closed like any
+	// rejection's.
+	e.NoRoute(closeConnection)
 	g.engine = e
 	return g, nil
 }
@@ -352,8 +355,15 @@ func (g *Gateway) reject(c *gin.Context, start time.Time, err error) {
 	g.metrics.rejected.WithLabelValues(r.reason).Inc()
 	g.observe(outcomeRejected, start)
 	g.o.Logger.Warn("rejected", "reason", r.reason, "status", r.status, "detail", r.err.Error(), "method", c.Request.Method, "remote", c.ClientIP())
+	closeConnection(c)
 	c.Data(r.status, "text/plain; charset=utf-8", []byte(http.StatusText(r.status)+": "+r.reason+"\n"))
 }
+
+// closeConnection has net/http close the connection after this response: a
+// client that earned a cheap 4xx must not then hold one of the listener's
+// MAX_CONNECTIONS slots for the idle timeout (finding F9). WeChat, whose
+// requests are answered 200, keeps its keep-alive connections.
+func closeConnection(c *gin.Context) { c.Header("Connection", "close") }
 
 func (g *Gateway) answer(c *gin.Context, start time.Time, outcome, contentType string, body []byte) {
 	g.observe(outcome, start)

@@ -1,6 +1,7 @@
 package gateway_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/aes"
@@ -10,8 +11,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"regexp"
 	"strconv"
@@ -718,4 +721,94 @@ func TestSubjectInjection(t *testing.T) {
 			t.Errorf("a request reached subject %q", subject)
 		}
 	}
+}
+
+// Every 4xx closes its connection, so an unauthenticated client cannot hold
+// a keep-alive slot after a cheap rejection (finding F9); WeChat's valid
+// requests keep theirs. Seen on a raw TCP connection to a real listener.
+func TestRejectionClosesConnection(t *testing.T) {
+	h := newHarness(t, opts{})
+	u, err := url.Parse(h.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := strconv.FormatInt(time.Now().Unix(), 10)
+	okMsg := message("text", "<Content>x</Content>")
+	newReq := func(method, path, body string) *http.Request {
+		req, err := http.NewRequest(method, "http://"+u.Host+path, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return req
+	}
+	// roundTrip writes req on conn and reads the whole response.
+	roundTrip := func(conn net.Conn, br *bufio.Reader, req *http.Request) *http.Response {
+		t.Helper()
+		if err := req.Write(conn); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(br, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp
+	}
+	dial := func() (net.Conn, *bufio.Reader) {
+		conn, err := net.Dial("tcp", u.Host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		// A bound on the test, not a wait: the server answers at once.
+		if err := conn.SetDeadline(time.Now().Add(10 * time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		return conn, bufio.NewReader(conn)
+	}
+
+	rejections := []struct {
+		name string
+		req  *http.Request
+		code int
+	}{
+		{"unsigned POST", newReq(http.MethodPost, gateway.Path+"?timestamp="+ts+"&nonce=n", okMsg), 400},
+		{"bad signature", newReq(http.MethodPost, gateway.Path+"?signature="+strings.Repeat("0", 40)+"&timestamp="+ts+"&nonce=n", okMsg), 403},
+		{"bad URL check", newReq(http.MethodGet, gateway.Path+"?signature="+strings.Repeat("0", 40)+"&timestamp="+ts+"&nonce=n&echostr=e", ""), 403},
+		{"oversized body", newReq(http.MethodPost, gateway.Path+"?signature="+wechat.Signature(token, ts, "n")+"&timestamp="+ts+"&nonce=n",
+			strings.Repeat("x", 65<<10)), 413},
+		{"other route", newReq(http.MethodGet, "/other", ""), 404},
+	}
+	for _, tt := range rejections {
+		t.Run(tt.name, func(t *testing.T) {
+			conn, br := dial()
+			resp := roundTrip(conn, br, tt.req)
+			if resp.StatusCode != tt.code {
+				t.Fatalf("status %d, want %d", resp.StatusCode, tt.code)
+			}
+			if !resp.Close {
+				t.Errorf("no Connection: close on the %d (header %q)", resp.StatusCode, resp.Header.Get("Connection"))
+			}
+			if b, err := br.ReadByte(); err != io.EOF {
+				t.Errorf("after the %d the connection is still open: read %q, %v; want EOF", resp.StatusCode, b, err)
+			}
+		})
+	}
+
+	t.Run("valid requests keep the connection", func(t *testing.T) {
+		conn, br := dial()
+		for i := 0; i < 2; i++ {
+			req, err := h.sender.NewRequest("http://"+u.Host+gateway.Path, []byte(message("text", "<Content>ka</Content>")), time.Now(), "ka"+strconv.Itoa(i))
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The second request on the same connection is answered: it stayed open.
+			if resp := roundTrip(conn, br, req); resp.StatusCode != 200 || resp.Close {
+				t.Fatalf("request %d: status %d, close %v; want 200 on a kept connection", i, resp.StatusCode, resp.Close)
+			}
+		}
+	})
 }
