@@ -23,8 +23,14 @@ import (
 
 // FuzzCallback drives the whole POST handler with hostile bodies, signed so
 // that they get past the signature: as plain XML, as a raw Encrypt field,
-// and as XML correctly encrypted. Whatever the body, the answer is a 200
-// or a 4xx, never a 5xx, and no panic was recovered on the way.
+// and as XML correctly encrypted; to a gateway in each mode. Whatever the
+// body, the answer is a 200 or a 4xx that closes the connection, never a
+// 5xx, and no panic was recovered on the way. The mode decides before the
+// body does: safe refuses plaintext, plain refuses encrypted.
+//
+// mode%3 is the kind of request; mode/3%4 the gateway: 0 as the seeds
+// before modes had it (plain XML to a plain gateway, encrypted to a safe
+// one), then plain with a key, compat, safe.
 func FuzzCallback(f *testing.F) {
 	gin.SetMode(gin.TestMode)
 	const token, key, appID = "fuzz-token", "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG", "wx_fuzz"
@@ -32,9 +38,9 @@ func FuzzCallback(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	newGateway := func(c *wechat.Cipher) *Gateway {
+	newGateway := func(c *wechat.Cipher, m Mode) *Gateway {
 		g, err := New(Options{
-			Token: token, Cipher: c, ReplyTimeout: time.Second, TimestampSkew: time.Minute,
+			Token: token, Cipher: c, Mode: m, ReplyTimeout: time.Second, TimestampSkew: time.Minute,
 			Local:  reply.NewHandler(reply.NewReplier(config.Defaults().Replies), nil).Handle,
 			Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Registerer: prometheus.NewRegistry(),
 		})
@@ -43,7 +49,8 @@ func FuzzCallback(f *testing.F) {
 		}
 		return g
 	}
-	plain, safe := newGateway(nil), newGateway(cipher)
+	plain, safe := newGateway(nil, ""), newGateway(cipher, "")
+	gateways := [4]*Gateway{nil, newGateway(cipher, ModePlain), newGateway(cipher, ModeCompat), newGateway(cipher, ModeSafe)}
 
 	samples, _ := filepath.Glob("../../shared/wechat/testdata/*.xml")
 	for _, s := range samples {
@@ -51,28 +58,36 @@ func FuzzCallback(f *testing.F) {
 		if err != nil {
 			f.Fatal(err)
 		}
-		for mode := uint8(0); mode < 3; mode++ {
+		for mode := uint8(0); mode < 3*4; mode++ {
 			f.Add(b, mode)
 		}
 	}
-	f.Add([]byte("<xml><Encrypt>AAAA</Encrypt></xml>"), uint8(1))
+	for mode := uint8(1); mode < 3*4; mode += 3 {
+		f.Add([]byte("<xml><Encrypt>AAAA</Encrypt></xml>"), mode)
+	}
 
 	f.Fuzz(func(t *testing.T, body []byte, mode uint8) {
 		now := time.Now()
 		var req *http.Request
-		g := plain
-		switch mode % 3 {
+		var err error
+		kind := mode % 3
+		g := gateways[mode/3%4]
+		if g == nil {
+			g = plain
+			if kind != 0 {
+				g = safe
+			}
+		}
+		switch kind {
 		case 0: // plain XML, signed query
 			req, err = wechat.Sender{Token: token}.NewRequest("http://wx"+Path, body, now, "n")
 		case 1: // a raw Encrypt field with a valid msg_signature
-			g = safe
 			ts := fmt.Sprint(now.Unix())
 			env := append(append([]byte("<xml><Encrypt><![CDATA["), bytes.ReplaceAll(body, []byte("]]>"), nil)...), "]]></Encrypt></xml>"...)
 			req = httptest.NewRequest(http.MethodPost, "http://wx"+Path+"?timestamp="+ts+"&nonce=n&encrypt_type=aes"+
 				"&signature="+wechat.Signature(token, ts, "n")+
 				"&msg_signature="+wechat.Signature(token, ts, "n", string(bytes.ReplaceAll(body, []byte("]]>"), nil))), bytes.NewReader(env))
 		case 2: // hostile XML, correctly encrypted
-			g = safe
 			req, err = wechat.Sender{Token: token, Cipher: cipher}.NewRequest("http://wx"+Path, body, now, "n")
 		}
 		if err != nil {
@@ -81,10 +96,19 @@ func FuzzCallback(f *testing.F) {
 		w := httptest.NewRecorder()
 		g.Handler().ServeHTTP(w, req)
 		if w.Code >= 500 || (w.Code != 200 && w.Code < 400) {
-			t.Fatalf("mode %d: status %d for %q", mode%3, w.Code, body)
+			t.Fatalf("mode %d: status %d for %q", mode, w.Code, body)
 		}
 		if p := testutil.ToFloat64(g.metrics.panics); p != 0 {
-			t.Fatalf("mode %d: a panic was recovered for %q", mode%3, body)
+			t.Fatalf("mode %d: a panic was recovered for %q", mode, body)
+		}
+		if w.Code >= 400 && w.Header().Get("Connection") != "close" {
+			t.Fatalf("mode %d: a %d without Connection: close", mode, w.Code)
+		}
+		switch {
+		case g.o.Mode == ModeSafe && kind == 0 && w.Code != http.StatusForbidden:
+			t.Fatalf("mode %d: plaintext to a safe gateway answered %d, want 403", mode, w.Code)
+		case g.o.Mode == ModePlain && kind != 0 && w.Code != http.StatusBadRequest:
+			t.Fatalf("mode %d: encrypted to a plain gateway answered %d, want 400", mode, w.Code)
 		}
 	})
 }

@@ -5,11 +5,11 @@
 package gateway
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
 	"runtime/debug"
 	"strconv"
@@ -19,10 +19,8 @@ import (
 
 	"github.com/gin-gonic/gin"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/micro"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/wechat"
 )
 
@@ -32,12 +30,30 @@ const Path = "/wechat"
 // success is what WeChat takes as "received, no reply".
 var success = []byte("success")
 
+// Mode is which callbacks the gateway accepts: WeChat's message encryption
+// modes, as the account is set in the WeChat console.
+type Mode string
+
+const (
+	// ModePlain accepts plaintext only; an encrypted POST is refused.
+	ModePlain Mode = "plain"
+	// ModeCompat accepts both, for the switch-over in the WeChat console.
+	ModeCompat Mode = "compat"
+	// ModeSafe accepts encrypted POSTs only. signature does not cover the
+	// body; msg_signature does, so a plaintext POST, which anyone who saw
+	// one callback URL could forge, is refused.
+	ModeSafe Mode = "safe"
+)
+
 // Options wire a Gateway. Token, Conn, Logger and Registerer are required.
 type Options struct {
 	Token string
-	// Cipher decrypts safe-mode requests; nil means plain mode only and
-	// encrypted requests are refused.
-	Cipher        *wechat.Cipher
+	// Cipher decrypts encrypted requests and seals their replies; compat
+	// and safe need it, plain does not use it.
+	Cipher *wechat.Cipher
+	// Mode is empty for the default: ModeSafe with a Cipher, ModePlain
+	// without.
+	Mode          Mode
 	Conn          *nats.Conn
 	ReplyTimeout  time.Duration // counted from when the request arrived
 	TimestampSkew time.Duration // 0 disables the check
@@ -60,14 +76,6 @@ type Gateway struct {
 	flights map[string]*flight // requests in flight, by dedup key
 }
 
-// flight is one worker request that retries of the same message join
-// instead of publishing again.
-type flight struct {
-	done    chan struct{}
-	reply   []byte
-	outcome string
-}
-
 // New returns a Gateway; its Handler serves GET and POST on Path.
 func New(o Options) (*Gateway, error) {
 	if o.Token == "" || (o.Conn == nil) == (o.Local == nil) || o.Logger == nil || o.Registerer == nil {
@@ -75,6 +83,20 @@ func New(o Options) (*Gateway, error) {
 	}
 	if o.ReplyTimeout <= 0 {
 		return nil, errors.New("gateway: ReplyTimeout must be positive")
+	}
+	switch o.Mode {
+	case "":
+		o.Mode = ModePlain
+		if o.Cipher != nil {
+			o.Mode = ModeSafe
+		}
+	case ModePlain:
+	case ModeCompat, ModeSafe:
+		if o.Cipher == nil {
+			return nil, fmt.Errorf("gateway: Mode %s needs a Cipher", o.Mode)
+		}
+	default:
+		return nil, fmt.Errorf("gateway: unknown Mode %q (want plain, compat or safe)", o.Mode)
 	}
 	if o.MaxBodyBytes <= 0 {
 		o.MaxBodyBytes = 64 << 10
@@ -93,6 +115,9 @@ func New(o Options) (*Gateway, error) {
 	e.Use(g.recover, g.logRequest)
 	e.GET(Path, g.verify)
 	e.POST(Path, g.callback)
+	// Any other route gets gin's 404, on a connection closed like any
+	// rejection's.
+	e.NoRoute(closeConnection)
 	g.engine = e
 	return g, nil
 }
@@ -134,88 +159,38 @@ func (g *Gateway) logRequest(c *gin.Context) {
 // verify answers WeChat's URL check: the echostr when the signature is good.
 func (g *Gateway) verify(c *gin.Context) {
 	start := g.o.Now()
-	q := c.Request.URL.Query()
-	sig, ts, nonce, echo := q.Get("signature"), q.Get("timestamp"), q.Get("nonce"), q.Get("echostr")
+	sig, ts, nonce, echo := c.Query("signature"), c.Query("timestamp"), c.Query("nonce"), c.Query("echostr")
 	if sig == "" || ts == "" || nonce == "" || echo == "" {
-		g.reject(c, start, http.StatusBadRequest, rejectMalformed, "missing signature, timestamp, nonce or echostr")
+		g.reject(c, start, malformed(errors.New("missing signature, timestamp, nonce or echostr")))
 		return
 	}
 	if !wechat.VerifySignature(g.o.Token, ts, nonce, sig) {
-		g.reject(c, start, http.StatusForbidden, rejectSignature, "bad signature")
+		g.reject(c, start, refuse(http.StatusForbidden, rejectSignature, errors.New("bad signature")))
 		return
 	}
-	if status, reason, msg := g.checkTimestamp(ts, start); status != 0 {
-		g.reject(c, start, status, reason, msg)
+	if err := g.checkTimestamp(ts, start); err != nil {
+		g.reject(c, start, err)
 		return
 	}
 	g.answer(c, start, outcomeReply, "text/plain; charset=utf-8", []byte(echo))
 }
 
-// callback handles a message or event POST.
+// callback handles a message or event POST: admit it, ask a worker once,
+// seal the reply when the request was encrypted, answer.
 func (g *Gateway) callback(c *gin.Context) {
 	received := g.o.Now()
-	deadline := received.Add(g.o.ReplyTimeout)
-	q := c.Request.URL.Query()
-	sig, ts, nonce := q.Get("signature"), q.Get("timestamp"), q.Get("nonce")
-	encrypted := strings.EqualFold(q.Get("encrypt_type"), "aes")
-	msgSig := q.Get("msg_signature")
-
-	if ts == "" || nonce == "" || (!encrypted && sig == "") || (encrypted && msgSig == "") {
-		g.reject(c, received, http.StatusBadRequest, rejectMalformed, "missing signature, timestamp or nonce")
-		return
-	}
-	// In safe mode msg_signature covers the body; signature, when present,
-	// is checked too. Checking before reading the body spends nothing on
-	// unsigned traffic.
-	if sig != "" && !wechat.VerifySignature(g.o.Token, ts, nonce, sig) {
-		g.reject(c, received, http.StatusForbidden, rejectSignature, "bad signature")
-		return
-	}
-	if status, reason, msg := g.checkTimestamp(ts, received); status != 0 {
-		g.reject(c, received, status, reason, msg)
-		return
-	}
-	body, status, reason, msg := g.readBody(c)
-	if status != 0 {
-		g.reject(c, received, status, reason, msg)
-		return
-	}
-
-	plain := body
-	if encrypted {
-		if g.o.Cipher == nil {
-			g.reject(c, received, http.StatusBadRequest, rejectDecrypt, "encrypted request but WECHAT_ENCODING_AES_KEY is not set")
-			return
-		}
-		env, err := classify(body)
-		if err != nil || env.Encrypt == "" {
-			g.reject(c, received, http.StatusBadRequest, rejectMalformed, "safe-mode envelope without Encrypt")
-			return
-		}
-		// Signature before decryption: padding errors must not be an
-		// oracle for anyone without the token.
-		if !wechat.VerifyMsgSignature(g.o.Token, ts, nonce, env.Encrypt, msgSig) {
-			g.reject(c, received, http.StatusForbidden, rejectSignature, "bad msg_signature")
-			return
-		}
-		if plain, err = g.o.Cipher.Decrypt(env.Encrypt); err != nil {
-			g.reject(c, received, http.StatusBadRequest, rejectDecrypt, "decrypt: "+err.Error())
-			return
-		}
-	}
-	m, err := classify(plain)
+	plain, m, encrypted, err := g.admit(c, received)
 	if err != nil {
-		g.reject(c, received, http.StatusBadRequest, rejectMalformed, err.Error())
+		g.reject(c, received, err)
 		return
 	}
-
-	reply, outcome := g.once(c.Request.Context(), m, plain, received, deadline)
+	reply, outcome := g.once(c.Request.Context(), m, plain, received, received.Add(g.o.ReplyTimeout))
 	if len(reply) == 0 {
 		g.answer(c, received, outcome, "text/plain; charset=utf-8", success)
 		return
 	}
 	if encrypted {
-		sealed, err := g.o.Cipher.Seal(g.o.Token, reply, strconv.FormatInt(g.o.Now().Unix(), 10), nonce)
+		sealed, err := g.o.Cipher.Seal(g.o.Token, reply, strconv.FormatInt(g.o.Now().Unix(), 10), c.Query("nonce"))
 		if err != nil {
 			// crypto/rand failing: nothing the sender did; still answer.
 			g.o.Logger.Error("encrypt reply", "err", err)
@@ -228,91 +203,66 @@ func (g *Gateway) callback(c *gin.Context) {
 	g.answer(c, received, outcome, "application/xml; charset=utf-8", reply)
 }
 
-// once runs request for the message, unless the same message (a WeChat
-// retry, by dedup key) is already in flight here: then it waits for that
-// one's result, within its own deadline, so the handler runs once.
-func (g *Gateway) once(ctx context.Context, m *wechat.Message, plain []byte, received, deadline time.Time) ([]byte, string) {
-	key := m.DedupKey()
-	g.mu.Lock()
-	if f, ok := g.flights[key]; ok {
-		g.mu.Unlock()
-		g.metrics.duplicates.Inc()
-		wait, cancel := context.WithDeadline(ctx, deadline)
-		defer cancel()
-		select {
-		case <-f.done:
-			return f.reply, f.outcome
-		case <-wait.Done():
-			return nil, g.fallback(reasonTimeout, m.Subject(), fmt.Errorf("waiting for the first delivery: %w", wait.Err()))
-		}
-	}
-	f := &flight{done: make(chan struct{})}
-	g.flights[key] = f
-	g.mu.Unlock()
-	defer func() {
-		g.mu.Lock()
-		delete(g.flights, key)
-		g.mu.Unlock()
-		close(f.done)
-	}()
-	f.reply, f.outcome = g.request(ctx, m, plain, received, deadline)
-	return f.reply, f.outcome
-}
+// admit checks a callback POST (parameters, signatures, timestamp, size,
+// decryption) and returns the message it carries: the plaintext XML, its
+// routing fields and whether it came encrypted. Its errors are rejections.
+func (g *Gateway) admit(c *gin.Context, now time.Time) (plain []byte, m *wechat.Message, encrypted bool, err error) {
+	sig, ts, nonce := c.Query("signature"), c.Query("timestamp"), c.Query("nonce")
+	encrypted = strings.EqualFold(c.Query("encrypt_type"), "aes")
+	msgSig := c.Query("msg_signature")
 
-// request asks a worker for the reply. It returns the reply XML (nil for
-// "success") and the outcome; it never waits past deadline.
-func (g *Gateway) request(ctx context.Context, m *wechat.Message, plain []byte, received, deadline time.Time) ([]byte, string) {
-	subject := m.Subject()
-	if g.o.Local != nil {
-		reply, err := g.o.Local(plain)
-		if err != nil {
-			return nil, g.fallback(reasonWorkerError, subject, err)
-		}
-		if len(reply) == 0 {
-			return nil, outcomeEmpty
-		}
-		return reply, outcomeReply
-	}
-	if !g.o.Conn.IsConnected() {
-		// Requests would sit in the reconnect buffer until the deadline;
-		// answer now instead.
-		return nil, g.fallback(reasonBusDown, subject, nats.ErrConnectionReconnecting)
-	}
-	msg := &nats.Msg{
-		Subject: subject,
-		Data:    plain,
-		Header: nats.Header{
-			bus.HeaderAccount:  []string{m.ToUserName},
-			bus.HeaderDedupKey: []string{m.DedupKey()},
-			bus.HeaderReceived: []string{bus.FormatTime(received)},
-			bus.HeaderDeadline: []string{bus.FormatTime(deadline)},
-		},
-	}
-	ctx, cancel := context.WithDeadline(ctx, deadline)
-	defer cancel()
-	resp, err := g.o.Conn.RequestMsgWithContext(ctx, msg)
 	switch {
-	case err == nil:
-	case errors.Is(err, nats.ErrNoResponders):
-		return nil, g.fallback(reasonNoResponders, subject, err)
-	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout), errors.Is(err, context.Canceled):
-		return nil, g.fallback(reasonTimeout, subject, err)
-	default:
-		return nil, g.fallback(reasonBusDown, subject, err)
+	case ts == "" || nonce == "":
+		return nil, nil, false, malformed(errors.New("missing timestamp or nonce"))
+	case !encrypted && g.o.Mode == ModeSafe:
+		// Before anything else: a plaintext body is covered by no
+		// signature, whatever the query carries.
+		return nil, nil, false, refuse(http.StatusForbidden, rejectSignature, errors.New("plaintext POST in safe mode"))
+	case !encrypted && sig == "":
+		return nil, nil, false, malformed(errors.New("missing signature"))
+	case encrypted && msgSig == "":
+		return nil, nil, false, malformed(errors.New("missing msg_signature"))
 	}
-	if code := resp.Header.Get(micro.ErrorCodeHeader); code != "" {
-		return nil, g.fallback(reasonWorkerError, subject, fmt.Errorf("worker error %s: %s", code, resp.Header.Get(micro.ErrorHeader)))
+	// msg_signature covers an encrypted body; signature, when present, is
+	// checked too. Checking before reading the body spends nothing on
+	// unsigned traffic.
+	if sig != "" && !wechat.VerifySignature(g.o.Token, ts, nonce, sig) {
+		return nil, nil, false, refuse(http.StatusForbidden, rejectSignature, errors.New("bad signature"))
 	}
-	if len(resp.Data) == 0 {
-		return nil, outcomeEmpty
+	if err := g.checkTimestamp(ts, now); err != nil {
+		return nil, nil, false, err
 	}
-	return resp.Data, outcomeReply
-}
+	if encrypted && g.o.Mode == ModePlain {
+		detail := "encrypted POST in plain mode"
+		if g.o.Cipher == nil {
+			detail += ": WECHAT_ENCODING_AES_KEY is not set"
+		}
+		return nil, nil, false, refuse(http.StatusBadRequest, rejectDecrypt, errors.New(detail))
+	}
+	body, err := g.readBody(c)
+	if err != nil {
+		return nil, nil, false, err
+	}
 
-func (g *Gateway) fallback(reason, subject string, err error) string {
-	g.metrics.fallbacks.WithLabelValues(reason).Inc()
-	g.o.Logger.Warn("answering success without a worker reply", "reason", reason, "subject", subject, "err", err)
-	return outcomeFallback
+	plain = body
+	if encrypted { // compat or safe: New saw to the Cipher
+		env, err := classify(body)
+		if err != nil || env.Encrypt == "" {
+			return nil, nil, false, malformed(errors.New("safe-mode envelope without Encrypt"))
+		}
+		// Signature before decryption: padding errors must not be an
+		// oracle for anyone without the token.
+		if !wechat.VerifyMsgSignature(g.o.Token, ts, nonce, env.Encrypt, msgSig) {
+			return nil, nil, false, refuse(http.StatusForbidden, rejectSignature, errors.New("bad msg_signature"))
+		}
+		if plain, err = g.o.Cipher.Decrypt(env.Encrypt); err != nil {
+			return nil, nil, false, refuse(http.StatusBadRequest, rejectDecrypt, fmt.Errorf("decrypt: %w", err))
+		}
+	}
+	if m, err = classify(plain); err != nil {
+		return nil, nil, false, malformed(err)
+	}
+	return plain, m, encrypted, nil
 }
 
 // classify reads the routing fields by the fast path, falling back to the
@@ -326,51 +276,94 @@ func classify(data []byte) (*wechat.Message, error) {
 	return wechat.Parse(data)
 }
 
-// checkTimestamp refuses replays outside the configured window.
-func (g *Gateway) checkTimestamp(ts string, now time.Time) (status int, reason, msg string) {
+// rejection is why a request is refused: the 4xx status, the reason label
+// and the cause, which is logged but never sent back.
+type rejection struct {
+	status int
+	reason string
+	err    error
+}
+
+func (r *rejection) Error() string { return r.reason + ": " + r.err.Error() }
+func (r *rejection) Unwrap() error { return r.err }
+
+func refuse(status int, reason string, err error) error {
+	return &rejection{status: status, reason: reason, err: err}
+}
+
+func malformed(err error) error { return refuse(http.StatusBadRequest, rejectMalformed, err) }
+
+// checkTimestamp refuses replays outside the configured window, either
+// side of now. It compares whole seconds as unsigned distances, exact for
+// any two int64 values: a time.Duration saturates about 292 years out,
+// which once let a far-future timestamp, and its signature, stay fresh
+// forever.
+func (g *Gateway) checkTimestamp(ts string, now time.Time) error {
 	if g.o.TimestampSkew <= 0 {
-		return 0, "", ""
+		return nil
 	}
+	// Past int64's range ParseInt returns the nearest limit with ErrRange:
+	// a number, and as stale as can be.
 	sec, err := strconv.ParseInt(ts, 10, 64)
-	if err != nil {
-		return http.StatusBadRequest, rejectMalformed, "timestamp is not a number"
+	if err != nil && !errors.Is(err, strconv.ErrRange) {
+		return malformed(errors.New("timestamp is not a number"))
 	}
-	skew := now.Sub(time.Unix(sec, 0))
-	if skew < 0 {
-		skew = -skew
+	nowSec := now.Unix()
+	off, side := uint64(nowSec)-uint64(sec), "behind" // two's complement: exact when sec <= nowSec
+	if sec > nowSec {
+		off, side = uint64(sec)-uint64(nowSec), "ahead"
 	}
-	if skew > g.o.TimestampSkew {
-		return http.StatusForbidden, rejectStale, fmt.Sprintf("timestamp off by %s, more than %s", skew.Round(time.Second), g.o.TimestampSkew)
+	if off > uint64(g.o.TimestampSkew/time.Second) {
+		return refuse(http.StatusForbidden, rejectStale, fmt.Errorf("timestamp %s %s, more than %s", seconds(off), side, g.o.TimestampSkew))
 	}
-	return 0, "", ""
+	return nil
+}
+
+// seconds writes n seconds as a duration when one can hold it.
+func seconds(n uint64) string {
+	if n > uint64(math.MaxInt64/int64(time.Second)) {
+		return strconv.FormatUint(n, 10) + "s"
+	}
+	return (time.Duration(n) * time.Second).String()
 }
 
 // readBody reads the whole body within the size limit.
-func (g *Gateway) readBody(c *gin.Context) (body []byte, status int, reason, msg string) {
+func (g *Gateway) readBody(c *gin.Context) ([]byte, error) {
 	limit := g.o.MaxBodyBytes
 	if c.Request.ContentLength > limit {
-		return nil, http.StatusRequestEntityTooLarge, rejectTooLarge, fmt.Sprintf("body of %d bytes over the %d-byte limit", c.Request.ContentLength, limit)
+		return nil, refuse(http.StatusRequestEntityTooLarge, rejectTooLarge, fmt.Errorf("body of %d bytes over the %d-byte limit", c.Request.ContentLength, limit))
 	}
 	r := http.MaxBytesReader(c.Writer, c.Request.Body, limit)
 	body, err := io.ReadAll(r)
 	var tooLarge *http.MaxBytesError
 	switch {
 	case errors.As(err, &tooLarge):
-		return nil, http.StatusRequestEntityTooLarge, rejectTooLarge, fmt.Sprintf("body over the %d-byte limit", limit)
+		return nil, refuse(http.StatusRequestEntityTooLarge, rejectTooLarge, fmt.Errorf("body over the %d-byte limit", limit))
 	case err != nil:
-		return nil, http.StatusBadRequest, rejectMalformed, "reading body: " + err.Error()
+		return nil, malformed(fmt.Errorf("reading body: %w", err))
 	case len(body) == 0:
-		return nil, http.StatusBadRequest, rejectMalformed, "empty body"
+		return nil, malformed(errors.New("empty body"))
 	}
-	return body, 0, "", ""
+	return body, nil
 }
 
-func (g *Gateway) reject(c *gin.Context, start time.Time, status int, reason, msg string) {
-	g.metrics.rejected.WithLabelValues(reason).Inc()
+// reject answers a refused request with its status and reason. An error
+// that is not a rejection is the sender's too: a 400, never a 5xx.
+func (g *Gateway) reject(c *gin.Context, start time.Time, err error) {
+	r := &rejection{status: http.StatusBadRequest, reason: rejectMalformed, err: err}
+	errors.As(err, &r)
+	g.metrics.rejected.WithLabelValues(r.reason).Inc()
 	g.observe(outcomeRejected, start)
-	g.o.Logger.Warn("rejected", "reason", reason, "status", status, "detail", msg, "method", c.Request.Method, "remote", c.ClientIP())
-	c.Data(status, "text/plain; charset=utf-8", []byte(http.StatusText(status)+": "+reason+"\n"))
+	g.o.Logger.Warn("rejected", "reason", r.reason, "status", r.status, "detail", r.err.Error(), "method", c.Request.Method, "remote", c.ClientIP())
+	closeConnection(c)
+	c.Data(r.status, "text/plain; charset=utf-8", []byte(http.StatusText(r.status)+": "+r.reason+"\n"))
 }
+
+// closeConnection has net/http close the connection after this response: a
+// client that earned a cheap 4xx must not then hold one of the listener's
+// MAX_CONNECTIONS slots for the idle timeout (finding F9). WeChat, whose
+// requests are answered 200, keeps its keep-alive connections.
+func closeConnection(c *gin.Context) { c.Header("Connection", "close") }
 
 func (g *Gateway) answer(c *gin.Context, start time.Time, outcome, contentType string, body []byte) {
 	g.observe(outcome, start)

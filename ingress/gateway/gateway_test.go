@@ -1,6 +1,7 @@
 package gateway_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/aes"
@@ -10,12 +11,15 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -47,11 +51,12 @@ type harness struct {
 	reg    *prometheus.Registry
 	srv    *bus.Embedded
 	sender wechat.Sender
-	logs   *bytes.Buffer
+	logs   *lockedWriter
 }
 
 type opts struct {
-	safe         bool
+	safe         bool         // the gateway has the Cipher and the sender encrypts
+	mode         gateway.Mode // empty: the gateway's default
 	noWorker     bool
 	replyTimeout time.Duration
 	conn         *nats.Conn
@@ -61,9 +66,9 @@ var seq atomic.Int64
 
 func newHarness(t *testing.T, o opts) *harness {
 	t.Helper()
-	h := &harness{t: t, reg: prometheus.NewRegistry(), sender: wechat.Sender{Token: token}, logs: &bytes.Buffer{}}
+	h := &harness{t: t, reg: prometheus.NewRegistry(), sender: wechat.Sender{Token: token}, logs: &lockedWriter{w: &bytes.Buffer{}}}
 	h.srv = natstest.RunServer(t)
-	logger := slog.New(slog.NewTextHandler(&lockedWriter{w: h.logs}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	logger := slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	if !o.noWorker {
 		wnc := natstest.Connect(t, h.srv)
 		svc, err := reply.Start(reply.Options{Conn: wnc, Decider: reply.NewReplier(config.Defaults().Replies), Logger: logger, Registerer: prometheus.NewRegistry()})
@@ -91,7 +96,7 @@ func newHarness(t *testing.T, o opts) *harness {
 		nc = natstest.Connect(t, h.srv)
 	}
 	gw, err := gateway.New(gateway.Options{
-		Token: token, Cipher: cipher, Conn: nc, ReplyTimeout: o.replyTimeout,
+		Token: token, Cipher: cipher, Mode: o.mode, Conn: nc, ReplyTimeout: o.replyTimeout,
 		TimestampSkew: 5 * time.Minute, MaxBodyBytes: 64 << 10, Logger: logger, Registerer: h.reg,
 	})
 	if err != nil {
@@ -103,16 +108,23 @@ func newHarness(t *testing.T, o opts) *harness {
 	return h
 }
 
+// lockedWriter lets the handlers' goroutines log into one buffer while the
+// test reads it.
 type lockedWriter struct {
-	mu atomic.Bool
-	w  io.Writer
+	mu sync.Mutex
+	w  *bytes.Buffer
 }
 
 func (l *lockedWriter) Write(p []byte) (int, error) {
-	for !l.mu.CompareAndSwap(false, true) {
-	}
-	defer l.mu.Store(false)
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	return l.w.Write(p)
+}
+
+func (l *lockedWriter) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.String()
 }
 
 // post sends msg as WeChat would and returns the status and the opened reply.
@@ -246,6 +258,119 @@ func TestCompatibleMode(t *testing.T) {
 	}
 }
 
+// Each mode × each kind of POST: safe refuses plaintext (finding F6: with
+// the AES key set and no mode given, a plaintext POST signed only with
+// signature was accepted); plain refuses encrypted; compat takes both. The
+// URL check answers the same in every mode.
+func TestModes(t *testing.T) {
+	cipher, err := wechat.NewCipher(aesKey, appID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plainSender, safeSender := wechat.Sender{Token: token}, wechat.Sender{Token: token, Cipher: cipher}
+	type kind int
+	const (
+		plainPost kind = iota
+		encryptedPost
+		missingMsgSignature
+		badMsgSignature
+		kinds
+	)
+	kindNames := [kinds]string{"plain POST", "encrypted POST", "missing msg_signature", "bad msg_signature"}
+	type want struct {
+		code   int
+		reason string // rejections only
+		detail string // in the rejected log line
+	}
+	ok := want{code: 200}
+	plainRefused := want{403, "signature", "plaintext POST in safe mode"}
+	encryptedRefused := want{400, "decrypt", "encrypted POST in plain mode"}
+	missing := want{400, "malformed", "missing msg_signature"}
+	badSig := want{403, "signature", "bad msg_signature"}
+	modes := []struct {
+		name string
+		o    opts
+		want [kinds]want
+	}{
+		{"plain by default (no key)", opts{}, [kinds]want{ok, encryptedRefused, missing, encryptedRefused}},
+		{"plain with a key", opts{safe: true, mode: gateway.ModePlain}, [kinds]want{ok, encryptedRefused, missing, encryptedRefused}},
+		{"safe by default (key set)", opts{safe: true}, [kinds]want{plainRefused, ok, missing, badSig}},
+		{"compat", opts{safe: true, mode: gateway.ModeCompat}, [kinds]want{ok, ok, missing, badSig}},
+		{"safe", opts{safe: true, mode: gateway.ModeSafe}, [kinds]want{plainRefused, ok, missing, badSig}},
+	}
+	for _, mode := range modes {
+		t.Run(mode.name, func(t *testing.T) {
+			h := newHarness(t, mode.o)
+			for k := kind(0); k < kinds; k++ {
+				t.Run(kindNames[k], func(t *testing.T) {
+					w := mode.want[k]
+					content := "mode " + strconv.Itoa(int(k))
+					msg := []byte(message("text", "<Content>"+content+"</Content>"))
+					nonce := "m" + strconv.FormatInt(seq.Add(1), 10)
+					sender := safeSender
+					if k == plainPost {
+						sender = plainSender
+					}
+					req, err := sender.NewRequest(h.url, msg, time.Now(), nonce)
+					if err != nil {
+						t.Fatal(err)
+					}
+					q := req.URL.Query()
+					switch k {
+					case missingMsgSignature:
+						q.Del("msg_signature")
+					case badMsgSignature:
+						q.Set("msg_signature", strings.Repeat("0", 40))
+					}
+					req.URL.RawQuery = q.Encode()
+					before, logged := 0.0, 0
+					if w.reason != "" {
+						before = h.counter("wxgate_ingress_rejected_total", "reason", w.reason)
+						logged = strings.Count(h.logs.String(), "detail=\""+w.detail)
+					}
+					code, body := do(t, req)
+					if code != w.code {
+						t.Fatalf("status %d (%s), want %d", code, body, w.code)
+					}
+					if w.code == 200 {
+						reply, err := sender.OpenReply(body)
+						if err != nil || !strings.Contains(string(reply), content) {
+							t.Fatalf("reply %q, %v; want the echo of %q", reply, err, content)
+						}
+						return
+					}
+					if got := h.counter("wxgate_ingress_rejected_total", "reason", w.reason); got != before+1 {
+						t.Errorf("rejected{reason=%s} went %v -> %v", w.reason, before, got)
+					}
+					if logs := h.logs.String(); strings.Count(logs, "detail=\""+w.detail) != logged+1 {
+						t.Errorf("no rejection logged with detail %q:\n%s", w.detail, logs)
+					}
+				})
+			}
+			t.Run("URL check", func(t *testing.T) {
+				req, err := plainSender.NewVerifyRequest(h.url, "echo-"+mode.name, time.Now(), "v")
+				if err != nil {
+					t.Fatal(err)
+				}
+				if code, body := do(t, req); code != 200 || string(body) != "echo-"+mode.name {
+					t.Fatalf("GET = %d %q, want the echostr", code, body)
+				}
+			})
+		})
+	}
+}
+
+func TestNewRefusesModeWithoutCipher(t *testing.T) {
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	for _, m := range []gateway.Mode{gateway.ModeCompat, gateway.ModeSafe, "aes", "SAFE"} {
+		_, err := gateway.New(gateway.Options{Token: token, Mode: m, Local: func([]byte) ([]byte, error) { return nil, nil },
+			ReplyTimeout: time.Second, Logger: quiet, Registerer: prometheus.NewRegistry()})
+		if err == nil || !strings.Contains(err.Error(), "Mode") {
+			t.Errorf("Mode %q without a Cipher: %v, want an error naming Mode", m, err)
+		}
+	}
+}
+
 func TestVerifyURL(t *testing.T) {
 	h := newHarness(t, opts{noWorker: true})
 	ts := strconv.FormatInt(time.Now().Unix(), 10)
@@ -261,6 +386,8 @@ func TestVerifyURL(t *testing.T) {
 		{"missing echostr", "signature=" + good + "&timestamp=" + ts + "&nonce=n1", 400, ""},
 		{"missing nonce", "signature=" + good + "&timestamp=" + ts + "&echostr=e", 400, ""},
 		{"stale", "signature=" + wechat.Signature(token, "1000", "n1") + "&timestamp=1000&nonce=n1&echostr=e", 403, ""},
+		// Finding F7: 634 years ahead overflowed the check and passed.
+		{"far future", "signature=" + wechat.Signature(token, "20000000000", "n1") + "&timestamp=20000000000&nonce=n1&echostr=e", 403, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -326,6 +453,8 @@ func TestRejects(t *testing.T) {
 			f := strconv.FormatInt(now.Add(time.Hour).Unix(), 10)
 			return "signature=" + sign(f, "n") + "&timestamp=" + f + "&nonce=n"
 		}(), okMsg, 403, "stale"},
+		{"far-future timestamp", plainH, "signature=" + sign("20000000000", "n") + "&timestamp=20000000000&nonce=n", okMsg, 403, "stale"},
+		{"timestamp past int64", plainH, "signature=" + sign("99999999999999999999", "n") + "&timestamp=99999999999999999999&nonce=n", okMsg, 403, "stale"},
 		{"non-numeric timestamp", plainH, "signature=" + sign("soon", "n") + "&timestamp=soon&nonce=n", okMsg, 400, "malformed"},
 		{"missing signature", plainH, "timestamp=" + ts + "&nonce=n", okMsg, 400, "malformed"},
 		{"malformed xml", plainH, "signature=" + sign(ts, "n") + "&timestamp=" + ts + "&nonce=n", "<xml><MsgType>text</xml>", 400, "malformed"},
@@ -592,4 +721,94 @@ func TestSubjectInjection(t *testing.T) {
 			t.Errorf("a request reached subject %q", subject)
 		}
 	}
+}
+
+// Every 4xx closes its connection, so an unauthenticated client cannot hold
+// a keep-alive slot after a cheap rejection (finding F9); WeChat's valid
+// requests keep theirs. Seen on a raw TCP connection to a real listener.
+func TestRejectionClosesConnection(t *testing.T) {
+	h := newHarness(t, opts{})
+	u, err := url.Parse(h.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := strconv.FormatInt(time.Now().Unix(), 10)
+	okMsg := message("text", "<Content>x</Content>")
+	newReq := func(method, path, body string) *http.Request {
+		req, err := http.NewRequest(method, "http://"+u.Host+path, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return req
+	}
+	// roundTrip writes req on conn and reads the whole response.
+	roundTrip := func(conn net.Conn, br *bufio.Reader, req *http.Request) *http.Response {
+		t.Helper()
+		if err := req.Write(conn); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(br, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp
+	}
+	dial := func() (net.Conn, *bufio.Reader) {
+		conn, err := net.Dial("tcp", u.Host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		// A bound on the test, not a wait: the server answers at once.
+		if err := conn.SetDeadline(time.Now().Add(10 * time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		return conn, bufio.NewReader(conn)
+	}
+
+	rejections := []struct {
+		name string
+		req  *http.Request
+		code int
+	}{
+		{"unsigned POST", newReq(http.MethodPost, gateway.Path+"?timestamp="+ts+"&nonce=n", okMsg), 400},
+		{"bad signature", newReq(http.MethodPost, gateway.Path+"?signature="+strings.Repeat("0", 40)+"&timestamp="+ts+"&nonce=n", okMsg), 403},
+		{"bad URL check", newReq(http.MethodGet, gateway.Path+"?signature="+strings.Repeat("0", 40)+"&timestamp="+ts+"&nonce=n&echostr=e", ""), 403},
+		{"oversized body", newReq(http.MethodPost, gateway.Path+"?signature="+wechat.Signature(token, ts, "n")+"&timestamp="+ts+"&nonce=n",
+			strings.Repeat("x", 65<<10)), 413},
+		{"other route", newReq(http.MethodGet, "/other", ""), 404},
+	}
+	for _, tt := range rejections {
+		t.Run(tt.name, func(t *testing.T) {
+			conn, br := dial()
+			resp := roundTrip(conn, br, tt.req)
+			if resp.StatusCode != tt.code {
+				t.Fatalf("status %d, want %d", resp.StatusCode, tt.code)
+			}
+			if !resp.Close {
+				t.Errorf("no Connection: close on the %d (header %q)", resp.StatusCode, resp.Header.Get("Connection"))
+			}
+			if b, err := br.ReadByte(); err != io.EOF {
+				t.Errorf("after the %d the connection is still open: read %q, %v; want EOF", resp.StatusCode, b, err)
+			}
+		})
+	}
+
+	t.Run("valid requests keep the connection", func(t *testing.T) {
+		conn, br := dial()
+		for i := 0; i < 2; i++ {
+			req, err := h.sender.NewRequest("http://"+u.Host+gateway.Path, []byte(message("text", "<Content>ka</Content>")), time.Now(), "ka"+strconv.Itoa(i))
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The second request on the same connection is answered: it stayed open.
+			if resp := roundTrip(conn, br, req); resp.StatusCode != 200 || resp.Close {
+				t.Fatalf("request %d: status %d, close %v; want 200 on a kept connection", i, resp.StatusCode, resp.Close)
+			}
+		}
+	})
 }

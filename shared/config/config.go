@@ -1,5 +1,6 @@
-// Package config reads wxgate's configuration from the environment, the
-// contract in design.md: every variable, its meaning and its default.
+// Package config reads the configuration of wxgate's binaries (ingress and
+// workers) from environment variables: every variable's meaning, default and
+// check lives here, so both binaries refuse the same bad values.
 package config
 
 import (
@@ -16,6 +17,7 @@ type Config struct {
 	Token          string        // WECHAT_TOKEN
 	AppID          string        // WECHAT_APPID
 	EncodingAESKey string        // WECHAT_ENCODING_AES_KEY; empty: plain mode only
+	Mode           string        // WECHAT_MODE as given; empty: the default, see EffectiveMode
 	TimestampSkew  time.Duration // WECHAT_TIMESTAMP_SKEW; 0 disables the check
 	NATSURL        string        // NATS_URL, comma-separated
 	ReplyTimeout   time.Duration // REPLY_TIMEOUT
@@ -51,6 +53,31 @@ type Config struct {
 	Pprof bool
 }
 
+// The callback modes (WECHAT_MODE): the WeChat console's 明文, 兼容 and
+// 安全 message encryption modes.
+const (
+	ModePlain  = "plain"  // plaintext callbacks only
+	ModeCompat = "compat" // plaintext and encrypted: the switch-over
+	ModeSafe   = "safe"   // encrypted callbacks only
+)
+
+// EffectiveMode is the callback mode the ingress runs in: WECHAT_MODE, or
+// when it is empty, safe with an AES key and plain without. An account that
+// has a key is in safe mode unless told otherwise, so a plaintext POST
+// cannot slip past msg_signature.
+func (c *Config) EffectiveMode() string {
+	switch {
+	case c.Mode != "":
+		return c.Mode
+	case c.EncodingAESKey != "":
+		return ModeSafe
+	default:
+		return ModePlain
+	}
+}
+
+func knownMode(m string) bool { return m == ModePlain || m == ModeCompat || m == ModeSafe }
+
 // HasRole reports whether the workers process runs role.
 func (c *Config) HasRole(role string) bool {
 	for _, r := range c.WorkerRoles {
@@ -69,6 +96,24 @@ type ReplyTexts struct {
 	VoiceUnrecognised string // REPLY_VOICE_UNRECOGNISED
 	Default           string // REPLY_DEFAULT, for other message types; empty: no reply
 }
+
+// AnalyticsDuplicateWindow is the scan stream's duplicate window (the
+// default of workers/analytics StreamOptions.Duplicates). JetStream refuses a
+// stream whose MaxAge is shorter, so a shorter ANALYTICS_RETENTION could
+// never store a scan.
+const AnalyticsDuplicateWindow = 10 * time.Minute
+
+// A callback body travels as one NATS message, with its headers beside it.
+const (
+	// NATSMaxPayload is NATS's default max_payload.
+	NATSMaxPayload = 1 << 20
+	// NATSHeaderRoom is what the request's headers may take.
+	NATSHeaderRoom = 16 << 10
+	// MaxBodyBytesLimit is the largest MAX_BODY_BYTES accepted: a larger
+	// body would be refused by the bus and every such callback lost. Check it
+	// against the live connection's MaxPayload too, a server may lower it.
+	MaxBodyBytesLimit = NATSMaxPayload - NATSHeaderRoom
+)
 
 // Defaults returns the documented defaults. AdminAddr is the ingress's; the
 // workers binary overrides it before reading the environment.
@@ -124,6 +169,13 @@ func (c *Config) FromEnv(lookup func(string) (string, bool)) error {
 	str("WECHAT_TOKEN", &c.Token)
 	str("WECHAT_APPID", &c.AppID)
 	str("WECHAT_ENCODING_AES_KEY", &c.EncodingAESKey)
+	if v, ok := lookup("WECHAT_MODE"); ok {
+		if m := strings.ToLower(strings.TrimSpace(v)); m == "" || knownMode(m) {
+			c.Mode = m
+		} else {
+			errs = append(errs, fmt.Errorf("WECHAT_MODE=%q: want plain, compat or safe (empty: safe with WECHAT_ENCODING_AES_KEY, plain without)", v))
+		}
+	}
 	dur("WECHAT_TIMESTAMP_SKEW", &c.TimestampSkew)
 	str("NATS_URL", &c.NATSURL)
 	dur("REPLY_TIMEOUT", &c.ReplyTimeout)
@@ -133,9 +185,12 @@ func (c *Config) FromEnv(lookup func(string) (string, bool)) error {
 	str("ADMIN_TOKEN", &c.AdminToken)
 	if v, ok := lookup("MAX_BODY_BYTES"); ok {
 		n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-		if err != nil || n < 1024 {
+		switch {
+		case err != nil || n < 1024:
 			errs = append(errs, fmt.Errorf("MAX_BODY_BYTES=%q: want a byte count of at least 1024", v))
-		} else {
+		case n > MaxBodyBytesLimit:
+			errs = append(errs, fmt.Errorf("MAX_BODY_BYTES=%q: at most %d, what one NATS message carries (1 MiB max_payload less %d for headers)", v, MaxBodyBytesLimit, NATSHeaderRoom))
+		default:
 			c.MaxBodyBytes = n
 		}
 	}
@@ -153,6 +208,9 @@ func (c *Config) FromEnv(lookup func(string) (string, bool)) error {
 	num("MAX_CONNECTIONS", 1, 1<<20, &c.MaxConnections)
 	num("JETSTREAM_REPLICAS", 1, 5, &c.JetStreamReplicas)
 	dur("ANALYTICS_RETENTION", &c.AnalyticsRetention)
+	if r := c.AnalyticsRetention; r > 0 && r < AnalyticsDuplicateWindow {
+		errs = append(errs, fmt.Errorf("ANALYTICS_RETENTION=%s: must be 0 (keep) or at least %s, the duplicate window", shortDuration(r), shortDuration(AnalyticsDuplicateWindow)))
+	}
 	dur("DEDUP_TTL", &c.DedupTTL)
 	dur("HANDLER_TIMEOUT", &c.HandlerTimeout)
 	dur("SHUTDOWN_DELAY", &c.ShutdownDelay)
@@ -197,8 +255,15 @@ func (c *Config) ValidateIngress() error {
 	if c.Token == "" {
 		errs = append(errs, errors.New("WECHAT_TOKEN is required"))
 	}
-	if c.EncodingAESKey != "" && c.AppID == "" {
-		errs = append(errs, errors.New("WECHAT_APPID is required when WECHAT_ENCODING_AES_KEY is set"))
+	switch mode := c.EffectiveMode(); {
+	case !knownMode(mode):
+		errs = append(errs, fmt.Errorf("WECHAT_MODE=%q: want plain, compat or safe", mode))
+	case mode == ModePlain:
+		// The key, if set, goes unused: nothing encrypted is accepted.
+	case c.EncodingAESKey == "":
+		errs = append(errs, fmt.Errorf("WECHAT_MODE=%s needs WECHAT_ENCODING_AES_KEY (and WECHAT_APPID)", mode))
+	case c.AppID == "":
+		errs = append(errs, fmt.Errorf("WECHAT_APPID is required in %s mode (WECHAT_ENCODING_AES_KEY is set)", mode))
 	}
 	if c.ReplyTimeout <= 0 {
 		errs = append(errs, errors.New("REPLY_TIMEOUT must be positive"))
@@ -206,6 +271,18 @@ func (c *Config) ValidateIngress() error {
 		errs = append(errs, errors.New("REPLY_TIMEOUT must be under 5s, WeChat's own deadline"))
 	}
 	return errors.Join(errs...)
+}
+
+// shortDuration writes d as people do: 10m, not 10m0s.
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = s[:len(s)-2]
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = s[:len(s)-2]
+	}
+	return s
 }
 
 // NATSServers splits NATS_URL into the server list nats.Connect takes.

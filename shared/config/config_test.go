@@ -1,6 +1,8 @@
 package config
 
 import (
+	"errors"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -56,18 +58,95 @@ func TestValidateIngress(t *testing.T) {
 		{"ok", func(c *Config) {}, ""},
 		{"no token", func(c *Config) { c.Token = "" }, "WECHAT_TOKEN"},
 		{"aes without appid", func(c *Config) { c.EncodingAESKey = "k"; c.AppID = "" }, "WECHAT_APPID"},
+		{"aes and appid: safe", func(c *Config) { c.EncodingAESKey, c.AppID = "k", "wx" }, ""},
+		{"plain with aes, no appid", func(c *Config) { c.Mode, c.EncodingAESKey = ModePlain, "k" }, ""},
+		{"safe without aes", func(c *Config) { c.Mode, c.AppID = ModeSafe, "wx" }, "WECHAT_ENCODING_AES_KEY"},
+		{"compat without aes", func(c *Config) { c.Mode, c.AppID = ModeCompat, "wx" }, "WECHAT_ENCODING_AES_KEY"},
+		{"safe without appid", func(c *Config) { c.Mode, c.EncodingAESKey = ModeSafe, "k" }, "WECHAT_APPID"},
+		{"compat without appid", func(c *Config) { c.Mode, c.EncodingAESKey = ModeCompat, "k" }, "WECHAT_APPID"},
+		{"compat", func(c *Config) { c.Mode, c.EncodingAESKey, c.AppID = ModeCompat, "k", "wx" }, ""},
+		{"unknown mode", func(c *Config) { c.Mode = "strict" }, "WECHAT_MODE"},
 		{"timeout past wechat deadline", func(c *Config) { c.ReplyTimeout = 5 * time.Second }, "REPLY_TIMEOUT"},
 	}
 	for _, tt := range tests {
 		c := Defaults()
 		c.Token = "secret-token"
 		tt.mod(&c)
+		if c.EncodingAESKey != "" {
+			c.EncodingAESKey = "secret-aes-key"
+		}
 		err := c.ValidateIngress()
 		if (err == nil) != (tt.want == "") || (err != nil && !strings.Contains(err.Error(), tt.want)) {
 			t.Errorf("%s: error = %v, want mention of %q", tt.name, err, tt.want)
 		}
-		if err != nil && strings.Contains(err.Error(), "secret-token") {
-			t.Errorf("%s: error leaks the token", tt.name)
+		if err != nil && (strings.Contains(err.Error(), "secret-token") || strings.Contains(err.Error(), "secret-aes-key")) {
+			t.Errorf("%s: error leaks a secret", tt.name)
 		}
+	}
+}
+
+func TestMode(t *testing.T) {
+	const key = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
+	tests := []struct {
+		name    string
+		env     map[string]string
+		want    string // EffectiveMode
+		wantErr string // in FromEnv's error
+	}{
+		{"unset, no key", map[string]string{}, ModePlain, ""},
+		{"unset, key", map[string]string{"WECHAT_ENCODING_AES_KEY": key}, ModeSafe, ""},
+		{"empty, key", map[string]string{"WECHAT_MODE": "", "WECHAT_ENCODING_AES_KEY": key}, ModeSafe, ""},
+		{"plain with key", map[string]string{"WECHAT_MODE": "plain", "WECHAT_ENCODING_AES_KEY": key}, ModePlain, ""},
+		{"compat", map[string]string{"WECHAT_MODE": "compat", "WECHAT_ENCODING_AES_KEY": key}, ModeCompat, ""},
+		{"safe, spaces and case", map[string]string{"WECHAT_MODE": " Safe "}, ModeSafe, ""},
+		{"unknown", map[string]string{"WECHAT_MODE": "aes"}, ModePlain, `WECHAT_MODE="aes"`},
+		{"unknown with key", map[string]string{"WECHAT_MODE": "secure", "WECHAT_ENCODING_AES_KEY": key}, ModeSafe, "WECHAT_MODE"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := Defaults()
+			err := c.FromEnv(env(tt.env))
+			if (err == nil) != (tt.wantErr == "") || (err != nil && !strings.Contains(err.Error(), tt.wantErr)) {
+				t.Fatalf("FromEnv error = %v, want mention of %q", err, tt.wantErr)
+			}
+			if got := c.EffectiveMode(); got != tt.want {
+				t.Errorf("EffectiveMode = %q, want %q", got, tt.want)
+			}
+			if err != nil && strings.Contains(err.Error(), key) {
+				t.Error("the error leaks the AES key")
+			}
+		})
+	}
+}
+
+func TestFromEnvRefusesWhatCannotWork(t *testing.T) {
+	tests := []struct {
+		key, value string
+		want       string // "" accepted
+	}{
+		{"ANALYTICS_RETENTION", "0", ""},
+		{"ANALYTICS_RETENTION", "10m", ""},
+		{"ANALYTICS_RETENTION", "720h", ""},
+		{"ANALYTICS_RETENTION", "1m", "ANALYTICS_RETENTION=1m: must be 0 (keep) or at least 10m, the duplicate window"},
+		{"ANALYTICS_RETENTION", "9m59s", "ANALYTICS_RETENTION=9m59s"},
+		{"ANALYTICS_RETENTION", "1ns", "ANALYTICS_RETENTION=1ns"},
+		{"MAX_BODY_BYTES", strconv.Itoa(MaxBodyBytesLimit), ""},
+		{"MAX_BODY_BYTES", strconv.Itoa(MaxBodyBytesLimit + 1), "MAX_BODY_BYTES"},
+		{"MAX_BODY_BYTES", "4000000", "MAX_BODY_BYTES"},
+		{"MAX_BODY_BYTES", "9223372036854775807", "MAX_BODY_BYTES"},
+		{"REPLY_TIMEOUT", "4999ms", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.key+"="+tt.value, func(t *testing.T) {
+			c := Defaults()
+			c.Token = "tok"
+			err := errors.Join(c.FromEnv(env(map[string]string{tt.key: tt.value})), c.ValidateIngress())
+			if (err == nil) != (tt.want == "") || (err != nil && !strings.Contains(err.Error(), tt.want)) {
+				t.Errorf("error = %v, want mention of %q", err, tt.want)
+			}
+		})
+	}
+	if MaxBodyBytesLimit != 1<<20-16<<10 {
+		t.Errorf("MaxBodyBytesLimit = %d", MaxBodyBytesLimit)
 	}
 }
