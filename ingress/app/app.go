@@ -179,7 +179,7 @@ func Start(o Options) (_ *App, err error) {
 		return nil, err
 	}
 	admin.WarnIfOpen(logger, cfg.AdminAddr, cfg.AdminToken)
-	logger.Info("ingress started", "standalone", o.Standalone, "safe_mode", cipher != nil, "reply_timeout", cfg.ReplyTimeout.String())
+	logger.Info("ingress started", "standalone", o.Standalone, "mode", cfg.EffectiveMode(), "reply_timeout", cfg.ReplyTimeout.String())
 	return a, nil
 }
 
@@ -218,7 +218,7 @@ func checkPayload(nc *nats.Conn, maxBody int64) error {
 	if !nc.IsConnected() {
 		return nil // not known yet; the static limit in config applies
 	}
-	if limit := nc.MaxPayload() - 16<<10; maxBody > limit {
+	if limit := nc.MaxPayload() - config.NATSHeaderRoom; maxBody > limit {
 		return fmt.Errorf("MAX_BODY_BYTES=%d is more than the NATS server's max_payload (%d) leaves for a callback (%d)", maxBody, nc.MaxPayload(), limit)
 	}
 	return nil

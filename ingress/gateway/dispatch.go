@@ -75,7 +75,7 @@ func (g *Gateway) request(ctx context.Context, m *wechat.Message, plain []byte, 
 		Subject: subject,
 		Data:    plain,
 		Header: nats.Header{
-			bus.HeaderAccount:  []string{m.ToUserName},
+			bus.HeaderAccount:  []string{bus.Account(m.ToUserName)},
 			bus.HeaderDedupKey: []string{m.DedupKey()},
 			bus.HeaderReceived: []string{bus.FormatTime(received)},
 			bus.HeaderDeadline: []string{bus.FormatTime(deadline)},

@@ -39,6 +39,20 @@ const (
 	HeaderDeadline = "Wx-Deadline"
 )
 
+// maxAccount bounds the account header: an account is "gh_" and 12 hex
+// digits, but ToUserName comes from the sender.
+const maxAccount = 64
+
+// Account is the value of HeaderAccount for a ToUserName: the name itself,
+// or "invalid" for one longer than any account, so that no header grows
+// with what a sender writes.
+func Account(toUserName string) string {
+	if len(toUserName) > maxAccount {
+		return "invalid"
+	}
+	return toUserName
+}
+
 // FormatTime and ParseTime encode the time headers.
 func FormatTime(t time.Time) string { return strconv.FormatInt(t.UnixNano(), 10) }
 
