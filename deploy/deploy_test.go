@@ -147,10 +147,11 @@ func TestPrometheusScrape(t *testing.T) {
 		}
 	}
 	wait.For(t, wait.Short, wait.Every, func() error {
-		if n := s.apiScans(t); n != 6 {
-			return fmt.Errorf("the API counts %d scans, want 6", n)
+		n, err := s.apiScans()
+		if err == nil && n != 6 {
+			err = fmt.Errorf("the API counts %d scans, want 6", n)
 		}
-		return nil
+		return err
 	})
 
 	dir := t.TempDir()
@@ -243,7 +244,9 @@ scrape_configs:
 				} `json:"groups"`
 			} `json:"data"`
 		}
-		nettest.GetJSON(t, base+"/api/v1/rules", &r)
+		if err := nettest.FetchJSON(base+"/api/v1/rules", &r); err != nil {
+			return err
+		}
 		n := 0
 		for _, g := range r.Data.Groups {
 			for _, rule := range g.Rules {
@@ -285,18 +288,20 @@ func (s *standalone) post(t *testing.T, msg string) {
 	}
 }
 
-func (s *standalone) apiScans(t *testing.T) int64 {
+func (s *standalone) apiScans() (int64, error) {
 	var page struct {
 		Scenes []struct {
 			Scans int64 `json:"scans"`
 		} `json:"scenes"`
 	}
-	nettest.GetJSON(t, "http://"+s.admin+"/api/scenes", &page)
+	if err := nettest.FetchJSON("http://"+s.admin+"/api/scenes", &page); err != nil {
+		return 0, err
+	}
 	var n int64
 	for _, sc := range page.Scenes {
 		n += sc.Scans
 	}
-	return n
+	return n, nil
 }
 
 type sample struct {

@@ -53,20 +53,28 @@ func status(url string) (int, error) {
 	return resp.StatusCode, nil
 }
 
-// GetJSON GETs url and decodes its 200 answer into v, failing the test
-// otherwise.
-func GetJSON(tb testing.TB, url string, v any) {
-	tb.Helper()
+// FetchJSON GETs url and decodes its 200 answer into v: for polls, where
+// an answer that is not ready yet is retried.
+func FetchJSON(url string, v any) error {
 	resp, err := http.Get(url)
 	if err != nil {
-		tb.Fatal(err)
+		return err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
-		tb.Fatalf("GET %s = %d: %s", url, resp.StatusCode, b)
+		return fmt.Errorf("GET %s = %d: %s", url, resp.StatusCode, b)
 	}
 	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
-		tb.Fatalf("GET %s: %v", url, err)
+		return fmt.Errorf("GET %s: %w", url, err)
+	}
+	return nil
+}
+
+// GetJSON is FetchJSON that fails the test.
+func GetJSON(tb testing.TB, url string, v any) {
+	tb.Helper()
+	if err := FetchJSON(url, v); err != nil {
+		tb.Fatal(err)
 	}
 }
