@@ -95,9 +95,11 @@ func startWorker(t *testing.T, natsURL string, env ...string) worker {
 	return worker{p, admin}
 }
 
+// startIngress runs a distributed ingress. It stops at once on SIGTERM:
+// a test of draining passes SHUTDOWN_DELAY itself (the last one wins).
 func startIngress(t *testing.T, env ...string) (p *proc, url, admin string) {
 	t.Helper()
-	p = start(t, "ingress", append([]string{"HTTP_ADDR=127.0.0.1:0", "ADMIN_ADDR=127.0.0.1:0", "WECHAT_TOKEN=" + token}, env...))
+	p = start(t, "ingress", append([]string{"SHUTDOWN_DELAY=0", "HTTP_ADDR=127.0.0.1:0", "ADMIN_ADDR=127.0.0.1:0", "WECHAT_TOKEN=" + token}, env...))
 	url = "http://" + p.listenAddr(t, "http") + "/wechat"
 	admin = p.listenAddr(t, "admin")
 	return p, url, admin
@@ -152,7 +154,7 @@ func TestDistributed(t *testing.T) {
 // connection drains, and the process exits 0.
 func TestIngressGracefulShutdown(t *testing.T) {
 	ns := startNATS(t)
-	ingress, url, admin := startIngress(t, "NATS_URL="+ns.url, "REPLY_TIMEOUT=4s")
+	ingress, url, admin := startIngress(t, "NATS_URL="+ns.url, "REPLY_TIMEOUT=4s", "SHUTDOWN_DELAY=5s") // the default
 	waitReady(t, admin)
 
 	// A worker in the test that holds the request until told to answer.

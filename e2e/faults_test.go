@@ -87,7 +87,7 @@ func TestFaultNATSRestart(t *testing.T) {
 func TestFaultIngressSIGTERM(t *testing.T) {
 	ns := startNATS(t)
 	w := startWorker(t, ns.url)
-	a, urlA, adminA := startIngress(t, "NATS_URL="+ns.url)
+	a, urlA, adminA := startIngress(t, "NATS_URL="+ns.url, "SHUTDOWN_DELAY=5s") // the default: the drain is under test
 	_, urlB, adminB := startIngress(t, "NATS_URL="+ns.url)
 	waitReady(t, adminA, adminB, w.admin)
 
