@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -19,6 +20,11 @@ import (
 var binDir string
 
 func TestMain(m *testing.M) {
+	flag.Parse()
+	if testing.Short() {
+		fmt.Println("e2e: skipped under -short (builds the binaries and runs real processes)")
+		os.Exit(0)
+	}
 	dir, err := os.MkdirTemp("", "wxgate-e2e-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
