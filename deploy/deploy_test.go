@@ -3,12 +3,8 @@
 package deploy_test
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"log/slog"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -23,7 +19,12 @@ import (
 	"github.com/gin-gonic/gin"
 
 	"github.com/wxgate/wxgate/ingress/app"
+	"github.com/wxgate/wxgate/ingress/app/apptest"
+	"github.com/wxgate/wxgate/shared/child"
 	"github.com/wxgate/wxgate/shared/config"
+	"github.com/wxgate/wxgate/shared/metricstest"
+	"github.com/wxgate/wxgate/shared/nettest"
+	"github.com/wxgate/wxgate/shared/wait"
 	"github.com/wxgate/wxgate/shared/wechat"
 )
 
@@ -104,7 +105,7 @@ func TestDashboardReferencesExistingMetrics(t *testing.T) {
 	}
 	ds, _ := os.ReadFile("grafana/provisioning/datasources/prometheus.yml")
 	s := startStandalone(t)
-	exported := metricNames(t, s.admin)
+	exported := metricstest.Names(t, "http://"+s.admin+"/metrics")
 	for _, p := range d.Panels {
 		if !strings.Contains(string(ds), "uid: "+p.Datasource.UID) {
 			t.Errorf("panel %q uses datasource %q, not the provisioned one", p.Title, p.Datasource.UID)
@@ -127,6 +128,9 @@ func TestDashboardReferencesExistingMetrics(t *testing.T) {
 // query and every alert rule evaluates, and the scan-count panels show the
 // numbers sent.
 func TestPrometheusScrape(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a real Prometheus")
+	}
 	prom := requireBinary(t, "prometheus")
 	s := startStandalone(t)
 	// 3 scenes, 6 distinct scans (2 follows, 4 follower scans), each sent
@@ -142,7 +146,13 @@ func TestPrometheusScrape(t *testing.T) {
 			s.post(t, msg)
 		}
 	}
-	eventually(t, "API to count 6 scans", func() bool { return s.apiScans(t) == 6 })
+	wait.For(t, wait.Short, wait.Every, func() error {
+		n, err := s.apiScans()
+		if err == nil && n != 6 {
+			err = fmt.Errorf("the API counts %d scans, want 6", n)
+		}
+		return err
+	})
 
 	dir := t.TempDir()
 	rules, _ := filepath.Abs("prometheus/rules/wxgate.yml")
@@ -155,28 +165,34 @@ scrape_configs:
 	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	addr := freeAddr(t)
-	cmd := exec.Command(prom, "--config.file="+filepath.Join(dir, "prometheus.yml"), "--storage.tsdb.path="+filepath.Join(dir, "data"),
-		"--web.listen-address="+addr, "--log.level=warn")
-	out := &strings.Builder{}
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
+	addr := "127.0.0.1:" + nettest.FreePort(t)
+	p, err := child.Start("prometheus", prom, nil, "--config.file="+filepath.Join(dir, "prometheus.yml"),
+		"--storage.tsdb.path="+filepath.Join(dir, "data"), "--web.listen-address="+addr, "--log.level=warn")
+	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
+		p.Kill()
 		if t.Failed() {
-			t.Logf("prometheus output:\n%s", out.String())
+			t.Logf("prometheus output:\n%s", p.Output())
 		}
 	})
 	base := "http://" + addr
-	eventually(t, "prometheus ready", func() bool { return httpStatus(base+"/-/ready") == 200 })
+	wait.For(t, wait.Long, wait.Every, func() error {
+		select {
+		case <-p.Exited():
+			t.Fatalf("prometheus exited (code %d)", p.ExitCode())
+		default:
+		}
+		return nettest.CheckStatus(base+"/-/ready", 200)
+	})
 
 	total := `sum(max without (instance, job) (wechat_scene_scans_total))`
-	eventually(t, "prometheus to scrape the scans", func() bool {
-		v, ok := queryScalar(t, base, total)
-		return ok && v == 6
+	wait.For(t, wait.Long, wait.Every, func() error {
+		if v, ok := queryScalar(t, base, total); !ok || v != 6 {
+			return fmt.Errorf("prometheus shows %v scans (a result: %v), want 6", v, ok)
+		}
+		return nil
 	})
 
 	// Every expression in the dashboard evaluates.
@@ -218,7 +234,7 @@ scrape_configs:
 	}
 
 	// Every alert rule evaluates without error.
-	eventually(t, "rules evaluated", func() bool {
+	wait.For(t, wait.Long, wait.Every, func() error {
 		var r struct {
 			Data struct {
 				Groups []struct {
@@ -228,7 +244,9 @@ scrape_configs:
 				} `json:"groups"`
 			} `json:"data"`
 		}
-		getJSON(t, base+"/api/v1/rules", &r)
+		if err := nettest.FetchJSON(base+"/api/v1/rules", &r); err != nil {
+			return err
+		}
 		n := 0
 		for _, g := range r.Data.Groups {
 			for _, rule := range g.Rules {
@@ -240,7 +258,10 @@ scrape_configs:
 				}
 			}
 		}
-		return n >= 4
+		if n < 4 {
+			return fmt.Errorf("%d rules evaluated, want at least 4", n)
+		}
+		return nil
 	})
 }
 
@@ -253,17 +274,8 @@ type standalone struct {
 func startStandalone(t *testing.T) *standalone {
 	t.Helper()
 	cfg := config.Defaults()
-	cfg.HTTPAddr, cfg.AdminAddr, cfg.DataDir, cfg.Token = "127.0.0.1:0", "127.0.0.1:0", t.TempDir(), "deploy-token"
-	cfg.TimestampSkew = 0
-	a, err := app.Start(app.Options{Config: cfg, Standalone: true, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = a.Shutdown(ctx)
-	})
+	cfg.Token, cfg.TimestampSkew = "deploy-token", 0
+	a := apptest.Start(t, app.Options{Config: cfg, Standalone: true})
 	return &standalone{http: "http://" + a.HTTPAddr() + "/wechat", admin: a.AdminAddr(), sender: wechat.Sender{Token: cfg.Token}}
 }
 
@@ -276,35 +288,20 @@ func (s *standalone) post(t *testing.T, msg string) {
 	}
 }
 
-func (s *standalone) apiScans(t *testing.T) int64 {
+func (s *standalone) apiScans() (int64, error) {
 	var page struct {
 		Scenes []struct {
 			Scans int64 `json:"scans"`
 		} `json:"scenes"`
 	}
-	getJSON(t, "http://"+s.admin+"/api/scenes", &page)
+	if err := nettest.FetchJSON("http://"+s.admin+"/api/scenes", &page); err != nil {
+		return 0, err
+	}
 	var n int64
 	for _, sc := range page.Scenes {
 		n += sc.Scans
 	}
-	return n
-}
-
-func metricNames(t *testing.T, admin string) map[string]bool {
-	t.Helper()
-	resp, err := http.Get("http://" + admin + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	names := map[string]bool{}
-	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) >= 3 && f[0] == "#" && f[1] == "TYPE" {
-			names[f[2]] = true
-		}
-	}
-	return names
+	return n, nil
 }
 
 type sample struct {
@@ -349,48 +346,4 @@ func queryScalar(t *testing.T, base, expr string) (float64, bool) {
 		return 0, false
 	}
 	return res[0].value(), true
-}
-
-func getJSON(t *testing.T, u string, v any) {
-	t.Helper()
-	resp, err := http.Get(u)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
-		t.Fatalf("%s: %v", u, err)
-	}
-}
-
-func httpStatus(u string) int {
-	resp, err := http.Get(u)
-	if err != nil {
-		return 0
-	}
-	resp.Body.Close()
-	return resp.StatusCode
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
-// eventually polls state that offers no event to wait on (another
-// process's view: Prometheus's scrapes, the consumer's progress).
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within 60s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }

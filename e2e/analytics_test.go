@@ -1,14 +1,13 @@
 package e2e
 
 import (
-	"encoding/json"
 	"fmt"
-	"net"
-	"net/http"
+	"maps"
 	"strconv"
 	"testing"
-	"time"
 
+	"github.com/wxgate/wxgate/shared/nettest"
+	"github.com/wxgate/wxgate/shared/wait"
 	"github.com/wxgate/wxgate/shared/wechat"
 )
 
@@ -16,25 +15,14 @@ import (
 // then restarted; then the NATS server itself is restarted on its file
 // store. Every count stays exact: nothing lost, nothing counted twice.
 func TestAnalyticsSurvivesKillAndNATSRestart(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
-	l.Close()
-	store := t.TempDir()
+	port, store := nettest.FreePort(t), t.TempDir()
 	ns := startNATSAt(t, port, store)
 
 	replies := startRole(t, ns.url, "replies")
 	consumer := startRole(t, ns.url, "analytics")
 	ingress, url, admin := startIngress(t, "NATS_URL="+ns.url, "REPLY_TIMEOUT=2s")
 	s := wechat.Sender{Token: token}
-	ready := func(admins ...string) {
-		for _, a := range admins {
-			eventually(t, a+" ready", func() bool { return status("http://"+a+"/readyz") == 200 })
-		}
-	}
-	ready(admin, replies.admin, consumer.admin)
+	waitReady(t, admin, replies.admin, consumer.admin)
 
 	want := map[string]int{}
 	n := 0
@@ -68,7 +56,7 @@ func TestAnalyticsSurvivesKillAndNATSRestart(t *testing.T) {
 	for _, p := range []*proc{ingress, replies.proc, consumer.proc} {
 		p.waitLog(t, "nats reconnected", nil)
 	}
-	ready(admin, replies.admin, consumer.admin)
+	waitReady(t, admin, replies.admin, consumer.admin)
 	burst(20)
 	waitCounts(t, consumer.admin, want)
 }
@@ -88,22 +76,15 @@ func startRole(t *testing.T, natsURL, role string) worker {
 // any count goes past it.
 func waitCounts(t *testing.T, admin string, want map[string]int) {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		resp, err := http.Get("http://" + admin + "/api/scenes?limit=1000")
-		if err != nil {
-			t.Fatal(err)
-		}
+	wait.For(t, wait.Long, wait.Every, func() error {
 		var page struct {
 			Scenes []struct {
 				Scene string `json:"scene"`
 				Scans int    `json:"scans"`
 			} `json:"scenes"`
 		}
-		err = json.NewDecoder(resp.Body).Decode(&page)
-		resp.Body.Close()
-		if err != nil {
-			t.Fatal(err)
+		if err := nettest.FetchJSON("http://"+admin+"/api/scenes?limit=1000", &page); err != nil {
+			return err
 		}
 		got := map[string]int{}
 		for _, sc := range page.Scenes {
@@ -112,12 +93,9 @@ func waitCounts(t *testing.T, admin string, want map[string]int) {
 				t.Fatalf("scene %s counted %d, want %d: double-counted", sc.Scene, sc.Scans, want[sc.Scene])
 			}
 		}
-		if fmt.Sprint(got) == fmt.Sprint(want) {
-			return
+		if !maps.Equal(got, want) {
+			return fmt.Errorf("counts %v, want %v", got, want)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("counts %v, want %v", got, want)
-		}
-		time.Sleep(50 * time.Millisecond) // polling the consumer's progress
-	}
+		return nil
+	})
 }

@@ -10,6 +10,9 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wxgate/wxgate/shared/nettest"
+	"github.com/wxgate/wxgate/shared/wait"
 )
 
 // clusterNode is one nats-server process of a three-node cluster.
@@ -22,7 +25,7 @@ type clusterNode struct {
 // cluster on loopback, and waits until each reports itself healthy.
 func startCluster(t *testing.T) []clusterNode {
 	t.Helper()
-	clusterPorts := []string{freePort(t), freePort(t), freePort(t)}
+	clusterPorts := []string{nettest.FreePort(t), nettest.FreePort(t), nettest.FreePort(t)}
 	var routes []string
 	for _, p := range clusterPorts {
 		routes = append(routes, "nats://127.0.0.1:"+p)
@@ -30,15 +33,13 @@ func startCluster(t *testing.T) []clusterNode {
 	nodes := make([]clusterNode, 3)
 	for i := range nodes {
 		name := fmt.Sprintf("n%d", i+1)
-		p := start(t, "nats-server", nil, "-a", "127.0.0.1", "-p", "-1", "-m", "-1", "-js",
-			"-sd", filepath.Join(t.TempDir(), name), "-n", name, "--cluster_name", "wxgate",
+		ns := startNATSAt(t, "-1", filepath.Join(t.TempDir(), name), "-n", name, "--cluster_name", "wxgate",
 			"--cluster", "nats://127.0.0.1:"+clusterPorts[i], "--routes", strings.Join(routes, ","))
-		mon := monitorAddrRE.FindStringSubmatch(p.waitLine(t, "monitor address", monitorAddrRE.MatchString))[1]
-		addr := natsAddrRE.FindStringSubmatch(p.waitLine(t, "client address", natsAddrRE.MatchString))[1]
-		nodes[i] = clusterNode{&natsServer{proc: p, url: "nats://" + addr, monitor: "http://" + mon}, name}
+		nodes[i] = clusterNode{ns, name}
 	}
 	for _, n := range nodes {
-		eventually(t, n.name+" healthy (JetStream meta leader known)", func() bool { return status(n.monitor+"/healthz") == 200 })
+		// Healthy once the JetStream meta leader is known.
+		wait.For(t, wait.Long, wait.Every, func() error { return nettest.CheckStatus(n.monitor+"/healthz", 200) })
 	}
 	return nodes
 }

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -20,6 +19,9 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/wxgate/wxgate/shared/bus"
+	"github.com/wxgate/wxgate/shared/metricstest"
+	"github.com/wxgate/wxgate/shared/nettest"
+	"github.com/wxgate/wxgate/shared/wait"
 	"github.com/wxgate/wxgate/shared/wechat"
 )
 
@@ -54,31 +56,30 @@ func expectEcho(t *testing.T, s wechat.Sender, url, content string) {
 	}
 }
 
-var handledRE = regexp.MustCompile(`(?m)^wxgate_worker_handled_total\{subject="msg.text"\} (\S+)$`)
-
-func handled(t *testing.T, admin string) float64 {
+// metricValue reads one series from a process's admin listener.
+func metricValue(t *testing.T, admin, series string) float64 {
 	t.Helper()
-	resp, err := http.Get("http://" + admin + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	m := handledRE.FindSubmatch(b)
-	if m == nil {
-		t.Fatalf("no handled series in worker metrics")
-	}
-	v, _ := strconv.ParseFloat(string(m[1]), 64)
-	return v
+	return metricstest.Scrape(t, "http://"+admin+"/metrics", series)
 }
 
-func status(url string) int {
-	resp, err := http.Get(url)
-	if err != nil {
-		return 0
+// handled is how many text messages a worker has handled.
+func handled(t *testing.T, admin string) float64 {
+	t.Helper()
+	return metricValue(t, admin, `wxgate_worker_handled_total{subject="msg.text"}`)
+}
+
+// waitReady waits until every admin listener's /readyz answers 200.
+func waitReady(t *testing.T, admins ...string) {
+	t.Helper()
+	for _, a := range admins {
+		wait.For(t, wait.Long, wait.Every, func() error { return nettest.CheckStatus("http://"+a+"/readyz", 200) })
 	}
-	resp.Body.Close()
-	return resp.StatusCode
+}
+
+// waitNotReady waits until an admin listener's /readyz answers 503.
+func waitNotReady(t *testing.T, admin string) {
+	t.Helper()
+	wait.For(t, wait.Long, wait.Every, func() error { return nettest.CheckStatus("http://"+admin+"/readyz", 503) })
 }
 
 type worker struct {
@@ -94,9 +95,11 @@ func startWorker(t *testing.T, natsURL string, env ...string) worker {
 	return worker{p, admin}
 }
 
+// startIngress runs a distributed ingress. It stops at once on SIGTERM:
+// a test of draining passes SHUTDOWN_DELAY itself (the last one wins).
 func startIngress(t *testing.T, env ...string) (p *proc, url, admin string) {
 	t.Helper()
-	p = start(t, "ingress", append([]string{"HTTP_ADDR=127.0.0.1:0", "ADMIN_ADDR=127.0.0.1:0", "WECHAT_TOKEN=" + token}, env...))
+	p = start(t, "ingress", append([]string{"SHUTDOWN_DELAY=0", "HTTP_ADDR=127.0.0.1:0", "ADMIN_ADDR=127.0.0.1:0", "WECHAT_TOKEN=" + token}, env...))
 	url = "http://" + p.listenAddr(t, "http") + "/wechat"
 	admin = p.listenAddr(t, "admin")
 	return p, url, admin
@@ -109,7 +112,7 @@ func TestDistributed(t *testing.T) {
 	ns := startNATS(t)
 	w1, w2 := startWorker(t, ns.url), startWorker(t, ns.url)
 	_, url, admin := startIngress(t, "NATS_URL="+ns.url, "REPLY_TIMEOUT=2s")
-	eventually(t, "ingress ready", func() bool { return status("http://"+admin+"/readyz") == 200 })
+	waitReady(t, admin)
 	s := wechat.Sender{Token: token}
 
 	const first = 40
@@ -124,7 +127,13 @@ func TestDistributed(t *testing.T) {
 	w1.kill(t)
 	// The server drops the dead worker's interest when it sees its socket
 	// close; from then on no request can be routed to it.
-	eventually(t, "server to drop the killed worker", func() bool { return ns.connections(t) == 2 })
+	wait.For(t, wait.Long, wait.Every, func() error {
+		n, err := ns.connections()
+		if err == nil && n != 2 {
+			err = fmt.Errorf("nats-server has %d client connections, want 2", n)
+		}
+		return err
+	})
 	const after = 20
 	for i := 0; i < after; i++ {
 		expectEcho(t, s, url, fmt.Sprintf("after %d", i))
@@ -135,7 +144,7 @@ func TestDistributed(t *testing.T) {
 
 	// NATS gone: the ingress says it is not ready and still answers WeChat.
 	ns.kill(t)
-	eventually(t, "ingress not ready without NATS", func() bool { return status("http://"+admin+"/readyz") == 503 })
+	waitNotReady(t, admin)
 	if code, body := post(t, s, url, textMessage("bus down")); code != 200 || body != "success" {
 		t.Errorf("with NATS down = %d %q, want 200 success", code, body)
 	}
@@ -145,8 +154,8 @@ func TestDistributed(t *testing.T) {
 // connection drains, and the process exits 0.
 func TestIngressGracefulShutdown(t *testing.T) {
 	ns := startNATS(t)
-	ingress, url, admin := startIngress(t, "NATS_URL="+ns.url, "REPLY_TIMEOUT=4s")
-	eventually(t, "ingress ready", func() bool { return status("http://"+admin+"/readyz") == 200 })
+	ingress, url, admin := startIngress(t, "NATS_URL="+ns.url, "REPLY_TIMEOUT=4s", "SHUTDOWN_DELAY=5s") // the default
+	waitReady(t, admin)
 
 	// A worker in the test that holds the request until told to answer.
 	nc, err := nats.Connect(ns.url)
@@ -185,13 +194,13 @@ func TestIngressGracefulShutdown(t *testing.T) {
 	var req *nats.Msg
 	select {
 	case req = <-held:
-	case <-time.After(30 * time.Second):
+	case <-time.After(wait.Long):
 		t.Fatal("request never reached the bus")
 	}
 	if req.Header.Get(bus.HeaderDedupKey) == "" || req.Header.Get(bus.HeaderAccount) != "gh_e2e" || req.Header.Get(bus.HeaderReceived) == "" {
 		t.Errorf("request headers = %v", req.Header)
 	}
-	_ = ingress.cmd.Process.Signal(syscall.SIGTERM)
+	_ = ingress.Signal(syscall.SIGTERM)
 	ingress.waitLog(t, "shutting down", nil)
 	reply := wechat.TextReply("finished after SIGTERM").AppendXML(nil, "openid", "gh_e2e", 1)
 	if err := req.Respond(reply); err != nil {
@@ -231,7 +240,7 @@ func TestStandalone(t *testing.T) {
 	if code != 200 || !strings.Contains(body, "您扫描的场景值为：poster_a") {
 		t.Errorf("SCAN = %d %q", code, body)
 	}
-	if status("http://"+admin+"/readyz") != 200 || status("http://"+admin+"/healthz") != 200 {
+	if nettest.Status("http://"+admin+"/readyz") != 200 || nettest.Status("http://"+admin+"/healthz") != 200 {
 		t.Error("standalone admin endpoints not healthy")
 	}
 	// The container healthcheck: the binary probes its own admin listener.

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wxgate/wxgate/shared/wait"
 	"github.com/wxgate/wxgate/shared/wechat"
 )
 
@@ -155,7 +156,12 @@ func (tr *traffic) fail(format string, args ...any) {
 func (tr *traffic) waitReplies(what string, n int64) {
 	tr.t.Helper()
 	target := tr.replied.Load() + n
-	eventually(tr.t, what, func() bool { return tr.replied.Load() >= target })
+	wait.For(tr.t, wait.Long, wait.Every, func() error {
+		if got := tr.replied.Load(); got < target {
+			return fmt.Errorf("%s: %d of %d messages answered by a worker", what, got, target)
+		}
+		return nil
+	})
 }
 
 // waitFallbacks waits until n more deliveries than now were answered
@@ -163,7 +169,12 @@ func (tr *traffic) waitReplies(what string, n int64) {
 func (tr *traffic) waitFallbacks(what string, n int64) {
 	tr.t.Helper()
 	target := tr.fallback.Load() + n
-	eventually(tr.t, what, func() bool { return tr.fallback.Load() >= target })
+	wait.For(tr.t, wait.Long, wait.Every, func() error {
+		if got := tr.fallback.Load(); got < target {
+			return fmt.Errorf("%s: %d of %d deliveries answered \"success\"", what, got, target)
+		}
+		return nil
+	})
 }
 
 // finish stops new messages, waits until every message sent has been

@@ -1,13 +1,15 @@
 package e2e
 
 import (
-	"encoding/json"
-	"net/http"
+	"fmt"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/wxgate/wxgate/shared/nettest"
+	"github.com/wxgate/wxgate/shared/wait"
 )
 
 const (
@@ -87,22 +89,20 @@ func TestWxsim(t *testing.T) {
 			if !regexp.MustCompile(`latency: p50 \S+\s+p90 \S+\s+p99 \S+\s+p99\.9 \S+`).MatchString(out) {
 				t.Errorf("wxsim load prints no percentiles:\n%s", out)
 			}
-			eventually(t, "the retried scan counted once", func() bool {
+			wait.For(t, wait.Long, wait.Every, func() error {
 				var tot struct {
 					Scans int `json:"scans"`
 				}
-				resp, err := http.Get("http://" + admin + "/api/scenes/retried_" + mode)
-				if err != nil {
-					return false
-				}
-				defer resp.Body.Close()
-				if resp.StatusCode != 200 || json.NewDecoder(resp.Body).Decode(&tot) != nil {
-					return false
+				if err := nettest.FetchJSON("http://"+admin+"/api/scenes/retried_"+mode, &tot); err != nil {
+					return err
 				}
 				if tot.Scans > 1 {
 					t.Fatalf("retried scan counted %d times", tot.Scans)
 				}
-				return tot.Scans == 1
+				if tot.Scans != 1 {
+					return fmt.Errorf("retried scan counted %d times, want once", tot.Scans)
+				}
+				return nil
 			})
 		})
 	}

@@ -1,124 +1,69 @@
 package sidebyside
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"time"
+
+	"github.com/wxgate/wxgate/shared/child"
 )
 
 // build compiles the binaries into dir: ours, and nats-server at the
 // version go.mod pins.
 func build(ctx context.Context, dir string) error {
-	for name, pkg := range map[string]string{
+	return child.Build(ctx, dir, map[string]string{
 		"ingress":     "github.com/wxgate/wxgate/ingress",
 		"workers":     "github.com/wxgate/wxgate/workers",
 		"nats-server": "github.com/nats-io/nats-server/v2",
-	} {
-		cmd := exec.CommandContext(ctx, "go", "build", "-o", filepath.Join(dir, name), pkg)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("build %s: %v\n%s", name, err, out)
-		}
-	}
-	return nil
+	})
 }
 
-// proc is a child process whose output lines can be waited for.
+// proc is a child process whose output lines can be waited for. name, cmd
+// and done mirror the child's for the soak's killer (analytics.go).
 type proc struct {
-	name   string
-	cmd    *exec.Cmd
-	mu     sync.Mutex
-	lines  []string
-	notify chan struct{}
-	done   chan struct{}
+	*child.Process
+	name string
+	cmd  *exec.Cmd
+	done <-chan struct{}
 }
+
+// startTimeout bounds each wait for a line: a process starting on a loaded
+// machine.
+const startTimeout = time.Minute
 
 func startProc(name, path string, env []string, args ...string) (*proc, error) {
-	cmd := exec.Command(path, args...)
-	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, env...)
-	out, err := cmd.StderrPipe()
+	c, err := child.Start(name, path, env, args...)
 	if err != nil {
 		return nil, err
 	}
-	cmd.Stdout = cmd.Stderr
-	p := &proc{name: name, cmd: cmd, notify: make(chan struct{}), done: make(chan struct{})}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", name, err)
-	}
-	go func() {
-		sc := bufio.NewScanner(out)
-		sc.Buffer(make([]byte, 64<<10), 1<<20)
-		for sc.Scan() {
-			p.mu.Lock()
-			if len(p.lines) < 10000 {
-				p.lines = append(p.lines, sc.Text())
-			}
-			close(p.notify)
-			p.notify = make(chan struct{})
-			p.mu.Unlock()
-		}
-		_ = cmd.Wait()
-		close(p.done)
-	}()
-	return p, nil
+	return &proc{Process: c, name: name, cmd: c.Cmd(), done: c.Exited()}, nil
 }
 
 // waitLine waits for an output line matching re and returns its submatches.
 func (p *proc) waitLine(re *regexp.Regexp) ([]string, error) {
-	timeout := time.After(60 * time.Second)
-	for i := 0; ; {
-		p.mu.Lock()
-		for ; i < len(p.lines); i++ {
-			if m := re.FindStringSubmatch(p.lines[i]); m != nil {
-				p.mu.Unlock()
-				return m, nil
-			}
-		}
-		notify := p.notify
-		p.mu.Unlock()
-		select {
-		case <-notify:
-		case <-p.done:
-			return nil, fmt.Errorf("%s exited before %s:\n%s", p.name, re, p.tail())
-		case <-timeout:
-			return nil, fmt.Errorf("%s: no %s within 60s:\n%s", p.name, re, p.tail())
-		}
+	line, err := p.WaitLine(re.String(), startTimeout, re.MatchString)
+	if err != nil {
+		return nil, fmt.Errorf("%w:\n%s", err, p.Tail(20))
 	}
+	return re.FindStringSubmatch(line), nil
 }
 
 // listen waits for a wxgate binary to log the bound address of a listener.
 func (p *proc) listen(listener string) (string, error) {
-	m, err := p.waitLine(regexp.MustCompile(`"msg":"listening","listener":"` + listener + `","addr":"([^"]+)"`))
+	addr, err := p.ListenAddr(listener, startTimeout)
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("%w:\n%s", err, p.Tail(20))
 	}
-	return m[1], nil
+	return addr, nil
 }
 
-func (p *proc) tail() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	n := max(0, len(p.lines)-20)
-	return strings.Join(p.lines[n:], "\n")
-}
-
-func (p *proc) stop() {
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(15 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
-}
+// stop ends the process: SIGTERM, then SIGKILL after 15 s.
+func (p *proc) stop() { _ = p.Stop(15 * time.Second) }
 
 // usage is a process's resident memory and CPU time so far, from /proc.
 type usage struct {

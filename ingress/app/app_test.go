@@ -1,7 +1,6 @@
 package app_test
 
 import (
-	"context"
 	"io"
 	"log/slog"
 	"net/http"
@@ -13,7 +12,9 @@ import (
 	"github.com/gin-gonic/gin"
 
 	"github.com/wxgate/wxgate/ingress/app"
+	"github.com/wxgate/wxgate/ingress/app/apptest"
 	"github.com/wxgate/wxgate/shared/config"
+	"github.com/wxgate/wxgate/shared/nettest"
 	"github.com/wxgate/wxgate/shared/wechat"
 )
 
@@ -21,21 +22,9 @@ import (
 // binaries): embedded NATS, workers and both listeners from one Start.
 func TestStandaloneInProcess(t *testing.T) {
 	cfg := config.Defaults()
-	cfg.HTTPAddr, cfg.AdminAddr, cfg.DataDir = "127.0.0.1:0", "127.0.0.1:0", t.TempDir()
 	cfg.Token = "app-test-token"
 	cfg.EncodingAESKey, cfg.AppID = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG", "wx_app_test"
-	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	a, err := app.Start(app.Options{Config: cfg, Standalone: true, Logger: logger})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := a.Shutdown(ctx); err != nil {
-			t.Errorf("shutdown: %v", err)
-		}
-	}()
+	a := apptest.Start(t, app.Options{Config: cfg, Standalone: true})
 
 	cipher, _ := wechat.NewCipher(cfg.EncodingAESKey, cfg.AppID)
 	s := wechat.Sender{Token: cfg.Token, Cipher: cipher}
@@ -45,13 +34,8 @@ func TestStandaloneInProcess(t *testing.T) {
 		t.Fatalf("safe-mode subscribe = %d %q %v", code, plain, err)
 	}
 
-	resp, err := http.Get("http://" + a.AdminAddr() + "/readyz")
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != 200 {
-		t.Errorf("/readyz = %d", resp.StatusCode)
+	if err := nettest.CheckStatus("http://"+a.AdminAddr()+"/readyz", 200); err != nil {
+		t.Error(err)
 	}
 }
 

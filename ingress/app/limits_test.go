@@ -2,8 +2,8 @@ package app_test
 
 import (
 	"bytes"
-	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -14,28 +14,12 @@ import (
 	"time"
 
 	"github.com/wxgate/wxgate/ingress/app"
+	"github.com/wxgate/wxgate/ingress/app/apptest"
 	"github.com/wxgate/wxgate/shared/config"
 	"github.com/wxgate/wxgate/shared/metricstest"
+	"github.com/wxgate/wxgate/shared/wait"
 	"github.com/wxgate/wxgate/shared/wechat"
 )
-
-func startApp(t *testing.T, o app.Options) *app.App {
-	t.Helper()
-	o.Config.HTTPAddr, o.Config.AdminAddr, o.Config.DataDir = "127.0.0.1:0", "127.0.0.1:0", t.TempDir()
-	if o.Logger == nil {
-		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-	}
-	a, err := app.Start(o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = a.Shutdown(ctx)
-	})
-	return a
-}
 
 // awaitClosed reads from c until the server closes it, and fails if that
 // takes longer than limit: a request the server gave up on must not hang.
@@ -56,7 +40,7 @@ func awaitClosed(t *testing.T, c net.Conn, limit time.Duration) string {
 func TestListenerLimits(t *testing.T) {
 	cfg := config.Defaults()
 	cfg.Token, cfg.MaxConnections = "limits-token", 4
-	a := startApp(t, app.Options{Config: cfg, NoBus: true})
+	a := apptest.Start(t, app.Options{Config: cfg, NoBus: true})
 	url := "http://" + a.HTTPAddr() + "/wechat"
 	sender := wechat.Sender{Token: cfg.Token}
 	msg := []byte(`<xml><ToUserName>gh</ToUserName><FromUserName>o</FromUserName><CreateTime>1</CreateTime><MsgType>text</MsgType><Content>hi</Content><MsgId>1</MsgId></xml>`)
@@ -75,6 +59,9 @@ func TestListenerLimits(t *testing.T) {
 	})
 
 	t.Run("slow headers", func(t *testing.T) {
+		if testing.Short() {
+			t.Skip("waits out ReadHeaderTimeout")
+		}
 		c, err := net.Dial("tcp", a.HTTPAddr())
 		if err != nil {
 			t.Fatal(err)
@@ -88,6 +75,9 @@ func TestListenerLimits(t *testing.T) {
 	})
 
 	t.Run("slow body", func(t *testing.T) {
+		if testing.Short() {
+			t.Skip("waits out ReadTimeout")
+		}
 		c, err := net.Dial("tcp", a.HTTPAddr())
 		if err != nil {
 			t.Fatal(err)
@@ -111,13 +101,13 @@ func TestListenerLimits(t *testing.T) {
 		open := func() float64 {
 			return metricstest.Scrape(t, "http://"+a.AdminAddr()+"/metrics", "wxgate_ingress_open_connections")
 		}
-		deadline := time.Now().Add(10 * time.Second)
-		for open() != 0 {
-			if time.Now().After(deadline) {
-				t.Fatalf("%v connections still open", open())
+		// The server closes them on its own schedule.
+		wait.For(t, wait.Short, wait.Every, func() error {
+			if n := open(); n != 0 {
+				return fmt.Errorf("%v connections still open", n)
 			}
-			time.Sleep(10 * time.Millisecond) // the server closes them on its own schedule
-		}
+			return nil
+		})
 		// Four clients each keep an idle keep-alive connection open.
 		var clients []*http.Client
 		for i := 0; i < cfg.MaxConnections; i++ {
@@ -139,13 +129,13 @@ func TestListenerLimits(t *testing.T) {
 		}
 		// One client goes away: its slot frees and the next is served.
 		clients[0].CloseIdleConnections()
-		deadline = time.Now().Add(10 * time.Second)
-		for post(t, fifth, sender, url, msg) != 200 {
-			if time.Now().After(deadline) {
-				t.Fatal("a freed connection slot was not reused")
+		// The server learns of the close asynchronously.
+		wait.For(t, wait.Short, wait.Every, func() error {
+			if code := post(t, fifth, sender, url, msg); code != 200 {
+				return fmt.Errorf("a freed connection slot was not reused: %d", code)
 			}
-			time.Sleep(20 * time.Millisecond) // the server learns of the close asynchronously
-		}
+			return nil
+		})
 	})
 }
 
@@ -169,7 +159,7 @@ func post(t *testing.T, c *http.Client, s wechat.Sender, url string, msg []byte)
 func TestListenersAreSeparate(t *testing.T) {
 	cfg := config.Defaults()
 	cfg.Token = "sep-token"
-	a := startApp(t, app.Options{Config: cfg, NoBus: true})
+	a := apptest.Start(t, app.Options{Config: cfg, NoBus: true})
 	for _, c := range []struct {
 		url  string
 		want int
@@ -205,7 +195,7 @@ func TestDefaultLogsHoldNoSecrets(t *testing.T) {
 		defer mu.Unlock()
 		return logs.Write(p)
 	}), &slog.HandlerOptions{Level: slog.LevelInfo}))
-	a := startApp(t, app.Options{Config: cfg, Standalone: true, Logger: logger})
+	a := apptest.Start(t, app.Options{Config: cfg, Standalone: true, Logger: logger})
 	url := "http://" + a.HTTPAddr() + "/wechat"
 	cipher, err := wechat.NewCipher(cfg.EncodingAESKey, cfg.AppID)
 	if err != nil {
@@ -253,7 +243,7 @@ func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
 func TestAdminToken(t *testing.T) {
 	cfg := config.Defaults()
 	cfg.Token, cfg.AdminToken = "api-token-test", "s3cret-admin"
-	a := startApp(t, app.Options{Config: cfg, Standalone: true})
+	a := apptest.Start(t, app.Options{Config: cfg, Standalone: true})
 	base := "http://" + a.AdminAddr()
 	get := func(path, auth string) int {
 		req, _ := http.NewRequest(http.MethodGet, base+path, nil)

@@ -35,6 +35,7 @@ import (
 	"github.com/wxgate/wxgate/shared/config"
 	"github.com/wxgate/wxgate/shared/metricstest"
 	"github.com/wxgate/wxgate/shared/natstest"
+	"github.com/wxgate/wxgate/shared/wait"
 	"github.com/wxgate/wxgate/shared/wechat"
 	"github.com/wxgate/wxgate/workers/reply"
 )
@@ -652,12 +653,13 @@ func TestRetryInFlightJoinsFirstDelivery(t *testing.T) {
 	first := <-held // the worker has the first delivery
 	go send("retry")
 	// The retry is counted as joined before anyone answers the first.
-	for deadline := time.Now().Add(10 * time.Second); h.counter("wxgate_ingress_duplicates_total", "", "") < 1; {
-		if time.Now().After(deadline) {
-			t.Fatal("the retry never joined the first delivery")
+	// Polling a counter: the join has no event of its own.
+	wait.For(t, wait.Short, wait.Every, func() error {
+		if h.counter("wxgate_ingress_duplicates_total", "", "") < 1 {
+			return fmt.Errorf("the retry never joined the first delivery")
 		}
-		time.Sleep(5 * time.Millisecond) // polling a counter: the join has no event of its own
-	}
+		return nil
+	})
 	reply := wechat.TextReply("answered once").AppendXML(nil, "o", "gh_account", 1)
 	if err := first.Respond(reply); err != nil {
 		t.Fatal(err)

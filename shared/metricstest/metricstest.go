@@ -106,24 +106,56 @@ func value(m *dto.Metric) float64 {
 // when the series is absent.
 func Scrape(t testing.TB, url, series string) float64 {
 	t.Helper()
+	var v float64
+	scrape(t, url, func(line string) bool {
+		s, ok := strings.CutPrefix(line, series+" ")
+		if !ok {
+			return true
+		}
+		f, err := strconv.ParseFloat(s, 64)
+		if err != nil {
+			t.Fatalf("%s: %q: %v", series, s, err)
+		}
+		v = f
+		return false
+	})
+	return v
+}
+
+// Names returns the metric families a live process's /metrics URL exposes,
+// as its # TYPE lines name them.
+func Names(t testing.TB, url string) map[string]bool {
+	t.Helper()
+	names := map[string]bool{}
+	scrape(t, url, func(line string) bool {
+		if f := strings.Fields(line); len(f) >= 3 && f[0] == "#" && f[1] == "TYPE" {
+			names[f[2]] = true
+		}
+		return true
+	})
+	return names
+}
+
+// scrape GETs url and hands each line of the text exposition to line until
+// it returns false.
+func scrape(t testing.TB, url string, line func(string) bool) {
+	t.Helper()
 	resp, err := http.Get(url)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s = %d", url, resp.StatusCode)
+	}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), series+" "); ok {
-			f, err := strconv.ParseFloat(v, 64)
-			if err != nil {
-				t.Fatalf("%s: %q: %v", series, v, err)
-			}
-			return f
+		if !line(sc.Text()) {
+			return
 		}
 	}
 	if err := sc.Err(); err != nil {
 		t.Fatal(err)
 	}
-	return 0
 }

@@ -3,6 +3,7 @@ package dedup
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/natstest"
+	"github.com/wxgate/wxgate/shared/wait"
 )
 
 type replica struct {
@@ -56,17 +58,6 @@ func duplicates(s *Store) prometheus.Counter  { return s.metrics.duplicates }
 func stored(s *Store) prometheus.Counter      { return s.metrics.stored }
 func expired(s *Store) prometheus.Counter     { return s.metrics.expired }
 func unavailable(s *Store) prometheus.Counter { return s.metrics.unavailable }
-
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("no %s within 10s", what)
-		}
-		time.Sleep(5 * time.Millisecond) // polling the server's state
-	}
-}
 
 // waitStored waits until every handler has stored its reply (a reply is
 // stored just after it is answered).
@@ -122,13 +113,21 @@ func TestRunsOnceAcrossReplicas(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the claim", func() bool { _, err := kv.Get(context.Background(), "msg.1"); return err == nil })
+	wait.For(t, wait.Short, wait.Every, func() error {
+		_, err := kv.Get(context.Background(), "msg.1")
+		return err
+	})
 	for i := 1; i < n; i++ {
 		wg.Add(1)
 		go do(i)
 	}
 	// Every retry has seen the claim before the handler finishes.
-	eventually(t, "every duplicate seen", func() bool { return sum(rs, duplicates) >= n-1 })
+	wait.For(t, wait.Short, wait.Every, func() error {
+		if d := sum(rs, duplicates); d < n-1 {
+			return fmt.Errorf("%v of %d duplicates seen", d, n-1)
+		}
+		return nil
+	})
 	close(release)
 	wg.Wait()
 	close(answers)
@@ -277,18 +276,17 @@ func TestBucketLossIsRepaired(t *testing.T) {
 	if _, out, err := rs[0].store.Do(within(5*time.Second), "msg.lost", run); err != nil || out != Unguarded {
 		t.Fatalf("with the bucket gone: %v %v, want an unguarded answer", out, err)
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for i := 0; ; i++ {
+	// The repair runs in the background.
+	i := 0
+	wait.For(t, wait.Short, wait.Every, func() error {
+		i++
 		_, out, err := rs[0].store.Do(within(5*time.Second), "msg.back."+string(rune('a'+i%26)), run)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if out == Ran {
-			break
+		if out != Ran {
+			return fmt.Errorf("bucket not recreated: outcome %v", out)
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("bucket not recreated within 20s")
-		}
-		time.Sleep(100 * time.Millisecond) // the repair runs in the background
-	}
+		return nil
+	})
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/wxgate/wxgate/shared/health"
 	"github.com/wxgate/wxgate/shared/metricstest"
 	"github.com/wxgate/wxgate/shared/natstest"
+	"github.com/wxgate/wxgate/shared/wait"
 	"github.com/wxgate/wxgate/shared/wechat"
 	"github.com/wxgate/wxgate/workers/analytics"
 	"github.com/wxgate/wxgate/workers/reply"
@@ -122,9 +123,10 @@ func (c *cluster) send(rng *rand.Rand, msg string, copies int) {
 // applied and acknowledged all of them.
 func (c *cluster) settle(want uint64) {
 	c.t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
+	// Polling the server's view: there is no event for "all acked".
+	wait.For(c.t, wait.Short, wait.Every, func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
 		s, err := c.js.Stream(ctx, analytics.StreamName)
 		var msgs uint64
 		if err == nil {
@@ -133,18 +135,14 @@ func (c *cluster) settle(want uint64) {
 			}
 		}
 		pending, ackPending, lerr := c.workers[0].Analytics.Consumer().Lag(ctx)
-		cancel()
 		if msgs > want {
 			c.t.Fatalf("stream holds %d records, want %d: a retry was stored twice", msgs, want)
 		}
-		if msgs == want && lerr == nil && pending == 0 && ackPending == 0 {
-			return
+		if msgs != want || lerr != nil || pending != 0 || ackPending != 0 {
+			return fmt.Errorf("not settled: stream %d/%d records, pending %d, ack pending %d (%v)", msgs, want, pending, ackPending, lerr)
 		}
-		if time.Now().After(deadline) {
-			c.t.Fatalf("not settled: stream %d/%d records, pending %d, ack pending %d (%v)", msgs, want, pending, ackPending, lerr)
-		}
-		time.Sleep(20 * time.Millisecond) // polling the server's view; there is no event for "all acked"
-	}
+		return nil
+	})
 }
 
 func (c *cluster) scenes() map[string]analytics.Totals {
@@ -305,16 +303,14 @@ func TestSceneLabelBound(t *testing.T) {
 
 func waitMetric(t *testing.T, reg prometheus.Gatherer, name string, labels map[string]string, want float64, worker int) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		got, ok := metricstest.Lookup(reg, name, labels)
-		if ok && got == want {
-			return
+	// The exporter mirrors the store through a watch.
+	err := wait.ForErr(wait.Short, wait.Every, func() error {
+		if got, ok := metricstest.Lookup(reg, name, labels); !ok || got != want {
+			return fmt.Errorf("%s%v = %v (present %v), want %v", name, labels, got, ok, want)
 		}
-		if time.Now().After(deadline) {
-			t.Errorf("worker %d: %s%v = %v (present %v), want %v", worker, name, labels, got, ok, want)
-			return
-		}
-		time.Sleep(10 * time.Millisecond) // the exporter mirrors the store through a watch
+		return nil
+	})
+	if err != nil {
+		t.Errorf("worker %d: %v", worker, err)
 	}
 }
