@@ -39,7 +39,8 @@ func wxsim(t *testing.T, stdin string, args ...string) (string, int) {
 // also accepts plain-mode requests), in both modes.
 func TestWxsim(t *testing.T) {
 	p := start(t, "ingress", []string{"HTTP_ADDR=127.0.0.1:0", "ADMIN_ADDR=127.0.0.1:0", "DATA_DIR=" + t.TempDir(),
-		"WECHAT_TOKEN=sim-token", "WECHAT_ENCODING_AES_KEY=" + simAESKey, "WECHAT_APPID=" + simAppID}, "-standalone", "-nats-listen", "")
+		// compat: this test sends both plain and encrypted callbacks.
+		"WECHAT_TOKEN=sim-token", "WECHAT_ENCODING_AES_KEY=" + simAESKey, "WECHAT_APPID=" + simAppID, "WECHAT_MODE=compat"}, "-standalone", "-nats-listen", "")
 	url := "http://" + p.listenAddr(t, "http") + "/wechat"
 	admin := p.listenAddr(t, "admin")
 

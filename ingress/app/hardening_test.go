@@ -17,9 +17,12 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/wxgate/wxgate/ingress/app"
+	"github.com/wxgate/wxgate/ingress/app/apptest"
 	"github.com/wxgate/wxgate/shared/config"
 	"github.com/wxgate/wxgate/shared/metricstest"
 	"github.com/wxgate/wxgate/shared/natstest"
+	"github.com/wxgate/wxgate/shared/nettest"
+	"github.com/wxgate/wxgate/shared/wait"
 	"github.com/wxgate/wxgate/shared/wechat"
 	"github.com/wxgate/wxgate/workers/analytics"
 )
@@ -48,7 +51,7 @@ func scanMsg(openid, scene string) string {
 func TestLongScenesAndPathsDoNotSilence(t *testing.T) {
 	cfg := config.Defaults()
 	cfg.Token = "hardening-token"
-	a := startApp(t, app.Options{Config: cfg, Standalone: true})
+	a := apptest.Start(t, app.Options{Config: cfg, Standalone: true})
 	s := wechat.Sender{Token: cfg.Token}
 	url := "http://" + a.HTTPAddr() + "/wechat"
 	for i, scene := range []string{strings.Repeat("z", 5000), strings.Repeat("场", 1000), strings.Repeat("场", 65)} {
@@ -73,7 +76,7 @@ func TestLongScenesAndPathsDoNotSilence(t *testing.T) {
 	if code, body, err := s.Post(http.DefaultClient, url, []byte(text), time.Now(), "n-text"); err != nil || code != 200 || !strings.Contains(string(body), "hi") {
 		t.Fatalf("text after = %d %q %v", code, body, err)
 	}
-	waitUntil(t, "poster counted", func() error {
+	wait.For(t, wait.Short, wait.Every, func() error {
 		if code, body := get(t, admin+"/api/scenes/poster"); code != 200 || !strings.Contains(body, `"scans":1`) {
 			return errors.New(body)
 		}
@@ -97,7 +100,7 @@ func TestLongScenesAndPathsDoNotSilence(t *testing.T) {
 func TestClosedConnectionEndsTheProcess(t *testing.T) {
 	cfg := config.Defaults()
 	cfg.Token = "hardening-token"
-	a := startApp(t, app.Options{Config: cfg, Standalone: true})
+	a := apptest.Start(t, app.Options{Config: cfg, Standalone: true})
 	// A subject longer than the server's control line: it answers -ERR and
 	// closes the connection, which nats.go never reopens.
 	_ = a.WorkerConn().Publish(strings.Repeat("x", 5000), nil)
@@ -121,7 +124,7 @@ func TestClosedConnectionEndsTheProcess(t *testing.T) {
 func TestDevTokenStaysOnLoopback(t *testing.T) {
 	cfg := config.Defaults()
 	cfg.HTTPAddr, cfg.AdminAddr, cfg.DataDir = ":0", ":0", t.TempDir()
-	a, err := app.Start(app.Options{Config: cfg, Standalone: true, Logger: quiet})
+	a, err := app.Start(app.Options{Config: cfg, Standalone: true, Logger: discard})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,7 +138,7 @@ func TestDevTokenStaysOnLoopback(t *testing.T) {
 	for _, token := range []string{"", app.DevToken, "change-me"} {
 		cfg := config.Defaults()
 		cfg.Token, cfg.HTTPAddr, cfg.AdminAddr, cfg.DataDir = token, "0.0.0.0:0", "127.0.0.1:0", t.TempDir()
-		_, err := app.Start(app.Options{Config: cfg, Standalone: true, Logger: quiet})
+		_, err := app.Start(app.Options{Config: cfg, Standalone: true, Logger: discard})
 		if err == nil || !strings.Contains(err.Error(), "HTTP_ADDR") || !strings.Contains(err.Error(), "WECHAT_TOKEN") {
 			t.Errorf("token %q on 0.0.0.0: %v, want a refusal naming HTTP_ADDR and WECHAT_TOKEN", token, err)
 		}
@@ -147,7 +150,7 @@ func TestDevTokenStaysOnLoopback(t *testing.T) {
 func TestEmbeddedNATSRequiresCredentials(t *testing.T) {
 	start := func(cfg config.Config, listen string) {
 		t.Helper()
-		a, err := app.Start(app.Options{Config: cfg, Standalone: true, NATSListen: listen, Logger: quiet})
+		a, err := app.Start(app.Options{Config: cfg, Standalone: true, NATSListen: listen, Logger: discard})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -155,7 +158,7 @@ func TestEmbeddedNATSRequiresCredentials(t *testing.T) {
 	}
 	cfg := config.Defaults()
 	cfg.Token, cfg.HTTPAddr, cfg.AdminAddr, cfg.DataDir = "hardening-token", "127.0.0.1:0", "127.0.0.1:0", t.TempDir()
-	listen := "127.0.0.1:" + freePort(t)
+	listen := "127.0.0.1:" + nettest.FreePort(t)
 	start(cfg, listen)
 	if nc, err := nats.Connect("nats://" + listen); err == nil {
 		nc.Close()
@@ -174,7 +177,7 @@ func TestEmbeddedNATSRequiresCredentials(t *testing.T) {
 	}
 	nc.Close()
 
-	listen2 := "127.0.0.1:" + freePort(t)
+	listen2 := "127.0.0.1:" + nettest.FreePort(t)
 	cfg.DataDir, cfg.NATSURL = t.TempDir(), "nats://s3cret@"+listen2
 	start(cfg, listen2)
 	if nc, err := nats.Connect("nats://"+listen2, nats.Token("wrong")); err == nil {
@@ -200,7 +203,7 @@ func TestStandaloneNATSPortTaken(t *testing.T) {
 	cfg := config.Defaults()
 	cfg.Token, cfg.HTTPAddr, cfg.AdminAddr, cfg.DataDir = "hardening-token", "127.0.0.1:0", "127.0.0.1:0", t.TempDir()
 	start := time.Now()
-	_, err = app.Start(app.Options{Config: cfg, Standalone: true, NATSListen: ln.Addr().String(), Logger: quiet})
+	_, err = app.Start(app.Options{Config: cfg, Standalone: true, NATSListen: ln.Addr().String(), Logger: discard})
 	if err == nil || !strings.Contains(err.Error(), ln.Addr().String()) || !strings.Contains(err.Error(), "-nats-listen") {
 		t.Fatalf("Start = %v, want an error naming %s and -nats-listen", err, ln.Addr())
 	}
@@ -209,33 +212,7 @@ func TestStandaloneNATSPortTaken(t *testing.T) {
 	}
 }
 
-var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
-
-func freePort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	_, port, _ := net.SplitHostPort(ln.Addr().String())
-	return port
-}
-
-func waitUntil(t *testing.T, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within 30s: %v", what, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
+var discard = slog.New(slog.DiscardHandler)
 
 // The ingress serves the totals API without owning the bucket: it opens
 // it, never creates or changes it (a plain ingress once scaled the
@@ -244,8 +221,7 @@ func TestIngressAPIDoesNotCreateTheBucket(t *testing.T) {
 	srv := natstest.RunServer(t)
 	cfg := config.Defaults()
 	cfg.Token, cfg.NATSURL = "hardening-token", "nats://"+srv.Token+"@"+strings.TrimPrefix(srv.ClientURL(), "nats://")
-	cfg.ShutdownDelay = 0
-	a := startApp(t, app.Options{Config: cfg})
+	a := apptest.Start(t, app.Options{Config: cfg})
 	if code, body := get(t, "http://"+a.AdminAddr()+"/api/scenes"); code != 503 {
 		t.Errorf("/api/scenes without the bucket = %d %q, want 503", code, body)
 	}

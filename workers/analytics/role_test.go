@@ -19,6 +19,7 @@ import (
 	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/metricstest"
 	"github.com/wxgate/wxgate/shared/natstest"
+	"github.com/wxgate/wxgate/shared/wait"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -78,7 +79,7 @@ func (e *roleEnv) record(r Record) {
 // or terminated).
 func (e *roleEnv) settled() {
 	e.t.Helper()
-	waitFor(e.t, "every record acknowledged", func() error {
+	wait.For(e.t, wait.Short, wait.Every, func() error {
 		c := e.role.Consumer()
 		if c == nil {
 			return errors.New("no consumer running")
@@ -106,23 +107,6 @@ func (e *roleEnv) totals(scene string) Totals {
 	return tot
 }
 
-// waitFor polls cond until it returns nil: for server-side state that has
-// no event to wait on.
-func waitFor(t *testing.T, what string, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within 30s: %v", what, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // Records an older version stored, or anyone could publish, that cannot be
 // applied: each is copied to the dead-letter stream with its reason,
 // terminated and counted; none stops the consumer or reaches a count, and
@@ -134,7 +118,7 @@ func TestPoisonRecordsAreQuarantined(t *testing.T) {
 	poison := map[string][]byte{
 		PoisonUndecodable: []byte("{not json"),
 	}
-	long := rec(KindScan, "p", strings.Repeat("z", 5000))      // the record that killed every worker
+	long := rec(KindScan, "p", strings.Repeat("z", 5000))    // the record that killed every worker
 	chinese := rec(KindScan, "p", strings.Repeat("场", 1000)) // 3 000 bytes
 	empty := rec(KindScan, "p", "")
 	unknown := rec("teleport", "p", "poster")
@@ -227,7 +211,7 @@ func TestLostConsumerAndBucketAreRebuilt(t *testing.T) {
 
 	rebuilt := func(n float64) {
 		t.Helper()
-		waitFor(t, "rebuilt", func() error {
+		wait.For(t, wait.Short, wait.Every, func() error {
 			if got := metricstest.Value(t, e.reg, "wxgate_analytics_consumer_rebuilds_total", "", ""); got < n {
 				return errors.New("not rebuilt yet")
 			}
@@ -256,7 +240,7 @@ func TestLostConsumerAndBucketAreRebuilt(t *testing.T) {
 	if got := e.totals("counter"); got.Scans != 1 {
 		t.Errorf("counter after the bucket was rebuilt = %+v, want 1 scan", got)
 	}
-	waitFor(t, "the exporter follows the new bucket", func() error {
+	wait.For(t, wait.Short, wait.Every, func() error {
 		if v, _ := metricstest.Lookup(e.reg, "wechat_scene_scans_total", map[string]string{"scene": "counter", "kind": "scan"}); v != 1 {
 			return errors.New("counter not exported")
 		}
