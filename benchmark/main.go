@@ -36,6 +36,8 @@ func main() {
 	flag.Float64Var(&o.SoakRate, "soak-rate", 1000, "soak rate, requests/s")
 	flag.DurationVar(&o.SoakKill, "soak-kill", 0, "during the soak, kill a worker -9 this often and start a replacement (0: never)")
 	flag.StringVar(&env, "env", "", "KEY=value,... added to every wxgate process's environment, to compare settings")
+	flag.BoolVar(&o.Peer, "peer", true, "measure the peer too: a silenceper/wechat server (benchmark/peer), and check the goals against it")
+	flag.BoolVar(&o.Wrk, "wrk", true, "measure every configuration with wrk as well (when installed)")
 	flag.Parse()
 	o.Env = strings.FieldsFunc(env, func(r rune) bool { return r == ',' })
 	var err error

@@ -12,6 +12,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -44,6 +45,12 @@ type Options struct {
 	// Env is added to every wxgate process's environment (KEY=value), to
 	// compare settings.
 	Env []string
+	// Peer adds the peer configuration: the same mix answered by a
+	// silenceper/wechat server (benchmark/peer, its own module).
+	Peer bool
+	// Wrk measures every configuration with wrk as well, when it is
+	// installed.
+	Wrk bool
 	Out io.Writer
 }
 
@@ -60,6 +67,7 @@ type result struct {
 	name   string
 	report loadgen.Report
 	procs  []procUsage
+	cpuPer time.Duration // server CPU (all its processes, not the load generator) per request
 }
 
 type procUsage struct {
@@ -84,15 +92,23 @@ func Run(ctx context.Context, o Options) error {
 	fmt.Fprintf(o.Out, "closed loop: %d connections, %s each, mix %s, %d scenes, load generator in this process\n\n",
 		o.Connections, o.Duration, "text=60,scan=20,subscribe=15,other=5", o.Scenes)
 
-	var results []result
-	for _, cfg := range []struct {
+	type config struct {
 		name  string
 		start func() (*setup, error)
-	}{
+	}
+	configs := []config{
 		{"(a) floor: no bus", func() (*setup, error) { return e.floor() }},
 		{"(b) standalone", func() (*setup, error) { return e.standalone() }},
 		{fmt.Sprintf("(c) distributed, %d workers", o.Workers), func() (*setup, error) { return e.distributed(o.Workers) }},
-	} {
+	}
+	if o.Peer {
+		if err := buildPeer(ctx, e.bin); err != nil {
+			return err
+		}
+		configs = append(configs, config{"(p) peer: silenceper/wechat", func() (*setup, error) { return e.peer() }})
+	}
+	var results []result
+	for _, cfg := range configs {
 		s, err := cfg.start()
 		if err != nil {
 			return fmt.Errorf("%s: %w", cfg.name, err)
@@ -109,6 +125,33 @@ func Run(ctx context.Context, o Options) error {
 	fmt.Fprintf(o.Out, "\nratios: throughput b/a %.2f  c/a %.2f;  p99 b/a %.2f  c/a %.2f\n",
 		b.Throughput()/a.Throughput(), c.Throughput()/a.Throughput(),
 		ratio(b.Percentile(99), a.Percentile(99)), ratio(c.Percentile(99), a.Percentile(99)))
+	if o.Peer {
+		printGoals(o.Out, "load generator", goalsOf(results[1], results[2], results[3]))
+	}
+	if o.Wrk {
+		if _, err := exec.LookPath("wrk"); err != nil {
+			fmt.Fprintf(o.Out, "\nwrk: not installed, skipped (apt-get install wrk)\n")
+		} else {
+			fmt.Fprintf(o.Out, "\nwrk -t2 -c%d -d%s, the same mix (server CPU per request: all its processes):\n", o.Connections, o.Duration)
+			var wrs []wrkResult
+			for _, cfg := range configs {
+				s, err := cfg.start()
+				if err != nil {
+					return fmt.Errorf("%s: %w", cfg.name, err)
+				}
+				r, err := e.wrk(ctx, cfg.name, s, o.Duration)
+				s.stop()
+				if err != nil {
+					return err
+				}
+				wrs = append(wrs, r)
+			}
+			printWrk(o.Out, wrs)
+			if o.Peer {
+				printGoals(o.Out, "wrk", goalsOfWrk(wrs[1], wrs[2], wrs[3]))
+			}
+		}
+	}
 
 	if len(o.Rates) > 0 {
 		fmt.Fprintf(o.Out, "\nopen loop (latency from each request's due time), %s per rate:\n", o.RateTime)
@@ -296,9 +339,14 @@ func (e *env) measure(ctx context.Context, name string, s *setup, rate float64, 
 		return result{}, err
 	}
 	res := result{name: name, report: r}
+	var spent time.Duration
 	for i, p := range s.procs {
 		u := p.usage()
+		spent += u.cpu - before[i].cpu
 		res.procs = append(res.procs, procUsage{name: p.name, rssKB: u.rssKB, cpu: (u.cpu - before[i].cpu).Seconds() / r.Elapsed.Seconds()})
+	}
+	if answered := r.Sent - r.Err; answered > 0 {
+		res.cpuPer = spent / time.Duration(answered)
 	}
 	self := selfUsage()
 	res.procs = append(res.procs, procUsage{name: "loadgen", rssKB: self.rssKB, cpu: (self.cpu - selfBefore.cpu).Seconds() / r.Elapsed.Seconds()})
@@ -306,15 +354,15 @@ func (e *env) measure(ctx context.Context, name string, s *setup, rate float64, 
 }
 
 func printTable(w io.Writer, rs []result) {
-	fmt.Fprintf(w, "%-32s %10s %9s %9s %9s %7s %9s  %s\n", "configuration", "req/s", "p50", "p99", "p99.9", "errors", "fallbacks", "processes: RSS MiB, CPU (1.0 = one core)")
+	fmt.Fprintf(w, "%-32s %10s %9s %9s %9s %7s %9s %9s  %s\n", "configuration", "req/s", "p50", "p99", "p99.9", "errors", "fallbacks", "CPU/req", "processes: RSS MiB, CPU (1.0 = one core)")
 	for _, r := range rs {
 		var ps []string
 		for _, p := range r.procs {
 			ps = append(ps, fmt.Sprintf("%s %.1f MiB %.2f", p.name, float64(p.rssKB)/1024, p.cpu))
 		}
-		fmt.Fprintf(w, "%-32s %10.0f %9s %9s %9s %7d %9d  %s\n", r.name, r.report.Throughput(),
+		fmt.Fprintf(w, "%-32s %10.0f %9s %9s %9s %7d %9d %7.0fµs  %s\n", r.name, r.report.Throughput(),
 			dur(r.report.Percentile(50)), dur(r.report.Percentile(99)), dur(r.report.Percentile(99.9)),
-			r.report.Err, r.report.Fallbacks, strings.Join(ps, "; "))
+			r.report.Err, r.report.Fallbacks, float64(r.cpuPer)/float64(time.Microsecond), strings.Join(ps, "; "))
 	}
 }
 

@@ -17,7 +17,8 @@ import (
 // Mix is a message mix: the share of each kind, in percent.
 type Mix struct{ Text, Scan, Subscribe, Other int }
 
-// DefaultMix is a QR campaign's shape: mostly chat, a fifth scans.
+// DefaultMix is a QR campaign's shape: mostly chat, a fifth scans; other is
+// an image.
 var DefaultMix = Mix{Text: 60, Scan: 20, Subscribe: 15, Other: 5}
 
 // ParseMix reads "text=60,scan=20,subscribe=15,other=5".
@@ -68,8 +69,9 @@ func (m Mix) Message(run string, i, scenes int, now time.Time) (msg *wechat.Mess
 		msg.MsgType, msg.Event, msg.EventKey, msg.Ticket = wechat.MsgEvent, wechat.EventSubscribe, wechat.ScenePrefix+scene, "load_ticket"
 		return msg, true
 	}
-	msg.MsgType, msg.Event, msg.EventKey = wechat.MsgEvent, wechat.EventClick, "menu_"+strconv.Itoa(i%8)
-	return msg, false
+	// Other: an image, answered with the default text.
+	msg.MsgType, msg.PicURL, msg.MediaID, msg.MsgID = wechat.MsgImage, "http://mmbiz.qpic.cn/load.jpg", "media_"+strconv.Itoa(i), strconv.Itoa(1_000_000_000+i)
+	return msg, true
 }
 
 // Requests returns a loadgen request function: request i is message i of
