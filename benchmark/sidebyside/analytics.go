@@ -16,14 +16,16 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/wxgate/wxgate/shared/events"
+	"github.com/wxgate/wxgate/shared/wechat"
 	"github.com/wxgate/wxgate/workers/analytics"
 )
 
 func numCPU() int { return runtime.NumCPU() }
 
-// analytics pre-fills the scans stream with records over scenes, starts an
-// analytics-only worker process and times it draining them, then checks
-// every count through the API.
+// analytics pre-fills the event stream with scans over scenes (as the
+// ingress stores them), starts an analytics-only worker process and times
+// it applying them, then checks every count through the API.
 func (e *env) analytics(ctx context.Context, records, scenes int) error {
 	ns, url, err := e.natsServer()
 	if err != nil {
@@ -39,7 +41,7 @@ func (e *env) analytics(ctx context.Context, records, scenes int) error {
 	if err != nil {
 		return err
 	}
-	if err := analytics.EnsureStream(ctx, js, analytics.StreamOptions{}); err != nil {
+	if err := events.Ensure(ctx, js, events.Defaults()); err != nil {
 		return err
 	}
 	people := max(records/4, 1)
@@ -55,12 +57,10 @@ func (e *env) analytics(ctx context.Context, records, scenes int) error {
 		pending = pending[:0]
 		return nil
 	}
-	at := time.Unix(1700000000, 0)
 	for i := 0; i < records; i++ {
-		r := analytics.Record{Account: "gh_bench", OpenID: "o" + strconv.Itoa(i%people), Scene: "scene_" + strconv.Itoa(i%scenes),
-			Kind: analytics.KindScan, CreateTime: int64(i), Received: at, DedupKey: "bench." + strconv.Itoa(i)}
-		b, _ := json.Marshal(r)
-		f, err := js.PublishMsgAsync(&nats.Msg{Subject: r.Subject(), Data: b}, jetstream.WithMsgID(r.DedupKey))
+		m := &wechat.Message{ToUserName: "gh_bench", FromUserName: "o" + strconv.Itoa(i%people), CreateTime: 1700000000 + int64(i),
+			MsgType: wechat.MsgEvent, Event: wechat.EventScan, EventKey: "scene_" + strconv.Itoa(i%scenes)}
+		f, err := js.PublishMsgAsync(&nats.Msg{Subject: events.Subject(m.Subject()), Data: m.AppendXML(nil)}, jetstream.WithMsgID(m.DedupKey()))
 		if err != nil {
 			return err
 		}
@@ -85,19 +85,14 @@ func (e *env) analytics(ctx context.Context, records, scenes int) error {
 		return err
 	}
 	for {
-		cons, err := js.Consumer(ctx, analytics.StreamName, analytics.ConsumerName)
-		if err == nil {
-			info, err := cons.Info(ctx)
-			if err == nil && info.NumPending == 0 && info.NumAckPending == 0 && info.Delivered.Stream >= uint64(records) {
-				break
-			}
-		} else if !errors.Is(err, jetstream.ErrConsumerNotFound) {
-			return err
+		var st analytics.Status
+		if err := getJSON("http://"+admin+"/api/analytics", &st); err == nil && st.AppliedSeq >= uint64(records) {
+			break
 		}
 		if time.Since(start) > 30*time.Minute {
-			return errors.New("analytics: not drained within 30 minutes")
+			return errors.New("analytics: not applied within 30 minutes")
 		}
-		time.Sleep(20 * time.Millisecond) // polling the server's view of the consumer
+		time.Sleep(20 * time.Millisecond) // polling the leader's status; there is no event for "caught up"
 	}
 	elapsed := time.Since(start)
 	u := w.usage()
@@ -124,12 +119,24 @@ func (e *env) analytics(ctx context.Context, records, scenes int) error {
 		}
 	}
 	exact := total == int64(records) && listed == scenes
-	fmt.Fprintf(e.o.Out, "\nanalytics consumer: %d records over %d scenes drained in %s: %.0f records/s; counts exact: %v (%d scans in %d scenes); worker RSS %.1f MiB\n",
+	fmt.Fprintf(e.o.Out, "\nanalytics: %d scans over %d scenes applied in %s: %.0f events/s; counts exact: %v (%d scans in %d scenes); worker RSS %.1f MiB\n",
 		records, scenes, elapsed.Round(time.Millisecond), float64(records)/elapsed.Seconds(), exact, total, listed, float64(u.rssKB)/1024)
 	if !exact {
 		return fmt.Errorf("analytics counts not exact: %d scans in %d scenes, want %d in %d", total, listed, records, scenes)
 	}
 	return nil
+}
+
+func getJSON(url string, v any) error {
+	resp, err := http.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	return json.NewDecoder(resp.Body).Decode(v)
 }
 
 // soak runs (c) at a steady rate and compares each process's memory in the

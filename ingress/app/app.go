@@ -12,16 +12,15 @@ import (
 	"net"
 	"net/http"
 	"slices"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 
 	"github.com/wxgate/wxgate/ingress/gateway"
+	"github.com/wxgate/wxgate/ingress/intake"
 	"github.com/wxgate/wxgate/shared/admin"
 	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/config"
@@ -68,6 +67,7 @@ type App struct {
 	http     *serve.Server
 	admin    *serve.Server
 	nc       *nats.Conn
+	intake   *intake.Intake
 	*standalone
 }
 
@@ -140,6 +140,17 @@ func Start(o Options) (_ *App, err error) {
 		if err := checkPayload(a.nc, cfg.MaxBodyBytes); err != nil {
 			return nil, fmt.Errorf("config: %w", err)
 		}
+		if a.intake, err = intake.New(intake.Options{
+			Conn: a.nc, Streams: cfg.Streams(), Buffer: cfg.IntakeBuffer,
+			Logger: logger.With("component", "intake"), Registerer: reg,
+		}); err != nil {
+			return nil, err
+		}
+		a.health.Add("intake", a.intake.Check)
+	}
+	var in gateway.Intake
+	if a.intake != nil {
+		in = a.intake
 	}
 
 	gw, err := gateway.New(gateway.Options{
@@ -148,6 +159,7 @@ func Start(o Options) (_ *App, err error) {
 		Mode:          gateway.Mode(cfg.EffectiveMode()),
 		Conn:          a.nc,
 		Local:         local,
+		Intake:        in,
 		ReplyTimeout:  cfg.ReplyTimeout,
 		TimestampSkew: cfg.TimestampSkew,
 		MaxBodyBytes:  cfg.MaxBodyBytes,
@@ -173,7 +185,7 @@ func Start(o Options) (_ *App, err error) {
 	if a.workers != nil {
 		mux.Handle("/api/", a.workers.API())
 	} else if !o.NoBus {
-		mux.Handle("/api/", analytics.API(storeOn(a.nc), cfg.AdminToken))
+		mux.Handle("/api/", analytics.API(analytics.OpenOnUse(a.nc), cfg.AdminToken))
 	}
 	if a.admin, err = serve.Start("admin", admin.Server(cfg.AdminAddr, mux), logger); err != nil {
 		return nil, err
@@ -271,6 +283,10 @@ func (a *App) Shutdown(ctx context.Context) error {
 	if a.http != nil {
 		errs = append(errs, a.http.Shutdown(ctx))
 	}
+	if a.intake != nil {
+		// Held events go out before the connection does.
+		errs = append(errs, a.intake.Close(ctx))
+	}
 	errs = append(errs, a.stopWorkers(ctx), bus.Drain(ctx, a.nc), bus.Drain(ctx, a.workerNC))
 	if a.admin != nil {
 		errs = append(errs, a.admin.Shutdown(ctx))
@@ -314,31 +330,4 @@ func Run(ctx context.Context, o Options) error {
 	sctx, cancel := context.WithTimeout(context.Background(), a.delay+ShutdownGrace)
 	defer cancel()
 	return errors.Join(runErr, a.Shutdown(sctx))
-}
-
-// storeOn opens the totals store on first use, so the ingress can serve the
-// analytics API without running the analytics consumer. It only opens the
-// bucket: the consumer creates it, with its replica count.
-func storeOn(nc *nats.Conn) analytics.StoreFunc {
-	var (
-		mu    sync.Mutex
-		store *analytics.Store
-	)
-	return func(ctx context.Context) (*analytics.Store, error) {
-		mu.Lock()
-		defer mu.Unlock()
-		if store != nil {
-			return store, nil
-		}
-		js, err := jetstream.New(nc)
-		if err != nil {
-			return nil, err
-		}
-		s, err := analytics.OpenExistingStore(ctx, js)
-		if err != nil {
-			return nil, err
-		}
-		store = s
-		return store, nil
-	}
 }

@@ -14,7 +14,6 @@ import (
 	"github.com/wxgate/wxgate/ingress/app"
 	"github.com/wxgate/wxgate/ingress/app/apptest"
 	"github.com/wxgate/wxgate/shared/config"
-	"github.com/wxgate/wxgate/shared/nettest"
 	"github.com/wxgate/wxgate/shared/wechat"
 )
 
@@ -34,8 +33,8 @@ func TestStandaloneInProcess(t *testing.T) {
 		t.Fatalf("safe-mode subscribe = %d %q %v", code, plain, err)
 	}
 
-	if err := nettest.CheckStatus("http://"+a.AdminAddr()+"/readyz", 200); err != nil {
-		t.Error(err)
+	if err := a.Ready(); err != nil {
+		t.Errorf("not ready: %v", err)
 	}
 }
 

@@ -9,9 +9,19 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/micro"
 
+	"github.com/wxgate/wxgate/ingress/intake"
 	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/wechat"
 )
+
+// Intake makes an event durable before it is answered (ingress/intake).
+type Intake interface {
+	// Publish stores the event, or holds it while JetStream cannot take
+	// it; intake.ErrFull when neither.
+	Publish(ctx context.Context, m *wechat.Message, raw []byte, received time.Time) (intake.Receipt, error)
+	// Unanswered records an event answered "success" without its reply.
+	Unanswered(m *wechat.Message, raw []byte, received time.Time, r intake.Receipt, reason string)
+}
 
 // flight is one worker request that retries of the same message join
 // instead of publishing again.
@@ -36,7 +46,8 @@ func (g *Gateway) once(ctx context.Context, m *wechat.Message, plain []byte, rec
 		case <-f.done:
 			return f.reply, f.outcome
 		case <-wait.Done():
-			return nil, g.fallback(reasonTimeout, m.Subject(), fmt.Errorf("waiting for the first delivery: %w", wait.Err()))
+			reply, outcome, _ := g.fallback(reasonTimeout, m.Subject(), fmt.Errorf("waiting for the first delivery: %w", wait.Err()))
+			return reply, outcome
 		}
 	}
 	f := &flight{done: make(chan struct{})}
@@ -48,28 +59,47 @@ func (g *Gateway) once(ctx context.Context, m *wechat.Message, plain []byte, rec
 		g.mu.Unlock()
 		close(f.done)
 	}()
-	f.reply, f.outcome = g.request(ctx, m, plain, received, deadline)
+	f.reply, f.outcome = g.dispatch(ctx, m, plain, received, deadline)
 	return f.reply, f.outcome
 }
 
+// dispatch makes the event durable, then asks a worker for the reply; an
+// event answered without its reply is recorded for a late one.
+func (g *Gateway) dispatch(ctx context.Context, m *wechat.Message, plain []byte, received, deadline time.Time) ([]byte, string) {
+	var rc intake.Receipt
+	if g.o.Intake != nil {
+		var err error
+		if rc, err = g.o.Intake.Publish(ctx, m, plain, received); err != nil {
+			g.o.Logger.Error("event not accepted: the intake buffer is full", "subject", m.Subject(), "err", err)
+			return nil, outcomeUnavailable
+		}
+	}
+	reply, outcome, reason := g.request(ctx, m, plain, rc, received, deadline)
+	if outcome == outcomeFallback && g.o.Intake != nil {
+		g.o.Intake.Unanswered(m, plain, received, rc, reason)
+	}
+	return reply, outcome
+}
+
 // request asks a worker for the reply. It returns the reply XML (nil for
-// "success") and the outcome; it never waits past deadline.
-func (g *Gateway) request(ctx context.Context, m *wechat.Message, plain []byte, received, deadline time.Time) ([]byte, string) {
+// "success"), the outcome and, for a fallback, its reason; it never waits
+// past deadline.
+func (g *Gateway) request(ctx context.Context, m *wechat.Message, plain []byte, rc intake.Receipt, received, deadline time.Time) ([]byte, string, string) {
 	subject := m.Subject()
 	if g.o.Local != nil {
 		reply, err := g.o.Local(plain)
 		if err != nil {
-			return nil, g.fallback(reasonWorkerError, subject, err)
+			return g.fallback(reasonWorkerError, subject, err)
 		}
 		if len(reply) == 0 {
-			return nil, outcomeEmpty
+			return nil, outcomeEmpty, ""
 		}
-		return reply, outcomeReply
+		return reply, outcomeReply, ""
 	}
 	if !g.o.Conn.IsConnected() {
 		// Requests would sit in the reconnect buffer until the deadline;
 		// answer now instead.
-		return nil, g.fallback(reasonBusDown, subject, nats.ErrConnectionReconnecting)
+		return g.fallback(reasonBusDown, subject, nats.ErrConnectionReconnecting)
 	}
 	msg := &nats.Msg{
 		Subject: subject,
@@ -81,29 +111,34 @@ func (g *Gateway) request(ctx context.Context, m *wechat.Message, plain []byte, 
 			bus.HeaderDeadline: []string{bus.FormatTime(deadline)},
 		},
 	}
+	if rc.Duplicate {
+		// The stream had it: a retry, whose first delivery may have run
+		// (or be running) at any worker.
+		msg.Header[bus.HeaderRetry] = []string{"1"}
+	}
 	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	resp, err := g.o.Conn.RequestMsgWithContext(ctx, msg)
 	switch {
 	case err == nil:
 	case errors.Is(err, nats.ErrNoResponders):
-		return nil, g.fallback(reasonNoResponders, subject, err)
+		return g.fallback(reasonNoResponders, subject, err)
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout), errors.Is(err, context.Canceled):
-		return nil, g.fallback(reasonTimeout, subject, err)
+		return g.fallback(reasonTimeout, subject, err)
 	default:
-		return nil, g.fallback(reasonBusDown, subject, err)
+		return g.fallback(reasonBusDown, subject, err)
 	}
 	if code := resp.Header.Get(micro.ErrorCodeHeader); code != "" {
-		return nil, g.fallback(reasonWorkerError, subject, fmt.Errorf("worker error %s: %s", code, resp.Header.Get(micro.ErrorHeader)))
+		return g.fallback(reasonWorkerError, subject, fmt.Errorf("worker error %s: %s", code, resp.Header.Get(micro.ErrorHeader)))
 	}
 	if len(resp.Data) == 0 {
-		return nil, outcomeEmpty
+		return nil, outcomeEmpty, ""
 	}
-	return resp.Data, outcomeReply
+	return resp.Data, outcomeReply, ""
 }
 
-func (g *Gateway) fallback(reason, subject string, err error) string {
+func (g *Gateway) fallback(reason, subject string, err error) ([]byte, string, string) {
 	g.metrics.fallbacks.WithLabelValues(reason).Inc()
 	g.o.Logger.Warn("answering success without a worker reply", "reason", reason, "subject", subject, "err", err)
-	return outcomeFallback
+	return nil, outcomeFallback, reason
 }

@@ -64,6 +64,9 @@ type Options struct {
 	// Local, when set instead of Conn, answers in process with no bus: the
 	// floor the load benchmark measures the bus against.
 	Local func(msg []byte) ([]byte, error)
+	// Intake makes each event durable before it is answered; nil stores
+	// nothing (Local, and tests of the request path alone).
+	Intake Intake
 }
 
 // Gateway is the WeChat callback handler.
@@ -185,6 +188,14 @@ func (g *Gateway) callback(c *gin.Context) {
 		return
 	}
 	reply, outcome := g.once(c.Request.Context(), m, plain, received, received.Add(g.o.ReplyTimeout))
+	if outcome == outcomeUnavailable {
+		// Not accepted: without a 200, WeChat retries it, by when the bus
+		// may take it again.
+		closeConnection(c)
+		g.observe(outcome, received)
+		c.Data(http.StatusServiceUnavailable, "text/plain; charset=utf-8", []byte("Service Unavailable: events cannot be stored now\n"))
+		return
+	}
 	if len(reply) == 0 {
 		g.answer(c, received, outcome, "text/plain; charset=utf-8", success)
 		return

@@ -11,6 +11,9 @@ const (
 	outcomeEmpty    = "empty"    // the worker had nothing to say: "success"
 	outcomeFallback = "fallback" // no reply in time or the bus failed: "success"
 	outcomeRejected = "rejected" // a 4xx
+	// outcomeUnavailable is a 503: the event could not be stored nor held
+	// (JetStream away and the intake buffer full), so WeChat retries it.
+	outcomeUnavailable = "unavailable"
 )
 
 // Fallback reasons.
@@ -72,7 +75,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 	}
 	// Every series exists from the start, so rate() never sees a gap.
-	for _, o := range []string{outcomeReply, outcomeEmpty, outcomeFallback, outcomeRejected} {
+	for _, o := range []string{outcomeReply, outcomeEmpty, outcomeFallback, outcomeRejected, outcomeUnavailable} {
 		m.requests.WithLabelValues(o)
 		m.duration.WithLabelValues(o)
 	}

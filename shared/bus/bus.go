@@ -37,6 +37,11 @@ const (
 	// HeaderDeadline is when the ingress stops waiting (Unix nanoseconds):
 	// a worker that sees it passed can skip work nobody will read.
 	HeaderDeadline = "Wx-Deadline"
+	// HeaderRetry is "1" when the event stream already held the message: a
+	// retry (or a replay), whose reply a worker looks up before running the
+	// handler. Its absence means a first delivery, which runs the handler
+	// at once, with no lookup.
+	HeaderRetry = "Wx-Retry"
 )
 
 // maxAccount bounds the account header: an account is "gh_" and 12 hex

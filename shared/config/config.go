@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/wxgate/wxgate/shared/events"
 )
 
 // Config is the configuration shared by the ingress and the workers; each
@@ -32,7 +34,15 @@ type Config struct {
 	Replies        ReplyTexts
 
 	AnalyticsMaxScenes int           // ANALYTICS_MAX_SCENES: scene label values in metrics
-	AnalyticsRetention time.Duration // ANALYTICS_RETENTION: how long scan records stay in the stream; 0 forever
+	// EventsMaxAge is how long scene events stay in the event stream, from
+	// which the analytics can be rebuilt (EVENTS_MAX_AGE; 0 keeps them).
+	EventsMaxAge time.Duration
+	// MessagesMaxAge is how long messages and other events stay there: they
+	// are personal data (MESSAGES_MAX_AGE).
+	MessagesMaxAge time.Duration
+	// IntakeBuffer is how many events an ingress holds while JetStream
+	// cannot take them (INTAKE_BUFFER).
+	IntakeBuffer int
 	JetStreamReplicas  int           // JETSTREAM_REPLICAS: replicas of the stream and buckets
 	// DedupTTL is how long workers keep each dedup key's claim and reply, so
 	// that WeChat's retries, at any replica, run the handler once
@@ -97,11 +107,10 @@ type ReplyTexts struct {
 	Default           string // REPLY_DEFAULT, for other message types; empty: no reply
 }
 
-// AnalyticsDuplicateWindow is the scan stream's duplicate window (the
-// default of workers/analytics StreamOptions.Duplicates). JetStream refuses a
-// stream whose MaxAge is shorter, so a shorter ANALYTICS_RETENTION could
-// never store a scan.
-const AnalyticsDuplicateWindow = 10 * time.Minute
+// EventsDuplicateWindow is the event stream's duplicate window
+// (shared/events.Duplicates). JetStream refuses a stream whose MaxAge is
+// shorter, and a message kept less long would be stored again by a replay.
+const EventsDuplicateWindow = 10 * time.Minute
 
 // A callback body travels as one NATS message, with its headers beside it.
 const (
@@ -131,6 +140,9 @@ func Defaults() Config {
 		LogFormat:      "json",
 
 		AnalyticsMaxScenes: 100,
+		EventsMaxAge:       400 * 24 * time.Hour,
+		MessagesMaxAge:     72 * time.Hour,
+		IntakeBuffer:       10_000,
 		JetStreamReplicas:  1,
 		DedupTTL:           30 * time.Second,
 		HandlerTimeout:     20 * time.Second,
@@ -207,9 +219,17 @@ func (c *Config) FromEnv(lookup func(string) (string, bool)) error {
 	num("ANALYTICS_MAX_SCENES", 1, 10000, &c.AnalyticsMaxScenes)
 	num("MAX_CONNECTIONS", 1, 1<<20, &c.MaxConnections)
 	num("JETSTREAM_REPLICAS", 1, 5, &c.JetStreamReplicas)
-	dur("ANALYTICS_RETENTION", &c.AnalyticsRetention)
-	if r := c.AnalyticsRetention; r > 0 && r < AnalyticsDuplicateWindow {
-		errs = append(errs, fmt.Errorf("ANALYTICS_RETENTION=%s: must be 0 (keep) or at least %s, the duplicate window", shortDuration(r), shortDuration(AnalyticsDuplicateWindow)))
+	dur("EVENTS_MAX_AGE", &c.EventsMaxAge)
+	if r := c.EventsMaxAge; r > 0 && r < EventsDuplicateWindow {
+		errs = append(errs, fmt.Errorf("EVENTS_MAX_AGE=%s: must be 0 (keep) or at least %s, the duplicate window", shortDuration(r), shortDuration(EventsDuplicateWindow)))
+	}
+	dur("MESSAGES_MAX_AGE", &c.MessagesMaxAge)
+	if r := c.MessagesMaxAge; r < EventsDuplicateWindow {
+		errs = append(errs, fmt.Errorf("MESSAGES_MAX_AGE=%s: must be at least %s, the duplicate window", shortDuration(r), shortDuration(EventsDuplicateWindow)))
+	}
+	num("INTAKE_BUFFER", 1, 10_000_000, &c.IntakeBuffer)
+	if _, ok := lookup("ANALYTICS_RETENTION"); ok {
+		errs = append(errs, errors.New("ANALYTICS_RETENTION is gone: the scans stream became the event stream; set EVENTS_MAX_AGE (and MESSAGES_MAX_AGE) instead"))
 	}
 	dur("DEDUP_TTL", &c.DedupTTL)
 	dur("HANDLER_TIMEOUT", &c.HandlerTimeout)
@@ -283,6 +303,11 @@ func shortDuration(d time.Duration) string {
 		s = s[:len(s)-2]
 	}
 	return s
+}
+
+// Streams are the event streams' settings.
+func (c *Config) Streams() events.Options {
+	return events.Options{Replicas: c.JetStreamReplicas, MaxAge: c.EventsMaxAge, MessagesMaxAge: c.MessagesMaxAge}
 }
 
 // NATSServers splits NATS_URL into the server list nats.Connect takes.

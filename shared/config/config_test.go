@@ -124,12 +124,16 @@ func TestFromEnvRefusesWhatCannotWork(t *testing.T) {
 		key, value string
 		want       string // "" accepted
 	}{
-		{"ANALYTICS_RETENTION", "0", ""},
-		{"ANALYTICS_RETENTION", "10m", ""},
-		{"ANALYTICS_RETENTION", "720h", ""},
-		{"ANALYTICS_RETENTION", "1m", "ANALYTICS_RETENTION=1m: must be 0 (keep) or at least 10m, the duplicate window"},
-		{"ANALYTICS_RETENTION", "9m59s", "ANALYTICS_RETENTION=9m59s"},
-		{"ANALYTICS_RETENTION", "1ns", "ANALYTICS_RETENTION=1ns"},
+		{"EVENTS_MAX_AGE", "0", ""},
+		{"EVENTS_MAX_AGE", "10m", ""},
+		{"EVENTS_MAX_AGE", "720h", ""},
+		{"EVENTS_MAX_AGE", "1m", "EVENTS_MAX_AGE=1m: must be 0 (keep) or at least 10m, the duplicate window"},
+		{"EVENTS_MAX_AGE", "9m59s", "EVENTS_MAX_AGE=9m59s"},
+		{"EVENTS_MAX_AGE", "1ns", "EVENTS_MAX_AGE=1ns"},
+		{"MESSAGES_MAX_AGE", "48h", ""},
+		{"MESSAGES_MAX_AGE", "0", "MESSAGES_MAX_AGE=0s: must be at least 10m"},
+		{"INTAKE_BUFFER", "0", "INTAKE_BUFFER"},
+		{"ANALYTICS_RETENTION", "720h", "ANALYTICS_RETENTION is gone"},
 		{"MAX_BODY_BYTES", strconv.Itoa(MaxBodyBytesLimit), ""},
 		{"MAX_BODY_BYTES", strconv.Itoa(MaxBodyBytesLimit + 1), "MAX_BODY_BYTES"},
 		{"MAX_BODY_BYTES", "4000000", "MAX_BODY_BYTES"},

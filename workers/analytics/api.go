@@ -42,6 +42,8 @@ type StoreFunc func(context.Context) (*Store, error)
 //
 //	GET /api/scenes?sort=scans&order=desc&limit=50&offset=0
 //	GET /api/scenes/{scene}
+//	GET /api/analytics            the leader's progress (Status)
+//	POST /api/analytics/rebuild   rebuild the totals from the event stream
 //
 // The totals are read from the store on every request. When token is not
 // empty the routes require "Authorization: Bearer <token>".
@@ -121,6 +123,42 @@ func API(store StoreFunc, token string) http.Handler {
 		default:
 			writeJSON(w, http.StatusOK, t)
 		}
+	})
+	mux.HandleFunc("GET /api/analytics", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+		defer cancel()
+		s, err := store(ctx)
+		if err != nil {
+			apiError(w, http.StatusServiceUnavailable, "totals store unavailable")
+			return
+		}
+		st, ok, err := s.Status(ctx)
+		switch {
+		case err != nil:
+			apiError(w, http.StatusServiceUnavailable, "analytics status unavailable")
+		case !ok:
+			apiError(w, http.StatusServiceUnavailable, "no analytics leader has reported yet")
+		default:
+			writeJSON(w, http.StatusOK, st)
+		}
+	})
+	mux.HandleFunc("POST /api/analytics/rebuild", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+		defer cancel()
+		s, err := store(ctx)
+		if err != nil {
+			apiError(w, http.StatusServiceUnavailable, "totals store unavailable")
+			return
+		}
+		req, err := s.RequestRebuild(ctx)
+		if err != nil {
+			apiError(w, http.StatusServiceUnavailable, "rebuild not requested: analytics bucket unavailable")
+			return
+		}
+		writeJSON(w, http.StatusAccepted, map[string]any{
+			"request": req,
+			"status":  "the leader starts over from the event stream's first event within a second; GET /api/analytics shows its progress",
+		})
 	})
 	return admin.RequireToken(token, mux)
 }

@@ -2,18 +2,19 @@ package analytics
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promauto"
 
-	"github.com/wxgate/wxgate/shared/wechat"
+	"github.com/wxgate/wxgate/shared/events"
 )
 
 // RoleOptions configure the analytics role of a worker process. Conn,
@@ -22,18 +23,25 @@ type RoleOptions struct {
 	Conn       *nats.Conn
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
-	Stream     StreamOptions
+	Streams    events.Options
 	// MaxScenes bounds the scene label values in the metrics. Default 100.
 	MaxScenes int
-	// Consume runs the aggregating consumer and the exporter; a process
-	// with it off only publishes records.
-	Consume bool
-	// Fatal is told when the consumer cannot be rebuilt for GiveUp while
-	// NATS is connected: the process should end, so that a fresh one is
-	// started. Default: log only.
+	// Fatal is told when the role cannot be set up for GiveUp while NATS is
+	// connected: the process should end, so that a fresh one is started.
+	// Default: log only.
 	Fatal func(error)
-	// GiveUp is how long rebuilding may fail before Fatal. Default 1m.
+	// GiveUp is how long setting up may fail before Fatal. Default 1m.
 	GiveUp time.Duration
+	// Lease is how long a leader may go without renewing its lease before
+	// a standby takes over. Default 6s.
+	Lease time.Duration
+	// FlushEvery is how often the leader writes changed totals; default
+	// 250ms. SnapshotEvery is how often it snapshots its state; default
+	// 30s: what a new leader replays.
+	FlushEvery, SnapshotEvery time.Duration
+	// ID names this process in the lease; default the connection's name
+	// and a random suffix.
+	ID string
 }
 
 func (o *RoleOptions) setDefaults() {
@@ -46,6 +54,18 @@ func (o *RoleOptions) setDefaults() {
 	if o.Fatal == nil {
 		o.Fatal = func(error) {}
 	}
+	if o.Lease <= 0 {
+		o.Lease = 6 * time.Second
+	}
+	if o.FlushEvery <= 0 {
+		o.FlushEvery = 250 * time.Millisecond
+	}
+	if o.SnapshotEvery <= 0 {
+		o.SnapshotEvery = 30 * time.Second
+	}
+	if o.ID == "" {
+		o.ID = o.Conn.Opts.Name + "/" + rand.Text()[:8]
+	}
 }
 
 func (o *RoleOptions) validate() error {
@@ -55,24 +75,28 @@ func (o *RoleOptions) validate() error {
 	return nil
 }
 
-// Role is the analytics side of a worker process: the record publisher,
-// and (with Consume) the consumer and the metrics exporter. The consumer
-// starts in the background and keeps retrying while JetStream is out of
-// reach, so a worker serves replies from its first second. It is
-// supervised: a consumer deleted on the server, a totals bucket lost or
-// replaced, or a watch that ended is rebuilt.
+// Role is the analytics side of a worker process: it stands by for the
+// lease, applies the event stream while it holds it, and exports the
+// totals (every process exports the same values, from the bucket). It
+// starts in the background and keeps trying while JetStream is out of
+// reach, so a worker serves replies from its first second. Everything it
+// uses is supervised: a bucket lost or replaced, a watch that ended, a
+// consumer lost, is set up again.
 type Role struct {
-	*Publisher
-	o         RoleOptions
-	ready     chan struct{}
-	readyOnce sync.Once
-	rejected  *prometheus.CounterVec
-	rebuilds  prometheus.Counter
+	o       RoleOptions
+	m       *roleMetrics
+	ready   chan struct{}
+	readyAt sync.Once
 
-	mu   sync.Mutex
-	cons *Consumer
-	exp  *Exporter
-	down error // why no consumer runs; nil while one does
+	mu     sync.Mutex
+	store  *Store
+	exp    *Exporter
+	leader string // the lease holder last seen
+	down   error  // why the role cannot work now; nil while it can
+	alive   atomic.Int64
+	leading atomic.Bool
+	// dropped is the epoch whose stale values were deleted.
+	dropped atomic.Uint64
 
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -84,65 +108,26 @@ func StartRole(o RoleOptions) (*Role, error) {
 		return nil, err
 	}
 	o.setDefaults()
-	pub, err := NewPublisher(PublisherOptions{Conn: o.Conn, Logger: o.Logger, Registerer: o.Registerer, Stream: o.Stream})
-	if err != nil {
-		return nil, err
-	}
-	r := &Role{
-		Publisher: pub, o: o, ready: make(chan struct{}), done: make(chan struct{}),
-		down: errors.New("not started yet"),
-		rejected: promauto.With(o.Registerer).NewCounterVec(prometheus.CounterOpts{
-			Name: "wxgate_scene_rejected_total",
-			Help: "Scans answered but not counted, because their scene is empty, longer than 64 characters or not UTF-8, by reason.",
-		}, []string{"reason"}),
-	}
-	r.rebuilds = promauto.With(o.Registerer).NewCounter(prometheus.CounterOpts{
-		Name: "wxgate_analytics_consumer_rebuilds_total",
-		Help: "Times the analytics consumer was lost (deleted, its bucket or stream gone, its watch ended) and rebuilt.",
-	})
-	for _, reason := range wechat.SceneReasons {
-		r.rejected.WithLabelValues(reason)
+	r := &Role{o: o, m: newRoleMetrics(o.Registerer), ready: make(chan struct{}), done: make(chan struct{}),
+		down: errors.New("not started yet")}
+	// The scene metrics go through the role, which hands them to whichever
+	// exporter runs now: a rebuilt one replaces the old without a gap.
+	if err := o.Registerer.Register(r); err != nil {
+		return nil, fmt.Errorf("register scene metrics: %w", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
-	if !o.Consume {
-		r.down = nil
-		close(r.done)
-		return r, nil
-	}
-	// The scene metrics go through the role, which hands them to whichever
-	// exporter runs now: a rebuilt one replaces the old without a gap in
-	// registration.
-	if err := o.Registerer.Register(r); err != nil {
-		cancel()
-		return nil, fmt.Errorf("register scene metrics: %w", err)
-	}
 	go r.supervise(ctx)
 	return r, nil
 }
 
-// Record stores the analytics record of m, if it has one: a scene scan or
-// an unsubscribe. A scan whose scene is not valid is answered by the
-// worker but not counted; it is counted here, by reason.
-func (r *Role) Record(ctx context.Context, m *wechat.Message, dedupKey string, received time.Time) error {
-	rec, ok, rejected := RecordFrom(m, dedupKey, received)
-	if rejected != "" {
-		r.rejected.WithLabelValues(rejected).Inc()
-	}
-	if !ok {
-		return nil
-	}
-	return r.PublishSync(ctx, rec)
-}
-
-// supervise runs the consumer and the exporter, and rebuilds them when
-// they are lost, until ctx ends.
+// supervise sets the role up, runs it, and sets it up again when
+// something it stands on is lost, until ctx ends.
 func (r *Role) supervise(ctx context.Context) {
 	defer close(r.done)
-	metrics := newConsumerMetrics(r.o.Registerer)
 	var failingSince time.Time
 	for attempt := 0; ; attempt++ {
-		cons, exp, err := r.start(ctx, metrics)
+		js, store, kv, exp, err := r.setup(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -152,13 +137,13 @@ func (r *Role) supervise(ctx context.Context) {
 				failingSince = time.Now()
 			}
 			if attempt == 0 || attempt%30 == 0 {
-				r.o.Logger.Warn("analytics consumer not started; retrying", "err", err)
+				r.o.Logger.Warn("analytics not started; retrying", "err", err)
 			}
-			// NATS away is waited for; NATS here but the consumer
-			// impossible to build is a process for the orchestrator to
+			// NATS away is waited for; NATS here but the analytics
+			// impossible to set up is a process for the orchestrator to
 			// replace.
 			if r.o.Conn.IsConnected() && time.Since(failingSince) > r.o.GiveUp {
-				r.o.Fatal(fmt.Errorf("analytics consumer not rebuilt within %s: %w", r.o.GiveUp, err))
+				r.o.Fatal(fmt.Errorf("analytics not set up within %s: %w", r.o.GiveUp, err))
 			}
 			select {
 			case <-ctx.Done():
@@ -169,68 +154,125 @@ func (r *Role) supervise(ctx context.Context) {
 		}
 		failingSince, attempt = time.Time{}, 0
 		r.mu.Lock()
-		r.cons, r.exp, r.down = cons, exp, nil
+		r.store, r.exp, r.down = store, exp, nil
 		r.mu.Unlock()
-		r.readyOnce.Do(func() { close(r.ready) })
-		r.o.Logger.Info("analytics consumer started", "consumer", ConsumerName, "stream", StreamName)
+		r.readyAt.Do(func() { close(r.ready) })
+		r.o.Logger.Info("analytics started", "id", r.o.ID)
 
-		lost := r.watch(ctx, cons, exp)
+		lost := r.work(ctx, js, store, kv, exp)
 		r.setDown(lost)
 		exp.Stop()
-		cons.Stop()
 		r.mu.Lock()
-		r.cons, r.exp = nil, nil
+		r.store, r.exp = nil, nil
 		r.mu.Unlock()
 		if ctx.Err() != nil {
 			return
 		}
-		r.rebuilds.Inc()
-		r.o.Logger.Warn("analytics consumer lost; rebuilding", "err", lost)
+		r.m.rebuilds.Inc()
+		r.o.Logger.Warn("analytics lost what it stands on; setting up again", "err", lost)
 	}
 }
 
-func (r *Role) start(ctx context.Context, metrics *consumerMetrics) (*Consumer, *Exporter, error) {
+// setup makes sure the streams and buckets exist (the analytics own them)
+// and starts the exporter.
+func (r *Role) setup(ctx context.Context) (jetstream.JetStream, *Store, jetstream.KeyValue, *Exporter, error) {
+	js, err := jetstream.New(r.o.Conn)
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	cons, err := StartConsumer(sctx, ConsumerOptions{Conn: r.o.Conn, Logger: r.o.Logger, Stream: r.o.Stream, metrics: metrics})
-	if err != nil {
-		return nil, nil, err
+	if err := events.Ensure(sctx, js, r.o.Streams); err != nil {
+		return nil, nil, nil, nil, err
 	}
-	// Reading every scene's totals takes longer than creating a consumer
-	// when there are many; it gets its own, longer, bound.
+	if err := ensureDeadLetter(sctx, js, r.o.Streams.Replicas); err != nil {
+		return nil, nil, nil, nil, err
+	}
+	store, err := OpenStore(sctx, js, r.o.Streams.Replicas)
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	kv, err := js.CreateOrUpdateKeyValue(sctx, jetstream.KeyValueConfig{
+		Bucket:      AnalyticsName,
+		Description: "wxgate analytics: the leader's lease, rebuild requests and status",
+		History:     1,
+		Storage:     jetstream.FileStorage,
+		Replicas:    max(r.o.Streams.Replicas, 1),
+	})
+	if err != nil {
+		return nil, nil, nil, nil, fmt.Errorf("kv %s: %w", AnalyticsName, err)
+	}
+	// Reading every scene's totals takes longer than the rest when there
+	// are many; it gets its own, longer, bound.
 	ectx, ecancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer ecancel()
-	exp, err := NewExporter(ectx, cons.Store(), r.o.MaxScenes, r.o.Logger)
+	exp, err := NewExporter(ectx, store, r.o.MaxScenes, r.o.Logger)
 	if err != nil {
-		cons.Stop()
-		return nil, nil, err
+		return nil, nil, nil, nil, err
 	}
-	return cons, exp, nil
+	return js, store, kv, exp, nil
 }
 
-// watch waits until the consumer or the exporter is lost, or the totals
-// bucket is gone or was replaced (the exporter's watch would be stale).
-func (r *Role) watch(ctx context.Context, cons *Consumer, exp *Exporter) error {
-	t := time.NewTicker(2 * time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return errors.New("stopping")
-		case <-cons.Lost():
-			return cons.LostErr()
-		case <-exp.Lost():
-			return errors.New("scene totals watch ended")
-		case <-t.C:
-			cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-			err := cons.Store().checkBucket(cctx)
-			cancel()
-			if errors.Is(err, errBucketReplaced) || errors.Is(err, jetstream.ErrBucketNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) {
-				return err
+// work stands by for the lease and leads while it holds it, until what it
+// stands on is lost (the totals bucket gone or replaced, the exporter's
+// watch ended) or ctx ends; it returns why.
+func (r *Role) work(ctx context.Context, js jetstream.JetStream, store *Store, kv jetstream.KeyValue, exp *Exporter) error {
+	wctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	go func() {
+		t := time.NewTicker(2 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-wctx.Done():
+				return
+			case <-exp.Lost():
+				cancel(errors.New("scene totals watch ended"))
+				return
+			case <-t.C:
+				cctx, ccancel := context.WithTimeout(wctx, 2*time.Second)
+				err := store.checkBucket(cctx)
+				ccancel()
+				if errors.Is(err, errBucketReplaced) || errors.Is(err, jetstream.ErrBucketNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) {
+					cancel(fmt.Errorf("totals bucket: %w", err))
+					return
+				}
 			}
+		}
+	}()
+	l := &lease{kv: kv, id: r.o.ID, ttl: r.o.Lease}
+	for {
+		rev, err := l.acquire(wctx, r.seeLeader)
+		if err != nil {
+			return context.Cause(wctx)
+		}
+		r.o.Logger.Info("analytics: leading", "id", r.o.ID)
+		r.seeLeader(r.o.ID)
+		r.markAlive()
+		r.leading.Store(true)
+		held, release := l.hold(wctx, rev)
+		err = r.lead(held, js, store, kv)
+		release()
+		r.leading.Store(false)
+		if wctx.Err() != nil {
+			return context.Cause(wctx)
+		}
+		r.o.Logger.Warn("analytics: stopped leading", "err", err)
+		select {
+		case <-wctx.Done():
+			return context.Cause(wctx)
+		case <-time.After(time.Second): // let the next leader, or this one, start afresh
 		}
 	}
 }
+
+func (r *Role) seeLeader(id string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.leader = id
+}
+
+func (r *Role) markAlive() { r.alive.Store(time.Now().UnixNano()) }
 
 func (r *Role) setDown(err error) {
 	r.mu.Lock()
@@ -238,37 +280,37 @@ func (r *Role) setDown(err error) {
 	r.down = err
 }
 
-// Check reports whether the role works: for a consuming role, a consumer
-// runs and the server reported on it lately.
+// Check reports whether the role works: set up, and, while leading,
+// applying (its loop turned within the last 10 seconds).
 func (r *Role) Check() error {
 	r.mu.Lock()
-	cons, down := r.cons, r.down
+	down := r.down
 	r.mu.Unlock()
 	if down != nil {
-		return fmt.Errorf("analytics consumer not running: %w", down)
+		return fmt.Errorf("analytics not running: %w", down)
 	}
-	if cons != nil {
-		return cons.Check()
+	if r.leading.Load() {
+		if age := time.Since(time.Unix(0, r.alive.Load())); age > 10*time.Second {
+			return fmt.Errorf("analytics leader has not applied or written for %s", age.Round(time.Second))
+		}
 	}
 	return nil
 }
 
-// Ready is closed once the consumer first runs.
+// Leading reports whether this process applies the stream now.
+func (r *Role) Leading() bool { return r.leading.Load() }
+
+// Ready is closed once the role is first set up.
 func (r *Role) Ready() <-chan struct{} { return r.ready }
 
-// Consumer returns the running consumer, or nil while none runs.
-func (r *Role) Consumer() *Consumer {
+// Store is a StoreFunc for the API: the totals store while the role runs.
+func (r *Role) Store(context.Context) (*Store, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.cons
-}
-
-// Store is a StoreFunc for the API: the consumer's store while it runs.
-func (r *Role) Store(context.Context) (*Store, error) {
-	if c := r.Consumer(); c != nil {
-		return c.Store(), nil
+	if r.store == nil {
+		return nil, errors.New("analytics not running")
 	}
-	return nil, errors.New("analytics consumer not running")
+	return r.store, nil
 }
 
 // Describe implements prometheus.Collector: the scene metrics.
@@ -284,9 +326,9 @@ func (r *Role) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// Stop stops the consumer; records in hand are applied first, unless ctx
-// ends before (NATS gone): then Stop returns and the batch is redelivered
-// to whichever consumer comes next.
+// Stop stops the role; a leader writes its totals and a snapshot first,
+// unless ctx ends before (NATS gone): a new leader replays from the last
+// snapshot anyway.
 func (r *Role) Stop(ctx context.Context) error {
 	r.cancel()
 	select {

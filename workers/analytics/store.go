@@ -2,50 +2,29 @@ package analytics
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/base64"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
+	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// Totals are the durable counts of one scene.
-type Totals struct {
-	Scene          string `json:"scene"`
-	Scans          int64  `json:"scans"`           // subscribe + scan
-	SubscribeScans int64  `json:"subscribe_scans"` // scans by people not yet following
-	ScanScans      int64  `json:"scan_scans"`      // scans by followers
-	NewFollowers   int64  `json:"new_followers"`   // follows through this scene
-	UniquePeople   int64  `json:"unique_people"`   // distinct OpenIDs that scanned it
-	Unfollows      int64  `json:"unfollows"`       // unfollows of people who followed through it
-	// FirstSeq is the stream sequence of the scene's first record; it orders
-	// scenes the same way in every process (the metrics label bound).
-	FirstSeq  uint64    `json:"first_seq"`
-	FirstSeen time.Time `json:"first_seen"`
-	LastSeen  time.Time `json:"last_seen"`
-}
-
-// sceneDoc is the stored value: the totals plus the stream sequences
-// applied to them that may still be redelivered. A redelivered record whose
-// sequence is listed has been counted already.
+// sceneDoc is a scene's stored value: its totals, as of stream sequence
+// Seq in rebuild generation Epoch. Writes compare (Epoch, Seq): a leader
+// that finds a newer value than its own has been replaced, and stops.
 type sceneDoc struct {
 	Totals
-	Applied []uint64 `json:"applied,omitempty"`
+	Epoch uint64 `json:"epoch"`
+	Seq   uint64 `json:"seq"`
 }
 
-// Store keeps the totals in a JetStream KV bucket:
-//
-//	s.<scene>           the scene's sceneDoc
-//	u.<scene>.<person>  a person seen on a scene (value: the claiming sequence)
-//	f.<person>          the scene a current follower followed through
-//
-// Scenes are base64url-encoded and people are hashed, so keys stay valid
-// and carry no OpenID in the clear.
+// Store keeps the totals in a JetStream KV bucket, one value per scene
+// under "s.<scene, base64url>": written by the leader, read by the API and
+// the exporters of every process.
 type Store struct {
 	kv      jetstream.KeyValue
 	js      jetstream.JetStream
@@ -53,16 +32,22 @@ type Store struct {
 	created time.Time // when the bucket's stream was created, to notice a new one
 }
 
-// OpenStore creates or opens the totals bucket: for the analytics consumer,
+// Buckets: the totals, and the analytics' own (the leader's lease, rebuild
+// requests, status; and, as an object store of the same name, snapshots).
+const (
+	BucketName    = "wxgate_scenes"
+	AnalyticsName = "wxgate_analytics"
+)
+
+// OpenStore creates or opens the totals bucket: for the analytics leader,
 // which owns it.
-func OpenStore(ctx context.Context, js jetstream.JetStream, o StreamOptions) (*Store, error) {
-	o = o.withDefaults()
+func OpenStore(ctx context.Context, js jetstream.JetStream, replicas int) (*Store, error) {
 	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:      BucketName,
 		Description: "wxgate per-scene totals",
 		History:     1,
 		Storage:     jetstream.FileStorage,
-		Replicas:    o.Replicas,
+		Replicas:    max(replicas, 1),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("kv %s: %w", BucketName, err)
@@ -120,83 +105,6 @@ func (s *Store) checkBucket(ctx context.Context) error {
 
 func sceneKey(scene string) string { return "s." + base64.RawURLEncoding.EncodeToString([]byte(scene)) }
 
-func person(account, openid string) string {
-	h := sha256.Sum256([]byte(account + "\x00" + openid))
-	return hex.EncodeToString(h[:16])
-}
-
-// Apply folds the record with stream sequence seq into the totals, exactly
-// once however often it is redelivered. ackFloor is the consumer's ack
-// floor: sequences at or below it can never come again, so they are
-// forgotten. It reports what the record changed, for metrics.
-func (s *Store) Apply(ctx context.Context, seq uint64, r Record, ackFloor uint64) (applied bool, err error) {
-	switch r.Kind {
-	case KindSubscribe, KindScan:
-		if r.Scene == "" {
-			return false, errors.New("scan record without scene")
-		}
-		first, err := s.claimPerson(ctx, r, seq)
-		if err != nil {
-			return false, err
-		}
-		applied, err = s.updateSync(ctx, r.Scene, []item{{seq: seq, rec: r}}, []int{0}, []bool{first}, ackFloor)
-		if err != nil {
-			return false, err
-		}
-		if r.Kind == KindSubscribe {
-			// Idempotent, so it is safe to redo after a crash.
-			if _, err := s.kv.Put(ctx, "f."+person(r.Account, r.OpenID), []byte(r.Scene)); err != nil {
-				return applied, fmt.Errorf("follow: %w", err)
-			}
-		}
-		return applied, nil
-	case KindUnsubscribe:
-		fkey := "f." + person(r.Account, r.OpenID)
-		e, err := s.kv.Get(ctx, fkey)
-		if errors.Is(err, jetstream.ErrKeyNotFound) {
-			return false, nil // followed without a scene, or counted already
-		}
-		if err != nil {
-			return false, fmt.Errorf("follow: %w", err)
-		}
-		applied, err = s.updateSync(ctx, string(e.Value()), []item{{seq: seq, rec: r}}, []int{0}, []bool{false}, ackFloor)
-		if err != nil {
-			return false, err
-		}
-		// Forget the follow only after counting it, and only if no newer
-		// follow replaced it meanwhile.
-		if err := s.kv.Delete(ctx, fkey, jetstream.LastRevision(e.Revision())); err != nil && !isConflict(err) {
-			return applied, fmt.Errorf("unfollow: %w", err)
-		}
-		return applied, nil
-	}
-	return false, fmt.Errorf("unknown record kind %q", r.Kind)
-}
-
-// claimPerson reports whether this record is the first of its person on its
-// scene. The claim stores the claiming sequence, so a redelivery of the
-// claiming record still sees itself as first.
-func (s *Store) claimPerson(ctx context.Context, r Record, seq uint64) (bool, error) {
-	key := claimKey(r)
-	val := strconv.FormatUint(seq, 10)
-	_, err := s.kv.Create(ctx, key, []byte(val))
-	if err == nil {
-		return true, nil
-	}
-	if !isConflict(err) {
-		return false, fmt.Errorf("claim person: %w", err)
-	}
-	e, err := s.kv.Get(ctx, key)
-	if err != nil {
-		return false, fmt.Errorf("claim person: %w", err)
-	}
-	return string(e.Value()) == val, nil
-}
-
-func isConflict(err error) bool {
-	return errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch)
-}
-
 // Scenes reads every scene's totals from the bucket.
 func (s *Store) Scenes(ctx context.Context) ([]Totals, error) {
 	w, err := s.kv.Watch(ctx, "s.>", jetstream.IgnoreDeletes())
@@ -236,4 +144,66 @@ func (s *Store) Scene(ctx context.Context, scene string) (t Totals, ok bool, err
 		return Totals{}, false, fmt.Errorf("read totals: %w", err)
 	}
 	return d.Totals, true, nil
+}
+
+// analytics opens the analytics bucket (lease, rebuild requests, status).
+func (s *Store) analytics(ctx context.Context) (jetstream.KeyValue, error) {
+	return s.js.KeyValue(ctx, AnalyticsName)
+}
+
+// RequestRebuild asks the leader to rebuild the totals from the event
+// stream; it returns the request's revision.
+func (s *Store) RequestRebuild(ctx context.Context) (uint64, error) {
+	kv, err := s.analytics(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return kv.Put(ctx, rebuildKey, []byte(time.Now().UTC().Format(time.RFC3339Nano)))
+}
+
+// Status reads the leader's last report; ok is false when none has.
+func (s *Store) Status(ctx context.Context) (st Status, ok bool, err error) {
+	kv, err := s.analytics(ctx)
+	if err != nil {
+		return Status{}, false, err
+	}
+	e, err := kv.Get(ctx, statusKey)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return Status{}, false, nil
+	}
+	if err != nil {
+		return Status{}, false, err
+	}
+	if err := json.Unmarshal(e.Value(), &st); err != nil {
+		return Status{}, false, err
+	}
+	return st, true, nil
+}
+
+// OpenOnUse is a StoreFunc that opens the totals bucket on first use,
+// without creating or changing it: for processes that serve the API but do
+// not run the analytics (the ingress, a replies-only worker), so that their
+// settings never override the owner's.
+func OpenOnUse(nc *nats.Conn) StoreFunc {
+	var (
+		mu    sync.Mutex
+		store *Store
+	)
+	return func(ctx context.Context) (*Store, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if store != nil {
+			return store, nil
+		}
+		js, err := jetstream.New(nc)
+		if err != nil {
+			return nil, err
+		}
+		s, err := OpenExistingStore(ctx, js)
+		if err != nil {
+			return nil, err
+		}
+		store = s
+		return store, nil
+	}
 }

@@ -1,12 +1,16 @@
 // Package dedup runs each WeChat message's handler once across every worker
 // replica, and answers WeChat's retries with the first run's reply.
 //
-// The first worker to see a dedup key claims it with an atomic create in a
-// JetStream KV bucket, keeps the claim alive while its handler runs, and
-// stores the reply under the key. A retry at any worker finds the key: it
-// answers with the stored reply, or waits for it within its own deadline. A
-// claim nobody refreshes for a lease (its worker crashed) is taken over with
-// a compare-and-set, so no message stays stuck.
+// The ingress stores every event in the event stream before it asks a
+// worker, and the stream says which delivery is a retry (Wx-Retry). A first
+// delivery runs its handler at once, with no lookup: the common case costs
+// the store nothing. A handler still running after ClaimAfter (1 s, long
+// before WeChat retries at 5 s) claims the key with an atomic create in a
+// JetStream KV bucket, keeps the claim alive while it runs, and stores its
+// reply under the key. A retry at any worker looks the key up: it answers
+// with the stored reply, or waits for it within its own deadline. A claim
+// nobody refreshes for a lease (its worker crashed) is taken over with a
+// compare-and-set, so no message stays stuck.
 //
 // Because the handler keeps running after the ingress has given up, a
 // handler slower than one deadline still reaches the person: WeChat's next
@@ -177,11 +181,16 @@ type Handler func(ctx context.Context) ([]byte, error)
 // while the key lives. ctx carries the request's deadline: past it, Do
 // returns ErrPending and a running handler carries on to store its reply.
 //
-// The common case costs one read and one write: a key not found runs the
-// handler at once, and the claim is only written if the handler is still
-// running after ClaimAfter, long before WeChat could retry (5 s). A fast
-// handler's reply is stored with an atomic create after it answered.
-func (s *Store) Do(ctx context.Context, key string, run Handler) ([]byte, Outcome, error) {
+// A first delivery (retry false) runs the handler at once and touches the
+// store only if the handler is still running after ClaimAfter: then it
+// claims the key, and stores the reply when done. A retry looks the key up
+// first: a stored reply answers it, a claim makes it wait for the reply. A
+// retry that finds nothing (its first delivery answered within ClaimAfter,
+// or never reached a worker) runs the handler.
+func (s *Store) Do(ctx context.Context, key string, retry bool, run Handler) ([]byte, Outcome, error) {
+	if !retry {
+		return s.own(ctx, key, 0, run, Ran)
+	}
 	// A store slower than a quarter of the budget is treated as down:
 	// answering matters more than deduplicating.
 	gctx, cancel := context.WithTimeout(ctx, s.claimBudget(ctx))
@@ -335,16 +344,17 @@ func (s *Store) hold(key string, rev uint64) (stop func() uint64) {
 	return func() uint64 { close(quit); <-finished; return rev }
 }
 
-// finish stores the reply (over the claim at rev, or as a new key), or on
-// error releases the claim so that a retry runs the handler again.
+// finish stores the reply over the claim at rev, or on error releases the
+// claim so that a retry runs the handler again. A handler that finished
+// before it claimed (rev 0) stores nothing: it answered its delivery.
 func (s *Store) finish(key string, rev uint64, body []byte, err error) {
+	if rev == 0 {
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err != nil {
 		s.o.Logger.Warn("handler failed; claim released for a retry", "dedup_key", key, "err", err)
-		if rev == 0 {
-			return
-		}
 		if derr := s.kv.Delete(ctx, key, jetstream.LastRevision(rev)); derr != nil {
 			s.o.Logger.Warn("dedup release claim", "dedup_key", key, "err", derr)
 		}
@@ -352,12 +362,7 @@ func (s *Store) finish(key string, rev uint64, body []byte, err error) {
 	}
 	v := make([]byte, 0, len(replyPrefix)+len(body))
 	v = append(append(v, replyPrefix...), body...)
-	if rev != 0 {
-		_, err = s.kv.Put(ctx, key, v)
-	} else if _, err = s.kv.Create(ctx, key, v); errors.Is(err, jetstream.ErrKeyExists) {
-		err = nil // a concurrent duplicate stored first; either reply will do
-	}
-	if err != nil {
+	if _, err = s.kv.Put(ctx, key, v); err != nil {
 		s.o.Logger.Warn("dedup store reply", "dedup_key", key, "err", err)
 	}
 }

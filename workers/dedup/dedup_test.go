@@ -101,7 +101,7 @@ func TestRunsOnceAcrossReplicas(t *testing.T) {
 	var wg sync.WaitGroup
 	do := func(i int) {
 		defer wg.Done()
-		body, out, err := rs[i%len(rs)].store.Do(within(20*time.Second), "msg.1", run)
+		body, out, err := rs[i%len(rs)].store.Do(within(20*time.Second), "msg.1", i > 0, run)
 		answers <- answer{body, out, err}
 	}
 	wg.Add(1)
@@ -148,7 +148,7 @@ func TestRunsOnceAcrossReplicas(t *testing.T) {
 
 	// A retry after the fact is answered from the store at once.
 	waitStored(t, rs...)
-	body, out, err := rs[2].store.Do(within(5*time.Second), "msg.1", run)
+	body, out, err := rs[2].store.Do(within(5*time.Second), "msg.1", true, run)
 	if err != nil || out != Stored || string(body) != "<xml>hi</xml>" || runs.Load() != 1 {
 		t.Fatalf("late retry: %q %v %v (runs %d)", body, out, err, runs.Load())
 	}
@@ -166,11 +166,11 @@ func TestSlowHandlerAnswersTheRetry(t *testing.T) {
 		defer close(finished)
 		return []byte("slow"), nil
 	}
-	if _, _, err := rs[0].store.Do(within(300*time.Millisecond), "evt.slow", run); !errors.Is(err, ErrPending) {
+	if _, _, err := rs[0].store.Do(within(300*time.Millisecond), "evt.slow", false, run); !errors.Is(err, ErrPending) {
 		t.Fatalf("first delivery: err %v, want ErrPending", err)
 	}
 	// The second delivery reaches another replica while the handler runs.
-	body, out, err := rs[1].store.Do(within(10*time.Second), "evt.slow", run)
+	body, out, err := rs[1].store.Do(within(10*time.Second), "evt.slow", true, run)
 	if err != nil || out != Stored || string(body) != "slow" {
 		t.Fatalf("retry: %q %v %v", body, out, err)
 	}
@@ -195,7 +195,7 @@ func TestStaleClaimIsTakenOver(t *testing.T) {
 		t.Fatal(err)
 	}
 	var runs atomic.Int32
-	body, out, err := rs[0].store.Do(within(5*time.Second), "msg.dead", func(context.Context) ([]byte, error) {
+	body, out, err := rs[0].store.Do(within(5*time.Second), "msg.dead", true, func(context.Context) ([]byte, error) {
 		runs.Add(1)
 		return []byte("again"), nil
 	})
@@ -222,24 +222,58 @@ func TestFailedHandlerReleasesTheKey(t *testing.T) {
 		}
 		return []byte("ok"), nil
 	}
-	if _, out, err := rs[0].store.Do(within(5*time.Second), "msg.2", run); err == nil || out != Ran {
+	if _, out, err := rs[0].store.Do(within(5*time.Second), "msg.2", false, run); err == nil || out != Ran {
 		t.Fatalf("first: %v %v, want the handler's error", out, err)
 	}
-	body, out, err := rs[1].store.Do(within(5*time.Second), "msg.2", run)
+	body, out, err := rs[1].store.Do(within(5*time.Second), "msg.2", true, run)
 	if err != nil || out != Ran || string(body) != "ok" || runs.Load() != 2 {
 		t.Fatalf("retry: %q %v %v, runs %d", body, out, err, runs.Load())
 	}
 }
 
-// An empty reply (nothing to say) is stored and served like any other.
+// A first delivery whose handler answers within ClaimAfter costs the store
+// nothing: no read, no claim, no stored reply (its answer went back).
+func TestFastFirstDeliveryTouchesNothing(t *testing.T) {
+	rs := replicas(t, natstest.RunServer(t), 1, Options{ClaimAfter: time.Minute})
+	body, out, err := rs[0].store.Do(within(5*time.Second), "msg.fast", false, func(context.Context) ([]byte, error) { return []byte("fast"), nil })
+	if err != nil || out != Ran || string(body) != "fast" {
+		t.Fatalf("%q %v %v", body, out, err)
+	}
+	if err := rs[0].store.Wait(within(5 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	kv, err := rs[0].js.KeyValue(context.Background(), Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := kv.Status(context.Background())
+	if err != nil || st.Values() != 0 {
+		t.Fatalf("bucket holds %d values (%v), want none", st.Values(), err)
+	}
+	if got := testutil.ToFloat64(duplicates(rs[0].store)); got != 0 {
+		t.Errorf("duplicates = %v", got)
+	}
+}
+
+// An empty reply (nothing to say) of a handler that outlived ClaimAfter is
+// stored and served to the retry like any other.
 func TestEmptyReplyIsStored(t *testing.T) {
-	rs := replicas(t, natstest.RunServer(t), 1, Options{})
-	run := func(context.Context) ([]byte, error) { return nil, nil }
-	if _, out, err := rs[0].store.Do(within(5*time.Second), "evt.quiet", run); err != nil || out != Ran {
-		t.Fatal(out, err)
+	rs := replicas(t, natstest.RunServer(t), 1, Options{ClaimAfter: 20 * time.Millisecond})
+	release := make(chan struct{})
+	run := func(context.Context) ([]byte, error) { <-release; return nil, nil }
+	kv, err := rs[0].js.KeyValue(context.Background(), Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { _, _, err := rs[0].store.Do(within(5*time.Second), "evt.quiet", false, run); done <- err }()
+	wait.For(t, wait.Short, wait.Every, func() error { _, err := kv.Get(context.Background(), "evt.quiet"); return err })
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 	waitStored(t, rs...)
-	body, out, err := rs[0].store.Do(within(5*time.Second), "evt.quiet", run)
+	body, out, err := rs[0].store.Do(within(5*time.Second), "evt.quiet", true, run)
 	if err != nil || out != Stored || len(body) != 0 {
 		t.Fatalf("%q %v %v", body, out, err)
 	}
@@ -252,7 +286,7 @@ func TestStoreUnavailableStillAnswers(t *testing.T) {
 	srv.Shutdown()
 	var runs atomic.Int32
 	for i := 0; i < 2; i++ {
-		body, out, err := rs[0].store.Do(within(2*time.Second), "msg.3", func(context.Context) ([]byte, error) {
+		body, out, err := rs[0].store.Do(within(2*time.Second), "msg.3", true, func(context.Context) ([]byte, error) {
 			runs.Add(1)
 			return []byte("still"), nil
 		})
@@ -273,14 +307,14 @@ func TestBucketLossIsRepaired(t *testing.T) {
 		t.Fatal(err)
 	}
 	run := func(context.Context) ([]byte, error) { return []byte("x"), nil }
-	if _, out, err := rs[0].store.Do(within(5*time.Second), "msg.lost", run); err != nil || out != Unguarded {
+	if _, out, err := rs[0].store.Do(within(5*time.Second), "msg.lost", true, run); err != nil || out != Unguarded {
 		t.Fatalf("with the bucket gone: %v %v, want an unguarded answer", out, err)
 	}
 	// The repair runs in the background.
 	i := 0
 	wait.For(t, wait.Short, wait.Every, func() error {
 		i++
-		_, out, err := rs[0].store.Do(within(5*time.Second), "msg.back."+string(rune('a'+i%26)), run)
+		_, out, err := rs[0].store.Do(within(5*time.Second), "msg.back."+string(rune('a'+i%26)), true, run)
 		if err != nil {
 			t.Fatal(err)
 		}

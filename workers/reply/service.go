@@ -31,12 +31,6 @@ type Options struct {
 	Registerer prometheus.Registerer
 	// Now stamps replies' CreateTime; time.Now when nil.
 	Now func() time.Time
-	// Record, when set, runs with the handler for every message, with its
-	// dedup key and the time the ingress received it (the analytics
-	// fan-out). The reply waits for it: a message is only answered once its
-	// record is stored, and an error fails the handler so that WeChat's
-	// retry records it again.
-	Record func(ctx context.Context, m *wechat.Message, dedupKey string, received time.Time) error
 	// Concurrency bounds the requests one worker holds at once (waiting
 	// retries included); past it the subscription backs up. Default 1024.
 	Concurrency int
@@ -66,7 +60,6 @@ type Service struct {
 	svc     micro.Service
 	dedup   *dedup.Store
 	logger  *slog.Logger
-	record  func(context.Context, *wechat.Message, string, time.Time) error
 	timeout time.Duration
 	metrics *metrics
 	slots   chan struct{}  // one per request in hand
@@ -88,7 +81,7 @@ func Start(o Options) (*Service, error) {
 		o.HandlerTimeout = 20 * time.Second
 	}
 	s := &Service{
-		Handler: NewHandler(o.Decider, o.Now), dedup: o.Dedup, logger: o.Logger, record: o.Record,
+		Handler: NewHandler(o.Decider, o.Now), dedup: o.Dedup, logger: o.Logger,
 		timeout: o.HandlerTimeout, metrics: newMetrics(o.Registerer), slots: make(chan struct{}, o.Concurrency),
 	}
 	svc, err := micro.AddService(o.Conn, micro.Config{
@@ -178,17 +171,7 @@ func (s *Service) answer(req micro.Request, m *wechat.Message) {
 		start := time.Now()
 		body, err := s.decide(ctx, m)
 		s.metrics.observe(subject, time.Since(start))
-		if err != nil || s.record == nil {
-			return body, err
-		}
-		received, ok := bus.ParseTime(h.Get(bus.HeaderReceived))
-		if !ok {
-			received = s.now()
-		}
-		if err := s.record(ctx, m, key, received); err != nil {
-			return nil, fmt.Errorf("record: %w", err)
-		}
-		return body, nil
+		return body, err
 	}
 
 	var body []byte
@@ -202,7 +185,7 @@ func (s *Service) answer(req micro.Request, m *wechat.Message) {
 		cancel()
 	} else {
 		ctx, cancel := requestContext(h)
-		body, outcome, err = s.dedup.Do(ctx, key, run)
+		body, outcome, err = s.dedup.Do(ctx, key, h.Get(bus.HeaderRetry) == "1", run)
 		cancel()
 	}
 	switch {

@@ -47,40 +47,47 @@ func (o *Options) validate() error {
 	return nil
 }
 
-// Worker is a running reply service with its analytics role.
+// Worker is what a worker process runs: the reply service, the analytics
+// role, or both.
 type Worker struct {
-	Analytics *analytics.Role
-	Service   *reply.Service // nil without the replies role
+	Analytics *analytics.Role // nil without the analytics role
+	Service   *reply.Service  // nil without the replies role
 	api       http.Handler
 }
 
-// Start starts the analytics role, then the reply service that feeds it.
-func Start(o Options) (*Worker, error) {
+// Start starts the roles the configuration names.
+func Start(o Options) (_ *Worker, err error) {
 	if err := o.validate(); err != nil {
 		return nil, err
 	}
-	role, err := analytics.StartRole(analytics.RoleOptions{
-		Conn: o.Conn, Logger: o.Logger.With("component", "analytics"), Registerer: o.Registerer,
-		Stream:    StreamOptions(o.Config),
-		MaxScenes: o.Config.AnalyticsMaxScenes,
-		Consume:   o.Config.HasRole("analytics"),
-		Fatal:     o.Health.Fatal,
-		GiveUp:    o.GiveUp,
-	})
-	if err != nil {
-		return nil, err
-	}
-	w := &Worker{Analytics: role, api: analytics.API(role.Store, o.Config.AdminToken)}
+	w := &Worker{}
+	defer func() {
+		if err != nil && w.Analytics != nil {
+			err = errors.Join(err, stopRole(w.Analytics))
+		}
+	}()
+	store := analytics.OpenOnUse(o.Conn)
 	if o.Config.HasRole("analytics") {
-		o.Health.Add("analytics", role.Check)
+		if w.Analytics, err = analytics.StartRole(analytics.RoleOptions{
+			Conn: o.Conn, Logger: o.Logger.With("component", "analytics"), Registerer: o.Registerer,
+			Streams:   o.Config.Streams(),
+			MaxScenes: o.Config.AnalyticsMaxScenes,
+			Fatal:     o.Health.Fatal,
+			GiveUp:    o.GiveUp,
+		}); err != nil {
+			return nil, err
+		}
+		o.Health.Add("analytics", w.Analytics.Check)
+		store = w.Analytics.Store
 	}
+	w.api = analytics.API(store, o.Config.AdminToken)
 	if !o.Config.HasRole("replies") {
 		return w, nil
 	}
-	var store *dedup.Store
+	var dstore *dedup.Store
 	if o.Config.DedupTTL > 0 {
-		if store, err = openDedup(o); err != nil {
-			return nil, errors.Join(err, stopRole(role))
+		if dstore, err = openDedup(o); err != nil {
+			return nil, err
 		}
 	}
 	decider := o.Decider
@@ -89,15 +96,14 @@ func Start(o Options) (*Worker, error) {
 	}
 	svc, err := reply.Start(reply.Options{
 		Conn:           o.Conn,
-		Dedup:          store,
+		Dedup:          dstore,
 		Decider:        decider,
 		Logger:         o.Logger.With("component", "worker"),
 		Registerer:     o.Registerer,
 		HandlerTimeout: o.Config.HandlerTimeout,
-		Record:         role.Record,
 	})
 	if err != nil {
-		return nil, errors.Join(err, stopRole(role))
+		return nil, err
 	}
 	o.Health.Add("replies", svc.Check)
 	w.Service = svc
@@ -127,20 +133,18 @@ func openDedup(o Options) (*dedup.Store, error) {
 	})
 }
 
-// StreamOptions are the stream and bucket settings from the configuration.
-func StreamOptions(c config.Config) analytics.StreamOptions {
-	return analytics.StreamOptions{Replicas: c.JetStreamReplicas, MaxAge: c.AnalyticsRetention}
-}
-
 // API is the analytics JSON API, to mount under /api/ on the admin listener.
 func (w *Worker) API() http.Handler { return w.api }
 
 // Stop stops taking requests, answers those in hand, then stops the
-// analytics role (records queued are published, records in hand applied).
+// analytics role (a leader writes its totals and a snapshot).
 func (w *Worker) Stop(ctx context.Context) error {
 	var err error
 	if w.Service != nil {
 		err = w.Service.Stop(ctx)
 	}
-	return errors.Join(err, w.Analytics.Stop(ctx))
+	if w.Analytics != nil {
+		err = errors.Join(err, w.Analytics.Stop(ctx))
+	}
+	return err
 }

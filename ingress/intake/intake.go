@@ -1,0 +1,348 @@
+// Package intake makes each verified callback durable before WeChat is
+// answered: the ingress publishes it once to the event stream, with the
+// dedup key as Nats-Msg-Id, so the stream stores WeChat's retries once and
+// the PubAck says which delivery was a retry, across every replica, with no
+// extra round trip. While JetStream cannot take events (NATS restarting,
+// JetStream without quorum), they are held in a bounded buffer, in order, and
+// published when it can; past the bound an event is refused, so that WeChat
+// retries it rather than it being lost after a 200.
+package intake
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/wxgate/wxgate/shared/bus"
+	"github.com/wxgate/wxgate/shared/events"
+	"github.com/wxgate/wxgate/shared/wechat"
+)
+
+// Receipt says what became of an event.
+type Receipt struct {
+	Seq       uint64 // its sequence in the event stream; 0 when held
+	Duplicate bool   // the stream had it already: a retry (or a replay) of a stored event
+	Held      bool   // JetStream could not take it now; held here until it can
+}
+
+// ErrFull means the buffer holds as many events as it may: the event is
+// not accepted (the ingress answers 503, and WeChat retries it).
+var ErrFull = errors.New("intake: buffer full")
+
+// Options configure an Intake. Conn, Logger and Registerer are required.
+type Options struct {
+	Conn    *nats.Conn
+	Streams events.Options
+	// Buffer is how many events may be held while JetStream cannot take
+	// them (INTAKE_BUFFER). Default 10 000.
+	Buffer int
+	// Timeout bounds one publish's wait for its acknowledgement; past it,
+	// the event is held. Default 1s, well inside WeChat's 5.
+	Timeout    time.Duration
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+}
+
+func (o *Options) setDefaults() {
+	if o.Buffer <= 0 {
+		o.Buffer = 10_000
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = time.Second
+	}
+}
+
+func (o *Options) validate() error {
+	if o.Conn == nil || o.Logger == nil || o.Registerer == nil {
+		return errors.New("intake: Options.Conn, Logger and Registerer are required")
+	}
+	return nil
+}
+
+// Intake publishes events to the event stream.
+type Intake struct {
+	o       Options
+	ttl     string // Nats-TTL of a message (not a scene event), in seconds
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	metrics *metrics
+
+	mu     sync.Mutex
+	queue  []*nats.Msg // held events, oldest first
+	closed bool
+	wake   chan struct{} // the flusher has work
+
+	unanswered chan *nats.Msg // copies of events answered without their reply
+	stop       chan struct{}  // closed by Close: flush what can be, then return
+	done       sync.WaitGroup
+
+	createMu   sync.Mutex
+	lastCreate time.Time
+}
+
+// New starts an Intake. The streams are created if they are missing (and
+// never changed: the workers own their settings).
+func New(o Options) (*Intake, error) {
+	if err := o.validate(); err != nil {
+		return nil, err
+	}
+	o.setDefaults()
+	js, err := jetstream.New(o.Conn)
+	if err != nil {
+		return nil, fmt.Errorf("intake: %w", err)
+	}
+	in := &Intake{
+		o: o, nc: o.Conn, js: js, metrics: newMetrics(o.Registerer), ttl: o.Streams.MessagesTTL(),
+		wake: make(chan struct{}, 1), unanswered: make(chan *nats.Msg, o.Buffer), stop: make(chan struct{}),
+	}
+	in.metrics.heldFunc(o.Registerer, in.held)
+	if o.Conn.IsConnected() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := events.Create(ctx, js, o.Streams); err != nil {
+			o.Logger.Warn("event streams not ready yet; events are held until they are", "err", err)
+		}
+		cancel()
+	}
+	in.done.Add(2)
+	go in.flush()
+	go in.flushUnanswered()
+	return in, nil
+}
+
+// message is the stream message for an event.
+func (in *Intake) message(m *wechat.Message, raw []byte, received time.Time) *nats.Msg {
+	subject := m.Subject()
+	msg := &nats.Msg{Subject: events.Subject(subject), Data: raw, Header: make(nats.Header, 4)}
+	msg.Header[jetstream.MsgIDHeader] = []string{m.DedupKey()}
+	msg.Header[events.HeaderAccount] = []string{bus.Account(m.ToUserName)}
+	msg.Header[events.HeaderReceived] = []string{bus.FormatTime(received)}
+	if !events.IsSceneEvent(subject) {
+		// Messages are personal data: kept for the late-reply window, not
+		// for the analytics' retention.
+		msg.Header[jetstream.MsgTTLHeader] = []string{in.ttl}
+	}
+	return msg
+}
+
+// Publish stores the event (m, parsed from raw, received at received) in
+// the stream, or holds it when JetStream cannot take it now. A scan whose
+// scene is not a scene is counted here, once per event.
+func (in *Intake) Publish(ctx context.Context, m *wechat.Message, raw []byte, received time.Time) (Receipt, error) {
+	msg := in.message(m, raw, received)
+	r, err := in.publish(ctx, msg)
+	if err == nil && !r.Duplicate {
+		if scene, _, scan := m.SceneCandidate(); scan {
+			if p := wechat.SceneProblem(scene); p != "" {
+				in.metrics.sceneRejected.WithLabelValues(p).Inc()
+			}
+		}
+	}
+	return r, err
+}
+
+func (in *Intake) publish(ctx context.Context, msg *nats.Msg) (Receipt, error) {
+	in.mu.Lock()
+	// While events are held, newer ones queue behind them: the stream keeps
+	// one person's follow and unfollow in the order they came. And a
+	// connection that is down would only make the publish wait.
+	if in.closed || len(in.queue) > 0 || !in.nc.IsConnected() {
+		defer in.mu.Unlock()
+		return in.hold(msg)
+	}
+	in.mu.Unlock()
+
+	ack, err := in.send(ctx, msg)
+	if err == nil {
+		if ack.Duplicate {
+			in.metrics.duplicate.Inc()
+		} else {
+			in.metrics.stored.Inc()
+		}
+		return Receipt{Seq: ack.Sequence, Duplicate: ack.Duplicate}, nil
+	}
+	in.o.Logger.Warn("event not stored; holding it", "subject", msg.Subject, "err", err)
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.hold(msg)
+}
+
+// send publishes one message and waits for its acknowledgement; a stream
+// found missing (NATS restarted without its data) is created, once.
+func (in *Intake) send(ctx context.Context, msg *nats.Msg) (*jetstream.PubAck, error) {
+	ctx, cancel := context.WithTimeout(ctx, in.o.Timeout)
+	defer cancel()
+	ack, err := in.js.PublishMsg(ctx, msg)
+	if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, jetstream.ErrStreamNotFound) {
+		if in.createStreams(ctx) == nil {
+			ack, err = in.js.PublishMsg(ctx, msg)
+		}
+	}
+	return ack, err
+}
+
+func (in *Intake) createStreams(ctx context.Context) error {
+	in.createMu.Lock()
+	defer in.createMu.Unlock()
+	if time.Since(in.lastCreate) < time.Second {
+		return errors.New("streams created a moment ago")
+	}
+	in.lastCreate = time.Now()
+	err := events.Create(ctx, in.js, in.o.Streams)
+	if err != nil {
+		in.o.Logger.Warn("event streams not created", "err", err)
+	}
+	return err
+}
+
+// hold queues msg for the flusher; in.mu is held.
+func (in *Intake) hold(msg *nats.Msg) (Receipt, error) {
+	if in.closed || len(in.queue) >= in.o.Buffer {
+		in.metrics.dropped.WithLabelValues("event", "full").Inc()
+		return Receipt{}, ErrFull
+	}
+	in.queue = append(in.queue, msg)
+	in.metrics.held.Inc()
+	select {
+	case in.wake <- struct{}{}:
+	default:
+	}
+	return Receipt{Held: true}, nil
+}
+
+func (in *Intake) held() float64 {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return float64(len(in.queue))
+}
+
+// flush publishes held events, oldest first, retrying each until it is
+// stored; it returns when Close asks and nothing more can be flushed.
+func (in *Intake) flush() {
+	defer in.done.Done()
+	backoff := 100 * time.Millisecond
+	for {
+		in.mu.Lock()
+		var head *nats.Msg
+		if len(in.queue) > 0 {
+			head = in.queue[0]
+		}
+		in.mu.Unlock()
+		if head == nil {
+			select {
+			case <-in.wake:
+				continue
+			case <-in.stop:
+				return
+			}
+		}
+		_, err := in.send(context.Background(), head)
+		if err != nil {
+			select {
+			case <-in.stop:
+				return // Close counts what is left
+			case <-time.After(backoff): // JetStream is away; try again soon
+			}
+			backoff = min(2*backoff, 2*time.Second)
+			continue
+		}
+		backoff = 100 * time.Millisecond
+		in.mu.Lock()
+		in.queue[0] = nil
+		in.queue = in.queue[1:]
+		if len(in.queue) == 0 {
+			in.queue = nil // let the backing array go after an outage
+		}
+		in.mu.Unlock()
+		in.metrics.flushed.Inc()
+	}
+}
+
+// Unanswered records that the event was answered "success" without its
+// reply, for a late reply. It does not wait: the answer to WeChat must not.
+func (in *Intake) Unanswered(m *wechat.Message, raw []byte, received time.Time, r Receipt, reason string) {
+	msg := in.message(m, raw, received)
+	msg.Subject = events.UnansweredPrefix + m.Subject()
+	msg.Header[jetstream.MsgIDHeader] = []string{"u." + m.DedupKey()}
+	msg.Header.Del(jetstream.MsgTTLHeader)
+	msg.Header[events.HeaderReason] = []string{reason}
+	if r.Seq != 0 {
+		msg.Header[events.HeaderEventSeq] = []string{strconv.FormatUint(r.Seq, 10)}
+	}
+	select {
+	case in.unanswered <- msg:
+	default:
+		in.metrics.dropped.WithLabelValues("unanswered", "full").Inc()
+	}
+}
+
+func (in *Intake) flushUnanswered() {
+	defer in.done.Done()
+	for {
+		select {
+		case msg := <-in.unanswered:
+			for attempt := 0; ; attempt++ {
+				if _, err := in.send(context.Background(), msg); err == nil {
+					in.metrics.unanswered.Inc()
+					break
+				}
+				select {
+				case <-in.stop:
+					in.metrics.dropped.WithLabelValues("unanswered", "shutdown").Add(float64(1 + len(in.unanswered)))
+					return
+				case <-time.After(min(time.Duration(attempt+1)*100*time.Millisecond, 2*time.Second)):
+				}
+			}
+		case <-in.stop:
+			return
+		}
+	}
+}
+
+// Check reports whether events are accepted: not while the buffer is full.
+func (in *Intake) Check() error {
+	if n := in.held(); int(n) >= in.o.Buffer {
+		return fmt.Errorf("intake buffer full (%d events held: JetStream cannot take them)", int(n))
+	}
+	return nil
+}
+
+// Close stops accepting events and publishes those held, until ctx ends;
+// what is still held then is lost, and counted.
+func (in *Intake) Close(ctx context.Context) error {
+	in.mu.Lock()
+	in.closed = true
+	in.mu.Unlock()
+	// Give the flushers until ctx ends to empty the queues.
+	for {
+		in.mu.Lock()
+		n := len(in.queue)
+		in.mu.Unlock()
+		if n == 0 && len(in.unanswered) == 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(10 * time.Millisecond): // the flushers are publishing; nothing else to wait on
+			continue
+		}
+		break
+	}
+	close(in.stop)
+	in.done.Wait()
+	in.mu.Lock()
+	lost := len(in.queue)
+	in.mu.Unlock()
+	if lost > 0 {
+		in.metrics.dropped.WithLabelValues("event", "shutdown").Add(float64(lost))
+		return fmt.Errorf("intake: %d accepted events still held at exit (JetStream unreachable) are lost", lost)
+	}
+	return nil
+}

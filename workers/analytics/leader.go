@@ -1,0 +1,504 @@
+package analytics
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wxgate/wxgate/shared/events"
+)
+
+// Keys of the analytics bucket besides the lease.
+const (
+	rebuildKey   = "rebuild" // its revision is the latest rebuild request
+	statusKey    = "status"  // the leader's progress, for the API
+	snapshotName = "state"   // the object holding the snapshot
+)
+
+// Status is the leader's progress, as the API shows it.
+type Status struct {
+	Leader     string    `json:"leader"`
+	Epoch      uint64    `json:"epoch"`       // rebuild generation
+	AppliedSeq uint64    `json:"applied_seq"` // last event stream sequence applied
+	Pending    uint64    `json:"pending"`     // scene events not yet applied
+	Rebuilding bool      `json:"rebuilding"`  // a rebuild has not caught up with the stream yet
+	Scenes     int       `json:"scenes"`
+	People     int       `json:"people"`    // (scene, person) pairs held for unique counts
+	Followers  int       `json:"followers"` // current followers with a scene
+	Updated    time.Time `json:"updated"`
+}
+
+// applier is the leader's work: the state, the stream and the stores.
+type applier struct {
+	r     *Role
+	js    jetstream.JetStream
+	store *Store
+	kv    jetstream.KeyValue  // the analytics bucket
+	obj   jetstream.ObjectStore
+	st    *state
+	// known holds the scene values this leader last read or wrote: their
+	// point (epoch, sequence) and KV revision.
+	known map[string]docRev
+	// rebuilt is the revision of the last rebuild request handled (kept
+	// in the snapshot with the state it produced).
+	rebuilding bool
+	pending    uint64
+	cons       jetstream.Consumer
+	lastSnap   uint64 // st.seq at the last snapshot
+	logger     *slog.Logger
+}
+
+// lead applies the event stream while ctx (the lease) lasts. It returns
+// why it stopped; the role then stands by, or tries again.
+func (r *Role) lead(ctx context.Context, js jetstream.JetStream, store *Store, kv jetstream.KeyValue) error {
+	a := &applier{r: r, js: js, store: store, kv: kv, known: map[string]docRev{}, logger: r.o.Logger}
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	obj, err := js.CreateOrUpdateObjectStore(sctx, jetstream.ObjectStoreConfig{
+		Bucket:      AnalyticsName,
+		Description: "wxgate analytics: the leader's snapshot (state and the stream sequence it reached)",
+		Storage:     jetstream.FileStorage,
+		Replicas:    max(r.o.Streams.Replicas, 1),
+	})
+	if err != nil {
+		return fmt.Errorf("object store %s: %w", AnalyticsName, err)
+	}
+	a.obj = obj
+	if err := a.load(sctx); err != nil {
+		return err
+	}
+	// Every scene is written once more at the first flush where its value
+	// is behind the state (a bucket lost and made again, a leader that
+	// died between its writes), with the revisions read in one pass.
+	docs, err := store.docs(sctx)
+	if err != nil {
+		return err
+	}
+	for key, d := range docs {
+		a.known[key] = d
+	}
+	for _, sc := range a.st.scenes {
+		sc.dirty = true
+	}
+	cancel()
+	for {
+		err := a.run(ctx)
+		if !errors.Is(err, errRebuild) {
+			return err
+		}
+	}
+}
+
+var errRebuild = errors.New("rebuild requested")
+
+// load reads the snapshot, or starts afresh: from the totals already in
+// the bucket when they were written by a version that kept no snapshot.
+func (a *applier) load(ctx context.Context) error {
+	b, err := a.obj.GetBytes(ctx, snapshotName)
+	switch {
+	case err == nil:
+		st, err := decodeState(b)
+		if err != nil {
+			// A snapshot this version cannot read: the stream is the
+			// truth, so rebuild from it rather than stop.
+			a.logger.Error("analytics snapshot unreadable; rebuilding from the stream", "err", err)
+			a.st = newState()
+			a.st.epoch = 1
+			a.rebuilding = true
+			return nil
+		}
+		a.st = st
+		a.lastSnap = st.seq
+		a.logger.Info("analytics snapshot loaded", "seq", st.seq, "scenes", len(st.scenes))
+		return nil
+	case errors.Is(err, jetstream.ErrObjectNotFound):
+		a.st = newState()
+		return a.baseline(ctx)
+	default:
+		return fmt.Errorf("read the analytics snapshot: %w", err)
+	}
+}
+
+// baseline takes the totals of a version that counted from another stream
+// (no epoch, no sequence in its values) as the starting point, so an
+// upgrade does not reset the dashboards. Unique people counted then are
+// not known by person: someone seen before the upgrade who scans again
+// counts as new once.
+func (a *applier) baseline(ctx context.Context) error {
+	docs, err := a.store.docs(ctx)
+	if err != nil {
+		return err
+	}
+	n := 0
+	for key, d := range docs {
+		if d.doc.Epoch != 0 || d.doc.Seq != 0 || d.doc.Scene == "" {
+			continue
+		}
+		sc := a.st.scene(d.doc.Scene, 0, d.doc.FirstSeen)
+		sc.Totals = d.doc.Totals
+		sc.FirstSeq = 0
+		a.known[key] = d
+		n++
+	}
+	if n > 0 {
+		a.logger.Info("analytics: totals of the previous version taken as the baseline", "scenes", n)
+	}
+	return nil
+}
+
+// run consumes the stream from where the state stands until ctx ends, an
+// error stops it, or a rebuild is requested (errRebuild: state reset).
+func (a *applier) run(ctx context.Context) error {
+	stream, err := a.js.Stream(ctx, events.Stream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		// Lost with NATS's data: make it again; the ingress stores into it.
+		if err = events.Ensure(ctx, a.js, a.r.o.Streams); err == nil {
+			stream, err = a.js.Stream(ctx, events.Stream)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("stream %s: %w", events.Stream, err)
+	}
+	info, err := stream.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("stream %s: %w", events.Stream, err)
+	}
+	if created := info.Created.UnixNano(); a.st.stream != created {
+		if a.st.stream != 0 {
+			// NATS lost the stream and it was made again: its sequences
+			// start over. The totals carry on from where they were.
+			a.logger.Warn("the event stream was replaced; counting its events from the start", "applied_seq", a.st.seq)
+		}
+		if a.st.stream != 0 {
+			// Its sequences start over: a new generation, so that values
+			// written now are not taken for older than those before.
+			a.st.epoch++
+			for _, sc := range a.st.scenes {
+				sc.dirty = true
+			}
+		}
+		a.st.stream, a.st.seq = created, 0
+	}
+	if first := info.State.FirstSeq; a.st.seq+1 < first && info.State.Msgs > 0 {
+		a.logger.Warn("events expired before they were applied (the retention is shorter than the outage)", "from", a.st.seq+1, "to", first-1)
+	}
+	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: events.SceneSubjects, DeliverPolicy: jetstream.DeliverAllPolicy}
+	if a.st.seq > 0 {
+		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, a.st.seq+1
+	}
+	cons, err := a.js.OrderedConsumer(ctx, events.Stream, cfg)
+	if err != nil {
+		return fmt.Errorf("consumer: %w", err)
+	}
+	a.cons = cons
+	msgs := make(chan jetstream.Msg, 4*maxBatch)
+	failed := make(chan error, 1)
+	cc, err := cons.Consume(func(m jetstream.Msg) { msgs <- m },
+		jetstream.PullMaxMessages(2*maxBatch),
+		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+			if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrStreamNotFound) ||
+				errors.Is(err, jetstream.ErrConsumerNotFound) {
+				select {
+				case failed <- err:
+				default:
+				}
+				return
+			}
+			a.logger.Warn("analytics consume", "err", err)
+		}))
+	if err != nil {
+		return fmt.Errorf("consume: %w", err)
+	}
+	defer func() {
+		cc.Stop()
+		<-cc.Closed()
+	}()
+	a.r.m.leader.Set(1)
+	defer a.r.m.leader.Set(0)
+	a.r.markAlive()
+
+	tick := time.NewTicker(a.r.o.FlushEvery)
+	defer tick.Stop()
+	snap := time.NewTicker(a.r.o.SnapshotEvery)
+	defer snap.Stop()
+	rebuildCheck := time.NewTicker(time.Second)
+	defer rebuildCheck.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			a.finish()
+			return context.Cause(ctx)
+		case err := <-failed:
+			a.finish()
+			return fmt.Errorf("consumer lost: %w", err)
+		case m := <-msgs:
+			a.applyMsg(m)
+			// Take whatever else is ready, then write once.
+			for more := true; more; {
+				select {
+				case m := <-msgs:
+					a.applyMsg(m)
+				default:
+					more = false
+				}
+			}
+		case <-tick.C:
+			if err := a.flush(ctx); err != nil {
+				return err
+			}
+			a.r.markAlive()
+		case <-snap.C:
+			if err := a.snapshot(ctx); err != nil {
+				a.logger.Warn("analytics snapshot not written", "err", err)
+			}
+		case <-rebuildCheck.C:
+			if asked, err := a.rebuildAsked(ctx); err != nil {
+				a.logger.Debug("analytics rebuild check", "err", err)
+			} else if asked {
+				return errRebuild
+			}
+			a.writeStatus(ctx)
+		}
+	}
+}
+
+// maxBatch bounds the events taken from the server at once.
+const maxBatch = 500
+
+func (a *applier) applyMsg(m jetstream.Msg) {
+	meta, err := m.Metadata()
+	if err != nil {
+		return
+	}
+	seq := meta.Sequence.Stream
+	a.pending = meta.NumPending
+	a.r.m.pending.Set(float64(meta.NumPending))
+	if seq <= a.st.seq {
+		return // applied already (a consumer reset can deliver it again)
+	}
+	ev, err := decode(m)
+	if err != nil {
+		a.r.quarantine(m, seq, PoisonUndecodable, err)
+		a.st.seq = seq
+		return
+	}
+	if a.st.apply(seq, ev) {
+		a.r.m.unattributed.Inc()
+	}
+	kind := ev.kind
+	if kind == "" {
+		kind = "other"
+	}
+	a.r.m.events.WithLabelValues(kind).Inc()
+	if a.rebuilding && a.pending == 0 {
+		a.rebuilding = false
+	}
+}
+
+// flush writes the totals of every scene changed since the last flush,
+// pipelined, each a compare-and-set that never moves a value back: a
+// value already at a later (epoch, sequence) is left alone, since
+// applying is deterministic and it is at least as right.
+func (a *applier) flush(ctx context.Context) error {
+	type write struct {
+		sc  *sceneState
+		key string
+		doc sceneDoc
+		f   jetstream.PubAckFuture
+	}
+	var writes []write
+	for _, sc := range a.st.scenes {
+		if !sc.dirty {
+			continue
+		}
+		key := sceneKey(sc.Scene)
+		k, known := a.known[key]
+		if !known {
+			e, err := a.store.kv.Get(ctx, key)
+			switch {
+			case errors.Is(err, jetstream.ErrKeyNotFound):
+			case err != nil:
+				return fmt.Errorf("read %s: %w", key, err)
+			default:
+				var d sceneDoc
+				_ = json.Unmarshal(e.Value(), &d)
+				k = docRev{d, e.Revision()}
+			}
+		}
+		if newer(k.doc, a.st) {
+			continue // catching up: that value is ahead of us still
+		}
+		rev := k.rev
+		doc := sceneDoc{Totals: sc.Totals, Epoch: a.st.epoch, Seq: a.st.seq}
+		b, _ := json.Marshal(doc)
+		f, err := a.js.PublishMsgAsync(&nats.Msg{Subject: a.store.prefix + key, Data: b}, jetstream.WithExpectLastSequencePerSubject(rev))
+		if err != nil {
+			return fmt.Errorf("write %s: %w", key, err)
+		}
+		writes = append(writes, write{sc, key, doc, f})
+	}
+	for _, w := range writes {
+		select {
+		case ack := <-w.f.Ok():
+			a.known[w.key] = docRev{w.doc, ack.Sequence}
+			w.sc.dirty = false
+		case err := <-w.f.Err():
+			// Someone else wrote it (a leader before us, still finishing):
+			// read it again at the next flush.
+			delete(a.known, w.key)
+			if !isWrongLastSequence(err) {
+				return fmt.Errorf("write %s: %w", w.key, err)
+			}
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+	}
+	if !a.rebuilding && a.st.epoch != 0 {
+		a.dropStale(ctx)
+	}
+	return nil
+}
+
+// newer reports whether a stored value is at a later point than the state.
+func newer(d sceneDoc, st *state) bool {
+	return d.Epoch > st.epoch || (d.Epoch == st.epoch && d.Seq > st.seq)
+}
+
+// dropStale deletes, after a rebuild caught up, the values of scenes the
+// rebuilt state does not have (their events expired, or came from the
+// previous version's baseline).
+func (a *applier) dropStale(ctx context.Context) {
+	if a.st.epoch == 0 || a.r.dropped.Load() == a.st.epoch {
+		return
+	}
+	docs, err := a.store.docs(ctx)
+	if err != nil {
+		return
+	}
+	for key, d := range docs {
+		if d.doc.Epoch < a.st.epoch {
+			if err := a.store.kv.Delete(ctx, key, jetstream.LastRevision(d.rev)); err == nil {
+				delete(a.known, key)
+			}
+		}
+	}
+	a.r.dropped.Store(a.st.epoch)
+}
+
+func isWrongLastSequence(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) &&
+		(apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
+}
+
+// snapshot writes the state, when it moved, pruned of people older than
+// the retention.
+func (a *applier) snapshot(ctx context.Context) error {
+	if a.st.seq == a.lastSnap {
+		return nil
+	}
+	if n := a.st.prune(time.Now(), a.r.o.Streams.MaxAge); n > 0 {
+		a.logger.Info("analytics: people past the retention forgotten", "pairs", n)
+	}
+	b := a.st.encode()
+	if _, err := a.obj.PutBytes(ctx, snapshotName, b); err != nil {
+		return err
+	}
+	a.lastSnap = a.st.seq
+	pairs, followers := a.st.size()
+	a.r.m.snapshotBytes.Set(float64(len(b)))
+	a.r.m.people.Set(float64(pairs))
+	a.r.m.followers.Set(float64(followers))
+	return nil
+}
+
+// finish writes what it can before the leader steps down or stops.
+func (a *applier) finish() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := a.flush(ctx); err != nil {
+		a.logger.Warn("analytics: last totals not written", "err", err)
+	}
+	if err := a.snapshot(ctx); err != nil {
+		a.logger.Warn("analytics: last snapshot not written", "err", err)
+	}
+}
+
+// rebuildAsked reports a rebuild requested since the state's; it resets
+// the state for it (a new epoch, from the stream's first event).
+func (a *applier) rebuildAsked(ctx context.Context) (bool, error) {
+	e, err := a.kv.Get(ctx, rebuildKey)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if e.Revision() <= a.st.rebuilt {
+		return false, nil
+	}
+	a.logger.Info("analytics rebuild from the event stream", "request", e.Revision())
+	st := newState()
+	st.epoch, st.stream, st.rebuilt = a.st.epoch+1, a.st.stream, e.Revision()
+	a.st, a.rebuilding, a.lastSnap = st, true, ^uint64(0)
+	a.r.m.rebuilds.Inc()
+	return true, nil
+}
+
+// writeStatus publishes the leader's progress for the API.
+func (a *applier) writeStatus(ctx context.Context) {
+	if info, err := a.cons.Info(ctx); err == nil {
+		// Idle, no message tells the lag: the server does.
+		a.pending = info.NumPending
+		a.r.m.pending.Set(float64(info.NumPending))
+		if a.rebuilding && info.NumPending == 0 {
+			a.rebuilding = false
+		}
+	}
+	pairs, followers := a.st.size()
+	b, _ := json.Marshal(Status{
+		Leader: a.r.o.ID, Epoch: a.st.epoch, AppliedSeq: a.st.seq, Pending: a.pending, Rebuilding: a.rebuilding,
+		Scenes: len(a.st.scenes), People: pairs, Followers: followers, Updated: time.Now().UTC(),
+	})
+	if _, err := a.kv.Put(ctx, statusKey, b); err != nil {
+		a.logger.Debug("analytics status", "err", err)
+	}
+	a.r.m.appliedSeq.Set(float64(a.st.seq))
+	a.r.m.infoTime.SetToCurrentTime()
+}
+
+// docs reads every scene value with its revision.
+func (s *Store) docs(ctx context.Context) (map[string]docRev, error) {
+	w, err := s.kv.Watch(ctx, "s.>", jetstream.IgnoreDeletes())
+	if err != nil {
+		return nil, fmt.Errorf("read totals: %w", err)
+	}
+	defer w.Stop()
+	out := map[string]docRev{}
+	for {
+		select {
+		case e := <-w.Updates():
+			if e == nil {
+				return out, nil
+			}
+			var d sceneDoc
+			if err := json.NewDecoder(bytes.NewReader(e.Value())).Decode(&d); err == nil {
+				out[e.Key()] = docRev{d, e.Revision()}
+			}
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+type docRev struct {
+	doc sceneDoc
+	rev uint64
+}
