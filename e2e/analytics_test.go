@@ -67,7 +67,7 @@ func startRole(t *testing.T, natsURL, role string) worker {
 	admin := p.listenAddr(t, "admin")
 	p.waitLog(t, "worker started", nil)
 	if role == "analytics" {
-		p.waitLog(t, "analytics consumer started", nil)
+		p.waitLog(t, "analytics started", nil)
 	}
 	return worker{p, admin}
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/wxgate/wxgate/shared/events"
 	"github.com/wxgate/wxgate/shared/nettest"
 	"github.com/wxgate/wxgate/shared/wait"
 )
@@ -44,10 +45,11 @@ func startCluster(t *testing.T) []clusterNode {
 	return nodes
 }
 
-// Past one machine: a three-node NATS cluster with the scans stream and
-// both buckets replicated three times. The node leading the scans stream is
-// killed -9 under load: replies continue, no scan record is lost, and
-// replies stored before the loss still answer WeChat's retries.
+// Past one machine: a three-node NATS cluster with the streams, buckets and
+// the analytics' snapshot store replicated three times. The node leading
+// the event stream is killed -9 under load: replies continue, no accepted
+// scan is lost, and replies stored before the loss still answer WeChat's
+// retries.
 func TestFaultClusterNodeLoss(t *testing.T) {
 	nodes := startCluster(t)
 	var urls []string
@@ -57,8 +59,8 @@ func TestFaultClusterNodeLoss(t *testing.T) {
 	natsURL := strings.Join(urls, ",")
 	env := []string{"JETSTREAM_REPLICAS=3", "DEDUP_TTL=5m"}
 	w1, w2 := startWorker(t, natsURL, env...), startWorker(t, natsURL, env...)
-	w1.waitLog(t, "analytics consumer started", nil)
-	w2.waitLog(t, "analytics consumer started", nil)
+	w1.waitLog(t, "analytics started", nil)
+	w2.waitLog(t, "analytics started", nil)
 	_, url, admin := startIngress(t, "NATS_URL="+natsURL)
 	waitReady(t, admin, w1.admin, w2.admin)
 
@@ -84,15 +86,15 @@ func TestFaultClusterNodeLoss(t *testing.T) {
 		}
 		return i
 	}
-	for _, name := range []string{"WXGATE_SCANS", "KV_wxgate_scenes", "KV_wxgate_replies"} {
+	tr := startTraffic(t, rate, fixed(url))
+	tr.waitReplies("steady state", 200)
+	for _, name := range []string{events.Stream, events.Unanswered, "KV_wxgate_scenes", "KV_wxgate_replies", "KV_wxgate_analytics", "OBJ_wxgate_analytics"} {
 		if r := info(name).Config.Replicas; r != 3 {
 			t.Fatalf("%s has %d replicas, want 3", name, r)
 		}
 	}
 
-	tr := startTraffic(t, rate, fixed(url))
-	tr.waitReplies("steady state", 200)
-	leader := info("WXGATE_SCANS").Cluster.Leader
+	leader := info(events.Stream).Cluster.Leader
 	var victim clusterNode
 	for _, n := range nodes {
 		if n.name == leader {
@@ -100,15 +102,15 @@ func TestFaultClusterNodeLoss(t *testing.T) {
 		}
 	}
 	if victim.proc == nil {
-		t.Fatalf("scans stream leader %q is not one of ours", leader)
+		t.Fatalf("event stream leader %q is not one of ours", leader)
 	}
-	t.Logf("killing %s, leader of the scans stream", leader)
+	t.Logf("killing %s, leader of the event stream", leader)
 	victim.kill(t)
 	tr.waitReplies("after losing a node", 300)
 	want := tr.finish()
 	waitCounts(t, w1.admin, want)
-	if l := info("WXGATE_SCANS").Cluster.Leader; l == leader || l == "" {
-		t.Fatalf("scans stream leader after the loss: %q", l)
+	if l := info(events.Stream).Cluster.Leader; l == leader || l == "" {
+		t.Fatalf("event stream leader after the loss: %q", l)
 	}
 
 	// WeChat retries of messages answered before the loss: answered from

@@ -33,7 +33,7 @@ type Config struct {
 	LogFormat      string        // LOG_FORMAT: json or text
 	Replies        ReplyTexts
 
-	AnalyticsMaxScenes int           // ANALYTICS_MAX_SCENES: scene label values in metrics
+	AnalyticsMaxScenes int // ANALYTICS_MAX_SCENES: scene label values in metrics
 	// EventsMaxAge is how long scene events stay in the event stream, from
 	// which the analytics can be rebuilt (EVENTS_MAX_AGE; 0 keeps them).
 	EventsMaxAge time.Duration
@@ -42,8 +42,8 @@ type Config struct {
 	MessagesMaxAge time.Duration
 	// IntakeBuffer is how many events an ingress holds while JetStream
 	// cannot take them (INTAKE_BUFFER).
-	IntakeBuffer int
-	JetStreamReplicas  int           // JETSTREAM_REPLICAS: replicas of the stream and buckets
+	IntakeBuffer      int
+	JetStreamReplicas int // JETSTREAM_REPLICAS: replicas of the stream and buckets
 	// DedupTTL is how long workers keep each dedup key's claim and reply, so
 	// that WeChat's retries, at any replica, run the handler once
 	// (DEDUP_TTL; 0 turns the shared store off).

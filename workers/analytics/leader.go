@@ -40,7 +40,7 @@ type applier struct {
 	r     *Role
 	js    jetstream.JetStream
 	store *Store
-	kv    jetstream.KeyValue  // the analytics bucket
+	kv    jetstream.KeyValue // the analytics bucket
 	obj   jetstream.ObjectStore
 	st    *state
 	// known holds the scene values this leader last read or wrote: their
@@ -88,6 +88,7 @@ func (r *Role) lead(ctx context.Context, js jetstream.JetStream, store *Store, k
 		sc.dirty = true
 	}
 	cancel()
+	defer func() { r.last = a.st }()
 	for {
 		err := a.run(ctx)
 		if !errors.Is(err, errRebuild) {
@@ -99,9 +100,24 @@ func (r *Role) lead(ctx context.Context, js jetstream.JetStream, store *Store, k
 var errRebuild = errors.New("rebuild requested")
 
 // load reads the snapshot, or starts afresh: from the totals already in
-// the bucket when they were written by a version that kept no snapshot.
+// the bucket when they were written by a version that kept no snapshot. A
+// state this process held when it last led is taken instead when it is
+// further along (the snapshot behind it, or lost with NATS's data).
 func (a *applier) load(ctx context.Context) error {
 	b, err := a.obj.GetBytes(ctx, snapshotName)
+	if last := a.r.last; last != nil {
+		if err == nil {
+			if st, derr := decodeState(b); derr == nil && !ahead(last, st) {
+				a.st, a.lastSnap = st, st.seq
+				return nil
+			}
+		}
+		if err == nil || errors.Is(err, jetstream.ErrObjectNotFound) {
+			a.st = last
+			a.logger.Info("analytics: carrying on from the state held here", "seq", last.seq, "scenes", len(last.scenes))
+			return nil
+		}
+	}
 	switch {
 	case err == nil:
 		st, err := decodeState(b)
@@ -364,6 +380,14 @@ func (a *applier) flush(ctx context.Context) error {
 		a.dropStale(ctx)
 	}
 	return nil
+}
+
+// ahead reports whether state a is at a later point than b.
+func ahead(a, b *state) bool {
+	if a.stream != b.stream {
+		return a.epoch > b.epoch
+	}
+	return a.epoch > b.epoch || (a.epoch == b.epoch && a.seq > b.seq)
 }
 
 // newer reports whether a stored value is at a later point than the state.

@@ -85,4 +85,3 @@ func (r *Role) quarantine(msg jetstream.Msg, seq uint64, reason string, cause er
 	r.m.poison.WithLabelValues(reason).Inc()
 	r.o.Logger.Error("analytics: event quarantined", "seq", seq, "reason", reason, "err", cause, "dead_letter", DeadLetterStream)
 }
-

@@ -88,15 +88,19 @@ type Role struct {
 	ready   chan struct{}
 	readyAt sync.Once
 
-	mu     sync.Mutex
-	store  *Store
-	exp    *Exporter
-	leader string // the lease holder last seen
-	down   error  // why the role cannot work now; nil while it can
+	mu      sync.Mutex
+	store   *Store
+	exp     *Exporter
+	leader  string // the lease holder last seen
+	down    error  // why the role cannot work now; nil while it can
 	alive   atomic.Int64
 	leading atomic.Bool
 	// dropped is the epoch whose stale values were deleted.
 	dropped atomic.Uint64
+	// last is the state this process held when it last led: kept across a
+	// NATS that lost its data (and the snapshot with it), so the totals
+	// carry on rather than start again.
+	last *state
 
 	cancel context.CancelFunc
 	done   chan struct{}

@@ -3,14 +3,15 @@
 //
 // The ingress stores every event in the event stream before it asks a
 // worker, and the stream says which delivery is a retry (Wx-Retry). A first
-// delivery runs its handler at once, with no lookup: the common case costs
-// the store nothing. A handler still running after ClaimAfter (1 s, long
-// before WeChat retries at 5 s) claims the key with an atomic create in a
-// JetStream KV bucket, keeps the claim alive while it runs, and stores its
-// reply under the key. A retry at any worker looks the key up: it answers
-// with the stored reply, or waits for it within its own deadline. A claim
-// nobody refreshes for a lease (its worker crashed) is taken over with a
-// compare-and-set, so no message stays stuck.
+// delivery runs its handler at once, with no lookup, and stores its reply
+// under the key once it has answered, without waiting for the store: the
+// common case costs one write. A handler still running after ClaimAfter
+// (1 s, long before WeChat retries at 5 s) claims the key with an atomic
+// create in a JetStream KV bucket and keeps the claim alive while it runs.
+// A retry at any worker looks the key up: it answers with the stored reply,
+// or waits for it within its own deadline. A claim nobody refreshes for a
+// lease (its worker crashed) is taken over with a compare-and-set, so no
+// message stays stuck.
 //
 // Because the handler keeps running after the ingress has given up, a
 // handler slower than one deadline still reaches the person: WeChat's next
@@ -108,6 +109,8 @@ func (o *Options) defaults() {
 type Store struct {
 	kv      jetstream.KeyValue
 	js      jetstream.JetStream
+	nc      *nats.Conn
+	prefix  string // the bucket's subject prefix, for the replies stored without waiting
 	cfg     jetstream.KeyValueConfig
 	o       Options
 	claim   []byte
@@ -140,9 +143,11 @@ func Open(ctx context.Context, js jetstream.JetStream, owner string, o Options) 
 	}
 	f := promauto.With(o.Registerer)
 	return &Store{
-		kv:    kv,
-		js:    js,
-		cfg:   cfg,
+		kv:     kv,
+		js:     js,
+		nc:     js.Conn(),
+		prefix: "$KV." + Bucket + ".",
+		cfg:    cfg,
 		o:     o,
 		claim: append([]byte(claimPrefix), owner...),
 		metrics: metrics{
@@ -181,12 +186,12 @@ type Handler func(ctx context.Context) ([]byte, error)
 // while the key lives. ctx carries the request's deadline: past it, Do
 // returns ErrPending and a running handler carries on to store its reply.
 //
-// A first delivery (retry false) runs the handler at once and touches the
-// store only if the handler is still running after ClaimAfter: then it
-// claims the key, and stores the reply when done. A retry looks the key up
+// A first delivery (retry false) runs the handler at once, with no lookup;
+// if the handler is still running after ClaimAfter it claims the key. Its
+// reply is stored once it has been answered. A retry looks the key up
 // first: a stored reply answers it, a claim makes it wait for the reply. A
-// retry that finds nothing (its first delivery answered within ClaimAfter,
-// or never reached a worker) runs the handler.
+// retry that finds nothing (its first delivery never reached a worker, or
+// the store lost its reply) runs the handler.
 func (s *Store) Do(ctx context.Context, key string, retry bool, run Handler) ([]byte, Outcome, error) {
 	if !retry {
 		return s.own(ctx, key, 0, run, Ran)
@@ -346,9 +351,18 @@ func (s *Store) hold(key string, rev uint64) (stop func() uint64) {
 
 // finish stores the reply over the claim at rev, or on error releases the
 // claim so that a retry runs the handler again. A handler that finished
-// before it claimed (rev 0) stores nothing: it answered its delivery.
+// before it claimed (rev 0, the common case) stores its reply without
+// waiting for the store's answer: only if the key is still free, and a
+// reply lost on the way costs a retry one more run, nothing else.
 func (s *Store) finish(key string, rev uint64, body []byte, err error) {
 	if rev == 0 {
+		if err == nil {
+			msg := &nats.Msg{Subject: s.prefix + key, Header: nats.Header{jetstream.ExpectedLastSubjSeqHeader: []string{"0"}}}
+			msg.Data = append(append(make([]byte, 0, len(replyPrefix)+len(body)), replyPrefix...), body...)
+			if perr := s.nc.PublishMsg(msg); perr != nil {
+				s.o.Logger.Debug("dedup store reply", "dedup_key", key, "err", perr)
+			}
+		}
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
