@@ -158,6 +158,11 @@ func TestEmbeddedNATSRequiresCredentials(t *testing.T) {
 	}
 	cfg := config.Defaults()
 	cfg.Token, cfg.HTTPAddr, cfg.AdminAddr, cfg.DataDir = "hardening-token", "127.0.0.1:0", "127.0.0.1:0", t.TempDir()
+	// A token file left world-readable (by hand, an old version) is not
+	// written into as it is.
+	if err := os.WriteFile(filepath.Join(cfg.DataDir, app.TokenFile), []byte("old\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	listen := "127.0.0.1:" + nettest.FreePort(t)
 	start(cfg, listen)
 	if nc, err := nats.Connect("nats://" + listen); err == nil {

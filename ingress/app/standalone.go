@@ -49,7 +49,7 @@ func (a *App) startStandalone(o Options, cfg config.Config, reg prometheus.Regis
 		attrs := []any{"url", a.embedded.ClientURL()}
 		if eo.Token == "" && eo.User == "" {
 			path := filepath.Join(cfg.DataDir, TokenFile)
-			if err := os.WriteFile(path, []byte(a.embedded.Token+"\n"), 0o600); err != nil {
+			if err := writeSecret(path, a.embedded.Token+"\n"); err != nil {
 				return fmt.Errorf("embedded nats token: %w", err)
 			}
 			attrs = append(attrs, "token_file", path)
@@ -73,12 +73,36 @@ func (a *App) startStandalone(o Options, cfg config.Config, reg prometheus.Regis
 	}
 	// JetStream is in this process: the analytics consumer starts at
 	// once, so the scene metrics exist from the first scrape.
+	// The bound covers the exporter's first read of every scene's totals,
+	// which may take up to two minutes on a large bucket.
 	select {
 	case <-a.workers.Analytics.Ready():
-	case <-time.After(30 * time.Second):
-		return errors.New("standalone: analytics consumer did not start within 30s")
+	case <-time.After(150 * time.Second):
+		return errors.New("standalone: analytics did not start within 150s")
 	}
 	return nil
+}
+
+// writeSecret writes a file only its owner can read, whatever mode a file
+// already there had: into a temporary file made 0600, renamed over it.
+func writeSecret(path, content string) error {
+	f, err := os.CreateTemp(filepath.Dir(path), ".nats.token-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if err := f.Chmod(0o600); err != nil {
+		f.Close()
+		return err
+	}
+	if _, err := f.WriteString(content); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
 }
 
 // credentials reads a token, or a user and password, from the first URL of

@@ -301,7 +301,7 @@ func (a *applier) applyMsg(m jetstream.Msg) {
 	}
 	ev, err := decode(m)
 	if err != nil {
-		a.r.quarantine(m, seq, PoisonUndecodable, err)
+		a.r.quarantine(m, a.st.stream, seq, PoisonUndecodable, err)
 		a.st.seq = seq
 		return
 	}

@@ -2,8 +2,10 @@ package analytics
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -24,6 +26,9 @@ const (
 	HeaderPoisonStream  = "Wx-Poison-Stream"
 	HeaderPoisonSeq     = "Wx-Poison-Seq"
 	HeaderPoisonSubject = "Wx-Poison-Subject"
+	// HeaderPoisonTruncated, when present, is the size of an event too big
+	// to copy whole; the copy holds its first 64 KiB.
+	HeaderPoisonTruncated = "Wx-Poison-Truncated"
 )
 
 // Reasons an event is quarantined instead of applied (the reason label of
@@ -56,8 +61,10 @@ func ensureDeadLetter(ctx context.Context, js jetstream.JetStream, replicas int)
 
 // quarantine copies an event that cannot be applied to the dead-letter
 // stream with its reason, and counts it; the leader then moves past it, so
-// it never stops the analytics nor reaches a count.
-func (r *Role) quarantine(msg jetstream.Msg, seq uint64, reason string, cause error) {
+// it never stops the analytics nor reaches a count. stream identifies the
+// event stream (its creation time), so a copy is stored once per event even
+// when a replaced stream reuses its sequences.
+func (r *Role) quarantine(msg jetstream.Msg, stream int64, seq uint64, reason string, cause error) {
 	dl := &nats.Msg{Subject: DeadLetterSubject, Data: msg.Data(), Header: nats.Header{}}
 	dl.Header.Set(HeaderPoisonReason, reason)
 	dl.Header.Set(HeaderPoisonStream, events.Stream)
@@ -72,12 +79,19 @@ func (r *Role) quarantine(msg jetstream.Msg, seq uint64, reason string, cause er
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	// The sequence as message ID: a copy stored before a crash is not
-	// stored twice when a new leader meets the event again.
-	id := jetstream.WithMsgID(events.Stream + "." + strconv.FormatUint(seq, 10))
+	// A copy stored before a crash is not stored twice when a new leader
+	// meets the event again.
+	id := jetstream.WithMsgID(fmt.Sprintf("%s.%d.%d", events.Stream, stream, seq))
 	js, err := jetstream.New(r.o.Conn)
 	if err == nil {
 		_, err = js.PublishMsg(ctx, dl, id)
+		if errors.Is(err, nats.ErrMaxPayload) || (err != nil && strings.Contains(err.Error(), "maximum payload")) {
+			// Too big to copy with its headers: keep the start of it, and
+			// say how big it was.
+			dl.Header.Set(HeaderPoisonTruncated, strconv.Itoa(len(dl.Data)))
+			dl.Data = dl.Data[:min(len(dl.Data), 64<<10)]
+			_, err = js.PublishMsg(ctx, dl, id)
+		}
 	}
 	if err != nil {
 		r.o.Logger.Warn("analytics: poison event not copied to the dead-letter stream", "seq", seq, "reason", reason, "err", err)

@@ -27,10 +27,13 @@ type RoleOptions struct {
 	// MaxScenes bounds the scene label values in the metrics. Default 100.
 	MaxScenes int
 	// Fatal is told when the role cannot be set up for GiveUp while NATS is
-	// connected: the process should end, so that a fresh one is started.
+	// connected and JetStream answers: something a fresh process may get
+	// past, so the process should end. JetStream away (disabled, no quorum)
+	// is waited for instead, with the role not ready: the replies of the
+	// same process need no JetStream, and no restart brings it back.
 	// Default: log only.
 	Fatal func(error)
-	// GiveUp is how long setting up may fail before Fatal. Default 1m.
+	// GiveUp is how long setting up may fail so before Fatal. Default 1m.
 	GiveUp time.Duration
 	// Lease is how long a leader may go without renewing its lease before
 	// a standby takes over. Default 6s.
@@ -137,16 +140,18 @@ func (r *Role) supervise(ctx context.Context) {
 				return
 			}
 			r.setDown(err)
-			if failingSince.IsZero() {
-				failingSince = time.Now()
-			}
 			if attempt == 0 || attempt%30 == 0 {
 				r.o.Logger.Warn("analytics not started; retrying", "err", err)
 			}
-			// NATS away is waited for; NATS here but the analytics
-			// impossible to set up is a process for the orchestrator to
-			// replace.
-			if r.o.Conn.IsConnected() && time.Since(failingSince) > r.o.GiveUp {
+			// NATS or JetStream away is waited for, however long; NATS and
+			// JetStream here but the analytics impossible to set up is a
+			// process for the orchestrator to replace.
+			switch {
+			case !r.o.Conn.IsConnected() || jetStreamAway(err):
+				failingSince = time.Time{}
+			case failingSince.IsZero():
+				failingSince = time.Now()
+			case time.Since(failingSince) > r.o.GiveUp:
 				r.o.Fatal(fmt.Errorf("analytics not set up within %s: %w", r.o.GiveUp, err))
 			}
 			select {
@@ -175,6 +180,22 @@ func (r *Role) supervise(ctx context.Context) {
 		r.m.rebuilds.Inc()
 		r.o.Logger.Warn("analytics lost what it stands on; setting up again", "err", lost)
 	}
+}
+
+// jetStreamAway reports an error of JetStream not answering (disabled, no
+// quorum, a leader election, a timeout), as opposed to refusing.
+func jetStreamAway(err error) bool {
+	for _, away := range []error{
+		context.DeadlineExceeded, nats.ErrTimeout, nats.ErrNoResponders, nats.ErrConnectionClosed,
+		nats.ErrConnectionReconnecting, nats.ErrDisconnected, jetstream.ErrNoStreamResponse,
+		jetstream.ErrJetStreamNotEnabled, jetstream.ErrJetStreamNotEnabledForAccount,
+	} {
+		if errors.Is(err, away) {
+			return true
+		}
+	}
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.Code == 503
 }
 
 // setup makes sure the streams and buckets exist (the analytics own them)

@@ -287,17 +287,53 @@ func TestRebuildFromTheStream(t *testing.T) {
 	f.totals(r, "poster", want("poster", 1, 1, 1, 2, 0))
 }
 
-// With JetStream gone for good (a server without it) and NATS connected,
-// the role says so in its check, and gives up after GiveUp: the process is
-// told to end, so an orchestrator starts a fresh one.
-func TestRoleGivesUpWhenItCannotSetUp(t *testing.T) {
+// With JetStream gone (a server without it) and NATS connected, the role
+// says so in its check and waits: its process's replies need no JetStream,
+// and no restart would bring it back.
+func TestRoleWaitsForJetStream(t *testing.T) {
 	srv, err := bus.RunEmbedded(bus.EmbeddedOptions{Listen: "127.0.0.1:0", Name: "nojs"}) // no StoreDir: no JetStream
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(srv.Close)
 	fatal := make(chan error, 1)
-	role, err := StartRole(RoleOptions{Conn: natstest.Connect(t, srv), Logger: quiet, Registerer: prometheus.NewRegistry(),
+	reg := prometheus.NewRegistry()
+	role, err := StartRole(RoleOptions{Conn: natstest.Connect(t, srv), Logger: quiet, Registerer: reg,
+		GiveUp: 100 * time.Millisecond, Fatal: func(err error) { fatal <- err }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = role.Stop(context.Background()) })
+	// Several attempts, each past GiveUp.
+	begin := time.Now()
+	wait.For(t, wait.Short, wait.Every, func() error {
+		if role.Check() == nil {
+			t.Fatal("role ready without JetStream")
+		}
+		select {
+		case err := <-fatal:
+			t.Fatalf("gave up on JetStream being away: %v", err)
+		default:
+		}
+		if time.Since(begin) < time.Second {
+			return errors.New("still watching")
+		}
+		return nil
+	})
+}
+
+// JetStream answers but refuses what the analytics need (here: the totals
+// bucket exists with settings they cannot take, memory storage): a fresh
+// process is the way out that remains, so after GiveUp the process is told
+// to end, and the role is not ready meanwhile.
+func TestRoleGivesUpWhenJetStreamRefuses(t *testing.T) {
+	f := newFixture(t)
+	if _, err := f.js.CreateKeyValue(context.Background(), jetstream.KeyValueConfig{Bucket: BucketName, Storage: jetstream.MemoryStorage}); err != nil {
+		t.Fatal(err)
+	}
+	fatal := make(chan error, 1)
+	reg := prometheus.NewRegistry()
+	role, err := StartRole(RoleOptions{Conn: natstest.Connect(t, f.srv), Logger: quiet, Registerer: reg,
 		GiveUp: 500 * time.Millisecond, Fatal: func(err error) {
 			select {
 			case fatal <- err:
@@ -317,6 +353,6 @@ func TestRoleGivesUpWhenItCannotSetUp(t *testing.T) {
 		t.Fatal("the role never gave up")
 	}
 	if err := role.Check(); err == nil {
-		t.Error("role ready without JetStream")
+		t.Error("role ready without its bucket")
 	}
 }

@@ -135,6 +135,9 @@ func Open(ctx context.Context, js jetstream.JetStream, owner string, o Options) 
 		History:     1,
 		TTL:         o.TTL,
 		Storage:     jetstream.MemoryStorage,
+		// Bounded: past it a reply is not stored (a retry runs its
+		// handler again) rather than NATS's memory growing with the rate.
+		MaxBytes: 256 << 20,
 		Replicas:    o.Replicas,
 	}
 	kv, err := js.CreateOrUpdateKeyValue(ctx, cfg)

@@ -3,6 +3,11 @@ package reply
 import (
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/micro"
+
+	"github.com/wxgate/wxgate/shared/bus"
 
 	"github.com/wxgate/wxgate/shared/config"
 	"github.com/wxgate/wxgate/shared/wechat"
@@ -51,5 +56,29 @@ func TestReplier(t *testing.T) {
 				t.Fatalf("reply %+v, want text %q", r, tt.want)
 			}
 		})
+	}
+}
+
+// A worker takes the ingress's deadline as a budget (deadline minus
+// received, both the ingress's clock) counted from its own now: clocks
+// apart by any amount give the same time to answer.
+func TestRequestContextIsRelative(t *testing.T) {
+	for _, skew := range []time.Duration{0, 10 * time.Second, -10 * time.Second, 24 * time.Hour} {
+		received := time.Now().Add(skew) // the ingress host's clock
+		h := micro.Headers{
+			bus.HeaderReceived: []string{bus.FormatTime(received)},
+			bus.HeaderDeadline: []string{bus.FormatTime(received.Add(4 * time.Second))},
+		}
+		ctx, cancel := requestContext(h)
+		d, _ := ctx.Deadline()
+		cancel()
+		if left := time.Until(d); left < 3*time.Second || left > 4*time.Second {
+			t.Errorf("skew %v: %v left, want about 4s", skew, left)
+		}
+	}
+	ctx, cancel := requestContext(micro.Headers{})
+	defer cancel()
+	if d, _ := ctx.Deadline(); time.Until(d) > 5*time.Second {
+		t.Errorf("without headers: %v, want WeChat's 5s at most", time.Until(d))
 	}
 }
