@@ -38,6 +38,8 @@ func main() {
 	flag.StringVar(&env, "env", "", "KEY=value,... added to every wxgate process's environment, to compare settings")
 	flag.BoolVar(&o.Peer, "peer", true, "measure the peer too: a silenceper/wechat server (benchmark/peer), and check the goals against it")
 	flag.BoolVar(&o.Wrk, "wrk", true, "measure every configuration with wrk as well (when installed)")
+	flag.IntVar(&o.Growth, "growth", 0, "send this many distinct people's scans through standalone and report memory and disk per person (0: skip)")
+	flag.DurationVar(&o.GrowthSettle, "growth-settle", 11*time.Minute, "growth: how long to wait after the burst before the settled figures (the duplicate window is 10m)")
 	flag.Parse()
 	o.Env = strings.FieldsFunc(env, func(r rune) bool { return r == ',' })
 	var err error

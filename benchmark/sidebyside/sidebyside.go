@@ -51,6 +51,11 @@ type Options struct {
 	// Wrk measures every configuration with wrk as well, when it is
 	// installed.
 	Wrk bool
+	// Growth, when set, sends this many distinct people's scans through
+	// standalone and reports memory and disk per person, at the burst's
+	// peak, caught up, and after GrowthSettle.
+	Growth       int
+	GrowthSettle time.Duration
 	Out io.Writer
 }
 
@@ -206,6 +211,11 @@ func Run(ctx context.Context, o Options) error {
 	}
 	if o.Soak > 0 {
 		if err := e.soak(ctx); err != nil {
+			return err
+		}
+	}
+	if o.Growth > 0 {
+		if err := e.growth(ctx, o.Growth, o.GrowthSettle); err != nil {
 			return err
 		}
 	}

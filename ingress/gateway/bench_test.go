@@ -11,23 +11,29 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wxgate/wxgate/ingress/gateway"
+	"github.com/wxgate/wxgate/ingress/intake"
 	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/config"
+	"github.com/wxgate/wxgate/shared/events"
 	"github.com/wxgate/wxgate/shared/wechat"
+	"github.com/wxgate/wxgate/workers/dedup"
 	"github.com/wxgate/wxgate/workers/reply"
 )
 
-// BenchmarkCallback is the whole ingress handler for a signed text message:
-// over an in-process NATS server to a worker (bus), and with the worker's
-// logic called directly (local, the floor).
+// BenchmarkCallback is the whole ingress handler for a signed text message,
+// each a new one: with the worker's logic called directly (local, the
+// floor), over an in-process NATS server to a worker (bus), and as
+// production runs it (bus+intake: the event stored in JetStream first, the
+// worker's reply stored for retries).
 //
 //	go test -run '^$' -bench Callback -benchmem ./ingress/gateway
 func BenchmarkCallback(b *testing.B) {
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	srv, err := bus.RunEmbedded(bus.EmbeddedOptions{Name: "bench"})
+	srv, err := bus.RunEmbedded(bus.EmbeddedOptions{Name: "bench", StoreDir: b.TempDir()})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -40,19 +46,37 @@ func BenchmarkCallback(b *testing.B) {
 		b.Cleanup(nc.Close)
 		return nc
 	}
-	svc, err := reply.Start(reply.Options{Conn: connect(), Decider: reply.NewReplier(config.Defaults().Replies), Logger: quiet, Registerer: prometheus.NewRegistry()})
+	wnc := connect()
+	js, err := jetstream.New(wnc)
+	if err != nil {
+		b.Fatal(err)
+	}
+	store, err := dedup.Open(context.Background(), js, "bench", dedup.Options{Logger: quiet, Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	svc, err := reply.Start(reply.Options{Conn: wnc, Dedup: store, Decider: reply.NewReplier(config.Defaults().Replies), Logger: quiet, Registerer: prometheus.NewRegistry()})
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer svc.Stop(context.Background())
 
-	for _, mode := range []string{"bus", "local"} {
+	for _, mode := range []string{"local", "bus", "bus+intake"} {
 		b.Run(mode, func(b *testing.B) {
 			o := gateway.Options{Token: token, ReplyTimeout: 4 * time.Second, Logger: quiet, Registerer: prometheus.NewRegistry()}
-			if mode == "bus" {
-				o.Conn = connect()
-			} else {
+			switch mode {
+			case "local":
 				o.Local = svc.Handle
+			case "bus":
+				o.Conn = connect()
+			case "bus+intake":
+				o.Conn = connect()
+				in, err := intake.New(intake.Options{Conn: o.Conn, Streams: events.Defaults(), Logger: quiet, Registerer: o.Registerer})
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer in.Close(context.Background())
+				o.Intake = in
 			}
 			gw, err := gateway.New(o)
 			if err != nil {
@@ -60,11 +84,11 @@ func BenchmarkCallback(b *testing.B) {
 			}
 			h := gw.Handler()
 			s := wechat.Sender{Token: token}
-			msg := []byte(message("text", "<Content><![CDATA[benchmark]]></Content>"))
 			b.ReportAllocs()
 			i := 0
 			for b.Loop() {
 				i++
+				msg := []byte(message("text", "<Content><![CDATA[benchmark]]></Content>"))
 				req, _ := s.NewRequest("http://wxgate"+gateway.Path, msg, time.Now(), strconv.Itoa(i))
 				w := httptest.NewRecorder()
 				h.ServeHTTP(w, req)

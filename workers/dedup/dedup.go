@@ -119,6 +119,11 @@ type Store struct {
 	recreating   sync.Mutex
 	lastRecreate time.Time
 	metrics      metrics
+
+	mu        sync.Mutex
+	inflight  map[*inflight]struct{} // first deliveries' handlers running
+	done      chan struct{}
+	closeOnce sync.Once
 }
 
 type metrics struct {
@@ -138,21 +143,21 @@ func Open(ctx context.Context, js jetstream.JetStream, owner string, o Options) 
 		// Bounded: past it a reply is not stored (a retry runs its
 		// handler again) rather than NATS's memory growing with the rate.
 		MaxBytes: 256 << 20,
-		Replicas:    o.Replicas,
+		Replicas: o.Replicas,
 	}
 	kv, err := js.CreateOrUpdateKeyValue(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("kv %s: %w", Bucket, err)
 	}
 	f := promauto.With(o.Registerer)
-	return &Store{
+	s := &Store{
 		kv:     kv,
 		js:     js,
 		nc:     js.Conn(),
 		prefix: "$KV." + Bucket + ".",
 		cfg:    cfg,
-		o:     o,
-		claim: append([]byte(claimPrefix), owner...),
+		o:      o,
+		claim:  append([]byte(claimPrefix), owner...),
 		metrics: metrics{
 			duplicates: f.NewCounter(prometheus.CounterOpts{
 				Name: "wxgate_worker_duplicates_total",
@@ -171,7 +176,10 @@ func Open(ctx context.Context, js jetstream.JetStream, owner string, o Options) 
 				Help: "Requests handled without a claim because the store did not answer.",
 			}),
 		},
-	}, nil
+	}
+	s.inflight, s.done = map[*inflight]struct{}{}, make(chan struct{})
+	go s.watch()
+	return s, nil
 }
 
 // Values: a claim is "c" and its owner; a reply is "r" and the reply body
@@ -197,7 +205,7 @@ type Handler func(ctx context.Context) ([]byte, error)
 // the store lost its reply) runs the handler.
 func (s *Store) Do(ctx context.Context, key string, retry bool, run Handler) ([]byte, Outcome, error) {
 	if !retry {
-		return s.own(ctx, key, 0, run, Ran)
+		return s.first(key, run)
 	}
 	// A store slower than a quarter of the budget is treated as down:
 	// answering matters more than deduplicating.
@@ -274,6 +282,75 @@ func (s *Store) own(ctx context.Context, key string, rev uint64, run Handler, ou
 	return body, outcome, err
 }
 
+// first runs a first delivery's handler, in this goroutine: the common
+// case, so it costs no goroutine, channel or lookup of its own. A timer
+// claims the key only if the handler is still running after ClaimAfter.
+// The handler outlives the request's deadline (up to HandlerTimeout): a
+// reply that comes too late for this delivery is stored for the retry.
+func (s *Store) first(key string, run Handler) ([]byte, Outcome, error) {
+	hctx, cancel := context.WithTimeout(context.Background(), s.o.HandlerTimeout)
+	r := s.started(key)
+	body, err := run(hctx)
+	cancel()
+	s.finish(key, s.ended(r), body, err)
+	return body, Ran, err
+}
+
+// inflight is a first delivery's handler while it runs; the watcher claims
+// its key once it has run for ClaimAfter.
+type inflight struct {
+	key   string
+	start time.Time
+	stop  func() uint64 // set by the watcher with the claim; guarded by Store.mu
+}
+
+// started registers a running handler: a map entry, no timer or
+// goroutine, which is what most handlers (done in microseconds) cost.
+func (s *Store) started(key string) *inflight {
+	r := &inflight{key: key, start: time.Now()}
+	s.mu.Lock()
+	s.inflight[r] = struct{}{}
+	s.mu.Unlock()
+	return r
+}
+
+// ended unregisters it and releases its claim, if the watcher made one; it
+// returns the claim's last revision, 0 when none.
+func (s *Store) ended(r *inflight) uint64 {
+	s.mu.Lock()
+	delete(s.inflight, r)
+	stop := r.stop
+	s.mu.Unlock()
+	if stop == nil {
+		return 0
+	}
+	return stop()
+}
+
+// watch claims the keys of handlers running longer than ClaimAfter, long
+// before WeChat could retry them (5 s).
+func (s *Store) watch() {
+	t := time.NewTicker(max(s.o.ClaimAfter/4, time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-s.done:
+			return
+		case now := <-t.C:
+			s.mu.Lock()
+			for r := range s.inflight {
+				if r.stop == nil && now.Sub(r.start) >= s.o.ClaimAfter {
+					r.stop = s.keep(r.key, 0)
+				}
+			}
+			s.mu.Unlock()
+		}
+	}
+}
+
+// Close stops the watcher.
+func (s *Store) Close() { s.closeOnce.Do(func() { close(s.done) }) }
+
 // runBounded runs the handler past ctx (up to HandlerTimeout) and returns
 // its result if it comes by ctx's deadline, ErrPending otherwise. after,
 // when set, sees the result once it has been handed back: answer first,
@@ -303,18 +380,45 @@ func (s *Store) runBounded(ctx context.Context, run Handler, after func([]byte, 
 // claim created after ClaimAfter when rev is 0. stop returns the claim's
 // last revision, 0 when none is held.
 func (s *Store) hold(key string, rev uint64) (stop func() uint64) {
+	if rev != 0 {
+		return s.keep(key, rev)
+	}
+	// Most handlers finish long before ClaimAfter: a timer that never
+	// fires costs them nothing more.
+	var (
+		mu      sync.Mutex
+		stopped bool
+		inner   func() uint64
+	)
+	t := time.AfterFunc(s.o.ClaimAfter, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if !stopped {
+			inner = s.keep(key, 0)
+		}
+	})
+	return func() uint64 {
+		if t.Stop() {
+			return 0
+		}
+		mu.Lock()
+		stopped = true
+		in := inner
+		mu.Unlock()
+		if in == nil {
+			return 0
+		}
+		return in()
+	}
+}
+
+// keep holds a claim: from rev, or creating it at once when rev is 0.
+func (s *Store) keep(key string, rev uint64) (stop func() uint64) {
 	quit := make(chan struct{})
 	finished := make(chan struct{})
 	go func() {
 		defer close(finished)
 		if rev == 0 {
-			t := time.NewTimer(s.o.ClaimAfter)
-			select {
-			case <-quit:
-				t.Stop()
-				return
-			case <-t.C:
-			}
 			ctx, cancel := context.WithTimeout(context.Background(), s.o.Lease/3)
 			r, err := s.kv.Create(ctx, key, s.claim)
 			cancel()

@@ -127,6 +127,7 @@ func (s *Service) Stop(ctx context.Context) error {
 	}
 	if s.dedup != nil {
 		err = errors.Join(err, s.dedup.Wait(ctx))
+		s.dedup.Close()
 	}
 	return err
 }
