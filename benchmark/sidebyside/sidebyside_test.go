@@ -29,7 +29,7 @@ func TestTinyRun(t *testing.T) {
 	for _, want := range []string{
 		"(a) floor: no bus", "(b) standalone", "(c) distributed, 1 workers", "ratios: throughput b/a",
 		"(a) at 100/s", "(c) 1 workers", "nats-server", "loadgen",
-		"analytics consumer: 300 records over 5 scenes", "counts exact: true", "soak: (c) at 50/s",
+		"analytics: 300 scans over 5 scenes", "counts exact: true", "soak: (c) at 50/s",
 	} {
 		if !strings.Contains(report, want) {
 			t.Errorf("report lacks %q:\n%s", want, report)
