@@ -363,4 +363,3 @@ func FuzzParseRequest(f *testing.F) {
 		}
 	})
 }
-
