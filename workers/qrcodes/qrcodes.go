@@ -58,6 +58,9 @@ type Totals interface {
 
 // FromStore adapts the analytics' StoreFunc (what /api/scenes reads).
 func FromStore(f analytics.StoreFunc) func(context.Context) (Totals, error) {
+	if f == nil {
+		return nil
+	}
 	return func(ctx context.Context) (Totals, error) {
 		s, err := f(ctx)
 		if err != nil {
