@@ -88,7 +88,7 @@ func TestLoginCreateAndShow(t *testing.T) {
 	base := server(t, false)
 	c := browser(t)
 
-	code, body := read(c.Get(base+"/ui/"))
+	code, body := read(c.Get(base + "/ui/"))
 	if code != 401 || !strings.Contains(body, `name="token"`) {
 		t.Fatalf("signed out: %d, want the login form", code)
 	}
@@ -173,7 +173,7 @@ func TestHeadersAndOff(t *testing.T) {
 	if csp := resp.Header.Get("Content-Security-Policy"); !strings.Contains(csp, "default-src 'none'") {
 		t.Errorf("CSP %q", csp)
 	}
-	if code, css := read(http.Get(base+"/ui/style.css")); code != 200 || !strings.Contains(css, "body") {
+	if code, css := read(http.Get(base + "/ui/style.css")); code != 200 || !strings.Contains(css, "body") {
 		t.Errorf("style.css: %d", code)
 	}
 }
