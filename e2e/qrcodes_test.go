@@ -259,3 +259,10 @@ func TestQRCodesOff(t *testing.T) {
 		t.Errorf("= %d %s", resp.StatusCode, b)
 	}
 }
+
+func jsonDecode(resp *http.Response, v any) error {
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("status %d", resp.StatusCode)
+	}
+	return json.NewDecoder(resp.Body).Decode(v)
+}
