@@ -6,6 +6,7 @@ package qrcodes
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -139,12 +140,13 @@ func (c Code) Expired(now time.Time) bool { return c.ExpiresAt != nil && !now.Be
 
 func sceneB64(scene string) string { return base64.RawURLEncoding.EncodeToString([]byte(scene)) }
 
-// Keys: p.<scene> for a permanent code (one per scene), t.<scene>.<time>
-// for each temporary one (the time in hex nanoseconds, so keys sort in
-// order). Scenes are base64url-encoded, so any scene makes a valid key.
+// Keys: p.<scene> for a permanent code (one per scene),
+// t.<scene>.<time>-<random> for each temporary one (the time in hex
+// nanoseconds, so keys sort in order). Scenes are base64url-encoded, so any scene makes a valid key.
 func permKey(scene string) string { return "p." + sceneB64(scene) }
 func tempKey(scene string, at time.Time) string {
-	return fmt.Sprintf("t.%s.%016x", sceneB64(scene), at.UnixNano())
+	// The random part keeps two codes of one scene in one instant apart.
+	return fmt.Sprintf("t.%s.%016x-%s", sceneB64(scene), at.UnixNano(), rand.Text()[:8])
 }
 
 func (s *Service) bucket(ctx context.Context) (jetstream.KeyValue, error) {
@@ -193,7 +195,7 @@ func (s *Service) Create(ctx context.Context, req Request) (c Code, created bool
 		return Code{}, false, err
 	}
 	b, _ := json.Marshal(record{Code: c})
-	if _, err := kv.Create(ctx, tempKey(req.Scene, c.CreatedAt), b); err != nil {
+	if _, err := kv.Create(ctx, tempKey(req.Scene, s.o.Now()), b); err != nil {
 		return Code{}, false, fmt.Errorf("%w: storing the code: %w", ErrUnavailable, err)
 	}
 	s.o.Logger.Info("qr code created", "scene", req.Scene, "permanent", false, "expires_at", c.ExpiresAt)

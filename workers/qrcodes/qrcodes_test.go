@@ -363,3 +363,24 @@ func FuzzParseRequest(f *testing.F) {
 		}
 	})
 }
+
+// Many codes of one scene at once are each stored (keys never collide).
+func TestSameSceneAtOnce(t *testing.T) {
+	e := newEnv(t)
+	h := e.service(t, "p", false).Handler("")
+	var wg sync.WaitGroup
+	for i := 0; i < 20; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if code := do(t, h, "POST", "/api/qrcodes", `{"scene":"same"}`, nil); code != 201 {
+				t.Errorf("create: %d", code)
+			}
+		}()
+	}
+	wg.Wait()
+	var list struct{ QRCodes []Listed }
+	if do(t, h, "GET", "/api/qrcodes", "", &list); len(list.QRCodes) != 20 {
+		t.Errorf("%d codes stored, want 20", len(list.QRCodes))
+	}
+}
