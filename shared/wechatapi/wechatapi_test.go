@@ -462,3 +462,18 @@ func FuzzDecodeAnswer(f *testing.F) {
 		}
 	})
 }
+
+// A wrong AppSecret: stable_token's 40125 reaches the caller with a hint,
+// and the secret is in no error.
+func TestWrongSecret(t *testing.T) {
+	e := newEnv(t, api.Options{})
+	nc := natstest.Connect(t, e.ns)
+	c, err := New(Options{Base: e.base, AppID: appID, Secret: "not-the-secret", Conn: nc, Registerer: prometheus.NewRegistry(), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.CreateQRCode(context.Background(), tempCode("x"))
+	if code, _ := Code(err); code != CodeInvalidSecret || !strings.Contains(err.Error(), "WECHAT_APPSECRET") || strings.Contains(err.Error(), "not-the-secret") {
+		t.Errorf("err = %v", err)
+	}
+}
