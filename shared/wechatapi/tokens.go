@@ -358,7 +358,9 @@ func (t *Tokens) waitChange(ctx context.Context, kv jetstream.KeyValue, tokenRev
 			}
 			switch e.Key() {
 			case t.tokenKey:
-				if e.Revision() > tokenRev {
+				// A new token; a delete marker (an expired token) is no
+				// news to a process that has none.
+				if e.Operation() == jetstream.KeyValuePut && e.Revision() > tokenRev {
 					return nil
 				}
 			case t.leaseKey:

@@ -477,3 +477,39 @@ func TestWrongSecret(t *testing.T) {
 		t.Errorf("err = %v", err)
 	}
 }
+
+// While one process refreshes slowly after the token was expired, another
+// with no token waits for it rather than asking WeChat too.
+func TestWaitsForTheRefresher(t *testing.T) {
+	e := newEnv(t, api.Options{})
+	a, b := e.process(t, "a", TokenOptions{}), e.process(t, "b", TokenOptions{})
+	ctx := context.Background()
+	tok, err := a.Tokens().Token(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = e.fake.Inject(api.Fault{InvalidateToken: true})
+	if err := a.Tokens().Expire(ctx, tok); err != nil {
+		t.Fatal(err)
+	}
+	_ = e.fake.Inject(api.Fault{API: api.StableToken, Delay: "300ms"})
+	var wg sync.WaitGroup
+	got := make([]string, 2)
+	for i, p := range []*process{a, b} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var err error
+			if got[i], err = p.Tokens().Token(ctx); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if got[0] != got[1] || got[0] == tok {
+		t.Errorf("the two processes have different or stale tokens")
+	}
+	if n := e.calls(api.StableToken); n != 2 {
+		t.Errorf("stable_token calls = %d, want 2 (the first, and one refresh)", n)
+	}
+}

@@ -85,7 +85,7 @@ func New(o Options) *Service {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	return &Service{o: o, id: o.Conn.Opts.Name + "/" + fmt.Sprint(time.Now().UnixNano())}
+	return &Service{o: o, id: o.Conn.Opts.Name + "/" + rand.Text()[:8]}
 }
 
 // Enabled reports whether codes can be made (WECHAT_APPSECRET is set).
