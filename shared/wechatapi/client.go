@@ -23,7 +23,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promauto"
 )
 
 // The APIs, as the metric's api label names them.
@@ -104,10 +103,19 @@ func New(o Options) (*Client, error) {
 	if c.http == nil {
 		c.http = DefaultHTTPClient()
 	}
-	c.calls = promauto.With(o.Registerer).NewCounterVec(prometheus.CounterOpts{
+	c.calls = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "wxgate_wechat_api_calls_total",
 		Help: "Calls of WeChat's API by api and outcome: ok, the errcode WeChat answered, or error (no answer).",
 	}, []string{"api", "outcome"})
+	if err := o.Registerer.Register(c.calls); err != nil {
+		// A second client in the process (QR codes and late replies each
+		// may make one) counts into the same series.
+		are, ok := err.(prometheus.AlreadyRegisteredError)
+		if !ok {
+			return nil, fmt.Errorf("wechatapi: metrics: %w", err)
+		}
+		c.calls = are.ExistingCollector.(*prometheus.CounterVec)
+	}
 	for api, codes := range precreated {
 		for _, o := range append([]string{OutcomeOK, OutcomeError}, codes...) {
 			c.calls.WithLabelValues(api, o)

@@ -513,3 +513,26 @@ func TestWaitsForTheRefresher(t *testing.T) {
 		t.Errorf("stable_token calls = %d, want 2 (the first, and one refresh)", n)
 	}
 }
+
+// Two clients in one process (QR codes and late replies) share the
+// metric and the token.
+func TestTwoClientsOneProcess(t *testing.T) {
+	e := newEnv(t, api.Options{})
+	p := e.process(t, "p", TokenOptions{})
+	nc := natstest.Connect(t, e.ns)
+	c2, err := New(Options{Base: e.base, AppID: appID, Secret: secret, Conn: nc, Registerer: p.reg, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []*Client{p.Client, c2} {
+		if _, err := c.CreateQRCode(context.Background(), tempCode("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if v, _ := metricstest.Lookup(p.reg, "wxgate_wechat_api_calls_total", map[string]string{"api": APIQRCodeCreate, "outcome": "ok"}); v != 2 {
+		t.Errorf("qrcode_create ok = %v, want 2", v)
+	}
+	if n := e.calls(api.StableToken); n != 1 {
+		t.Errorf("stable_token calls = %d", n)
+	}
+}

@@ -317,3 +317,25 @@ func FuzzParseSend(f *testing.F) {
 		}
 	})
 }
+
+func FuzzFault(f *testing.F) {
+	f.Add([]byte(`{"api":"qrcode_create","errcode":45009,"count":2}`))
+	f.Add([]byte(`{"delay":"1s","drop":true}`))
+	f.Add([]byte(`{"invalidate_token":true}`))
+	s := New(Options{AppID: "wx", Secret: "s"})
+	f.Fuzz(func(t *testing.T, body []byte) {
+		w := httptest.NewRecorder()
+		s.ServeHTTP(w, httptest.NewRequest("POST", "/wxsim/fault", bytes.NewReader(body)))
+		if w.Code != 200 && w.Code != 400 {
+			t.Errorf("status %d", w.Code)
+		}
+		s.mu.Lock()
+		for _, f := range s.faults {
+			if f.Count <= 0 || f.delay < 0 || f.delay > 10*time.Minute {
+				t.Errorf("fault kept: %+v", f)
+			}
+		}
+		s.faults = nil
+		s.mu.Unlock()
+	})
+}
