@@ -307,3 +307,53 @@ func TestNATSConfigRequiresToken(t *testing.T) {
 		}
 	}
 }
+
+// The fake WeChat API runs only with its profile, so it never runs beside
+// a real account; ingress and workers get the API settings.
+func TestComposeFakeWeChatProfile(t *testing.T) {
+	p := loadCompose(t, secrets)
+	if _, err := p.GetService("wechat-api"); err == nil {
+		t.Error("wechat-api runs without its profile")
+	}
+	env := maps.Clone(secrets)
+	env["WECHAT_APPSECRET"], env["WECHAT_API_BASE"], env["WECHAT_APPID"] = "s3cret", "http://wechat-api:8090", "wx_fake"
+	var pairs []string
+	for k, v := range env {
+		pairs = append(pairs, k+"="+v)
+	}
+	opts, err := cli.NewProjectOptions([]string{"../docker-compose.yml"},
+		cli.WithName("wxgate"), cli.WithWorkingDirectory(".."), cli.WithEnv(pairs), cli.WithProfiles([]string{"fake-wechat"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err = opts.LoadProject(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	fake, err := p.GetService("wechat-api")
+	if err != nil {
+		t.Fatalf("with --profile fake-wechat: %v", err)
+	}
+	if !slices.Equal(fake.Command, []string{"api", "-addr", ":8090"}) || fake.Build == nil || fake.Build.Args["TARGET"] == nil || *fake.Build.Args["TARGET"] != "wxsim" {
+		t.Errorf("wechat-api runs %v from %+v", fake.Command, fake.Build)
+	}
+	if hc := fake.HealthCheck; hc == nil || len(hc.Test) < 3 || hc.Test[1] != "/app" || hc.Test[len(hc.Test)-1] != "-healthcheck" {
+		t.Errorf("wechat-api healthcheck %v: want the binary's own", fake.HealthCheck)
+	}
+	for _, port := range fake.Ports {
+		if port.HostIP != "127.0.0.1" {
+			t.Errorf("wechat-api publishes %v beyond loopback", port)
+		}
+	}
+	if v := fake.Environment["WECHAT_APPSECRET"]; v == nil || *v != "s3cret" {
+		t.Errorf("wechat-api does not get the AppSecret it must accept: %v", v)
+	}
+	for _, name := range []string{"ingress", "workers"} {
+		s, _ := p.GetService(name)
+		for k, want := range map[string]string{"WECHAT_APPSECRET": "s3cret", "WECHAT_API_BASE": "http://wechat-api:8090", "LATE_REPLY": ""} {
+			if v := s.Environment[k]; v == nil || *v != want {
+				t.Errorf("%s %s = %v, want %q", name, k, v, want)
+			}
+		}
+	}
+}

@@ -23,8 +23,9 @@ func readmeBlock(t *testing.T, readme, name string) string {
 	return m[1]
 }
 
-// The README's quick start, run exactly as written: the server block in the
-// background, the client block after it, from the repository root.
+// The README's quick start, run exactly as written: the server block (the
+// fake WeChat API and standalone wxgate) in the background, the client
+// block after it, from the repository root.
 func TestReadmeQuickStart(t *testing.T) {
 	b, err := os.ReadFile("../README.md")
 	if err != nil {
@@ -32,7 +33,7 @@ func TestReadmeQuickStart(t *testing.T) {
 	}
 	readme := string(b)
 	server, client := readmeBlock(t, readme, "server"), readmeBlock(t, readme, "client")
-	for _, addr := range []string{"127.0.0.1:8080", "127.0.0.1:8081", "127.0.0.1:4222"} {
+	for _, addr := range []string{"127.0.0.1:8080", "127.0.0.1:8081", "127.0.0.1:4222", "127.0.0.1:8090"} {
 		if l, err := net.Listen("tcp", addr); err != nil {
 			if os.Getenv("E2E_REQUIRE") == "1" {
 				t.Fatalf("the quick start needs %s free: %v", addr, err)
@@ -91,6 +92,11 @@ func TestReadmeQuickStart(t *testing.T) {
 		"场景值:poster_a",
 		`"scene":"poster_a"`,
 		`wechat_scene_scans_total{kind="scan",scene="poster_a"} 1`,
+		// The code, made against the fake WeChat API, then with its counts.
+		`"label":"Spring posters","permanent":false,"ticket":"gQ`,
+		`"url":"http://weixin.qq.com/q/`,
+		`"image_url":"/api/qrcodes/poster_a/image"`,
+		`"scans":2,"new_followers":1`,
 	} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("quick start output lacks %q:\n%s", want, out)

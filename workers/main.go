@@ -20,6 +20,7 @@ import (
 	"github.com/wxgate/wxgate/shared/health"
 	"github.com/wxgate/wxgate/shared/logging"
 	"github.com/wxgate/wxgate/shared/serve"
+	"github.com/wxgate/wxgate/workers/console"
 	"github.com/wxgate/wxgate/workers/worker"
 )
 
@@ -72,6 +73,10 @@ func serveWorkers(ctx context.Context, cfg config.Config, logger *slog.Logger) e
 	}
 	mux := admin.NewMux(admin.Options{Gatherer: reg, Ready: hc.Ready, Pprof: cfg.Pprof, Token: cfg.AdminToken, Logger: logger})
 	mux.Handle("/api/", w.API())
+	if _, err := console.Mount(mux, console.MountOptions{Conn: nc, Config: cfg, Scenes: w.Analytics.Store, Logger: logger, Registerer: reg}); err != nil {
+		nc.Close()
+		return err
+	}
 	adm, err := serve.Start("admin", admin.Server(cfg.AdminAddr, mux), logger)
 	if err != nil {
 		nc.Close()

@@ -1,6 +1,7 @@
 // Command wxsim plays WeChat's side against a wxgate URL: it signs (and in
 // safe mode encrypts) callbacks, prints the decrypted replies, resends as
-// WeChat's retries would, and generates load.
+// WeChat's retries would, and generates load. "wxsim api" is a fake of
+// WeChat's API (access_token, QR codes, customer-service messages).
 package main
 
 import (
@@ -9,12 +10,18 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/wxgate/wxgate/wxsim/api"
 	"github.com/wxgate/wxgate/wxsim/sim"
 )
 
 func main() {
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := sim.Main(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	var code int
+	if len(os.Args) > 1 && os.Args[1] == "api" {
+		code = api.Main(ctx, os.Args[2:], os.Stdout, os.Stderr)
+	} else {
+		code = sim.Main(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	}
 	cancel()
 	os.Exit(code)
 }

@@ -28,6 +28,7 @@ import (
 	"github.com/wxgate/wxgate/shared/serve"
 	"github.com/wxgate/wxgate/shared/wechat"
 	"github.com/wxgate/wxgate/workers/analytics"
+	"github.com/wxgate/wxgate/workers/console"
 	"github.com/wxgate/wxgate/workers/reply"
 )
 
@@ -186,6 +187,15 @@ func Start(o Options) (_ *App, err error) {
 		mux.Handle("/api/", a.workers.API())
 	} else if !o.NoBus {
 		mux.Handle("/api/", analytics.API(analytics.OpenOnUse(a.nc), cfg.AdminToken))
+	}
+	if !o.NoBus { // the QR-code API and /ui/, beside /api/scenes
+		scenes := storeOn(a.nc)
+		if a.workers != nil {
+			scenes = a.workers.Analytics.Store
+		}
+		if _, err := console.Mount(mux, console.MountOptions{Conn: a.nc, Config: cfg, Scenes: scenes, Logger: logger, Registerer: reg}); err != nil {
+			return nil, err
+		}
 	}
 	if a.admin, err = serve.Start("admin", admin.Server(cfg.AdminAddr, mux), logger); err != nil {
 		return nil, err

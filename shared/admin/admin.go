@@ -3,7 +3,10 @@
 package admin
 
 import (
+	"crypto/hmac"
+	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"log/slog"
@@ -173,4 +176,42 @@ func Healthcheck(addr string, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// SessionCookie is the cookie the /ui/ page's login sets: a browser cannot
+// add a bearer header to an <img> or a form post. It is HttpOnly,
+// SameSite=Strict and Path=/.
+const SessionCookie = "wxgate_admin"
+
+// SessionValue is the session cookie's value for token: an HMAC of it, so
+// the cookie never holds ADMIN_TOKEN itself, and every process that has the
+// token accepts it.
+func SessionValue(token string) string {
+	m := hmac.New(sha256.New, []byte(token))
+	m.Write([]byte("wxgate admin session v1"))
+	return hex.EncodeToString(m.Sum(nil))
+}
+
+// HasSession reports whether r carries the session cookie for token.
+func HasSession(r *http.Request, token string) bool {
+	c, err := r.Cookie(SessionCookie)
+	return err == nil && subtle.ConstantTimeCompare([]byte(c.Value), []byte(SessionValue(token))) == 1
+}
+
+// RequireTokenOrSession is RequireToken that also takes the session cookie
+// on GET and HEAD (the page's images and downloads). A request that changes
+// something still needs the bearer token; the page's own form posts check
+// the cookie and cross-origin requests themselves.
+func RequireTokenOrSession(token string, h http.Handler) http.Handler {
+	if token == "" {
+		return h
+	}
+	bearer := RequireToken(token, h)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if (r.Method == http.MethodGet || r.Method == http.MethodHead) && HasSession(r, token) {
+			h.ServeHTTP(w, r)
+			return
+		}
+		bearer.ServeHTTP(w, r)
+	})
 }

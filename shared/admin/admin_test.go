@@ -81,3 +81,38 @@ func TestPprofOnlyWhenAsked(t *testing.T) {
 		srv.Close()
 	}
 }
+
+func TestRequireTokenOrSession(t *testing.T) {
+	h := RequireTokenOrSession("s3cret", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(204) }))
+	cookie := &http.Cookie{Name: SessionCookie, Value: SessionValue("s3cret")}
+	tests := []struct {
+		name, method string
+		bearer       string
+		cookie       *http.Cookie
+		want         int
+	}{
+		{"bearer", "POST", "s3cret", nil, 204},
+		{"cookie on GET", "GET", "", cookie, 204},
+		{"cookie on POST", "POST", "", cookie, 401},
+		{"wrong cookie", "GET", "", &http.Cookie{Name: SessionCookie, Value: SessionValue("other")}, 401},
+		{"the token as cookie", "GET", "", &http.Cookie{Name: SessionCookie, Value: "s3cret"}, 401},
+		{"nothing", "GET", "", nil, 401},
+	}
+	for _, tt := range tests {
+		r := httptest.NewRequest(tt.method, "/api/qrcodes", nil)
+		if tt.bearer != "" {
+			r.Header.Set("Authorization", "Bearer "+tt.bearer)
+		}
+		if tt.cookie != nil {
+			r.AddCookie(tt.cookie)
+		}
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		if w.Code != tt.want {
+			t.Errorf("%s: %d, want %d", tt.name, w.Code, tt.want)
+		}
+	}
+	if strings.Contains(SessionValue("s3cret"), "s3cret") {
+		t.Error("the session value holds the token")
+	}
+}

@@ -6,6 +6,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -61,6 +62,38 @@ type Config struct {
 	ShutdownDelay time.Duration
 	// Pprof serves /debug/pprof/ on the admin listener: PPROF=true.
 	Pprof bool
+
+	// AppSecret is WECHAT_APPSECRET: a secret, never logged or echoed. It
+	// enables WeChat's API (QR codes, late replies); empty, those are off.
+	AppSecret string
+	// APIBase is WECHAT_API_BASE, the base URL of WeChat's API (tests point
+	// it at a fake).
+	APIBase string
+	// LateReply is LATE_REPLY as given; empty: the default, see
+	// EffectiveLateReply.
+	LateReply string
+}
+
+// The late-reply modes (LATE_REPLY).
+const (
+	LateReplyCustomerService = "customer_service" // through message/custom/send
+	LateReplyOff             = "off"
+)
+
+// DefaultAPIBase is WeChat's API.
+const DefaultAPIBase = "https://api.weixin.qq.com"
+
+// EffectiveLateReply is LATE_REPLY, or when it is empty, customer_service
+// with an AppSecret (the API needs one) and off without.
+func (c *Config) EffectiveLateReply() string {
+	switch {
+	case c.LateReply != "":
+		return c.LateReply
+	case c.AppSecret != "":
+		return LateReplyCustomerService
+	default:
+		return LateReplyOff
+	}
 }
 
 // The callback modes (WECHAT_MODE): the WeChat console's 明文, 兼容 and
@@ -147,6 +180,7 @@ func Defaults() Config {
 		DedupTTL:           30 * time.Second,
 		HandlerTimeout:     20 * time.Second,
 		ShutdownDelay:      -1,
+		APIBase:            DefaultAPIBase,
 		WorkerRoles:        []string{"replies", "analytics"},
 		Replies: ReplyTexts{
 			Subscribe:         "感谢您的关注！",
@@ -259,6 +293,7 @@ func (c *Config) FromEnv(lookup func(string) (string, bool)) error {
 			errs = append(errs, errors.New("WORKER_ROLES: name at least one of replies, analytics"))
 		}
 	}
+	errs = append(errs, c.apiFromEnv(lookup)...)
 	str("LOG_LEVEL", &c.LogLevel)
 	str("LOG_FORMAT", &c.LogFormat)
 	str("REPLY_SUBSCRIBE", &c.Replies.Subscribe)
@@ -267,6 +302,36 @@ func (c *Config) FromEnv(lookup func(string) (string, bool)) error {
 	str("REPLY_VOICE_UNRECOGNISED", &c.Replies.VoiceUnrecognised)
 	str("REPLY_DEFAULT", &c.Replies.Default)
 	return errors.Join(errs...)
+}
+
+// apiFromEnv reads the WeChat API settings. The AppSecret is never echoed.
+func (c *Config) apiFromEnv(lookup func(string) (string, bool)) (errs []error) {
+	if v, ok := lookup("WECHAT_APPSECRET"); ok {
+		c.AppSecret = strings.TrimSpace(v)
+	}
+	if v, ok := lookup("WECHAT_API_BASE"); ok {
+		base := strings.TrimRight(strings.TrimSpace(v), "/")
+		if u, err := url.Parse(base); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.User != nil {
+			errs = append(errs, fmt.Errorf("WECHAT_API_BASE=%q: want an http or https URL such as %s", v, DefaultAPIBase))
+		} else {
+			c.APIBase = base
+		}
+	}
+	if v, ok := lookup("LATE_REPLY"); ok {
+		switch m := strings.ToLower(strings.TrimSpace(v)); m {
+		case "", LateReplyCustomerService, LateReplyOff:
+			c.LateReply = m
+		default:
+			errs = append(errs, fmt.Errorf("LATE_REPLY=%q: want customer_service or off (empty: customer_service with WECHAT_APPSECRET, off without)", v))
+		}
+	}
+	if c.LateReply == LateReplyCustomerService && c.AppSecret == "" {
+		errs = append(errs, errors.New("LATE_REPLY=customer_service needs WECHAT_APPSECRET (the customer-service API needs an access_token)"))
+	}
+	if c.AppSecret != "" && c.AppID == "" {
+		errs = append(errs, errors.New("WECHAT_APPSECRET is set but WECHAT_APPID is not: the access_token is fetched for an AppID"))
+	}
+	return errs
 }
 
 // ValidateIngress checks what the ingress needs. Secrets are never echoed.

@@ -154,3 +154,38 @@ func TestFromEnvRefusesWhatCannotWork(t *testing.T) {
 		t.Errorf("MaxBodyBytesLimit = %d", MaxBodyBytesLimit)
 	}
 }
+
+func TestWeChatAPIFromEnv(t *testing.T) {
+	tests := []struct {
+		name      string
+		env       map[string]string
+		wantErr   string // a variable the error must name; "" for none
+		base      string
+		lateReply string
+	}{
+		{"off by default", map[string]string{}, "", DefaultAPIBase, LateReplyOff},
+		{"secret turns late replies on", map[string]string{"WECHAT_APPID": "wx1", "WECHAT_APPSECRET": "s3cret"}, "", DefaultAPIBase, LateReplyCustomerService},
+		{"explicit off", map[string]string{"WECHAT_APPID": "wx1", "WECHAT_APPSECRET": "s3cret", "LATE_REPLY": "off"}, "", DefaultAPIBase, LateReplyOff},
+		{"fake base, slash trimmed", map[string]string{"WECHAT_API_BASE": "http://127.0.0.1:8090/"}, "", "http://127.0.0.1:8090", LateReplyOff},
+		{"bad base", map[string]string{"WECHAT_API_BASE": "ftp://x"}, "WECHAT_API_BASE", DefaultAPIBase, LateReplyOff},
+		{"base with credentials", map[string]string{"WECHAT_API_BASE": "https://u:p@x"}, "WECHAT_API_BASE", DefaultAPIBase, LateReplyOff},
+		{"unknown late reply", map[string]string{"LATE_REPLY": "sms"}, "LATE_REPLY", DefaultAPIBase, LateReplyOff},
+		{"late reply without secret", map[string]string{"LATE_REPLY": "customer_service"}, "WECHAT_APPSECRET", DefaultAPIBase, LateReplyCustomerService},
+		{"secret without appid", map[string]string{"WECHAT_APPSECRET": "s3cret"}, "WECHAT_APPID", DefaultAPIBase, LateReplyCustomerService},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := Defaults()
+			err := c.FromEnv(env(tt.env))
+			if tt.wantErr == "" && err != nil || tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)) {
+				t.Fatalf("err = %v, want one naming %q", err, tt.wantErr)
+			}
+			if err != nil && strings.Contains(err.Error(), "s3cret") {
+				t.Errorf("the error echoes the AppSecret: %v", err)
+			}
+			if c.APIBase != tt.base || c.EffectiveLateReply() != tt.lateReply {
+				t.Errorf("base %q late reply %q, want %q %q", c.APIBase, c.EffectiveLateReply(), tt.base, tt.lateReply)
+			}
+		})
+	}
+}

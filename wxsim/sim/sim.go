@@ -32,6 +32,7 @@ commands:
   unsubscribe  an unfollow
   raw          any message XML, from -file or standard input
   load         traffic: -concurrency or -rate, -duration or -requests, -mix, -scenes
+  api          a fake of WeChat's API for wxgate's WECHAT_API_BASE (-addr; see wxsim api -h)
 
 Run "wxsim <command> -h" for the flags.
 `

@@ -1,0 +1,538 @@
+package wechatapi
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/wxgate/wxgate/shared/bus"
+	"github.com/wxgate/wxgate/shared/metricstest"
+	"github.com/wxgate/wxgate/shared/natstest"
+	"github.com/wxgate/wxgate/wxsim/api"
+)
+
+const (
+	appID  = "wx_test_app"
+	secret = "test-app-secret-0123456789"
+)
+
+// env is a NATS server and the fake WeChat API, in process.
+type env struct {
+	ns   *bus.Embedded
+	fake *api.Server
+	base string
+}
+
+func newEnv(t *testing.T, o api.Options) *env {
+	t.Helper()
+	o.AppID, o.Secret = appID, secret
+	fake := api.New(o)
+	ts := httptest.NewServer(fake)
+	t.Cleanup(ts.Close)
+	return &env{ns: natstest.RunServer(t), fake: fake, base: ts.URL}
+}
+
+// process is one wxgate process's client: its own NATS connection,
+// registry and log.
+type process struct {
+	*Client
+	reg *prometheus.Registry
+	log *syncBuffer
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+func (e *env) process(t *testing.T, name string, to TokenOptions) *process {
+	t.Helper()
+	nc := natstest.Connect(t, e.ns, nats.Name(name))
+	reg := prometheus.NewRegistry()
+	buf := &syncBuffer{}
+	c, err := New(Options{Base: e.base, AppID: appID, Secret: secret, Conn: nc, Registerer: reg,
+		Logger: slog.New(slog.NewJSONHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug})), Token: to})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &process{c, reg, buf}
+}
+
+func tempCode(scene string) QRRequest { return NewQRRequest(scene, false, 600) }
+
+func (e *env) calls(api string) int { return e.fake.Calls().Calls[api] }
+
+// Four processes, many concurrent callers each: WeChat is asked for the
+// token once, and every code is created.
+func TestOneTokenForEveryProcess(t *testing.T) {
+	e := newEnv(t, api.Options{})
+	var procs []*process
+	for i := 0; i < 4; i++ {
+		procs = append(procs, e.process(t, fmt.Sprintf("p%d", i), TokenOptions{}))
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 80)
+	for i := 0; i < 80; i++ {
+		wg.Add(1)
+		go func(p *process, i int) {
+			defer wg.Done()
+			if _, err := p.CreateQRCode(context.Background(), tempCode(fmt.Sprintf("s%d", i))); err != nil {
+				errs <- err
+			}
+		}(procs[i%4], i)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if n := e.calls(api.StableToken); n != 1 {
+		t.Errorf("stable_token calls = %d, want 1", n)
+	}
+	if n := e.calls(api.QRCodeCreate); n != 80 {
+		t.Errorf("qrcode/create calls = %d, want 80", n)
+	}
+}
+
+// The fake invalidates the token: the process that meets 40001 expires it
+// and refreshes once, and retries once; a process still holding the old
+// token in memory meets 40001 too, finds the stored token already replaced
+// (compare-and-expire), and retries with it: no second refresh.
+func TestInvalidatedTokenRefreshedOnce(t *testing.T) {
+	e := newEnv(t, api.Options{})
+	a, b := e.process(t, "a", TokenOptions{}), e.process(t, "b", TokenOptions{})
+	ctx := context.Background()
+	for _, p := range []*process{a, b} {
+		if _, err := p.CreateQRCode(ctx, tempCode("warm")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := e.fake.Inject(api.Fault{InvalidateToken: true}); err != nil {
+		t.Fatal(err)
+	}
+	before := e.fake.Calls().Calls
+	if _, err := a.CreateQRCode(ctx, tempCode("after")); err != nil {
+		t.Fatal(err)
+	}
+	after := e.fake.Calls().Calls
+	if after[api.StableToken]-before[api.StableToken] != 1 || after[api.QRCodeCreate]-before[api.QRCodeCreate] != 2 {
+		t.Errorf("after invalidation: %d stable_token and %d qrcode/create calls, want 1 refresh and 1 retry",
+			after[api.StableToken]-before[api.StableToken], after[api.QRCodeCreate]-before[api.QRCodeCreate])
+	}
+	if _, err := b.CreateQRCode(ctx, tempCode("stale in memory")); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.calls(api.StableToken); n != after[api.StableToken] {
+		t.Errorf("the second process refreshed again: %d stable_token calls, want %d", n, after[api.StableToken])
+	}
+	if v := testutil.ToFloat64(a.calls.WithLabelValues(APIQRCodeCreate, "40001")); v != 1 {
+		t.Errorf("40001 counted %v times in a", v)
+	}
+}
+
+// Expire deletes the stored token only if it is the one that failed.
+func TestExpireComparesTheToken(t *testing.T) {
+	e := newEnv(t, api.Options{})
+	p := e.process(t, "p", TokenOptions{})
+	ctx := context.Background()
+	tok, err := p.Tokens().Token(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Tokens().Expire(ctx, "not-the-stored-token"); err != nil {
+		t.Fatal(err)
+	}
+	q := e.process(t, "q", TokenOptions{})
+	if got, err := q.Tokens().Token(ctx); err != nil || got != tok {
+		t.Fatalf("after expiring another token: %v, want the stored one kept", err)
+	}
+	if err := p.Tokens().Expire(ctx, tok); err != nil {
+		t.Fatal(err)
+	}
+	// The fake still deems tok valid, so stable_token (normal mode) gives
+	// it again: what matters is that it was asked.
+	if _, err := q.Tokens().Token(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.calls(api.StableToken); n != 1 {
+		t.Errorf("q served from memory: %d stable_token calls", n)
+	}
+	r := e.process(t, "r", TokenOptions{})
+	if _, err := r.Tokens().Token(ctx); err != nil || e.calls(api.StableToken) != 2 {
+		t.Errorf("after Expire a fresh process did not refresh: %v, %d calls", err, e.calls(api.StableToken))
+	}
+}
+
+// A 2-second token with a 1-second overlap, three processes calling
+// without pause for 4 seconds: the token is refreshed about once a second
+// by one process, every call succeeds, and none meets an expired token.
+func TestRefreshBeforeExpiry(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs for 4 seconds")
+	}
+	e := newEnv(t, api.Options{TokenTTL: 2 * time.Second, Overlap: time.Second})
+	procs := []*process{e.process(t, "a", TokenOptions{}), e.process(t, "b", TokenOptions{}), e.process(t, "c", TokenOptions{})}
+	const run = 4 * time.Second
+	end := time.Now().Add(run)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	calls := 0
+	for _, p := range procs {
+		wg.Add(1)
+		go func(p *process) {
+			defer wg.Done()
+			for time.Now().Before(end) {
+				if _, err := p.CreateQRCode(context.Background(), tempCode("t")); err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				calls++
+				mu.Unlock()
+			}
+		}(p)
+	}
+	wg.Wait()
+	c := e.fake.Calls()
+	// One fetch at the start and about one per second after it.
+	if n := c.Calls[api.StableToken]; n < 3 || n > 5 {
+		t.Errorf("%d stable_token calls in %v with a 2s token, want about %d", n, run, int(run/time.Second)+1)
+	}
+	if len(c.Errcodes[api.QRCodeCreate]) != 0 {
+		t.Errorf("codes refused: %v", c.Errcodes)
+	}
+	t.Logf("%d codes created, %d stable_token calls", calls, c.Calls[api.StableToken])
+
+}
+
+// A lease whose holder died is taken over when its time is up.
+func TestDeadLeaseTakenOver(t *testing.T) {
+	e := newEnv(t, api.Options{})
+	p := e.process(t, "p", TokenOptions{Lease: 300 * time.Millisecond})
+	ctx := context.Background()
+	kv, err := p.Tokens().bucket(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead, _ := json.Marshal(leaseRecord{Holder: "dead", Until: time.Now().Add(300 * time.Millisecond)})
+	if _, err := kv.Create(ctx, p.Tokens().leaseKey, dead); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if _, err := p.Tokens().Token(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took < 250*time.Millisecond {
+		t.Errorf("took the token after %v, while the dead lease still held", took)
+	}
+	if n := e.calls(api.StableToken); n != 1 {
+		t.Errorf("stable_token calls = %d", n)
+	}
+}
+
+// Refusals no retry mends are surfaced, counted and asked once.
+func TestRefusalsAreNotRetried(t *testing.T) {
+	for _, code := range []int{CodeDailyQuota, CodeIPNotWhitelisted, CodeUnauthorized, CodeRiskyIP, CodeInvalidActionInfo, CodeSystemBusy} {
+		t.Run(fmt.Sprint(code), func(t *testing.T) {
+			e := newEnv(t, api.Options{})
+			p := e.process(t, "p", TokenOptions{})
+			ctx := context.Background()
+			if _, err := p.Tokens().Token(ctx); err != nil {
+				t.Fatal(err)
+			}
+			_ = e.fake.Inject(api.Fault{API: api.QRCodeCreate, Errcode: code, Count: 5})
+			_, err := p.CreateQRCode(ctx, tempCode("x"))
+			if got, ok := Code(err); !ok || got != code {
+				t.Fatalf("err = %v, want errcode %d", err, code)
+			}
+			if n := e.calls(api.QRCodeCreate); n != 1 {
+				t.Errorf("qrcode/create asked %d times", n)
+			}
+			if v, ok := metricstest.Lookup(p.reg, "wxgate_wechat_api_calls_total", map[string]string{"api": APIQRCodeCreate, "outcome": fmt.Sprint(code)}); v != 1 || !ok {
+				t.Errorf("counted %v", v)
+			}
+		})
+	}
+}
+
+// A refusal of stable_token itself is kept for FailBackoff: another
+// process gets it from the bucket without asking WeChat again.
+func TestTokenRefusalShared(t *testing.T) {
+	e := newEnv(t, api.Options{})
+	_ = e.fake.Inject(api.Fault{API: api.StableToken, Errcode: CodeIPNotWhitelisted, Count: 10})
+	a, b := e.process(t, "a", TokenOptions{}), e.process(t, "b", TokenOptions{})
+	ctx := context.Background()
+	for _, p := range []*process{a, b} {
+		_, err := p.CreateQRCode(ctx, tempCode("x"))
+		var we *Error
+		if !errors.As(err, &we) || we.Code != CodeIPNotWhitelisted || !strings.Contains(err.Error(), "whitelist") {
+			t.Fatalf("err = %v, want 40164 with its hint", err)
+		}
+	}
+	if n := e.calls(api.StableToken); n != 1 {
+		t.Errorf("stable_token asked %d times, want once", n)
+	}
+	if n := e.calls(api.QRCodeCreate); n != 0 {
+		t.Errorf("qrcode/create asked %d times without a token", n)
+	}
+}
+
+// 40001 twice in a row: one refresh, one retry, then the error.
+func TestTokenRejectedTwiceIsNoLoop(t *testing.T) {
+	e := newEnv(t, api.Options{})
+	p := e.process(t, "p", TokenOptions{})
+	_ = e.fake.Inject(api.Fault{API: api.QRCodeCreate, Errcode: CodeInvalidCredential, Count: 10})
+	_, err := p.CreateQRCode(context.Background(), tempCode("x"))
+	if code, _ := Code(err); code != CodeInvalidCredential {
+		t.Fatalf("err = %v", err)
+	}
+	if q, s := e.calls(api.QRCodeCreate), e.calls(api.StableToken); q != 2 || s != 2 {
+		t.Errorf("%d qrcode/create and %d stable_token calls, want 2 and 2", q, s)
+	}
+}
+
+// The access_token and the AppSecret appear in no error and no log line,
+// whatever fails: a dropped connection (net/http puts the URL, token
+// included, in its error), an errmsg that quotes them, a timeout.
+func TestSecretsRedacted(t *testing.T) {
+	e := newEnv(t, api.Options{})
+	p := e.process(t, "p", TokenOptions{})
+	ctx := context.Background()
+	tok, err := p.Tokens().Token(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var errs []error
+	_ = e.fake.Inject(api.Fault{API: api.QRCodeCreate, Drop: true})
+	_, err = p.CreateQRCode(ctx, tempCode("x"))
+	errs = append(errs, err)
+	_ = e.fake.Inject(api.Fault{API: api.QRCodeCreate, Errcode: 40003, Errmsg: "bad token " + tok + " secret " + secret})
+	_, err = p.CreateQRCode(ctx, tempCode("x"))
+	errs = append(errs, err)
+	_ = e.fake.Inject(api.Fault{API: api.QRCodeCreate, Delay: "2s"})
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	_, err = p.CreateQRCode(short, tempCode("x"))
+	cancel()
+	errs = append(errs, err)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("a timeout no longer unwraps: %v", err)
+	}
+	for i, err := range errs {
+		if err == nil {
+			t.Fatalf("case %d did not fail", i)
+		}
+		if s := fmt.Sprintf("%v %+v", err, err); strings.Contains(s, tok) || strings.Contains(s, secret) {
+			t.Errorf("case %d: a secret in the error: %s", i, s)
+		}
+	}
+	if strings.Contains(p.log.String(), tok) || strings.Contains(p.log.String(), secret) {
+		t.Errorf("a secret in the log:\n%s", p.log.String())
+	}
+	if !strings.Contains(p.log.String(), "[redacted]") {
+		t.Errorf("nothing was redacted:\n%s", p.log.String())
+	}
+	// Nor in a metric.
+	mfs, _ := p.reg.Gather()
+	for _, mf := range mfs {
+		if s := mf.String(); strings.Contains(s, tok) || strings.Contains(s, secret) {
+			t.Errorf("a secret in metric %s", mf.GetName())
+		}
+	}
+	if problems, err := testutil.GatherAndLint(p.reg); err != nil || len(problems) > 0 {
+		t.Errorf("lint: %v %v", problems, err)
+	}
+}
+
+func TestDecodeAnswer(t *testing.T) {
+	tests := []struct {
+		name, answer string
+		code         int  // 0: no *Error
+		fails        bool // an error of any kind
+	}{
+		{"ok with errcode 0", `{"errcode":0,"errmsg":"ok"}`, 0, false},
+		{"ok without errcode", `{"ticket":"t","url":"http://weixin.qq.com/q/x"}`, 0, false},
+		{"invalid credential", `{"errcode":40001,"errmsg":"invalid credential"}`, 40001, true},
+		{"system busy", `{"errcode":-1,"errmsg":"system error"}`, -1, true},
+		{"quota", `{"errcode":45009,"errmsg":"reach max api daily quota limit"}`, 45009, true},
+		{"not json", `<html>502</html>`, 0, true},
+		{"errcode not a number", `{"errcode":"x"}`, 0, true},
+		{"errcode a fraction", `{"errcode":1.5}`, 0, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out QRCode
+			err := decodeAnswer("qrcode_create", []byte(tt.answer), &out)
+			code, isWeChat := Code(err)
+			if (err != nil) != tt.fails || code != tt.code || isWeChat != (tt.code != 0) {
+				t.Errorf("err = %v (code %d), want code %d fails %v", err, code, tt.code, tt.fails)
+			}
+		})
+	}
+	e := &Error{Code: 40001}
+	if !e.TokenRejected() || (&Error{Code: 45009}).TokenRejected() {
+		t.Error("TokenRejected")
+	}
+}
+
+func TestNewQRRequest(t *testing.T) {
+	tests := []struct {
+		scene     string
+		permanent bool
+		action    string
+		id        uint64
+		str       string
+	}{
+		{"123", false, "QR_SCENE", 123, ""},
+		{"4294967295", false, "QR_SCENE", 4294967295, ""},
+		{"4294967296", false, "QR_STR_SCENE", 0, "4294967296"},
+		{"0", false, "QR_STR_SCENE", 0, "0"},
+		{"007", false, "QR_STR_SCENE", 0, "007"},
+		{"100000", true, "QR_LIMIT_SCENE", 100000, ""},
+		{"100001", true, "QR_LIMIT_STR_SCENE", 0, "100001"},
+		{"1", true, "QR_LIMIT_SCENE", 1, ""},
+		{"poster_a", false, "QR_STR_SCENE", 0, "poster_a"},
+		{"poster_a", true, "QR_LIMIT_STR_SCENE", 0, "poster_a"},
+		{"12a", false, "QR_STR_SCENE", 0, "12a"},
+		{"+12", false, "QR_STR_SCENE", 0, "+12"},
+		{"１２", false, "QR_STR_SCENE", 0, "１２"}, // full-width digits are not digits to WeChat
+		{"99999999999999999999", false, "QR_STR_SCENE", 0, "99999999999999999999"},
+	}
+	for _, tt := range tests {
+		r := NewQRRequest(tt.scene, tt.permanent, 600)
+		if r.ActionName != tt.action || r.ActionInfo.Scene.SceneID != tt.id || r.ActionInfo.Scene.SceneStr != tt.str {
+			t.Errorf("%q permanent=%v: %+v", tt.scene, tt.permanent, r)
+		}
+		if (r.ExpireSeconds != 0) == tt.permanent {
+			t.Errorf("%q permanent=%v: expire_seconds %d", tt.scene, tt.permanent, r.ExpireSeconds)
+		}
+		// What goes to WeChat passes the fake's checks, which are WeChat's.
+		b, _ := json.Marshal(r)
+		if _, scene, _, code := api.ParseQRRequest(b); code != 0 || scene != tt.scene {
+			t.Errorf("%q: the fake refuses %s with %d (scene %q)", tt.scene, b, code, scene)
+		}
+	}
+}
+
+func TestCustomSend(t *testing.T) {
+	e := newEnv(t, api.Options{})
+	p := e.process(t, "p", TokenOptions{})
+	if err := p.CustomSend(context.Background(), TextMessage("o_person", "晚到的回复")); err != nil {
+		t.Fatal(err)
+	}
+	if m := e.fake.Calls().Messages; len(m) != 1 || m[0].ToUser != "o_person" || m[0].Content != "晚到的回复" {
+		t.Errorf("messages = %+v", m)
+	}
+	err := p.CustomSend(context.Background(), TextMessage("", "x"))
+	if code, _ := Code(err); code != 40003 {
+		t.Errorf("empty touser: %v", err)
+	}
+}
+
+func FuzzDecodeAnswer(f *testing.F) {
+	f.Add([]byte(`{"errcode":40001,"errmsg":"invalid credential"}`))
+	f.Add([]byte(`{"ticket":"t","expire_seconds":60,"url":"http://weixin.qq.com/q/x"}`))
+	f.Add([]byte(`{"access_token":"x","expires_in":7200}`))
+	f.Fuzz(func(t *testing.T, answer []byte) {
+		var out QRCode
+		err := decodeAnswer("qrcode_create", answer, &out, "SECRET")
+		if err != nil && strings.Contains(err.Error(), "SECRET") {
+			t.Errorf("the secret in %v", err)
+		}
+		if code, ok := Code(err); ok && code == 0 {
+			t.Errorf("an *Error with errcode 0: %v", err)
+		}
+	})
+}
+
+// A wrong AppSecret: stable_token's 40125 reaches the caller with a hint,
+// and the secret is in no error.
+func TestWrongSecret(t *testing.T) {
+	e := newEnv(t, api.Options{})
+	nc := natstest.Connect(t, e.ns)
+	c, err := New(Options{Base: e.base, AppID: appID, Secret: "not-the-secret", Conn: nc, Registerer: prometheus.NewRegistry(), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.CreateQRCode(context.Background(), tempCode("x"))
+	if code, _ := Code(err); code != CodeInvalidSecret || !strings.Contains(err.Error(), "WECHAT_APPSECRET") || strings.Contains(err.Error(), "not-the-secret") {
+		t.Errorf("err = %v", err)
+	}
+}
+
+// While one process refreshes slowly after the token was expired, another
+// with no token waits for it rather than asking WeChat too.
+func TestWaitsForTheRefresher(t *testing.T) {
+	e := newEnv(t, api.Options{})
+	a, b := e.process(t, "a", TokenOptions{}), e.process(t, "b", TokenOptions{})
+	ctx := context.Background()
+	tok, err := a.Tokens().Token(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = e.fake.Inject(api.Fault{InvalidateToken: true})
+	if err := a.Tokens().Expire(ctx, tok); err != nil {
+		t.Fatal(err)
+	}
+	_ = e.fake.Inject(api.Fault{API: api.StableToken, Delay: "300ms"})
+	var wg sync.WaitGroup
+	got := make([]string, 2)
+	for i, p := range []*process{a, b} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var err error
+			if got[i], err = p.Tokens().Token(ctx); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if got[0] != got[1] || got[0] == tok {
+		t.Errorf("the two processes have different or stale tokens")
+	}
+	if n := e.calls(api.StableToken); n != 2 {
+		t.Errorf("stable_token calls = %d, want 2 (the first, and one refresh)", n)
+	}
+}
+
+// Two clients in one process (QR codes and late replies) share the
+// metric and the token.
+func TestTwoClientsOneProcess(t *testing.T) {
+	e := newEnv(t, api.Options{})
+	p := e.process(t, "p", TokenOptions{})
+	nc := natstest.Connect(t, e.ns)
+	c2, err := New(Options{Base: e.base, AppID: appID, Secret: secret, Conn: nc, Registerer: p.reg, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []*Client{p.Client, c2} {
+		if _, err := c.CreateQRCode(context.Background(), tempCode("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if v, _ := metricstest.Lookup(p.reg, "wxgate_wechat_api_calls_total", map[string]string{"api": APIQRCodeCreate, "outcome": "ok"}); v != 2 {
+		t.Errorf("qrcode_create ok = %v, want 2", v)
+	}
+	if n := e.calls(api.StableToken); n != 1 {
+		t.Errorf("stable_token calls = %d", n)
+	}
+}

@@ -1,0 +1,56 @@
+package console
+
+import (
+	"fmt"
+	"log/slog"
+	"net/http"
+
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/wxgate/wxgate/shared/config"
+	"github.com/wxgate/wxgate/shared/wechatapi"
+	"github.com/wxgate/wxgate/workers/analytics"
+	"github.com/wxgate/wxgate/workers/qrcodes"
+)
+
+// MountOptions are what Mount needs from the process. Conn, Logger and
+// Registerer are required.
+type MountOptions struct {
+	Conn       *nats.Conn
+	Config     config.Config
+	Scenes     analytics.StoreFunc // the totals /api/scenes reads
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+}
+
+// Mount adds the QR-code API (/api/qrcodes…) and the /ui/ page to an admin
+// mux that serves /api/scenes: the same listener, the same ADMIN_TOKEN
+// rule. Without WECHAT_APPSECRET the QR routes answer 503 and the page
+// shows the scenes only. Nothing here is part of readiness: a token store
+// or WeChat out of reach makes these routes answer 503 or 502, and the
+// process goes on serving WeChat.
+func Mount(mux *http.ServeMux, o MountOptions) (*qrcodes.Service, error) {
+	cfg := o.Config
+	logger := o.Logger.With("component", "qrcodes")
+	var client *wechatapi.Client
+	if cfg.AppSecret != "" {
+		var err error
+		if client, err = wechatapi.New(wechatapi.Options{
+			Base: cfg.APIBase, AppID: cfg.AppID, Secret: cfg.AppSecret,
+			Conn: o.Conn, Replicas: cfg.JetStreamReplicas,
+			Logger: o.Logger.With("component", "wechatapi"), Registerer: o.Registerer,
+		}); err != nil {
+			return nil, fmt.Errorf("wechat api: %w", err)
+		}
+	} else {
+		logger.Info("QR codes are off: WECHAT_APPSECRET is not set")
+	}
+	qr := qrcodes.New(qrcodes.Options{Conn: o.Conn, Client: client, Scenes: qrcodes.FromStore(o.Scenes),
+		Replicas: cfg.JetStreamReplicas, Logger: logger})
+	api := qr.Handler(cfg.AdminToken)
+	mux.Handle("/api/qrcodes", api)
+	mux.Handle("/api/qrcodes/", api)
+	mux.Handle("/ui/", Handler(Options{QR: qr, API: mux, Token: cfg.AdminToken, Logger: o.Logger.With("component", "ui")}))
+	return qr, nil
+}

@@ -1,0 +1,430 @@
+// Package qrcodes makes WeChat parametric QR codes and serves them: created
+// through WeChat's API with the shared access_token, kept in the JetStream
+// KV bucket wxgate_qrcodes, listed with their scene's counts from the
+// analytics, and rendered as PNG locally from the code's url.
+package qrcodes
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wxgate/wxgate/shared/wechatapi"
+	"github.com/wxgate/wxgate/workers/analytics"
+)
+
+// BucketName is the KV bucket of the codes.
+const BucketName = "wxgate_qrcodes"
+
+// Bounds of a request.
+const (
+	MinExpireSeconds     = 60
+	MaxExpireSeconds     = wechatapi.MaxExpireSeconds
+	DefaultExpireSeconds = MaxExpireSeconds
+	MaxLabelChars        = 200
+)
+
+// Options configure a Service. Conn and Logger are required.
+type Options struct {
+	Conn *nats.Conn
+	// Client calls WeChat; nil means WECHAT_APPSECRET is not set, and the
+	// routes answer 503.
+	Client *wechatapi.Client
+	// Scenes opens the analytics totals, for the codes' counts
+	// (FromStore adapts the analytics' StoreFunc).
+	Scenes func(context.Context) (Totals, error)
+	// Replicas of the codes bucket when this process creates it.
+	Replicas int
+	Logger   *slog.Logger
+	// Now is the clock; nil is time.Now.
+	Now func() time.Time
+}
+
+// Totals reads one scene's analytics totals; *analytics.Store does.
+type Totals interface {
+	Scene(ctx context.Context, scene string) (t analytics.Totals, ok bool, err error)
+}
+
+// FromStore adapts the analytics' StoreFunc (what /api/scenes reads).
+func FromStore(f analytics.StoreFunc) func(context.Context) (Totals, error) {
+	if f == nil {
+		return nil
+	}
+	return func(ctx context.Context) (Totals, error) {
+		s, err := f(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return s, nil
+	}
+}
+
+// Service creates, stores and lists the codes.
+type Service struct {
+	o  Options
+	id string
+
+	mu sync.Mutex
+	kv jetstream.KeyValue
+}
+
+// New returns a service; the bucket is opened on first use.
+func New(o Options) *Service {
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return &Service{o: o, id: o.Conn.Opts.Name + "/" + rand.Text()[:8]}
+}
+
+// Enabled reports whether codes can be made (WECHAT_APPSECRET is set).
+func (s *Service) Enabled() bool { return s.o.Client != nil }
+
+// Errors the API maps to its status codes.
+var (
+	// ErrOff: WECHAT_APPSECRET is not set (503).
+	ErrOff = errors.New("QR codes are off: WECHAT_APPSECRET is not set")
+	// ErrUnavailable: the codes bucket or the totals cannot be reached (503).
+	ErrUnavailable = errors.New("QR code store unavailable")
+	// ErrBadRequest: the caller's mistake (400).
+	ErrBadRequest = errors.New("bad request")
+)
+
+// Code is a stored code, as the API shows it.
+type Code struct {
+	Scene     string     `json:"scene"`
+	Label     string     `json:"label"`
+	Permanent bool       `json:"permanent"`
+	Ticket    string     `json:"ticket"`
+	URL       string     `json:"url"`
+	ExpiresAt *time.Time `json:"expires_at,omitempty"` // temporary codes
+	CreatedAt time.Time  `json:"created_at"`
+	ImageURL  string     `json:"image_url"`
+}
+
+// Listed is a code with its scene's counts. An expired temporary code is
+// still listed, and its scans still count.
+type Listed struct {
+	Code
+	Expired      bool  `json:"expired"`
+	Scans        int64 `json:"scans"`
+	NewFollowers int64 `json:"new_followers"`
+}
+
+// record is the stored value. A permanent code's key is reserved with a
+// pending record before WeChat is asked, so that two processes never
+// create it twice.
+type record struct {
+	Code
+	Pending bool      `json:"pending,omitempty"`
+	Holder  string    `json:"holder,omitempty"`
+	Until   time.Time `json:"until,omitzero"`
+}
+
+// ImageURL is the path of a scene's PNG on the admin listener.
+func ImageURL(scene string) string { return "/api/qrcodes/" + url.PathEscape(scene) + "/image" }
+
+// Expired reports whether a temporary code's time is up.
+func (c Code) Expired(now time.Time) bool { return c.ExpiresAt != nil && !now.Before(*c.ExpiresAt) }
+
+func sceneB64(scene string) string { return base64.RawURLEncoding.EncodeToString([]byte(scene)) }
+
+// Keys: p.<scene> for a permanent code (one per scene),
+// t.<scene>.<time>-<random> for each temporary one (the time in hex
+// nanoseconds, so keys sort in order). Scenes are base64url-encoded, so any scene makes a valid key.
+func permKey(scene string) string { return "p." + sceneB64(scene) }
+func tempKey(scene string, at time.Time) string {
+	// The random part keeps two codes of one scene in one instant apart.
+	return fmt.Sprintf("t.%s.%016x-%s", sceneB64(scene), at.UnixNano(), rand.Text()[:8])
+}
+
+func (s *Service) bucket(ctx context.Context) (jetstream.KeyValue, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.kv != nil {
+		return s.kv, nil
+	}
+	js, err := jetstream.New(s.o.Conn)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	kv, err := js.KeyValue(ctx, BucketName)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket: BucketName, Description: "wxgate: parametric QR codes",
+			History: 1, Storage: jetstream.FileStorage, Replicas: max(s.o.Replicas, 1),
+		})
+		if errors.Is(err, jetstream.ErrBucketExists) {
+			kv, err = js.KeyValue(ctx, BucketName)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: kv %s: %w", ErrUnavailable, BucketName, err)
+	}
+	s.kv = kv
+	return kv, nil
+}
+
+// Create makes a code. created is false when a permanent code for the
+// scene existed already: it is returned as it is. WeChat's refusals come
+// back as *wechatapi.Error.
+func (s *Service) Create(ctx context.Context, req Request) (c Code, created bool, err error) {
+	if s.o.Client == nil {
+		return Code{}, false, ErrOff
+	}
+	kv, err := s.bucket(ctx)
+	if err != nil {
+		return Code{}, false, err
+	}
+	if req.Permanent {
+		return s.createPermanent(ctx, kv, req)
+	}
+	c, err = s.ask(ctx, req)
+	if err != nil {
+		return Code{}, false, err
+	}
+	b, _ := json.Marshal(record{Code: c})
+	if _, err := kv.Create(ctx, tempKey(req.Scene, s.o.Now()), b); err != nil {
+		return Code{}, false, fmt.Errorf("%w: storing the code: %w", ErrUnavailable, err)
+	}
+	s.o.Logger.Info("qr code created", "scene", req.Scene, "permanent", false, "expires_at", c.ExpiresAt)
+	return c, true, nil
+}
+
+// pendingFor bounds how long a process may take to get a permanent code
+// from WeChat before another takes its reservation over.
+const pendingFor = 30 * time.Second
+
+func (s *Service) createPermanent(ctx context.Context, kv jetstream.KeyValue, req Request) (Code, bool, error) {
+	key := permKey(req.Scene)
+	for {
+		now := s.o.Now()
+		mine, _ := json.Marshal(record{Code: Code{Scene: req.Scene, Permanent: true}, Pending: true, Holder: s.id, Until: now.Add(pendingFor)})
+		rev, err := kv.Create(ctx, key, mine)
+		if err != nil && !isConflict(err) {
+			return Code{}, false, fmt.Errorf("%w: %w", ErrUnavailable, err)
+		}
+		if err != nil { // there is a code, or a reservation
+			e, err := kv.Get(ctx, key)
+			if errors.Is(err, jetstream.ErrKeyNotFound) {
+				continue // a failed reservation was just removed
+			}
+			if err != nil {
+				return Code{}, false, fmt.Errorf("%w: %w", ErrUnavailable, err)
+			}
+			var r record
+			if err := json.Unmarshal(e.Value(), &r); err != nil {
+				r = record{} // unreadable: taken over below, and replaced
+			} else if !r.Pending {
+				return r.Code, false, nil
+			}
+			if now.Before(r.Until) { // another process is asking WeChat
+				if err := waitChange(ctx, kv, key, e.Revision(), r.Until); err != nil {
+					return Code{}, false, err
+				}
+				continue
+			}
+			if rev, err = kv.Update(ctx, key, mine, e.Revision()); err != nil {
+				if isConflict(err) {
+					continue
+				}
+				return Code{}, false, fmt.Errorf("%w: %w", ErrUnavailable, err)
+			}
+		}
+		// The reservation is ours.
+		c, err := s.ask(ctx, req)
+		if err != nil {
+			if derr := kv.Delete(context.WithoutCancel(ctx), key, jetstream.LastRevision(rev)); derr != nil && !isConflict(derr) {
+				s.o.Logger.Warn("could not drop the reservation of a permanent code", "scene", req.Scene, "err", derr)
+			}
+			return Code{}, false, err
+		}
+		b, _ := json.Marshal(record{Code: c})
+		if _, err := kv.Update(ctx, key, b, rev); err != nil {
+			// WeChat gives the same code for the same scene, so whoever
+			// takes the reservation over stores this code again.
+			return Code{}, false, fmt.Errorf("%w: storing the code: %w", ErrUnavailable, err)
+		}
+		s.o.Logger.Info("qr code created", "scene", req.Scene, "permanent", true)
+		return c, true, nil
+	}
+}
+
+// ask gets the code from WeChat.
+func (s *Service) ask(ctx context.Context, req Request) (Code, error) {
+	now := s.o.Now().UTC().Truncate(time.Millisecond)
+	q, err := s.o.Client.CreateQRCode(ctx, wechatapi.NewQRRequest(req.Scene, req.Permanent, req.ExpireSeconds))
+	if err != nil {
+		return Code{}, err
+	}
+	c := Code{Scene: req.Scene, Label: req.Label, Permanent: req.Permanent, Ticket: q.Ticket, URL: q.URL, CreatedAt: now, ImageURL: ImageURL(req.Scene)}
+	if !req.Permanent {
+		// The lifetime asked for, counted from before the call: WeChat's
+		// echo of expire_seconds has been seen to be 0.
+		exp := now.Add(time.Duration(req.ExpireSeconds) * time.Second)
+		c.ExpiresAt = &exp
+	}
+	return c, nil
+}
+
+// waitChange waits until key changes from revision rev, or until.
+func waitChange(ctx context.Context, kv jetstream.KeyValue, key string, rev uint64, until time.Time) error {
+	parent := ctx
+	ctx, cancel := context.WithDeadline(ctx, until.Add(100*time.Millisecond))
+	defer cancel()
+	w, err := kv.Watch(ctx, key)
+	if err != nil {
+		if parent.Err() != nil {
+			return parent.Err()
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	defer func() { _ = w.Stop() }()
+	for {
+		select {
+		case e, ok := <-w.Updates():
+			if !ok || (e != nil && e.Revision() != rev) {
+				return nil
+			}
+		case <-ctx.Done():
+			return parent.Err()
+		}
+	}
+}
+
+// codes reads the stored codes under filter (a key pattern).
+func (s *Service) codes(ctx context.Context, filter string) ([]Code, error) {
+	kv, err := s.bucket(ctx)
+	if err != nil {
+		return nil, err
+	}
+	w, err := kv.Watch(ctx, filter, jetstream.IgnoreDeletes())
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	defer func() { _ = w.Stop() }()
+	var out []Code
+	for {
+		select {
+		case e := <-w.Updates():
+			if e == nil { // every current value delivered
+				slices.SortFunc(out, func(a, b Code) int { return b.CreatedAt.Compare(a.CreatedAt) })
+				return out, nil
+			}
+			var r record
+			if err := json.Unmarshal(e.Value(), &r); err != nil || r.Pending {
+				continue
+			}
+			r.ImageURL = ImageURL(r.Scene)
+			out = append(out, r.Code)
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: %w", ErrUnavailable, ctx.Err())
+		}
+	}
+}
+
+// List returns every code, newest first, with its scene's counts.
+func (s *Service) List(ctx context.Context) ([]Listed, error) {
+	if s.o.Client == nil {
+		return nil, ErrOff
+	}
+	all, err := s.codes(ctx, ">")
+	if err != nil {
+		return nil, err
+	}
+	return s.withCounts(ctx, all)
+}
+
+// Latest returns the newest code of scene, with its counts; ok is false
+// when the scene has none.
+func (s *Service) Latest(ctx context.Context, scene string) (Listed, bool, error) {
+	c, ok, err := s.latest(ctx, scene)
+	if err != nil || !ok {
+		return Listed{}, ok, err
+	}
+	l, err := s.withCounts(ctx, []Code{c})
+	if err != nil {
+		return Listed{}, false, err
+	}
+	return l[0], true, nil
+}
+
+func (s *Service) latest(ctx context.Context, scene string) (Code, bool, error) {
+	if s.o.Client == nil {
+		return Code{}, false, ErrOff
+	}
+	temp, err := s.codes(ctx, "t."+sceneB64(scene)+".*")
+	if err != nil {
+		return Code{}, false, err
+	}
+	perm, err := s.codes(ctx, permKey(scene))
+	if err != nil {
+		return Code{}, false, err
+	}
+	all := append(temp, perm...)
+	if len(all) == 0 {
+		return Code{}, false, nil
+	}
+	return slices.MaxFunc(all, func(a, b Code) int { return a.CreatedAt.Compare(b.CreatedAt) }), true, nil
+}
+
+// withCounts adds each scene's scans and new followers; a scene without
+// scans has zeros.
+func (s *Service) withCounts(ctx context.Context, codes []Code) ([]Listed, error) {
+	out := make([]Listed, 0, len(codes))
+	if len(codes) == 0 {
+		return out, nil
+	}
+	if s.o.Scenes == nil {
+		return nil, fmt.Errorf("%w: no totals store", ErrUnavailable)
+	}
+	store, err := s.o.Scenes(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("%w: totals: %w", ErrUnavailable, err)
+	}
+	now := s.o.Now()
+	totals := map[string]analytics.Totals{}
+	for _, c := range codes {
+		t, seen := totals[c.Scene]
+		if !seen {
+			if t, _, err = store.Scene(ctx, c.Scene); err != nil {
+				return nil, fmt.Errorf("%w: totals: %w", ErrUnavailable, err)
+			}
+			totals[c.Scene] = t
+		}
+		out = append(out, Listed{Code: c, Expired: c.Expired(now), Scans: t.Scans, NewFollowers: t.NewFollowers})
+	}
+	return out, nil
+}
+
+func isConflict(err error) bool {
+	return errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch)
+}
+
+// sanitizeFilename keeps a download name to safe characters.
+func sanitizeFilename(scene string) string {
+	var b strings.Builder
+	for _, r := range scene {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '-', r == '_':
+			b.WriteRune(r)
+		default:
+			b.WriteByte('_')
+		}
+	}
+	return "qr-" + b.String() + ".png"
+}

@@ -1,0 +1,386 @@
+package qrcodes
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"image/png"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	qr "github.com/piglig/go-qr"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/wxgate/wxgate/shared/admin"
+	"github.com/wxgate/wxgate/shared/bus"
+	"github.com/wxgate/wxgate/shared/natstest"
+	"github.com/wxgate/wxgate/shared/wechatapi"
+	"github.com/wxgate/wxgate/workers/analytics"
+	"github.com/wxgate/wxgate/wxsim/api"
+)
+
+// counts is a Totals with fixed numbers.
+type counts map[string]analytics.Totals
+
+func (c counts) Scene(_ context.Context, scene string) (analytics.Totals, bool, error) {
+	t, ok := c[scene]
+	return t, ok, nil
+}
+
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *clock) Add(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+type env struct {
+	ns     *bus.Embedded
+	fake   *api.Server
+	base   string
+	clock  *clock
+	counts counts
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	fake := api.New(api.Options{AppID: "wx_q", Secret: "q-secret", PermanentCap: 10})
+	ts := httptest.NewServer(fake)
+	t.Cleanup(ts.Close)
+	return &env{ns: natstest.RunServer(t), fake: fake, base: ts.URL, clock: &clock{t: time.Now()}, counts: counts{}}
+}
+
+// service is one process's QR service; off means without WECHAT_APPSECRET.
+func (e *env) service(t *testing.T, name string, off bool) *Service {
+	t.Helper()
+	nc := natstest.Connect(t, e.ns, nats.Name(name))
+	logger := slog.New(slog.DiscardHandler)
+	var client *wechatapi.Client
+	if !off {
+		var err error
+		client, err = wechatapi.New(wechatapi.Options{Base: e.base, AppID: "wx_q", Secret: "q-secret", Conn: nc, Logger: logger, Registerer: prometheus.NewRegistry()})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return New(Options{Conn: nc, Client: client, Logger: logger, Now: e.clock.Now,
+		Scenes: func(context.Context) (Totals, error) { return e.counts, nil }})
+}
+
+// do sends a request to h and decodes a JSON answer into out (when not nil).
+func do(t *testing.T, h http.Handler, method, path, body string, out any, mod ...func(*http.Request)) int {
+	t.Helper()
+	r := httptest.NewRequest(method, path, strings.NewReader(body))
+	for _, m := range mod {
+		m(r)
+	}
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	if out != nil {
+		if err := json.Unmarshal(w.Body.Bytes(), out); err != nil {
+			t.Fatalf("%s %s: %d %q: %v", method, path, w.Code, w.Body.String(), err)
+		}
+	}
+	return w.Code
+}
+
+func TestCreateListGetImage(t *testing.T) {
+	e := newEnv(t)
+	h := e.service(t, "p", false).Handler("")
+	e.counts["poster_a"] = analytics.Totals{Scene: "poster_a", Scans: 7, NewFollowers: 3}
+
+	var c Code
+	if code := do(t, h, "POST", "/api/qrcodes", `{"scene":"poster_a","label":"Spring <posters>"}`, &c); code != 201 {
+		t.Fatalf("create = %d %+v", code, c)
+	}
+	if c.Scene != "poster_a" || c.Label != "Spring <posters>" || c.Permanent || c.Ticket == "" || !strings.HasPrefix(c.URL, "http://weixin.qq.com/q/") ||
+		c.ExpiresAt == nil || c.ExpiresAt.Sub(c.CreatedAt) != DefaultExpireSeconds*time.Second || c.ImageURL != "/api/qrcodes/poster_a/image" {
+		t.Errorf("code = %+v", c)
+	}
+	// The JSON names of the contract.
+	var raw map[string]any
+	do(t, h, "GET", "/api/qrcodes/poster_a", "", &raw)
+	for _, k := range []string{"scene", "label", "permanent", "ticket", "url", "expires_at", "created_at", "image_url", "scans", "new_followers"} {
+		if _, ok := raw[k]; !ok {
+			t.Errorf("GET lacks %q: %v", k, raw)
+		}
+	}
+	var list struct{ QRCodes []Listed }
+	if code := do(t, h, "GET", "/api/qrcodes", "", &list); code != 200 || len(list.QRCodes) != 1 || list.QRCodes[0].Scans != 7 || list.QRCodes[0].NewFollowers != 3 || list.QRCodes[0].Expired {
+		t.Fatalf("list = %d %+v", code, list)
+	}
+
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, httptest.NewRequest("GET", "/api/qrcodes/poster_a/image?size=300", nil))
+	if w.Code != 200 || w.Header().Get("Content-Type") != "image/png" {
+		t.Fatalf("image = %d %s", w.Code, w.Header())
+	}
+	img, err := png.Decode(w.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := qr.Decode(img); err != nil || got != c.URL || img.Bounds().Dx() != 300 {
+		t.Errorf("the PNG decodes to %q (%v), %dpx; want %q, 300px", got, err, img.Bounds().Dx(), c.URL)
+	}
+
+	// A newer code is the scene's latest; past its time it shows as
+	// expired, and its scans still count.
+	e.clock.Add(time.Minute)
+	var c2 Code
+	do(t, h, "POST", "/api/qrcodes", `{"scene":"poster_a","expire_seconds":60}`, &c2)
+	var l Listed
+	if do(t, h, "GET", "/api/qrcodes/poster_a", "", &l); l.Ticket != c2.Ticket || l.Expired {
+		t.Errorf("latest = %+v, want the second code", l)
+	}
+	e.clock.Add(61 * time.Second)
+	if do(t, h, "GET", "/api/qrcodes/poster_a", "", &l); !l.Expired || l.Scans != 7 {
+		t.Errorf("after its time: %+v, want expired with its scans", l)
+	}
+	do(t, h, "GET", "/api/qrcodes", "", &list)
+	if len(list.QRCodes) != 2 || list.QRCodes[0].Ticket != c2.Ticket || !list.QRCodes[0].Expired || list.QRCodes[1].Expired {
+		t.Errorf("list, newest first = %+v", list.QRCodes)
+	}
+}
+
+// Two processes create the same permanent code at once: WeChat is asked
+// once, one answer is 201 and the other 200, with the same code; asked
+// again, 200.
+func TestPermanentCreatedOnce(t *testing.T) {
+	e := newEnv(t)
+	hs := []http.Handler{e.service(t, "a", false).Handler(""), e.service(t, "b", false).Handler("")}
+	for round := 0; round < 3; round++ {
+		var wg sync.WaitGroup
+		codes := make([]int, 6)
+		got := make([]Code, 6)
+		for i := range codes {
+			wg.Add(1)
+			go func(i int) {
+				defer wg.Done()
+				codes[i] = do(t, hs[i%2], "POST", "/api/qrcodes", fmt.Sprintf(`{"scene":"perm_%d","permanent":true}`, round), &got[i])
+			}(i)
+		}
+		wg.Wait()
+		created := 0
+		for i, code := range codes {
+			switch {
+			case code == 201:
+				created++
+			case code != 200:
+				t.Fatalf("round %d: %d", round, code)
+			}
+			if got[i].Ticket != got[0].Ticket || !got[i].Permanent || got[i].ExpiresAt != nil {
+				t.Errorf("round %d: %+v differs from %+v", round, got[i], got[0])
+			}
+		}
+		if created != 1 {
+			t.Errorf("round %d: %d answers 201, want 1", round, created)
+		}
+	}
+	if n := e.fake.Calls().Calls[api.QRCodeCreate]; n != 3 {
+		t.Errorf("qrcode/create asked %d times for 3 permanent codes", n)
+	}
+	// All-digit scenes in range go as scene_id.
+	var c Code
+	do(t, hs[0], "POST", "/api/qrcodes", `{"scene":"100000","permanent":true}`, &c)
+	if q := e.fake.Calls().QRCodes; q[len(q)-1].ActionName != "QR_LIMIT_SCENE" {
+		t.Errorf("100000 went as %s", q[len(q)-1].ActionName)
+	}
+}
+
+// A permanent code WeChat refused leaves no reservation behind.
+func TestPermanentRefusedThenMade(t *testing.T) {
+	e := newEnv(t)
+	h := e.service(t, "p", false).Handler("")
+	_ = e.fake.Inject(api.Fault{API: api.QRCodeCreate, Errcode: 45029})
+	var refused map[string]any
+	if code := do(t, h, "POST", "/api/qrcodes", `{"scene":"p1","permanent":true}`, &refused); code != 502 || refused["errcode"] != 45029.0 || refused["errmsg"] == "" {
+		t.Fatalf("= %d %v", code, refused)
+	}
+	if code := do(t, h, "POST", "/api/qrcodes", `{"scene":"p1","permanent":true}`, nil); code != 201 {
+		t.Fatalf("after the refusal: %d", code)
+	}
+}
+
+func TestBadRequests(t *testing.T) {
+	e := newEnv(t)
+	h := e.service(t, "p", false).Handler("")
+	tests := []struct {
+		name, method, path, body string
+		want                     int
+	}{
+		{"empty body", "POST", "/api/qrcodes", ``, 400},
+		{"not JSON", "POST", "/api/qrcodes", `scene=a`, 400},
+		{"no scene", "POST", "/api/qrcodes", `{"label":"x"}`, 400},
+		{"empty scene", "POST", "/api/qrcodes", `{"scene":""}`, 400},
+		{"65 characters", "POST", "/api/qrcodes", `{"scene":"` + strings.Repeat("码", 65) + `"}`, 400},
+		{"not UTF-8", "POST", "/api/qrcodes", "{\"scene\":\"a\xff\"}", 400},
+		{"misspelt field", "POST", "/api/qrcodes", `{"scene":"a","expires_seconds":60}`, 400},
+		{"two objects", "POST", "/api/qrcodes", `{"scene":"a"}{"scene":"b"}`, 400},
+		{"expire too short", "POST", "/api/qrcodes", `{"scene":"a","expire_seconds":59}`, 400},
+		{"expire too long", "POST", "/api/qrcodes", `{"scene":"a","expire_seconds":2592001}`, 400},
+		{"expire not a number", "POST", "/api/qrcodes", `{"scene":"a","expire_seconds":"1h"}`, 400},
+		{"label too long", "POST", "/api/qrcodes", `{"scene":"a","label":"` + strings.Repeat("x", 201) + `"}`, 400},
+		{"label with a newline", "POST", "/api/qrcodes", `{"scene":"a","label":"a\nb"}`, 400},
+		{"body too large", "POST", "/api/qrcodes", `{"scene":"a","label":"` + strings.Repeat("x", 9000) + `"}`, 413},
+		{"long path scene", "GET", "/api/qrcodes/" + strings.Repeat("z", 5000), "", 400},
+		{"long image scene", "GET", "/api/qrcodes/" + strings.Repeat("z", 5000) + "/image", "", 400},
+		{"unknown scene", "GET", "/api/qrcodes/nobody", "", 404},
+		{"unknown image", "GET", "/api/qrcodes/nobody/image", "", 404},
+		{"size too small", "GET", "/api/qrcodes/a/image?size=63", "", 400},
+		{"size too large", "GET", "/api/qrcodes/a/image?size=2049", "", 400},
+		{"size not a number", "GET", "/api/qrcodes/a/image?size=big", "", 400},
+		{"permanent ignores expire", "POST", "/api/qrcodes", `{"scene":"pp","permanent":true,"expire_seconds":1}`, 201},
+	}
+	for _, tt := range tests {
+		if code := do(t, h, tt.method, tt.path, tt.body, nil); code != tt.want {
+			t.Errorf("%s: %d, want %d", tt.name, code, tt.want)
+		}
+	}
+	if n := e.fake.Calls().Calls[api.QRCodeCreate]; n != 1 {
+		t.Errorf("WeChat was asked %d times, want once (bad requests never reach it)", n)
+	}
+}
+
+// WeChat's refusals reach the caller as 502 with the errcode.
+func TestRefusalsAre502(t *testing.T) {
+	e := newEnv(t)
+	h := e.service(t, "p", false).Handler("")
+	for _, code := range []int{45009, 40053, 48001, 40164} {
+		_ = e.fake.Inject(api.Fault{API: api.QRCodeCreate, Errcode: code})
+		var out map[string]any
+		if got := do(t, h, "POST", "/api/qrcodes", `{"scene":"s"}`, &out); got != 502 || out["errcode"] != float64(code) || out["error"] == "" || out["errmsg"] == "" {
+			t.Errorf("errcode %d: %d %v", code, got, out)
+		}
+	}
+	_ = e.fake.Inject(api.Fault{API: api.QRCodeCreate, Drop: true})
+	var out map[string]any
+	if got := do(t, h, "POST", "/api/qrcodes", `{"scene":"s"}`, &out); got != 502 {
+		t.Errorf("dropped: %d %v", got, out)
+	}
+}
+
+func TestOffWithoutSecret(t *testing.T) {
+	e := newEnv(t)
+	h := e.service(t, "p", true).Handler("")
+	for _, r := range [][2]string{{"POST", "/api/qrcodes"}, {"GET", "/api/qrcodes"}, {"GET", "/api/qrcodes/a"}, {"GET", "/api/qrcodes/a/image"}} {
+		var out map[string]string
+		if code := do(t, h, r[0], r[1], `{"scene":"a"}`, &out); code != 503 || !strings.Contains(out["error"], "WECHAT_APPSECRET") {
+			t.Errorf("%s %s = %d %v", r[0], r[1], code, out)
+		}
+	}
+}
+
+func TestTokenAndSession(t *testing.T) {
+	e := newEnv(t)
+	h := e.service(t, "p", false).Handler("admin-secret")
+	bearer := func(r *http.Request) { r.Header.Set("Authorization", "Bearer admin-secret") }
+	cookie := func(r *http.Request) {
+		r.AddCookie(&http.Cookie{Name: admin.SessionCookie, Value: admin.SessionValue("admin-secret")})
+	}
+	if code := do(t, h, "POST", "/api/qrcodes", `{"scene":"a/b c"}`, nil); code != 401 {
+		t.Errorf("no token: %d", code)
+	}
+	if code := do(t, h, "POST", "/api/qrcodes", `{"scene":"a/b c"}`, nil, cookie); code != 401 {
+		t.Errorf("a POST with the cookie only: %d", code)
+	}
+	var c Code
+	if code := do(t, h, "POST", "/api/qrcodes", `{"scene":"a/b c"}`, &c, bearer); code != 201 {
+		t.Fatalf("with the token: %d", code)
+	}
+	// A scene with a slash and a space: its image URL is one path segment.
+	if c.ImageURL != "/api/qrcodes/a%2Fb%20c/image" {
+		t.Errorf("image_url = %q", c.ImageURL)
+	}
+	w := httptest.NewRecorder()
+	r := httptest.NewRequest("GET", c.ImageURL+"?download=1", nil)
+	cookie(r)
+	h.ServeHTTP(w, r)
+	if w.Code != 200 || !strings.Contains(w.Header().Get("Content-Disposition"), `filename="qr-a_b_c.png"`) {
+		t.Errorf("image with the cookie: %d %v", w.Code, w.Header())
+	}
+}
+
+func TestPNG(t *testing.T) {
+	urls := []string{"http://weixin.qq.com/q/02abcdEfGh1e31000000007s", "http://weixin.qq.com/q/" + strings.Repeat("x", 120)}
+	for _, u := range urls {
+		for _, size := range []int{96, 128, 512, 2048} {
+			b, err := PNG(u, size)
+			if err != nil {
+				t.Fatal(err)
+			}
+			img, err := png.Decode(bytes.NewReader(b))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if img.Bounds().Dx() != size || img.Bounds().Dy() != size {
+				t.Errorf("%d: %v", size, img.Bounds())
+			}
+			if got, err := qr.Decode(img); err != nil || got != u {
+				t.Errorf("%d px: decodes to %q, %v", size, got, err)
+			}
+		}
+	}
+	// Too dense for the size asked: larger, never unreadable.
+	b, _ := PNG("http://weixin.qq.com/q/"+strings.Repeat("y", 300), MinSize)
+	img, _ := png.Decode(bytes.NewReader(b))
+	if img.Bounds().Dx() < MinSize {
+		t.Errorf("dense code: %v", img.Bounds())
+	}
+}
+
+func BenchmarkPNG(b *testing.B) {
+	for b.Loop() {
+		if _, err := PNG("http://weixin.qq.com/q/02abcdEfGh1e31000000007s", DefaultSize); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func FuzzParseRequest(f *testing.F) {
+	f.Add([]byte(`{"scene":"poster_a","permanent":false,"expire_seconds":2592000,"label":"Spring posters"}`))
+	f.Add([]byte(`{"scene":"123","permanent":true}`))
+	f.Add([]byte(`{"scene":"a","expire_seconds":1e99}`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		req, err := ParseRequest(bytes.NewReader(body))
+		if err != nil {
+			return
+		}
+		if req.Scene == "" || len(req.Scene) > 256 || (!req.Permanent && (req.ExpireSeconds < MinExpireSeconds || req.ExpireSeconds > MaxExpireSeconds)) ||
+			(req.Permanent && req.ExpireSeconds != 0) || checkLabel(req.Label) != nil {
+			t.Errorf("accepted %+v", req)
+		}
+	})
+}
+
+// Many codes of one scene at once are each stored (keys never collide).
+func TestSameSceneAtOnce(t *testing.T) {
+	e := newEnv(t)
+	h := e.service(t, "p", false).Handler("")
+	var wg sync.WaitGroup
+	for i := 0; i < 20; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if code := do(t, h, "POST", "/api/qrcodes", `{"scene":"same"}`, nil); code != 201 {
+				t.Errorf("create: %d", code)
+			}
+		}()
+	}
+	wg.Wait()
+	var list struct{ QRCodes []Listed }
+	if do(t, h, "GET", "/api/qrcodes", "", &list); len(list.QRCodes) != 20 {
+		t.Errorf("%d codes stored, want 20", len(list.QRCodes))
+	}
+}

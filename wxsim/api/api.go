@@ -1,0 +1,608 @@
+// Package api is a fake of WeChat's API (api.weixin.qq.com), stateful
+// where the real one is: stable_token with its rotation and overlap,
+// qrcode/create with its action names, scene rules and permanent-code cap,
+// and message/custom/send. Switches inject what production meets (a token
+// invalidated, a quota spent, slow answers, dropped connections), and
+// GET /wxsim/calls tells a test what the fake received. The tests, the
+// README's quick start and the compose profile "fake-wechat" use it; the
+// facts it follows are in WeChat's documentation (see the README).
+package api
+
+import (
+	"cmp"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+	"unicode/utf8"
+)
+
+// The APIs the fake serves, by the names wxgate's metrics use.
+const (
+	StableToken  = "stable_token"
+	QRCodeCreate = "qrcode_create"
+	CustomSend   = "custom_send"
+)
+
+// WeChat's limits the fake enforces.
+const (
+	MaxExpireSeconds = 2592000 // 30 days
+	MaxTempSceneID   = 4294967295
+	MaxPermSceneID   = 100000
+	MaxSceneStr      = 64 // characters
+	// DefaultExpireSeconds is what WeChat gives a temporary code sent
+	// without expire_seconds.
+	DefaultExpireSeconds = 30
+)
+
+// Options configure the fake.
+type Options struct {
+	// AppID and Secret are what stable_token accepts (else 40013, 40125).
+	AppID, Secret string
+	// TokenTTL is an access_token's lifetime (WeChat: 7200 s). Whole
+	// seconds, at least 2. Default 2h.
+	TokenTTL time.Duration
+	// Overlap is how long before its expiry a token is replaced by a new
+	// one in normal mode, both staying valid meanwhile (WeChat: 5 minutes).
+	// Default: 5m, or half of TokenTTL when that is shorter.
+	Overlap time.Duration
+	// PermanentCap is the most permanent codes an account may have
+	// (WeChat: 100 000); past it, 45029.
+	PermanentCap int
+	// SendCheck, when set, may refuse a customer-service message with an
+	// errcode (the per-person windows and counts are its job); 0 accepts.
+	SendCheck func(Message) (errcode int, errmsg string)
+	// Now is the clock; nil is time.Now.
+	Now func() time.Time
+	// Logger gets a line per call; nil discards.
+	Logger *slog.Logger
+}
+
+func (o *Options) setDefaults() {
+	if o.TokenTTL <= 0 {
+		o.TokenTTL = 2 * time.Hour
+	}
+	o.TokenTTL = max(o.TokenTTL.Truncate(time.Second), 2*time.Second)
+	if o.Overlap <= 0 || o.Overlap >= o.TokenTTL {
+		o.Overlap = min(5*time.Minute, o.TokenTTL/2)
+	}
+	if o.PermanentCap <= 0 {
+		o.PermanentCap = 100000
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Server is the fake; it is an http.Handler.
+type Server struct {
+	o   Options
+	mux *http.ServeMux
+
+	mu       sync.Mutex
+	tokens   []*token // issued, oldest first; the last is the current one
+	calls    map[string]int
+	errcodes map[string]map[string]int
+	perm     map[string]QRCode // permanent codes by action and scene
+	codes    []QRCode
+	messages []Message
+	faults   []Fault
+}
+
+type token struct {
+	value   string
+	expires time.Time
+	invalid bool // invalidated before its time (a force_refresh, a fault)
+}
+
+// QRCode is a code the fake issued.
+type QRCode struct {
+	ActionName    string `json:"action_name"`
+	Scene         string `json:"scene"` // scene_id as text, or scene_str
+	Ticket        string `json:"ticket"`
+	URL           string `json:"url"`
+	ExpireSeconds int64  `json:"expire_seconds,omitempty"`
+}
+
+// Message is a customer-service message the fake accepted.
+type Message struct {
+	ToUser  string          `json:"touser"`
+	MsgType string          `json:"msgtype"`
+	Content string          `json:"content,omitempty"` // text messages
+	Body    json.RawMessage `json:"body"`
+	At      time.Time       `json:"at"`
+}
+
+// Fault is a switch: the next Count calls of API (every API when empty)
+// are answered with Errcode, after Delay, or dropped. InvalidateToken
+// invalidates the current access_token at once (its next use gets 40001;
+// the next stable_token issues a new one).
+type Fault struct {
+	API             string `json:"api,omitempty"`
+	Errcode         int    `json:"errcode,omitempty"`
+	Errmsg          string `json:"errmsg,omitempty"`
+	Delay           string `json:"delay,omitempty"` // a Go duration
+	Drop            bool   `json:"drop,omitempty"`
+	Count           int    `json:"count,omitempty"` // default 1
+	InvalidateToken bool   `json:"invalidate_token,omitempty"`
+	delay           time.Duration
+}
+
+// Calls is what GET /wxsim/calls answers.
+type Calls struct {
+	Calls    map[string]int            `json:"calls"`    // requests received per API
+	Errcodes map[string]map[string]int `json:"errcodes"` // errcodes answered per API
+	Tokens   int                       `json:"tokens"`   // access_tokens issued
+	QRCodes  []QRCode                  `json:"qrcodes"`
+	Messages []Message                 `json:"messages"`
+}
+
+// New returns the fake.
+func New(o Options) *Server {
+	o.setDefaults()
+	s := &Server{o: o, mux: http.NewServeMux()}
+	s.reset()
+	s.mux.HandleFunc("/cgi-bin/stable_token", s.api(StableToken, s.stableToken))
+	s.mux.HandleFunc("/cgi-bin/qrcode/create", s.api(QRCodeCreate, s.withToken(s.qrcodeCreate)))
+	s.mux.HandleFunc("/cgi-bin/message/custom/send", s.api(CustomSend, s.withToken(s.customSend)))
+	s.mux.HandleFunc("POST /wxsim/fault", s.fault)
+	s.mux.HandleFunc("GET /wxsim/calls", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, s.Calls()) })
+	s.mux.HandleFunc("POST /wxsim/reset", func(w http.ResponseWriter, _ *http.Request) {
+		s.mu.Lock()
+		s.reset()
+		s.mu.Unlock()
+		writeJSON(w, map[string]bool{"ok": true})
+	})
+	s.mux.HandleFunc("GET /wxsim/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		// WeChat answers unknown paths with a JSON errcode, not a 404 page.
+		answer(w, 48001, "api unauthorized (the fake does not serve "+strconv.Quote(r.URL.Path)+")")
+	})
+	return s
+}
+
+func (s *Server) reset() {
+	s.tokens, s.codes, s.messages, s.faults = nil, nil, nil, nil
+	s.calls, s.errcodes, s.perm = map[string]int{}, map[string]map[string]int{}, map[string]QRCode{}
+}
+
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+
+// Calls returns a copy of what the fake received.
+func (s *Server) Calls() Calls {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := Calls{Calls: map[string]int{StableToken: 0, QRCodeCreate: 0, CustomSend: 0}, Errcodes: map[string]map[string]int{}, Tokens: len(s.tokens),
+		QRCodes: append([]QRCode{}, s.codes...), Messages: append([]Message{}, s.messages...)}
+	for k, v := range s.calls {
+		c.Calls[k] = v
+	}
+	for api, m := range s.errcodes {
+		c.Errcodes[api] = map[string]int{}
+		for code, n := range m {
+			c.Errcodes[api][code] = n
+		}
+	}
+	return c
+}
+
+// Inject adds a fault, as POST /wxsim/fault does.
+func (s *Server) Inject(f Fault) error {
+	if f.Delay != "" {
+		d, err := time.ParseDuration(f.Delay)
+		if err != nil || d < 0 || d > 10*time.Minute {
+			return errBadFault
+		}
+		f.delay = d
+	}
+	if f.Count <= 0 {
+		f.Count = 1
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if f.InvalidateToken {
+		for _, t := range s.tokens {
+			t.invalid = true
+		}
+		f.InvalidateToken = false
+	}
+	if f.Errcode != 0 || f.delay > 0 || f.Drop {
+		s.faults = append(s.faults, f)
+	}
+	return nil
+}
+
+type faultError string
+
+func (e faultError) Error() string { return string(e) }
+
+const errBadFault = faultError("bad fault: delay must be a Go duration up to 10m")
+
+func (s *Server) fault(w http.ResponseWriter, r *http.Request) {
+	var f Fault
+	dec := json.NewDecoder(io.LimitReader(r.Body, 4<<10))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&f); err != nil {
+		http.Error(w, "bad fault: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	if err := s.Inject(f); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	writeJSON(w, map[string]bool{"ok": true})
+}
+
+// answerFunc handles one API call and returns the JSON answer.
+type answerFunc func(r *http.Request, body []byte) any
+
+// api counts the call, applies a pending fault, reads the body and answers.
+func (s *Server) api(name string, h answerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		s.mu.Lock()
+		s.calls[name]++
+		f, faulted := s.takeFault(name)
+		s.mu.Unlock()
+		if faulted {
+			if f.delay > 0 {
+				select {
+				case <-time.After(f.delay):
+				case <-r.Context().Done():
+					return
+				}
+			}
+			if f.Drop {
+				if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
+					_ = conn.Close()
+				}
+				s.o.Logger.Info("dropped", "api", name)
+				return
+			}
+			if f.Errcode != 0 {
+				s.errcode(w, name, f.Errcode, cmp.Or(f.Errmsg, errmsgs[f.Errcode], "injected by wxsim"))
+				return
+			}
+		}
+		if r.Method != http.MethodPost {
+			s.errcode(w, name, 43002, "require POST method")
+			return
+		}
+		body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+		if err != nil {
+			return
+		}
+		a := h(r, body)
+		if e, ok := a.(errAnswer); ok {
+			s.errcode(w, name, e.Errcode, e.Errmsg)
+			return
+		}
+		s.o.Logger.Info("answered", "api", name)
+		writeJSON(w, a)
+	}
+}
+
+// takeFault returns the first pending fault for api and counts it down.
+func (s *Server) takeFault(api string) (Fault, bool) {
+	for i, f := range s.faults {
+		if f.API != "" && f.API != api {
+			continue
+		}
+		if s.faults[i].Count--; s.faults[i].Count <= 0 {
+			s.faults = append(s.faults[:i], s.faults[i+1:]...)
+		}
+		return f, true
+	}
+	return Fault{}, false
+}
+
+type errAnswer struct {
+	Errcode int    `json:"errcode"`
+	Errmsg  string `json:"errmsg"`
+}
+
+func refuse(code int) errAnswer { return errAnswer{code, errmsgs[code]} }
+
+// errmsgs are WeChat's texts for the codes the fake answers.
+var errmsgs = map[int]string{
+	-1:    "system error",
+	40001: "invalid credential, access_token is invalid or not latest, could get access_token by getStableAccessToken",
+	40002: "invalid grant_type",
+	40003: "invalid openid",
+	40008: "invalid message type",
+	40013: "invalid appid",
+	40014: "invalid access_token",
+	40052: "invalid action name",
+	40053: "invalid action info, please check document",
+	40125: "invalid appsecret",
+	40164: "invalid ip 203.0.113.7 ipv6 ::ffff:203.0.113.7, not in whitelist",
+	41001: "access_token missing",
+	42001: "access_token expired",
+	43002: "require POST method",
+	44004: "text content is empty",
+	45009: "reach max api daily quota limit",
+	45029: "qrcode count out of limit",
+	47001: "data format error",
+	48001: "api unauthorized",
+	89503: "此次调用需要管理员确认，请耐心等候",
+}
+
+func (s *Server) errcode(w http.ResponseWriter, api string, code int, msg string) {
+	s.mu.Lock()
+	if s.errcodes[api] == nil {
+		s.errcodes[api] = map[string]int{}
+	}
+	s.errcodes[api][strconv.Itoa(code)]++
+	s.mu.Unlock()
+	s.o.Logger.Info("refused", "api", api, "errcode", code)
+	answer(w, code, msg)
+}
+
+// answer writes an errcode as WeChat does: HTTP 200 with a JSON body.
+func answer(w http.ResponseWriter, code int, msg string) {
+	writeJSON(w, errAnswer{code, msg})
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json; encoding=utf-8")
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// StableTokenRequest is the body of POST /cgi-bin/stable_token.
+type StableTokenRequest struct {
+	GrantType    string `json:"grant_type"`
+	AppID        string `json:"appid"`
+	Secret       string `json:"secret"`
+	ForceRefresh bool   `json:"force_refresh"`
+}
+
+// ParseStableToken decodes and checks a stable_token body; code is 0 when
+// it is acceptable as to form (the credentials are checked apart).
+func ParseStableToken(body []byte) (req StableTokenRequest, code int) {
+	if json.Unmarshal(body, &req) != nil {
+		return req, 47001
+	}
+	if req.GrantType != "client_credential" {
+		return req, 40002
+	}
+	return req, 0
+}
+
+func (s *Server) stableToken(_ *http.Request, body []byte) any {
+	req, code := ParseStableToken(body)
+	switch {
+	case code != 0:
+		return refuse(code)
+	case req.AppID != s.o.AppID:
+		return refuse(40013)
+	case req.Secret != s.o.Secret:
+		return refuse(40125)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.o.Now()
+	var cur *token
+	if n := len(s.tokens); n > 0 {
+		cur = s.tokens[n-1]
+	}
+	if req.ForceRefresh && cur != nil {
+		cur.invalid = true // force_refresh ends the previous token at once
+	}
+	// Normal mode: the same token until the overlap before its expiry;
+	// then a new one, the old staying valid until its own time.
+	if cur == nil || cur.invalid || cur.expires.Sub(now) <= s.o.Overlap {
+		cur = &token{value: "wxsim_" + randomHex(48), expires: now.Add(s.o.TokenTTL)}
+		s.tokens = append(s.tokens, cur)
+		s.dropDeadTokens(now)
+	}
+	return map[string]any{"access_token": cur.value, "expires_in": max(1, int64(cur.expires.Sub(now)/time.Second))}
+}
+
+// dropDeadTokens forgets tokens past their time, keeping the current one,
+// so the list stays short however long the fake runs.
+func (s *Server) dropDeadTokens(now time.Time) {
+	keep := s.tokens[:0]
+	for i, t := range s.tokens {
+		if i == len(s.tokens)-1 || now.Before(t.expires) {
+			keep = append(keep, t)
+		}
+	}
+	s.tokens = keep
+}
+
+// withToken checks the access_token query parameter first.
+func (s *Server) withToken(h answerFunc) answerFunc {
+	return func(r *http.Request, body []byte) any {
+		if code := s.checkToken(r.URL.Query().Get("access_token")); code != 0 {
+			return refuse(code)
+		}
+		return h(r, body)
+	}
+}
+
+func (s *Server) checkToken(v string) int {
+	if v == "" {
+		return 41001
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, t := range s.tokens {
+		if t.value != v {
+			continue
+		}
+		switch {
+		case t.invalid:
+			return 40001
+		case !s.o.Now().Before(t.expires):
+			return 42001
+		}
+		return 0
+	}
+	return 40001
+}
+
+// QRRequest is the body of POST /cgi-bin/qrcode/create.
+type QRRequest struct {
+	ExpireSeconds *int64 `json:"expire_seconds"`
+	ActionName    string `json:"action_name"`
+	ActionInfo    struct {
+		Scene struct {
+			SceneID  *json.Number `json:"scene_id"`
+			SceneStr *string      `json:"scene_str"`
+		} `json:"scene"`
+	} `json:"action_info"`
+}
+
+// ParseQRRequest decodes and checks a qrcode/create body as WeChat does:
+// the action name (40052), the scene for it and expire_seconds (40053).
+// It returns the scene as text and the code's lifetime (0: permanent).
+func ParseQRRequest(body []byte) (req QRRequest, scene string, expire int64, code int) {
+	if json.Unmarshal(body, &req) != nil {
+		return req, "", 0, 47001
+	}
+	sc := req.ActionInfo.Scene
+	permanent := false
+	switch req.ActionName {
+	case "QR_SCENE", "QR_LIMIT_SCENE":
+		permanent = req.ActionName == "QR_LIMIT_SCENE"
+		hi := uint64(MaxTempSceneID)
+		if permanent {
+			hi = MaxPermSceneID
+		}
+		if sc.SceneID == nil {
+			return req, "", 0, 40053
+		}
+		n, err := strconv.ParseUint(sc.SceneID.String(), 10, 64)
+		if err != nil || n < 1 || n > hi {
+			return req, "", 0, 40053
+		}
+		scene = strconv.FormatUint(n, 10)
+	case "QR_STR_SCENE", "QR_LIMIT_STR_SCENE":
+		permanent = req.ActionName == "QR_LIMIT_STR_SCENE"
+		if sc.SceneStr == nil || *sc.SceneStr == "" || !utf8.ValidString(*sc.SceneStr) || utf8.RuneCountInString(*sc.SceneStr) > MaxSceneStr {
+			return req, "", 0, 40053
+		}
+		scene = *sc.SceneStr
+	default:
+		return req, "", 0, 40052
+	}
+	if permanent {
+		return req, scene, 0, 0
+	}
+	expire = DefaultExpireSeconds
+	if req.ExpireSeconds != nil {
+		// WeChat documents the bound, not its answer past it: the fake refuses.
+		if *req.ExpireSeconds < 1 || *req.ExpireSeconds > MaxExpireSeconds {
+			return req, "", 0, 40053
+		}
+		expire = *req.ExpireSeconds
+	}
+	return req, scene, expire, 0
+}
+
+func (s *Server) qrcodeCreate(_ *http.Request, body []byte) any {
+	req, scene, expire, code := ParseQRRequest(body)
+	if code != 0 {
+		return refuse(code)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if expire == 0 { // permanent: one code per scene, and a cap on them
+		key := req.ActionName + "\x00" + scene
+		if c, ok := s.perm[key]; ok {
+			return c
+		}
+		if len(s.perm) >= s.o.PermanentCap {
+			return refuse(45029)
+		}
+		c := newCode(req.ActionName, scene, 0)
+		s.perm[key] = c
+		s.codes = append(s.codes, c)
+		return c
+	}
+	c := newCode(req.ActionName, scene, expire)
+	s.codes = append(s.codes, c)
+	return c
+}
+
+// newCode makes a plausible ticket and url: the url is what the QR image
+// encodes (http://, as WeChat's are), the ticket a base64 blob that embeds it.
+func newCode(action, scene string, expire int64) QRCode {
+	u := "http://weixin.qq.com/q/" + base64.RawURLEncoding.EncodeToString(randomBytes(16))[:22]
+	blob := append([]byte{0x08, 0x01, 0x12}, u...)
+	blob = append(blob, randomBytes(8)...)
+	return QRCode{ActionName: action, Scene: scene, Ticket: "gQ" + base64.StdEncoding.EncodeToString(blob), URL: u, ExpireSeconds: expire}
+}
+
+// SendRequest is the part of a message/custom/send body the fake checks.
+type SendRequest struct {
+	ToUser  string `json:"touser"`
+	MsgType string `json:"msgtype"`
+	Text    *struct {
+		Content string `json:"content"`
+	} `json:"text"`
+}
+
+// msgTypes are the customer-service message types WeChat documents.
+var msgTypes = map[string]bool{"text": true, "image": true, "voice": true, "video": true, "music": true, "news": true,
+	"mpnews": true, "mpnewsarticle": true, "msgmenu": true, "wxcard": true, "miniprogrampage": true}
+
+// ParseSend decodes and checks a message/custom/send body.
+func ParseSend(body []byte) (m Message, code int) {
+	var req SendRequest
+	if json.Unmarshal(body, &req) != nil {
+		return m, 47001
+	}
+	m = Message{ToUser: req.ToUser, MsgType: req.MsgType, Body: json.RawMessage(body)}
+	switch {
+	case req.ToUser == "" || len(req.ToUser) > 64:
+		return m, 40003
+	case !msgTypes[req.MsgType]:
+		return m, 40008
+	case req.MsgType == "text" && (req.Text == nil || req.Text.Content == ""):
+		return m, 44004
+	}
+	if req.Text != nil {
+		m.Content = req.Text.Content
+	}
+	return m, 0
+}
+
+// maxMessages bounds what the fake keeps: the newest are kept.
+const maxMessages = 10000
+
+func (s *Server) customSend(_ *http.Request, body []byte) any {
+	m, code := ParseSend(body)
+	if code != 0 {
+		return refuse(code)
+	}
+	m.At = s.o.Now()
+	if s.o.SendCheck != nil {
+		if code, msg := s.o.SendCheck(m); code != 0 {
+			return errAnswer{code, msg}
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.messages) == maxMessages {
+		s.messages = append(s.messages[:0:0], s.messages[maxMessages/2:]...)
+	}
+	s.messages = append(s.messages, m)
+	return errAnswer{0, "ok"}
+}
+
+func randomBytes(n int) []byte {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return b
+}
+
+func randomHex(n int) string { return hex.EncodeToString(randomBytes(n)) }

@@ -1,0 +1,94 @@
+package api
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"time"
+
+	"github.com/wxgate/wxgate/shared/serve"
+)
+
+// Fake credentials, for the quick start: the fake accepts these unless
+// -appid and -secret (or WECHAT_APPID and WECHAT_APPSECRET) say otherwise.
+const (
+	FakeAppID  = "wx_fake_appid"
+	FakeSecret = "fake-appsecret"
+)
+
+// Main is "wxsim api": it serves the fake until ctx is done.
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("wxsim api", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var o Options
+	addr := fs.String("addr", "127.0.0.1:8090", "where to listen; point WECHAT_API_BASE at http://<addr>")
+	fs.StringVar(&o.AppID, "appid", cmp.Or(os.Getenv("WECHAT_APPID"), FakeAppID), "the AppID stable_token accepts (default $WECHAT_APPID, else "+FakeAppID+")")
+	fs.StringVar(&o.Secret, "secret", cmp.Or(os.Getenv("WECHAT_APPSECRET"), FakeSecret), "the AppSecret stable_token accepts (default $WECHAT_APPSECRET, else "+FakeSecret+")")
+	fs.DurationVar(&o.TokenTTL, "token-ttl", 2*time.Hour, "an access_token's lifetime (WeChat: 2h); whole seconds, at least 2s")
+	fs.DurationVar(&o.Overlap, "overlap", 0, "how long old and new tokens are both valid (default 5m, or half -token-ttl when shorter)")
+	fs.IntVar(&o.PermanentCap, "permanent-cap", 100000, "permanent codes allowed before 45029")
+	healthcheck := fs.Bool("healthcheck", false, "probe a running fake at -addr and exit 0 if it answers (for container healthchecks)")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if *healthcheck {
+		return probe(*addr, stderr)
+	}
+	logger := slog.New(slog.NewJSONHandler(stderr, nil)).With("component", "wechat-api")
+	o.Logger = logger
+	s := New(o)
+	srv, err := serve.Start("wechat-api", &http.Server{Addr: *addr, Handler: s, ReadHeaderTimeout: 5 * time.Second}, logger)
+	if err != nil {
+		fmt.Fprintln(stderr, "wxsim api:", err)
+		return 1
+	}
+	logger.Info("fake WeChat API ready", "appid", o.AppID, "token_ttl", s.o.TokenTTL.String(), "overlap", s.o.Overlap.String())
+	fmt.Fprintf(stdout, "fake WeChat API on http://%s (WECHAT_API_BASE); control: POST /wxsim/fault, GET /wxsim/calls\n", srv.Addr())
+	select {
+	case <-ctx.Done():
+	case err := <-srv.Done():
+		if err != nil {
+			fmt.Fprintln(stderr, "wxsim api:", err)
+			return 1
+		}
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		fmt.Fprintln(stderr, "wxsim api:", err)
+		return 1
+	}
+	return 0
+}
+
+func probe(addr string, stderr io.Writer) int {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		fmt.Fprintln(stderr, "unhealthy:", err)
+		return 1
+	}
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		host = "127.0.0.1"
+	}
+	c := &http.Client{Timeout: 3 * time.Second}
+	resp, err := c.Get("http://" + net.JoinHostPort(host, port) + "/wxsim/healthz")
+	if err == nil {
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			return 0
+		}
+		err = fmt.Errorf("status %s", resp.Status)
+	}
+	fmt.Fprintln(stderr, "unhealthy:", err)
+	return 1
+}
