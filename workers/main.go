@@ -73,7 +73,7 @@ func serveWorkers(ctx context.Context, cfg config.Config, logger *slog.Logger) e
 	}
 	mux := admin.NewMux(admin.Options{Gatherer: reg, Ready: hc.Ready, Pprof: cfg.Pprof, Token: cfg.AdminToken, Logger: logger})
 	mux.Handle("/api/", w.API())
-	if _, err := console.Mount(mux, console.MountOptions{Conn: nc, Config: cfg, Scenes: w.Analytics.Store, Logger: logger, Registerer: reg}); err != nil {
+	if _, err := console.Mount(mux, console.MountOptions{Conn: nc, Config: cfg, Scenes: w.Scenes(), Logger: logger, Registerer: reg}); err != nil {
 		nc.Close()
 		return err
 	}

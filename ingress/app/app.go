@@ -183,16 +183,14 @@ func Start(o Options) (_ *App, err error) {
 		Help: "Connections open on the WeChat listener (MAX_CONNECTIONS is the cap).",
 	}, func() float64 { return float64(a.http.OpenConns()) })
 	mux := admin.NewMux(admin.Options{Gatherer: reg, Ready: a.health.Ready, Pprof: cfg.Pprof, Token: cfg.AdminToken, Logger: logger})
-	if a.workers != nil {
-		mux.Handle("/api/", a.workers.API())
-	} else if !o.NoBus {
-		mux.Handle("/api/", analytics.API(analytics.OpenOnUse(a.nc), cfg.AdminToken))
-	}
-	if !o.NoBus { // the QR-code API and /ui/, beside /api/scenes
-		scenes := storeOn(a.nc)
+	if !o.NoBus {
+		// The totals API, and the QR-code API and /ui/ beside it.
+		scenes := analytics.OpenOnUse(a.nc)
+		api := analytics.API(scenes, cfg.AdminToken)
 		if a.workers != nil {
-			scenes = a.workers.Analytics.Store
+			scenes, api = a.workers.Scenes(), a.workers.API()
 		}
+		mux.Handle("/api/", api)
 		if _, err := console.Mount(mux, console.MountOptions{Conn: a.nc, Config: cfg, Scenes: scenes, Logger: logger, Registerer: reg}); err != nil {
 			return nil, err
 		}

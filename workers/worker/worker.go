@@ -53,6 +53,7 @@ type Worker struct {
 	Analytics *analytics.Role // nil without the analytics role
 	Service   *reply.Service  // nil without the replies role
 	api       http.Handler
+	scenes    analytics.StoreFunc
 }
 
 // Start starts the roles the configuration names.
@@ -80,7 +81,7 @@ func Start(o Options) (_ *Worker, err error) {
 		o.Health.Add("analytics", w.Analytics.Check)
 		store = w.Analytics.Store
 	}
-	w.api = analytics.API(store, o.Config.AdminToken)
+	w.api, w.scenes = analytics.API(store, o.Config.AdminToken), store
 	if !o.Config.HasRole("replies") {
 		return w, nil
 	}
@@ -132,6 +133,10 @@ func openDedup(o Options) (*dedup.Store, error) {
 		Registerer:     o.Registerer,
 	})
 }
+
+// Scenes reads the per-scene totals: the analytics role's store, or the
+// bucket opened on first use without it.
+func (w *Worker) Scenes() analytics.StoreFunc { return w.scenes }
 
 // API is the analytics JSON API, to mount under /api/ on the admin listener.
 func (w *Worker) API() http.Handler { return w.api }
