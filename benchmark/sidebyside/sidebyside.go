@@ -56,7 +56,7 @@ type Options struct {
 	// peak, caught up, and after GrowthSettle.
 	Growth       int
 	GrowthSettle time.Duration
-	Out io.Writer
+	Out          io.Writer
 }
 
 const token = "bench-token"
