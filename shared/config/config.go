@@ -72,6 +72,11 @@ type Config struct {
 	// LateReply is LATE_REPLY as given; empty: the default, see
 	// EffectiveLateReply.
 	LateReply string
+	// LateMessageWindow and LateEventWindow are how long after a person's
+	// message, and after their subscribe, SCAN or menu click, WeChat takes
+	// a customer-service message to them (LATE_MESSAGE_WINDOW,
+	// LATE_EVENT_WINDOW): WeChat's rules, which have changed before.
+	LateMessageWindow, LateEventWindow time.Duration
 }
 
 // The late-reply modes (LATE_REPLY).
@@ -176,6 +181,8 @@ func Defaults() Config {
 		EventsMaxAge:       400 * 24 * time.Hour,
 		MessagesMaxAge:     72 * time.Hour,
 		IntakeBuffer:       10_000,
+		LateMessageWindow:  48 * time.Hour,
+		LateEventWindow:    time.Minute,
 		JetStreamReplicas:  1,
 		DedupTTL:           30 * time.Second,
 		HandlerTimeout:     20 * time.Second,
@@ -266,6 +273,11 @@ func (c *Config) FromEnv(lookup func(string) (string, bool)) error {
 		errs = append(errs, errors.New("ANALYTICS_RETENTION is gone: the scans stream became the event stream; set EVENTS_MAX_AGE (and MESSAGES_MAX_AGE) instead"))
 	}
 	dur("DEDUP_TTL", &c.DedupTTL)
+	dur("LATE_MESSAGE_WINDOW", &c.LateMessageWindow)
+	dur("LATE_EVENT_WINDOW", &c.LateEventWindow)
+	if c.LateMessageWindow <= 0 || c.LateEventWindow <= 0 {
+		errs = append(errs, errors.New("LATE_MESSAGE_WINDOW and LATE_EVENT_WINDOW: want positive durations"))
+	}
 	dur("HANDLER_TIMEOUT", &c.HandlerTimeout)
 	dur("SHUTDOWN_DELAY", &c.ShutdownDelay)
 	if c.HandlerTimeout == 0 {

@@ -84,9 +84,7 @@ func (r *Role) lead(ctx context.Context, js jetstream.JetStream, store *Store, k
 	for key, d := range docs {
 		a.known[key] = d
 	}
-	for _, sc := range a.st.scenes {
-		sc.dirty = true
-	}
+	a.st.touchAll()
 	cancel()
 	defer func() { r.last = a.st }()
 	for {
@@ -196,9 +194,7 @@ func (a *applier) run(ctx context.Context) error {
 			// Its sequences start over: a new generation, so that values
 			// written now are not taken for older than those before.
 			a.st.epoch++
-			for _, sc := range a.st.scenes {
-				sc.dirty = true
-			}
+			a.st.touchAll()
 		}
 		a.st.stream, a.st.seq = created, 0
 	}
@@ -218,6 +214,9 @@ func (a *applier) run(ctx context.Context) error {
 	failed := make(chan error, 1)
 	cc, err := cons.Consume(func(m jetstream.Msg) { msgs <- m },
 		jetstream.PullMaxMessages(2*maxBatch),
+		// Short pulls and heartbeats: a consumer left on a server that is
+		// gone is noticed in seconds (and reset by nats.go), not minutes.
+		jetstream.PullExpiry(5*time.Second), jetstream.PullHeartbeat(time.Second),
 		jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
 			if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrStreamNotFound) ||
 				errors.Is(err, jetstream.ErrConsumerNotFound) {
@@ -240,12 +239,18 @@ func (a *applier) run(ctx context.Context) error {
 	defer a.r.m.leader.Set(0)
 	a.r.markAlive()
 
+	// Totals are written every FlushEvery while events flow, and a moment
+	// after they stop: at a campaign's rate one write per scene per tick,
+	// for a lone scan (the quick start) at once.
 	tick := time.NewTicker(a.r.o.FlushEvery)
 	defer tick.Stop()
+	quiet := time.NewTimer(time.Hour)
+	defer quiet.Stop()
 	snap := time.NewTicker(a.r.o.SnapshotEvery)
 	defer snap.Stop()
-	rebuildCheck := time.NewTicker(time.Second)
-	defer rebuildCheck.Stop()
+	second := time.NewTicker(time.Second)
+	defer second.Stop()
+	var stalled stall
 	for {
 		select {
 		case <-ctx.Done():
@@ -256,7 +261,7 @@ func (a *applier) run(ctx context.Context) error {
 			return fmt.Errorf("consumer lost: %w", err)
 		case m := <-msgs:
 			a.applyMsg(m)
-			// Take whatever else is ready, then write once.
+			// Take whatever else is ready.
 			for more := true; more; {
 				select {
 				case m := <-msgs:
@@ -265,24 +270,59 @@ func (a *applier) run(ctx context.Context) error {
 					more = false
 				}
 			}
+			quiet.Reset(5 * time.Millisecond)
 		case <-tick.C:
 			if err := a.flush(ctx); err != nil {
 				return err
 			}
-			a.r.markAlive()
+		case <-quiet.C:
+			if err := a.flush(ctx); err != nil {
+				return err
+			}
 		case <-snap.C:
 			if err := a.snapshot(ctx); err != nil {
 				a.logger.Warn("analytics snapshot not written", "err", err)
 			}
-		case <-rebuildCheck.C:
+		case <-second.C:
 			if asked, err := a.rebuildAsked(ctx); err != nil {
 				a.logger.Debug("analytics rebuild check", "err", err)
 			} else if asked {
 				return errRebuild
 			}
-			a.writeStatus(ctx)
+			pending, infoErr := a.writeStatus(ctx)
+			if err := stalled.check(pending, infoErr, a.st.seq); err != nil {
+				a.finish()
+				return err
+			}
+			a.r.markAlive()
 		}
 	}
+}
+
+// stall notices a consumer that does not deliver: one the server no longer
+// answers about, or one with events pending that applies none, for five
+// seconds running. The leader then starts a new one.
+type stall struct {
+	failures, still int
+	seq             uint64
+}
+
+func (s *stall) check(pending uint64, infoErr error, seq uint64) error {
+	if infoErr != nil {
+		if s.failures++; s.failures >= 5 {
+			return fmt.Errorf("consumer info failing: %w", infoErr)
+		}
+		return nil
+	}
+	s.failures = 0
+	if pending == 0 || seq != s.seq {
+		s.still, s.seq = 0, seq
+		return nil
+	}
+	if s.still++; s.still >= 5 {
+		return fmt.Errorf("consumer stalled: %d events pending, none applied for %ds", pending, s.still)
+	}
+	return nil
 }
 
 // maxBatch bounds the events taken from the server at once.
@@ -330,10 +370,16 @@ func (a *applier) flush(ctx context.Context) error {
 		f   jetstream.PubAckFuture
 	}
 	var writes []write
-	for _, sc := range a.st.scenes {
-		if !sc.dirty {
-			continue
+	dirty := a.st.dirtyScenes()
+	// Whatever is not written now stays marked, for the next flush.
+	defer func() {
+		for _, sc := range dirty {
+			if sc.dirty {
+				a.st.dirty = append(a.st.dirty, sc)
+			}
 		}
+	}()
+	for _, sc := range dirty {
 		key := sceneKey(sc.Scene)
 		k, known := a.known[key]
 		if !known {
@@ -476,9 +522,13 @@ func (a *applier) rebuildAsked(ctx context.Context) (bool, error) {
 	return true, nil
 }
 
-// writeStatus publishes the leader's progress for the API.
-func (a *applier) writeStatus(ctx context.Context) {
-	if info, err := a.cons.Info(ctx); err == nil {
+// writeStatus publishes the leader's progress for the API, and returns
+// the consumer's pending count as the server tells it.
+func (a *applier) writeStatus(ctx context.Context) (uint64, error) {
+	ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	info, infoErr := a.cons.Info(ictx)
+	cancel()
+	if infoErr == nil {
 		// Idle, no message tells the lag: the server does.
 		a.pending = info.NumPending
 		a.r.m.pending.Set(float64(info.NumPending))
@@ -495,7 +545,10 @@ func (a *applier) writeStatus(ctx context.Context) {
 		a.logger.Debug("analytics status", "err", err)
 	}
 	a.r.m.appliedSeq.Set(float64(a.st.seq))
-	a.r.m.infoTime.SetToCurrentTime()
+	if infoErr == nil {
+		a.r.m.infoTime.SetToCurrentTime()
+	}
+	return a.pending, infoErr
 }
 
 // docs reads every scene value with its revision.

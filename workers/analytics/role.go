@@ -38,9 +38,10 @@ type RoleOptions struct {
 	// Lease is how long a leader may go without renewing its lease before
 	// a standby takes over. Default 6s.
 	Lease time.Duration
-	// FlushEvery is how often the leader writes changed totals; default
-	// 250ms. SnapshotEvery is how often it snapshots its state; default
-	// 30s: what a new leader replays.
+	// FlushEvery is how often the leader writes changed totals while
+	// events flow (and 5 ms after they stop); default 250ms. SnapshotEvery
+	// is how often it snapshots its state; default 30s: what a new leader
+	// replays.
 	FlushEvery, SnapshotEvery time.Duration
 	// ID names this process in the lease; default the connection's name
 	// and a random suffix.

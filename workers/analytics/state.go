@@ -33,6 +33,7 @@ type state struct {
 	byName       map[string]uint32
 	follows      map[uint64]uint32 // a follower's person hash → the scene they followed through
 	unattributed int64             // unfollows of people with no recorded follow
+	dirty        []*sceneState     // changed since their totals were last written
 }
 
 type sceneState struct {
@@ -87,7 +88,7 @@ func (s *state) apply(seq uint64, ev event) (unattributed bool) {
 		if ev.received.After(sc.LastSeen) {
 			sc.LastSeen = ev.received
 		}
-		sc.dirty = true
+		s.touch(sc)
 	case KindUnsubscribe:
 		id, ok := s.follows[ev.person]
 		if !ok {
@@ -97,9 +98,32 @@ func (s *state) apply(seq uint64, ev event) (unattributed bool) {
 		delete(s.follows, ev.person)
 		sc := s.scenes[id]
 		sc.Unfollows++
-		sc.dirty = true
+		s.touch(sc)
 	}
 	return false
+}
+
+// touch marks a scene changed since its totals were written.
+func (s *state) touch(sc *sceneState) {
+	if !sc.dirty {
+		sc.dirty = true
+		s.dirty = append(s.dirty, sc)
+	}
+}
+
+// touchAll marks every scene, to write them all again.
+func (s *state) touchAll() {
+	for _, sc := range s.scenes {
+		s.touch(sc)
+	}
+}
+
+// dirtyScenes returns the scenes changed since their totals were written;
+// flush clears each one's mark as its write succeeds.
+func (s *state) dirtyScenes() []*sceneState {
+	out := s.dirty
+	s.dirty = nil
+	return out
 }
 
 // prune forgets people whose last scan on a scene is older than maxAge:

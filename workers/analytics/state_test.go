@@ -43,6 +43,7 @@ func clean(st *state) *state {
 	for _, sc := range st.scenes {
 		sc.dirty = false
 	}
+	st.dirty = nil
 	return st
 }
 

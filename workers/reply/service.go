@@ -34,9 +34,13 @@ type Options struct {
 	// Concurrency bounds the requests one worker holds at once (waiting
 	// retries included); past it the subscription backs up. Default 1024.
 	Concurrency int
-	// HandlerTimeout bounds every handler run, record included, with or
-	// without Dedup. Default 20s.
+	// HandlerTimeout bounds every handler run, with or without Dedup.
+	// Default 20s.
 	HandlerTimeout time.Duration
+	// Delivered, when set, is asked before a retry is answered with its
+	// reply: false means a late reply was (or is being) sent instead, and
+	// the retry is answered "success" so the person gets it once.
+	Delivered func(ctx context.Context, dedupKey string) bool
 }
 
 // Handler is a worker's decision without the bus: raw message in, reply
@@ -60,8 +64,9 @@ type Service struct {
 	svc     micro.Service
 	dedup   *dedup.Store
 	logger  *slog.Logger
-	timeout time.Duration
-	metrics *metrics
+	timeout   time.Duration
+	delivered func(context.Context, string) bool
+	metrics   *metrics
 	slots   chan struct{}  // one per request in hand
 	pending sync.WaitGroup // requests in hand
 }
@@ -82,7 +87,7 @@ func Start(o Options) (*Service, error) {
 	}
 	s := &Service{
 		Handler: NewHandler(o.Decider, o.Now), dedup: o.Dedup, logger: o.Logger,
-		timeout: o.HandlerTimeout, metrics: newMetrics(o.Registerer), slots: make(chan struct{}, o.Concurrency),
+		timeout: o.HandlerTimeout, delivered: o.Delivered, metrics: newMetrics(o.Registerer), slots: make(chan struct{}, o.Concurrency),
 	}
 	svc, err := micro.AddService(o.Conn, micro.Config{
 		Name:        bus.ServiceName,
@@ -178,6 +183,7 @@ func (s *Service) answer(req micro.Request, m *wechat.Message) {
 	var body []byte
 	var err error
 	outcome := dedup.Ran
+	retry := h.Get(bus.HeaderRetry) == "1"
 	if s.dedup == nil {
 		// Bounded like any handler: a record that JetStream never takes
 		// must not hold a slot for ever.
@@ -186,8 +192,11 @@ func (s *Service) answer(req micro.Request, m *wechat.Message) {
 		cancel()
 	} else {
 		ctx, cancel := requestContext(h)
-		body, outcome, err = s.dedup.Do(ctx, key, h.Get(bus.HeaderRetry) == "1", run)
+		body, outcome, err = s.dedup.Do(ctx, key, retry, run)
 		cancel()
+	}
+	if err == nil && retry && len(body) > 0 && s.delivered != nil && !s.delivered(context.Background(), key) {
+		body = nil // sent late already: the person has it
 	}
 	switch {
 	case errors.Is(err, dedup.ErrPending):
@@ -220,6 +229,27 @@ func requestContext(h micro.Headers) (context.Context, context.CancelFunc) {
 		budget = min(max(deadline.Sub(received), 0), most)
 	}
 	return context.WithTimeout(context.Background(), budget)
+}
+
+// ReplyOnce returns the reply to m for a late reply: a reply already stored
+// for it is returned as is, a handler still running is waited for, and
+// otherwise the handler runs, claimed so that it runs once across
+// replicas. ctx bounds the wait (the person's window).
+func (s *Service) ReplyOnce(ctx context.Context, m *wechat.Message) ([]byte, error) {
+	subject := m.Subject()
+	run := func(hctx context.Context) ([]byte, error) {
+		start := time.Now()
+		body, err := s.decide(hctx, m)
+		s.metrics.observe(subject, time.Since(start))
+		return body, err
+	}
+	if s.dedup == nil {
+		rctx, cancel := context.WithTimeout(ctx, s.timeout)
+		defer cancel()
+		return run(rctx)
+	}
+	body, _, err := s.dedup.Do(ctx, m.DedupKey(), true, run)
+	return body, err
 }
 
 // Handle parses a raw message and returns the reply XML, or an empty body

@@ -19,8 +19,10 @@ import (
 
 	"github.com/wxgate/wxgate/shared/config"
 	"github.com/wxgate/wxgate/shared/health"
+	"github.com/wxgate/wxgate/shared/wechatapi"
 	"github.com/wxgate/wxgate/workers/analytics"
 	"github.com/wxgate/wxgate/workers/dedup"
+	"github.com/wxgate/wxgate/workers/late"
 	"github.com/wxgate/wxgate/workers/reply"
 )
 
@@ -52,6 +54,7 @@ func (o *Options) validate() error {
 type Worker struct {
 	Analytics *analytics.Role // nil without the analytics role
 	Service   *reply.Service  // nil without the replies role
+	Late      *late.Service   // nil without the replies role or LATE_REPLY
 	api       http.Handler
 	scenes    analytics.StoreFunc
 }
@@ -95,6 +98,11 @@ func Start(o Options) (_ *Worker, err error) {
 	if decider == nil {
 		decider = reply.NewReplier(o.Config.Replies)
 	}
+	// The late sender and the reply service know each other: a late
+	// reply comes from the service, and a retry the service answers must
+	// not be sent late as well.
+	var lateSvc *late.Service
+	delivered := func(ctx context.Context, key string) bool { return lateSvc == nil || lateSvc.Delivered(ctx, key) }
 	svc, err := reply.Start(reply.Options{
 		Conn:           o.Conn,
 		Dedup:          dstore,
@@ -102,13 +110,46 @@ func Start(o Options) (_ *Worker, err error) {
 		Logger:         o.Logger.With("component", "worker"),
 		Registerer:     o.Registerer,
 		HandlerTimeout: o.Config.HandlerTimeout,
+		Delivered:      delivered,
 	})
 	if err != nil {
 		return nil, err
 	}
 	o.Health.Add("replies", svc.Check)
 	w.Service = svc
+	if o.Config.EffectiveLateReply() == config.LateReplyCustomerService {
+		if lateSvc, err = startLate(o, svc); err != nil {
+			return nil, errors.Join(err, stopService(svc))
+		}
+		o.Health.Add("late", lateSvc.Check)
+		w.Late = lateSvc
+	}
 	return w, nil
+}
+
+// startLate starts the late-reply sender, with its own client of WeChat's
+// API (the access_token is shared through the bus all the same).
+func startLate(o Options, svc *reply.Service) (*late.Service, error) {
+	api, err := wechatapi.New(wechatapi.Options{
+		Base: o.Config.APIBase, AppID: o.Config.AppID, Secret: o.Config.AppSecret,
+		Conn: o.Conn, Replicas: o.Config.JetStreamReplicas,
+		Logger: o.Logger.With("component", "wechatapi"), Registerer: o.Registerer,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("wechat api: %w", err)
+	}
+	return late.Start(late.Options{
+		Conn: o.Conn, API: api, Reply: svc.ReplyOnce,
+		MessageWindow: o.Config.LateMessageWindow, EventWindow: o.Config.LateEventWindow,
+		Replicas: o.Config.JetStreamReplicas, ID: o.Conn.Opts.Name + "/" + rand.Text()[:8],
+		Logger: o.Logger.With("component", "late"), Registerer: o.Registerer,
+	})
+}
+
+func stopService(svc *reply.Service) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return svc.Stop(ctx)
 }
 
 func stopRole(role *analytics.Role) error {
@@ -145,8 +186,11 @@ func (w *Worker) API() http.Handler { return w.api }
 // analytics role (a leader writes its totals and a snapshot).
 func (w *Worker) Stop(ctx context.Context) error {
 	var err error
+	if w.Late != nil {
+		err = w.Late.Stop(ctx)
+	}
 	if w.Service != nil {
-		err = w.Service.Stop(ctx)
+		err = errors.Join(err, w.Service.Stop(ctx))
 	}
 	if w.Analytics != nil {
 		err = errors.Join(err, w.Analytics.Stop(ctx))

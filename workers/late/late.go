@@ -1,0 +1,460 @@
+// Package late sends the replies WeChat was answered without. When the
+// ingress answered "success" because no reply came in time (no worker, a
+// slow handler, the bus down), it recorded the event in WXGATE_UNANSWERED.
+// A worker takes each such event, produces its reply (once across replicas,
+// through the replies store), and sends it through WeChat's customer-service
+// API, inside the window WeChat allows for what the person did: 48 hours
+// after a message, about a minute after a subscribe, a SCAN or a menu click.
+// Past it, the reply is dropped and counted as expired.
+//
+// A late reply is sent at most once across replicas and restarts: the key
+// is marked "sending" in a KV bucket before the call and "sent" after it,
+// so a worker killed between the two leaves a mark the next one respects.
+// A retry of the message answered with the reply in the meantime marks it
+// "delivered", and a late reply already marked turns the retry's answer
+// into "success": the person never gets the reply twice.
+package late
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+
+	"github.com/wxgate/wxgate/shared/bus"
+	"github.com/wxgate/wxgate/shared/events"
+	"github.com/wxgate/wxgate/shared/wechat"
+	"github.com/wxgate/wxgate/shared/wechatapi"
+)
+
+// Names in NATS.
+const (
+	Consumer = "wxgate-late"
+	Bucket   = "wxgate_late"
+)
+
+// Outcomes of a late reply (the outcome label of wxgate_late_replies_total).
+const (
+	Sent        = "sent"        // WeChat took it
+	Expired     = "expired"     // the person's window closed first (or WeChat said so: 45015)
+	Failed      = "failed"      // WeChat refused it (45047 the window's count used up, others)
+	Unsupported = "unsupported" // a passive reply with no customer-service form
+)
+
+// Marks in the bucket, by dedup key.
+const (
+	markSending   = "sending." // + owner: a send started; nobody sends again
+	markSent      = "sent"
+	markDelivered = "delivered" // a retry got the reply passively: no late send
+	markDone      = "done"      // expired, failed or unsupported: settled
+)
+
+// Sender sends a customer-service message (wechatapi.Client does, with
+// the shared access_token and its refresh on 40001/42001).
+type Sender interface {
+	CustomSend(ctx context.Context, msg wechatapi.CustomMessage) error
+}
+
+// Options configure a Service. Conn, API, Reply, Logger and Registerer are
+// required.
+type Options struct {
+	Conn *nats.Conn
+	API  Sender
+	// Reply produces the reply XML to m, running its handler at most once
+	// across replicas (a reply already stored is returned as is); empty
+	// means there is nothing to say.
+	Reply func(ctx context.Context, m *wechat.Message) ([]byte, error)
+	// MessageWindow and EventWindow are how long after a person's message,
+	// and after their subscribe, SCAN or menu click, WeChat takes a
+	// customer-service message to them. Defaults 48h and 60s.
+	MessageWindow, EventWindow time.Duration
+	Replicas                   int
+	// AckWait is how long a late reply may take before another worker
+	// takes the event over (and finds the send's mark). Default 30s.
+	AckWait time.Duration
+	// ID names this process in the marks.
+	ID         string
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+	Now        func() time.Time
+}
+
+func (o *Options) setDefaults() {
+	if o.MessageWindow <= 0 {
+		o.MessageWindow = 48 * time.Hour
+	}
+	if o.EventWindow <= 0 {
+		o.EventWindow = time.Minute
+	}
+	if o.AckWait <= 0 {
+		o.AckWait = 30 * time.Second
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+}
+
+func (o *Options) validate() error {
+	if o.Conn == nil || o.API == nil || o.Reply == nil || o.Logger == nil || o.Registerer == nil {
+		return errors.New("late: Options.Conn, API, Reply, Logger and Registerer are required")
+	}
+	return nil
+}
+
+// Service sends late replies.
+type Service struct {
+	o        Options
+	js       jetstream.JetStream
+	outcomes *prometheus.CounterVec
+
+	mu   sync.Mutex
+	kv   jetstream.KeyValue
+	cc   jetstream.ConsumeContext
+	down error
+	work chan jetstream.Msg
+	wg   sync.WaitGroup
+
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// Start starts the service: it sets itself up in the background, and keeps
+// trying while JetStream is away.
+func Start(o Options) (*Service, error) {
+	if err := o.validate(); err != nil {
+		return nil, err
+	}
+	o.setDefaults()
+	js, err := jetstream.New(o.Conn)
+	if err != nil {
+		return nil, fmt.Errorf("late: %w", err)
+	}
+	s := &Service{o: o, js: js, down: errors.New("not started yet"), work: make(chan jetstream.Msg, 64), done: make(chan struct{}),
+		outcomes: promauto.With(o.Registerer).NewCounterVec(prometheus.CounterOpts{
+			Name: "wxgate_late_replies_total",
+			Help: "Replies WeChat was answered without, sent later through the customer-service API, by outcome: sent, expired (the person's window closed), failed (WeChat refused), unsupported (no customer-service form).",
+		}, []string{"outcome"})}
+	for _, out := range []string{Sent, Expired, Failed, Unsupported} {
+		s.outcomes.WithLabelValues(out)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
+	for i := 0; i < 8; i++ { // sends wait on WeChat: a few at once
+		s.wg.Add(1)
+		go s.worker(ctx)
+	}
+	go s.supervise(ctx)
+	return s, nil
+}
+
+// supervise sets the bucket and the consumer up, and again when lost.
+func (s *Service) supervise(ctx context.Context) {
+	defer close(s.done)
+	for {
+		lost, err := s.setup(ctx)
+		if err != nil {
+			s.setDown(err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Second): // JetStream away: try again soon
+			}
+			continue
+		}
+		s.setDown(nil)
+		select {
+		case <-ctx.Done():
+			s.stopConsume()
+			return
+		case <-lost:
+			s.stopConsume()
+			s.o.Logger.Warn("late replies: consumer lost; setting up again")
+		}
+	}
+}
+
+func (s *Service) setup(ctx context.Context) (<-chan struct{}, error) {
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	kv, err := s.js.CreateOrUpdateKeyValue(sctx, jetstream.KeyValueConfig{
+		Bucket:      Bucket,
+		Description: "wxgate late replies: what became of each (sending, sent, delivered by a retry, done)",
+		History:     1,
+		TTL:         s.o.MessageWindow + time.Hour, // past every window
+		Storage:     jetstream.FileStorage,
+		Replicas:    max(s.o.Replicas, 1),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("kv %s: %w", Bucket, err)
+	}
+	cons, err := s.js.CreateOrUpdateConsumer(sctx, events.Unanswered, jetstream.ConsumerConfig{
+		Durable:       Consumer,
+		Description:   "wxgate late replies",
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       s.o.AckWait,
+		MaxDeliver:    -1,
+		MaxAckPending: 256,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("consumer %s: %w", Consumer, err)
+	}
+	lost := make(chan struct{})
+	var once sync.Once
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		select {
+		case s.work <- m:
+		case <-ctx.Done():
+		}
+	}, jetstream.PullMaxMessages(32), jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+		if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) {
+			once.Do(func() { close(lost) })
+		}
+	}))
+	if err != nil {
+		return nil, fmt.Errorf("consume: %w", err)
+	}
+	s.mu.Lock()
+	s.kv, s.cc = kv, cc
+	s.mu.Unlock()
+	return lost, nil
+}
+
+func (s *Service) stopConsume() {
+	s.mu.Lock()
+	cc := s.cc
+	s.cc = nil
+	s.mu.Unlock()
+	if cc != nil {
+		cc.Stop()
+		<-cc.Closed()
+	}
+}
+
+func (s *Service) setDown(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.down = err
+}
+
+// Check reports whether late replies can be sent.
+func (s *Service) Check() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.down != nil {
+		return fmt.Errorf("late replies not running: %w", s.down)
+	}
+	return nil
+}
+
+func (s *Service) bucket() jetstream.KeyValue {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.kv
+}
+
+// Delivered records that a retry of the message with dedup key key is
+// being answered with its reply, passively. It returns false when a late
+// reply was already sent or is being sent: the retry must then be answered
+// "success", or the person would get the reply twice. With the bucket out
+// of reach it returns true: a passive answer is the better bet.
+func (s *Service) Delivered(ctx context.Context, key string) bool {
+	kv := s.bucket()
+	if kv == nil {
+		return true
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if _, err := kv.Create(ctx, key, []byte(markDelivered)); err == nil || !errors.Is(err, jetstream.ErrKeyExists) {
+		return true
+	}
+	e, err := kv.Get(ctx, key)
+	if err != nil {
+		return true
+	}
+	v := string(e.Value())
+	return v == markDelivered || v == markDone
+}
+
+// worker handles unanswered events until ctx ends.
+func (s *Service) worker(ctx context.Context) {
+	defer s.wg.Done()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case m := <-s.work:
+			s.handle(ctx, m)
+		}
+	}
+}
+
+// window is how long after m WeChat takes a customer-service message to
+// its sender; ok is false for what opens none (a VIEW, a location report,
+// an unfollow).
+func (s *Service) window(m *wechat.Message) (time.Duration, bool) {
+	if !m.IsEvent() {
+		return s.o.MessageWindow, true
+	}
+	switch strings.ToLower(m.Event) {
+	case "subscribe", "scan", "click", "scancode_push", "scancode_waitmsg":
+		return s.o.EventWindow, true
+	}
+	return 0, false
+}
+
+func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
+	m, err := wechat.Parse(msg.Data())
+	if err != nil {
+		s.o.Logger.Error("late replies: an unanswered event that is not a message; dropped", "subject", msg.Subject(), "err", err)
+		_ = msg.Term()
+		return
+	}
+	received := time.Unix(m.CreateTime, 0)
+	if t, ok := bus.ParseTime(msg.Headers().Get(events.HeaderReceived)); ok {
+		received = t
+	}
+	window, ok := s.window(m)
+	if !ok {
+		_ = msg.Ack() // nothing can reach the person after this kind of event
+		return
+	}
+	deadline := received.Add(window)
+	key := m.DedupKey()
+	if !s.o.Now().Before(deadline) {
+		s.settle(ctx, msg, key, Expired, nil)
+		return
+	}
+	kv := s.bucket()
+	if kv == nil {
+		_ = msg.NakWithDelay(time.Second)
+		return
+	}
+	if e, err := kv.Get(ctx, key); err == nil {
+		// Sent, being sent, delivered by a retry, or settled: nothing to do.
+		s.o.Logger.Debug("late reply already settled", "dedup_key", key, "mark", markOf(e.Value()))
+		_ = msg.Ack()
+		return
+	}
+	rctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	body, err := s.o.Reply(rctx, m)
+	switch {
+	case err != nil && rctx.Err() != nil:
+		s.settle(ctx, msg, key, Expired, nil)
+		return
+	case err != nil:
+		s.o.Logger.Warn("late reply: the handler failed; will retry", "dedup_key", key, "err", err)
+		_ = msg.NakWithDelay(time.Second)
+		return
+	case len(body) == 0:
+		_ = msg.Ack() // nothing to say
+		return
+	}
+	cm, ok := customMessage(m.FromUserName, body)
+	if !ok {
+		s.settle(ctx, msg, key, Unsupported, nil)
+		return
+	}
+	// The mark goes first: a worker killed after the send and before "sent"
+	// leaves "sending", and nobody sends again. (One killed after the mark
+	// and before the send leaves it unsent: at most once, never twice.)
+	rev, err := kv.Create(ctx, key, []byte(markSending+s.o.ID))
+	if err != nil {
+		if errors.Is(err, jetstream.ErrKeyExists) {
+			_ = msg.Ack() // another worker, or a retry, got there first
+			return
+		}
+		_ = msg.NakWithDelay(time.Second)
+		return
+	}
+	outcome, sendErr := s.send(rctx, msg, cm)
+	mark := markDone
+	if outcome == Sent {
+		mark = markSent
+	}
+	uctx, ucancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer ucancel()
+	if _, err := kv.Update(uctx, key, []byte(mark), rev); err != nil {
+		s.o.Logger.Warn("late reply: mark not updated", "dedup_key", key, "err", err)
+	}
+	s.count(outcome, key, sendErr)
+	_ = msg.Ack()
+}
+
+// send sends cm, retrying WeChat's "system busy" (-1) and failures to reach
+// it with back-off, until ctx (the person's window) ends.
+func (s *Service) send(ctx context.Context, msg jetstream.Msg, cm wechatapi.CustomMessage) (string, error) {
+	backoff := 200 * time.Millisecond
+	for {
+		err := s.o.API.CustomSend(ctx, cm)
+		var apiErr *wechatapi.Error
+		switch {
+		case err == nil:
+			return Sent, nil
+		case errors.As(err, &apiErr) && apiErr.Code == 45015:
+			return Expired, err // the window closed, or the person unfollowed
+		case errors.As(err, &apiErr) && apiErr.Code != -1:
+			return Failed, err // 45047 (count used up), 48001, 45009, ...
+		}
+		// -1 or no answer: WeChat busy or out of reach; try again.
+		_ = msg.InProgress()
+		select {
+		case <-ctx.Done():
+			return Expired, err
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+// settle records a late reply that will not be sent, counts it, and acks.
+func (s *Service) settle(ctx context.Context, msg jetstream.Msg, key, outcome string, cause error) {
+	if kv := s.bucket(); kv != nil {
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		_, _ = kv.Create(cctx, key, []byte(markDone))
+		cancel()
+	}
+	s.count(outcome, key, cause)
+	_ = msg.Ack()
+}
+
+func (s *Service) count(outcome, key string, cause error) {
+	s.outcomes.WithLabelValues(outcome).Inc()
+	switch outcome {
+	case Sent:
+		s.o.Logger.Info("late reply sent", "dedup_key", key)
+	case Expired:
+		s.o.Logger.Info("late reply expired: the person's window closed", "dedup_key", key, "err", cause)
+	default:
+		s.o.Logger.Warn("late reply not sent", "outcome", outcome, "dedup_key", key, "err", cause)
+	}
+}
+
+func markOf(v []byte) string {
+	s := string(v)
+	if strings.HasPrefix(s, markSending) {
+		return "sending"
+	}
+	return s
+}
+
+// Stop stops taking events; sends in progress finish or are cut at ctx.
+func (s *Service) Stop(ctx context.Context) error {
+	s.cancel()
+	done := make(chan struct{})
+	go func() { <-s.done; s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("late replies stop: %w", ctx.Err())
+	}
+}
