@@ -61,14 +61,14 @@ func NewHandler(d Decider, now func() time.Time) *Handler {
 // Service answers msg.> and event.> requests in the workers' queue group.
 type Service struct {
 	*Handler
-	svc     micro.Service
-	dedup   *dedup.Store
-	logger  *slog.Logger
+	svc       micro.Service
+	dedup     *dedup.Store
+	logger    *slog.Logger
 	timeout   time.Duration
 	delivered func(context.Context, string) bool
 	metrics   *metrics
-	slots   chan struct{}  // one per request in hand
-	pending sync.WaitGroup // requests in hand
+	slots     chan struct{}  // one per request in hand
+	pending   sync.WaitGroup // requests in hand
 }
 
 // ErrMalformed is what Handle returns for a payload that is not a message.
