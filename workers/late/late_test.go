@@ -1,0 +1,296 @@
+package late
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http/httptest"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/wxgate/wxgate/shared/bus"
+	"github.com/wxgate/wxgate/shared/events"
+	"github.com/wxgate/wxgate/shared/metricstest"
+	"github.com/wxgate/wxgate/shared/natstest"
+	"github.com/wxgate/wxgate/shared/wait"
+	"github.com/wxgate/wxgate/shared/wechat"
+	"github.com/wxgate/wxgate/shared/wechatapi"
+	"github.com/wxgate/wxgate/wxsim/api"
+)
+
+var quiet = slog.New(slog.DiscardHandler)
+
+type fixture struct {
+	t    *testing.T
+	srv  *bus.Embedded
+	js   jetstream.JetStream
+	fake *api.Server
+	url  string
+	runs atomic.Int32
+}
+
+func newFixture(t *testing.T, o api.Options) *fixture {
+	t.Helper()
+	f := &fixture{t: t, srv: natstest.RunServer(t)}
+	js, err := jetstream.New(natstest.Connect(t, f.srv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.js = js
+	if err := events.Ensure(context.Background(), js, events.Defaults()); err != nil {
+		t.Fatal(err)
+	}
+	o.AppID, o.Secret = "wx_late", "late-secret"
+	f.fake = api.New(o)
+	ts := httptest.NewServer(f.fake)
+	t.Cleanup(ts.Close)
+	f.url = ts.URL
+	return f
+}
+
+// start runs a late-reply service on its own connection; reply answers
+// every message with the text "re: <content>" (an event: "scanned").
+func (f *fixture) start(windows ...time.Duration) (*Service, *prometheus.Registry) {
+	f.t.Helper()
+	nc, reg := natstest.Connect(f.t, f.srv), prometheus.NewRegistry()
+	client, err := wechatapi.New(wechatapi.Options{Base: f.url, AppID: "wx_late", Secret: "late-secret", Conn: nc, Logger: quiet, Registerer: reg})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	o := Options{Conn: nc, API: client, Logger: quiet, Registerer: reg, ID: fmt.Sprint("late-", f.runs.Load()),
+		Reply: func(_ context.Context, m *wechat.Message) ([]byte, error) {
+			f.runs.Add(1)
+			text := "re: " + m.Content
+			if m.IsEvent() {
+				text = "scanned"
+			}
+			return wechat.TextReply(text).ReplyTo(m, 1), nil
+		}}
+	if len(windows) == 2 {
+		o.MessageWindow, o.EventWindow = windows[0], windows[1]
+	}
+	s, err := Start(o)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	f.t.Cleanup(func() { _ = s.Stop(context.Background()) })
+	wait.For(f.t, wait.Short, wait.Every, s.Check)
+	return s, reg
+}
+
+// unanswered stores an event as the ingress does when it answered
+// "success" without the reply.
+func (f *fixture) unanswered(m *wechat.Message, received time.Time) {
+	f.t.Helper()
+	msg := &nats.Msg{Subject: events.UnansweredPrefix + m.Subject(), Data: m.AppendXML(nil), Header: nats.Header{}}
+	msg.Header.Set(events.HeaderReceived, bus.FormatTime(received))
+	if _, err := f.js.PublishMsg(context.Background(), msg, jetstream.WithMsgID("u."+m.DedupKey())); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+func text(openid, content string, id int) *wechat.Message {
+	return &wechat.Message{ToUserName: "gh", FromUserName: openid, CreateTime: time.Now().Unix(), MsgType: "text", Content: content, MsgID: fmt.Sprint(1000 + id)}
+}
+
+func scan(openid string, at time.Time) *wechat.Message {
+	return &wechat.Message{ToUserName: "gh", FromUserName: openid, CreateTime: at.Unix(), MsgType: "event", Event: "SCAN", EventKey: "poster"}
+}
+
+func outcome(t *testing.T, reg prometheus.Gatherer, o string) float64 {
+	v, _ := metricstest.Lookup(reg, "wxgate_late_replies_total", map[string]string{"outcome": o})
+	return v
+}
+
+// waitOutcomes waits until the services' outcomes add up to want.
+func waitOutcomes(t *testing.T, want map[string]float64, regs ...prometheus.Gatherer) {
+	t.Helper()
+	wait.For(t, wait.Short, wait.Every, func() error {
+		for o, n := range want {
+			var got float64
+			for _, reg := range regs {
+				got += outcome(t, reg, o)
+			}
+			if got != n {
+				return fmt.Errorf("%s = %v, want %v", o, got, n)
+			}
+		}
+		return nil
+	})
+}
+
+// Two replicas, three unanswered events: each reply reaches the fake
+// exactly once, to the right person, with the right content.
+func TestLateRepliesSentOnceAcrossReplicas(t *testing.T) {
+	f := newFixture(t, api.Options{})
+	_, r1 := f.start()
+	_, r2 := f.start()
+	f.unanswered(text("o_a", "hello", 1), time.Now())
+	f.unanswered(text("o_b", "你好", 2), time.Now())
+	f.unanswered(scan("o_c", time.Now()), time.Now())
+	waitOutcomes(t, map[string]float64{Sent: 3}, r1, r2)
+	got := map[string]string{}
+	for _, m := range f.fake.Calls().Messages {
+		if _, dup := got[m.ToUser]; dup {
+			t.Errorf("%s got two messages", m.ToUser)
+		}
+		got[m.ToUser] = m.Content
+	}
+	want := map[string]string{"o_a": "re: hello", "o_b": "re: 你好", "o_c": "scanned"}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("message to %s = %q, want %q (all: %v)", k, got[k], v, got)
+		}
+	}
+	if n := f.runs.Load(); n != 3 {
+		t.Errorf("replies produced %d times, want 3", n)
+	}
+}
+
+// A SCAN whose window closed before a worker took it: counted expired, not
+// sent, and its handler never runs.
+func TestExpiredWindowIsNotSent(t *testing.T) {
+	f := newFixture(t, api.Options{})
+	_, reg := f.start(time.Hour, time.Minute)
+	at := time.Now().Add(-2 * time.Minute)
+	f.unanswered(scan("o_late", at), at)
+	waitOutcomes(t, map[string]float64{Expired: 1, Sent: 0}, reg)
+	if n := len(f.fake.Calls().Messages); n != 0 {
+		t.Errorf("%d messages sent past the window", n)
+	}
+	if f.runs.Load() != 0 {
+		t.Error("the handler ran for a reply that could not be sent")
+	}
+}
+
+// A retry answered with the reply passively first: the late reply is not
+// sent. A late reply sent first: the retry is told to answer "success".
+func TestPassiveAndLateNeverBoth(t *testing.T) {
+	f := newFixture(t, api.Options{})
+	s, reg := f.start()
+	first := text("o_p", "passive", 1)
+	if !s.Delivered(context.Background(), first.DedupKey()) {
+		t.Fatal("a retry before any late reply was told not to answer")
+	}
+	f.unanswered(first, time.Now())
+	second := text("o_q", "late", 2)
+	f.unanswered(second, time.Now())
+	waitOutcomes(t, map[string]float64{Sent: 1}, reg)
+	if s.Delivered(context.Background(), second.DedupKey()) {
+		t.Error("a retry after the late reply was told to answer with the reply too")
+	}
+	msgs := f.fake.Calls().Messages
+	if len(msgs) != 1 || msgs[0].ToUser != "o_q" {
+		t.Errorf("messages sent = %+v, want only o_q's", msgs)
+	}
+}
+
+// A worker killed after its send and before it recorded it leaves the
+// "sending" mark: the event, delivered again, is not sent again.
+func TestSendingMarkIsRespected(t *testing.T) {
+	f := newFixture(t, api.Options{})
+	s, reg := f.start()
+	m := text("o_k", "killed", 1)
+	kv := s.bucket()
+	if _, err := kv.Create(context.Background(), m.DedupKey(), []byte(markSending+"dead-worker")); err != nil {
+		t.Fatal(err)
+	}
+	f.unanswered(m, time.Now())
+	other := text("o_o", "other", 2) // to know the first was processed
+	f.unanswered(other, time.Now())
+	waitOutcomes(t, map[string]float64{Sent: 1}, reg)
+	if msgs := f.fake.Calls().Messages; len(msgs) != 1 || msgs[0].ToUser != "o_o" {
+		t.Errorf("messages = %+v, want only o_o's", msgs)
+	}
+}
+
+// WeChat's answers: 45015 ends the attempt as expired, 45047 as failed;
+// -1 is retried until it goes through; 40001 refreshes the shared token
+// and retries once.
+func TestErrcodePaths(t *testing.T) {
+	cases := []struct {
+		name  string
+		fault api.Fault
+		want  string
+	}{
+		{"window closed", api.Fault{API: api.CustomSend, Errcode: 45015}, Expired},
+		{"count used up", api.Fault{API: api.CustomSend, Errcode: 45047}, Failed},
+		{"busy, then fine", api.Fault{API: api.CustomSend, Errcode: -1, Count: 2}, Sent},
+		{"token invalidated", api.Fault{InvalidateToken: true}, Sent},
+	}
+	for i, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			f := newFixture(t, api.Options{})
+			_, reg := f.start()
+			// A first send makes the token exist, so that invalidating it
+			// means something.
+			f.unanswered(text("o_warm", "warm", 100+i), time.Now())
+			waitOutcomes(t, map[string]float64{Sent: 1}, reg)
+			if err := f.fake.Inject(c.fault); err != nil {
+				t.Fatal(err)
+			}
+			f.unanswered(text("o_x", "x", i), time.Now())
+			want := map[string]float64{Sent: 1, Expired: 0, Failed: 0}
+			want[c.want]++
+			waitOutcomes(t, want, reg)
+		})
+	}
+}
+
+// Passive replies map to their customer-service form; the rest are
+// unsupported.
+func TestCustomMessages(t *testing.T) {
+	m := &wechat.Message{FromUserName: "o", ToUserName: "gh"}
+	one := []wechat.Article{{Title: "t", Description: "d", PicURL: "p", URL: "u"}}
+	for _, c := range []struct {
+		reply *wechat.Reply
+		typ   string
+		ok    bool
+	}{
+		{wechat.TextReply("hi"), "text", true},
+		{&wechat.Reply{Type: wechat.ReplyImage, MediaID: "m"}, "image", true},
+		{&wechat.Reply{Type: wechat.ReplyVoice, MediaID: "m"}, "voice", true},
+		{&wechat.Reply{Type: wechat.ReplyVideo, MediaID: "m", Title: "t"}, "video", true},
+		{&wechat.Reply{Type: wechat.ReplyMusic, Title: "t", MusicURL: "u"}, "music", true},
+		{&wechat.Reply{Type: wechat.ReplyNews, Articles: one}, "news", true},
+		{&wechat.Reply{Type: wechat.ReplyNews, Articles: append(one, one...)}, "", false},
+		{&wechat.Reply{Type: wechat.ReplyTransfer}, "", false},
+	} {
+		cm, ok := customMessage("o", c.reply.ReplyTo(m, 1))
+		if ok != c.ok || cm.MsgType != c.typ || (ok && cm.ToUser != "o") {
+			t.Errorf("%s: %+v %v, want %q %v", c.reply.Type, cm, ok, c.typ, c.ok)
+		}
+	}
+	cm, _ := customMessage("o", (&wechat.Reply{Type: wechat.ReplyImage, MediaID: "media_1"}).ReplyTo(m, 1))
+	if body := cm.Body.(map[string]string); body["media_id"] != "media_1" {
+		t.Errorf("image body = %v", body)
+	}
+}
+
+// An unsupported reply is counted, never sent.
+func TestUnsupportedIsCounted(t *testing.T) {
+	f := newFixture(t, api.Options{})
+	nc, reg := natstest.Connect(t, f.srv), prometheus.NewRegistry()
+	client, err := wechatapi.New(wechatapi.Options{Base: f.url, AppID: "wx_late", Secret: "late-secret", Conn: nc, Logger: quiet, Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := Start(Options{Conn: nc, API: client, Logger: quiet, Registerer: reg, Reply: func(_ context.Context, m *wechat.Message) ([]byte, error) {
+		return (&wechat.Reply{Type: wechat.ReplyTransfer}).ReplyTo(m, 1), nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Stop(context.Background()) })
+	f.unanswered(text("o_u", "u", 1), time.Now())
+	waitOutcomes(t, map[string]float64{Unsupported: 1, Sent: 0}, reg)
+	if n := len(f.fake.Calls().Messages); n != 0 {
+		t.Errorf("%d messages sent", n)
+	}
+}
+
