@@ -39,6 +39,7 @@ func TestMain(m *testing.M) {
 			"ingress":     "github.com/wxgate/wxgate/ingress",
 			"workers":     "github.com/wxgate/wxgate/workers",
 			"wxsim":       "github.com/wxgate/wxgate/wxsim",
+			"slowworker":  "github.com/wxgate/wxgate/e2e/slowworker",
 			"nats-server": "github.com/nats-io/nats-server/v2",
 		}); err != nil {
 			fmt.Fprintln(os.Stderr, "e2e:", err)

@@ -78,7 +78,8 @@ type Options struct {
 	MessageWindow, EventWindow time.Duration
 	Replicas                   int
 	// AckWait is how long a late reply may take before another worker
-	// takes the event over (and finds the send's mark). Default 30s.
+	// takes the event over (and finds the send's mark); a send that waits
+	// on WeChat keeps extending it. Default 10s.
 	AckWait time.Duration
 	// ID names this process in the marks.
 	ID         string
@@ -95,7 +96,7 @@ func (o *Options) setDefaults() {
 		o.EventWindow = time.Minute
 	}
 	if o.AckWait <= 0 {
-		o.AckWait = 30 * time.Second
+		o.AckWait = 10 * time.Second
 	}
 	if o.Now == nil {
 		o.Now = time.Now
