@@ -82,7 +82,10 @@ type Options struct {
 	// on WeChat keeps extending it. Default 10s.
 	AckWait time.Duration
 	// ID names this process in the marks.
-	ID         string
+	ID string
+	// Outcomes counts late replies (NewOutcomes); nil makes one on
+	// Registerer.
+	Outcomes   *prometheus.CounterVec
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 	Now        func() time.Time
@@ -138,14 +141,11 @@ func Start(o Options) (*Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("late: %w", err)
 	}
-	s := &Service{o: o, js: js, down: errors.New("not started yet"), work: make(chan jetstream.Msg, 64), done: make(chan struct{}),
-		outcomes: promauto.With(o.Registerer).NewCounterVec(prometheus.CounterOpts{
-			Name: "wxgate_late_replies_total",
-			Help: "Replies WeChat was answered without, sent later through the customer-service API, by outcome: sent, expired (the person's window closed), failed (WeChat refused), unsupported (no customer-service form).",
-		}, []string{"outcome"})}
-	for _, out := range []string{Sent, Expired, Failed, Unsupported} {
-		s.outcomes.WithLabelValues(out)
+	if o.Outcomes == nil {
+		o.Outcomes = NewOutcomes(o.Registerer)
 	}
+	s := &Service{o: o, js: js, down: errors.New("not started yet"), work: make(chan jetstream.Msg, 64), done: make(chan struct{}),
+		outcomes: o.Outcomes}
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
 	for i := 0; i < 8; i++ { // sends wait on WeChat: a few at once
@@ -154,6 +154,20 @@ func Start(o Options) (*Service, error) {
 	}
 	go s.supervise(ctx)
 	return s, nil
+}
+
+// NewOutcomes registers wxgate_late_replies_total, every outcome at zero:
+// a worker registers it whether late replies are on or not, so that the
+// dashboard's series exist either way.
+func NewOutcomes(reg prometheus.Registerer) *prometheus.CounterVec {
+	v := promauto.With(reg).NewCounterVec(prometheus.CounterOpts{
+		Name: "wxgate_late_replies_total",
+		Help: "Replies WeChat was answered without, sent later through the customer-service API, by outcome: sent, expired (the person's window closed), failed (WeChat refused), unsupported (no customer-service form).",
+	}, []string{"outcome"})
+	for _, out := range []string{Sent, Expired, Failed, Unsupported} {
+		v.WithLabelValues(out)
+	}
+	return v
 }
 
 // supervise sets the bucket and the consumer up, and again when lost.

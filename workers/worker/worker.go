@@ -117,8 +117,9 @@ func Start(o Options) (_ *Worker, err error) {
 	}
 	o.Health.Add("replies", svc.Check)
 	w.Service = svc
+	outcomes := late.NewOutcomes(o.Registerer)
 	if o.Config.EffectiveLateReply() == config.LateReplyCustomerService {
-		if lateSvc, err = startLate(o, svc); err != nil {
+		if lateSvc, err = startLate(o, svc, outcomes); err != nil {
 			return nil, errors.Join(err, stopService(svc))
 		}
 		o.Health.Add("late", lateSvc.Check)
@@ -129,7 +130,7 @@ func Start(o Options) (_ *Worker, err error) {
 
 // startLate starts the late-reply sender, with its own client of WeChat's
 // API (the access_token is shared through the bus all the same).
-func startLate(o Options, svc *reply.Service) (*late.Service, error) {
+func startLate(o Options, svc *reply.Service, outcomes *prometheus.CounterVec) (*late.Service, error) {
 	api, err := wechatapi.New(wechatapi.Options{
 		Base: o.Config.APIBase, AppID: o.Config.AppID, Secret: o.Config.AppSecret,
 		Conn: o.Conn, Replicas: o.Config.JetStreamReplicas,
@@ -141,7 +142,7 @@ func startLate(o Options, svc *reply.Service) (*late.Service, error) {
 	return late.Start(late.Options{
 		Conn: o.Conn, API: api, Reply: svc.ReplyOnce,
 		MessageWindow: o.Config.LateMessageWindow, EventWindow: o.Config.LateEventWindow,
-		Replicas: o.Config.JetStreamReplicas, ID: o.Conn.Opts.Name + "/" + rand.Text()[:8],
+		Replicas: o.Config.JetStreamReplicas, ID: o.Conn.Opts.Name + "/" + rand.Text()[:8], Outcomes: outcomes,
 		Logger: o.Logger.With("component", "late"), Registerer: o.Registerer,
 	})
 }

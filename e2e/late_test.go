@@ -1,0 +1,176 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/wxgate/wxgate/shared/wait"
+	"github.com/wxgate/wxgate/shared/wechat"
+	"github.com/wxgate/wxgate/wxsim/api"
+)
+
+// interaction tells the fake what a person did, as WeChat knows it: it
+// opens the window in which a customer-service message reaches them.
+func (f *fakeAPI) interaction(t *testing.T, openid, kind string) {
+	t.Helper()
+	b, _ := json.Marshal(map[string]string{"openid": openid, "kind": kind})
+	resp, err := http.Post(f.base+"/wxsim/interaction", "application/json", bytes.NewReader(b))
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("interaction %s %s: %v %v", openid, kind, resp, err)
+	}
+	resp.Body.Close()
+}
+
+// waitMessages waits until the fake has accepted n customer-service
+// messages, and returns them.
+func (f *fakeAPI) waitMessages(t *testing.T, n int) []api.Message {
+	t.Helper()
+	var msgs []api.Message
+	wait.For(t, wait.Long, wait.Every, func() error {
+		if msgs = f.calls(t).Messages; len(msgs) < n {
+			return fmt.Errorf("%d of %d customer-service messages", len(msgs), n)
+		}
+		return nil
+	})
+	return msgs
+}
+
+func lateText(openid, content string, id int64) []byte {
+	m := &wechat.Message{ToUserName: "gh_e2e", FromUserName: openid, CreateTime: time.Now().Unix(), MsgType: "text", Content: content, MsgID: fmt.Sprint(9_000_000 + id)}
+	return m.AppendXML(nil)
+}
+
+func lateScan(openid, scene string) []byte {
+	m := &wechat.Message{ToUserName: "gh_e2e", FromUserName: openid, CreateTime: time.Now().Unix(), MsgType: "event", Event: "SCAN", EventKey: scene}
+	return m.AppendXML(nil)
+}
+
+// No worker runs: a text message and a SCAN are answered "success". When
+// workers start, each reply reaches the person exactly once through the
+// customer-service API, with the right content.
+func TestLateRepliesWhenWorkersReturn(t *testing.T) {
+	ns := startNATS(t)
+	fake := startFakeAPI(t)
+	_, url, admin := startIngress(t, append(fake.env(), "NATS_URL="+ns.url)...)
+	waitReady(t, admin)
+	s := wechat.Sender{Token: token}
+	fake.interaction(t, "o_late_text", "message")
+	if code, body := post(t, s, url, lateText("o_late_text", "hello, anyone?", 1)); code != 200 || body != "success" {
+		t.Fatalf("text without workers = %d %q", code, body)
+	}
+	fake.interaction(t, "o_late_scan", "event")
+	if code, body := post(t, s, url, lateScan("o_late_scan", "poster_late")); code != 200 || body != "success" {
+		t.Fatalf("SCAN without workers = %d %q", code, body)
+	}
+	w := startWorker(t, ns.url, fake.env()...)
+	msgs := fake.waitMessages(t, 2)
+	want := map[string]string{"o_late_text": "hello, anyone?", "o_late_scan": "您扫描的场景值为：poster_late"}
+	got := map[string]string{}
+	for _, m := range msgs {
+		if _, dup := got[m.ToUser]; dup {
+			t.Errorf("%s got the reply twice", m.ToUser)
+		}
+		got[m.ToUser] = m.Content
+	}
+	for openid, content := range want {
+		if got[openid] != content {
+			t.Errorf("late reply to %s = %q, want %q (all: %v)", openid, got[openid], content, got)
+		}
+	}
+	wait.For(t, wait.Long, wait.Every, func() error {
+		if v := metricValue(t, w.admin, `wxgate_late_replies_total{outcome="sent"}`); v != 2 {
+			return fmt.Errorf("sent = %v, want 2", v)
+		}
+		return nil
+	})
+	if n := len(fake.calls(t).Messages); n != 2 {
+		t.Errorf("%d messages, want 2", n)
+	}
+}
+
+// A SCAN answered "success" whose workers come back after its window: the
+// late reply is counted expired and nothing is sent.
+func TestLateReplyPastTheWindowExpires(t *testing.T) {
+	ns := startNATS(t)
+	fake := startFakeAPI(t, "-event-window", "2s")
+	_, url, admin := startIngress(t, append(fake.env(), "NATS_URL="+ns.url)...)
+	waitReady(t, admin)
+	s := wechat.Sender{Token: token}
+	fake.interaction(t, "o_expired", "event")
+	if code, body := post(t, s, url, lateScan("o_expired", "poster_gone")); code != 200 || body != "success" {
+		t.Fatalf("SCAN without workers = %d %q", code, body)
+	}
+	time.Sleep(2500 * time.Millisecond) // the window closing is what is under test
+	w := startWorker(t, ns.url, append(fake.env(), "LATE_EVENT_WINDOW=2s")...)
+	wait.For(t, wait.Long, wait.Every, func() error {
+		if v := metricValue(t, w.admin, `wxgate_late_replies_total{outcome="expired"}`); v != 1 {
+			return fmt.Errorf("expired = %v, want 1", v)
+		}
+		return nil
+	})
+	if msgs := fake.calls(t).Messages; len(msgs) != 0 {
+		t.Errorf("sent past the window: %+v", msgs)
+	}
+}
+
+// A handler slower than the ingress's deadline: WeChat is answered
+// "success" in time, and the reply reaches the person afterwards, once;
+// the handler runs once.
+func TestSlowHandlerReplyArrivesLate(t *testing.T) {
+	ns := startNATS(t)
+	fake := startFakeAPI(t)
+	w := worker{}
+	p := start(t, "slowworker", append(fake.env(), "NATS_URL="+ns.url, "ADMIN_ADDR=127.0.0.1:0", "SLOW_REPLY_DELAY=2s"))
+	w.proc, w.admin = p, p.listenAddr(t, "admin")
+	_, url, admin := startIngress(t, append(fake.env(), "NATS_URL="+ns.url, "REPLY_TIMEOUT=1s")...)
+	waitReady(t, admin, w.admin)
+	s := wechat.Sender{Token: token}
+	fake.interaction(t, "o_slow", "message")
+	start := time.Now()
+	code, body := post(t, s, url, lateText("o_slow", "slow thinking", 2))
+	if took := time.Since(start); code != 200 || body != "success" || took > 2*time.Second {
+		t.Fatalf("slow handler = %d %q after %v, want success at the 1s deadline", code, body, took)
+	}
+	msgs := fake.waitMessages(t, 1)
+	if msgs[0].ToUser != "o_slow" || msgs[0].Content != "slow thinking" {
+		t.Errorf("late reply = %+v", msgs[0])
+	}
+	if h := handled(t, w.admin); h != 1 {
+		t.Errorf("handler ran %v times, want 1", h)
+	}
+	if n := len(fake.calls(t).Messages); n != 1 {
+		t.Errorf("%d messages, want 1", n)
+	}
+}
+
+// The worker sending a late reply is killed -9 right after WeChat took
+// it, before it recorded it: the worker that takes the event over finds
+// the send's mark, and the person still gets the reply exactly once.
+func TestLateReplyOnceWhenTheSenderIsKilled(t *testing.T) {
+	ns := startNATS(t)
+	fake := startFakeAPI(t)
+	_, url, admin := startIngress(t, append(fake.env(), "NATS_URL="+ns.url)...)
+	waitReady(t, admin)
+	s := wechat.Sender{Token: token}
+	fake.interaction(t, "o_killed", "message")
+	if code, body := post(t, s, url, lateText("o_killed", "are you there", 3)); code != 200 || body != "success" {
+		t.Fatalf("text without workers = %d %q", code, body)
+	}
+	// WeChat takes the message, then answers slowly: the sender dies in
+	// between.
+	fake.fault(t, api.Fault{API: api.CustomSend, Delay: "30s", After: true})
+	w1 := startWorker(t, ns.url, fake.env()...)
+	fake.waitMessages(t, 1)
+	w1.kill(t)
+	w2 := startWorker(t, ns.url, append(fake.env(), "LOG_LEVEL=debug")...)
+	w2.waitLog(t, "late reply already settled", nil)
+	msgs := fake.calls(t).Messages
+	if len(msgs) != 1 || msgs[0].ToUser != "o_killed" || !strings.Contains(msgs[0].Content, "are you there") {
+		t.Errorf("messages = %+v, want the one reply, once", msgs)
+	}
+}
