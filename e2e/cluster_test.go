@@ -113,8 +113,8 @@ func TestFaultClusterNodeLoss(t *testing.T) {
 		t.Fatalf("event stream leader after the loss: %q", l)
 	}
 
-	// WeChat retries of messages answered before the loss: answered from
-	// the replicated store, without running a handler.
+	// WeChat retries of messages answered before the loss: answered with
+	// the reply the answering worker kept, without running a handler.
 	handledSum := func(series string) float64 {
 		return metricValue(t, w1.admin, series) + metricValue(t, w2.admin, series)
 	}

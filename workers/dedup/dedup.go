@@ -3,15 +3,17 @@
 //
 // The ingress stores every event in the event stream before it asks a
 // worker, and the stream says which delivery is a retry (Wx-Retry). A first
-// delivery runs its handler at once, with no lookup, and stores its reply
-// under the key once it has answered, without waiting for the store: the
-// common case costs one write. A handler still running after ClaimAfter
-// (1 s, long before WeChat retries at 5 s) claims the key with an atomic
-// create in a JetStream KV bucket and keeps the claim alive while it runs.
-// A retry at any worker looks the key up: it answers with the stored reply,
-// or waits for it within its own deadline. A claim nobody refreshes for a
-// lease (its worker crashed) is taken over with a compare-and-set, so no
-// message stays stuck.
+// delivery runs its handler at once, with no lookup, and keeps its reply
+// in the worker's own memory for the TTL: the common case costs NATS
+// nothing. A handler still running after ClaimAfter (1 s, long before
+// WeChat retries at 5 s) claims the key with an atomic create in a
+// JetStream KV bucket, keeps the claim alive while it runs, and stores its
+// reply there. A retry at any worker looks the key up in the bucket (a
+// claim: it waits for the reply within its own deadline; a stored reply:
+// it answers with it), then asks every worker for a reply kept in memory
+// (LookupSubject). A claim nobody refreshes for a lease (its worker
+// crashed) is taken over with a compare-and-set, so no message stays
+// stuck.
 //
 // Because the handler keeps running after the ingress has given up, a
 // handler slower than one deadline still reaches the person: WeChat's next
@@ -107,14 +109,15 @@ func (o *Options) defaults() {
 
 // Store is the shared claim-and-reply store.
 type Store struct {
-	kv      jetstream.KeyValue
-	js      jetstream.JetStream
-	nc      *nats.Conn
-	prefix  string // the bucket's subject prefix, for the replies stored without waiting
-	cfg     jetstream.KeyValueConfig
-	o       Options
-	claim   []byte
-	running sync.WaitGroup // handlers still running
+	kv        jetstream.KeyValue
+	js        jetstream.JetStream
+	nc        *nats.Conn
+	recent    *recent // the replies this worker answered lately
+	lookupSub *nats.Subscription
+	cfg       jetstream.KeyValueConfig
+	o         Options
+	claim     []byte
+	running   sync.WaitGroup // handlers still running
 
 	recreating   sync.Mutex
 	lastRecreate time.Time
@@ -154,7 +157,7 @@ func Open(ctx context.Context, js jetstream.JetStream, owner string, o Options) 
 		kv:     kv,
 		js:     js,
 		nc:     js.Conn(),
-		prefix: "$KV." + Bucket + ".",
+		recent: newRecent(o.TTL, maxRecent),
 		cfg:    cfg,
 		o:      o,
 		claim:  append([]byte(claimPrefix), owner...),
@@ -178,6 +181,9 @@ func Open(ctx context.Context, js jetstream.JetStream, owner string, o Options) 
 		},
 	}
 	s.inflight, s.done = map[*inflight]struct{}{}, make(chan struct{})
+	if err := s.serveLookups(); err != nil {
+		return nil, fmt.Errorf("dedup lookups: %w", err)
+	}
 	go s.watch()
 	return s, nil
 }
@@ -221,8 +227,18 @@ func (s *Store) Do(ctx context.Context, key string, retry bool, run Handler) ([]
 		}
 		return s.await(ctx, key, run)
 	case errors.Is(err, jetstream.ErrKeyNotFound):
+		if body, ok := s.lookup(ctx, key); ok {
+			s.metrics.duplicates.Inc()
+			s.metrics.stored.Inc()
+			return body, Stored, nil
+		}
 		return s.own(ctx, key, 0, run, Ran)
 	default:
+		if body, ok := s.lookup(ctx, key); ok {
+			s.metrics.duplicates.Inc()
+			s.metrics.stored.Inc()
+			return body, Stored, nil
+		}
 		s.metrics.unavailable.Inc()
 		s.o.Logger.Warn("dedup store unavailable, handling without a claim", "err", err)
 		if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, jetstream.ErrStreamNotFound) ||
@@ -348,8 +364,20 @@ func (s *Store) watch() {
 	}
 }
 
-// Close stops the watcher.
-func (s *Store) Close() { s.closeOnce.Do(func() { close(s.done) }) }
+// Close stops the watcher and the lookups.
+func (s *Store) Close() {
+	s.closeOnce.Do(func() {
+		close(s.done)
+		if s.lookupSub != nil {
+			_ = s.lookupSub.Unsubscribe()
+		}
+	})
+}
+
+// maxRecent bounds the replies a worker keeps in memory (about 300 bytes
+// each for a text reply): past it the oldest go first, and their retries
+// run the handler again.
+const maxRecent = 200_000
 
 // runBounded runs the handler past ctx (up to HandlerTimeout) and returns
 // its result if it comes by ctx's deadline, ErrPending otherwise. after,
@@ -458,17 +486,12 @@ func (s *Store) keep(key string, rev uint64) (stop func() uint64) {
 
 // finish stores the reply over the claim at rev, or on error releases the
 // claim so that a retry runs the handler again. A handler that finished
-// before it claimed (rev 0, the common case) stores its reply without
-// waiting for the store's answer: only if the key is still free, and a
-// reply lost on the way costs a retry one more run, nothing else.
+// before it claimed (rev 0, the common case) keeps its reply in this
+// worker's memory, where a retry's lookup finds it.
 func (s *Store) finish(key string, rev uint64, body []byte, err error) {
 	if rev == 0 {
 		if err == nil {
-			msg := &nats.Msg{Subject: s.prefix + key, Header: nats.Header{jetstream.ExpectedLastSubjSeqHeader: []string{"0"}}}
-			msg.Data = append(append(make([]byte, 0, len(replyPrefix)+len(body)), replyPrefix...), body...)
-			if perr := s.nc.PublishMsg(msg); perr != nil {
-				s.o.Logger.Debug("dedup store reply", "dedup_key", key, "err", perr)
-			}
+			s.recent.put(key, body, time.Now())
 		}
 		return
 	}

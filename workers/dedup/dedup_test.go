@@ -237,9 +237,10 @@ func TestFailedHandlerReleasesTheKey(t *testing.T) {
 }
 
 // A first delivery whose handler answers within ClaimAfter costs the store
-// one write and no read: no claim, just its reply, for a retry; and a
-// retry at another replica gets that reply without running the handler.
-func TestFastFirstDeliveryCostsOneWrite(t *testing.T) {
+// nothing: no claim, no write; its reply stays in the worker's memory, and
+// a retry at another replica gets it from there by asking, without running
+// the handler again.
+func TestFastFirstDeliveryWritesNothing(t *testing.T) {
 	rs := replicas(t, natstest.RunServer(t), 2, Options{ClaimAfter: time.Minute})
 	var runs atomic.Int32
 	run := func(context.Context) ([]byte, error) { runs.Add(1); return []byte("fast"), nil }
@@ -247,27 +248,63 @@ func TestFastFirstDeliveryCostsOneWrite(t *testing.T) {
 	if err != nil || out != Ran || string(body) != "fast" {
 		t.Fatalf("%q %v %v", body, out, err)
 	}
+	waitStored(t, rs...)
 	kv, err := rs[0].js.KeyValue(context.Background(), Bucket)
 	if err != nil {
 		t.Fatal(err)
 	}
-	wait.For(t, wait.Short, wait.Every, func() error {
-		e, err := kv.Get(context.Background(), "msg.fast")
-		if err == nil && string(e.Value()) != replyPrefix+"fast" {
-			t.Fatalf("stored %q", e.Value())
-		}
-		return err
-	})
 	st, err := kv.Status(context.Background())
-	if err != nil || st.Values() != 1 {
-		t.Fatalf("bucket holds %d values (%v), want the one reply: one write", st.Values(), err)
+	if err != nil || st.Values() != 0 {
+		t.Fatalf("bucket holds %d values (%v), want none: a fast reply is kept in memory", st.Values(), err)
 	}
 	if got := testutil.ToFloat64(duplicates(rs[0].store)); got != 0 {
 		t.Errorf("duplicates = %v: the first delivery looked the key up", got)
 	}
 	body, out, err = rs[1].store.Do(within(5*time.Second), "msg.fast", true, run)
 	if err != nil || out != Stored || string(body) != "fast" || runs.Load() != 1 {
-		t.Fatalf("retry: %q %v %v, runs %d", body, out, err, runs.Load())
+		t.Fatalf("retry at the other replica: %q %v %v, runs %d", body, out, err, runs.Load())
+	}
+	body, out, err = rs[0].store.Do(within(5*time.Second), "msg.fast", true, run)
+	if err != nil || out != Stored || string(body) != "fast" || runs.Load() != 1 {
+		t.Fatalf("retry at the same replica: %q %v %v, runs %d", body, out, err, runs.Load())
+	}
+}
+
+// A retry nobody answered before (its first delivery never reached a
+// worker) runs the handler: silence to the lookup means no reply.
+func TestRetryWithoutReplyRuns(t *testing.T) {
+	rs := replicas(t, natstest.RunServer(t), 2, Options{})
+	body, out, err := rs[1].store.Do(within(5*time.Second), "msg.unseen", true, func(context.Context) ([]byte, error) {
+		return []byte("fresh"), nil
+	})
+	if err != nil || out != Ran || string(body) != "fresh" {
+		t.Fatalf("%q %v %v", body, out, err)
+	}
+}
+
+// Replies kept in memory expire after the TTL and are bounded in number.
+func TestRecentExpiresAndIsBounded(t *testing.T) {
+	now := time.Unix(1_700_000_000, 0)
+	r := newRecent(time.Minute, 3)
+	r.put("a", []byte("1"), now)
+	r.put("b", []byte("2"), now.Add(30*time.Second))
+	if v, ok := r.get("a", now.Add(59*time.Second)); !ok || string(v) != replyPrefix+"1" {
+		t.Fatalf("a within the TTL: %q %v", v, ok)
+	}
+	if _, ok := r.get("a", now.Add(61*time.Second)); ok {
+		t.Fatal("a kept past the TTL")
+	}
+	if _, ok := r.get("b", now.Add(61*time.Second)); !ok {
+		t.Fatal("b dropped before its TTL")
+	}
+	for i, k := range []string{"c", "d", "e"} {
+		r.put(k, []byte{byte('3' + i)}, now.Add(62*time.Second))
+	}
+	if _, ok := r.get("b", now.Add(62*time.Second)); ok {
+		t.Fatal("b kept past the bound of 3")
+	}
+	if len(r.byKey) != 3 || len(r.order) != 3 {
+		t.Fatalf("holds %d/%d, want 3", len(r.byKey), len(r.order))
 	}
 }
 

@@ -293,4 +293,3 @@ func TestUnsupportedIsCounted(t *testing.T) {
 		t.Errorf("%d messages sent", n)
 	}
 }
-
