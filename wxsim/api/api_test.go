@@ -249,6 +249,9 @@ func TestFaults(t *testing.T) {
 func TestCustomSend(t *testing.T) {
 	s, base, _ := newFake(t, Options{})
 	tok, _ := getToken(t, base)
+	if err := s.Interaction("o1", KindMessage, time.Time{}); err != nil {
+		t.Fatal(err)
+	}
 	send := func(body any) int {
 		return errcode(call(t, base, "/cgi-bin/message/custom/send?access_token="+tok, body))
 	}
