@@ -160,15 +160,20 @@ type Message struct {
 }
 
 // Fault is a switch: the next Count calls of API (every API when empty)
-// are answered with Errcode, after Delay, or dropped. InvalidateToken
-// invalidates the current access_token at once (its next use gets 40001;
-// the next stable_token issues a new one).
+// are answered with Errcode, after Delay, or dropped. By default that
+// happens instead of processing the call; with After, the call is
+// processed and recorded first (a send is delivered, a code created), and
+// only then is the answer delayed, replaced by Errcode or dropped: a test
+// can kill the caller, or fail it, once WeChat has done the work.
+// InvalidateToken invalidates the current access_token at once (its next
+// use gets 40001; the next stable_token issues a new one).
 type Fault struct {
 	API             string `json:"api,omitempty"`
 	Errcode         int    `json:"errcode,omitempty"`
 	Errmsg          string `json:"errmsg,omitempty"`
 	Delay           string `json:"delay,omitempty"` // a Go duration
 	Drop            bool   `json:"drop,omitempty"`
+	After           bool   `json:"after,omitempty"`
 	Count           int    `json:"count,omitempty"` // default 1
 	InvalidateToken bool   `json:"invalidate_token,omitempty"`
 	delay           time.Duration
@@ -291,41 +296,33 @@ func (s *Server) fault(w http.ResponseWriter, r *http.Request) {
 type answerFunc func(r *http.Request, body []byte) any
 
 // api counts the call, applies a pending fault, reads the body and answers.
+// A fault applies before the call is processed (WeChat never saw it) or,
+// with After, between processing and answering (WeChat did the work and
+// the caller may never hear of it).
 func (s *Server) api(name string, h answerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		s.mu.Lock()
 		s.calls[name]++
 		f, faulted := s.takeFault(name)
 		s.mu.Unlock()
-		if faulted {
-			if f.delay > 0 {
-				select {
-				case <-time.After(f.delay):
-				case <-r.Context().Done():
-					return
-				}
-			}
-			if f.Drop {
-				if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
-					_ = conn.Close()
-				}
-				s.o.Logger.Info("dropped", "api", name)
-				return
-			}
-			if f.Errcode != 0 {
-				s.errcode(w, name, f.Errcode, cmp.Or(f.Errmsg, errmsgs[f.Errcode], "injected by wxsim"))
-				return
-			}
-		}
-		if r.Method != http.MethodPost {
-			s.errcode(w, name, 43002, "require POST method")
-			return
-		}
+		// The body is read before any delay: net/http notices a caller
+		// going away (r.Context) only once the body has been read.
 		body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
 		if err != nil {
+			return // the caller went away before sending its body
+		}
+		if faulted && !f.After && s.applyFault(w, r, name, f) {
 			return
 		}
-		a := h(r, body)
+		var a any
+		if r.Method != http.MethodPost {
+			a = refuse(43002)
+		} else {
+			a = h(r, body)
+		}
+		if faulted && f.After && s.applyFault(w, r, name, f) {
+			return
+		}
 		if e, ok := a.(errAnswer); ok {
 			s.errcode(w, name, e.Errcode, e.Errmsg)
 			return
@@ -333,6 +330,33 @@ func (s *Server) api(name string, h answerFunc) http.HandlerFunc {
 		s.o.Logger.Info("answered", "api", name)
 		writeJSON(w, a)
 	}
+}
+
+// applyFault waits the fault's delay, then drops the connection or
+// answers its errcode; it reports whether the call is over.
+func (s *Server) applyFault(w http.ResponseWriter, r *http.Request, name string, f Fault) bool {
+	if f.delay > 0 {
+		select {
+		case <-time.After(f.delay):
+		case <-r.Context().Done():
+			// Before processing, the call is lost; after, it is done
+			// all the same: nothing is undone.
+			s.o.Logger.Info("caller gone during the delay", "api", name, "after", f.After)
+			return true
+		}
+	}
+	if f.Drop {
+		if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
+			_ = conn.Close()
+		}
+		s.o.Logger.Info("dropped", "api", name, "after", f.After)
+		return true
+	}
+	if f.Errcode != 0 {
+		s.errcode(w, name, f.Errcode, cmp.Or(f.Errmsg, errmsgs[f.Errcode], "injected by wxsim"))
+		return true
+	}
+	return false
 }
 
 // takeFault returns the first pending fault for api and counts it down.
