@@ -1,15 +1,19 @@
 // Package api is a fake of WeChat's API (api.weixin.qq.com), stateful
 // where the real one is: stable_token with its rotation and overlap,
 // qrcode/create with its action names, scene rules and permanent-code cap,
-// and message/custom/send. Switches inject what production meets (a token
-// invalidated, a quota spent, slow answers, dropped connections), and
-// GET /wxsim/calls tells a test what the fake received. The tests, the
-// README's quick start and the compose profile "fake-wechat" use it; the
-// facts it follows are in WeChat's documentation (see the README).
+// and message/custom/send with the per-person windows and counts of
+// customer-service messages (the fake is told of each person's
+// interactions by POST /wxsim/interaction). Switches inject what
+// production meets (a token invalidated, a quota spent, slow answers,
+// dropped connections), and GET /wxsim/calls tells a test what the fake
+// received. The tests, the README's quick start and the compose profile
+// "fake-wechat" use it; the facts it follows are in WeChat's
+// documentation (see the README).
 package api
 
 import (
 	"cmp"
+	"container/list"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
@@ -55,8 +59,22 @@ type Options struct {
 	// PermanentCap is the most permanent codes an account may have
 	// (WeChat: 100 000); past it, 45029.
 	PermanentCap int
+	// MessageWindow and MessageQuota are what a message from the person
+	// opens: how long customer-service messages may be sent to them, and
+	// how many (WeChat: 48h, 5). EventWindow and EventQuota are what a
+	// subscribe, a SCAN or a menu click opens (WeChat: 1 minute, 3).
+	// WeChat has changed these over time, hence settable. Defaults: those.
+	MessageWindow, EventWindow time.Duration
+	MessageQuota, EventQuota   int
+	// NoWindows turns the windows off: every well-formed send is accepted,
+	// interaction or not (for tests about something else).
+	NoWindows bool
+	// MaxPeople bounds how many people's windows the fake remembers; past
+	// it, the one told of least recently is forgotten (and gets 45015).
+	// Default 100 000.
+	MaxPeople int
 	// SendCheck, when set, may refuse a customer-service message with an
-	// errcode (the per-person windows and counts are its job); 0 accepts.
+	// errcode before the windows are checked; 0 lets it through.
 	SendCheck func(Message) (errcode int, errmsg string)
 	// Now is the clock; nil is time.Now.
 	Now func() time.Time
@@ -74,6 +92,21 @@ func (o *Options) setDefaults() {
 	}
 	if o.PermanentCap <= 0 {
 		o.PermanentCap = 100000
+	}
+	if o.MessageWindow <= 0 {
+		o.MessageWindow = 48 * time.Hour
+	}
+	if o.EventWindow <= 0 {
+		o.EventWindow = time.Minute
+	}
+	if o.MessageQuota <= 0 {
+		o.MessageQuota = 5
+	}
+	if o.EventQuota <= 0 {
+		o.EventQuota = 3
+	}
+	if o.MaxPeople <= 0 {
+		o.MaxPeople = 100000
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -96,6 +129,10 @@ type Server struct {
 	codes    []QRCode
 	messages []Message
 	faults   []Fault
+
+	people       map[string]*person // customer-service windows by OpenID
+	lru          *list.List         // the OpenIDs in people, told of least recently first
+	interactions map[string]int     // told, by kind
 }
 
 type token struct {
@@ -123,15 +160,20 @@ type Message struct {
 }
 
 // Fault is a switch: the next Count calls of API (every API when empty)
-// are answered with Errcode, after Delay, or dropped. InvalidateToken
-// invalidates the current access_token at once (its next use gets 40001;
-// the next stable_token issues a new one).
+// are answered with Errcode, after Delay, or dropped. By default that
+// happens instead of processing the call; with After, the call is
+// processed and recorded first (a send is delivered, a code created), and
+// only then is the answer delayed, replaced by Errcode or dropped: a test
+// can kill the caller, or fail it, once WeChat has done the work.
+// InvalidateToken invalidates the current access_token at once (its next
+// use gets 40001; the next stable_token issues a new one).
 type Fault struct {
 	API             string `json:"api,omitempty"`
 	Errcode         int    `json:"errcode,omitempty"`
 	Errmsg          string `json:"errmsg,omitempty"`
 	Delay           string `json:"delay,omitempty"` // a Go duration
 	Drop            bool   `json:"drop,omitempty"`
+	After           bool   `json:"after,omitempty"`
 	Count           int    `json:"count,omitempty"` // default 1
 	InvalidateToken bool   `json:"invalidate_token,omitempty"`
 	delay           time.Duration
@@ -143,7 +185,9 @@ type Calls struct {
 	Errcodes map[string]map[string]int `json:"errcodes"` // errcodes answered per API
 	Tokens   int                       `json:"tokens"`   // access_tokens issued
 	QRCodes  []QRCode                  `json:"qrcodes"`
-	Messages []Message                 `json:"messages"`
+	Messages []Message                 `json:"messages"` // accepted customer-service messages
+	// Interactions are those the fake was told of, by kind.
+	Interactions map[string]int `json:"interactions"`
 }
 
 // New returns the fake.
@@ -155,6 +199,7 @@ func New(o Options) *Server {
 	s.mux.HandleFunc("/cgi-bin/qrcode/create", s.api(QRCodeCreate, s.withToken(s.qrcodeCreate)))
 	s.mux.HandleFunc("/cgi-bin/message/custom/send", s.api(CustomSend, s.withToken(s.customSend)))
 	s.mux.HandleFunc("POST /wxsim/fault", s.fault)
+	s.mux.HandleFunc("POST /wxsim/interaction", s.interaction)
 	s.mux.HandleFunc("GET /wxsim/calls", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, s.Calls()) })
 	s.mux.HandleFunc("POST /wxsim/reset", func(w http.ResponseWriter, _ *http.Request) {
 		s.mu.Lock()
@@ -173,6 +218,7 @@ func New(o Options) *Server {
 func (s *Server) reset() {
 	s.tokens, s.codes, s.messages, s.faults = nil, nil, nil, nil
 	s.calls, s.errcodes, s.perm = map[string]int{}, map[string]map[string]int{}, map[string]QRCode{}
+	s.people, s.lru, s.interactions = map[string]*person{}, list.New(), map[string]int{}
 }
 
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
@@ -182,9 +228,13 @@ func (s *Server) Calls() Calls {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c := Calls{Calls: map[string]int{StableToken: 0, QRCodeCreate: 0, CustomSend: 0}, Errcodes: map[string]map[string]int{}, Tokens: len(s.tokens),
-		QRCodes: append([]QRCode{}, s.codes...), Messages: append([]Message{}, s.messages...)}
+		QRCodes: append([]QRCode{}, s.codes...), Messages: append([]Message{}, s.messages...),
+		Interactions: map[string]int{KindMessage: 0, KindEvent: 0, KindUnsubscribe: 0}}
 	for k, v := range s.calls {
 		c.Calls[k] = v
+	}
+	for k, v := range s.interactions {
+		c.Interactions[k] = v
 	}
 	for api, m := range s.errcodes {
 		c.Errcodes[api] = map[string]int{}
@@ -246,41 +296,33 @@ func (s *Server) fault(w http.ResponseWriter, r *http.Request) {
 type answerFunc func(r *http.Request, body []byte) any
 
 // api counts the call, applies a pending fault, reads the body and answers.
+// A fault applies before the call is processed (WeChat never saw it) or,
+// with After, between processing and answering (WeChat did the work and
+// the caller may never hear of it).
 func (s *Server) api(name string, h answerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		s.mu.Lock()
 		s.calls[name]++
 		f, faulted := s.takeFault(name)
 		s.mu.Unlock()
-		if faulted {
-			if f.delay > 0 {
-				select {
-				case <-time.After(f.delay):
-				case <-r.Context().Done():
-					return
-				}
-			}
-			if f.Drop {
-				if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
-					_ = conn.Close()
-				}
-				s.o.Logger.Info("dropped", "api", name)
-				return
-			}
-			if f.Errcode != 0 {
-				s.errcode(w, name, f.Errcode, cmp.Or(f.Errmsg, errmsgs[f.Errcode], "injected by wxsim"))
-				return
-			}
-		}
-		if r.Method != http.MethodPost {
-			s.errcode(w, name, 43002, "require POST method")
-			return
-		}
+		// The body is read before any delay: net/http notices a caller
+		// going away (r.Context) only once the body has been read.
 		body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
 		if err != nil {
+			return // the caller went away before sending its body
+		}
+		if faulted && !f.After && s.applyFault(w, r, name, f) {
 			return
 		}
-		a := h(r, body)
+		var a any
+		if r.Method != http.MethodPost {
+			a = refuse(43002)
+		} else {
+			a = h(r, body)
+		}
+		if faulted && f.After && s.applyFault(w, r, name, f) {
+			return
+		}
 		if e, ok := a.(errAnswer); ok {
 			s.errcode(w, name, e.Errcode, e.Errmsg)
 			return
@@ -288,6 +330,33 @@ func (s *Server) api(name string, h answerFunc) http.HandlerFunc {
 		s.o.Logger.Info("answered", "api", name)
 		writeJSON(w, a)
 	}
+}
+
+// applyFault waits the fault's delay, then drops the connection or
+// answers its errcode; it reports whether the call is over.
+func (s *Server) applyFault(w http.ResponseWriter, r *http.Request, name string, f Fault) bool {
+	if f.delay > 0 {
+		select {
+		case <-time.After(f.delay):
+		case <-r.Context().Done():
+			// Before processing, the call is lost; after, it is done
+			// all the same: nothing is undone.
+			s.o.Logger.Info("caller gone during the delay", "api", name, "after", f.After)
+			return true
+		}
+	}
+	if f.Drop {
+		if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
+			_ = conn.Close()
+		}
+		s.o.Logger.Info("dropped", "api", name, "after", f.After)
+		return true
+	}
+	if f.Errcode != 0 {
+		s.errcode(w, name, f.Errcode, cmp.Or(f.Errmsg, errmsgs[f.Errcode], "injected by wxsim"))
+		return true
+	}
+	return false
 }
 
 // takeFault returns the first pending fault for api and counts it down.
@@ -329,7 +398,9 @@ var errmsgs = map[int]string{
 	43002: "require POST method",
 	44004: "text content is empty",
 	45009: "reach max api daily quota limit",
+	45015: "response out of time limit or subscription is canceled",
 	45029: "qrcode count out of limit",
+	45047: "out of response count limit",
 	47001: "data format error",
 	48001: "api unauthorized",
 	89503: "此次调用需要管理员确认，请耐心等候",
@@ -592,6 +663,13 @@ func (s *Server) customSend(_ *http.Request, body []byte) any {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	// Checked and counted under the lock with the recording, so concurrent
+	// sends cannot both take a window's last message.
+	if !s.o.NoWindows {
+		if code := s.useWindow(m.ToUser, m.At); code != 0 {
+			return refuse(code)
+		}
+	}
 	if len(s.messages) == maxMessages {
 		s.messages = append(s.messages[:0:0], s.messages[maxMessages/2:]...)
 	}

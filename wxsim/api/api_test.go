@@ -2,7 +2,9 @@ package api
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -246,9 +248,86 @@ func TestFaults(t *testing.T) {
 	}
 }
 
+// waitFor polls cond until it holds; a deadline only bounds a broken test.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// With After, a call is processed and recorded before the fault: a send
+// answered -1 or dropped was delivered all the same, and a caller that
+// goes away during the delay does not undo it. Without After, a caller
+// that goes away during the delay leaves nothing.
+func TestFaultAfter(t *testing.T) {
+	s := New(Options{AppID: "wx1", Secret: "secret1", NoWindows: true})
+	ts := httptest.NewServer(s)
+	defer ts.Close()
+	tok, _ := getToken(t, ts.URL)
+	url := ts.URL + "/cgi-bin/message/custom/send?access_token=" + tok
+	body := func(n int) string {
+		return `{"touser":"o1","msgtype":"text","text":{"content":"m` + strconv.Itoa(n) + `"}}`
+	}
+	messages := func() int { return len(s.Calls().Messages) }
+
+	_ = s.Inject(Fault{API: CustomSend, After: true, Errcode: -1})
+	if m := call(t, ts.URL, "/cgi-bin/message/custom/send?access_token="+tok, json.RawMessage(body(1))); errcode(m) != -1 || messages() != 1 {
+		t.Errorf("after, errcode -1: %v, %d recorded", m, messages())
+	}
+	_ = s.Inject(Fault{API: CustomSend, After: true, Drop: true})
+	if resp, err := http.Post(url, "application/json", strings.NewReader(body(2))); err == nil {
+		resp.Body.Close()
+		t.Error("a dropped call got an answer")
+	}
+	if messages() != 2 {
+		t.Errorf("after, dropped: %d recorded, want 2", messages())
+	}
+
+	// sendUntil sends, waits for ready, then abandons the call.
+	sendUntil := func(n int, ready func() bool) {
+		t.Helper()
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() {
+			req, _ := http.NewRequestWithContext(ctx, "POST", url, strings.NewReader(body(n)))
+			resp, err := http.DefaultClient.Do(req)
+			if err == nil {
+				resp.Body.Close()
+			}
+			done <- err
+		}()
+		waitFor(t, "the call to reach its delay", ready)
+		cancel()
+		if err := <-done; !errors.Is(err, context.Canceled) {
+			t.Errorf("call %d: %v, want it cancelled during the delay", n, err)
+		}
+	}
+	_ = s.Inject(Fault{API: CustomSend, After: true, Delay: "2m"})
+	sendUntil(3, func() bool { return messages() == 3 })
+	_ = s.Inject(Fault{API: CustomSend, Delay: "2m"})
+	sendUntil(4, func() bool { return s.Calls().Calls[CustomSend] == 4 })
+
+	ts.Close() // waits for the handlers: nothing more can be recorded
+	c := s.Calls()
+	if len(c.Messages) != 3 || c.Messages[2].Content != "m3" {
+		t.Errorf("messages = %+v, want m1 to m3", c.Messages)
+	}
+	if len(c.Errcodes[CustomSend]) != 1 || c.Errcodes[CustomSend]["-1"] != 1 {
+		t.Errorf("errcodes answered = %v, want -1 once", c.Errcodes[CustomSend])
+	}
+}
+
 func TestCustomSend(t *testing.T) {
 	s, base, _ := newFake(t, Options{})
 	tok, _ := getToken(t, base)
+	if err := s.Interaction("o1", KindMessage, time.Time{}); err != nil {
+		t.Fatal(err)
+	}
 	send := func(body any) int {
 		return errcode(call(t, base, "/cgi-bin/message/custom/send?access_token="+tok, body))
 	}

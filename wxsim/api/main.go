@@ -34,6 +34,11 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&o.TokenTTL, "token-ttl", 2*time.Hour, "an access_token's lifetime (WeChat: 2h); whole seconds, at least 2s")
 	fs.DurationVar(&o.Overlap, "overlap", 0, "how long old and new tokens are both valid (default 5m, or half -token-ttl when shorter)")
 	fs.IntVar(&o.PermanentCap, "permanent-cap", 100000, "permanent codes allowed before 45029")
+	windows := fs.Bool("windows", true, "enforce customer-service windows and counts (45015, 45047); false accepts every well-formed send")
+	fs.DurationVar(&o.MessageWindow, "message-window", 48*time.Hour, "how long a message from the person allows customer-service messages")
+	fs.IntVar(&o.MessageQuota, "message-quota", 5, "how many a message from the person allows (at least 1)")
+	fs.DurationVar(&o.EventWindow, "event-window", time.Minute, "how long a subscribe, SCAN or menu click allows customer-service messages")
+	fs.IntVar(&o.EventQuota, "event-quota", 3, "how many a subscribe, SCAN or menu click allows (at least 1)")
 	healthcheck := fs.Bool("healthcheck", false, "probe a running fake at -addr and exit 0 if it answers (for container healthchecks)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -46,14 +51,17 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	logger := slog.New(slog.NewJSONHandler(stderr, nil)).With("component", "wechat-api")
 	o.Logger = logger
+	o.NoWindows = !*windows
 	s := New(o)
 	srv, err := serve.Start("wechat-api", &http.Server{Addr: *addr, Handler: s, ReadHeaderTimeout: 5 * time.Second}, logger)
 	if err != nil {
 		fmt.Fprintln(stderr, "wxsim api:", err)
 		return 1
 	}
-	logger.Info("fake WeChat API ready", "appid", o.AppID, "token_ttl", s.o.TokenTTL.String(), "overlap", s.o.Overlap.String())
-	fmt.Fprintf(stdout, "fake WeChat API on http://%s (WECHAT_API_BASE); control: POST /wxsim/fault, GET /wxsim/calls\n", srv.Addr())
+	logger.Info("fake WeChat API ready", "appid", o.AppID, "token_ttl", s.o.TokenTTL.String(), "overlap", s.o.Overlap.String(),
+		"windows", *windows, "message_window", s.o.MessageWindow.String(), "message_quota", s.o.MessageQuota,
+		"event_window", s.o.EventWindow.String(), "event_quota", s.o.EventQuota)
+	fmt.Fprintf(stdout, "fake WeChat API on http://%s (WECHAT_API_BASE); control: POST /wxsim/fault, POST /wxsim/interaction, GET /wxsim/calls\n", srv.Addr())
 	select {
 	case <-ctx.Done():
 	case err := <-srv.Done():

@@ -3,7 +3,9 @@
 package sim
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"encoding/xml"
 	"errors"
 	"flag"
@@ -17,6 +19,7 @@ import (
 	"time"
 
 	"github.com/wxgate/wxgate/shared/wechat"
+	"github.com/wxgate/wxgate/wxsim/api"
 )
 
 const usage = `wxsim plays WeChat against a wxgate callback URL.
@@ -33,6 +36,10 @@ commands:
   raw          any message XML, from -file or standard input
   load         traffic: -concurrency or -rate, -duration or -requests, -mix, -scenes
   api          a fake of WeChat's API for wxgate's WECHAT_API_BASE (-addr; see wxsim api -h)
+
+With -api URL, text, voice, subscribe, scan, unsubscribe and raw first tell
+a "wxsim api" at URL of the person's interaction, which opens their
+customer-service window there.
 
 Run "wxsim <command> -h" for the flags.
 `
@@ -52,6 +59,11 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	c.commonFlags(fs)
 	var run func(context.Context) error
+	switch cmd {
+	case "text", "voice", "subscribe", "scan", "unsubscribe", "raw":
+		// Only what a person does opens a customer-service window.
+		fs.StringVar(&c.api, "api", "", "a fake WeChat API (wxsim api) to tell of the person's interaction, as WeChat knows of it, before the callback: it opens their customer-service window")
+	}
 	switch cmd {
 	case "verify":
 		echo := fs.String("echostr", "wxsim-"+strconv.Itoa(rand.IntN(1e9)), "the echostr to send")
@@ -133,6 +145,7 @@ type client struct {
 	url, token, aesKey string
 	appID, account     string
 	openID             string
+	api                string // the fake WeChat API to tell of interactions; empty: none
 	retries            int
 	timeout, wait      time.Duration
 	sender             wechat.Sender
@@ -230,6 +243,11 @@ func (c *client) sendRaw(ctx context.Context, msg []byte) error {
 	if err := c.ready(ctx); err != nil {
 		return err
 	}
+	if c.api != "" {
+		if err := c.tellAPI(ctx, msg); err != nil {
+			return err
+		}
+	}
 	var failed error
 	for attempt := 0; attempt <= c.retries; attempt++ {
 		if c.retries > 0 {
@@ -249,6 +267,40 @@ func (c *client) sendRaw(ctx context.Context, msg []byte) error {
 		printReply(c.out, reply)
 	}
 	return failed
+}
+
+// tellAPI tells the fake WeChat API of the interaction msg is, once
+// however many retries follow. It goes before the callback, as the window
+// opens when the person acts: a reply sent late by a handler that just
+// missed the deadline must not race the fake being told.
+func (c *client) tellAPI(ctx context.Context, msg []byte) error {
+	m, err := wechat.Parse(msg)
+	kind := ""
+	if err == nil && m.FromUserName != "" {
+		kind = api.InteractionKind(m.MsgType, m.Event)
+	}
+	if kind == "" {
+		fmt.Fprintln(c.out, "interaction: none (this callback opens no customer-service window)")
+		return nil
+	}
+	body, _ := json.Marshal(api.InteractionRequest{OpenID: m.FromUserName, Kind: kind})
+	url := strings.TrimSuffix(c.api, "/") + "/wxsim/interaction"
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
+	if err != nil {
+		return fmt.Errorf("-api: %w", err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("telling the fake API of the interaction: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<10))
+		return fmt.Errorf("telling the fake API of the interaction: %s: %s", resp.Status, strings.TrimSpace(string(b)))
+	}
+	fmt.Fprintf(c.out, "interaction: %s for %s told to %s\n", kind, m.FromUserName, c.api)
+	return nil
 }
 
 // printReply prints what the person would see.

@@ -1,0 +1,208 @@
+package api
+
+import (
+	"bytes"
+	"container/list"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Interaction kinds, as POST /wxsim/interaction and Server.Interaction
+// take them. WeChat lets an account send customer-service messages to a
+// person only for a while after the person did something, and only so
+// many (wechat-api.md, section 3).
+const (
+	// KindMessage: the person sent a message (text, voice, image...). It
+	// opens MessageWindow for MessageQuota sends.
+	KindMessage = "message"
+	// KindEvent: a subscribe, a SCAN or a menu click. It opens EventWindow
+	// for EventQuota sends.
+	KindEvent = "event"
+	// KindUnsubscribe: the person unfollowed. Every window closes, as
+	// WeChat then answers 45015 ("... or subscription is canceled").
+	KindUnsubscribe = "unsubscribe"
+)
+
+// InteractionKind is the kind of interaction a callback is, by its
+// MsgType and Event; "" for one that opens no window (a LOCATION report,
+// a VIEW click, a template-send report...). Menu clicks count only for the
+// click types WeChat names: CLICK, scancode_push and scancode_waitmsg.
+func InteractionKind(msgType, event string) string {
+	switch {
+	case msgType == "":
+		return ""
+	case !strings.EqualFold(msgType, "event"):
+		return KindMessage
+	}
+	switch strings.ToLower(event) {
+	case "subscribe", "scan", "click", "scancode_push", "scancode_waitmsg":
+		return KindEvent
+	case "unsubscribe":
+		return KindUnsubscribe
+	}
+	return ""
+}
+
+// InteractionRequest is the body of POST /wxsim/interaction.
+type InteractionRequest struct {
+	OpenID string `json:"openid"`
+	Kind   string `json:"kind"`
+	// At is when the person acted (RFC 3339); zero is now. A time after
+	// the fake's now is taken as now: nothing can be sent before the
+	// interaction, and a skewed clock should not open a window early.
+	At time.Time `json:"at,omitzero"`
+}
+
+// maxOpenID is the longest OpenID the fake takes (WeChat's are 28
+// characters; touser is refused past 64 too).
+const maxOpenID = 64
+
+// ParseInteraction decodes and checks a POST /wxsim/interaction body: one
+// JSON object, no unknown field (a misspelt "open_id" must not pass as an
+// empty one), a known kind.
+func ParseInteraction(body []byte) (InteractionRequest, error) {
+	var req InteractionRequest
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		return req, fmt.Errorf("bad interaction: %w", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return req, errors.New("bad interaction: data after the JSON object")
+	}
+	return req, checkInteraction(req.OpenID, req.Kind)
+}
+
+func checkInteraction(openid, kind string) error {
+	if openid == "" || len(openid) > maxOpenID {
+		return fmt.Errorf("bad interaction: openid must be 1 to %d bytes, got %d", maxOpenID, len(openid))
+	}
+	switch kind {
+	case KindMessage, KindEvent, KindUnsubscribe:
+		return nil
+	}
+	return fmt.Errorf("bad interaction: kind %q is not %q, %q or %q", kind, KindMessage, KindEvent, KindUnsubscribe)
+}
+
+// window is what one interaction allows.
+type window struct {
+	opened, closes time.Time
+	quota, sent    int
+}
+
+// person is one OpenID's windows, oldest opened first. Only windows that
+// may still be used are kept: a window closing no later than one opened
+// after it never is (the later one is open whenever it is), so closing
+// times strictly decrease along the slice, and there are at most as many
+// windows as distinct window lengths (two).
+type person struct {
+	windows []window
+	elem    *list.Element // in Server.lru
+}
+
+// Interaction tells the fake that the person openid did something (kind
+// KindMessage, KindEvent or KindUnsubscribe) at the time at (zero: now),
+// as POST /wxsim/interaction does.
+func (s *Server) Interaction(openid, kind string, at time.Time) error {
+	if err := checkInteraction(openid, kind); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.interactions[kind]++
+	p := s.people[openid]
+	if kind == KindUnsubscribe {
+		if p != nil {
+			s.lru.Remove(p.elem)
+			delete(s.people, openid)
+		}
+		return nil
+	}
+	if now := s.o.Now(); at.IsZero() || at.After(now) {
+		at = now
+	}
+	w := window{opened: at, closes: at.Add(s.o.MessageWindow), quota: s.o.MessageQuota}
+	if kind == KindEvent {
+		w.closes, w.quota = at.Add(s.o.EventWindow), s.o.EventQuota
+	}
+	if p == nil {
+		p = &person{elem: s.lru.PushBack(openid)}
+		s.people[openid] = p
+		// Bounded memory: forget whoever was told of least recently.
+		if s.lru.Len() > s.o.MaxPeople {
+			delete(s.people, s.lru.Remove(s.lru.Front()).(string))
+		}
+	} else {
+		s.lru.MoveToBack(p.elem)
+	}
+	p.windows = addWindow(p.windows, w)
+	return nil
+}
+
+// addWindow inserts w by opening time (after any opened at the same
+// instant: told later is later) and drops the windows it makes useless.
+func addWindow(ws []window, w window) []window {
+	i := len(ws)
+	for i > 0 && ws[i-1].opened.After(w.opened) {
+		i--
+	}
+	all := make([]window, 0, len(ws)+1)
+	all = append(append(append(all, ws[:i]...), w), ws[i:]...)
+	keep := all[:0:0]
+	for j, x := range all {
+		outlived := slices.ContainsFunc(all[j+1:], func(y window) bool { return !y.closes.Before(x.closes) })
+		if !outlived {
+			keep = append(keep, x)
+		}
+	}
+	return keep
+}
+
+// useWindow counts a send to openid at now against the latest opened of
+// its open windows. WeChat documents each trigger's window but not how
+// they combine; the fake takes the strict reading (the latest interaction
+// sets the terms), so a SCAN after a message limits sends to 3 until its
+// minute is over. The code is 0 when the send is allowed, else 45015 (no
+// open window) or 45047 (its count used). Called with s.mu held.
+func (s *Server) useWindow(openid string, now time.Time) int {
+	p := s.people[openid]
+	if p == nil {
+		return 45015
+	}
+	for i := len(p.windows) - 1; i >= 0; i-- {
+		w := &p.windows[i]
+		if !now.Before(w.closes) {
+			continue
+		}
+		if w.sent >= w.quota {
+			return 45047
+		}
+		w.sent++
+		return 0
+	}
+	return 45015
+}
+
+func (s *Server) interaction(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(io.LimitReader(r.Body, 4<<10))
+	if err != nil {
+		http.Error(w, "reading the interaction: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	req, err := ParseInteraction(body)
+	if err == nil {
+		err = s.Interaction(req.OpenID, req.Kind, req.At)
+	}
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	s.o.Logger.Info("interaction", "openid", req.OpenID, "kind", req.Kind)
+	writeJSON(w, map[string]bool{"ok": true})
+}

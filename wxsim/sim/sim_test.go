@@ -1,0 +1,128 @@
+package sim
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/wxgate/wxgate/wxsim/api"
+)
+
+// With -api, each callback command tells the fake of the interaction it
+// is, before the callback, once however many retries.
+func TestTellsTheFakeAPI(t *testing.T) {
+	fake := api.New(api.Options{AppID: "wx", Secret: "s"})
+	fs := httptest.NewServer(fake)
+	defer fs.Close()
+	// wxgate's stand-in answers success, and notes what the fake had been
+	// told by then.
+	var mu sync.Mutex
+	var toldBefore []int
+	gw := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		c := fake.Calls().Interactions
+		mu.Lock()
+		toldBefore = append(toldBefore, c[api.KindMessage]+c[api.KindEvent]+c[api.KindUnsubscribe])
+		mu.Unlock()
+		_, _ = io.WriteString(w, "success")
+	}))
+	defer gw.Close()
+
+	run := func(args ...string) string {
+		t.Helper()
+		var out, errs bytes.Buffer
+		args = append(args, "-url", gw.URL, "-api", fs.URL+"/")
+		if code := Main(context.Background(), args, &out, &errs); code != 0 {
+			t.Fatalf("wxsim %v = %d: %s%s", args, code, out.String(), errs.String())
+		}
+		return out.String()
+	}
+	run("text", "-openid", "o_text", "-retries", "2")
+	run("voice", "-openid", "o_voice")
+	run("scan", "-openid", "o_scan", "-scene", "poster")
+	run("subscribe", "-openid", "o_sub")
+	run("unsubscribe", "-openid", "o_text")
+	if out := run("raw", "-file", writeTemp(t, `<xml><FromUserName>o_loc</FromUserName><MsgType>event</MsgType><Event>LOCATION</Event></xml>`)); !strings.Contains(out, "interaction: none") {
+		t.Errorf("a LOCATION report told the fake:\n%s", out)
+	}
+
+	c := fake.Calls().Interactions
+	if c[api.KindMessage] != 2 || c[api.KindEvent] != 2 || c[api.KindUnsubscribe] != 1 {
+		t.Errorf("interactions = %v, want 2 messages, 2 events, 1 unsubscribe", c)
+	}
+	mu.Lock()
+	if want := []int{1, 1, 1, 2, 3, 4, 5, 5}; !slices.Equal(toldBefore, want) {
+		t.Errorf("told before each callback: %v, want %v", toldBefore, want)
+	}
+	mu.Unlock()
+	for who, want := range map[string]int{"o_voice": 0, "o_scan": 0, "o_sub": 0, "o_text": 45015, "o_loc": 45015} {
+		if got := customSend(t, fs.URL, who); got != want {
+			t.Errorf("a send to %s: %d, want %d", who, got, want)
+		}
+	}
+}
+
+func TestAPIFlagOnlyOnCallbacks(t *testing.T) {
+	for _, cmd := range []string{"verify", "load"} {
+		var out, errs bytes.Buffer
+		if code := Main(context.Background(), []string{cmd, "-api", "http://127.0.0.1:1"}, &out, &errs); code != 2 {
+			t.Errorf("%s -api = %d, want 2 (no such flag)", cmd, code)
+		}
+	}
+}
+
+// A fake that cannot be told fails the command before any callback.
+func TestFakeAPIDown(t *testing.T) {
+	var called atomic.Bool
+	gw := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { called.Store(true) }))
+	defer gw.Close()
+	fs := httptest.NewServer(http.NotFoundHandler())
+	defer fs.Close()
+	var out, errs bytes.Buffer
+	if code := Main(context.Background(), []string{"text", "-url", gw.URL, "-api", fs.URL}, &out, &errs); code != 1 || called.Load() || !strings.Contains(errs.String(), "404") {
+		t.Errorf("exit %d, callback sent %v: %s", code, called.Load(), errs.String())
+	}
+}
+
+func writeTemp(t *testing.T, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "msg.xml")
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// customSend sends a text to openid through the fake and returns the errcode.
+func customSend(t *testing.T, base, openid string) int {
+	t.Helper()
+	post := func(path, body string, out any) {
+		t.Helper()
+		resp, err := http.Post(base+path, "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var tok struct {
+		AccessToken string `json:"access_token"`
+	}
+	post("/cgi-bin/stable_token", `{"grant_type":"client_credential","appid":"wx","secret":"s"}`, &tok)
+	var a struct {
+		Errcode int `json:"errcode"`
+	}
+	post("/cgi-bin/message/custom/send?access_token="+tok.AccessToken, `{"touser":"`+openid+`","msgtype":"text","text":{"content":"late"}}`, &a)
+	return a.Errcode
+}
