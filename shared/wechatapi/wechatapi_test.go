@@ -434,6 +434,9 @@ func TestNewQRRequest(t *testing.T) {
 
 func TestCustomSend(t *testing.T) {
 	e := newEnv(t, api.Options{})
+	if err := e.fake.Interaction("o_person", api.KindMessage, time.Time{}); err != nil { // opens o_person's window
+		t.Fatal(err)
+	}
 	p := e.process(t, "p", TokenOptions{})
 	if err := p.CustomSend(context.Background(), TextMessage("o_person", "晚到的回复")); err != nil {
 		t.Fatal(err)

@@ -84,9 +84,15 @@ func (f *fixture) start(windows ...time.Duration) (*Service, *prometheus.Registr
 }
 
 // unanswered stores an event as the ingress does when it answered
-// "success" without the reply.
+// "success" without the reply; the fake learns of the person's action, as
+// WeChat would, and opens its window.
 func (f *fixture) unanswered(m *wechat.Message, received time.Time) {
 	f.t.Helper()
+	if kind := api.InteractionKind(m.MsgType, m.Event); kind != "" {
+		if err := f.fake.Interaction(m.FromUserName, kind, received); err != nil {
+			f.t.Fatal(err)
+		}
+	}
 	msg := &nats.Msg{Subject: events.UnansweredPrefix + m.Subject(), Data: m.AppendXML(nil), Header: nats.Header{}}
 	msg.Header.Set(events.HeaderReceived, bus.FormatTime(received))
 	if _, err := f.js.PublishMsg(context.Background(), msg, jetstream.WithMsgID("u."+m.DedupKey())); err != nil {
