@@ -81,6 +81,13 @@ type Options struct {
 	// takes the event over (and finds the send's mark); a send that waits
 	// on WeChat keeps extending it. Default 10s.
 	AckWait time.Duration
+	// Settle is how long after an event was received its late reply
+	// waits before it asks for the reply. A first delivery still running
+	// claims its key within about 1.25 s of its start (dedup.ClaimAfter and
+	// the watcher's tick); the late reply must find that claim and wait for
+	// its reply, not run the handler beside it. It matters only when the
+	// ingress's REPLY_TIMEOUT is shorter than that. Default 2s.
+	Settle time.Duration
 	// ID names this process in the marks.
 	ID string
 	// Outcomes counts late replies (NewOutcomes); nil makes one on
@@ -100,6 +107,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.AckWait <= 0 {
 		o.AckWait = 10 * time.Second
+	}
+	if o.Settle <= 0 {
+		o.Settle = 2 * time.Second
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -345,6 +355,10 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 	key := m.DedupKey()
 	if !s.o.Now().Before(deadline) {
 		s.settle(ctx, msg, key, Expired, nil)
+		return
+	}
+	if early := received.Add(s.o.Settle).Sub(s.o.Now()); early > 0 {
+		_ = msg.NakWithDelay(early)
 		return
 	}
 	kv := s.bucket()

@@ -62,7 +62,7 @@ func (f *fixture) start(windows ...time.Duration) (*Service, *prometheus.Registr
 	if err != nil {
 		f.t.Fatal(err)
 	}
-	o := Options{Conn: nc, API: client, Logger: quiet, Registerer: reg, ID: fmt.Sprint("late-", f.runs.Load()),
+	o := Options{Conn: nc, API: client, Logger: quiet, Registerer: reg, ID: fmt.Sprint("late-", f.runs.Load()), Settle: time.Millisecond,
 		Reply: func(_ context.Context, m *wechat.Message) ([]byte, error) {
 			f.runs.Add(1)
 			text := "re: " + m.Content
