@@ -62,9 +62,10 @@ type Options struct {
 const token = "bench-token"
 
 type env struct {
-	bin string
-	dir string
-	o   Options
+	bin     string
+	dir     string
+	o       Options
+	wrkRuns int // wrk invocations so far: each sends its own messages
 }
 
 // result is one closed- or open-loop measurement.
