@@ -12,6 +12,7 @@ import (
 	"github.com/wxgate/wxgate/shared/config"
 	"github.com/wxgate/wxgate/shared/metricstest"
 	"github.com/wxgate/wxgate/shared/nettest"
+	"github.com/wxgate/wxgate/shared/wait"
 	"github.com/wxgate/wxgate/wxsim/api"
 )
 
@@ -46,9 +47,9 @@ func TestStandaloneQRCodes(t *testing.T) {
 		if err := nettest.CheckStatus(base+"/ui/", 200); err != nil {
 			t.Error(err)
 		}
-		if err := nettest.CheckStatus(base+"/readyz", 200); err != nil {
-			t.Error(err)
-		}
+		// Parts set themselves up in the background (late replies' consumer
+		// among them): ready comes, not at once.
+		wait.For(t, wait.Short, wait.Every, func() error { return nettest.CheckStatus(base+"/readyz", 200) })
 		if on {
 			if v := metricstest.Scrape(t, base+"/metrics", `wxgate_wechat_api_calls_total{api="qrcode_create",outcome="ok"}`); v != 1 {
 				t.Errorf("qrcode_create ok = %v", v)

@@ -18,7 +18,7 @@ import (
 type Intake interface {
 	// Publish stores the event, or holds it while JetStream cannot take
 	// it; intake.ErrFull when neither.
-	Publish(ctx context.Context, m *wechat.Message, raw []byte, received time.Time) (intake.Receipt, error)
+	Publish(m *wechat.Message, raw []byte, received time.Time) (intake.Receipt, error)
 	// Unanswered records an event answered "success" without its reply.
 	Unanswered(m *wechat.Message, raw []byte, received time.Time, r intake.Receipt, reason string)
 }
@@ -59,22 +59,22 @@ func (g *Gateway) once(ctx context.Context, m *wechat.Message, plain []byte, rec
 		g.mu.Unlock()
 		close(f.done)
 	}()
-	f.reply, f.outcome = g.dispatch(ctx, m, plain, received, deadline)
+	f.reply, f.outcome = g.dispatch(m, plain, received, deadline)
 	return f.reply, f.outcome
 }
 
 // dispatch makes the event durable, then asks a worker for the reply; an
 // event answered without its reply is recorded for a late one.
-func (g *Gateway) dispatch(ctx context.Context, m *wechat.Message, plain []byte, received, deadline time.Time) ([]byte, string) {
+func (g *Gateway) dispatch(m *wechat.Message, plain []byte, received, deadline time.Time) ([]byte, string) {
 	var rc intake.Receipt
 	if g.o.Intake != nil {
 		var err error
-		if rc, err = g.o.Intake.Publish(ctx, m, plain, received); err != nil {
+		if rc, err = g.o.Intake.Publish(m, plain, received); err != nil {
 			g.o.Logger.Error("event not accepted: the intake buffer is full", "subject", m.Subject(), "err", err)
 			return nil, outcomeUnavailable
 		}
 	}
-	reply, outcome, reason := g.request(ctx, m, plain, rc, received, deadline)
+	reply, outcome, reason := g.request(m, plain, rc, received, deadline)
 	if outcome == outcomeFallback && g.o.Intake != nil {
 		g.o.Intake.Unanswered(m, plain, received, rc, reason)
 	}
@@ -84,7 +84,7 @@ func (g *Gateway) dispatch(ctx context.Context, m *wechat.Message, plain []byte,
 // request asks a worker for the reply. It returns the reply XML (nil for
 // "success"), the outcome and, for a fallback, its reason; it never waits
 // past deadline.
-func (g *Gateway) request(ctx context.Context, m *wechat.Message, plain []byte, rc intake.Receipt, received, deadline time.Time) ([]byte, string, string) {
+func (g *Gateway) request(m *wechat.Message, plain []byte, rc intake.Receipt, received, deadline time.Time) ([]byte, string, string) {
 	subject := m.Subject()
 	if g.o.Local != nil {
 		reply, err := g.o.Local(plain)
@@ -116,14 +116,18 @@ func (g *Gateway) request(ctx context.Context, m *wechat.Message, plain []byte, 
 		// (or be running) at any worker.
 		msg.Header[bus.HeaderRetry] = []string{"1"}
 	}
-	ctx, cancel := context.WithDeadline(ctx, deadline)
-	defer cancel()
-	resp, err := g.o.Conn.RequestMsgWithContext(ctx, msg)
+	// A timeout rather than a context: a context per request, tied to the
+	// HTTP request's, cost more than the request's own work here.
+	wait := time.Until(deadline)
+	if wait <= 0 {
+		return g.fallback(reasonTimeout, subject, context.DeadlineExceeded)
+	}
+	resp, err := g.o.Conn.RequestMsg(msg, wait)
 	switch {
 	case err == nil:
 	case errors.Is(err, nats.ErrNoResponders):
 		return g.fallback(reasonNoResponders, subject, err)
-	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout), errors.Is(err, context.Canceled):
+	case errors.Is(err, nats.ErrTimeout):
 		return g.fallback(reasonTimeout, subject, err)
 	default:
 		return g.fallback(reasonBusDown, subject, err)

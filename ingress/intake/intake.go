@@ -133,11 +133,12 @@ func (in *Intake) message(m *wechat.Message, raw []byte, received time.Time) *na
 }
 
 // Publish stores the event (m, parsed from raw, received at received) in
-// the stream, or holds it when JetStream cannot take it now. A scan whose
+// the stream, waiting at most Timeout for it, or holds it when JetStream
+// cannot take it now. A scan whose
 // scene is not a scene is counted here, once per event.
-func (in *Intake) Publish(ctx context.Context, m *wechat.Message, raw []byte, received time.Time) (Receipt, error) {
+func (in *Intake) Publish(m *wechat.Message, raw []byte, received time.Time) (Receipt, error) {
 	msg := in.message(m, raw, received)
-	r, err := in.publish(ctx, msg)
+	r, err := in.publish(msg)
 	if err == nil && !r.Duplicate {
 		if scene, _, scan := m.SceneCandidate(); scan {
 			if p := wechat.SceneProblem(scene); p != "" {
@@ -148,7 +149,7 @@ func (in *Intake) Publish(ctx context.Context, m *wechat.Message, raw []byte, re
 	return r, err
 }
 
-func (in *Intake) publish(ctx context.Context, msg *nats.Msg) (Receipt, error) {
+func (in *Intake) publish(msg *nats.Msg) (Receipt, error) {
 	in.mu.Lock()
 	// While events are held, newer ones queue behind them: the stream keeps
 	// one person's follow and unfollow in the order they came. And a
@@ -159,14 +160,14 @@ func (in *Intake) publish(ctx context.Context, msg *nats.Msg) (Receipt, error) {
 	}
 	in.mu.Unlock()
 
-	ack, err := in.send(ctx, msg)
+	ack, err := in.send(msg)
 	if err == nil {
 		if ack.Duplicate {
 			in.metrics.duplicate.Inc()
 		} else {
 			in.metrics.stored.Inc()
 		}
-		return Receipt{Seq: ack.Sequence, Duplicate: ack.Duplicate}, nil
+		return Receipt{Seq: ack.Seq, Duplicate: ack.Duplicate}, nil
 	}
 	in.o.Logger.Warn("event not stored; holding it", "subject", msg.Subject, "err", err)
 	in.mu.Lock()
@@ -174,15 +175,16 @@ func (in *Intake) publish(ctx context.Context, msg *nats.Msg) (Receipt, error) {
 	return in.hold(msg)
 }
 
-// send publishes one message and waits for its acknowledgement; a stream
-// found missing (NATS restarted without its data) is created, once.
-func (in *Intake) send(ctx context.Context, msg *nats.Msg) (*jetstream.PubAck, error) {
-	ctx, cancel := context.WithTimeout(ctx, in.o.Timeout)
-	defer cancel()
-	ack, err := in.js.PublishMsg(ctx, msg)
+// send publishes one message and waits for its acknowledgement, at most
+// Timeout; a stream found missing (NATS restarted without its data) is
+// created, once.
+func (in *Intake) send(msg *nats.Msg) (pubAck, error) {
+	ack, err := in.store(msg, in.o.Timeout)
 	if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, jetstream.ErrStreamNotFound) {
+		ctx, cancel := context.WithTimeout(context.Background(), in.o.Timeout)
+		defer cancel()
 		if in.createStreams(ctx) == nil {
-			ack, err = in.js.PublishMsg(ctx, msg)
+			ack, err = in.store(msg, in.o.Timeout)
 		}
 	}
 	return ack, err
@@ -243,7 +245,7 @@ func (in *Intake) flush() {
 				return
 			}
 		}
-		_, err := in.send(context.Background(), head)
+		_, err := in.send(head)
 		if err != nil {
 			select {
 			case <-in.stop:
@@ -289,7 +291,7 @@ func (in *Intake) flushUnanswered() {
 		select {
 		case msg := <-in.unanswered:
 			for attempt := 0; ; attempt++ {
-				if _, err := in.send(context.Background(), msg); err == nil {
+				if _, err := in.send(msg); err == nil {
 					in.metrics.unanswered.Inc()
 					break
 				}

@@ -89,28 +89,36 @@ func equalFoldASCII(a, b string) bool {
 // sent, so it is valid as a Nats-Msg-Id header and as a JetStream KV key, and
 // it carries no OpenID in the clear.
 func (m *Message) DedupKey() string {
-	h := sha256.New()
-	write := func(fields ...string) {
+	// Every callback computes it, at the ingress and at the worker: the
+	// fields are hashed from a buffer on the stack, and the key is built in
+	// one allocation.
+	var buf [512]byte
+	in := buf[:0]
+	add := func(fields ...string) {
 		for _, f := range fields {
-			h.Write([]byte(f))
-			h.Write([]byte{0}) // separator: ("ab","c") and ("a","bc") differ
+			in = append(in, f...)
+			in = append(in, 0) // separator: ("ab","c") and ("a","bc") differ
 		}
 	}
-	var sum [sha256.Size]byte
+	var key [64]byte
+	out := key[:0]
 	if !m.IsEvent() && isDigits(m.MsgID) {
-		write(m.ToUserName, m.FromUserName)
-		return "msg." + m.MsgID + "." + hex.EncodeToString(h.Sum(sum[:0])[:8])
+		add(m.ToUserName, m.FromUserName)
+		sum := sha256.Sum256(in)
+		out = append(append(append(out, "msg."...), m.MsgID...), '.')
+		return string(hex.AppendEncode(out, sum[:8]))
 	}
-	kind := "evt."
-	fields := [...]string{m.ToUserName, m.FromUserName, strconv.FormatInt(m.CreateTime, 10), m.Event, m.EventKey}
+	var created [20]byte
+	kind, fields := "evt.", [...]string{m.ToUserName, m.FromUserName, string(strconv.AppendInt(created[:0], m.CreateTime, 10)), m.Event, m.EventKey}
 	if !m.IsEvent() {
 		// A message without a usable MsgId: fall back to the event recipe
 		// with the type and whatever MsgId said.
 		kind = "msh."
 		fields[3], fields[4] = m.MsgType, m.MsgID
 	}
-	write(fields[:]...)
-	return kind + hex.EncodeToString(h.Sum(sum[:0])[:16])
+	add(fields[:]...)
+	sum := sha256.Sum256(in)
+	return string(hex.AppendEncode(append(out, kind...), sum[:16]))
 }
 
 func isDigits(s string) bool {

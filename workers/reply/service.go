@@ -190,9 +190,13 @@ func (s *Service) answer(req micro.Request, m *wechat.Message) {
 		ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
 		body, err = run(ctx)
 		cancel()
+	} else if !retry {
+		// A first delivery's handler is bounded by HandlerTimeout alone:
+		// it carries on past the request's deadline for the retry.
+		body, outcome, err = s.dedup.Do(context.Background(), key, false, run)
 	} else {
 		ctx, cancel := requestContext(h)
-		body, outcome, err = s.dedup.Do(ctx, key, retry, run)
+		body, outcome, err = s.dedup.Do(ctx, key, true, run)
 		cancel()
 	}
 	if err == nil && retry && len(body) > 0 && s.delivered != nil && !s.delivered(context.Background(), key) {
