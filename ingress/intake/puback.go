@@ -37,24 +37,33 @@ func (in *Intake) store(msg *nats.Msg, timeout time.Duration) (pubAck, error) {
 
 var (
 	seqField       = []byte(`"seq":`)
-	duplicateField = []byte(`"duplicate":true`)
+	duplicateField = []byte(`"duplicate":`)
 	errorField     = []byte(`"error"`)
 )
 
-// parsePubAck reads {"stream":"WXGATE_EVENTS","seq":42,"duplicate":true}
+// parsePubAck reads {"stream":"WXGATE_EVENTS","seq":42} and the server's
+// duplicate form, {"stream":"WXGATE_EVENTS","seq":42,"duplicate": true},
 // by hand; an error, or anything it does not recognise, goes through
 // encoding/json.
 func parsePubAck(data []byte) (pubAck, error) {
 	if len(data) > 2 && data[0] == '{' && !bytes.Contains(data, errorField) {
-		if i := bytes.Index(data, seqField); i > 0 {
-			digits := data[i+len(seqField):]
+		if digits, ok := after(data, seqField); ok {
 			n := 0
 			for n < len(digits) && digits[n] >= '0' && digits[n] <= '9' {
 				n++
 			}
-			if n > 0 && n < len(digits) && (digits[n] == ',' || digits[n] == '}') {
+			rest := bytes.TrimLeft(digits[n:], " ")
+			if n > 0 && len(rest) > 0 && (rest[0] == ',' || rest[0] == '}') {
 				if seq, err := strconv.ParseUint(string(digits[:n]), 10, 64); err == nil && seq > 0 {
-					return pubAck{Seq: seq, Duplicate: bytes.Contains(data, duplicateField)}, nil
+					dup, ok := after(data, duplicateField)
+					switch {
+					case !ok:
+						return pubAck{Seq: seq}, nil
+					case bytes.HasPrefix(dup, []byte("true")):
+						return pubAck{Seq: seq, Duplicate: true}, nil
+					case bytes.HasPrefix(dup, []byte("false")):
+						return pubAck{Seq: seq}, nil
+					}
 				}
 			}
 		}
@@ -74,4 +83,13 @@ func parsePubAck(data []byte) (pubAck, error) {
 		return pubAck{}, fmt.Errorf("publish acknowledgement %q: no sequence", data)
 	}
 	return pubAck{Seq: r.Seq, Duplicate: r.Duplicate}, nil
+}
+
+// after returns what follows field in data, spaces skipped.
+func after(data, field []byte) ([]byte, bool) {
+	i := bytes.Index(data, field)
+	if i < 0 {
+		return nil, false
+	}
+	return bytes.TrimLeft(data[i+len(field):], " "), true
 }
