@@ -49,6 +49,9 @@ type Config struct {
 	// that WeChat's retries, at any replica, run the handler once
 	// (DEDUP_TTL; 0 turns the shared store off).
 	DedupTTL time.Duration
+	// DedupMemoryMB bounds, in MiB, the replies a worker keeps in its
+	// memory for retries (DEDUP_MEMORY_MB).
+	DedupMemoryMB int
 	// HandlerTimeout bounds a reply handler; one slower than the request's
 	// deadline still answers WeChat's next retry (HANDLER_TIMEOUT).
 	HandlerTimeout time.Duration
@@ -185,6 +188,7 @@ func Defaults() Config {
 		LateEventWindow:    time.Minute,
 		JetStreamReplicas:  1,
 		DedupTTL:           30 * time.Second,
+		DedupMemoryMB:      64,
 		HandlerTimeout:     20 * time.Second,
 		ShutdownDelay:      -1,
 		APIBase:            DefaultAPIBase,
@@ -260,6 +264,7 @@ func (c *Config) FromEnv(lookup func(string) (string, bool)) error {
 	num("ANALYTICS_MAX_SCENES", 1, 10000, &c.AnalyticsMaxScenes)
 	num("MAX_CONNECTIONS", 1, 1<<20, &c.MaxConnections)
 	num("JETSTREAM_REPLICAS", 1, 5, &c.JetStreamReplicas)
+	num("DEDUP_MEMORY_MB", 1, 1<<20, &c.DedupMemoryMB)
 	dur("EVENTS_MAX_AGE", &c.EventsMaxAge)
 	if r := c.EventsMaxAge; r > 0 && r < EventsDuplicateWindow {
 		errs = append(errs, fmt.Errorf("EVENTS_MAX_AGE=%s: must be 0 (keep) or at least %s, the duplicate window", shortDuration(r), shortDuration(EventsDuplicateWindow)))

@@ -79,8 +79,11 @@ type Options struct {
 	Replicas   int // bucket replicas (JETSTREAM_REPLICAS)
 	// HandlerTimeout bounds a handler that outlives its request.
 	HandlerTimeout time.Duration
-	Logger         *slog.Logger
-	Registerer     prometheus.Registerer
+	// Memory bounds the replies kept in this worker's memory for retries
+	// (DEDUP_MEMORY), in bytes. Default DefaultMemory.
+	Memory     int
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
 }
 
 func (o *Options) defaults() {
@@ -98,6 +101,9 @@ func (o *Options) defaults() {
 	}
 	if o.HandlerTimeout <= 0 {
 		o.HandlerTimeout = DefaultHandlerTimeout
+	}
+	if o.Memory <= 0 {
+		o.Memory = DefaultMemory
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -157,7 +163,7 @@ func Open(ctx context.Context, js jetstream.JetStream, owner string, o Options) 
 		kv:     kv,
 		js:     js,
 		nc:     js.Conn(),
-		recent: newRecent(o.TTL, maxRecent),
+		recent: newRecent(o.TTL, o.Memory, min(1<<20, o.Memory)),
 		cfg:    cfg,
 		o:      o,
 		claim:  append([]byte(claimPrefix), owner...),
@@ -180,6 +186,15 @@ func Open(ctx context.Context, js jetstream.JetStream, owner string, o Options) 
 			}),
 		},
 	}
+	evicted := f.NewCounter(prometheus.CounterOpts{
+		Name: "wxgate_worker_replies_evicted_total",
+		Help: "Replies dropped from this worker's memory before DEDUP_TTL to stay within DEDUP_MEMORY; a retry of one runs its handler again.",
+	})
+	s.recent.evicted = func(n int) { evicted.Add(float64(n)) }
+	f.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "wxgate_worker_replies_memory_bytes",
+		Help: "Memory holding the replies this worker answered in the last DEDUP_TTL, for retries.",
+	}, func() float64 { return float64(s.recent.held()) })
 	s.inflight, s.done = map[*inflight]struct{}{}, make(chan struct{})
 	if err := s.serveLookups(); err != nil {
 		return nil, fmt.Errorf("dedup lookups: %w", err)
@@ -353,6 +368,7 @@ func (s *Store) watch() {
 		case <-s.done:
 			return
 		case now := <-t.C:
+			s.recent.tick(now)
 			s.mu.Lock()
 			for r := range s.inflight {
 				if r.stop == nil && now.Sub(r.start) >= s.o.ClaimAfter {
@@ -364,20 +380,17 @@ func (s *Store) watch() {
 	}
 }
 
-// Close stops the watcher and the lookups.
+// Close stops the watcher and the lookups, and gives the replies' memory
+// back.
 func (s *Store) Close() {
 	s.closeOnce.Do(func() {
 		close(s.done)
 		if s.lookupSub != nil {
 			_ = s.lookupSub.Unsubscribe()
 		}
+		s.recent.close()
 	})
 }
-
-// maxRecent bounds the replies a worker keeps in memory (about 300 bytes
-// each for a text reply): past it the oldest go first, and their retries
-// run the handler again.
-const maxRecent = 200_000
 
 // runBounded runs the handler past ctx (up to HandlerTimeout) and returns
 // its result if it comes by ctx's deadline, ErrPending otherwise. after,

@@ -282,29 +282,59 @@ func TestRetryWithoutReplyRuns(t *testing.T) {
 	}
 }
 
-// Replies kept in memory expire after the TTL and are bounded in number.
+// Replies kept in memory expire after the TTL, are bounded in bytes (the
+// oldest chunk goes first, counted as evicted), and an idle store gives
+// its memory back.
 func TestRecentExpiresAndIsBounded(t *testing.T) {
 	now := time.Unix(1_700_000_000, 0)
-	r := newRecent(time.Minute, 3)
+	r := newRecent(time.Minute, 64, 32) // entries below take 16 bytes: two a chunk, two chunks
+	evicted := 0
+	r.evicted = func(n int) { evicted += n }
+	get := func(key string, at time.Time) string {
+		v, ok := r.get(key, at)
+		if !ok {
+			return "-"
+		}
+		return string(v[len(replyPrefix):])
+	}
 	r.put("a", []byte("1"), now)
 	r.put("b", []byte("2"), now.Add(30*time.Second))
-	if v, ok := r.get("a", now.Add(59*time.Second)); !ok || string(v) != replyPrefix+"1" {
-		t.Fatalf("a within the TTL: %q %v", v, ok)
+	if got := get("a", now.Add(59*time.Second)); got != "1" {
+		t.Fatalf("a within the TTL = %q", got)
 	}
-	if _, ok := r.get("a", now.Add(61*time.Second)); ok {
-		t.Fatal("a kept past the TTL")
+	if got := get("a", now.Add(61*time.Second)); got != "-" {
+		t.Fatalf("a past the TTL = %q", got)
 	}
-	if _, ok := r.get("b", now.Add(61*time.Second)); !ok {
-		t.Fatal("b dropped before its TTL")
+	if got := get("b", now.Add(61*time.Second)); got != "2" {
+		t.Fatalf("b within its TTL = %q", got)
 	}
-	for i, k := range []string{"c", "d", "e"} {
-		r.put(k, []byte{byte('3' + i)}, now.Add(62*time.Second))
+	later := now.Add(62 * time.Second)
+	r.put("c", []byte("3"), later)
+	r.put("d", []byte("4"), later)
+	r.put("e", []byte("5"), later) // a third chunk: the first (b live) goes
+	if got := get("b", later); got != "-" || evicted != 1 {
+		t.Fatalf("b after the bound = %q, evicted %d, want gone and 1", got, evicted)
 	}
-	if _, ok := r.get("b", now.Add(62*time.Second)); ok {
-		t.Fatal("b kept past the bound of 3")
+	for k, v := range map[string]string{"c": "3", "d": "4", "e": "5"} {
+		if got := get(k, later); got != v {
+			t.Errorf("%s = %q, want %q", k, got, v)
+		}
 	}
-	if len(r.byKey) != 3 || len(r.order) != 3 {
-		t.Fatalf("holds %d/%d, want 3", len(r.byKey), len(r.order))
+	if r.held() != 64 {
+		t.Errorf("held %d bytes, want 64", r.held())
+	}
+	r.put("big", make([]byte, 40), later) // larger than a chunk: not kept
+	if got := get("big", later); got != "-" {
+		t.Errorf("an entry larger than a chunk was kept")
+	}
+	r.tick(later.Add(61 * time.Second))
+	if r.held() != 0 || len(r.index) != 0 || evicted != 1 {
+		t.Errorf("idle past the TTL: held %d bytes, %d keys, evicted %d; want all given back", r.held(), len(r.index), evicted)
+	}
+	r.close()
+	r.put("f", []byte("6"), later)
+	if r.held() != 0 {
+		t.Errorf("a closed store took a reply")
 	}
 }
 

@@ -2,7 +2,9 @@ package dedup
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
+	"hash/maphash"
 	"sync"
 	"time"
 
@@ -14,65 +16,183 @@ import (
 // ("r" and its body) from whichever worker has it; the others stay silent.
 const LookupSubject = "wxgate.replies.lookup"
 
-// recent holds the replies this worker answered in the last TTL, in its
-// own memory: storing one costs a map entry, not a write to NATS, which is
-// what every message would pay. A retry at another worker finds it by
-// asking (lookup); only the rare retry pays for the question.
+// DefaultMemory bounds the replies a worker keeps: 64 MiB hold about
+// 180 000 text replies, 30 s of a worker answering 6 000 a second.
+const DefaultMemory = 64 << 20
+
+// recent holds the replies this worker answered in the last TTL, in its own
+// memory: storing one costs a copy, not a write to NATS, which is what every
+// message would pay. A retry at another worker finds it by asking (lookup);
+// only the rare retry pays for the question.
+//
+// Replies are appended to chunks of memory outside the Go heap (see
+// chunkAlloc), indexed by a hash of their key in a map without pointers:
+// the collector neither scans them nor counts them toward its next cycle,
+// so a burst's replies cost their bytes, once, and chunks are returned to
+// the system as they expire. Past max bytes the oldest chunk goes first,
+// and a retry of its replies runs the handler again (counted as evicted).
 type recent struct {
-	ttl time.Duration
-	max int
+	ttl   time.Duration
+	max   int // bytes
+	chunk int // bytes in a chunk
+	seed  maphash.Seed
 
-	mu    sync.Mutex
-	byKey map[string][]byte
-	order []stamped // oldest first, for expiry
+	mu      sync.Mutex
+	index   map[uint64]uint64 // key hash → chunk sequence << 32 | offset
+	chunks  []*chunk          // oldest first
+	next    uint64            // the sequence of the next chunk
+	bytes   int               // held in chunks
+	closed  bool
+	evicted func(n int) // replies dropped before their TTL, for a metric
 }
 
-type stamped struct {
-	key string
-	at  time.Time
+type chunk struct {
+	seq    uint64
+	buf    []byte
+	used   int
+	newest time.Time
+	hashes []uint64 // of the entries in it, to clear the index when it goes
 }
 
-func newRecent(ttl time.Duration, max int) *recent {
-	return &recent{ttl: ttl, max: max, byKey: map[string][]byte{}}
+// An entry in a chunk: when (unix nanoseconds), key length, body length,
+// key, body.
+const entryHead = 8 + 2 + 4
+
+func newRecent(ttl time.Duration, max, chunk int) *recent {
+	return &recent{ttl: ttl, max: max, chunk: chunk, seed: maphash.MakeSeed(), index: map[uint64]uint64{}, evicted: func(int) {}}
 }
 
-// put keeps the reply of key (a copy with the reply prefix, ready to be
-// sent as an answer to a lookup).
+// put keeps the reply of key. A key longer than a dedup key, or a reply
+// larger than a chunk, is not kept: a retry of it runs the handler again.
 func (r *recent) put(key string, body []byte, now time.Time) {
-	v := make([]byte, 0, len(replyPrefix)+len(body))
-	v = append(append(v, replyPrefix...), body...)
+	n := entryHead + len(key) + len(body)
+	if len(key) > 0xffff || n > r.chunk || n > r.max {
+		return
+	}
+	h := maphash.String(r.seed, key)
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.closed {
+		return
+	}
 	r.expire(now)
-	if _, ok := r.byKey[key]; !ok {
-		r.order = append(r.order, stamped{key, now})
+	c := r.tail()
+	if c == nil || len(c.buf)-c.used < n {
+		for r.bytes+r.chunk > r.max && len(r.chunks) > 0 {
+			r.drop(true, now)
+		}
+		buf, err := chunkAlloc(r.chunk)
+		if err != nil {
+			return // no memory for it: the retry runs the handler
+		}
+		c = &chunk{seq: r.next, buf: buf}
+		r.next++
+		r.chunks = append(r.chunks, c)
+		r.bytes += len(buf)
 	}
-	r.byKey[key] = v
-	for len(r.order) > r.max { // bounded, whatever the rate
-		delete(r.byKey, r.order[0].key)
-		r.order = r.order[1:]
-	}
+	e := c.buf[c.used : c.used+n]
+	binary.LittleEndian.PutUint64(e, uint64(now.UnixNano()))
+	binary.LittleEndian.PutUint16(e[8:], uint16(len(key)))
+	binary.LittleEndian.PutUint32(e[10:], uint32(len(body)))
+	copy(e[entryHead:], key)
+	copy(e[entryHead+len(key):], body)
+	r.index[h] = c.seq<<32 | uint64(c.used)
+	c.hashes = append(c.hashes, h)
+	c.used += n
+	c.newest = now
 }
 
-// get returns the stored answer ("r" and the body) for key.
+// get returns a copy of the reply of key, with the reply prefix ("r" and
+// the body), ready to be sent as an answer to a lookup.
 func (r *recent) get(key string, now time.Time) ([]byte, bool) {
+	h := maphash.String(r.seed, key)
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.expire(now)
-	v, ok := r.byKey[key]
-	return v, ok
+	loc, ok := r.index[h]
+	if !ok || len(r.chunks) == 0 {
+		return nil, false
+	}
+	i := int(loc>>32) - int(r.chunks[0].seq)
+	if i < 0 || i >= len(r.chunks) {
+		return nil, false
+	}
+	e := r.chunks[i].buf[loc&0xffffffff:]
+	at := time.Unix(0, int64(binary.LittleEndian.Uint64(e)))
+	kl, bl := int(binary.LittleEndian.Uint16(e[8:])), int(binary.LittleEndian.Uint32(e[10:]))
+	if string(e[entryHead:entryHead+kl]) != key || now.Sub(at) > r.ttl {
+		return nil, false // another key with the same hash, or expired
+	}
+	body := e[entryHead+kl : entryHead+kl+bl]
+	return append(append(make([]byte, 0, len(replyPrefix)+bl), replyPrefix...), body...), true
 }
 
-// expire drops what is older than the TTL; r.mu is held.
+// expire drops the chunks whose newest reply is older than the TTL; r.mu
+// is held.
 func (r *recent) expire(now time.Time) {
-	n := 0
-	for n < len(r.order) && now.Sub(r.order[n].at) > r.ttl {
-		delete(r.byKey, r.order[n].key)
-		n++
+	for len(r.chunks) > 0 && now.Sub(r.chunks[0].newest) > r.ttl {
+		r.drop(false, time.Time{})
 	}
-	if n > 0 {
-		r.order = append(r.order[:0:0], r.order[n:]...)
+}
+
+// drop removes the oldest chunk and its index entries. Dropped for room
+// (evicting, at now), its replies still inside their TTL are counted as
+// evicted; r.mu is held.
+func (r *recent) drop(evicting bool, now time.Time) {
+	c := r.chunks[0]
+	live := 0
+	for _, h := range c.hashes {
+		loc, ok := r.index[h]
+		if !ok || loc>>32 != c.seq {
+			continue // replaced by a later reply of the same hash
+		}
+		delete(r.index, h)
+		if evicting && now.Sub(time.Unix(0, int64(binary.LittleEndian.Uint64(c.buf[loc&0xffffffff:])))) <= r.ttl {
+			live++
+		}
 	}
+	if live > 0 {
+		r.evicted(live)
+	}
+	r.chunks[0] = nil
+	r.chunks = r.chunks[1:]
+	if len(r.chunks) == 0 {
+		r.chunks = nil
+	}
+	r.bytes -= len(c.buf)
+	chunkFree(c.buf)
+	c.buf = nil
+}
+
+func (r *recent) tail() *chunk {
+	if len(r.chunks) == 0 {
+		return nil
+	}
+	return r.chunks[len(r.chunks)-1]
+}
+
+// tick expires what is old while no reply comes, so that an idle worker
+// gives a burst's memory back.
+func (r *recent) tick(now time.Time) {
+	r.mu.Lock()
+	r.expire(now)
+	r.mu.Unlock()
+}
+
+// held is the memory the replies take now, in bytes.
+func (r *recent) held() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.bytes
+}
+
+// close gives the memory back.
+func (r *recent) close() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for len(r.chunks) > 0 {
+		r.drop(false, time.Time{})
+	}
+	r.closed = true
 }
 
 // serveLookups answers other workers' lookups for replies this worker has.

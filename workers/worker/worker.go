@@ -169,6 +169,7 @@ func openDedup(o Options) (*dedup.Store, error) {
 	defer cancel()
 	return dedup.Open(ctx, js, o.Conn.Opts.Name+"/"+rand.Text(), dedup.Options{
 		TTL:            o.Config.DedupTTL,
+		Memory:         o.Config.DedupMemoryMB << 20,
 		Replicas:       o.Config.JetStreamReplicas,
 		HandlerTimeout: o.Config.HandlerTimeout,
 		Logger:         o.Logger.With("component", "dedup"),
