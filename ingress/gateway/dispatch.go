@@ -109,11 +109,14 @@ func (g *Gateway) request(m *wechat.Message, plain []byte, rc intake.Receipt, re
 			bus.HeaderDedupKey: []string{m.DedupKey()},
 			bus.HeaderReceived: []string{bus.FormatTime(received)},
 			bus.HeaderDeadline: []string{bus.FormatTime(deadline)},
+			bus.HeaderSent:     []string{bus.FormatTime(time.Now())},
 		},
 	}
-	if rc.Duplicate {
+	if rc.Duplicate || rc.Held {
 		// The stream had it: a retry, whose first delivery may have run
-		// (or be running) at any worker.
+		// (or be running) at any worker. Or the stream could not say (the
+		// event is held): treated as a possible retry, so that a retry
+		// during an outage still gets the first reply, once.
 		msg.Header[bus.HeaderRetry] = []string{"1"}
 	}
 	// A timeout rather than a context: a context per request, tied to the

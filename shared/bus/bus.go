@@ -37,10 +37,15 @@ const (
 	// HeaderDeadline is when the ingress stops waiting (Unix nanoseconds):
 	// a worker that sees it passed can skip work nobody will read.
 	HeaderDeadline = "Wx-Deadline"
+	// HeaderSent is when the ingress sent the request (Unix nanoseconds):
+	// with HeaderDeadline, by the same clock, the time a worker has left
+	// once the event was stored.
+	HeaderSent = "Wx-Sent"
 	// HeaderRetry is "1" when the event stream already held the message: a
 	// retry (or a replay), whose reply a worker looks up before running the
-	// handler. Its absence means a first delivery, which runs the handler
-	// at once, with no lookup.
+	// handler; also when the stream could not say (the event is held while
+	// JetStream is away). Its absence means a first delivery, which runs
+	// the handler at once, with no lookup.
 	HeaderRetry = "Wx-Retry"
 )
 

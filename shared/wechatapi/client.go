@@ -141,7 +141,7 @@ func (c *Client) Tokens() *Tokens { return c.tokens }
 func (c *Client) withToken(ctx context.Context, api, path string, body, out any) error {
 	tok, err := c.tokens.Token(ctx)
 	if err != nil {
-		return err
+		return notSent{err}
 	}
 	err = c.post(ctx, api, path, tok, body, out)
 	var we *Error
@@ -150,12 +150,32 @@ func (c *Client) withToken(ctx context.Context, api, path string, body, out any)
 	}
 	c.logger.Warn("access_token refused; expiring it if it is still the stored one, retrying once", "api", api, "errcode", we.Code)
 	if err := c.tokens.Expire(ctx, tok); err != nil {
-		return err
+		return notSent{err} // the refused call did nothing; the retry was not made
 	}
 	if tok, err = c.tokens.Token(ctx); err != nil {
-		return err
+		return notSent{err}
 	}
 	return c.post(ctx, api, path, tok, body, out)
+}
+
+// ErrNotSent is in the chain of an error from before a call left for
+// WeChat: no access_token, or no connection made. WeChat did not see the
+// call, so making it again cannot do its work twice. Other failures (a
+// timeout, a connection lost while waiting for the answer) leave that
+// unknown.
+var ErrNotSent = errors.New("not sent to WeChat")
+
+type notSent struct{ err error }
+
+func (e notSent) Error() string   { return e.err.Error() }
+func (e notSent) Unwrap() []error { return []error{e.err, ErrNotSent} }
+
+// beforeSending tells the errors of http.Client.Do that come before the
+// request was written: resolving the name or connecting.
+func beforeSending(err error) bool {
+	var dns *net.DNSError
+	var op *net.OpError
+	return errors.As(err, &dns) || (errors.As(err, &op) && op.Op == "dial")
 }
 
 // maxAnswer bounds what is read of an answer: WeChat's are a few hundred bytes.
@@ -180,7 +200,11 @@ func (c *Client) post(ctx context.Context, api, path, tok string, body, out any)
 	start := time.Now()
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return c.fail(api, fmt.Errorf("wechat %s: %w", api, c.redactErr(err, tok)))
+		err = c.fail(api, fmt.Errorf("wechat %s: %w", api, c.redactErr(err, tok)))
+		if beforeSending(err) {
+			return notSent{err}
+		}
+		return err
 	}
 	defer resp.Body.Close()
 	answer, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswer))

@@ -247,6 +247,18 @@ func (s *Store) Do(ctx context.Context, key string, retry bool, run Handler) ([]
 			s.metrics.stored.Inc()
 			return body, Stored, nil
 		}
+		// A retry that runs the handler claims the key first: another
+		// retry, or a late reply, arriving meanwhile waits for this run.
+		cctx, cancel := context.WithTimeout(ctx, s.claimBudget(ctx))
+		rev, cerr := s.kv.Create(cctx, key, s.claim)
+		cancel()
+		switch {
+		case cerr == nil:
+			return s.own(ctx, key, rev, run, Ran)
+		case errors.Is(cerr, jetstream.ErrKeyExists):
+			s.metrics.duplicates.Inc()
+			return s.await(ctx, key, run)
+		}
 		return s.own(ctx, key, 0, run, Ran)
 	default:
 		if body, ok := s.lookup(ctx, key); ok {

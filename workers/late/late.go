@@ -55,6 +55,8 @@ const (
 	markSent      = "sent"
 	markDelivered = "delivered" // a retry got the reply passively: no late send
 	markDone      = "done"      // expired, failed or unsupported: settled
+	markRetry     = "retry"     // tried, not taken (WeChat busy or out of reach): may go again
+	markUnknown   = "unknown"   // sent, and no answer: WeChat may have it; never again
 )
 
 // Sender sends a customer-service message (wechatapi.Client does, with
@@ -88,6 +90,10 @@ type Options struct {
 	// its reply, not run the handler beside it. It matters only when the
 	// ingress's REPLY_TIMEOUT is shorter than that. Default 2s.
 	Settle time.Duration
+	// Backlog is how far back a new consumer starts: unanswered events
+	// older than that, from before late replies were on, are not sent.
+	// Default 10m.
+	Backlog time.Duration
 	// ID names this process in the marks.
 	ID string
 	// Outcomes counts late replies (NewOutcomes); nil makes one on
@@ -110,6 +116,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.Settle <= 0 {
 		o.Settle = 2 * time.Second
+	}
+	if o.Backlog <= 0 {
+		o.Backlog = 10 * time.Minute
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -220,14 +229,28 @@ func (s *Service) setup(ctx context.Context) (<-chan struct{}, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kv %s: %w", Bucket, err)
 	}
-	cons, err := s.js.CreateOrUpdateConsumer(sctx, events.Unanswered, jetstream.ConsumerConfig{
+	cfg := jetstream.ConsumerConfig{
 		Durable:       Consumer,
 		Description:   "wxgate late replies",
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       s.o.AckWait,
 		MaxDeliver:    -1,
 		MaxAckPending: 256,
-	})
+	}
+	switch c, err := s.js.Consumer(sctx, events.Unanswered, Consumer); {
+	case err == nil:
+		// It keeps its place: what came while no worker ran is still sent.
+		cfg.DeliverPolicy, cfg.OptStartTime = c.CachedInfo().Config.DeliverPolicy, c.CachedInfo().Config.OptStartTime
+	case errors.Is(err, jetstream.ErrConsumerNotFound):
+		// New (late replies just turned on, or the consumer lost): it
+		// starts Backlog ago, not at the stream's 72 hours, which would
+		// answer people days after they asked and run old handlers again.
+		start := s.o.Now().Add(-s.o.Backlog)
+		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &start
+	default:
+		return nil, fmt.Errorf("consumer %s: %w", Consumer, err)
+	}
+	cons, err := s.js.CreateOrUpdateConsumer(sctx, events.Unanswered, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("consumer %s: %w", Consumer, err)
 	}
@@ -287,25 +310,37 @@ func (s *Service) bucket() jetstream.KeyValue {
 
 // Delivered records that a retry of the message with dedup key key is
 // being answered with its reply, passively. It returns false when a late
-// reply was already sent or is being sent: the retry must then be answered
-// "success", or the person would get the reply twice. With the bucket out
-// of reach it returns true: a passive answer is the better bet.
+// reply was sent, is being sent, or may have reached WeChat: the retry
+// must then be answered "success", or the person would get the reply
+// twice. It returns false too when the mark cannot be made (the bucket out
+// of reach, ctx ended): the late reply will carry it, once.
 func (s *Service) Delivered(ctx context.Context, key string) bool {
 	kv := s.bucket()
 	if kv == nil {
-		return true
+		return false
 	}
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
-	if _, err := kv.Create(ctx, key, []byte(markDelivered)); err == nil || !errors.Is(err, jetstream.ErrKeyExists) {
+	_, err := kv.Create(ctx, key, []byte(markDelivered))
+	if err == nil {
 		return true
+	}
+	if !errors.Is(err, jetstream.ErrKeyExists) {
+		return false
 	}
 	e, err := kv.Get(ctx, key)
 	if err != nil {
-		return true
+		return false
 	}
-	v := string(e.Value())
-	return v == markDelivered || v == markDone
+	switch string(e.Value()) {
+	case markDelivered, markDone:
+		return true // answered passively before, or settled unsent
+	case markRetry:
+		// Tried late and not taken: the passive answer goes instead.
+		_, err := kv.Update(ctx, key, []byte(markDelivered), e.Revision())
+		return err == nil
+	}
+	return false // sending, sent, or unknown
 }
 
 // worker handles unanswered events until ctx ends.
@@ -348,15 +383,14 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 	window, ok := s.window(m)
 	if !ok {
-		_ = msg.Ack() // nothing can reach the person after this kind of event
+		// A VIEW, a location report, an unfollow: WeChat takes no
+		// customer-service message after these, and they have no reply to
+		// carry. Not counted: nothing was to be sent.
+		_ = msg.Ack()
 		return
 	}
 	deadline := received.Add(window)
 	key := m.DedupKey()
-	if !s.o.Now().Before(deadline) {
-		s.settle(ctx, msg, key, Expired, nil)
-		return
-	}
 	if early := received.Add(s.o.Settle).Sub(s.o.Now()); early > 0 {
 		_ = msg.NakWithDelay(early)
 		return
@@ -366,22 +400,50 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.NakWithDelay(time.Second)
 		return
 	}
+	// A mark says what became of it: sent, being sent, delivered by a
+	// retry, settled; or tried and not sent (retry), which may go again.
+	var retryRev uint64
 	if e, err := kv.Get(ctx, key); err == nil {
-		// Sent, being sent, delivered by a retry, or settled: nothing to do.
-		s.o.Logger.Debug("late reply already settled", "dedup_key", key, "mark", markOf(e.Value()))
-		_ = msg.Ack()
+		if string(e.Value()) != markRetry {
+			s.o.Logger.Debug("late reply already settled", "dedup_key", key, "mark", markOf(e.Value()))
+			_ = msg.Ack()
+			return
+		}
+		retryRev = e.Revision()
+	} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
+		_ = msg.NakWithDelay(time.Second)
 		return
 	}
-	rctx, cancel := context.WithDeadline(ctx, deadline)
+	if !s.o.Now().Before(deadline) {
+		if retryRev != 0 {
+			// Tried inside the window and refused for reasons that pass
+			// (WeChat busy, out of reach): a failure, for the alert.
+			s.settle(msg, key, Failed, errors.New("WeChat busy or out of reach until the window closed"), retryRev)
+			return
+		}
+		s.settle(msg, key, Expired, nil, 0)
+		return
+	}
+
+	// The handler runs bounded by the window, not by the service: a stop
+	// lets it finish. Long handlers keep the event from being redelivered.
+	rctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
+	stopProgress := s.inProgress(msg)
 	body, err := s.o.Reply(rctx, m)
+	stopProgress()
 	switch {
 	case err != nil && rctx.Err() != nil:
-		s.settle(ctx, msg, key, Expired, nil)
+		s.settle(msg, key, Expired, nil, retryRev)
 		return
 	case err != nil:
-		s.o.Logger.Warn("late reply: the handler failed; will retry", "dedup_key", key, "err", err)
-		_ = msg.NakWithDelay(time.Second)
+		attempt := deliveries(msg)
+		if attempt >= maxHandlerAttempts {
+			s.settle(msg, key, Failed, fmt.Errorf("the handler failed %d times: %w", attempt, err), retryRev)
+			return
+		}
+		s.o.Logger.Warn("late reply: the handler failed; will retry", "dedup_key", key, "attempt", attempt, "err", err)
+		_ = msg.NakWithDelay(backoff(attempt))
 		return
 	case len(body) == 0:
 		_ = msg.Ack() // nothing to say
@@ -389,66 +451,141 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 	cm, ok := customMessage(m.FromUserName, body)
 	if !ok {
-		s.settle(ctx, msg, key, Unsupported, nil)
+		s.settle(msg, key, Unsupported, nil, retryRev)
 		return
 	}
-	// The mark goes first: a worker killed after the send and before "sent"
-	// leaves "sending", and nobody sends again. (One killed after the mark
-	// and before the send leaves it unsent: at most once, never twice.)
-	rev, err := kv.Create(ctx, key, []byte(markSending+s.o.ID))
+	s.send(ctx, msg, kv, key, cm, retryRev, deadline)
+}
+
+// maxHandlerAttempts bounds the runs of a handler that fails: after it, the
+// late reply is counted failed instead of hammering the handler (and the
+// log) until the window closes.
+const maxHandlerAttempts = 5
+
+// deliveries is how many times the event has been delivered, this one
+// included (1 when unknown).
+func deliveries(msg jetstream.Msg) int {
+	if md, err := msg.Metadata(); err == nil && md.NumDelivered > 0 {
+		return int(md.NumDelivered)
+	}
+	return 1
+}
+
+// backoff is the wait before attempt+1: 1 s doubling, at most a minute.
+func backoff(attempt int) time.Duration {
+	return min(time.Second<<min(attempt-1, 6), time.Minute)
+}
+
+// inProgress tells JetStream the event is being worked on while a handler
+// runs longer than the ack wait.
+func (s *Service) inProgress(msg jetstream.Msg) (stop func()) {
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTicker(s.o.AckWait / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				_ = msg.InProgress()
+			}
+		}
+	}()
+	return func() { close(done) }
+}
+
+// send makes one attempt at sending cm. The mark "sending" goes first: a
+// worker killed after the send and before "sent" leaves it, and nobody
+// sends again (one killed after the mark and before the send leaves the
+// reply unsent: at most once, never twice). A refusal that passes (WeChat
+// busy, -1, or a call that never left: no token, no connection) turns the
+// mark to "retry" and the event comes back after a back-off; a failure
+// that leaves unknown whether WeChat has it (a timeout, a connection lost
+// while waiting for the answer) is not tried again.
+func (s *Service) send(ctx context.Context, msg jetstream.Msg, kv jetstream.KeyValue, key string, cm wechatapi.CustomMessage, retryRev uint64, deadline time.Time) {
+	var rev uint64
+	var err error
+	if retryRev == 0 {
+		rev, err = kv.Create(ctx, key, []byte(markSending+s.o.ID))
+	} else {
+		rev, err = kv.Update(ctx, key, []byte(markSending+s.o.ID), retryRev)
+	}
 	if err != nil {
-		if errors.Is(err, jetstream.ErrKeyExists) {
+		if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
 			_ = msg.Ack() // another worker, or a retry, got there first
 			return
 		}
 		_ = msg.NakWithDelay(time.Second)
 		return
 	}
-	outcome, sendErr := s.send(rctx, msg, cm)
+	// Not cut by a stop: once asked, WeChat's answer decides the mark.
+	sctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	sendErr := s.o.API.CustomSend(sctx, cm)
+	outcome, again := classify(sendErr)
 	mark := markDone
-	if outcome == Sent {
+	switch {
+	case outcome == Sent:
 		mark = markSent
+	case again && s.o.Now().Before(deadline):
+		mark = markRetry
+	case again:
+		outcome = Failed // tried until the window closed
+	case !isAnswer(sendErr):
+		mark = markUnknown
 	}
 	uctx, ucancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer ucancel()
 	if _, err := kv.Update(uctx, key, []byte(mark), rev); err != nil {
 		s.o.Logger.Warn("late reply: mark not updated", "dedup_key", key, "err", err)
 	}
+	if mark == markRetry {
+		attempt := deliveries(msg)
+		s.o.Logger.Info("late reply not sent yet; will try again", "dedup_key", key, "attempt", attempt, "err", sendErr)
+		_ = msg.NakWithDelay(backoff(attempt))
+		return
+	}
 	s.count(outcome, key, sendErr)
 	_ = msg.Ack()
 }
 
-// send sends cm, retrying WeChat's "system busy" (-1) and failures to reach
-// it with back-off, until ctx (the person's window) ends.
-func (s *Service) send(ctx context.Context, msg jetstream.Msg, cm wechatapi.CustomMessage) (string, error) {
-	backoff := 200 * time.Millisecond
-	for {
-		err := s.o.API.CustomSend(ctx, cm)
-		var apiErr *wechatapi.Error
-		switch {
-		case err == nil:
-			return Sent, nil
-		case errors.As(err, &apiErr) && apiErr.Code == 45015:
-			return Expired, err // the window closed, or the person unfollowed
-		case errors.As(err, &apiErr) && apiErr.Code != -1:
-			return Failed, err // 45047 (count used up), 48001, 45009, ...
-		}
-		// -1 or no answer: WeChat busy or out of reach; try again.
-		_ = msg.InProgress()
-		select {
-		case <-ctx.Done():
-			return Expired, err
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, 5*time.Second)
+// classify maps WeChat's answer to an outcome, and says whether the send
+// may be made again without WeChat seeing it twice.
+func classify(err error) (outcome string, again bool) {
+	var apiErr *wechatapi.Error
+	switch {
+	case err == nil:
+		return Sent, false
+	case errors.As(err, &apiErr) && apiErr.Code == 45015:
+		return Expired, false // the window closed, or the person unfollowed
+	case errors.As(err, &apiErr) && apiErr.Code == -1:
+		return Failed, true // system busy: not taken
+	case errors.As(err, &apiErr):
+		return Failed, false // 45047 (count used up), 48001, 45009, ...
+	case errors.Is(err, wechatapi.ErrNotSent):
+		return Failed, true // never left: no token, no connection
+	default:
+		return Failed, false // may have reached WeChat: never twice
 	}
 }
 
-// settle records a late reply that will not be sent, counts it, and acks.
-func (s *Service) settle(ctx context.Context, msg jetstream.Msg, key, outcome string, cause error) {
+// isAnswer says WeChat answered (an errcode): it did not take the message.
+func isAnswer(err error) bool {
+	var apiErr *wechatapi.Error
+	return errors.As(err, &apiErr)
+}
+
+// settle records a late reply that will not be sent (over the retry mark
+// at rev, if any), counts it, and acks.
+func (s *Service) settle(msg jetstream.Msg, key, outcome string, cause error, rev uint64) {
 	if kv := s.bucket(); kv != nil {
-		cctx, cancel := context.WithTimeout(ctx, time.Second)
-		_, _ = kv.Create(cctx, key, []byte(markDone))
+		cctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		if rev != 0 {
+			_, _ = kv.Update(cctx, key, []byte(markDone), rev)
+		} else {
+			_, _ = kv.Create(cctx, key, []byte(markDone))
+		}
 		cancel()
 	}
 	s.count(outcome, key, cause)

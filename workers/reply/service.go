@@ -184,23 +184,34 @@ func (s *Service) answer(req micro.Request, m *wechat.Message) {
 	var err error
 	outcome := dedup.Ran
 	retry := h.Get(bus.HeaderRetry) == "1"
-	if s.dedup == nil {
+	switch {
+	case s.dedup == nil:
 		// Bounded like any handler: a record that JetStream never takes
 		// must not hold a slot for ever.
 		ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
 		body, err = run(ctx)
 		cancel()
-	} else if !retry {
+		if retry && err == nil && len(body) > 0 && s.delivered != nil {
+			rctx, rcancel := requestContext(h)
+			if !s.delivered(rctx, key) {
+				body = nil
+			}
+			rcancel()
+		}
+	case !retry:
 		// A first delivery's handler is bounded by HandlerTimeout alone:
 		// it carries on past the request's deadline for the retry.
 		body, outcome, err = s.dedup.Do(context.Background(), key, false, run)
-	} else {
+	default:
 		ctx, cancel := requestContext(h)
 		body, outcome, err = s.dedup.Do(ctx, key, true, run)
+		if err == nil && len(body) > 0 && s.delivered != nil && !s.delivered(ctx, key) {
+			// Marked delivered only while the ingress still waits (ctx): a
+			// mark written after it gave up would stop the late reply the
+			// person then needs. Not marked, the late reply carries it.
+			body = nil
+		}
 		cancel()
-	}
-	if err == nil && retry && len(body) > 0 && s.delivered != nil && !s.delivered(context.Background(), key) {
-		body = nil // sent late already: the person has it
 	}
 	switch {
 	case errors.Is(err, dedup.ErrPending):
@@ -221,16 +232,23 @@ func (s *Service) answer(req micro.Request, m *wechat.Message) {
 }
 
 // requestContext ends when the ingress stops waiting. The ingress's
-// deadline is taken as a budget (deadline minus received, both by the
-// ingress's clock) and counted from now by this process's clock, so a
+// deadline is taken as a budget (deadline minus when it sent the request,
+// both by the ingress's clock, less a margin for the answer's way back)
+// and counted from when this worker received it, by its own clock, so a
 // worker whose clock runs ahead of the ingress host still gets the time.
 func requestContext(h micro.Headers) (context.Context, context.CancelFunc) {
-	const most = 5 * time.Second // WeChat's own limit
+	const (
+		most   = 5 * time.Second // WeChat's own limit
+		margin = 100 * time.Millisecond
+	)
 	budget := most
-	received, ok1 := bus.ParseTime(h.Get(bus.HeaderReceived))
+	sent, ok1 := bus.ParseTime(h.Get(bus.HeaderSent))
+	if !ok1 {
+		sent, ok1 = bus.ParseTime(h.Get(bus.HeaderReceived))
+	}
 	deadline, ok2 := bus.ParseTime(h.Get(bus.HeaderDeadline))
 	if ok1 && ok2 {
-		budget = min(max(deadline.Sub(received), 0), most)
+		budget = min(max(deadline.Sub(sent)-margin, 0), most)
 	}
 	return context.WithTimeout(context.Background(), budget)
 }

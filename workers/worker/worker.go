@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -101,8 +102,17 @@ func Start(o Options) (_ *Worker, err error) {
 	// The late sender and the reply service know each other: a late
 	// reply comes from the service, and a retry the service answers must
 	// not be sent late as well.
-	var lateSvc *late.Service
-	delivered := func(ctx context.Context, key string) bool { return lateSvc == nil || lateSvc.Delivered(ctx, key) }
+	// Set once the late sender starts, after the reply service already
+	// serves: read by its goroutines.
+	var lateSvc atomic.Pointer[late.Service]
+	lateOn := o.Config.EffectiveLateReply() == config.LateReplyCustomerService
+	delivered := func(ctx context.Context, key string) bool {
+		if !lateOn {
+			return true
+		}
+		l := lateSvc.Load()
+		return l != nil && l.Delivered(ctx, key) // not started yet: leave it to the late reply
+	}
 	svc, err := reply.Start(reply.Options{
 		Conn:           o.Conn,
 		Dedup:          dstore,
@@ -118,12 +128,14 @@ func Start(o Options) (_ *Worker, err error) {
 	o.Health.Add("replies", svc.Check)
 	w.Service = svc
 	outcomes := late.NewOutcomes(o.Registerer)
-	if o.Config.EffectiveLateReply() == config.LateReplyCustomerService {
-		if lateSvc, err = startLate(o, svc, outcomes); err != nil {
+	if lateOn {
+		l, err := startLate(o, svc, outcomes)
+		if err != nil {
 			return nil, errors.Join(err, stopService(svc))
 		}
-		o.Health.Add("late", lateSvc.Check)
-		w.Late = lateSvc
+		lateSvc.Store(l)
+		o.Health.Add("late", l.Check)
+		w.Late = l
 	}
 	return w, nil
 }
