@@ -90,6 +90,10 @@ type Options struct {
 	// its reply, not run the handler beside it. It matters only when the
 	// ingress's REPLY_TIMEOUT is shorter than that. Default 2s.
 	Settle time.Duration
+	// RetryBase is the first back-off after a failed attempt (a handler
+	// error, WeChat busy or out of reach); it doubles, up to a minute.
+	// Default 1s.
+	RetryBase time.Duration
 	// Backlog is how far back a new consumer starts: unanswered events
 	// older than that, from before late replies were on, are not sent.
 	// Default 10m.
@@ -119,6 +123,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.Backlog <= 0 {
 		o.Backlog = 10 * time.Minute
+	}
+	if o.RetryBase <= 0 {
+		o.RetryBase = time.Second
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -443,7 +450,7 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 			return
 		}
 		s.o.Logger.Warn("late reply: the handler failed; will retry", "dedup_key", key, "attempt", attempt, "err", err)
-		_ = msg.NakWithDelay(backoff(attempt))
+		_ = msg.NakWithDelay(s.backoff(attempt))
 		return
 	case len(body) == 0:
 		_ = msg.Ack() // nothing to say
@@ -471,9 +478,10 @@ func deliveries(msg jetstream.Msg) int {
 	return 1
 }
 
-// backoff is the wait before attempt+1: 1 s doubling, at most a minute.
-func backoff(attempt int) time.Duration {
-	return min(time.Second<<min(attempt-1, 6), time.Minute)
+// backoff is the wait before attempt+1: RetryBase doubling, at most a
+// minute.
+func (s *Service) backoff(attempt int) time.Duration {
+	return min(s.o.RetryBase<<min(max(attempt-1, 0), 6), time.Minute)
 }
 
 // inProgress tells JetStream the event is being worked on while a handler
@@ -543,7 +551,7 @@ func (s *Service) send(ctx context.Context, msg jetstream.Msg, kv jetstream.KeyV
 	if mark == markRetry {
 		attempt := deliveries(msg)
 		s.o.Logger.Info("late reply not sent yet; will try again", "dedup_key", key, "attempt", attempt, "err", sendErr)
-		_ = msg.NakWithDelay(backoff(attempt))
+		_ = msg.NakWithDelay(s.backoff(attempt))
 		return
 	}
 	s.count(outcome, key, sendErr)

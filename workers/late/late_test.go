@@ -2,8 +2,10 @@ package late
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http/httptest"
 	"sync/atomic"
 	"testing"
@@ -57,12 +59,31 @@ func newFixture(t *testing.T, o api.Options) *fixture {
 // every message with the text "re: <content>" (an event: "scanned").
 func (f *fixture) start(windows ...time.Duration) (*Service, *prometheus.Registry) {
 	f.t.Helper()
+	return f.startWith(func(o *Options) {
+		if len(windows) == 2 {
+			o.MessageWindow, o.EventWindow = windows[0], windows[1]
+		}
+	})
+}
+
+// startWith starts a service as start does, with mod applied to its
+// options, and waits until it runs.
+func (f *fixture) startWith(mod func(*Options)) (*Service, *prometheus.Registry) {
+	f.t.Helper()
+	s, reg := f.startNoWait(mod)
+	wait.For(f.t, wait.Short, wait.Every, s.Check)
+	return s, reg
+}
+
+func (f *fixture) startNoWait(mod func(*Options)) (*Service, *prometheus.Registry) {
+	f.t.Helper()
 	nc, reg := natstest.Connect(f.t, f.srv), prometheus.NewRegistry()
 	client, err := wechatapi.New(wechatapi.Options{Base: f.url, AppID: "wx_late", Secret: "late-secret", Conn: nc, Logger: quiet, Registerer: reg})
 	if err != nil {
 		f.t.Fatal(err)
 	}
 	o := Options{Conn: nc, API: client, Logger: quiet, Registerer: reg, ID: fmt.Sprint("late-", f.runs.Load()), Settle: time.Millisecond,
+		RetryBase: 20 * time.Millisecond,
 		Reply: func(_ context.Context, m *wechat.Message) ([]byte, error) {
 			f.runs.Add(1)
 			text := "re: " + m.Content
@@ -71,16 +92,46 @@ func (f *fixture) start(windows ...time.Duration) (*Service, *prometheus.Registr
 			}
 			return wechat.TextReply(text).ReplyTo(m, 1), nil
 		}}
-	if len(windows) == 2 {
-		o.MessageWindow, o.EventWindow = windows[0], windows[1]
+	if mod != nil {
+		mod(&o)
 	}
 	s, err := Start(o)
 	if err != nil {
 		f.t.Fatal(err)
 	}
 	f.t.Cleanup(func() { _ = s.Stop(context.Background()) })
-	wait.For(f.t, wait.Short, wait.Every, s.Check)
 	return s, reg
+}
+
+// settled waits until the late-reply consumer has nothing pending and
+// nothing unacknowledged: every event is done with, none will come back.
+func (f *fixture) settled() {
+	f.t.Helper()
+	wait.For(f.t, wait.Short, wait.Every, func() error {
+		c, err := f.js.Consumer(context.Background(), events.Unanswered, Consumer)
+		if err != nil {
+			return err
+		}
+		info, err := c.Info(context.Background())
+		if err != nil {
+			return err
+		}
+		if info.NumPending != 0 || info.NumAckPending != 0 {
+			return fmt.Errorf("pending %d, unacknowledged %d", info.NumPending, info.NumAckPending)
+		}
+		return nil
+	})
+}
+
+// sentTo is how many customer-service messages the fake took for openid.
+func (f *fixture) sentTo(openid string) int {
+	n := 0
+	for _, m := range f.fake.Calls().Messages {
+		if m.ToUser == openid {
+			n++
+		}
+	}
+	return n
 }
 
 // unanswered stores an event as the ingress does when it answered
@@ -93,6 +144,12 @@ func (f *fixture) unanswered(m *wechat.Message, received time.Time) {
 			f.t.Fatal(err)
 		}
 	}
+	f.record(m, received)
+}
+
+// record stores the unanswered event without telling the fake.
+func (f *fixture) record(m *wechat.Message, received time.Time) {
+	f.t.Helper()
 	msg := &nats.Msg{Subject: events.UnansweredPrefix + m.Subject(), Data: m.AppendXML(nil), Header: nats.Header{}}
 	msg.Header.Set(events.HeaderReceived, bus.FormatTime(received))
 	if _, err := f.js.PublishMsg(context.Background(), msg, jetstream.WithMsgID("u."+m.DedupKey())); err != nil {
@@ -228,6 +285,7 @@ func TestErrcodePaths(t *testing.T) {
 		{"count used up", api.Fault{API: api.CustomSend, Errcode: 45047}, Failed},
 		{"busy, then fine", api.Fault{API: api.CustomSend, Errcode: -1, Count: 2}, Sent},
 		{"token invalidated", api.Fault{InvalidateToken: true}, Sent},
+		{"answer lost after WeChat took it", api.Fault{API: api.CustomSend, Drop: true, After: true}, Failed},
 	}
 	for i, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -297,5 +355,155 @@ func TestUnsupportedIsCounted(t *testing.T) {
 	waitOutcomes(t, map[string]float64{Unsupported: 1, Sent: 0}, reg)
 	if n := len(f.fake.Calls().Messages); n != 0 {
 		t.Errorf("%d messages sent", n)
+	}
+}
+
+// WeChat took the message and the answer was lost (or came too late): it
+// may have reached the person, so it is never sent again. Counted failed,
+// once, and the event is done with.
+func TestAnswerLostAfterSendingIsNotSentAgain(t *testing.T) {
+	f := newFixture(t, api.Options{})
+	_, reg := f.start()
+	f.unanswered(text("o_warm", "warm", 1), time.Now()) // the token exists: the fault hits the send
+	waitOutcomes(t, map[string]float64{Sent: 1}, reg)
+	if err := f.fake.Inject(api.Fault{API: api.CustomSend, Drop: true, After: true}); err != nil {
+		t.Fatal(err)
+	}
+	f.unanswered(text("o_once", "once please", 2), time.Now())
+	waitOutcomes(t, map[string]float64{Sent: 1, Failed: 1}, reg)
+	f.settled()
+	if n := f.sentTo("o_once"); n != 1 {
+		t.Errorf("o_once got the reply %d times, want 1", n)
+	}
+}
+
+// A worker stopped while its handler runs lets it finish, and nothing is
+// counted expired: the reply reaches the person once, from whichever
+// worker ends up with the event.
+func TestStopLosesNoLateReply(t *testing.T) {
+	f := newFixture(t, api.Options{})
+	entered, release := make(chan struct{}), make(chan struct{})
+	s1, reg1 := f.startWith(func(o *Options) {
+		o.Reply = func(_ context.Context, m *wechat.Message) ([]byte, error) {
+			close(entered)
+			<-release
+			return wechat.TextReply("re: "+m.Content).ReplyTo(m, 1), nil
+		}
+	})
+	f.unanswered(text("o_stop", "still there?", 3), time.Now())
+	<-entered
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	if err := s1.Stop(ctx); err == nil {
+		t.Error("Stop returned while a handler still ran")
+	}
+	cancel()
+	_, reg2 := f.start() // the replacement
+	close(release)
+	waitOutcomes(t, map[string]float64{Sent: 1, Expired: 0, Failed: 0}, reg1, reg2)
+	f.settled()
+	if n := f.sentTo("o_stop"); n != 1 {
+		t.Errorf("o_stop got the reply %d times, want 1", n)
+	}
+}
+
+// A retry answered before the service could make its mark (just started)
+// is not answered passively: the late reply carries the reply, once.
+func TestDeliveredBeforeSetupLeavesItToTheLateReply(t *testing.T) {
+	f := newFixture(t, api.Options{})
+	s, reg := f.startNoWait(nil)
+	m := text("o_early", "hi", 4)
+	if s.Check() == nil {
+		t.Skip("the service was ready at once; the case needs it not to be")
+	}
+	if s.Delivered(context.Background(), m.DedupKey()) {
+		t.Fatal("Delivered said to answer passively with no mark made")
+	}
+	wait.For(t, wait.Short, wait.Every, s.Check)
+	f.unanswered(m, time.Now())
+	waitOutcomes(t, map[string]float64{Sent: 1}, reg)
+	if n := f.sentTo("o_early"); n != 1 {
+		t.Errorf("o_early got the late reply %d times, want 1", n)
+	}
+}
+
+// A retry answered passively after a late attempt WeChat did not take
+// (busy) wins: the late reply is not sent.
+func TestDeliveredAfterABusyAttemptWins(t *testing.T) {
+	f := newFixture(t, api.Options{})
+	s, reg := f.startWith(func(o *Options) { o.RetryBase = time.Hour }) // the event does not come back in the test
+	f.unanswered(text("o_warm", "warm", 1), time.Now())
+	waitOutcomes(t, map[string]float64{Sent: 1}, reg)
+	if err := f.fake.Inject(api.Fault{API: api.CustomSend, Errcode: -1}); err != nil {
+		t.Fatal(err)
+	}
+	m := text("o_busy", "busy?", 5)
+	f.unanswered(m, time.Now())
+	kv := s.bucket()
+	wait.For(t, wait.Short, wait.Every, func() error {
+		e, err := kv.Get(context.Background(), m.DedupKey())
+		if err != nil || string(e.Value()) != markRetry {
+			return fmt.Errorf("no retry mark yet (%v)", err)
+		}
+		return nil
+	})
+	if !s.Delivered(context.Background(), m.DedupKey()) {
+		t.Fatal("a retry after an attempt WeChat refused was not answered passively")
+	}
+	if e, err := kv.Get(context.Background(), m.DedupKey()); err != nil || string(e.Value()) != markDelivered {
+		t.Fatalf("mark = %v %v, want delivered", e, err)
+	}
+}
+
+// A handler that keeps failing runs a bounded number of times, with
+// back-off, and the late reply is counted failed, not expired.
+func TestFailingHandlerIsCountedFailed(t *testing.T) {
+	f := newFixture(t, api.Options{})
+	var runs atomic.Int32
+	_, reg := f.startWith(func(o *Options) {
+		o.Reply = func(context.Context, *wechat.Message) ([]byte, error) { runs.Add(1); return nil, errors.New("boom") }
+	})
+	f.unanswered(text("o_fail", "x", 6), time.Now())
+	waitOutcomes(t, map[string]float64{Failed: 1, Expired: 0}, reg)
+	f.settled()
+	if n := runs.Load(); n != maxHandlerAttempts {
+		t.Errorf("handler ran %d times, want %d", n, maxHandlerAttempts)
+	}
+}
+
+// WeChat out of reach (nothing listens): sends that never left are tried
+// again with back-off, without holding a worker each, so a SCAN behind
+// many messages is still dealt with when its window closes, and counted
+// failed (tried, never taken), not expired.
+func TestUnreachableWeChatIsCountedFailed(t *testing.T) {
+	f := newFixture(t, api.Options{})
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.url = "http://" + l.Addr().String()
+	l.Close() // connections are refused from now on
+	_, reg := f.startWith(func(o *Options) { o.EventWindow = 2 * time.Second })
+	for i := 0; i < 12; i++ { // more than the service's 8 senders
+		f.unanswered(text(fmt.Sprint("o_m", i), "m", 10+i), time.Now())
+	}
+	at := time.Now()
+	f.unanswered(scan("o_scan", at), at)
+	waitOutcomes(t, map[string]float64{Failed: 1, Sent: 0, Expired: 0}, reg)
+}
+
+// WeChat's own count: a window takes 5 messages; the 6th late reply is
+// refused (45047) and counted failed.
+func TestCountUsedUpIsFailed(t *testing.T) {
+	f := newFixture(t, api.Options{})
+	_, reg := f.start()
+	if err := f.fake.Interaction("o_many", api.KindMessage, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 6; i++ {
+		f.record(text("o_many", fmt.Sprint("m", i), 20+i), time.Now())
+	}
+	waitOutcomes(t, map[string]float64{Sent: 5, Failed: 1}, reg)
+	if got := f.fake.Calls().Errcodes[api.CustomSend]["45047"]; got != 1 {
+		t.Errorf("45047 answered %d times, want 1", got)
 	}
 }
