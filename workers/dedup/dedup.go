@@ -226,7 +226,7 @@ type Handler func(ctx context.Context) ([]byte, error)
 // the store lost its reply) runs the handler.
 func (s *Store) Do(ctx context.Context, key string, retry bool, run Handler) ([]byte, Outcome, error) {
 	if !retry {
-		return s.first(key, run)
+		return s.first(key, time.Now(), run)
 	}
 	// A store slower than a quarter of the budget is treated as down:
 	// answering matters more than deduplicating.
@@ -275,6 +275,31 @@ func (s *Store) Do(ctx context.Context, key string, retry bool, run Handler) ([]
 		body, err := s.runBounded(ctx, run, nil)
 		return body, Unguarded, err
 	}
+}
+
+// First is Do for a first delivery whose event was received at since (by
+// this worker's clock) and whose ingress waits until deadline. The claim
+// a slow handler makes is timed from since, not from when the handler
+// starts: a delivery that waited behind busy handlers claims the key
+// before it runs, and one whose key a retry or a late reply claimed (or
+// answered) meanwhile takes the retry's path instead of running the
+// handler a second time.
+func (s *Store) First(key string, since, deadline time.Time, run Handler) ([]byte, Outcome, error) {
+	if time.Since(since) < s.o.ClaimAfter {
+		return s.first(key, since, run)
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	cctx, ccancel := context.WithTimeout(ctx, s.claimBudget(ctx))
+	rev, err := s.kv.Create(cctx, key, s.claim)
+	ccancel()
+	switch {
+	case err == nil:
+		return s.own(ctx, key, rev, run, Ran)
+	case errors.Is(err, jetstream.ErrKeyExists):
+		return s.Do(ctx, key, true, run)
+	}
+	return s.first(key, since, run) // the store does not answer: run, as a first delivery does
 }
 
 // recreate brings the bucket back after the server lost it: it lives in
@@ -330,9 +355,9 @@ func (s *Store) own(ctx context.Context, key string, rev uint64, run Handler, ou
 // claims the key only if the handler is still running after ClaimAfter.
 // The handler outlives the request's deadline (up to HandlerTimeout): a
 // reply that comes too late for this delivery is stored for the retry.
-func (s *Store) first(key string, run Handler) ([]byte, Outcome, error) {
+func (s *Store) first(key string, since time.Time, run Handler) ([]byte, Outcome, error) {
 	hctx, cancel := context.WithTimeout(context.Background(), s.o.HandlerTimeout)
-	r := s.started(key)
+	r := s.started(key, since)
 	body, err := run(hctx)
 	cancel()
 	s.finish(key, s.ended(r), body, err)
@@ -349,8 +374,8 @@ type inflight struct {
 
 // started registers a running handler: a map entry, no timer or
 // goroutine, which is what most handlers (done in microseconds) cost.
-func (s *Store) started(key string) *inflight {
-	r := &inflight{key: key, start: time.Now()}
+func (s *Store) started(key string, since time.Time) *inflight {
+	r := &inflight{key: key, start: since}
 	s.mu.Lock()
 	s.inflight[r] = struct{}{}
 	s.mu.Unlock()

@@ -407,3 +407,60 @@ func TestBucketLossIsRepaired(t *testing.T) {
 		return nil
 	})
 }
+
+// A first delivery that waited behind busy handlers (received 3.5 s ago)
+// claims its key before it runs: a retry or a late reply arriving while
+// it runs waits for its reply instead of running the handler beside it.
+func TestLateStartingFirstDeliveryClaimsBeforeRunning(t *testing.T) {
+	rs := replicas(t, natstest.RunServer(t), 2, Options{})
+	var runs atomic.Int32
+	started, release := make(chan struct{}, 2), make(chan struct{})
+	run := func(context.Context) ([]byte, error) {
+		n := runs.Add(1)
+		started <- struct{}{}
+		<-release
+		return []byte(fmt.Sprint("run ", n)), nil
+	}
+	since := time.Now().Add(-3500 * time.Millisecond)
+	first := make(chan []byte, 1)
+	go func() {
+		b, _, _ := rs[0].store.First("msg.queued", since, time.Now().Add(500*time.Millisecond), run)
+		first <- b
+	}()
+	<-started
+	retry := make(chan []byte, 1)
+	go func() { b, _, _ := rs[1].store.Do(within(4*time.Second), "msg.queued", true, run); retry <- b }()
+	// The retry finds the claim and waits; only then is the handler let go.
+	wait.For(t, wait.Short, wait.Every, func() error {
+		if testutil.ToFloat64(duplicates(rs[1].store)) != 1 {
+			return errors.New("the retry has not found the claim yet")
+		}
+		return nil
+	})
+	close(release)
+	if got := string(<-retry); got != "run 1" {
+		t.Errorf("retry = %q, want the first run's reply", got)
+	}
+	<-first
+	if n := runs.Load(); n != 1 {
+		t.Fatalf("handler ran %d times, want 1", n)
+	}
+}
+
+// A first delivery that starts after a retry already ran the handler (it
+// sat in a queue past WeChat's retry) gets that reply: the handler does
+// not run again.
+func TestFirstDeliveryAfterTheRetryGetsItsReply(t *testing.T) {
+	rs := replicas(t, natstest.RunServer(t), 2, Options{})
+	var runs atomic.Int32
+	run := func(context.Context) ([]byte, error) { return []byte(fmt.Sprint("run ", runs.Add(1))), nil }
+	b1, out1, err := rs[1].store.Do(within(4*time.Second), "msg.overtaken", true, run)
+	if err != nil || out1 != Ran {
+		t.Fatalf("retry: %q %v %v", b1, out1, err)
+	}
+	waitStored(t, rs...)
+	b0, out0, err := rs[0].store.First("msg.overtaken", time.Now().Add(-6*time.Second), time.Now().Add(time.Second), run)
+	if err != nil || out0 != Stored || string(b0) != string(b1) || runs.Load() != 1 {
+		t.Fatalf("queued first delivery = %q %v %v, runs %d; want the retry's %q, stored", b0, out0, err, runs.Load(), b1)
+	}
+}

@@ -462,7 +462,7 @@ func TestFailingHandlerIsCountedFailed(t *testing.T) {
 	_, reg := f.startWith(func(o *Options) {
 		o.Reply = func(context.Context, *wechat.Message) ([]byte, error) { runs.Add(1); return nil, errors.New("boom") }
 	})
-	f.unanswered(text("o_fail", "x", 6), time.Now())
+	f.unanswered(text("o_fail", "x", 6), time.Now().Add(-time.Second)) // past Settle: every delivery runs the handler
 	waitOutcomes(t, map[string]float64{Failed: 1, Expired: 0}, reg)
 	f.settled()
 	if n := runs.Load(); n != maxHandlerAttempts {

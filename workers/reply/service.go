@@ -159,15 +159,16 @@ func (s *Service) serve(req micro.Request) {
 		_ = req.Error("400", err.Error(), nil)
 		return
 	}
+	arrival := time.Now()
 	s.slots <- struct{}{}
 	s.pending.Add(1)
 	go func() {
 		defer func() { <-s.slots; s.pending.Done() }()
-		s.answer(req, m)
+		s.answer(req, m, arrival)
 	}()
 }
 
-func (s *Service) answer(req micro.Request, m *wechat.Message) {
+func (s *Service) answer(req micro.Request, m *wechat.Message, arrival time.Time) {
 	h := req.Headers()
 	subject := req.Subject()
 	// Computed here, not taken from the header: anyone on the bus can send
@@ -201,7 +202,8 @@ func (s *Service) answer(req micro.Request, m *wechat.Message) {
 	case !retry:
 		// A first delivery's handler is bounded by HandlerTimeout alone:
 		// it carries on past the request's deadline for the retry.
-		body, outcome, err = s.dedup.Do(context.Background(), key, false, run)
+		since, deadline := timing(h, arrival)
+		body, outcome, err = s.dedup.First(key, since, deadline, run)
 	default:
 		ctx, cancel := requestContext(h)
 		body, outcome, err = s.dedup.Do(ctx, key, true, run)
@@ -229,6 +231,30 @@ func (s *Service) answer(req micro.Request, m *wechat.Message) {
 	if s.logger.Enabled(context.Background(), slog.LevelDebug) {
 		s.logger.Debug("handled", "subject", subject, "dedup_key", key, "outcome", outcome)
 	}
+}
+
+// timing places the request on this worker's clock: since is when the
+// ingress received the event, deadline when it stops waiting. Both count
+// from arrival (when this worker got the request) with the ingress's own
+// durations, so that a clock set apart from the ingress host's does not
+// shorten the wait; since is taken earlier when the clocks say so (the
+// request sat in NATS's queue before it arrived).
+func timing(h micro.Headers, arrival time.Time) (since, deadline time.Time) {
+	const margin = 100 * time.Millisecond // the answer's way back
+	received, ok1 := bus.ParseTime(h.Get(bus.HeaderReceived))
+	until, ok2 := bus.ParseTime(h.Get(bus.HeaderDeadline))
+	sent, ok3 := bus.ParseTime(h.Get(bus.HeaderSent))
+	if !ok1 || !ok2 {
+		return arrival, arrival.Add(5 * time.Second)
+	}
+	if !ok3 {
+		sent = received
+	}
+	since = arrival.Add(-max(sent.Sub(received), 0))
+	if received.Before(since) {
+		since = received
+	}
+	return since, arrival.Add(min(max(until.Sub(sent)-margin, 0), 5*time.Second))
 }
 
 // requestContext ends when the ingress stops waiting. The ingress's
