@@ -317,6 +317,16 @@ func TestRefusalsAre502(t *testing.T) {
 	if got := do(t, h, "POST", "/api/qrcodes", `{"scene":"s"}`, &out); got != 502 || out["error"] != "WeChat's API did not answer" || out["errcode"] != nil {
 		t.Errorf("dropped: %d %v", got, out)
 	}
+	// A refusal of stable_token (a wrong AppID or AppSecret) is one too.
+	for _, code := range []int{40013, 40125} {
+		e := newEnv(t)
+		_ = e.fake.Inject(api.Fault{API: api.StableToken, Errcode: code})
+		var out map[string]any
+		got := do(t, e.service(t, "p", false).Handler(""), "POST", "/api/qrcodes", `{"scene":"s"}`, &out)
+		if hint, _ := out["hint"].(string); got != 502 || out["errcode"] != float64(code) || !strings.Contains(hint, "WECHAT_APPSECRET") {
+			t.Errorf("stable_token %d: %d %v", code, got, out)
+		}
+	}
 }
 
 // Without WECHAT_APPSECRET every route answers 503, whatever the request:
