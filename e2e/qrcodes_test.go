@@ -165,7 +165,7 @@ func TestQRCodesAcrossProcesses(t *testing.T) {
 
 	// The PNG, from another process than the one that made the code,
 	// decodes back to its url.
-	resp, err := http.Get("http://" + w2.admin + codes[0].ImageURL + "?size=256")
+	resp, err := http.Get("http://" + w2.admin + codes[0].ImageURL + "&size=256")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,7 +201,7 @@ func TestQRCodesAcrossProcesses(t *testing.T) {
 	}
 
 	// WeChat's refusals reach the caller as 502 with the errcode, asked once.
-	for _, errcode := range []int{45009, 40053} {
+	for _, errcode := range []int{45009, 40053, 40052} {
 		fake.fault(t, api.Fault{API: api.QRCodeCreate, Errcode: errcode})
 		before := fake.calls(t).Calls[api.QRCodeCreate]
 		code, c := createQR(t, w1.admin, `{"scene":"refused"}`)
@@ -241,22 +241,72 @@ func TestQRCodesAcrossProcesses(t *testing.T) {
 		t.Errorf("list has %d codes, want 13", len(list.QRCodes))
 	}
 	metricstest.Scrape(t, "http://"+in1+"/metrics", `wxgate_wechat_api_calls_total{api="stable_token",outcome="ok"}`)
+	if n := fake.calls(t).ForceRefresh; n != 0 {
+		t.Errorf("force_refresh sent %d times; wxgate never sends it", n)
+	}
 }
 
-// Without WECHAT_APPSECRET the QR routes answer 503 with a JSON error and
-// the process is ready: the feature is off, nothing is broken.
+// Scenes that are path syntax, made through one process and read through
+// another: each one's image_url and one-code URL answer 200 without a
+// redirect, and the PNG decodes to the code's url.
+func TestQRCodesAnyScene(t *testing.T) {
+	ns := startNATS(t)
+	fake := startFakeAPI(t)
+	w := startWorker(t, ns.url, fake.env()...)
+	_, _, in := startIngress(t, append([]string{"NATS_URL=" + ns.url}, fake.env()...)...)
+	waitReady(t, w.admin, in)
+	noRedirects := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	for _, scene := range []string{".", "..", "a/../b", "x/./y", "a/b", "%", "?x", "#h", "image"} {
+		body, _ := json.Marshal(map[string]string{"scene": scene})
+		code, c := createQR(t, w.admin, string(body))
+		if code != 201 || c.Scene != scene {
+			t.Fatalf("create %q: %d %+v", scene, code, c)
+		}
+		resp, err := noRedirects.Get("http://" + in + c.ImageURL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		img, err := png.Decode(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || err != nil {
+			t.Errorf("%q: GET %s = %d %v", scene, c.ImageURL, resp.StatusCode, err)
+		} else if u, err := qr.Decode(img); err != nil || u != c.URL {
+			t.Errorf("%q: the PNG decodes to %q (%v), want %q", scene, u, err, c.URL)
+		}
+		one := strings.TrimSuffix(strings.SplitN(c.ImageURL, "?", 2)[0], "/image")
+		resp, err = noRedirects.Get("http://" + in + one)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got qrCode
+		err = json.NewDecoder(resp.Body).Decode(&got)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || err != nil || got.Scene != scene || got.Ticket != c.Ticket {
+			t.Errorf("%q: GET %s = %d %+v %v", scene, one, resp.StatusCode, got, err)
+		}
+	}
+	if n := fake.calls(t).ForceRefresh; n != 0 {
+		t.Errorf("force_refresh sent %d times", n)
+	}
+}
+
+// Without WECHAT_APPSECRET the QR routes answer 503 with a JSON error,
+// whatever the request, and the process is ready: the feature is off,
+// nothing is broken.
 func TestQRCodesOff(t *testing.T) {
 	ns := startNATS(t)
 	w := startWorker(t, ns.url)
 	waitReady(t, w.admin)
-	resp, err := http.Post("http://"+w.admin+"/api/qrcodes", "application/json", strings.NewReader(`{"scene":"a"}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 503 || !strings.Contains(string(b), "WECHAT_APPSECRET") {
-		t.Errorf("= %d %s", resp.StatusCode, b)
+	for _, body := range []string{`{"scene":"a"}`, `not json`, `{"scene":""}`} {
+		resp, err := http.Post("http://"+w.admin+"/api/qrcodes", "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 503 || !strings.Contains(string(b), "WECHAT_APPSECRET") {
+			t.Errorf("%s: %d %s", body, resp.StatusCode, b)
+		}
 	}
 }
 

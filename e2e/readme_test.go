@@ -95,7 +95,7 @@ func TestReadmeQuickStart(t *testing.T) {
 		// The code, made against the fake WeChat API, then with its counts.
 		`"label":"Spring posters","permanent":false,"ticket":"gQ`,
 		`"url":"http://weixin.qq.com/q/`,
-		`"image_url":"/api/qrcodes/poster_a/image"`,
+		`"image_url":"/api/qrcodes/poster_a/image?ticket=gQ`,
 		`"scans":2,"new_followers":1`,
 	} {
 		if !strings.Contains(string(out), want) {

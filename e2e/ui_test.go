@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -38,7 +39,9 @@ func chromium(t *testing.T) string {
 // with ADMIN_TOKEN set and the fake WeChat API: sign in through the page,
 // create a code through its form; the page then shows the scene and its
 // image (loaded with the session cookie), and after scans, their counts.
-// The screenshot goes to docs/ui.png, which the README shows.
+// With UPDATE_SCREENSHOT=1 the screenshot goes to docs/ui.png, which the
+// README shows; otherwise to the test's temporary directory, so that a run
+// leaves the repository as it was.
 func TestUIInBrowser(t *testing.T) {
 	path := chromium(t)
 	const adminToken = "ui-admin-token"
@@ -146,10 +149,12 @@ func TestUIInBrowser(t *testing.T) {
 	if !strings.Contains(chart, "spring_poster") || !strings.Contains(chart, "store_counter") {
 		t.Errorf("the chart: %q", chart)
 	}
-	if err := os.MkdirAll("../docs", 0o755); err != nil {
+	dst := filepath.Join(t.TempDir(), "ui.png")
+	if os.Getenv("UPDATE_SCREENSHOT") == "1" {
+		dst = "../docs/ui.png"
+	}
+	if err := os.WriteFile(dst, shot, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile("../docs/ui.png", shot, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	t.Logf("screenshot: %s", dst)
 }

@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"strconv"
 	"strings"
 	"time"
 
@@ -48,9 +49,44 @@ type Options struct {
 	Logger *slog.Logger
 }
 
+// Mux is the admin listener's router: an http.ServeMux, with routes ahead
+// of it (HandleUncleaned) that get the request path exactly as it was sent.
+// http.ServeMux cleans paths and redirects "/api/qrcodes/./image" to
+// "/api/qrcodes/image": a route whose path segments carry data (a scene may
+// be "." or "..") must see them before it does.
+type Mux struct {
+	*http.ServeMux
+	uncleaned []uncleanedRoute
+}
+
+type uncleanedRoute struct {
+	path string
+	h    http.Handler
+}
+
+// HandleUncleaned serves requests whose escaped path is path, or starts
+// with path + "/", with h, before the ServeMux sees (and cleans) them. h
+// reads r.URL.EscapedPath() itself. Routes are added before serving.
+func (m *Mux) HandleUncleaned(path string, h http.Handler) {
+	m.uncleaned = append(m.uncleaned, uncleanedRoute{strings.TrimSuffix(path, "/"), h})
+}
+
+func (m *Mux) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if len(m.uncleaned) > 0 && r.Method != http.MethodConnect && r.URL.Opaque == "" {
+		p := r.URL.EscapedPath()
+		for _, u := range m.uncleaned {
+			if p == u.path || (strings.HasPrefix(p, u.path) && p[len(u.path)] == '/') {
+				u.h.ServeHTTP(w, r)
+				return
+			}
+		}
+	}
+	m.ServeMux.ServeHTTP(w, r)
+}
+
 // NewMux returns a mux with /metrics, /healthz and /readyz. Callers add
-// their own routes (the analytics API) to it.
-func NewMux(o Options) *http.ServeMux {
+// their own routes (the analytics API, the QR codes) to it.
+func NewMux(o Options) *Mux {
 	mux := http.NewServeMux()
 	logger := o.Logger
 	if logger == nil {
@@ -87,7 +123,7 @@ func NewMux(o Options) *http.ServeMux {
 		}
 		_, _ = w.Write([]byte("ready\n"))
 	})
-	return mux
+	return &Mux{ServeMux: mux}
 }
 
 // RequireToken wraps h so that, when token is not empty, every request
@@ -183,19 +219,48 @@ func Healthcheck(addr string, stderr io.Writer) int {
 // SameSite=Strict and Path=/.
 const SessionCookie = "wxgate_admin"
 
-// SessionValue is the session cookie's value for token: an HMAC of it, so
-// the cookie never holds ADMIN_TOKEN itself, and every process that has the
-// token accepts it.
-func SessionValue(token string) string {
+// SessionTTL is how long a session cookie is accepted after its login.
+const SessionTTL = 12 * time.Hour
+
+// NewSession returns a session cookie value for token, valid SessionTTL
+// from now, and its expiry.
+func NewSession(token string, now time.Time) (value string, expires time.Time) {
+	expires = now.Add(SessionTTL).Truncate(time.Second)
+	return SessionValue(token, expires), expires
+}
+
+// SessionValue is the session cookie's value for token until expires:
+// "<expiry, unix seconds>.<HMAC of the expiry keyed by the token>". The
+// cookie never holds ADMIN_TOKEN itself, every process that has the token
+// accepts it, and the expiry is checked by the server (the browser's
+// Max-Age is no defence against a stolen cookie).
+func SessionValue(token string, expires time.Time) string {
+	exp := strconv.FormatInt(expires.Unix(), 10)
+	return exp + "." + sessionMAC(token, exp)
+}
+
+func sessionMAC(token, exp string) string {
 	m := hmac.New(sha256.New, []byte(token))
-	m.Write([]byte("wxgate admin session v1"))
+	m.Write([]byte("wxgate admin session v2\x00" + exp))
 	return hex.EncodeToString(m.Sum(nil))
 }
 
-// HasSession reports whether r carries the session cookie for token.
+// HasSession reports whether r carries an unexpired session cookie for token.
 func HasSession(r *http.Request, token string) bool {
 	c, err := r.Cookie(SessionCookie)
-	return err == nil && subtle.ConstantTimeCompare([]byte(c.Value), []byte(SessionValue(token))) == 1
+	if err != nil {
+		return false
+	}
+	exp, mac, ok := strings.Cut(c.Value, ".")
+	if !ok || len(exp) > 20 {
+		return false
+	}
+	// The MAC first, in constant time; the expiry it covers after.
+	if !hmac.Equal([]byte(mac), []byte(sessionMAC(token, exp))) {
+		return false
+	}
+	secs, err := strconv.ParseInt(exp, 10, 64)
+	return err == nil && time.Now().Before(time.Unix(secs, 0))
 }
 
 // RequireTokenOrSession is RequireToken that also takes the session cookie

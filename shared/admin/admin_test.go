@@ -1,10 +1,14 @@
 package admin
 
 import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -84,7 +88,16 @@ func TestPprofOnlyWhenAsked(t *testing.T) {
 
 func TestRequireTokenOrSession(t *testing.T) {
 	h := RequireTokenOrSession("s3cret", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(204) }))
-	cookie := &http.Cookie{Name: SessionCookie, Value: SessionValue("s3cret")}
+	now := time.Now()
+	valid, expires := NewSession("s3cret", now)
+	if d := expires.Sub(now); d < SessionTTL-time.Second || d > SessionTTL {
+		t.Errorf("a session lasts %v, want %v", d, SessionTTL)
+	}
+	cookie := func(v string) *http.Cookie { return &http.Cookie{Name: SessionCookie, Value: v} }
+	exp, mac, _ := strings.Cut(valid, ".")
+	// The v1 cookie: a constant HMAC of the token, valid forever.
+	v1 := hmac.New(sha256.New, []byte("s3cret"))
+	v1.Write([]byte("wxgate admin session v1"))
 	tests := []struct {
 		name, method string
 		bearer       string
@@ -92,10 +105,16 @@ func TestRequireTokenOrSession(t *testing.T) {
 		want         int
 	}{
 		{"bearer", "POST", "s3cret", nil, 204},
-		{"cookie on GET", "GET", "", cookie, 204},
-		{"cookie on POST", "POST", "", cookie, 401},
-		{"wrong cookie", "GET", "", &http.Cookie{Name: SessionCookie, Value: SessionValue("other")}, 401},
-		{"the token as cookie", "GET", "", &http.Cookie{Name: SessionCookie, Value: "s3cret"}, 401},
+		{"cookie on GET", "GET", "", cookie(valid), 204},
+		{"cookie on HEAD", "HEAD", "", cookie(valid), 204},
+		{"cookie on POST", "POST", "", cookie(valid), 401},
+		{"wrong token's cookie", "GET", "", cookie(SessionValue("other", expires)), 401},
+		{"the token as cookie", "GET", "", cookie("s3cret"), 401},
+		{"expired a second ago", "GET", "", cookie(SessionValue("s3cret", now.Add(-time.Second))), 401},
+		{"expiry moved later, same MAC", "GET", "", cookie(strconv.FormatInt(now.Add(48*time.Hour).Unix(), 10) + "." + mac), 401},
+		{"MAC of another expiry", "GET", "", cookie(exp + "." + sessionMAC("s3cret", "1")), 401},
+		{"no expiry", "GET", "", cookie(mac), 401},
+		{"the old constant cookie", "GET", "", cookie(hex.EncodeToString(v1.Sum(nil))), 401},
 		{"nothing", "GET", "", nil, 401},
 	}
 	for _, tt := range tests {
@@ -112,7 +131,42 @@ func TestRequireTokenOrSession(t *testing.T) {
 			t.Errorf("%s: %d, want %d", tt.name, w.Code, tt.want)
 		}
 	}
-	if strings.Contains(SessionValue("s3cret"), "s3cret") {
+	if strings.Contains(valid, "s3cret") {
 		t.Error("the session value holds the token")
+	}
+}
+
+// Routes added with HandleUncleaned get the path as sent: dot segments,
+// escaped dots and slashes reach them, and the ServeMux neither cleans
+// nor redirects them; every other path is the ServeMux's.
+func TestUncleanedRoutes(t *testing.T) {
+	mux := NewMux(Options{Gatherer: NewRegistry()})
+	mux.HandleUncleaned("/api/things", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "raw "+r.URL.EscapedPath())
+	}))
+	mux.HandleFunc("GET /api/things2", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "mux") })
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	c := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	for _, tt := range []struct{ path, want string }{
+		{"/api/things", "raw /api/things"},
+		{"/api/things/", "raw /api/things/"},
+		{"/api/things/./image", "raw /api/things/./image"},
+		{"/api/things/../image", "raw /api/things/../image"},
+		{"/api/things/%2E/image", "raw /api/things/%2E/image"},
+		{"/api/things/a%2F..%2Fb", "raw /api/things/a%2F..%2Fb"},
+		{"/api/things//x", "raw /api/things//x"},
+		{"/api/things2", "mux"},
+		{"/healthz", "ok\n"},
+	} {
+		resp, err := c.Get(srv.URL + tt.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || string(b) != tt.want {
+			t.Errorf("GET %s = %d %q, want 200 %q", tt.path, resp.StatusCode, b, tt.want)
+		}
 	}
 }

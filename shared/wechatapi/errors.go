@@ -51,6 +51,12 @@ func (e *Error) TokenRejected() bool {
 	return false
 }
 
+// Definite reports whether the refusal will stand if asked again soon:
+// every errcode but -1 (system busy), which WeChat answers when it is
+// momentarily overloaded. A definite refusal of stable_token is shared by
+// every process for FailBackoff; -1, like no answer at all, is not.
+func (e *Error) Definite() bool { return e.Code != CodeSystemBusy }
+
 // Hint says what an operator can do about a refusal no retry mends.
 func (e *Error) Hint() string {
 	switch e.Code {

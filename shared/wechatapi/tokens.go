@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -29,9 +30,11 @@ type TokenOptions struct {
 	// Lease is how long one process may take to refresh before another
 	// takes over. Default 15s (the HTTP client's timeout, and some).
 	Lease time.Duration
-	// FailBackoff is how long a refresh WeChat refused (40164, 45009, …)
-	// is answered from the bucket by every process, rather than asked
-	// again. Default 10s.
+	// FailBackoff is how long a refresh WeChat refused for a reason that
+	// will not pass by itself (40164, 45009, a wrong AppSecret, …) is
+	// answered from the bucket by every process, rather than asked again.
+	// A transient failure (no answer, a timeout, -1) is not kept: the next
+	// caller asks again. Default 10s.
 	FailBackoff time.Duration
 	// Now is the clock; nil is time.Now.
 	Now func() time.Time
@@ -74,6 +77,11 @@ type Tokens struct {
 	mu  sync.Mutex
 	kv  jetstream.KeyValue
 	mem tokenRecord // the last token this process used
+
+	// waiting counts lookups waiting for another process's refresh: a
+	// caller whose time runs out meanwhile is told so (ErrTokenWait), not
+	// that WeChat did not answer.
+	waiting atomic.Int32
 }
 
 // tokenRecord is the stored token. The access_token is a secret: it lives
@@ -86,13 +94,12 @@ type tokenRecord struct {
 }
 
 // leaseRecord says who refreshes, until when, and what WeChat answered the
-// last refresh that failed.
+// last refresh it refused for good.
 type leaseRecord struct {
 	Holder  string    `json:"holder"`
 	Until   time.Time `json:"until"`
 	Errcode int       `json:"errcode,omitempty"`
 	Errmsg  string    `json:"errmsg,omitempty"`
-	Failure string    `json:"failure,omitempty"` // a failure without an errcode
 }
 
 func newTokens(nc *nats.Conn, appID string, replicas int, o TokenOptions, fetch func(context.Context) (string, time.Duration, error), logger *slog.Logger) *Tokens {
@@ -107,6 +114,11 @@ func newTokens(nc *nats.Conn, appID string, replicas int, o TokenOptions, fetch 
 // ErrStoreUnavailable wraps failures of the token bucket (NATS away):
 // nothing was asked of WeChat.
 var ErrStoreUnavailable = errors.New("access_token store unavailable")
+
+// ErrTokenWait wraps a caller's time running out while another process
+// held the refresh lease: this process did not ask WeChat, so it is not
+// WeChat that did not answer.
+var ErrTokenWait = errors.New("timed out waiting for another process to refresh the access_token")
 
 // bucket opens the token bucket, creating it if it does not exist (never
 // changing one that does).
@@ -160,6 +172,9 @@ func (t *Tokens) Token(ctx context.Context) (string, error) {
 		}
 		return r.Val.(string), nil
 	case <-ctx.Done():
+		if t.waiting.Load() > 0 {
+			return "", fmt.Errorf("%w: %w", ErrTokenWait, ctx.Err())
+		}
 		return "", ctx.Err()
 	}
 }
@@ -209,7 +224,10 @@ func (t *Tokens) resolve(ctx context.Context) (string, error) {
 		if err := lease.failure(now); err != nil {
 			return "", err
 		}
-		if err := t.waitChange(ctx, kv, recRev, leaseRev, lease.Until); err != nil {
+		t.waiting.Add(1)
+		err = t.waitChange(ctx, kv, recRev, leaseRev, lease.Until)
+		t.waiting.Add(-1)
+		if err != nil {
 			return "", err
 		}
 	}
@@ -274,22 +292,23 @@ func (t *Tokens) acquire(ctx context.Context, kv jetstream.KeyValue, now time.Ti
 }
 
 // refresh asks WeChat for the token while holding the lease (revision
-// leaseRev), stores it and releases the lease. A refusal is kept in the
-// lease for FailBackoff, so that no process asks again meanwhile.
+// leaseRev), stores it and releases the lease. A refusal that will not
+// pass by itself is kept in the lease for FailBackoff, so that no process
+// asks again meanwhile; a transient failure releases the lease, and is
+// this caller's alone.
 func (t *Tokens) refresh(ctx context.Context, kv jetstream.KeyValue, leaseRev uint64) (string, error) {
 	start := t.o.Now()
 	tok, ttl, err := t.fetch(ctx)
 	if err != nil {
-		failed := leaseRecord{Holder: t.id, Until: t.o.Now().Add(t.o.FailBackoff)}
 		var we *Error
-		if errors.As(err, &we) {
-			failed.Errcode, failed.Errmsg = we.Code, we.Msg
-		} else {
-			failed.Failure = truncate(err.Error(), maxErrmsg) // already redacted
+		if !errors.As(err, &we) || !we.Definite() {
+			t.release(ctx, kv, leaseRev)
+			return "", err
 		}
+		failed := leaseRecord{Holder: t.id, Until: t.o.Now().Add(t.o.FailBackoff), Errcode: we.Code, Errmsg: we.Msg}
 		b, _ := json.Marshal(failed)
 		if _, uerr := kv.Update(ctx, t.leaseKey, b, leaseRev); uerr != nil {
-			t.logger.Warn("could not record the failed refresh", "err", uerr)
+			t.logger.Warn("could not record the refused refresh", "err", uerr)
 		}
 		return "", err
 	}
@@ -318,16 +337,10 @@ func (t *Tokens) release(ctx context.Context, kv jetstream.KeyValue, leaseRev ui
 
 // failure is the refusal a lease records, while it lasts.
 func (l leaseRecord) failure(now time.Time) error {
-	if !now.Before(l.Until) {
+	if l.Errcode == 0 || !now.Before(l.Until) {
 		return nil
 	}
-	switch {
-	case l.Errcode != 0:
-		return &Error{API: APIStableToken, Code: l.Errcode, Msg: l.Errmsg}
-	case l.Failure != "":
-		return fmt.Errorf("refreshing the access_token failed in another process: %s", l.Failure)
-	}
-	return nil
+	return &Error{API: APIStableToken, Code: l.Errcode, Msg: l.Errmsg}
 }
 
 // waitChange waits until the token or the lease changes from the
@@ -339,7 +352,7 @@ func (t *Tokens) waitChange(ctx context.Context, kv jetstream.KeyValue, tokenRev
 	w, err := kv.Watch(ctx, t.watchKey)
 	if err != nil {
 		if parent.Err() != nil {
-			return parent.Err()
+			return fmt.Errorf("%w: %w", ErrTokenWait, parent.Err())
 		}
 		if ctx.Err() != nil {
 			return nil // the lease's time is up: look again
@@ -370,7 +383,10 @@ func (t *Tokens) waitChange(ctx context.Context, kv jetstream.KeyValue, tokenRev
 			}
 		case <-ctx.Done():
 			// The caller's time is up, or the lease's (look again).
-			return parent.Err()
+			if parent.Err() != nil {
+				return fmt.Errorf("%w: %w", ErrTokenWait, parent.Err())
+			}
+			return nil
 		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
@@ -110,6 +111,9 @@ func TestOneTokenForEveryProcess(t *testing.T) {
 	}
 	if n := e.calls(api.QRCodeCreate); n != 80 {
 		t.Errorf("qrcode/create calls = %d, want 80", n)
+	}
+	if n := e.fake.Calls().ForceRefresh; n != 0 {
+		t.Errorf("force_refresh sent %d times", n)
 	}
 }
 
@@ -217,8 +221,8 @@ func TestRefreshBeforeExpiry(t *testing.T) {
 	if n := c.Calls[api.StableToken]; n < 3 || n > 5 {
 		t.Errorf("%d stable_token calls in %v with a 2s token, want about %d", n, run, int(run/time.Second)+1)
 	}
-	if len(c.Errcodes[api.QRCodeCreate]) != 0 {
-		t.Errorf("codes refused: %v", c.Errcodes)
+	if len(c.Errcodes[api.QRCodeCreate]) != 0 || c.ForceRefresh != 0 {
+		t.Errorf("codes refused: %v; force_refresh sent %d times", c.Errcodes, c.ForceRefresh)
 	}
 	t.Logf("%d codes created, %d stable_token calls", calls, c.Calls[api.StableToken])
 
@@ -251,7 +255,7 @@ func TestDeadLeaseTakenOver(t *testing.T) {
 
 // Refusals no retry mends are surfaced, counted and asked once.
 func TestRefusalsAreNotRetried(t *testing.T) {
-	for _, code := range []int{CodeDailyQuota, CodeIPNotWhitelisted, CodeUnauthorized, CodeRiskyIP, CodeInvalidActionInfo, CodeSystemBusy} {
+	for _, code := range []int{CodeDailyQuota, CodeIPNotWhitelisted, CodeUnauthorized, CodeRiskyIP, CodeInvalidActionInfo, CodeInvalidActionName, CodeSystemBusy} {
 		t.Run(fmt.Sprint(code), func(t *testing.T) {
 			e := newEnv(t, api.Options{})
 			p := e.process(t, "p", TokenOptions{})
@@ -274,25 +278,152 @@ func TestRefusalsAreNotRetried(t *testing.T) {
 	}
 }
 
-// A refusal of stable_token itself is kept for FailBackoff: another
-// process gets it from the bucket without asking WeChat again.
+// clock is a settable clock for the lease's times.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *clock) Add(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// A refusal of stable_token that will not pass by itself is kept for
+// FailBackoff (10 s): another process gets it from the bucket without
+// asking WeChat again, with its hint; at 10 s it is asked again.
 func TestTokenRefusalShared(t *testing.T) {
+	for _, code := range []int{CodeIPNotWhitelisted, CodeDailyQuota, CodeUnauthorized, CodeRiskyIP, CodeInvalidAppID, CodeInvalidSecret} {
+		t.Run(fmt.Sprint(code), func(t *testing.T) {
+			e := newEnv(t, api.Options{})
+			_ = e.fake.Inject(api.Fault{API: api.StableToken, Errcode: code, Count: 10})
+			clk := &clock{t: time.Now()}
+			a, b := e.process(t, "a", TokenOptions{Now: clk.Now}), e.process(t, "b", TokenOptions{Now: clk.Now})
+			ctx := context.Background()
+			for i, p := range []*process{a, b, a} {
+				_, err := p.CreateQRCode(ctx, tempCode("x"))
+				var we *Error
+				if !errors.As(err, &we) || we.Code != code || !strings.Contains(err.Error(), we.Hint()) || we.Hint() == "" {
+					t.Fatalf("call %d: err = %v, want %d with its hint", i, err, code)
+				}
+			}
+			if n := e.calls(api.StableToken); n != 1 {
+				t.Errorf("stable_token asked %d times, want once", n)
+			}
+			clk.Add(10*time.Second - time.Millisecond)
+			_, _ = b.CreateQRCode(ctx, tempCode("x"))
+			if n := e.calls(api.StableToken); n != 1 {
+				t.Errorf("asked again before 10 s: %d calls", n)
+			}
+			clk.Add(time.Millisecond)
+			_, _ = b.CreateQRCode(ctx, tempCode("x"))
+			if n := e.calls(api.StableToken); n != 2 {
+				t.Errorf("after 10 s: %d stable_token calls, want 2", n)
+			}
+			if n := e.calls(api.QRCodeCreate); n != 0 {
+				t.Errorf("qrcode/create asked %d times without a token", n)
+			}
+		})
+	}
+}
+
+// A transient failure of stable_token (the connection dropped, no answer
+// in time, -1) is the failing caller's alone: the next caller, in the same
+// process or another, asks WeChat again and gets the token; nobody is told
+// that it "failed in another process".
+func TestTransientTokenFailureNotShared(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		fault api.Fault
+		http  *http.Client
+		code  int // the errcode the failing caller sees; 0: none
+	}{
+		{"dropped", api.Fault{API: api.StableToken, Drop: true}, nil, 0},
+		{"timeout", api.Fault{API: api.StableToken, Delay: "2s"}, &http.Client{Timeout: 100 * time.Millisecond}, 0},
+		{"system busy", api.Fault{API: api.StableToken, Errcode: CodeSystemBusy}, nil, CodeSystemBusy},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, api.Options{})
+			a := e.process(t, "a", TokenOptions{})
+			if tt.http != nil {
+				a.http = tt.http
+			}
+			b := e.process(t, "b", TokenOptions{})
+			_ = e.fake.Inject(tt.fault)
+			ctx := context.Background()
+			_, err := a.CreateQRCode(ctx, tempCode("x"))
+			if err == nil || strings.Contains(err.Error(), "another process") {
+				t.Fatalf("the failing caller: %v", err)
+			}
+			if code, _ := Code(err); code != tt.code {
+				t.Errorf("the failing caller: %v, want errcode %d", err, tt.code)
+			}
+			// The same process tries again at once, and so does another.
+			if _, err := a.CreateQRCode(ctx, tempCode("x")); err != nil {
+				t.Errorf("a, next call: %v", err)
+			}
+			if _, err := b.CreateQRCode(ctx, tempCode("x")); err != nil {
+				t.Errorf("b: %v", err)
+			}
+			if n := e.calls(api.StableToken); n != 2 {
+				t.Errorf("stable_token calls = %d, want 2: the failed one and one that worked", n)
+			}
+		})
+	}
+}
+
+// 40001, 40014 and 42001 each: the token is expired and refreshed once,
+// the call retried once, and it succeeds.
+func TestTokenRejectedRefreshedOnce(t *testing.T) {
+	for _, code := range []int{CodeInvalidCredential, CodeInvalidToken, CodeTokenExpired} {
+		t.Run(fmt.Sprint(code), func(t *testing.T) {
+			e := newEnv(t, api.Options{})
+			p := e.process(t, "p", TokenOptions{})
+			ctx := context.Background()
+			if _, err := p.Tokens().Token(ctx); err != nil {
+				t.Fatal(err)
+			}
+			_ = e.fake.Inject(api.Fault{API: api.QRCodeCreate, Errcode: code})
+			if _, err := p.CreateQRCode(ctx, tempCode("x")); err != nil {
+				t.Fatalf("after %d: %v", code, err)
+			}
+			if s, q := e.calls(api.StableToken), e.calls(api.QRCodeCreate); s != 2 || q != 2 {
+				t.Errorf("%d stable_token and %d qrcode/create calls, want 2 (the first, one refresh) and 2 (one retry)", s, q)
+			}
+			if v, _ := metricstest.Lookup(p.reg, "wxgate_wechat_api_calls_total", map[string]string{"api": APIQRCodeCreate, "outcome": fmt.Sprint(code)}); v != 1 {
+				t.Errorf("%d counted %v times", code, v)
+			}
+			if n := e.fake.Calls().ForceRefresh; n != 0 {
+				t.Errorf("force_refresh sent %d times", n)
+			}
+		})
+	}
+}
+
+// A caller whose time runs out while another process holds the refresh
+// lease is told so: it did not ask WeChat, so it is not WeChat's silence.
+func TestTokenWaitTimesOut(t *testing.T) {
 	e := newEnv(t, api.Options{})
-	_ = e.fake.Inject(api.Fault{API: api.StableToken, Errcode: CodeIPNotWhitelisted, Count: 10})
-	a, b := e.process(t, "a", TokenOptions{}), e.process(t, "b", TokenOptions{})
+	p := e.process(t, "p", TokenOptions{})
 	ctx := context.Background()
-	for _, p := range []*process{a, b} {
-		_, err := p.CreateQRCode(ctx, tempCode("x"))
-		var we *Error
-		if !errors.As(err, &we) || we.Code != CodeIPNotWhitelisted || !strings.Contains(err.Error(), "whitelist") {
-			t.Fatalf("err = %v, want 40164 with its hint", err)
-		}
+	kv, err := p.Tokens().bucket(ctx)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if n := e.calls(api.StableToken); n != 1 {
-		t.Errorf("stable_token asked %d times, want once", n)
+	held, _ := json.Marshal(leaseRecord{Holder: "elsewhere", Until: time.Now().Add(15 * time.Second)})
+	if _, err := kv.Create(ctx, p.Tokens().leaseKey, held); err != nil {
+		t.Fatal(err)
 	}
-	if n := e.calls(api.QRCodeCreate); n != 0 {
-		t.Errorf("qrcode/create asked %d times without a token", n)
+	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	_, err = p.CreateQRCode(short, tempCode("x"))
+	if !errors.Is(err, ErrTokenWait) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("err = %v, want ErrTokenWait", err)
+	}
+	if n := e.calls(api.StableToken); n != 0 {
+		t.Errorf("stable_token asked %d times", n)
 	}
 }
 
@@ -349,6 +480,10 @@ func TestSecretsRedacted(t *testing.T) {
 	}
 	if !strings.Contains(p.log.String(), "[redacted]") {
 		t.Errorf("nothing was redacted:\n%s", p.log.String())
+	}
+	// No answer (the drop, the timeout) is counted as outcome="error".
+	if v, _ := metricstest.Lookup(p.reg, "wxgate_wechat_api_calls_total", map[string]string{"api": APIQRCodeCreate, "outcome": OutcomeError}); v != 2 {
+		t.Errorf(`outcome="error" counted %v times, want 2`, v)
 	}
 	// Nor in a metric.
 	mfs, _ := p.reg.Gather()
@@ -466,18 +601,34 @@ func FuzzDecodeAnswer(f *testing.F) {
 	})
 }
 
-// A wrong AppSecret: stable_token's 40125 reaches the caller with a hint,
-// and the secret is in no error.
+// A wrong AppID or AppSecret: stable_token's 40013 or 40125 reaches the
+// caller with a hint, is kept for every process (a second one does not
+// ask), and the secret is in no error.
 func TestWrongSecret(t *testing.T) {
-	e := newEnv(t, api.Options{})
-	nc := natstest.Connect(t, e.ns)
-	c, err := New(Options{Base: e.base, AppID: appID, Secret: "not-the-secret", Conn: nc, Registerer: prometheus.NewRegistry(), Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = c.CreateQRCode(context.Background(), tempCode("x"))
-	if code, _ := Code(err); code != CodeInvalidSecret || !strings.Contains(err.Error(), "WECHAT_APPSECRET") || strings.Contains(err.Error(), "not-the-secret") {
-		t.Errorf("err = %v", err)
+	for _, tt := range []struct {
+		appID, secret string
+		code          int
+	}{
+		{"wx_other_app", secret, CodeInvalidAppID},
+		{appID, "not-the-secret", CodeInvalidSecret},
+	} {
+		t.Run(fmt.Sprint(tt.code), func(t *testing.T) {
+			e := newEnv(t, api.Options{})
+			for i := 0; i < 2; i++ {
+				nc := natstest.Connect(t, e.ns)
+				c, err := New(Options{Base: e.base, AppID: tt.appID, Secret: tt.secret, Conn: nc, Registerer: prometheus.NewRegistry(), Logger: slog.New(slog.DiscardHandler)})
+				if err != nil {
+					t.Fatal(err)
+				}
+				_, err = c.CreateQRCode(context.Background(), tempCode("x"))
+				if code, _ := Code(err); code != tt.code || !strings.Contains(err.Error(), "WECHAT_APPSECRET") || strings.Contains(err.Error(), tt.secret) {
+					t.Errorf("process %d: err = %v", i, err)
+				}
+			}
+			if n := e.calls(api.StableToken); n != 1 {
+				t.Errorf("stable_token asked %d times, want once (the refusal kept)", n)
+			}
+		})
 	}
 }
 

@@ -38,6 +38,14 @@ var page = template.Must(template.New("page.html").Funcs(template.FuncMap{
 		}
 		return t.UTC().Format("2006-01-02 15:04 UTC")
 	},
+	// withQuery adds parameters to a code's image_url, which has a query
+	// (its ticket) already, or may not.
+	"withQuery": func(u, params string) string {
+		if strings.Contains(u, "?") {
+			return u + "&" + params
+		}
+		return u + "?" + params
+	},
 }).ParseFS(static, "static/page.html"))
 
 // Options configure the page. QR and Logger are required.
@@ -97,6 +105,8 @@ type view struct {
 	BarWidth                 int
 	Codes                    []qrcodes.Listed
 	CodesError               string
+	// MoreCodes is how many codes exist beyond those shown.
+	MoreCodes, MaxCodes int
 }
 
 type form struct {
@@ -158,6 +168,11 @@ func (u *ui) render(w http.ResponseWriter, r *http.Request, code int, v view) {
 				u.o.Logger.Warn("ui: codes unavailable", "err", err)
 				v.CodesError = "The codes are unavailable right now."
 			}
+			// The newest first: one image each, so the page stays a page.
+			v.MaxCodes = MaxCodes
+			if n := len(v.Codes); n > MaxCodes {
+				v.Codes, v.MoreCodes = v.Codes[:MaxCodes], n-MaxCodes
+			}
 		}
 	}
 	var buf bytes.Buffer
@@ -171,6 +186,10 @@ func (u *ui) render(w http.ResponseWriter, r *http.Request, code int, v view) {
 	w.WriteHeader(code)
 	_, _ = w.Write(buf.Bytes())
 }
+
+// MaxCodes is how many codes the page shows, the newest; GET /api/qrcodes
+// lists them all.
+const MaxCodes = 200
 
 // maxBars is how many scenes the chart shows: the most scanned.
 const maxBars = 20
@@ -239,13 +258,23 @@ func (u *ui) login(w http.ResponseWriter, r *http.Request) {
 		u.render(w, r, http.StatusUnauthorized, view{Login: true, Error: "That is not the admin token."})
 		return
 	}
-	http.SetCookie(w, &http.Cookie{Name: admin.SessionCookie, Value: admin.SessionValue(u.o.Token), Path: "/",
-		MaxAge: int((12 * time.Hour).Seconds()), HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil})
+	// The expiry is in the value and its MAC, and checked by the server;
+	// Max-Age only tells the browser when to drop it.
+	value, expires := admin.NewSession(u.o.Token, time.Now())
+	http.SetCookie(w, &http.Cookie{Name: admin.SessionCookie, Value: value, Path: "/", Expires: expires,
+		MaxAge: int(admin.SessionTTL.Seconds()), HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: viaHTTPS(r)})
 	http.Redirect(w, r, "/ui/", http.StatusSeeOther)
 }
 
+// viaHTTPS reports whether the browser reached the page over TLS: here, or
+// at a proxy in front that says so. Secure only narrows where the cookie
+// goes, so trusting the header cannot widen anything.
+func viaHTTPS(r *http.Request) bool {
+	return r.TLS != nil || strings.EqualFold(r.Header.Get("X-Forwarded-Proto"), "https")
+}
+
 func (u *ui) logout(w http.ResponseWriter, r *http.Request) {
-	http.SetCookie(w, &http.Cookie{Name: admin.SessionCookie, Value: "", Path: "/", MaxAge: -1, HttpOnly: true, SameSite: http.SameSiteStrictMode})
+	http.SetCookie(w, &http.Cookie{Name: admin.SessionCookie, Value: "", Path: "/", MaxAge: -1, HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: viaHTTPS(r)})
 	http.Redirect(w, r, "/ui/", http.StatusSeeOther)
 }
 
@@ -268,17 +297,14 @@ func (u *ui) create(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 20*time.Second)
 	defer cancel()
 	if _, _, err := u.o.QR.Create(ctx, req); err != nil {
-		code, msg := http.StatusBadGateway, "WeChat's API did not answer; try again."
+		// The API's status and error, in words for the page.
+		code, body := qrcodes.Problem(err)
+		msg, _ := body["error"].(string)
 		var we *wechatapi.Error
-		switch {
-		case errors.As(err, &we):
+		if errors.As(err, &we) {
 			msg = "WeChat refused: " + we.Error()
-		case errors.Is(err, qrcodes.ErrOff):
-			code, msg = http.StatusServiceUnavailable, err.Error()
-		case errors.Is(err, qrcodes.ErrUnavailable), errors.Is(err, wechatapi.ErrStoreUnavailable):
-			code, msg = http.StatusServiceUnavailable, "The code store is unavailable right now; try again."
 		}
-		u.o.Logger.Warn("ui: code not created", "err", err)
+		u.o.Logger.Warn("ui: code not created", "status", code, "err", err)
 		u.render(w, r, code, view{Form: f, Error: msg})
 		return
 	}

@@ -2,19 +2,28 @@ package console
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
+	"html"
+	"image/png"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httptest"
 	"net/url"
+	"regexp"
 	"strings"
 	"testing"
+	"time"
+
+	qr "github.com/piglig/go-qr"
 
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wxgate/wxgate/shared/admin"
+	"github.com/wxgate/wxgate/shared/config"
 	"github.com/wxgate/wxgate/shared/natstest"
 	"github.com/wxgate/wxgate/shared/wechatapi"
 	"github.com/wxgate/wxgate/workers/analytics"
@@ -63,6 +72,12 @@ func server(t *testing.T, off bool) string {
 	ts := httptest.NewServer(mux)
 	t.Cleanup(ts.Close)
 	return ts.URL
+}
+
+// session is a valid session cookie for "admin-token".
+func session() *http.Cookie {
+	v, _ := admin.NewSession("admin-token", time.Now())
+	return &http.Cookie{Name: admin.SessionCookie, Value: v}
 }
 
 func browser(t *testing.T) *http.Client {
@@ -121,11 +136,12 @@ func TestLoginCreateAndShow(t *testing.T) {
 	if code != 200 || strings.Contains(body, scene) || !strings.Contains(body, "&lt;script&gt;") || !strings.Contains(body, "Spring &amp; &lt;posters&gt;") {
 		t.Fatalf("after create: %d\n%s", code, body)
 	}
-	if !strings.Contains(body, `src="/api/qrcodes/%3Cscript%3Ealert%28%22x%22%29%3C%2Fscript%3E/image?size=160"`) {
-		t.Errorf("no image for the code:\n%s", body)
+	srcs := imgSrcs(body)
+	if len(srcs) != 1 || !strings.HasPrefix(srcs[0], "/api/qrcodes/%3Cscript%3Ealert%28%22x%22%29%3C%2Fscript%3E/image?ticket=") || !strings.HasSuffix(srcs[0], "&size=160") {
+		t.Errorf("no image for the code: %q\n%s", srcs, body)
 	}
 	// The image loads with the cookie, as the browser's <img> would.
-	resp, err = c.Get(base + "/api/qrcodes/" + url.PathEscape(scene) + "/image?size=160")
+	resp, err = c.Get(base + srcs[0])
 	if code, _ := read(resp, err); code != 200 || resp.Header.Get("Content-Type") != "image/png" {
 		t.Errorf("image with the session: %d", code)
 	}
@@ -150,7 +166,7 @@ func TestCrossOriginPostRefused(t *testing.T) {
 	for _, h := range []map[string]string{{"Sec-Fetch-Site": "cross-site"}, {"Origin": "https://evil.example"}} {
 		req, _ := http.NewRequest("POST", base+"/ui/qrcodes", strings.NewReader("scene=x"))
 		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-		req.AddCookie(&http.Cookie{Name: admin.SessionCookie, Value: admin.SessionValue("admin-token")})
+		req.AddCookie(session())
 		for k, v := range h {
 			req.Header.Set(k, v)
 		}
@@ -164,7 +180,7 @@ func TestHeadersAndOff(t *testing.T) {
 	read := reader(t)
 	base := server(t, true)
 	req, _ := http.NewRequest("GET", base+"/ui/", nil)
-	req.AddCookie(&http.Cookie{Name: admin.SessionCookie, Value: admin.SessionValue("admin-token")})
+	req.AddCookie(session())
 	resp, err := http.DefaultClient.Do(req)
 	code, body := read(resp, err)
 	if code != 200 || !strings.Contains(body, "Creating codes is off") || !strings.Contains(body, "poster_a") {
@@ -175,5 +191,217 @@ func TestHeadersAndOff(t *testing.T) {
 	}
 	if code, css := read(http.Get(base + "/ui/style.css")); code != 200 || !strings.Contains(css, "body") {
 		t.Errorf("style.css: %d", code)
+	}
+}
+
+var imgSrc = regexp.MustCompile(`<img src="([^"]*)"`)
+
+// imgSrcs returns the page's image URLs, unescaped as a browser reads them.
+func imgSrcs(page string) []string {
+	var out []string
+	for _, m := range imgSrc.FindAllStringSubmatch(page, -1) {
+		out = append(out, html.UnescapeString(m[1]))
+	}
+	return out
+}
+
+// noRedirects is a client that reports a redirect rather than follows it.
+var noRedirects = &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+
+// pngURL GETs u and returns what its PNG decodes to.
+func pngURL(t *testing.T, c *http.Client, u string) string {
+	t.Helper()
+	resp, err := c.Get(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "image/png" {
+		b, _ := io.ReadAll(resp.Body)
+		t.Errorf("GET %s = %d %s %q", u, resp.StatusCode, resp.Header.Get("Location"), b)
+		return ""
+	}
+	img, err := png.Decode(resp.Body)
+	if err != nil {
+		t.Errorf("GET %s: %v", u, err)
+		return ""
+	}
+	got, err := qr.Decode(img)
+	if err != nil {
+		t.Errorf("GET %s: %v", u, err)
+	}
+	return got
+}
+
+// mounted is an admin listener as the binaries build it (admin.NewMux,
+// then Mount), on a real port, with the fake WeChat API.
+func mounted(t *testing.T, token string) string {
+	t.Helper()
+	ns := natstest.RunServer(t)
+	nc := natstest.Connect(t, ns, nats.Name("mounted"))
+	fake := httptest.NewServer(api.New(api.Options{AppID: "wx_m", Secret: "m-secret"}))
+	t.Cleanup(fake.Close)
+	mux := admin.NewMux(admin.Options{Gatherer: prometheus.NewRegistry(), Token: token})
+	mux.Handle("/api/", analytics.API(analytics.OpenOnUse(nc), token))
+	cfg := config.Config{AppID: "wx_m", AppSecret: "m-secret", APIBase: fake.URL, AdminToken: token}
+	if _, err := Mount(mux, MountOptions{Conn: nc, Config: cfg, Scenes: analytics.OpenOnUse(nc),
+		Logger: slog.New(slog.DiscardHandler), Registerer: prometheus.NewRegistry()}); err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(mux)
+	t.Cleanup(ts.Close)
+	return ts.URL
+}
+
+// Every scene that is path syntax is reachable on the admin listener as
+// the binaries build it: its image_url and its one-code URL answer 200 (no
+// redirect to another resource), and the PNG decodes to the code's url.
+func TestEveryScenePath(t *testing.T) {
+	base := mounted(t, "")
+	for _, scene := range []string{".", "..", "a/../b", "x/./y", "a/b", "%", "?x", "#h", "image", "../../metrics"} {
+		body, _ := json.Marshal(map[string]string{"scene": scene})
+		resp, err := http.Post(base+"/api/qrcodes", "application/json", strings.NewReader(string(body)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var c qrcodes.Code
+		err = json.NewDecoder(resp.Body).Decode(&c)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != 201 || c.Scene != scene {
+			t.Fatalf("create %q: %d %+v %v", scene, resp.StatusCode, c, err)
+		}
+		if got := pngURL(t, noRedirects, base+c.ImageURL); got != c.URL {
+			t.Errorf("%q: image_url %s decodes to %q, want %q", scene, c.ImageURL, got, c.URL)
+		}
+		one := strings.TrimSuffix(strings.SplitN(c.ImageURL, "?", 2)[0], "/image")
+		resp, err = noRedirects.Get(base + one)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var l qrcodes.Listed
+		err = json.NewDecoder(resp.Body).Decode(&l)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || err != nil || l.Scene != scene || l.Ticket != c.Ticket {
+			t.Errorf("%q: GET %s = %d %+v %v", scene, one, resp.StatusCode, l, err)
+		}
+	}
+	// The rest of the listener is the ServeMux's, cleaning as ever.
+	if resp, err := noRedirects.Get(base + "/api/x/../scenes"); err != nil || resp.StatusCode/100 != 3 {
+		t.Errorf("a dot segment elsewhere: %v %v", resp, err)
+	}
+}
+
+// Each row of the page shows its own code's image, not the scene's latest.
+func TestRowsShowTheirOwnCode(t *testing.T) {
+	read := reader(t)
+	base := mounted(t, "")
+	var made []qrcodes.Code
+	for _, body := range []string{`{"scene":"poster_a"}`, `{"scene":"poster_a","expire_seconds":3600}`, `{"scene":"poster_b"}`} {
+		resp, err := http.Post(base+"/api/qrcodes", "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var c qrcodes.Code
+		_ = json.NewDecoder(resp.Body).Decode(&c)
+		resp.Body.Close()
+		made = append(made, c)
+	}
+	_, page := read(http.Get(base + "/ui/"))
+	srcs := imgSrcs(page)
+	if len(srcs) != 3 {
+		t.Fatalf("%d images, want 3: %q", len(srcs), srcs)
+	}
+	got := map[string]bool{}
+	for _, src := range srcs {
+		got[pngURL(t, http.DefaultClient, base+src)] = true
+	}
+	for _, c := range made {
+		if !got[c.URL] {
+			t.Errorf("no row shows the code %s (%s); the rows show %v", c.Ticket, c.URL, got)
+		}
+	}
+}
+
+// The page shows the newest 200 codes and says how many more there are;
+// the API lists them all.
+func TestPageBounded(t *testing.T) {
+	if testing.Short() {
+		t.Skip("creates 203 codes")
+	}
+	read := reader(t)
+	base := mounted(t, "")
+	for i := 0; i < MaxCodes+3; i++ {
+		resp, err := http.Post(base+"/api/qrcodes", "application/json", strings.NewReader(fmt.Sprintf(`{"scene":"s%d"}`, i)))
+		if err != nil || resp.StatusCode != 201 {
+			t.Fatalf("create %d: %v %v", i, resp, err)
+		}
+		resp.Body.Close()
+	}
+	_, page := read(http.Get(base + "/ui/"))
+	if n := len(imgSrcs(page)); n != MaxCodes {
+		t.Errorf("%d images on the page, want %d", n, MaxCodes)
+	}
+	if !strings.Contains(page, "The newest 200 codes are shown; 3 older ones are not") {
+		t.Errorf("the page does not say more codes exist")
+	}
+	if strings.Contains(page, `data-scene="s0"`) || !strings.Contains(page, fmt.Sprintf(`data-scene="s%d"`, MaxCodes+2)) {
+		t.Errorf("not the newest shown")
+	}
+	var list struct{ QRCodes []qrcodes.Listed }
+	_, all := read(http.Get(base + "/api/qrcodes"))
+	if err := json.Unmarshal([]byte(all), &list); err != nil || len(list.QRCodes) != MaxCodes+3 {
+		t.Errorf("the API lists %d codes (%v), want %d", len(list.QRCodes), err, MaxCodes+3)
+	}
+}
+
+// The login cookie carries its expiry, 12 hours on, under its MAC; the
+// server refuses it once that is past, and it is Secure behind an HTTPS
+// proxy.
+func TestSessionCookie(t *testing.T) {
+	base := server(t, false)
+	login := func(proto string) *http.Cookie {
+		req, _ := http.NewRequest("POST", base+"/ui/login", strings.NewReader("token=admin-token"))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		if proto != "" {
+			req.Header.Set("X-Forwarded-Proto", proto)
+		}
+		resp, err := noRedirects.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		for _, c := range resp.Cookies() {
+			if c.Name == admin.SessionCookie {
+				return c
+			}
+		}
+		t.Fatalf("no session cookie: %d", resp.StatusCode)
+		return nil
+	}
+	plain, proxied := login(""), login("https")
+	if plain.Secure || !proxied.Secure || !proxied.HttpOnly || proxied.SameSite != http.SameSiteStrictMode {
+		t.Errorf("Secure: plain %v, behind https %v", plain.Secure, proxied.Secure)
+	}
+	exp, _, ok := strings.Cut(plain.Value, ".")
+	var secs int64
+	if _, err := fmt.Sscan(exp, &secs); !ok || err != nil || time.Until(time.Unix(secs, 0)) < 12*time.Hour-time.Minute || time.Until(time.Unix(secs, 0)) > 12*time.Hour {
+		t.Errorf("cookie %q: no 12-hour expiry in it", plain.Value)
+	}
+	page := func(c *http.Cookie) int {
+		req, _ := http.NewRequest("GET", base+"/ui/", nil)
+		req.AddCookie(c)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := page(plain); code != 200 {
+		t.Errorf("with the fresh cookie: %d", code)
+	}
+	expired := &http.Cookie{Name: admin.SessionCookie, Value: admin.SessionValue("admin-token", time.Now().Add(-time.Minute))}
+	if code := page(expired); code != 401 {
+		t.Errorf("with an expired cookie: %d, want the login page (401)", code)
 	}
 }

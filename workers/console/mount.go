@@ -3,11 +3,11 @@ package console
 import (
 	"fmt"
 	"log/slog"
-	"net/http"
 
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/wxgate/wxgate/shared/admin"
 	"github.com/wxgate/wxgate/shared/config"
 	"github.com/wxgate/wxgate/shared/wechatapi"
 	"github.com/wxgate/wxgate/workers/analytics"
@@ -30,7 +30,7 @@ type MountOptions struct {
 // shows the scenes only. Nothing here is part of readiness: a token store
 // or WeChat out of reach makes these routes answer 503 or 502, and the
 // process goes on serving WeChat.
-func Mount(mux *http.ServeMux, o MountOptions) (*qrcodes.Service, error) {
+func Mount(mux *admin.Mux, o MountOptions) (*qrcodes.Service, error) {
 	cfg := o.Config
 	logger := o.Logger.With("component", "qrcodes")
 	var client *wechatapi.Client
@@ -48,9 +48,9 @@ func Mount(mux *http.ServeMux, o MountOptions) (*qrcodes.Service, error) {
 	}
 	qr := qrcodes.New(qrcodes.Options{Conn: o.Conn, Client: client, Scenes: qrcodes.FromStore(o.Scenes),
 		Replicas: cfg.JetStreamReplicas, Logger: logger})
-	api := qr.Handler(cfg.AdminToken)
-	mux.Handle("/api/qrcodes", api)
-	mux.Handle("/api/qrcodes/", api)
+	// Ahead of the ServeMux, which would clean "/api/qrcodes/./image" (a
+	// scene may be ".") into another route.
+	mux.HandleUncleaned(qrcodes.Prefix, qr.Handler(cfg.AdminToken))
 	mux.Handle("/ui/", Handler(Options{QR: qr, API: mux, Token: cfg.AdminToken, Logger: o.Logger.With("component", "ui")}))
 	return qr, nil
 }

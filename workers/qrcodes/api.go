@@ -8,8 +8,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
-	"time"
+	"strings"
 	"unicode"
 	"unicode/utf8"
 
@@ -31,9 +32,6 @@ type Request struct {
 // maxBody bounds a request body: a scene, a label and two numbers.
 const maxBody = 8 << 10
 
-// ErrTooLarge: the body is over 8 KiB (413).
-var ErrTooLarge = fmt.Errorf("the body is over %d bytes", maxBody)
-
 // ParseRequest reads and checks a create request. Its errors are the
 // caller's mistakes (ErrBadRequest), and say which field is wrong.
 func ParseRequest(r io.Reader) (Request, error) {
@@ -42,7 +40,8 @@ func ParseRequest(r io.Reader) (Request, error) {
 		return Request{}, fmt.Errorf("%w: reading the body: %v", ErrBadRequest, err)
 	}
 	if len(b) > maxBody {
-		return Request{}, ErrTooLarge
+		// A bad body like any other: the contract's 400.
+		return Request{}, fmt.Errorf("%w: the body is over %d bytes", ErrBadRequest, maxBody)
 	}
 	if !utf8.Valid(b) {
 		// The decoder would turn the bad bytes into U+FFFD: a scene the
@@ -103,33 +102,97 @@ func checkLabel(l string) error {
 //	POST /api/qrcodes                       create (201, or 200 for an existing permanent code)
 //	GET  /api/qrcodes                       {"qrcodes":[…]} with each scene's counts
 //	GET  /api/qrcodes/{scene}               the scene's latest code, or 404
-//	GET  /api/qrcodes/{scene}/image?size=N  the PNG of its url
+//	GET  /api/qrcodes/{scene}/image?size=N  the PNG of its latest code's url;
+//	                                        &ticket=T: of the code with that ticket
 //
-// With token set, every route needs the bearer token; the GET routes also
-// take the /ui/ page's session cookie (for its <img> tags and downloads).
+// {scene} is one escaped path segment, read from the path as sent: a
+// scene may be ".", "..", "a/../b" or "image", which a cleaned path would
+// change. So the handler must get requests before an http.ServeMux cleans
+// them (admin.Mux.HandleUncleaned). Without WECHAT_APPSECRET every route
+// answers 503 before looking at the request. With token set, every route
+// needs the bearer token; the GET routes also take the /ui/ page's session
+// cookie (for its <img> tags and downloads).
 func (s *Service) Handler(token string) http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("POST /api/qrcodes", s.create)
-	mux.HandleFunc("GET /api/qrcodes", s.list)
-	mux.HandleFunc("GET /api/qrcodes/{scene}", s.get)
-	mux.HandleFunc("GET /api/qrcodes/{scene}/image", s.image)
-	return admin.RequireTokenOrSession(token, mux)
+	return admin.RequireTokenOrSession(token, http.HandlerFunc(s.route))
 }
 
-// callTimeout bounds a request: a WeChat call, KV reads and writes.
-const callTimeout = 20 * time.Second
+// Prefix is the path the handler serves, and everything under it.
+const Prefix = "/api/qrcodes"
 
-func (s *Service) create(w http.ResponseWriter, r *http.Request) {
-	req, err := ParseRequest(r.Body)
-	if err != nil {
-		s.fail(w, r, err)
+func (s *Service) route(w http.ResponseWriter, r *http.Request) {
+	rest, ok := strings.CutPrefix(r.URL.EscapedPath(), Prefix)
+	if !ok || (rest != "" && rest[0] != '/') {
+		writeJSON(w, http.StatusNotFound, map[string]string{"error": "not found"})
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), callTimeout)
+	if !s.Enabled() {
+		// The feature is off: no answer about the request itself.
+		s.fail(w, r, "", ErrOff)
+		return
+	}
+	get := r.Method == http.MethodGet || r.Method == http.MethodHead
+	if rest == "" {
+		switch {
+		case r.Method == http.MethodPost:
+			s.create(w, r)
+		case get:
+			s.list(w, r)
+		default:
+			methodNotAllowed(w, "GET, HEAD, POST")
+		}
+		return
+	}
+	seg, sub, nested := strings.Cut(rest[1:], "/")
+	if seg == "" || (nested && sub != "image") {
+		writeJSON(w, http.StatusNotFound, map[string]string{"error": "not found"})
+		return
+	}
+	if !get {
+		methodNotAllowed(w, "GET, HEAD")
+		return
+	}
+	route := "GET /api/qrcodes/{scene}"
+	if nested {
+		route += "/image"
+	}
+	scene, err := url.PathUnescape(seg)
+	if err == nil {
+		if p := wechat.SceneProblem(scene); p != "" {
+			err = fmt.Errorf("scene must be 1 to 64 characters of UTF-8 (%s)", p)
+		}
+	} else {
+		err = errors.New("the scene is not a well-escaped path segment")
+	}
+	if err != nil {
+		// Checked before it becomes a KV key: a path of any length must
+		// not reach the bus.
+		s.fail(w, r, route, fmt.Errorf("%w: %w", ErrBadRequest, err))
+		return
+	}
+	if nested {
+		s.image(w, r, route, scene)
+	} else {
+		s.get(w, r, route, scene)
+	}
+}
+
+func methodNotAllowed(w http.ResponseWriter, allow string) {
+	w.Header().Set("Allow", allow)
+	writeJSON(w, http.StatusMethodNotAllowed, map[string]string{"error": "method not allowed; allowed: " + allow})
+}
+
+func (s *Service) create(w http.ResponseWriter, r *http.Request) {
+	const route = "POST /api/qrcodes"
+	req, err := ParseRequest(r.Body)
+	if err != nil {
+		s.fail(w, r, route, err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), s.o.RequestTimeout)
 	defer cancel()
 	c, created, err := s.Create(ctx, req)
 	if err != nil {
-		s.fail(w, r, err)
+		s.fail(w, r, route, err)
 		return
 	}
 	code := http.StatusOK
@@ -140,37 +203,23 @@ func (s *Service) create(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Service) list(w http.ResponseWriter, r *http.Request) {
-	ctx, cancel := context.WithTimeout(r.Context(), callTimeout)
+	ctx, cancel := context.WithTimeout(r.Context(), s.o.RequestTimeout)
 	defer cancel()
 	all, err := s.List(ctx)
 	if err != nil {
-		s.fail(w, r, err)
+		s.fail(w, r, "GET /api/qrcodes", err)
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"qrcodes": all})
 }
 
-// scene reads and checks the path's scene before it reaches a KV key.
-func (s *Service) scene(w http.ResponseWriter, r *http.Request) (string, bool) {
-	scene := r.PathValue("scene")
-	if p := wechat.SceneProblem(scene); p != "" {
-		s.fail(w, r, fmt.Errorf("%w: scene must be 1 to 64 characters of UTF-8 (%s)", ErrBadRequest, p))
-		return "", false
-	}
-	return scene, true
-}
-
-func (s *Service) get(w http.ResponseWriter, r *http.Request) {
-	scene, ok := s.scene(w, r)
-	if !ok {
-		return
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), callTimeout)
+func (s *Service) get(w http.ResponseWriter, r *http.Request, route, scene string) {
+	ctx, cancel := context.WithTimeout(r.Context(), s.o.RequestTimeout)
 	defer cancel()
 	c, found, err := s.Latest(ctx, scene)
 	switch {
 	case err != nil:
-		s.fail(w, r, err)
+		s.fail(w, r, route, err)
 	case !found:
 		writeJSON(w, http.StatusNotFound, map[string]string{"error": "no QR code for this scene"})
 	default:
@@ -178,26 +227,35 @@ func (s *Service) get(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (s *Service) image(w http.ResponseWriter, r *http.Request) {
-	scene, ok := s.scene(w, r)
-	if !ok {
-		return
-	}
+// maxTicket bounds the ticket parameter: WeChat's are about 100 bytes,
+// and a stored one at most 1024 (wechatapi checks).
+const maxTicket = 1024
+
+func (s *Service) image(w http.ResponseWriter, r *http.Request, route, scene string) {
+	q := r.URL.Query()
 	size := DefaultSize
-	if v := r.URL.Query().Get("size"); v != "" {
+	if v := q.Get("size"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < MinSize || n > MaxSize {
-			s.fail(w, r, fmt.Errorf("%w: size must be %d to %d pixels", ErrBadRequest, MinSize, MaxSize))
+			s.fail(w, r, route, fmt.Errorf("%w: size must be %d to %d pixels", ErrBadRequest, MinSize, MaxSize))
 			return
 		}
 		size = n
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), callTimeout)
+	ticket := q.Get("ticket")
+	if q.Has("ticket") && (ticket == "" || len(ticket) > maxTicket) {
+		s.fail(w, r, route, fmt.Errorf("%w: ticket must be 1 to %d bytes", ErrBadRequest, maxTicket))
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), s.o.RequestTimeout)
 	defer cancel()
-	c, found, err := s.latest(ctx, scene)
+	c, found, err := s.find(ctx, scene, ticket)
 	switch {
 	case err != nil:
-		s.fail(w, r, err)
+		s.fail(w, r, route, err)
+		return
+	case !found && ticket != "":
+		writeJSON(w, http.StatusNotFound, map[string]string{"error": "this scene has no QR code with this ticket"})
 		return
 	case !found:
 		writeJSON(w, http.StatusNotFound, map[string]string{"error": "no QR code for this scene"})
@@ -205,46 +263,65 @@ func (s *Service) image(w http.ResponseWriter, r *http.Request) {
 	}
 	img, err := PNG(c.URL, size)
 	if err != nil {
-		s.fail(w, r, err)
+		s.fail(w, r, route, err)
 		return
 	}
 	w.Header().Set("Content-Type", "image/png")
-	w.Header().Set("Cache-Control", "private, max-age=60")
-	if r.URL.Query().Has("download") {
+	if ticket != "" {
+		// One code's image never changes: its URL names the code.
+		w.Header().Set("Cache-Control", "private, max-age=31536000, immutable")
+	} else {
+		// The scene's latest code changes when a new one is made.
+		w.Header().Set("Cache-Control", "no-cache")
+	}
+	if q.Has("download") {
 		w.Header().Set("Content-Disposition", `attachment; filename="`+sanitizeFilename(scene)+`"`)
 	}
 	_, _ = w.Write(img)
 }
 
-// fail maps an error to its status: the caller's mistake 400, WeChat's
-// refusal 502 with its errcode, WeChat not answering 502, the feature off
-// or the store away 503.
-func (s *Service) fail(w http.ResponseWriter, r *http.Request, err error) {
+// Problem is how err reaches a caller: the HTTP status and the JSON body.
+// The caller's mistake is 400; WeChat's refusal 502 with its errcode; a
+// wait on another process that ran out of time, and WeChat not answering,
+// 502 with an error that says which; the feature off or the store away 503.
+// The API and the /ui/ page's form share it.
+func Problem(err error) (int, map[string]any) {
 	var we *wechatapi.Error
 	switch {
-	case errors.Is(err, ErrTooLarge):
-		s.o.Logger.Info("qr request refused", "route", r.Pattern, "err", err)
-		writeJSON(w, http.StatusRequestEntityTooLarge, map[string]string{"error": err.Error()})
 	case errors.Is(err, ErrBadRequest):
-		s.o.Logger.Info("qr request refused", "route", r.Pattern, "err", err)
-		writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
+		return http.StatusBadRequest, map[string]any{"error": err.Error()}
 	case errors.As(err, &we):
 		body := map[string]any{"error": "WeChat refused the request", "errcode": we.Code, "errmsg": we.Msg}
 		if h := we.Hint(); h != "" {
 			body["hint"] = h
 		}
-		writeJSON(w, http.StatusBadGateway, body)
+		return http.StatusBadGateway, body
 	case errors.Is(err, ErrOff):
-		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": err.Error()})
+		return http.StatusServiceUnavailable, map[string]any{"error": err.Error()}
 	case errors.Is(err, ErrUnavailable), errors.Is(err, wechatapi.ErrStoreUnavailable):
-		s.o.Logger.Warn("qr request failed", "route", r.Pattern, "err", err)
-		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "QR code store unavailable"})
+		return http.StatusServiceUnavailable, map[string]any{"error": "QR code store unavailable"}
+	case errors.Is(err, ErrWaitedTooLong):
+		return http.StatusBadGateway, map[string]any{"error": "another wxgate process is still creating this permanent code (it holds the scene's reservation); try again"}
+	case errors.Is(err, wechatapi.ErrTokenWait):
+		return http.StatusBadGateway, map[string]any{"error": "another wxgate process is still refreshing the access_token; try again"}
 	default:
 		// WeChat did not answer (the call is logged and counted by the
 		// client): a gateway error, with nothing a caller could misuse.
-		s.o.Logger.Warn("qr request failed", "route", r.Pattern, "err", err)
-		writeJSON(w, http.StatusBadGateway, map[string]string{"error": "WeChat's API did not answer"})
+		return http.StatusBadGateway, map[string]any{"error": "WeChat's API did not answer"}
 	}
+}
+
+// fail writes err's Problem and logs what the caller is not told.
+func (s *Service) fail(w http.ResponseWriter, r *http.Request, route string, err error) {
+	code, body := Problem(err)
+	switch {
+	case code == http.StatusBadRequest:
+		s.o.Logger.Info("qr request refused", "route", route, "err", err)
+	case errors.Is(err, ErrOff):
+	case code >= 500 && body["errcode"] == nil:
+		s.o.Logger.Warn("qr request failed", "route", route, "status", code, "err", err)
+	}
+	writeJSON(w, code, body)
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

@@ -50,6 +50,9 @@ type Options struct {
 	Logger   *slog.Logger
 	// Now is the clock; nil is time.Now.
 	Now func() time.Time
+	// RequestTimeout bounds an API request (a WeChat call, KV reads and
+	// writes, a wait on another process); default 20s.
+	RequestTimeout time.Duration
 }
 
 // Totals reads one scene's analytics totals; *analytics.Store does.
@@ -77,6 +80,7 @@ type Service struct {
 	id string
 
 	mu sync.Mutex
+	js jetstream.JetStream
 	kv jetstream.KeyValue
 }
 
@@ -84,6 +88,9 @@ type Service struct {
 func New(o Options) *Service {
 	if o.Now == nil {
 		o.Now = time.Now
+	}
+	if o.RequestTimeout <= 0 {
+		o.RequestTimeout = 20 * time.Second
 	}
 	return &Service{o: o, id: o.Conn.Opts.Name + "/" + rand.Text()[:8]}
 }
@@ -99,7 +106,15 @@ var (
 	ErrUnavailable = errors.New("QR code store unavailable")
 	// ErrBadRequest: the caller's mistake (400).
 	ErrBadRequest = errors.New("bad request")
+	// ErrWaitedTooLong: the request's time ran out while another process
+	// held the permanent code's reservation (502, but not WeChat's fault).
+	ErrWaitedTooLong = errors.New("timed out waiting for another wxgate process to create this permanent code")
 )
+
+// Retention is how long a temporary code's record is kept after its
+// expires_at: it is listed as expired meanwhile (its scans still count),
+// then deleted, so that the bucket and the list do not grow for ever.
+const Retention = 7 * 24 * time.Hour
 
 // Code is a stored code, as the API shows it.
 type Code struct {
@@ -132,11 +147,32 @@ type record struct {
 	Until   time.Time `json:"until,omitzero"`
 }
 
-// ImageURL is the path of a scene's PNG on the admin listener.
-func ImageURL(scene string) string { return "/api/qrcodes/" + url.PathEscape(scene) + "/image" }
+// ImageURL is the path of one code's PNG on the admin listener: the
+// scene as one path segment, and the code's ticket, so that the URL names
+// that code (and may be cached for good) rather than the scene's latest.
+func ImageURL(scene, ticket string) string {
+	return SceneURL(scene) + "/image?ticket=" + url.QueryEscape(ticket)
+}
+
+// SceneURL is the path of GET /api/qrcodes/{scene}. The scene is one
+// escaped segment whose dots are escaped too: "." and ".." are scenes, and
+// a client or proxy that removes dot segments must not see one.
+func SceneURL(scene string) string {
+	return "/api/qrcodes/" + strings.ReplaceAll(url.PathEscape(scene), ".", "%2E")
+}
+
+func (c Code) withImage() Code {
+	c.ImageURL = ImageURL(c.Scene, c.Ticket)
+	return c
+}
 
 // Expired reports whether a temporary code's time is up.
 func (c Code) Expired(now time.Time) bool { return c.ExpiresAt != nil && !now.Before(*c.ExpiresAt) }
+
+// stale reports whether a temporary code expired more than Retention ago.
+func (c Code) stale(now time.Time) bool {
+	return !c.Permanent && c.ExpiresAt != nil && now.After(c.ExpiresAt.Add(Retention))
+}
 
 func sceneB64(scene string) string { return base64.RawURLEncoding.EncodeToString([]byte(scene)) }
 
@@ -172,7 +208,7 @@ func (s *Service) bucket(ctx context.Context) (jetstream.KeyValue, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: kv %s: %w", ErrUnavailable, BucketName, err)
 	}
-	s.kv = kv
+	s.js, s.kv = js, kv
 	return kv, nil
 }
 
@@ -227,7 +263,7 @@ func (s *Service) createPermanent(ctx context.Context, kv jetstream.KeyValue, re
 			if err := json.Unmarshal(e.Value(), &r); err != nil {
 				r = record{} // unreadable: taken over below, and replaced
 			} else if !r.Pending {
-				return r.Code, false, nil
+				return r.withImage(), false, nil
 			}
 			if now.Before(r.Until) { // another process is asking WeChat
 				if err := waitChange(ctx, kv, key, e.Revision(), r.Until); err != nil {
@@ -268,7 +304,7 @@ func (s *Service) ask(ctx context.Context, req Request) (Code, error) {
 	if err != nil {
 		return Code{}, err
 	}
-	c := Code{Scene: req.Scene, Label: req.Label, Permanent: req.Permanent, Ticket: q.Ticket, URL: q.URL, CreatedAt: now, ImageURL: ImageURL(req.Scene)}
+	c := Code{Scene: req.Scene, Label: req.Label, Permanent: req.Permanent, Ticket: q.Ticket, URL: q.URL, CreatedAt: now}.withImage()
 	if !req.Permanent {
 		// The lifetime asked for, counted from before the call: WeChat's
 		// echo of expire_seconds has been seen to be 0.
@@ -278,7 +314,9 @@ func (s *Service) ask(ctx context.Context, req Request) (Code, error) {
 	return c, nil
 }
 
-// waitChange waits until key changes from revision rev, or until.
+// waitChange waits until key changes from revision rev, or until. The
+// caller's time running out first is ErrWaitedTooLong: another process
+// holds the reservation, WeChat has not been asked by this one.
 func waitChange(ctx context.Context, kv jetstream.KeyValue, key string, rev uint64, until time.Time) error {
 	parent := ctx
 	ctx, cancel := context.WithDeadline(ctx, until.Add(100*time.Millisecond))
@@ -286,7 +324,7 @@ func waitChange(ctx context.Context, kv jetstream.KeyValue, key string, rev uint
 	w, err := kv.Watch(ctx, key)
 	if err != nil {
 		if parent.Err() != nil {
-			return parent.Err()
+			return fmt.Errorf("%w: %w", ErrWaitedTooLong, parent.Err())
 		}
 		if ctx.Err() != nil {
 			return nil
@@ -301,12 +339,17 @@ func waitChange(ctx context.Context, kv jetstream.KeyValue, key string, rev uint
 				return nil
 			}
 		case <-ctx.Done():
-			return parent.Err()
+			if parent.Err() != nil {
+				return fmt.Errorf("%w: %w", ErrWaitedTooLong, parent.Err())
+			}
+			return nil
 		}
 	}
 }
 
-// codes reads the stored codes under filter (a key pattern).
+// codes reads the stored codes under filter (a key pattern). Temporary
+// codes past their Retention are left out, and deleted (the janitor: a
+// read that meets them removes them).
 func (s *Service) codes(ctx context.Context, filter string) ([]Code, error) {
 	kv, err := s.bucket(ctx)
 	if err != nil {
@@ -317,11 +360,14 @@ func (s *Service) codes(ctx context.Context, filter string) ([]Code, error) {
 		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	defer func() { _ = w.Stop() }()
+	now := s.o.Now()
 	var out []Code
+	var stale []string
 	for {
 		select {
 		case e := <-w.Updates():
 			if e == nil { // every current value delivered
+				s.purge(ctx, stale)
 				slices.SortFunc(out, func(a, b Code) int { return b.CreatedAt.Compare(a.CreatedAt) })
 				return out, nil
 			}
@@ -329,12 +375,42 @@ func (s *Service) codes(ctx context.Context, filter string) ([]Code, error) {
 			if err := json.Unmarshal(e.Value(), &r); err != nil || r.Pending {
 				continue
 			}
-			r.ImageURL = ImageURL(r.Scene)
-			out = append(out, r.Code)
+			if r.stale(now) && strings.HasPrefix(e.Key(), "t.") {
+				stale = append(stale, e.Key())
+				continue
+			}
+			out = append(out, r.withImage())
 		case <-ctx.Done():
 			return nil, fmt.Errorf("%w: %w", ErrUnavailable, ctx.Err())
 		}
 	}
+}
+
+// purge removes the records of temporary codes past their Retention. A
+// temporary code's key is written once and never updated, so purging its
+// subject from the bucket's stream (which leaves no delete marker behind,
+// unlike a KV delete) cannot lose a newer value. A failure is logged: the
+// list is right without them, and the next read tries again.
+func (s *Service) purge(ctx context.Context, keys []string) {
+	if len(keys) == 0 {
+		return
+	}
+	s.mu.Lock()
+	js := s.js
+	s.mu.Unlock()
+	st, err := js.Stream(ctx, "KV_"+BucketName)
+	if err == nil {
+		for _, k := range keys {
+			if err = st.Purge(ctx, jetstream.WithPurgeSubject("$KV."+BucketName+"."+k)); err != nil {
+				break
+			}
+		}
+	}
+	if err != nil {
+		s.o.Logger.Warn("could not delete expired temporary codes", "codes", len(keys), "err", err)
+		return
+	}
+	s.o.Logger.Info("expired temporary codes deleted", "codes", len(keys), "retention", Retention.String())
 }
 
 // List returns every code, newest first, with its scene's counts.
@@ -352,7 +428,7 @@ func (s *Service) List(ctx context.Context) ([]Listed, error) {
 // Latest returns the newest code of scene, with its counts; ok is false
 // when the scene has none.
 func (s *Service) Latest(ctx context.Context, scene string) (Listed, bool, error) {
-	c, ok, err := s.latest(ctx, scene)
+	c, ok, err := s.find(ctx, scene, "")
 	if err != nil || !ok {
 		return Listed{}, ok, err
 	}
@@ -363,7 +439,9 @@ func (s *Service) Latest(ctx context.Context, scene string) (Listed, bool, error
 	return l[0], true, nil
 }
 
-func (s *Service) latest(ctx context.Context, scene string) (Code, bool, error) {
+// find returns the scene's code with ticket, or its newest when ticket is
+// empty; ok is false when there is none.
+func (s *Service) find(ctx context.Context, scene, ticket string) (Code, bool, error) {
 	if s.o.Client == nil {
 		return Code{}, false, ErrOff
 	}
@@ -376,6 +454,13 @@ func (s *Service) latest(ctx context.Context, scene string) (Code, bool, error) 
 		return Code{}, false, err
 	}
 	all := append(temp, perm...)
+	if ticket != "" {
+		i := slices.IndexFunc(all, func(c Code) bool { return c.Ticket == ticket })
+		if i < 0 {
+			return Code{}, false, nil
+		}
+		return all[i], true, nil
+	}
 	if len(all) == 0 {
 		return Code{}, false, nil
 	}
@@ -383,7 +468,8 @@ func (s *Service) latest(ctx context.Context, scene string) (Code, bool, error) 
 }
 
 // withCounts adds each scene's scans and new followers; a scene without
-// scans has zeros.
+// scans has zeros, and so has every scene while the totals bucket does not
+// exist yet (no analytics has run: nothing was counted).
 func (s *Service) withCounts(ctx context.Context, codes []Code) ([]Listed, error) {
 	out := make([]Listed, 0, len(codes))
 	if len(codes) == 0 {
@@ -393,14 +479,17 @@ func (s *Service) withCounts(ctx context.Context, codes []Code) ([]Listed, error
 		return nil, fmt.Errorf("%w: no totals store", ErrUnavailable)
 	}
 	store, err := s.o.Scenes(ctx)
-	if err != nil {
+	switch {
+	case errors.Is(err, jetstream.ErrBucketNotFound):
+		store = nil
+	case err != nil:
 		return nil, fmt.Errorf("%w: totals: %w", ErrUnavailable, err)
 	}
 	now := s.o.Now()
 	totals := map[string]analytics.Totals{}
 	for _, c := range codes {
 		t, seen := totals[c.Scene]
-		if !seen {
+		if !seen && store != nil {
 			if t, _, err = store.Scene(ctx, c.Scene); err != nil {
 				return nil, fmt.Errorf("%w: totals: %w", ErrUnavailable, err)
 			}

@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -63,7 +65,7 @@ func newEnv(t *testing.T) *env {
 }
 
 // service is one process's QR service; off means without WECHAT_APPSECRET.
-func (e *env) service(t *testing.T, name string, off bool) *Service {
+func (e *env) service(t *testing.T, name string, off bool, mod ...func(*Options)) *Service {
 	t.Helper()
 	nc := natstest.Connect(t, e.ns, nats.Name(name))
 	logger := slog.New(slog.DiscardHandler)
@@ -75,8 +77,37 @@ func (e *env) service(t *testing.T, name string, off bool) *Service {
 			t.Fatal(err)
 		}
 	}
-	return New(Options{Conn: nc, Client: client, Logger: logger, Now: e.clock.Now,
-		Scenes: func(context.Context) (Totals, error) { return e.counts, nil }})
+	o := Options{Conn: nc, Client: client, Logger: logger, Now: e.clock.Now,
+		Scenes: func(context.Context) (Totals, error) { return e.counts, nil }}
+	for _, m := range mod {
+		m(&o)
+	}
+	return New(o)
+}
+
+// get GETs target (kept as written: its escapes and dot segments reach
+// the handler as a client sends them) and returns the answer.
+func get(h http.Handler, target string) *httptest.ResponseRecorder {
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, httptest.NewRequest("GET", target, nil))
+	return w
+}
+
+// decodes checks that a PNG answer decodes to want.
+func decodes(t *testing.T, w *httptest.ResponseRecorder, want string) {
+	t.Helper()
+	if w.Code != 200 || w.Header().Get("Content-Type") != "image/png" {
+		t.Errorf("image: %d %s %q", w.Code, w.Header().Get("Content-Type"), w.Body.String())
+		return
+	}
+	img, err := png.Decode(w.Body)
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	if got, err := qr.Decode(img); err != nil || got != want {
+		t.Errorf("the PNG decodes to %q (%v), want %q", got, err, want)
+	}
 }
 
 // do sends a request to h and decodes a JSON answer into out (when not nil).
@@ -106,7 +137,7 @@ func TestCreateListGetImage(t *testing.T) {
 		t.Fatalf("create = %d %+v", code, c)
 	}
 	if c.Scene != "poster_a" || c.Label != "Spring <posters>" || c.Permanent || c.Ticket == "" || !strings.HasPrefix(c.URL, "http://weixin.qq.com/q/") ||
-		c.ExpiresAt == nil || c.ExpiresAt.Sub(c.CreatedAt) != DefaultExpireSeconds*time.Second || c.ImageURL != "/api/qrcodes/poster_a/image" {
+		c.ExpiresAt == nil || c.ExpiresAt.Sub(c.CreatedAt) != DefaultExpireSeconds*time.Second || c.ImageURL != "/api/qrcodes/poster_a/image?ticket="+url.QueryEscape(c.Ticket) {
 		t.Errorf("code = %+v", c)
 	}
 	// The JSON names of the contract.
@@ -233,7 +264,7 @@ func TestBadRequests(t *testing.T) {
 		{"expire not a number", "POST", "/api/qrcodes", `{"scene":"a","expire_seconds":"1h"}`, 400},
 		{"label too long", "POST", "/api/qrcodes", `{"scene":"a","label":"` + strings.Repeat("x", 201) + `"}`, 400},
 		{"label with a newline", "POST", "/api/qrcodes", `{"scene":"a","label":"a\nb"}`, 400},
-		{"body too large", "POST", "/api/qrcodes", `{"scene":"a","label":"` + strings.Repeat("x", 9000) + `"}`, 413},
+		{"body too large", "POST", "/api/qrcodes", `{"scene":"a","label":"` + strings.Repeat("x", 9000) + `"}`, 400},
 		{"long path scene", "GET", "/api/qrcodes/" + strings.Repeat("z", 5000), "", 400},
 		{"long image scene", "GET", "/api/qrcodes/" + strings.Repeat("z", 5000) + "/image", "", 400},
 		{"unknown scene", "GET", "/api/qrcodes/nobody", "", 404},
@@ -241,6 +272,16 @@ func TestBadRequests(t *testing.T) {
 		{"size too small", "GET", "/api/qrcodes/a/image?size=63", "", 400},
 		{"size too large", "GET", "/api/qrcodes/a/image?size=2049", "", 400},
 		{"size not a number", "GET", "/api/qrcodes/a/image?size=big", "", 400},
+		{"empty ticket", "GET", "/api/qrcodes/a/image?ticket=", "", 400},
+		{"long ticket", "GET", "/api/qrcodes/a/image?ticket=" + strings.Repeat("t", 1025), "", 400},
+		{"unknown ticket", "GET", "/api/qrcodes/pp/image?ticket=nope", "", 404},
+		{"escaped long scene", "GET", "/api/qrcodes/" + strings.Repeat("%7A", 65), "", 400},
+		{"below image", "GET", "/api/qrcodes/a/image/x", "", 404},
+		{"another subpath", "GET", "/api/qrcodes/a/thumb", "", 404},
+		{"no scene", "GET", "/api/qrcodes/", "", 404},
+		{"not under the prefix", "GET", "/api/qrcodesx", "", 404},
+		{"DELETE a code", "DELETE", "/api/qrcodes/a", "", 405},
+		{"PUT the list", "PUT", "/api/qrcodes", "", 405},
 		{"permanent ignores expire", "POST", "/api/qrcodes", `{"scene":"pp","permanent":true,"expire_seconds":1}`, 201},
 	}
 	for _, tt := range tests {
@@ -253,31 +294,60 @@ func TestBadRequests(t *testing.T) {
 	}
 }
 
-// WeChat's refusals reach the caller as 502 with the errcode.
+// WeChat's refusals reach the caller as 502 with the errcode (and a hint
+// where an operator can act); no answer at all is 502 with an error only.
 func TestRefusalsAre502(t *testing.T) {
 	e := newEnv(t)
 	h := e.service(t, "p", false).Handler("")
-	for _, code := range []int{45009, 40053, 48001, 40164} {
-		_ = e.fake.Inject(api.Fault{API: api.QRCodeCreate, Errcode: code})
+	for _, tt := range []struct {
+		code int
+		hint bool
+	}{{45009, true}, {40164, true}, {48001, true}, {89503, true}, {40053, false}, {40052, false}, {-1, false}} {
+		_ = e.fake.Inject(api.Fault{API: api.QRCodeCreate, Errcode: tt.code})
 		var out map[string]any
-		if got := do(t, h, "POST", "/api/qrcodes", `{"scene":"s"}`, &out); got != 502 || out["errcode"] != float64(code) || out["error"] == "" || out["errmsg"] == "" {
-			t.Errorf("errcode %d: %d %v", code, got, out)
+		if got := do(t, h, "POST", "/api/qrcodes", `{"scene":"s"}`, &out); got != 502 || out["errcode"] != float64(tt.code) || out["error"] == "" || out["errmsg"] == "" {
+			t.Errorf("errcode %d: %d %v", tt.code, got, out)
+		}
+		if hint, _ := out["hint"].(string); (hint != "") != tt.hint {
+			t.Errorf("errcode %d: hint %q", tt.code, hint)
 		}
 	}
 	_ = e.fake.Inject(api.Fault{API: api.QRCodeCreate, Drop: true})
 	var out map[string]any
-	if got := do(t, h, "POST", "/api/qrcodes", `{"scene":"s"}`, &out); got != 502 {
+	if got := do(t, h, "POST", "/api/qrcodes", `{"scene":"s"}`, &out); got != 502 || out["error"] != "WeChat's API did not answer" || out["errcode"] != nil {
 		t.Errorf("dropped: %d %v", got, out)
+	}
+	// A refusal of stable_token (a wrong AppID or AppSecret) is one too.
+	for _, code := range []int{40013, 40125} {
+		e := newEnv(t)
+		_ = e.fake.Inject(api.Fault{API: api.StableToken, Errcode: code})
+		var out map[string]any
+		got := do(t, e.service(t, "p", false).Handler(""), "POST", "/api/qrcodes", `{"scene":"s"}`, &out)
+		if hint, _ := out["hint"].(string); got != 502 || out["errcode"] != float64(code) || !strings.Contains(hint, "WECHAT_APPSECRET") {
+			t.Errorf("stable_token %d: %d %v", code, got, out)
+		}
 	}
 }
 
+// Without WECHAT_APPSECRET every route answers 503, whatever the request:
+// the feature is off before anything is checked.
 func TestOffWithoutSecret(t *testing.T) {
 	e := newEnv(t)
 	h := e.service(t, "p", true).Handler("")
-	for _, r := range [][2]string{{"POST", "/api/qrcodes"}, {"GET", "/api/qrcodes"}, {"GET", "/api/qrcodes/a"}, {"GET", "/api/qrcodes/a/image"}} {
+	for _, r := range []struct{ method, path, body string }{
+		{"POST", "/api/qrcodes", `{"scene":"a"}`},
+		{"GET", "/api/qrcodes", ""},
+		{"GET", "/api/qrcodes/a", ""},
+		{"GET", "/api/qrcodes/a/image", ""},
+		{"POST", "/api/qrcodes", `not json`},
+		{"POST", "/api/qrcodes", `{"scene":""}`},
+		{"POST", "/api/qrcodes", `{"scene":"a","label":"` + strings.Repeat("x", 9000) + `"}`},
+		{"GET", "/api/qrcodes/" + strings.Repeat("z", 65), ""},
+		{"GET", "/api/qrcodes/a/image?size=1", ""},
+	} {
 		var out map[string]string
-		if code := do(t, h, r[0], r[1], `{"scene":"a"}`, &out); code != 503 || !strings.Contains(out["error"], "WECHAT_APPSECRET") {
-			t.Errorf("%s %s = %d %v", r[0], r[1], code, out)
+		if code := do(t, h, r.method, r.path, r.body, &out); code != 503 || !strings.Contains(out["error"], "WECHAT_APPSECRET") {
+			t.Errorf("%s %.60s %.40s = %d %v", r.method, r.path, r.body, code, out)
 		}
 	}
 }
@@ -287,7 +357,8 @@ func TestTokenAndSession(t *testing.T) {
 	h := e.service(t, "p", false).Handler("admin-secret")
 	bearer := func(r *http.Request) { r.Header.Set("Authorization", "Bearer admin-secret") }
 	cookie := func(r *http.Request) {
-		r.AddCookie(&http.Cookie{Name: admin.SessionCookie, Value: admin.SessionValue("admin-secret")})
+		v, _ := admin.NewSession("admin-secret", time.Now())
+		r.AddCookie(&http.Cookie{Name: admin.SessionCookie, Value: v})
 	}
 	if code := do(t, h, "POST", "/api/qrcodes", `{"scene":"a/b c"}`, nil); code != 401 {
 		t.Errorf("no token: %d", code)
@@ -300,11 +371,11 @@ func TestTokenAndSession(t *testing.T) {
 		t.Fatalf("with the token: %d", code)
 	}
 	// A scene with a slash and a space: its image URL is one path segment.
-	if c.ImageURL != "/api/qrcodes/a%2Fb%20c/image" {
+	if c.ImageURL != "/api/qrcodes/a%2Fb%20c/image?ticket="+url.QueryEscape(c.Ticket) {
 		t.Errorf("image_url = %q", c.ImageURL)
 	}
 	w := httptest.NewRecorder()
-	r := httptest.NewRequest("GET", c.ImageURL+"?download=1", nil)
+	r := httptest.NewRequest("GET", c.ImageURL+"&download=1", nil)
 	cookie(r)
 	h.ServeHTTP(w, r)
 	if w.Code != 200 || !strings.Contains(w.Header().Get("Content-Disposition"), `filename="qr-a_b_c.png"`) {
@@ -382,5 +453,196 @@ func TestSameSceneAtOnce(t *testing.T) {
 	var list struct{ QRCodes []Listed }
 	if do(t, h, "GET", "/api/qrcodes", "", &list); len(list.QRCodes) != 20 {
 		t.Errorf("%d codes stored, want 20", len(list.QRCodes))
+	}
+}
+
+// Scenes whose text is path syntax: each has its own code, its one-code URL
+// and image_url reach it, and nothing else.
+func TestEveryScene(t *testing.T) {
+	e := newEnv(t)
+	h := e.service(t, "p", false).Handler("")
+	scenes := []string{".", "..", "a/../b", "x/./y", "a/b", "%", "?x", "#h", "image", "a.b", "%2E", "码 space"}
+	codes := map[string]Code{}
+	for _, scene := range scenes {
+		body, _ := json.Marshal(map[string]string{"scene": scene})
+		var c Code
+		if code := do(t, h, "POST", "/api/qrcodes", string(body), &c); code != 201 || c.Scene != scene {
+			t.Fatalf("create %q: %d %+v", scene, code, c)
+		}
+		codes[scene] = c
+	}
+	for _, scene := range scenes {
+		c := codes[scene]
+		path, query, _ := strings.Cut(c.ImageURL, "?")
+		if seg := strings.TrimSuffix(strings.TrimPrefix(path, "/api/qrcodes/"), "/image"); strings.ContainsAny(seg, "/.?#") {
+			t.Errorf("%q: image_url %q: the segment is not escaped", scene, c.ImageURL)
+		}
+		if query != "ticket="+url.QueryEscape(c.Ticket) {
+			t.Errorf("%q: image_url %q", scene, c.ImageURL)
+		}
+		decodes(t, get(h, c.ImageURL), c.URL)
+		decodes(t, get(h, path), c.URL) // the latest, without the ticket
+		one := strings.TrimSuffix(path, "/image")
+		if one != SceneURL(scene) {
+			t.Errorf("%q: %s is not SceneURL's %s", scene, one, SceneURL(scene))
+		}
+		var l Listed
+		if w := get(h, one); w.Code != 200 || json.Unmarshal(w.Body.Bytes(), &l) != nil || l.Scene != scene || l.Ticket != c.Ticket {
+			t.Errorf("%q: GET %s = %d %s", scene, one, w.Code, w.Body.String())
+		}
+	}
+	// A dot segment sent as such is that scene too (a client that does
+	// not clean paths, as Go's).
+	var l Listed
+	if w := get(h, "/api/qrcodes/.."); w.Code != 200 || json.Unmarshal(w.Body.Bytes(), &l) != nil || l.Scene != ".." {
+		t.Errorf("GET /api/qrcodes/.. = %d %s", w.Code, w.Body.String())
+	}
+	decodes(t, get(h, "/api/qrcodes/./image"), codes["."].URL)
+}
+
+// Each code's image_url names that code: two codes of one scene have two
+// images, each cacheable for good; the scene's URL without a ticket is its
+// latest code, revalidated every time.
+func TestImageOfEachCode(t *testing.T) {
+	e := newEnv(t)
+	h := e.service(t, "p", false).Handler("")
+	var first, second, other Code
+	do(t, h, "POST", "/api/qrcodes", `{"scene":"poster_a"}`, &first)
+	e.clock.Add(time.Second)
+	do(t, h, "POST", "/api/qrcodes", `{"scene":"poster_a","expire_seconds":3600}`, &second)
+	do(t, h, "POST", "/api/qrcodes", `{"scene":"poster_b"}`, &other)
+	if first.ImageURL == second.ImageURL {
+		t.Fatalf("two codes of one scene share image_url %s", first.ImageURL)
+	}
+	for _, c := range []Code{first, second} {
+		w := get(h, c.ImageURL+"&size=200")
+		decodes(t, w, c.URL)
+		if cc := w.Header().Get("Cache-Control"); !strings.Contains(cc, "immutable") || !strings.Contains(cc, "max-age=31536000") {
+			t.Errorf("%s: Cache-Control %q", c.ImageURL, cc)
+		}
+	}
+	w := get(h, "/api/qrcodes/poster_a/image")
+	decodes(t, w, second.URL)
+	if cc := w.Header().Get("Cache-Control"); cc != "no-cache" {
+		t.Errorf("the latest: Cache-Control %q", cc)
+	}
+	// Another scene's ticket is not this scene's code.
+	if w := get(h, "/api/qrcodes/poster_a/image?ticket="+url.QueryEscape(other.Ticket)); w.Code != 404 {
+		t.Errorf("another scene's ticket: %d", w.Code)
+	}
+	// Every answer carries each code's own image_url.
+	var list struct{ QRCodes []Listed }
+	do(t, h, "GET", "/api/qrcodes", "", &list)
+	for _, l := range list.QRCodes {
+		if l.ImageURL != ImageURL(l.Scene, l.Ticket) {
+			t.Errorf("listed %s: image_url %s", l.Ticket, l.ImageURL)
+		}
+	}
+	var l Listed
+	if do(t, h, "GET", "/api/qrcodes/poster_a", "", &l); l.ImageURL != second.ImageURL {
+		t.Errorf("GET one: image_url %s, want %s", l.ImageURL, second.ImageURL)
+	}
+	// A permanent code asked again comes back with its own image_url.
+	var p1, p2 Code
+	do(t, h, "POST", "/api/qrcodes", `{"scene":"perm","permanent":true}`, &p1)
+	if do(t, h, "POST", "/api/qrcodes", `{"scene":"perm","permanent":true}`, &p2); p2.ImageURL != ImageURL("perm", p1.Ticket) {
+		t.Errorf("permanent again: image_url %s", p2.ImageURL)
+	}
+}
+
+// A temporary code's record goes 7 days after its expiry: listed as
+// expired until then, deleted from the bucket by the next read after.
+// Permanent codes and codes still inside the 7 days stay.
+func TestExpiredCodesDeleted(t *testing.T) {
+	e := newEnv(t)
+	svc := e.service(t, "p", false)
+	h := svc.Handler("")
+	var old, recent, perm Code
+	do(t, h, "POST", "/api/qrcodes", `{"scene":"old","expire_seconds":60}`, &old)
+	do(t, h, "POST", "/api/qrcodes", `{"scene":"perm","permanent":true}`, &perm)
+	e.clock.Add(2 * 24 * time.Hour)
+	do(t, h, "POST", "/api/qrcodes", `{"scene":"old","expire_seconds":60}`, &recent)
+	e.clock.Add(Retention - 24*time.Hour + 2*time.Minute) // old: 7 d 1 min past; recent: 5 d
+	kv, err := svc.bucket(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := func() []string {
+		lister, err := kv.ListKeys(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for k := range lister.Keys() {
+			out = append(out, k)
+		}
+		return out
+	}
+	if n := len(keys()); n != 3 {
+		t.Fatalf("%d keys before the list, want 3", n)
+	}
+	var list struct{ QRCodes []Listed }
+	do(t, h, "GET", "/api/qrcodes", "", &list)
+	if len(list.QRCodes) != 2 || list.QRCodes[0].Ticket != recent.Ticket || !list.QRCodes[0].Expired || list.QRCodes[1].Ticket != perm.Ticket {
+		t.Errorf("list = %+v, want the recent expired code and the permanent one", list.QRCodes)
+	}
+	if k := keys(); len(k) != 2 || !slices.Contains(k, permKey("perm")) {
+		t.Errorf("keys after the list: %v, want the old code's gone", k)
+	}
+	if w := get(h, "/api/qrcodes/old/image?ticket="+url.QueryEscape(old.Ticket)); w.Code != 404 {
+		t.Errorf("the deleted code's image: %d", w.Code)
+	}
+	// A month on, the recent one goes too; the permanent code stays.
+	e.clock.Add(30 * 24 * time.Hour)
+	var l Listed
+	if code := do(t, h, "GET", "/api/qrcodes/old", "", &l); code != 404 {
+		t.Errorf("GET old = %d %+v", code, l)
+	}
+	if k := keys(); len(k) != 1 {
+		t.Errorf("keys: %v, want the permanent code only", k)
+	}
+}
+
+// Before any analytics ran (no totals bucket), the codes are listed with
+// zero counts, not refused.
+func TestCountsWithoutTotalsBucket(t *testing.T) {
+	e := newEnv(t)
+	h := e.service(t, "p", false, func(o *Options) { o.Scenes = FromStore(analytics.OpenOnUse(o.Conn)) }).Handler("")
+	var c Code
+	if code := do(t, h, "POST", "/api/qrcodes", `{"scene":"first"}`, &c); code != 201 {
+		t.Fatalf("create: %d", code)
+	}
+	var list struct{ QRCodes []Listed }
+	if code := do(t, h, "GET", "/api/qrcodes", "", &list); code != 200 || len(list.QRCodes) != 1 || list.QRCodes[0].Scans != 0 {
+		t.Errorf("list = %d %+v", code, list)
+	}
+	var l Listed
+	if code := do(t, h, "GET", "/api/qrcodes/first", "", &l); code != 200 || l.Ticket != c.Ticket {
+		t.Errorf("GET one = %d %+v", code, l)
+	}
+}
+
+// A permanent code reserved by another process that does not finish in
+// the request's time: 502 that says so, not that WeChat did not answer.
+func TestWaitOnReservationTimesOut(t *testing.T) {
+	e := newEnv(t)
+	svc := e.service(t, "p", false, func(o *Options) { o.RequestTimeout = 200 * time.Millisecond })
+	h := svc.Handler("")
+	kv, err := svc.bucket(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pending, _ := json.Marshal(record{Code: Code{Scene: "held", Permanent: true}, Pending: true, Holder: "elsewhere", Until: e.clock.Now().Add(pendingFor)})
+	if _, err := kv.Create(context.Background(), permKey("held"), pending); err != nil {
+		t.Fatal(err)
+	}
+	var out map[string]any
+	code := do(t, h, "POST", "/api/qrcodes", `{"scene":"held","permanent":true}`, &out)
+	msg, _ := out["error"].(string)
+	if code != 502 || !strings.Contains(msg, "another wxgate process") || strings.Contains(msg, "did not answer") {
+		t.Errorf("= %d %v", code, out)
+	}
+	if n := e.fake.Calls().Calls[api.QRCodeCreate]; n != 0 {
+		t.Errorf("WeChat asked %d times", n)
 	}
 }

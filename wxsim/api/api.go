@@ -124,6 +124,7 @@ type Server struct {
 	mu       sync.Mutex
 	tokens   []*token // issued, oldest first; the last is the current one
 	calls    map[string]int
+	forced   int // stable_token calls with force_refresh: true
 	errcodes map[string]map[string]int
 	perm     map[string]QRCode // permanent codes by action and scene
 	codes    []QRCode
@@ -183,9 +184,12 @@ type Fault struct {
 type Calls struct {
 	Calls    map[string]int            `json:"calls"`    // requests received per API
 	Errcodes map[string]map[string]int `json:"errcodes"` // errcodes answered per API
-	Tokens   int                       `json:"tokens"`   // access_tokens issued
-	QRCodes  []QRCode                  `json:"qrcodes"`
-	Messages []Message                 `json:"messages"` // accepted customer-service messages
+	// ForceRefresh counts stable_token calls that asked for force_refresh
+	// (each one ends every other holder's token): wxgate sends none.
+	ForceRefresh int       `json:"force_refresh"`
+	Tokens       int       `json:"tokens"` // access_tokens issued
+	QRCodes      []QRCode  `json:"qrcodes"`
+	Messages     []Message `json:"messages"` // accepted customer-service messages
 	// Interactions are those the fake was told of, by kind.
 	Interactions map[string]int `json:"interactions"`
 }
@@ -216,7 +220,7 @@ func New(o Options) *Server {
 }
 
 func (s *Server) reset() {
-	s.tokens, s.codes, s.messages, s.faults = nil, nil, nil, nil
+	s.tokens, s.codes, s.messages, s.faults, s.forced = nil, nil, nil, nil, 0
 	s.calls, s.errcodes, s.perm = map[string]int{}, map[string]map[string]int{}, map[string]QRCode{}
 	s.people, s.lru, s.interactions = map[string]*person{}, list.New(), map[string]int{}
 }
@@ -227,7 +231,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.Serve
 func (s *Server) Calls() Calls {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	c := Calls{Calls: map[string]int{StableToken: 0, QRCodeCreate: 0, CustomSend: 0}, Errcodes: map[string]map[string]int{}, Tokens: len(s.tokens),
+	c := Calls{Calls: map[string]int{StableToken: 0, QRCodeCreate: 0, CustomSend: 0}, Errcodes: map[string]map[string]int{}, Tokens: len(s.tokens), ForceRefresh: s.forced,
 		QRCodes: append([]QRCode{}, s.codes...), Messages: append([]Message{}, s.messages...),
 		Interactions: map[string]int{KindMessage: 0, KindEvent: 0, KindUnsubscribe: 0}}
 	for k, v := range s.calls {
@@ -310,6 +314,15 @@ func (s *Server) api(name string, h answerFunc) http.HandlerFunc {
 		body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
 		if err != nil {
 			return // the caller went away before sending its body
+		}
+		if name == StableToken {
+			// Counted whatever the answer, a fault's included: asking is
+			// what a test rules out.
+			if req, _ := ParseStableToken(body); req.ForceRefresh {
+				s.mu.Lock()
+				s.forced++
+				s.mu.Unlock()
+			}
 		}
 		if faulted && !f.After && s.applyFault(w, r, name, f) {
 			return

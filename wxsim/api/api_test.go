@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -144,6 +145,64 @@ func TestInvalidateAndForceRefresh(t *testing.T) {
 	}
 	if m := qr(t, base, "", tempCode); errcode(m) != 41001 {
 		t.Errorf("no token: %v", m)
+	}
+	// GET /wxsim/calls counts the stable_token calls that asked for
+	// force_refresh, and only those; one refused by a fault too.
+	if err := s.Inject(Fault{API: StableToken, Errcode: 45009}); err != nil {
+		t.Fatal(err)
+	}
+	call(t, base, "/cgi-bin/stable_token", map[string]any{"grant_type": "client_credential", "appid": "wx1", "secret": "secret1", "force_refresh": true})
+	var c Calls
+	resp, err := http.Get(base + "/wxsim/calls")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(&c); err != nil || c.ForceRefresh != 2 || c.Calls[StableToken] != 4 {
+		t.Errorf("calls: force_refresh %d of %d stable_token calls (%v), want 2 of 4", c.ForceRefresh, c.Calls[StableToken], err)
+	}
+}
+
+// "wxsim api -h" prints the flags' defaults: never the AppSecret of the
+// environment. The environment's AppSecret is the one accepted all the same.
+func TestHelpHidesTheSecret(t *testing.T) {
+	t.Setenv("WECHAT_APPSECRET", "env-secret-value-42")
+	var out, errOut bytes.Buffer
+	if code := Main(context.Background(), []string{"-h"}, &out, &errOut); code != 0 {
+		t.Fatalf("-h exited %d", code)
+	}
+	usage := out.String() + errOut.String()
+	if strings.Contains(usage, "env-secret-value-42") || !strings.Contains(usage, "(from $WECHAT_APPSECRET") {
+		t.Errorf("usage:\n%s", usage)
+	}
+	// The fake that runs accepts the environment's AppSecret.
+	ctx, cancel := context.WithCancel(context.Background())
+	pr, pw := io.Pipe()
+	done := make(chan int)
+	go func() {
+		code := Main(ctx, []string{"-addr", "127.0.0.1:0", "-appid", "wx1"}, pw, io.Discard)
+		pw.Close()
+		done <- code
+	}()
+	defer func() {
+		cancel()
+		go func() { _, _ = io.Copy(io.Discard, pr) }()
+		if code := <-done; code != 0 {
+			t.Errorf("exited %d", code)
+		}
+	}()
+	line, err := bufio.NewReader(pr).ReadString('\n')
+	base, _, ok := strings.Cut(strings.TrimPrefix(line, "fake WeChat API on "), " ")
+	if err != nil || !ok {
+		t.Fatalf("no address in %q: %v", line, err)
+	}
+	for secret, want := range map[string]int{"env-secret-value-42": 0, FakeSecret: 40125} {
+		if m := call(t, base, "/cgi-bin/stable_token", map[string]any{"grant_type": "client_credential", "appid": "wx1", "secret": secret}); errcode(m) != want {
+			t.Errorf("secret %q: %v, want errcode %d", secret, m, want)
+		}
+	}
+	if secretOr("flag-secret", "env") != "flag-secret" || secretOr("", "") != FakeSecret {
+		t.Error("secretOr: the flag first, the quick start's last")
 	}
 }
 

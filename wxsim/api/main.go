@@ -30,7 +30,9 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var o Options
 	addr := fs.String("addr", "127.0.0.1:8090", "where to listen; point WECHAT_API_BASE at http://<addr>")
 	fs.StringVar(&o.AppID, "appid", cmp.Or(os.Getenv("WECHAT_APPID"), FakeAppID), "the AppID stable_token accepts (default $WECHAT_APPID, else "+FakeAppID+")")
-	fs.StringVar(&o.Secret, "secret", cmp.Or(os.Getenv("WECHAT_APPSECRET"), FakeSecret), "the AppSecret stable_token accepts (default $WECHAT_APPSECRET, else "+FakeSecret+")")
+	// The flag's default is empty and read from the environment after
+	// parsing: -h prints defaults, and an AppSecret must not be printed.
+	fs.StringVar(&o.Secret, "secret", "", "the AppSecret stable_token accepts (from $WECHAT_APPSECRET, else "+FakeSecret+")")
 	fs.DurationVar(&o.TokenTTL, "token-ttl", 2*time.Hour, "an access_token's lifetime (WeChat: 2h); whole seconds, at least 2s")
 	fs.DurationVar(&o.Overlap, "overlap", 0, "how long old and new tokens are both valid (default 5m, or half -token-ttl when shorter)")
 	fs.IntVar(&o.PermanentCap, "permanent-cap", 100000, "permanent codes allowed before 45029")
@@ -49,6 +51,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if *healthcheck {
 		return probe(*addr, stderr)
 	}
+	o.Secret = secretOr(o.Secret, os.Getenv("WECHAT_APPSECRET"))
 	logger := slog.New(slog.NewJSONHandler(stderr, nil)).With("component", "wechat-api")
 	o.Logger = logger
 	o.NoWindows = !*windows
@@ -78,6 +81,10 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	return 0
 }
+
+// secretOr is the AppSecret the fake accepts: the flag's, else the
+// environment's, else the quick start's.
+func secretOr(flagValue, env string) string { return cmp.Or(flagValue, env, FakeSecret) }
 
 func probe(addr string, stderr io.Writer) int {
 	host, port, err := net.SplitHostPort(addr)
