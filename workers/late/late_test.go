@@ -285,6 +285,7 @@ func TestErrcodePaths(t *testing.T) {
 		{"count used up", api.Fault{API: api.CustomSend, Errcode: 45047}, Failed},
 		{"busy, then fine", api.Fault{API: api.CustomSend, Errcode: -1, Count: 2}, Sent},
 		{"token invalidated", api.Fault{InvalidateToken: true}, Sent},
+		{"out of reach, then fine", api.Fault{API: api.StableToken, Drop: true, InvalidateToken: true}, Sent},
 		{"answer lost after WeChat took it", api.Fault{API: api.CustomSend, Drop: true, After: true}, Failed},
 	}
 	for i, c := range cases {
