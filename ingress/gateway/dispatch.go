@@ -112,11 +112,11 @@ func (g *Gateway) request(m *wechat.Message, plain []byte, rc intake.Receipt, re
 			bus.HeaderSent:     []string{bus.FormatTime(time.Now())},
 		},
 	}
-	if rc.Duplicate || rc.Held {
+	if rc.Duplicate || rc.Held || rc.Refused {
 		// The stream had it: a retry, whose first delivery may have run
 		// (or be running) at any worker. Or the stream could not say (the
-		// event is held): treated as a possible retry, so that a retry
-		// during an outage still gets the first reply, once.
+		// event is held, or refused): treated as a possible retry, so that
+		// a retry during an outage still gets the first reply, once.
 		msg.Header[bus.HeaderRetry] = []string{"1"}
 	}
 	// A timeout rather than a context: a context per request, tied to the

@@ -31,6 +31,9 @@ type Receipt struct {
 	Seq       uint64 // its sequence in the event stream; 0 when held
 	Duplicate bool   // the stream had it already: a retry (or a replay) of a stored event
 	Held      bool   // JetStream could not take it now; held here until it can
+	// Refused: JetStream will not take it as it is (a bad request, too
+	// large): not stored, not held (it would stop every event behind it).
+	Refused bool
 }
 
 // ErrFull means the buffer holds as many events as it may: the event is
@@ -86,6 +89,7 @@ type Intake struct {
 
 	createMu   sync.Mutex
 	lastCreate time.Time
+	ttlOnce    sync.Once
 }
 
 // New starts an Intake. The streams are created if they are missing (and
@@ -169,6 +173,11 @@ func (in *Intake) publish(msg *nats.Msg) (Receipt, error) {
 		}
 		return Receipt{Seq: ack.Seq, Duplicate: ack.Duplicate}, nil
 	}
+	if refused(err) {
+		in.metrics.dropped.WithLabelValues("event", "refused").Inc()
+		in.o.Logger.Error("event refused by the event stream; answered, not stored", "subject", msg.Subject, "err", err)
+		return Receipt{Refused: true}, nil
+	}
 	in.o.Logger.Warn("event not stored; holding it", "subject", msg.Subject, "err", err)
 	in.mu.Lock()
 	defer in.mu.Unlock()
@@ -187,7 +196,36 @@ func (in *Intake) send(msg *nats.Msg) (pubAck, error) {
 			ack, err = in.store(msg, in.o.Timeout)
 		}
 	}
+	if apiErrCode(err) == errCodeTTLDisabled && msg.Header.Get(jetstream.MsgTTLHeader) != "" {
+		// A stream made before per-message TTLs (the ingress never changes
+		// it; the workers' analytics do): keep the message for the
+		// stream's age rather than not at all.
+		in.ttlOnce.Do(func() {
+			in.o.Logger.Warn("the event stream takes no per-message TTL: messages are kept for its MaxAge until the workers' analytics update it", "stream", events.Stream)
+		})
+		msg.Header.Del(jetstream.MsgTTLHeader)
+		ack, err = in.store(msg, in.o.Timeout)
+	}
 	return ack, err
+}
+
+// errCodeTTLDisabled is JetStream's "per-message TTL is disabled".
+const errCodeTTLDisabled = 10166
+
+func apiErrCode(err error) jetstream.ErrorCode {
+	var api *jetstream.APIError
+	if errors.As(err, &api) {
+		return api.ErrorCode
+	}
+	return 0
+}
+
+// refused says JetStream will not take the message as it is, however
+// often asked: a bad request or one too large. (Unavailable, timeouts and
+// a missing stream pass.)
+func refused(err error) bool {
+	var api *jetstream.APIError
+	return errors.As(err, &api) && (api.Code == 400 || api.Code == 413)
 }
 
 func (in *Intake) createStreams(ctx context.Context) error {
@@ -225,19 +263,20 @@ func (in *Intake) held() float64 {
 	return float64(len(in.queue))
 }
 
-// flush publishes held events, oldest first, retrying each until it is
+// flush publishes held events, oldest first, retrying until they are
 // stored; it returns when Close asks and nothing more can be flushed.
+// Up to flushWindow are in flight at once, in order on one connection: one
+// at a time, a round trip each, the flush would fall behind the events
+// still arriving (which queue behind it) and the ingress would stay in
+// held mode under load.
 func (in *Intake) flush() {
 	defer in.done.Done()
 	backoff := 100 * time.Millisecond
 	for {
 		in.mu.Lock()
-		var head *nats.Msg
-		if len(in.queue) > 0 {
-			head = in.queue[0]
-		}
+		batch := in.queue[:min(len(in.queue), flushWindow)]
 		in.mu.Unlock()
-		if head == nil {
+		if len(batch) == 0 {
 			select {
 			case <-in.wake:
 				continue
@@ -245,7 +284,17 @@ func (in *Intake) flush() {
 				return
 			}
 		}
-		_, err := in.send(head)
+		done, err := in.sendAll(batch)
+		if done > 0 {
+			in.mu.Lock()
+			clear(in.queue[:done])
+			in.queue = in.queue[done:]
+			if len(in.queue) == 0 {
+				in.queue = nil // let the backing array go after an outage
+			}
+			in.mu.Unlock()
+			backoff = 100 * time.Millisecond
+		}
 		if err != nil {
 			select {
 			case <-in.stop:
@@ -253,18 +302,88 @@ func (in *Intake) flush() {
 			case <-time.After(backoff): // JetStream is away; try again soon
 			}
 			backoff = min(2*backoff, 2*time.Second)
-			continue
 		}
-		backoff = 100 * time.Millisecond
-		in.mu.Lock()
-		in.queue[0] = nil
-		in.queue = in.queue[1:]
-		if len(in.queue) == 0 {
-			in.queue = nil // let the backing array go after an outage
-		}
-		in.mu.Unlock()
-		in.metrics.flushed.Inc()
 	}
+}
+
+// flushWindow is how many held events are in flight at once.
+const flushWindow = 256
+
+// sendAll publishes batch, in order, and waits for the acknowledgements.
+// It returns how many from the front are done with (stored, or refused and
+// dropped), and the error that stopped it there. Events after a failed one
+// that were stored are published again with the rest: the stream's
+// duplicate window stores them once.
+func (in *Intake) sendAll(batch []*nats.Msg) (int, error) {
+	// One inbox for the batch; the acks come back in order of the publishes
+	// that the server took, each carrying its request's token.
+	inbox := nats.NewInbox()
+	replies := make(chan *nats.Msg, len(batch))
+	sub, err := in.nc.ChanSubscribe(inbox+".*", replies)
+	if err != nil {
+		return 0, err
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	for i, msg := range batch {
+		out := &nats.Msg{Subject: msg.Subject, Data: msg.Data, Header: msg.Header, Reply: inbox + "." + strconv.Itoa(i)}
+		if err := in.nc.PublishMsg(out); err != nil {
+			batch = batch[:i]
+			break
+		}
+	}
+	acks := make([]error, len(batch))
+	got := make([]bool, len(batch))
+	timeout := time.NewTimer(in.o.Timeout + time.Duration(len(batch))*time.Millisecond)
+	defer timeout.Stop()
+	for n := 0; n < len(batch); {
+		select {
+		case r := <-replies:
+			i, err := strconv.Atoi(r.Subject[len(inbox)+1:])
+			if err != nil || i < 0 || i >= len(batch) || got[i] {
+				continue
+			}
+			got[i] = true
+			n++
+			if len(r.Data) == 0 && r.Header.Get("Status") == "503" {
+				acks[i] = jetstream.ErrNoStreamResponse
+				continue
+			}
+			_, acks[i] = parsePubAck(r.Data)
+		case <-timeout.C:
+			n = len(batch)
+		case <-in.stop:
+			n = len(batch) // Close: what is not acknowledged yet stays held, and counted
+		}
+	}
+	for i := range batch {
+		err := acks[i]
+		switch {
+		case !got[i]:
+			return i, nats.ErrTimeout
+		case err == nil:
+			in.metrics.flushed.Inc()
+		case refused(err):
+			in.metrics.dropped.WithLabelValues("event", "refused").Inc()
+			in.o.Logger.Error("held event refused by the event stream; dropped", "subject", batch[i].Subject, "err", err)
+		case apiErrCode(err) == errCodeTTLDisabled, errors.Is(err, jetstream.ErrNoStreamResponse), errors.Is(err, jetstream.ErrStreamNotFound):
+			// One at a time: send knows how to mend these.
+			_, err := in.send(batch[i])
+			switch {
+			case err == nil:
+				in.metrics.flushed.Inc()
+			case refused(err):
+				in.metrics.dropped.WithLabelValues("event", "refused").Inc()
+			default:
+				return i, err
+			}
+		default:
+			return i, err
+		}
+	}
+	if len(batch) == 0 {
+		return 0, errors.New("intake: not connected")
+	}
+	return len(batch), nil
 }
 
 // Unanswered records that the event was answered "success" without its
@@ -291,8 +410,13 @@ func (in *Intake) flushUnanswered() {
 		select {
 		case msg := <-in.unanswered:
 			for attempt := 0; ; attempt++ {
-				if _, err := in.send(msg); err == nil {
+				_, err := in.send(msg)
+				if err == nil {
 					in.metrics.unanswered.Inc()
+					break
+				}
+				if refused(err) {
+					in.metrics.dropped.WithLabelValues("unanswered", "refused").Inc()
 					break
 				}
 				select {
@@ -320,6 +444,10 @@ func (in *Intake) Check() error {
 // what is still held then is lost, and counted.
 func (in *Intake) Close(ctx context.Context) error {
 	in.mu.Lock()
+	if in.closed {
+		in.mu.Unlock()
+		return nil // closed before: what was lost was counted then
+	}
 	in.closed = true
 	in.mu.Unlock()
 	// Give the flushers until ctx ends to empty the queues.

@@ -1,0 +1,243 @@
+package intake
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/wxgate/wxgate/shared/bus"
+	"github.com/wxgate/wxgate/shared/events"
+	"github.com/wxgate/wxgate/shared/wait"
+	"github.com/wxgate/wxgate/shared/wechat"
+)
+
+// restartable is a NATS server that can be stopped and started again on
+// the same address and store, as a NATS restart does.
+type restartable struct {
+	t    *testing.T
+	addr string
+	dir  string
+	srv  *bus.Embedded
+}
+
+func newRestartable(t *testing.T) *restartable {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	r := &restartable{t: t, addr: addr, dir: t.TempDir()}
+	r.start()
+	t.Cleanup(func() {
+		if r.srv != nil {
+			r.srv.Close()
+		}
+	})
+	return r
+}
+
+func (r *restartable) start() {
+	r.t.Helper()
+	s, err := bus.RunEmbedded(bus.EmbeddedOptions{Listen: r.addr, StoreDir: r.dir, Name: "intake-test", Token: "intake-token"})
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	r.srv = s
+}
+
+func (r *restartable) stop() { r.srv.Close(); r.srv = nil }
+
+func (r *restartable) connect() *nats.Conn {
+	r.t.Helper()
+	nc, err := nats.Connect("nats://"+r.addr, nats.Token("intake-token"), nats.MaxReconnects(-1), nats.ReconnectWait(20*time.Millisecond))
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	r.t.Cleanup(nc.Close)
+	return nc
+}
+
+func newIntake(t *testing.T, nc *nats.Conn, buffer int) (*Intake, *prometheus.Registry) {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	in, err := New(Options{Conn: nc, Streams: events.Defaults(), Buffer: buffer, Logger: slog.New(slog.DiscardHandler), Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = in.Close(ctx)
+	})
+	return in, reg
+}
+
+func scanEvent(i int) *wechat.Message {
+	return &wechat.Message{ToUserName: "gh", FromUserName: fmt.Sprint("o", i), CreateTime: int64(1000 + i), MsgType: "event", Event: "SCAN", EventKey: "poster"}
+}
+
+func textEvent(i int) *wechat.Message {
+	return &wechat.Message{ToUserName: "gh", FromUserName: fmt.Sprint("o", i), CreateTime: int64(1000 + i), MsgType: "text", Content: "hi", MsgID: fmt.Sprint(5000 + i)}
+}
+
+func streamMsgs(t *testing.T, nc *nats.Conn) uint64 {
+	t.Helper()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := js.Stream(context.Background(), events.Stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.Msgs
+}
+
+// NATS down: events are held, in order, and answered; past the buffer one
+// is refused (ErrFull) and the intake reports itself not ready. NATS back:
+// every held event is stored once, and the intake is ready again.
+func TestHeldWhileNATSIsDownThenFlushed(t *testing.T) {
+	r := newRestartable(t)
+	nc := r.connect()
+	in, reg := newIntake(t, nc, 300)
+	r.stop()
+	wait.For(t, wait.Short, wait.Every, func() error {
+		if nc.IsConnected() {
+			return errors.New("still connected")
+		}
+		return nil
+	})
+	for i := 0; i < 300; i++ {
+		m := scanEvent(i)
+		if rc, err := in.Publish(m, m.AppendXML(nil), time.Now()); err != nil || !rc.Held {
+			t.Fatalf("event %d with NATS down = %+v %v, want held", i, rc, err)
+		}
+	}
+	m := scanEvent(300)
+	if _, err := in.Publish(m, m.AppendXML(nil), time.Now()); !errors.Is(err, ErrFull) {
+		t.Fatalf("past the buffer = %v, want ErrFull", err)
+	}
+	if in.Check() == nil {
+		t.Error("Check passes with the buffer full")
+	}
+	if got := testutil.ToFloat64(in.metrics.dropped.WithLabelValues("event", "full")); got != 1 {
+		t.Errorf("dropped{full} = %v, want 1", got)
+	}
+	r.start()
+	wait.For(t, wait.Long, wait.Every, func() error {
+		if n := in.held(); n > 0 {
+			return fmt.Errorf("%v still held", n)
+		}
+		return nil
+	})
+	if n := streamMsgs(t, nc); n != 300 {
+		t.Errorf("stream holds %d events, want 300", n)
+	}
+	if got := testutil.ToFloat64(in.metrics.flushed); got != 300 {
+		t.Errorf("flushed = %v, want 300", got)
+	}
+	if err := in.Check(); err != nil {
+		t.Errorf("Check after the flush: %v", err)
+	}
+	if v := testutil.ToFloat64(in.metrics.held); v != 300 {
+		t.Errorf("held counted %v, want 300", v)
+	}
+	_ = reg
+}
+
+// An event JetStream refuses as it is does not stop the events behind it:
+// it is answered, counted as refused, and the rest are stored.
+func TestRefusedEventDoesNotBlockTheQueue(t *testing.T) {
+	r := newRestartable(t)
+	nc := r.connect()
+	in, _ := newIntake(t, nc, 100)
+	// A refusal by the stream itself: too large for its message size limit.
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := events.Config(events.Defaults())
+	cfg.MaxMsgSize = 512
+	if _, err := js.UpdateStream(context.Background(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	long := textEvent(2)
+	long.Content = strings.Repeat("x", 1024)
+	rc, err := in.Publish(long, long.AppendXML(nil), time.Now())
+	if err != nil || !rc.Refused || rc.Held {
+		t.Fatalf("an event over the stream's size limit = %+v %v, want refused, not held", rc, err)
+	}
+	m := scanEvent(3)
+	if rc, err := in.Publish(m, m.AppendXML(nil), time.Now()); err != nil || rc.Held || rc.Seq == 0 {
+		t.Fatalf("the event after it = %+v %v, want stored", rc, err)
+	}
+	if got := testutil.ToFloat64(in.metrics.dropped.WithLabelValues("event", "refused")); got != 1 {
+		t.Errorf("dropped{refused} = %v, want 1", got)
+	}
+}
+
+// A stream made without per-message TTLs (an older one) still stores
+// messages: without the TTL, for the stream's age.
+func TestStreamWithoutMessageTTL(t *testing.T) {
+	r := newRestartable(t)
+	nc := r.connect()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := events.Config(events.Defaults())
+	cfg.AllowMsgTTL = false
+	if _, err := js.CreateStream(context.Background(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	in, _ := newIntake(t, nc, 100)
+	for i, m := range []*wechat.Message{textEvent(1), scanEvent(2)} {
+		if rc, err := in.Publish(m, m.AppendXML(nil), time.Now()); err != nil || rc.Held || rc.Refused || rc.Seq != uint64(i+1) {
+			t.Fatalf("event %d = %+v %v, want stored", i, rc, err)
+		}
+	}
+}
+
+// SIGTERM while events are held: Close publishes them once NATS is back
+// within its grace; what is left at the end of the grace is counted lost.
+func TestCloseFlushesThenCountsWhatIsLeft(t *testing.T) {
+	r := newRestartable(t)
+	nc := r.connect()
+	in, _ := newIntake(t, nc, 100)
+	r.stop()
+	wait.For(t, wait.Short, wait.Every, func() error {
+		if nc.IsConnected() {
+			return errors.New("still connected")
+		}
+		return nil
+	})
+	for i := 0; i < 5; i++ {
+		m := scanEvent(i)
+		if _, err := in.Publish(m, m.AppendXML(nil), time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if err := in.Close(ctx); err == nil {
+		t.Error("Close with events held and NATS down returned no error")
+	}
+	if got := testutil.ToFloat64(in.metrics.dropped.WithLabelValues("event", "shutdown")); got != 5 {
+		t.Errorf("dropped{shutdown} = %v, want 5", got)
+	}
+}
