@@ -464,3 +464,21 @@ func TestFirstDeliveryAfterTheRetryGetsItsReply(t *testing.T) {
 		t.Fatalf("queued first delivery = %q %v %v, runs %d; want the retry's %q, stored", b0, out0, err, runs.Load(), b1)
 	}
 }
+
+// The index of replies, on the Go heap, is bounded by entries too, and
+// made again after a burst so that its memory goes back.
+func TestRecentIndexIsBounded(t *testing.T) {
+	now := time.Unix(1_700_000_000, 0)
+	r := newRecent(time.Minute, 1<<20, 4096) // at most 8192 entries
+	for i := 0; i < 20000; i++ {
+		r.put(fmt.Sprint("msg.", i), nil, now)
+	}
+	if n := len(r.index); n > 8192 {
+		t.Fatalf("index holds %d entries, want at most 8192", n)
+	}
+	peak := r.peak
+	r.tick(now.Add(2 * time.Minute))
+	if len(r.index) != 0 || r.peak != 0 || peak < 4096 {
+		t.Errorf("after expiry: %d entries, peak %d (was %d); want an empty, new index", len(r.index), r.peak, peak)
+	}
+}

@@ -43,6 +43,7 @@ type recent struct {
 	next    uint64            // the sequence of the next chunk
 	bytes   int               // held in chunks
 	closed  bool
+	peak    int         // the most entries the index has held since it was made
 	evicted func(n int) // replies dropped before their TTL, for a metric
 }
 
@@ -76,6 +77,11 @@ func (r *recent) put(key string, body []byte, now time.Time) {
 		return
 	}
 	r.expire(now)
+	// The index lives on the Go heap: bounded too, by entries (a reply
+	// takes at least entryHead bytes of chunk, an index entry about 40).
+	for len(r.index) >= max(r.max/128, 64) && len(r.chunks) > 0 {
+		r.drop(true, now)
+	}
 	c := r.tail()
 	if c == nil || len(c.buf)-c.used < n {
 		for r.bytes+r.chunk > r.max && len(r.chunks) > 0 {
@@ -97,6 +103,7 @@ func (r *recent) put(key string, body []byte, now time.Time) {
 	copy(e[entryHead:], key)
 	copy(e[entryHead+len(key):], body)
 	r.index[h] = c.seq<<32 | uint64(c.used)
+	r.peak = max(r.peak, len(r.index))
 	c.hashes = append(c.hashes, h)
 	c.used += n
 	c.newest = now
@@ -174,8 +181,16 @@ func (r *recent) tail() *chunk {
 // gives a burst's memory back.
 func (r *recent) tick(now time.Time) {
 	r.mu.Lock()
+	defer r.mu.Unlock()
 	r.expire(now)
-	r.mu.Unlock()
+	// A Go map keeps its size after a burst: made again, smaller.
+	if r.peak >= 4096 && len(r.index) < r.peak/4 {
+		index := make(map[uint64]uint64, len(r.index))
+		for h, loc := range r.index {
+			index[h] = loc
+		}
+		r.index, r.peak = index, len(index)
+	}
 }
 
 // held is the memory the replies take now, in bytes.
