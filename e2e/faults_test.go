@@ -54,14 +54,18 @@ func TestFaultWorkersKilledAndBack(t *testing.T) {
 	waitCounts(t, w3.admin, want)
 }
 
-// The NATS server stopped and started again under load: the ingress
-// answers "success" at once and reports not ready meanwhile; everyone
-// reconnects without help.
+// The NATS server stopped for 30 seconds, the longest restart the
+// intake promises to ride out, and started again under load: the ingress
+// answers "success" at once, holds every event, and reports not ready
+// meanwhile; everyone reconnects without help, the held events are
+// stored, and every scan that got 200 is counted exactly once.
 func TestFaultNATSRestart(t *testing.T) {
+	const outage = 30 * time.Second
 	port, store := nettest.FreePort(t), t.TempDir()
 	ns := startNATSAt(t, port, store)
 	w1, w2 := startWorker(t, ns.url), startWorker(t, ns.url)
 	ingress, admin, tr := underLoad(t, ns.url, 200, w1.admin, w2.admin)
+	down := time.Now()
 	if code := ns.terminate(t); code != 0 {
 		t.Fatalf("nats-server exit %d", code)
 	}
@@ -69,6 +73,11 @@ func TestFaultNATSRestart(t *testing.T) {
 	tr.waitFallbacks("NATS down: success", 50)
 	if v := metricValue(t, admin, `wxgate_ingress_fallbacks_total{reason="bus_down"}`); v == 0 {
 		t.Fatal("NATS down, yet no bus_down fallbacks")
+	}
+	time.Sleep(time.Until(down.Add(outage))) // the outage's length is the case under test
+	held := metricValue(t, admin, "wxgate_intake_held")
+	if held < 1000 {
+		t.Fatalf("%v events held after %v down, want them all (about 100 a second)", held, outage)
 	}
 
 	ns = startNATSAt(t, port, store)
@@ -79,6 +88,18 @@ func TestFaultNATSRestart(t *testing.T) {
 	tr.waitReplies("after the restart", 200)
 	want := tr.finish()
 	waitCounts(t, w1.admin, want)
+	if v := metricValue(t, admin, "wxgate_intake_held"); v != 0 {
+		t.Errorf("%v events still held after the restart", v)
+	}
+	h, f := metricValue(t, admin, `wxgate_intake_events_total{result="held"}`), metricValue(t, admin, `wxgate_intake_events_total{result="flushed"}`)
+	if h < held || f != h {
+		t.Errorf("held %v, flushed %v: want every held event flushed", h, f)
+	}
+	for _, reason := range []string{"full", "shutdown", "refused"} {
+		if v := metricValue(t, admin, `wxgate_intake_dropped_total{kind="event",reason="`+reason+`"}`); v != 0 {
+			t.Errorf("dropped{%s} = %v, want 0", reason, v)
+		}
+	}
 }
 
 // SIGTERM to one of two ingress replicas under load. Traffic goes through
