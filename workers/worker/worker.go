@@ -101,9 +101,8 @@ func Start(o Options) (_ *Worker, err error) {
 	}
 	// The late sender and the reply service know each other: a late
 	// reply comes from the service, and a retry the service answers must
-	// not be sent late as well.
-	// Set once the late sender starts, after the reply service already
-	// serves: read by its goroutines.
+	// not be sent late as well. The sender is set once it starts, after
+	// the reply service already serves: read by its goroutines.
 	var lateSvc atomic.Pointer[late.Service]
 	lateOn := o.Config.EffectiveLateReply() == config.LateReplyCustomerService
 	delivered := func(ctx context.Context, key string) bool {
@@ -123,6 +122,9 @@ func Start(o Options) (_ *Worker, err error) {
 		Delivered:      delivered,
 	})
 	if err != nil {
+		if dstore != nil {
+			dstore.Close()
+		}
 		return nil, err
 	}
 	o.Health.Add("replies", svc.Check)
