@@ -51,8 +51,11 @@ type applier struct {
 	rebuilding bool
 	pending    uint64
 	cons       jetstream.Consumer
-	lastSnap   uint64 // st.seq at the last snapshot
-	logger     *slog.Logger
+	// consumer is the name of the ordered consumer the last event came
+	// from: nats.go makes it again under a new name after a reset.
+	consumer string
+	lastSnap uint64 // st.seq at the last snapshot
+	logger   *slog.Logger
 }
 
 // lead applies the event stream while ctx (the lease) lasts. It returns
@@ -89,13 +92,16 @@ func (r *Role) lead(ctx context.Context, js jetstream.JetStream, store *Store, k
 	defer func() { r.last = a.st }()
 	for {
 		err := a.run(ctx)
-		if !errors.Is(err, errRebuild) {
+		if !errors.Is(err, errRebuild) && !errors.Is(err, errStreamChanged) {
 			return err
 		}
 	}
 }
 
-var errRebuild = errors.New("rebuild requested")
+var (
+	errRebuild       = errors.New("rebuild requested")
+	errStreamChanged = errors.New("the event stream changed under the consumer")
+)
 
 // load reads the snapshot, or starts afresh: from the totals already in
 // the bucket when they were written by a version that kept no snapshot. A
@@ -209,7 +215,7 @@ func (a *applier) run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("consumer: %w", err)
 	}
-	a.cons = cons
+	a.cons, a.consumer = cons, ""
 	msgs := make(chan jetstream.Msg, 4*maxBatch)
 	failed := make(chan error, 1)
 	cc, err := cons.Consume(func(m jetstream.Msg) { msgs <- m },
@@ -260,15 +266,22 @@ func (a *applier) run(ctx context.Context) error {
 			a.finish()
 			return fmt.Errorf("consumer lost: %w", err)
 		case m := <-msgs:
-			a.applyMsg(m)
+			err := a.applyMsg(ctx, m)
 			// Take whatever else is ready.
-			for more := true; more; {
+			for more := err == nil; more; {
 				select {
 				case m := <-msgs:
-					a.applyMsg(m)
+					err = a.applyMsg(ctx, m)
+					more = err == nil
 				default:
 					more = false
 				}
+			}
+			if err != nil {
+				// Start again from the stream as it is now (run checks
+				// its identity); what was not applied is delivered again.
+				a.logger.Warn("analytics: starting the consumer again", "err", err)
+				return err
 			}
 			quiet.Reset(5 * time.Millisecond)
 		case <-tick.C:
@@ -328,22 +341,35 @@ func (s *stall) check(pending uint64, infoErr error, seq uint64) error {
 // maxBatch bounds the events taken from the server at once.
 const maxBatch = 500
 
-func (a *applier) applyMsg(m jetstream.Msg) {
+// applyMsg applies one event. It refuses (errStreamChanged) an event from
+// a stream other than the one the state counts: the ordered consumer,
+// reset after a server restart that lost its data, carries on at the old
+// sequence in the new stream, whose events would be counted from the
+// middle and then again from the start.
+func (a *applier) applyMsg(ctx context.Context, m jetstream.Msg) error {
 	meta, err := m.Metadata()
 	if err != nil {
-		return
+		return nil
+	}
+	if meta.Consumer != a.consumer {
+		if a.consumer != "" {
+			if err := a.sameStream(ctx); err != nil {
+				return err
+			}
+		}
+		a.consumer = meta.Consumer
 	}
 	seq := meta.Sequence.Stream
 	a.pending = meta.NumPending
 	a.r.m.pending.Set(float64(meta.NumPending))
 	if seq <= a.st.seq {
-		return // applied already (a consumer reset can deliver it again)
+		return nil // applied already (a consumer reset can deliver it again)
 	}
 	ev, err := decode(m)
 	if err != nil {
 		a.r.quarantine(m, a.st.stream, seq, PoisonUndecodable, err)
 		a.st.seq = seq
-		return
+		return nil
 	}
 	if a.st.apply(seq, ev) {
 		a.r.m.unattributed.Inc()
@@ -356,6 +382,22 @@ func (a *applier) applyMsg(m jetstream.Msg) {
 	if a.rebuilding && a.pending == 0 {
 		a.rebuilding = false
 	}
+	return nil
+}
+
+// sameStream checks, after the ordered consumer was made again, that the
+// stream is still the one the state counts (by its creation time).
+func (a *applier) sameStream(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	s, err := a.js.Stream(ctx, events.Stream)
+	if err != nil {
+		return fmt.Errorf("%w: %w", errStreamChanged, err)
+	}
+	if s.CachedInfo().Created.UnixNano() != a.st.stream {
+		return errStreamChanged
+	}
+	return nil
 }
 
 // flush writes the totals of every scene changed since the last flush,
