@@ -421,13 +421,16 @@ func (a *applier) flush(ctx context.Context) error {
 			}
 		}
 	}()
+	conflicts := 0
 	for _, sc := range dirty {
 		key := sceneKey(sc.Scene)
 		k, known := a.known[key]
+		absent := false
 		if !known {
 			e, err := a.store.kv.Get(ctx, key)
 			switch {
 			case errors.Is(err, jetstream.ErrKeyNotFound):
+				absent = true
 			case err != nil:
 				return fmt.Errorf("read %s: %w", key, err)
 			default:
@@ -439,10 +442,26 @@ func (a *applier) flush(ctx context.Context) error {
 		if newer(k.doc, a.st) {
 			continue // catching up: that value is ahead of us still
 		}
-		rev := k.rev
 		doc := sceneDoc{Totals: sc.Totals, Epoch: a.st.epoch, Seq: a.st.seq}
 		b, _ := json.Marshal(doc)
-		f, err := a.js.PublishMsgAsync(&nats.Msg{Subject: a.store.prefix + key, Data: b}, jetstream.WithExpectLastSequencePerSubject(rev))
+		if absent {
+			// Never written, or deleted (a rebuild dropped it): the key's
+			// last message may be a tombstone, which a write expecting no
+			// message would never get past. Create writes over it. Rare:
+			// a scene's first write under this leader.
+			rev, err := a.store.kv.Create(ctx, key, b)
+			switch {
+			case err == nil:
+				a.known[key] = docRev{doc, rev}
+				sc.dirty = false
+			case errors.Is(err, jetstream.ErrKeyExists):
+				conflicts++ // written meanwhile: read it at the next flush
+			default:
+				return fmt.Errorf("write %s: %w", key, err)
+			}
+			continue
+		}
+		f, err := a.js.PublishMsgAsync(&nats.Msg{Subject: a.store.prefix + key, Data: b}, jetstream.WithExpectLastSequencePerSubject(k.rev))
 		if err != nil {
 			return fmt.Errorf("write %s: %w", key, err)
 		}
@@ -460,9 +479,17 @@ func (a *applier) flush(ctx context.Context) error {
 			if !isWrongLastSequence(err) {
 				return fmt.Errorf("write %s: %w", w.key, err)
 			}
+			conflicts++
 		case <-ctx.Done():
 			return context.Cause(ctx)
 		}
+	}
+	if conflicts > 0 {
+		a.r.m.conflicts.Add(float64(conflicts))
+		a.logger.Debug("analytics: totals written meanwhile by another; read again at the next flush", "scenes", conflicts)
+		// Not now: a scene whose write failed still holds a value of the
+		// epoch before, which dropStale would take for one to drop.
+		return nil
 	}
 	if !a.rebuilding && a.st.epoch != 0 {
 		a.dropStale(ctx)

@@ -17,6 +17,7 @@ type roleMetrics struct {
 	snapshotBytes prometheus.Gauge
 	people        prometheus.Gauge
 	followers     prometheus.Gauge
+	conflicts     prometheus.Counter
 }
 
 func newRoleMetrics(reg prometheus.Registerer) *roleMetrics {
@@ -46,6 +47,8 @@ func newRoleMetrics(reg prometheus.Registerer) *roleMetrics {
 			Help: "(scene, person) pairs the leader holds for exact unique counts (within EVENTS_MAX_AGE)."}),
 		followers: f.NewGauge(prometheus.GaugeOpts{Name: "wxgate_analytics_followers",
 			Help: "Current followers with the scene they followed through, held by the leader for unfollow attribution."}),
+		conflicts: f.NewCounter(prometheus.CounterOpts{Name: "wxgate_analytics_write_conflicts_total",
+			Help: "Scene totals the leader found written by another (a leader before it, still finishing) and read again before writing. Rising steadily: two processes write the totals."}),
 	}
 	for _, k := range []string{KindSubscribe, KindScan, KindUnsubscribe, "other"} {
 		m.events.WithLabelValues(k)
