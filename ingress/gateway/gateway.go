@@ -192,7 +192,7 @@ func (g *Gateway) callback(c *gin.Context) {
 		// Not accepted: without a 200, WeChat retries it, by when the bus
 		// may take it again.
 		closeConnection(c)
-		g.observe(outcome, received)
+		g.observe(outcomeRejected, received)
 		c.Data(http.StatusServiceUnavailable, "text/plain; charset=utf-8", []byte("Service Unavailable: events cannot be stored now\n"))
 		return
 	}

@@ -10,9 +10,11 @@ const (
 	outcomeReply    = "reply"    // a worker's reply (or the GET echo) went back
 	outcomeEmpty    = "empty"    // the worker had nothing to say: "success"
 	outcomeFallback = "fallback" // no reply in time or the bus failed: "success"
-	outcomeRejected = "rejected" // a 4xx
+	outcomeRejected = "rejected" // a 4xx, or the 503 below: not accepted
 	// outcomeUnavailable is a 503: the event could not be stored nor held
 	// (JetStream away and the intake buffer full), so WeChat retries it.
+	// Not a label of its own (the contract's outcomes are four): it is
+	// observed as rejected, and counted in wxgate_intake_dropped_total.
 	outcomeUnavailable = "unavailable"
 )
 
@@ -75,7 +77,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 	}
 	// Every series exists from the start, so rate() never sees a gap.
-	for _, o := range []string{outcomeReply, outcomeEmpty, outcomeFallback, outcomeRejected, outcomeUnavailable} {
+	for _, o := range []string{outcomeReply, outcomeEmpty, outcomeFallback, outcomeRejected} {
 		m.requests.WithLabelValues(o)
 		m.duration.WithLabelValues(o)
 	}

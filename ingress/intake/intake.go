@@ -156,8 +156,10 @@ func (in *Intake) Publish(m *wechat.Message, raw []byte, received time.Time) (Re
 func (in *Intake) publish(msg *nats.Msg) (Receipt, error) {
 	in.mu.Lock()
 	// While events are held, newer ones queue behind them: the stream keeps
-	// one person's follow and unfollow in the order they came. And a
-	// connection that is down would only make the publish wait.
+	// one person's follow and unfollow in the order they came (except
+	// behind a publish still being tried when the outage began: README,
+	// "Order, and its one gap"). And a connection that is down would only
+	// make the publish wait.
 	if in.closed || len(in.queue) > 0 || !in.nc.IsConnected() {
 		defer in.mu.Unlock()
 		return in.hold(msg)
@@ -222,10 +224,11 @@ func apiErrCode(err error) jetstream.ErrorCode {
 
 // refused says JetStream will not take the message as it is, however
 // often asked: a bad request or one too large. (Unavailable, timeouts and
-// a missing stream pass.)
+// a missing stream pass; so does a stream without per-message TTLs, a 400
+// that send mends by storing the message without its TTL.)
 func refused(err error) bool {
 	var api *jetstream.APIError
-	return errors.As(err, &api) && (api.Code == 400 || api.Code == 413)
+	return errors.As(err, &api) && (api.Code == 400 || api.Code == 413) && api.ErrorCode != errCodeTTLDisabled
 }
 
 func (in *Intake) createStreams(ctx context.Context) error {
@@ -271,6 +274,10 @@ func (in *Intake) held() float64 {
 // held mode under load.
 func (in *Intake) flush() {
 	defer in.done.Done()
+	// Woken when the connection is back: while it is down, a publish would
+	// only fill the client's reconnect buffer with copies of the batch.
+	connected := in.nc.StatusChanged(nats.CONNECTED)
+	defer in.nc.RemoveStatusListener(connected)
 	backoff := 100 * time.Millisecond
 	for {
 		in.mu.Lock()
@@ -283,6 +290,15 @@ func (in *Intake) flush() {
 			case <-in.stop:
 				return
 			}
+		}
+		if !in.nc.IsConnected() {
+			select {
+			case <-in.stop:
+				return // Close counts what is left
+			case <-connected:
+			case <-time.After(2 * time.Second): // a status missed: look again
+			}
+			continue
 		}
 		done, err := in.sendAll(batch)
 		if done > 0 {

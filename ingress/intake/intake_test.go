@@ -241,3 +241,123 @@ func TestCloseFlushesThenCountsWhatIsLeft(t *testing.T) {
 		t.Errorf("dropped{shutdown} = %v, want 5", got)
 	}
 }
+
+// disconnect stops r's server and waits until nc knows.
+func disconnect(t *testing.T, r *restartable, nc *nats.Conn) {
+	t.Helper()
+	r.stop()
+	wait.For(t, wait.Short, wait.Every, func() error {
+		if nc.IsConnected() {
+			return errors.New("still connected")
+		}
+		return nil
+	})
+}
+
+// Held messages on a stream without per-message TTLs are stored when NATS
+// is back, without their TTL: never dropped as refused.
+func TestHeldMessagesOnAStreamWithoutTTL(t *testing.T) {
+	r := newRestartable(t)
+	nc := r.connect()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := events.Config(events.Defaults())
+	cfg.AllowMsgTTL = false
+	if _, err := js.CreateStream(context.Background(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	in, _ := newIntake(t, nc, 100)
+	disconnect(t, r, nc)
+	for i := 0; i < 6; i++ {
+		m := textEvent(i)
+		if i%2 == 1 {
+			m = scanEvent(i)
+		}
+		if rc, err := in.Publish(m, m.AppendXML(nil), time.Now()); err != nil || !rc.Held {
+			t.Fatalf("event %d with NATS down = %+v %v, want held", i, rc, err)
+		}
+	}
+	r.start()
+	wait.For(t, wait.Long, wait.Every, func() error {
+		if n := in.held(); n > 0 {
+			return fmt.Errorf("%v still held", n)
+		}
+		return nil
+	})
+	if n := streamMsgs(t, nc); n != 6 {
+		t.Errorf("stream holds %d events, want 6", n)
+	}
+	if got := testutil.ToFloat64(in.metrics.dropped.WithLabelValues("event", "refused")); got != 0 {
+		t.Errorf("dropped{refused} = %v, want 0", got)
+	}
+}
+
+// SIGTERM while events are held and NATS comes back within the grace:
+// Close publishes every one of them, and nothing is counted lost.
+func TestCloseFlushesWhenNATSReturns(t *testing.T) {
+	r := newRestartable(t)
+	nc := r.connect()
+	in, _ := newIntake(t, nc, 100)
+	disconnect(t, r, nc)
+	for i := 0; i < 50; i++ {
+		m := scanEvent(i)
+		if rc, err := in.Publish(m, m.AppendXML(nil), time.Now()); err != nil || !rc.Held {
+			t.Fatalf("event %d = %+v %v, want held", i, rc, err)
+		}
+	}
+	closed := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), wait.Long)
+		defer cancel()
+		closed <- in.Close(ctx)
+	}()
+	r.start()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Fatalf("Close: %v", err)
+		}
+	case <-time.After(wait.Long + 5*time.Second):
+		t.Fatal("Close did not return")
+	}
+	if n := streamMsgs(t, nc); n != 50 {
+		t.Errorf("stream holds %d events, want 50", n)
+	}
+	if got := testutil.ToFloat64(in.metrics.dropped.WithLabelValues("event", "shutdown")); got != 0 {
+		t.Errorf("dropped{shutdown} = %v, want 0", got)
+	}
+}
+
+// Messages (personal data) carry a per-message TTL; scene events do not:
+// they are kept EVENTS_MAX_AGE, so the analytics can be rebuilt.
+func TestMessagesCarryATTLSceneEventsDoNot(t *testing.T) {
+	r := newRestartable(t)
+	nc := r.connect()
+	in, _ := newIntake(t, nc, 100)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := js.Stream(context.Background(), events.Stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		m       *wechat.Message
+		wantTTL bool
+	}{{textEvent(1), true}, {scanEvent(2), false}} {
+		rc, err := in.Publish(c.m, c.m.AppendXML(nil), time.Now())
+		if err != nil || rc.Seq == 0 {
+			t.Fatalf("%s = %+v %v", c.m.MsgType, rc, err)
+		}
+		stored, err := s.GetMsg(context.Background(), rc.Seq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ttl := stored.Header.Get(jetstream.MsgTTLHeader); (ttl != "") != c.wantTTL {
+			t.Errorf("%s stored with %s %q, want one: %v", c.m.MsgType, jetstream.MsgTTLHeader, ttl, c.wantTTL)
+		}
+	}
+}
