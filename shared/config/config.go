@@ -234,6 +234,11 @@ func (c *Config) FromEnv(lookup func(string) (string, bool)) error {
 		}
 	}
 	dur("WECHAT_TIMESTAMP_SKEW", &c.TimestampSkew)
+	if c.TimestampSkew > EventsDuplicateWindow {
+		// A replay accepted after the stream forgot the original would be
+		// stored, and counted, a second time.
+		errs = append(errs, fmt.Errorf("WECHAT_TIMESTAMP_SKEW=%s: at most %s, the event stream's duplicate window (0 turns the check off)", shortDuration(c.TimestampSkew), shortDuration(EventsDuplicateWindow)))
+	}
 	str("NATS_URL", &c.NATSURL)
 	dur("REPLY_TIMEOUT", &c.ReplyTimeout)
 	str("HTTP_ADDR", &c.HTTPAddr)
