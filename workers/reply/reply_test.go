@@ -96,7 +96,7 @@ func TestFirstDeliveryTimingIsRelative(t *testing.T) {
 			}
 			// since is when the ingress received it, on this clock: at least
 			// the ingress's 300ms before arrival, never after arrival.
-			if since.After(arrival.Add(-300*time.Millisecond)) {
+			if since.After(arrival.Add(-300 * time.Millisecond)) {
 				t.Errorf("since = arrival %+v, want at least 300ms before", since.Sub(arrival))
 			}
 		})
