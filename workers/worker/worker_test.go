@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -340,5 +341,60 @@ func waitMetric(t *testing.T, reg prometheus.Gatherer, name string, labels map[s
 	})
 	if err != nil {
 		t.Errorf("worker %d: %v", worker, err)
+	}
+}
+
+// With the shared store off (DEDUP_TTL=0) and no JetStream at all, the
+// replies need nothing of it: more scans than the service has slots (1024)
+// are each answered, and a text message after them too.
+func TestRepliesWithoutJetStreamAndDedupOff(t *testing.T) {
+	srv, err := bus.RunEmbedded(bus.EmbeddedOptions{Listen: "127.0.0.1:0", Name: "nojs"}) // no StoreDir: no JetStream
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Close)
+	cfg := config.Defaults()
+	cfg.DedupTTL, cfg.WorkerRoles = 0, []string{"replies"}
+	reg := prometheus.NewRegistry()
+	hc, err := health.New(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := worker.Start(worker.Options{Conn: natstest.Connect(t, srv), Config: cfg, Logger: quiet, Registerer: reg, Health: hc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = w.Stop(context.Background()) })
+	nc := natstest.Connect(t, srv)
+	ask := func(m *wechat.Message) (string, error) {
+		resp, err := nc.Request(m.Subject(), m.AppendXML(nil), 5*time.Second)
+		if err != nil {
+			return "", err
+		}
+		return string(resp.Data), nil
+	}
+	const scans = 1100
+	errs := make(chan error, scans)
+	sem := make(chan struct{}, 64)
+	for i := 0; i < scans; i++ {
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem }()
+			m := &wechat.Message{ToUserName: "gh", FromUserName: fmt.Sprint("o", i), CreateTime: int64(1000 + i), MsgType: "event", Event: "SCAN", EventKey: "poster"}
+			body, err := ask(m)
+			if err == nil && !strings.Contains(body, "poster") {
+				err = fmt.Errorf("scan %d answered %q", i, body)
+			}
+			errs <- err
+		}()
+	}
+	for i := 0; i < scans; i++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	body, err := ask(&wechat.Message{ToUserName: "gh", FromUserName: "o_text", CreateTime: 5000, MsgType: "text", Content: "hi", MsgID: "77"})
+	if err != nil || !strings.Contains(body, "hi") {
+		t.Fatalf("text after the scans = %q %v, want its reply", body, err)
 	}
 }
