@@ -117,6 +117,19 @@ func TestComposeFile(t *testing.T) {
 	if !published[8080] || !published[8081] {
 		t.Errorf("ingress publishes %v, want 8080 (WeChat) and 8081 (admin)", ingress.Ports)
 	}
+	// Only WeChat's listener faces the network: every other published
+	// port (admin APIs, NATS monitoring, Prometheus, Grafana, the fake
+	// API) is bound to the host's loopback.
+	for name, s := range p.Services {
+		for _, port := range s.Ports {
+			if name == "ingress" && port.Target == 8080 {
+				continue
+			}
+			if port.HostIP != "127.0.0.1" {
+				t.Errorf("%s publishes %d on %q, want 127.0.0.1", name, port.Target, port.HostIP)
+			}
+		}
+	}
 	env := func(s types.ServiceConfig, k string) string {
 		if v := s.Environment[k]; v != nil {
 			return *v

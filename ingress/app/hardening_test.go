@@ -143,6 +143,18 @@ func TestDevTokenStaysOnLoopback(t *testing.T) {
 			t.Errorf("token %q on 0.0.0.0: %v, want a refusal naming HTTP_ADDR and WECHAT_TOKEN", token, err)
 		}
 	}
+	// A distributed ingress too, for either listener, before it connects.
+	for _, c := range []struct{ token, http, admin, want string }{
+		{app.DevToken, "0.0.0.0:0", "127.0.0.1:0", "HTTP_ADDR"},
+		{"change-me", "127.0.0.1:0", ":0", "ADMIN_ADDR"},
+	} {
+		cfg := config.Defaults()
+		cfg.Token, cfg.HTTPAddr, cfg.AdminAddr, cfg.NATSURL = c.token, c.http, c.admin, "nats://127.0.0.1:1"
+		_, err := app.Start(app.Options{Config: cfg, Logger: discard})
+		if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "WECHAT_TOKEN") {
+			t.Errorf("distributed, token %q, %s on all interfaces: %v, want a refusal naming %s and WECHAT_TOKEN", c.token, c.want, err, c.want)
+		}
+	}
 }
 
 // The embedded NATS listener requires credentials: generated per start

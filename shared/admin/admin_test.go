@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -167,6 +168,32 @@ func TestUncleanedRoutes(t *testing.T) {
 		resp.Body.Close()
 		if resp.StatusCode != 200 || string(b) != tt.want {
 			t.Errorf("GET %s = %d %q, want 200 %q", tt.path, resp.StatusCode, b, tt.want)
+		}
+	}
+}
+
+// An admin API open to other hosts without a token is said at start; on
+// loopback, or with a token, nothing is.
+func TestWarnIfOpen(t *testing.T) {
+	for _, c := range []struct {
+		addr, token string
+		warn        bool
+	}{
+		{":8081", "", true},
+		{"0.0.0.0:8081", "", true},
+		{"10.0.0.5:8081", "", true},
+		{"127.0.0.1:8081", "", false},
+		{"localhost:8081", "", false},
+		{"[::1]:8081", "", false},
+		{":8081", "secret-admin-token", false},
+	} {
+		var buf strings.Builder
+		WarnIfOpen(slog.New(slog.NewTextHandler(&buf, nil)), c.addr, c.token)
+		if got := strings.Contains(buf.String(), "ADMIN_TOKEN is not set"); got != c.warn {
+			t.Errorf("%s with token %q: warned %v, want %v (%q)", c.addr, c.token, got, c.warn, buf.String())
+		}
+		if c.token != "" && strings.Contains(buf.String(), c.token) {
+			t.Errorf("the token is in the log: %q", buf.String())
 		}
 	}
 }
