@@ -142,11 +142,25 @@ func TestSlowHandlerReplyArrivesLate(t *testing.T) {
 	if msgs[0].ToUser != "o_slow" || msgs[0].Content != "slow thinking" {
 		t.Errorf("late reply = %+v", msgs[0])
 	}
-	if h := handled(t, w.admin); h != 1 {
-		t.Errorf("handler ran %v times, want 1", h)
+	// A scan whose every worker is slower than the deadline: answered
+	// success, counted once, and its reply sent late.
+	fake.interaction(t, "o_slowscan", "event")
+	if code, body := post(t, s, url, scanXML("o_slowscan", "slow_poster", 1700000100)); code != 200 || body != "success" {
+		t.Fatalf("slow scan = %d %q, want success at the deadline", code, body)
 	}
-	if n := len(fake.calls(t).Messages); n != 1 {
-		t.Errorf("%d messages, want 1", n)
+	waitCounts(t, w.admin, map[string]int{"slow_poster": 1})
+	msgs = fake.waitMessages(t, 2)
+	if msgs[1].ToUser != "o_slowscan" || !strings.Contains(msgs[1].Content, "slow_poster") {
+		t.Errorf("late reply to the scan = %+v", msgs[1])
+	}
+	if h := handled(t, w.admin); h != 1 {
+		t.Errorf("text handler ran %v times, want 1", h)
+	}
+	if h := metricValue(t, w.admin, `wxgate_worker_handled_total{subject="event.scan"}`); h != 1 {
+		t.Errorf("scan handler ran %v times, want 1", h)
+	}
+	if n := len(fake.calls(t).Messages); n != 2 {
+		t.Errorf("%d messages, want 2", n)
 	}
 }
 

@@ -1,7 +1,8 @@
 // Command slowworker is the workers binary with a handler slower than the
 // ingress's deadline, for the end-to-end tests of late replies: a text
-// starting with "slow" is answered after SLOW_REPLY_DELAY (default 2s);
-// everything else as the built-in replies answer it.
+// starting with "slow", and a scan of a scene starting with "slow", are
+// answered after SLOW_REPLY_DELAY (default 2s); everything else as the
+// built-in replies answer it.
 package main
 
 import (
@@ -26,7 +27,8 @@ type slow struct {
 }
 
 func (s slow) Decide(ctx context.Context, m *wechat.Message) (*wechat.Reply, error) {
-	if strings.HasPrefix(m.Content, "slow") {
+	scene, _, _ := m.SceneCandidate()
+	if strings.HasPrefix(m.Content, "slow") || strings.HasPrefix(scene, "slow") {
 		select {
 		case <-time.After(s.delay): // the slowness under test
 		case <-ctx.Done():

@@ -361,3 +361,46 @@ func TestMessagesCarryATTLSceneEventsDoNot(t *testing.T) {
 		}
 	}
 }
+
+// An event answered without its reply is marked so, for the late reply:
+// a copy in WXGATE_UNANSWERED with the reason and the event's sequence.
+func TestUnansweredCopyIsMarked(t *testing.T) {
+	r := newRestartable(t)
+	nc := r.connect()
+	in, _ := newIntake(t, nc, 100)
+	m := textEvent(7)
+	raw := m.AppendXML(nil)
+	rc, err := in.Publish(m, raw, time.Now())
+	if err != nil || rc.Seq == 0 {
+		t.Fatalf("publish = %+v %v", rc, err)
+	}
+	in.Unanswered(m, raw, time.Now(), rc, "timeout")
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stored *jetstream.RawStreamMsg
+	wait.For(t, wait.Short, wait.Every, func() error {
+		s, err := js.Stream(context.Background(), events.Unanswered)
+		if err != nil {
+			return err
+		}
+		stored, err = s.GetMsg(context.Background(), 1)
+		return err
+	})
+	if stored.Subject != events.UnansweredPrefix+m.Subject() || string(stored.Data) != string(raw) {
+		t.Errorf("copy = %s %q", stored.Subject, stored.Data)
+	}
+	if got := stored.Header.Get(events.HeaderReason); got != "timeout" {
+		t.Errorf("%s = %q, want timeout", events.HeaderReason, got)
+	}
+	if got := stored.Header.Get(events.HeaderEventSeq); got != fmt.Sprint(rc.Seq) {
+		t.Errorf("%s = %q, want %d", events.HeaderEventSeq, got, rc.Seq)
+	}
+	wait.For(t, wait.Short, wait.Every, func() error { // counted once the flusher has its ack
+		if got := testutil.ToFloat64(in.metrics.unanswered); got != 1 {
+			return fmt.Errorf("unanswered = %v, want 1", got)
+		}
+		return nil
+	})
+}
