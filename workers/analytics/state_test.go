@@ -1,6 +1,7 @@
 package analytics
 
 import (
+	"errors"
 	"math/rand/v2"
 	"reflect"
 	"strconv"
@@ -131,4 +132,39 @@ func FuzzDecodeState(f *testing.F) {
 			t.Fatalf("a decoded snapshot does not decode again: %v", err)
 		}
 	})
+}
+
+// The leader starts a new consumer when the one it has does not deliver:
+// five seconds of failing info, or of events pending with none applied.
+func TestStallCheck(t *testing.T) {
+	infoErr := errors.New("no responders")
+	type tick struct {
+		pending uint64
+		err     error
+		seq     uint64
+	}
+	for _, c := range []struct {
+		name   string
+		ticks  []tick
+		stalls bool
+	}{
+		{"idle", []tick{{0, nil, 5}, {0, nil, 5}, {0, nil, 5}, {0, nil, 5}, {0, nil, 5}, {0, nil, 5}}, false},
+		{"applying", []tick{{9, nil, 1}, {9, nil, 2}, {9, nil, 3}, {9, nil, 4}, {9, nil, 5}, {9, nil, 6}}, false},
+		{"pending, nothing applied", []tick{{9, nil, 5}, {9, nil, 5}, {9, nil, 5}, {9, nil, 5}, {9, nil, 5}, {9, nil, 5}}, true},
+		{"info failing", []tick{{0, infoErr, 5}, {0, infoErr, 5}, {0, infoErr, 5}, {0, infoErr, 5}, {0, infoErr, 5}}, true},
+		{"info failing, then answering", []tick{{0, infoErr, 5}, {0, infoErr, 5}, {0, infoErr, 5}, {0, infoErr, 5}, {0, nil, 5}, {0, infoErr, 5}}, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var s stall
+			var err error
+			for _, tk := range c.ticks {
+				if err = s.check(tk.pending, tk.err, tk.seq); err != nil {
+					break
+				}
+			}
+			if (err != nil) != c.stalls {
+				t.Errorf("stalled: %v, want %v", err, c.stalls)
+			}
+		})
+	}
 }
