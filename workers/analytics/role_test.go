@@ -256,6 +256,35 @@ func TestReplacedStreamIsCountedFromItsStart(t *testing.T) {
 	f.totals(r, "poster", want("poster", 0, 3, 0, 3, 0))
 }
 
+// The leader's consumer deleted from under it (by an operator, or lost
+// with a server): a new one carries on from the state, nothing counted
+// twice or missed.
+func TestDeletedConsumerIsReplaced(t *testing.T) {
+	f := newFixture(t)
+	r, _ := f.role(RoleOptions{})
+	f.event("SCAN", "alice", "poster")
+	f.totals(r, "poster", want("poster", 0, 1, 0, 1, 0))
+	ctx := context.Background()
+	s, err := f.js.Stream(ctx, events.Stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := s.ConsumerNames(ctx)
+	deleted := 0
+	for name := range names.Name() {
+		if err := s.DeleteConsumer(ctx, name); err != nil {
+			t.Fatal(err)
+		}
+		deleted++
+	}
+	if names.Err() != nil || deleted == 0 {
+		t.Fatalf("consumers deleted: %d (%v), want the leader's", deleted, names.Err())
+	}
+	f.event("SCAN", "bob", "poster")
+	f.event("SCAN", "alice", "poster")
+	f.totals(r, "poster", want("poster", 0, 3, 0, 2, 0))
+}
+
 // A rebuild recomputes every total from the stream: the same values, a
 // new epoch, and scenes the stream no longer explains are dropped.
 func TestRebuildFromTheStream(t *testing.T) {
