@@ -34,7 +34,7 @@ func TestLongScenesThroughRealPipelines(t *testing.T) {
 	s := wechat.Sender{Token: token}
 	// ingress is the admin listener that counts rejected scenes; admins
 	// are every process that must stay ready.
-	check := func(t *testing.T, url, ingress string, admins ...string) {
+	check := func(t *testing.T, url, ingress, counts string, admins ...string) {
 		t.Helper()
 		for i, scene := range longScenes {
 			if code, body := post(t, s, url, scanXML("o_long", scene, 1700000000+int64(i))); code != 200 || body != "success" {
@@ -51,20 +51,26 @@ func TestLongScenesThroughRealPipelines(t *testing.T) {
 			t.Errorf("long admin path = %d, want 400", code)
 		}
 		expectEcho(t, s, url, "after the long path")
+		// The leader got past the long scenes: a real one after them counts,
+		// and they count for nothing.
+		if code, body := post(t, s, url, scanXML("o_after", "after_long", 1700000100)); code != 200 || !strings.Contains(body, "after_long") {
+			t.Fatalf("scan after the long scenes = %d %q", code, body)
+		}
+		waitCounts(t, counts, map[string]int{"after_long": 1})
 	}
 	t.Run("distributed", func(t *testing.T) {
 		ns := startNATS(t)
 		w1, w2 := startWorker(t, ns.url), startWorker(t, ns.url)
 		_, url, admin := startIngress(t, "NATS_URL="+ns.url)
 		waitReady(t, admin, w1.admin, w2.admin)
-		check(t, url, admin, admin, w1.admin, w2.admin)
+		check(t, url, admin, w1.admin, admin, w1.admin, w2.admin)
 	})
 	t.Run("standalone", func(t *testing.T) {
 		p := start(t, "ingress", []string{"WECHAT_TOKEN=" + token, "HTTP_ADDR=127.0.0.1:0", "ADMIN_ADDR=127.0.0.1:0", "DATA_DIR=" + t.TempDir()}, "-standalone", "-nats-listen", "")
 		url := "http://" + p.listenAddr(t, "http") + "/wechat"
 		admin := p.listenAddr(t, "admin")
 		waitReady(t, admin)
-		check(t, url, admin, admin)
+		check(t, url, admin, admin, admin)
 	})
 }
 
