@@ -115,13 +115,7 @@ func TestHeldWhileNATSIsDownThenFlushed(t *testing.T) {
 	r := newRestartable(t)
 	nc := r.connect()
 	in, reg := newIntake(t, nc, 300)
-	r.stop()
-	wait.For(t, wait.Short, wait.Every, func() error {
-		if nc.IsConnected() {
-			return errors.New("still connected")
-		}
-		return nil
-	})
+	disconnect(t, r, nc)
 	for i := 0; i < 300; i++ {
 		m := scanEvent(i)
 		if rc, err := in.Publish(m, m.AppendXML(nil), time.Now()); err != nil || !rc.Held {
@@ -139,12 +133,7 @@ func TestHeldWhileNATSIsDownThenFlushed(t *testing.T) {
 		t.Errorf("dropped{full} = %v, want 1", got)
 	}
 	r.start()
-	wait.For(t, wait.Long, wait.Every, func() error {
-		if n := in.held(); n > 0 {
-			return fmt.Errorf("%v still held", n)
-		}
-		return nil
-	})
+	waitFlushed(t, in)
 	if n := streamMsgs(t, nc); n != 300 {
 		t.Errorf("stream holds %d events, want 300", n)
 	}
@@ -219,13 +208,7 @@ func TestCloseFlushesThenCountsWhatIsLeft(t *testing.T) {
 	r := newRestartable(t)
 	nc := r.connect()
 	in, _ := newIntake(t, nc, 100)
-	r.stop()
-	wait.For(t, wait.Short, wait.Every, func() error {
-		if nc.IsConnected() {
-			return errors.New("still connected")
-		}
-		return nil
-	})
+	disconnect(t, r, nc)
 	for i := 0; i < 5; i++ {
 		m := scanEvent(i)
 		if _, err := in.Publish(m, m.AppendXML(nil), time.Now()); err != nil {
@@ -240,6 +223,17 @@ func TestCloseFlushesThenCountsWhatIsLeft(t *testing.T) {
 	if got := testutil.ToFloat64(in.metrics.dropped.WithLabelValues("event", "shutdown")); got != 5 {
 		t.Errorf("dropped{shutdown} = %v, want 5", got)
 	}
+}
+
+// waitFlushed waits until the intake holds nothing.
+func waitFlushed(t *testing.T, in *Intake) {
+	t.Helper()
+	wait.For(t, wait.Long, wait.Every, func() error {
+		if n := in.held(); n > 0 {
+			return fmt.Errorf("%v still held", n)
+		}
+		return nil
+	})
 }
 
 // disconnect stops r's server and waits until nc knows.
@@ -280,12 +274,7 @@ func TestHeldMessagesOnAStreamWithoutTTL(t *testing.T) {
 		}
 	}
 	r.start()
-	wait.For(t, wait.Long, wait.Every, func() error {
-		if n := in.held(); n > 0 {
-			return fmt.Errorf("%v still held", n)
-		}
-		return nil
-	})
+	waitFlushed(t, in)
 	if n := streamMsgs(t, nc); n != 6 {
 		t.Errorf("stream holds %d events, want 6", n)
 	}

@@ -15,13 +15,11 @@ import (
 	"github.com/wxgate/wxgate/ingress/gateway"
 	"github.com/wxgate/wxgate/ingress/intake"
 	"github.com/wxgate/wxgate/shared/config"
-	"github.com/wxgate/wxgate/shared/health"
 	"github.com/wxgate/wxgate/shared/metricstest"
 	"github.com/wxgate/wxgate/shared/natstest"
 	"github.com/wxgate/wxgate/shared/wait"
 	"github.com/wxgate/wxgate/shared/wechat"
 	"github.com/wxgate/wxgate/workers/reply"
-	"github.com/wxgate/wxgate/workers/worker"
 	"github.com/wxgate/wxgate/wxsim/api"
 )
 
@@ -64,17 +62,8 @@ func TestRetryWhileHeldAfterALateReply(t *testing.T) {
 	t.Cleanup(fs.Close)
 	cfg := config.Defaults()
 	cfg.AppID, cfg.AppSecret, cfg.APIBase = "wx_late", "late-secret", fs.URL
-	reg := prometheus.NewRegistry()
-	hc, err := health.New(reg)
-	if err != nil {
-		t.Fatal(err)
-	}
 	d := &slowOnce{Replier: reply.NewReplier(cfg.Replies)}
-	w, err := worker.Start(worker.Options{Conn: natstest.Connect(t, srv), Config: cfg, Logger: quiet, Registerer: reg, Health: hc, Decider: d})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = w.Stop(context.Background()) })
+	w, _ := startWorker(t, srv, cfg, d)
 	wait.For(t, wait.Short, wait.Every, w.Late.Check)
 
 	nc, ireg := natstest.Connect(t, srv), prometheus.NewRegistry()
@@ -124,16 +113,7 @@ func TestLateReplyOff(t *testing.T) {
 	srv := natstest.RunServer(t)
 	cfg := config.Defaults()
 	cfg.AppID, cfg.AppSecret, cfg.APIBase, cfg.LateReply = "wx_late", "late-secret", "http://127.0.0.1:1", config.LateReplyOff
-	reg := prometheus.NewRegistry()
-	hc, err := health.New(reg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := worker.Start(worker.Options{Conn: natstest.Connect(t, srv), Config: cfg, Logger: quiet, Registerer: reg, Health: hc})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = w.Stop(context.Background()) })
+	w, reg := startWorker(t, srv, cfg, nil)
 	if w.Late != nil {
 		t.Fatal("a late-reply sender runs with LATE_REPLY=off")
 	}

@@ -62,25 +62,12 @@ func newCluster(t *testing.T, maxScenes int, decider ...reply.Decider) *cluster 
 	c := &cluster{t: t, srv: natstest.RunServer(t), sender: wechat.Sender{Token: token}}
 	cfg := config.Defaults()
 	cfg.AnalyticsMaxScenes = maxScenes
+	var d reply.Decider
+	if len(decider) > 0 {
+		d = decider[0]
+	}
 	for i := 0; i < 2; i++ {
-		reg := prometheus.NewRegistry()
-		hc, err := health.New(reg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		o := worker.Options{Conn: natstest.Connect(t, c.srv), Config: cfg, Logger: quiet, Registerer: reg, Health: hc}
-		if len(decider) > 0 {
-			o.Decider = decider[0]
-		}
-		w, err := worker.Start(o)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			_ = w.Stop(ctx)
-		})
+		w, reg := startWorker(t, c.srv, cfg, d)
 		select {
 		case <-w.Analytics.Ready():
 		case <-time.After(30 * time.Second):
@@ -113,6 +100,27 @@ func newCluster(t *testing.T, maxScenes int, decider ...reply.Decider) *cluster 
 	}
 	c.js = js
 	return c
+}
+
+// startWorker starts a worker on its own connection to srv (d nil: the
+// built-in replies), stopped with the test.
+func startWorker(t *testing.T, srv *bus.Embedded, cfg config.Config, d reply.Decider) (*worker.Worker, *prometheus.Registry) {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	hc, err := health.New(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := worker.Start(worker.Options{Conn: natstest.Connect(t, srv), Config: cfg, Logger: quiet, Registerer: reg, Health: hc, Decider: d})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = w.Stop(ctx)
+	})
+	return w, reg
 }
 
 // send posts msg to a random ingress, then repeats it retries more times,
@@ -355,16 +363,7 @@ func TestRepliesWithoutJetStreamAndDedupOff(t *testing.T) {
 	t.Cleanup(srv.Close)
 	cfg := config.Defaults()
 	cfg.DedupTTL, cfg.WorkerRoles = 0, []string{"replies"}
-	reg := prometheus.NewRegistry()
-	hc, err := health.New(reg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := worker.Start(worker.Options{Conn: natstest.Connect(t, srv), Config: cfg, Logger: quiet, Registerer: reg, Health: hc})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = w.Stop(context.Background()) })
+	startWorker(t, srv, cfg, nil)
 	nc := natstest.Connect(t, srv)
 	ask := func(m *wechat.Message) (string, error) {
 		resp, err := nc.Request(m.Subject(), m.AppendXML(nil), 5*time.Second)
