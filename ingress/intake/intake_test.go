@@ -117,10 +117,7 @@ func TestHeldWhileNATSIsDownThenFlushed(t *testing.T) {
 	in, reg := newIntake(t, nc, 300)
 	disconnect(t, r, nc)
 	for i := 0; i < 300; i++ {
-		m := scanEvent(i)
-		if rc, err := in.Publish(m, m.AppendXML(nil), time.Now()); err != nil || !rc.Held {
-			t.Fatalf("event %d with NATS down = %+v %v, want held", i, rc, err)
-		}
+		mustHold(t, in, scanEvent(i))
 	}
 	m := scanEvent(300)
 	if _, err := in.Publish(m, m.AppendXML(nil), time.Now()); !errors.Is(err, ErrFull) {
@@ -210,10 +207,7 @@ func TestCloseFlushesThenCountsWhatIsLeft(t *testing.T) {
 	in, _ := newIntake(t, nc, 100)
 	disconnect(t, r, nc)
 	for i := 0; i < 5; i++ {
-		m := scanEvent(i)
-		if _, err := in.Publish(m, m.AppendXML(nil), time.Now()); err != nil {
-			t.Fatal(err)
-		}
+		mustHold(t, in, scanEvent(i))
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
@@ -222,6 +216,14 @@ func TestCloseFlushesThenCountsWhatIsLeft(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(in.metrics.dropped.WithLabelValues("event", "shutdown")); got != 5 {
 		t.Errorf("dropped{shutdown} = %v, want 5", got)
+	}
+}
+
+// mustHold publishes m, which the intake must hold (JetStream away).
+func mustHold(t *testing.T, in *Intake, m *wechat.Message) {
+	t.Helper()
+	if rc, err := in.Publish(m, m.AppendXML(nil), time.Now()); err != nil || !rc.Held {
+		t.Fatalf("%s from %s = %+v %v, want held", m.MsgType, m.FromUserName, rc, err)
 	}
 }
 
@@ -269,9 +271,7 @@ func TestHeldMessagesOnAStreamWithoutTTL(t *testing.T) {
 		if i%2 == 1 {
 			m = scanEvent(i)
 		}
-		if rc, err := in.Publish(m, m.AppendXML(nil), time.Now()); err != nil || !rc.Held {
-			t.Fatalf("event %d with NATS down = %+v %v, want held", i, rc, err)
-		}
+		mustHold(t, in, m)
 	}
 	r.start()
 	waitFlushed(t, in)
@@ -291,10 +291,7 @@ func TestCloseFlushesWhenNATSReturns(t *testing.T) {
 	in, _ := newIntake(t, nc, 100)
 	disconnect(t, r, nc)
 	for i := 0; i < 50; i++ {
-		m := scanEvent(i)
-		if rc, err := in.Publish(m, m.AppendXML(nil), time.Now()); err != nil || !rc.Held {
-			t.Fatalf("event %d = %+v %v, want held", i, rc, err)
-		}
+		mustHold(t, in, scanEvent(i))
 	}
 	closed := make(chan error, 1)
 	go func() {
