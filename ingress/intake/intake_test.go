@@ -227,6 +227,20 @@ func mustHold(t *testing.T, in *Intake, m *wechat.Message) {
 	}
 }
 
+// wantAllStored checks that the stream holds n events and the intake
+// dropped none, for any reason.
+func wantAllStored(t *testing.T, nc *nats.Conn, in *Intake, n uint64) {
+	t.Helper()
+	if got := streamMsgs(t, nc); got != n {
+		t.Errorf("stream holds %d events, want %d", got, n)
+	}
+	for _, reason := range []string{"full", "refused", "shutdown"} {
+		if got := testutil.ToFloat64(in.metrics.dropped.WithLabelValues("event", reason)); got != 0 {
+			t.Errorf("dropped{%s} = %v, want 0", reason, got)
+		}
+	}
+}
+
 // waitFlushed waits until the intake holds nothing.
 func waitFlushed(t *testing.T, in *Intake) {
 	t.Helper()
@@ -275,12 +289,7 @@ func TestHeldMessagesOnAStreamWithoutTTL(t *testing.T) {
 	}
 	r.start()
 	waitFlushed(t, in)
-	if n := streamMsgs(t, nc); n != 6 {
-		t.Errorf("stream holds %d events, want 6", n)
-	}
-	if got := testutil.ToFloat64(in.metrics.dropped.WithLabelValues("event", "refused")); got != 0 {
-		t.Errorf("dropped{refused} = %v, want 0", got)
-	}
+	wantAllStored(t, nc, in, 6)
 }
 
 // SIGTERM while events are held and NATS comes back within the grace:
@@ -308,12 +317,7 @@ func TestCloseFlushesWhenNATSReturns(t *testing.T) {
 	case <-time.After(wait.Long + 5*time.Second):
 		t.Fatal("Close did not return")
 	}
-	if n := streamMsgs(t, nc); n != 50 {
-		t.Errorf("stream holds %d events, want 50", n)
-	}
-	if got := testutil.ToFloat64(in.metrics.dropped.WithLabelValues("event", "shutdown")); got != 0 {
-		t.Errorf("dropped{shutdown} = %v, want 0", got)
-	}
+	wantAllStored(t, nc, in, 50)
 }
 
 // Messages (personal data) carry a per-message TTL; scene events do not:
