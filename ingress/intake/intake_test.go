@@ -177,11 +177,10 @@ func TestRefusedEventDoesNotBlockTheQueue(t *testing.T) {
 	}
 }
 
-// A stream made without per-message TTLs (an older one) still stores
-// messages: without the TTL, for the stream's age.
-func TestStreamWithoutMessageTTL(t *testing.T) {
-	r := newRestartable(t)
-	nc := r.connect()
+// createStreamWithoutTTL makes the event stream as a version before
+// per-message TTLs did.
+func createStreamWithoutTTL(t *testing.T, nc *nats.Conn) {
+	t.Helper()
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
@@ -191,6 +190,14 @@ func TestStreamWithoutMessageTTL(t *testing.T) {
 	if _, err := js.CreateStream(context.Background(), cfg); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// A stream made without per-message TTLs (an older one) still stores
+// messages: without the TTL, for the stream's age.
+func TestStreamWithoutMessageTTL(t *testing.T) {
+	r := newRestartable(t)
+	nc := r.connect()
+	createStreamWithoutTTL(t, nc)
 	in, _ := newIntake(t, nc, 100)
 	for i, m := range []*wechat.Message{textEvent(1), scanEvent(2)} {
 		if rc, err := in.Publish(m, m.AppendXML(nil), time.Now()); err != nil || rc.Held || rc.Refused || rc.Seq != uint64(i+1) {
@@ -269,15 +276,7 @@ func disconnect(t *testing.T, r *restartable, nc *nats.Conn) {
 func TestHeldMessagesOnAStreamWithoutTTL(t *testing.T) {
 	r := newRestartable(t)
 	nc := r.connect()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := events.Config(events.Defaults())
-	cfg.AllowMsgTTL = false
-	if _, err := js.CreateStream(context.Background(), cfg); err != nil {
-		t.Fatal(err)
-	}
+	createStreamWithoutTTL(t, nc)
 	in, _ := newIntake(t, nc, 100)
 	disconnect(t, r, nc)
 	for i := 0; i < 6; i++ {
