@@ -234,10 +234,12 @@ func (c *Config) FromEnv(lookup func(string) (string, bool)) error {
 		}
 	}
 	dur("WECHAT_TIMESTAMP_SKEW", &c.TimestampSkew)
-	if c.TimestampSkew > EventsDuplicateWindow {
-		// A replay accepted after the stream forgot the original would be
-		// stored, and counted, a second time.
-		errs = append(errs, fmt.Errorf("WECHAT_TIMESTAMP_SKEW=%s: at most %s, the event stream's duplicate window (0 turns the check off)", shortDuration(c.TimestampSkew), shortDuration(EventsDuplicateWindow)))
+	if c.TimestampSkew > EventsDuplicateWindow/2 {
+		// A request is accepted from skew before its timestamp to skew
+		// after it: a replay accepted after the stream forgot the original
+		// (the duplicate window from its arrival) would be stored, and
+		// counted, a second time.
+		errs = append(errs, fmt.Errorf("WECHAT_TIMESTAMP_SKEW=%s: at most %s, half the event stream's duplicate window (0 turns the check off)", shortDuration(c.TimestampSkew), shortDuration(EventsDuplicateWindow/2)))
 	}
 	str("NATS_URL", &c.NATSURL)
 	dur("REPLY_TIMEOUT", &c.ReplyTimeout)

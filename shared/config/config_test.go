@@ -139,9 +139,9 @@ func TestFromEnvRefusesWhatCannotWork(t *testing.T) {
 		{"MAX_BODY_BYTES", "4000000", "MAX_BODY_BYTES"},
 		{"MAX_BODY_BYTES", "9223372036854775807", "MAX_BODY_BYTES"},
 		{"REPLY_TIMEOUT", "4999ms", ""},
-		{"WECHAT_TIMESTAMP_SKEW", "10m", ""},
+		{"WECHAT_TIMESTAMP_SKEW", "5m", ""},
 		{"WECHAT_TIMESTAMP_SKEW", "0", ""},
-		{"WECHAT_TIMESTAMP_SKEW", "11m", "WECHAT_TIMESTAMP_SKEW=11m: at most 10m, the event stream's duplicate window"},
+		{"WECHAT_TIMESTAMP_SKEW", "6m", "WECHAT_TIMESTAMP_SKEW=6m: at most 5m, half the event stream's duplicate window"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.key+"="+tt.value, func(t *testing.T) {

@@ -218,7 +218,15 @@ func (a *applier) run(ctx context.Context) error {
 	a.cons, a.consumer = cons, ""
 	msgs := make(chan jetstream.Msg, 4*maxBatch)
 	failed := make(chan error, 1)
-	cc, err := cons.Consume(func(m jetstream.Msg) { msgs <- m },
+	// stop releases a delivery blocked on a full msgs once run returns:
+	// nats.go closes the subscription only after its callback returns.
+	stop := make(chan struct{})
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		select {
+		case msgs <- m:
+		case <-stop: // not applied: the next run starts after a.st.seq
+		}
+	},
 		jetstream.PullMaxMessages(2*maxBatch),
 		// Short pulls and heartbeats: a consumer left on a server that is
 		// gone is noticed in seconds (and reset by nats.go), not minutes.
@@ -238,6 +246,7 @@ func (a *applier) run(ctx context.Context) error {
 		return fmt.Errorf("consume: %w", err)
 	}
 	defer func() {
+		close(stop)
 		cc.Stop()
 		<-cc.Closed()
 	}()
@@ -297,6 +306,13 @@ func (a *applier) run(ctx context.Context) error {
 				a.logger.Warn("analytics snapshot not written", "err", err)
 			}
 		case <-second.C:
+			// The stream replaced under an idle consumer: nats.go's reset
+			// starts it at the old sequence in the new stream, where it may
+			// wait with nothing pending, unseen by the stall check.
+			if changed, _ := a.sameStream(ctx); changed {
+				a.finish()
+				return errStreamChanged
+			}
 			if asked, err := a.rebuildAsked(ctx); err != nil {
 				a.logger.Debug("analytics rebuild check", "err", err)
 			} else if asked {
@@ -352,10 +368,15 @@ func (a *applier) applyMsg(ctx context.Context, m jetstream.Msg) error {
 		return nil
 	}
 	if meta.Consumer != a.consumer {
-		if a.consumer != "" {
-			if err := a.sameStream(ctx); err != nil {
-				return err
-			}
+		// The first event of a run, or the first since nats.go made the
+		// consumer again: the stream may have been replaced since run
+		// looked (an idle leader, NATS restarted without its data).
+		changed, err := a.sameStream(ctx)
+		if changed {
+			return errStreamChanged
+		}
+		if err != nil {
+			return fmt.Errorf("%w: %w", errStreamChanged, err) // cannot tell: start again and look
 		}
 		a.consumer = meta.Consumer
 	}
@@ -385,19 +406,19 @@ func (a *applier) applyMsg(ctx context.Context, m jetstream.Msg) error {
 	return nil
 }
 
-// sameStream checks, after the ordered consumer was made again, that the
-// stream is still the one the state counts (by its creation time).
-func (a *applier) sameStream(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+// sameStream reports whether the stream is no longer the one the state
+// counts (by its creation time); err when the server cannot tell.
+func (a *applier) sameStream(ctx context.Context) (changed bool, err error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	s, err := a.js.Stream(ctx, events.Stream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return true, nil
+	}
 	if err != nil {
-		return fmt.Errorf("%w: %w", errStreamChanged, err)
+		return false, fmt.Errorf("stream %s: %w", events.Stream, err)
 	}
-	if s.CachedInfo().Created.UnixNano() != a.st.stream {
-		return errStreamChanged
-	}
-	return nil
+	return s.CachedInfo().Created.UnixNano() != a.st.stream, nil
 }
 
 // flush writes the totals of every scene changed since the last flush,
@@ -454,8 +475,10 @@ func (a *applier) flush(ctx context.Context) error {
 			case err == nil:
 				a.known[key] = docRev{doc, rev}
 				sc.dirty = false
-			case errors.Is(err, jetstream.ErrKeyExists):
-				conflicts++ // written meanwhile: read it at the next flush
+			case errors.Is(err, jetstream.ErrKeyExists), isWrongLastSequence(err):
+				// Written meanwhile (over a tombstone, Create returns the
+				// server's error as it is): read it at the next flush.
+				conflicts++
 			default:
 				return fmt.Errorf("write %s: %w", key, err)
 			}

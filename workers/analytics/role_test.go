@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -451,4 +452,92 @@ func TestRoleGivesUpWhenJetStreamRefuses(t *testing.T) {
 	if err := role.Check(); err == nil {
 		t.Error("role ready without its bucket")
 	}
+}
+
+// NATS restarted without its data while the leader is idle: nats.go makes
+// the ordered consumer again on the new stream, whose events must be
+// counted once, from its start, not as the old stream's continuation and
+// then again.
+func TestIdleLeaderNATSRestartedWithoutData(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	start := func() *bus.Embedded {
+		s, err := bus.RunEmbedded(bus.EmbeddedOptions{Listen: addr, StoreDir: t.TempDir(), Name: "restarted", Token: "tok"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	srv := start()
+	connect := func() *nats.Conn {
+		nc, err := nats.Connect("nats://"+addr, nats.Token("tok"), nats.MaxReconnects(-1), nats.ReconnectWait(20*time.Millisecond))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		return nc
+	}
+	f := &fixture{t: t, srv: srv}
+	tc := connect()
+	if f.js, err = jetstream.New(tc); err != nil {
+		t.Fatal(err)
+	}
+	if err := events.Ensure(context.Background(), f.js, events.Defaults()); err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	r, err := StartRole(RoleOptions{Conn: connect(), Logger: quiet, Registerer: reg, Lease: 600 * time.Millisecond, FlushEvery: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = r.Stop(ctx)
+	})
+	// Leading, with its consumer, and no event delivered yet.
+	wait.For(t, wait.Short, wait.Every, func() error {
+		s, err := r.Store(context.Background())
+		if err != nil {
+			return err
+		}
+		if _, ok, err := s.Status(context.Background()); err != nil || !ok {
+			return fmt.Errorf("no status yet: %v", err)
+		}
+		return nil
+	})
+
+	srv.Close()
+	srv = start() // the same address, an empty store
+	t.Cleanup(srv.Close)
+	wait.For(t, wait.Short, wait.Every, func() error {
+		if !tc.IsConnected() {
+			return errors.New("not reconnected")
+		}
+		return events.Ensure(context.Background(), f.js, events.Defaults()) // as the ingress does
+	})
+	for _, who := range []string{"a", "b", "c", "d", "e"} {
+		f.event("SCAN", who, "poster")
+	}
+	// Settled: the analytics were set up again on the new server, and the
+	// leader has applied the new stream's five events.
+	wait.For(t, wait.Long, wait.Every, func() error {
+		if v, _ := metricstest.Lookup(reg, "wxgate_analytics_consumer_rebuilds_total", nil); v < 1 {
+			return fmt.Errorf("set-ups %v", v)
+		}
+		s, err := r.Store(context.Background())
+		if err != nil {
+			return err
+		}
+		st, ok, err := s.Status(context.Background())
+		if err != nil || !ok || st.AppliedSeq != 5 || st.Pending != 0 || st.Epoch < 1 {
+			return fmt.Errorf("status %+v %v %v", st, ok, err)
+		}
+		return nil
+	})
+	f.totals(r, "poster", want("poster", 0, 5, 0, 5, 0))
 }
