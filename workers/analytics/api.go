@@ -68,13 +68,11 @@ func API(store StoreFunc, token string) http.Handler {
 			apiError(w, http.StatusBadRequest, "limit must be 1..1000 and offset 0 or more")
 			return
 		}
-		ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
-		defer cancel()
-		s, err := store(ctx)
-		if err != nil {
-			apiError(w, http.StatusServiceUnavailable, "totals store unavailable")
+		ctx, s, cancel, ok := openStore(w, r, store)
+		if !ok {
 			return
 		}
+		defer cancel()
 		all, err := s.Scenes(ctx)
 		if err != nil {
 			apiError(w, http.StatusServiceUnavailable, "totals store unavailable")
@@ -100,13 +98,6 @@ func API(store StoreFunc, token string) http.Handler {
 		writeJSON(w, http.StatusOK, page)
 	})
 	mux.HandleFunc("GET /api/scenes/{scene}", func(w http.ResponseWriter, r *http.Request) {
-		ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
-		defer cancel()
-		s, err := store(ctx)
-		if err != nil {
-			apiError(w, http.StatusServiceUnavailable, "totals store unavailable")
-			return
-		}
 		scene := r.PathValue("scene")
 		if p := wechat.SceneProblem(scene); p != "" {
 			// Checked before it becomes a KV key: a path of any length
@@ -114,6 +105,11 @@ func API(store StoreFunc, token string) http.Handler {
 			apiError(w, http.StatusBadRequest, "scene must be 1 to 64 characters of UTF-8 ("+p+")")
 			return
 		}
+		ctx, s, cancel, ok := openStore(w, r, store)
+		if !ok {
+			return
+		}
+		defer cancel()
 		t, ok, err := s.Scene(ctx, scene)
 		switch {
 		case err != nil:
@@ -125,13 +121,11 @@ func API(store StoreFunc, token string) http.Handler {
 		}
 	})
 	mux.HandleFunc("GET /api/analytics", func(w http.ResponseWriter, r *http.Request) {
-		ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
-		defer cancel()
-		s, err := store(ctx)
-		if err != nil {
-			apiError(w, http.StatusServiceUnavailable, "totals store unavailable")
+		ctx, s, cancel, ok := openStore(w, r, store)
+		if !ok {
 			return
 		}
+		defer cancel()
 		st, ok, err := s.Status(ctx)
 		switch {
 		case err != nil:
@@ -143,13 +137,11 @@ func API(store StoreFunc, token string) http.Handler {
 		}
 	})
 	mux.HandleFunc("POST /api/analytics/rebuild", func(w http.ResponseWriter, r *http.Request) {
-		ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
-		defer cancel()
-		s, err := store(ctx)
-		if err != nil {
-			apiError(w, http.StatusServiceUnavailable, "totals store unavailable")
+		ctx, s, cancel, ok := openStore(w, r, store)
+		if !ok {
 			return
 		}
+		defer cancel()
 		req, err := s.RequestRebuild(ctx)
 		if err != nil {
 			apiError(w, http.StatusServiceUnavailable, "rebuild not requested: analytics bucket unavailable")
@@ -161,6 +153,19 @@ func API(store StoreFunc, token string) http.Handler {
 		})
 	})
 	return admin.RequireToken(token, mux)
+}
+
+// openStore opens the store for one request, within 10 seconds; when it
+// cannot, it answers 503 and ok is false.
+func openStore(w http.ResponseWriter, r *http.Request, store StoreFunc) (ctx context.Context, s *Store, cancel context.CancelFunc, ok bool) {
+	ctx, cancel = context.WithTimeout(r.Context(), 10*time.Second)
+	s, err := store(ctx)
+	if err != nil {
+		cancel()
+		apiError(w, http.StatusServiceUnavailable, "totals store unavailable")
+		return nil, nil, nil, false
+	}
+	return ctx, s, cancel, true
 }
 
 func intParam(s string, def, lo, hi int) (int, error) {
