@@ -148,11 +148,6 @@ type ReplyTexts struct {
 	Default           string // REPLY_DEFAULT, for other message types; empty: no reply
 }
 
-// EventsDuplicateWindow is the event stream's duplicate window
-// (shared/events.Duplicates). JetStream refuses a stream whose MaxAge is
-// shorter, and a message kept less long would be stored again by a replay.
-const EventsDuplicateWindow = 10 * time.Minute
-
 // A callback body travels as one NATS message, with its headers beside it.
 const (
 	// NATSMaxPayload is NATS's default max_payload.
@@ -234,12 +229,12 @@ func (c *Config) FromEnv(lookup func(string) (string, bool)) error {
 		}
 	}
 	dur("WECHAT_TIMESTAMP_SKEW", &c.TimestampSkew)
-	if c.TimestampSkew > EventsDuplicateWindow/2 {
+	if c.TimestampSkew > events.Duplicates/2 {
 		// A request is accepted from skew before its timestamp to skew
 		// after it: a replay accepted after the stream forgot the original
 		// (the duplicate window from its arrival) would be stored, and
 		// counted, a second time.
-		errs = append(errs, fmt.Errorf("WECHAT_TIMESTAMP_SKEW=%s: at most %s, half the event stream's duplicate window (0 turns the check off)", shortDuration(c.TimestampSkew), shortDuration(EventsDuplicateWindow/2)))
+		errs = append(errs, fmt.Errorf("WECHAT_TIMESTAMP_SKEW=%s: at most %s, half the event stream's duplicate window (0 turns the check off)", shortDuration(c.TimestampSkew), shortDuration(events.Duplicates/2)))
 	}
 	str("NATS_URL", &c.NATSURL)
 	dur("REPLY_TIMEOUT", &c.ReplyTimeout)
@@ -273,12 +268,12 @@ func (c *Config) FromEnv(lookup func(string) (string, bool)) error {
 	num("JETSTREAM_REPLICAS", 1, 5, &c.JetStreamReplicas)
 	num("DEDUP_MEMORY_MB", 1, 1<<20, &c.DedupMemoryMB)
 	dur("EVENTS_MAX_AGE", &c.EventsMaxAge)
-	if r := c.EventsMaxAge; r > 0 && r < EventsDuplicateWindow {
-		errs = append(errs, fmt.Errorf("EVENTS_MAX_AGE=%s: must be 0 (keep) or at least %s, the duplicate window", shortDuration(r), shortDuration(EventsDuplicateWindow)))
+	if r := c.EventsMaxAge; r > 0 && r < events.Duplicates {
+		errs = append(errs, fmt.Errorf("EVENTS_MAX_AGE=%s: must be 0 (keep) or at least %s, the duplicate window", shortDuration(r), shortDuration(events.Duplicates)))
 	}
 	dur("MESSAGES_MAX_AGE", &c.MessagesMaxAge)
-	if r := c.MessagesMaxAge; r < EventsDuplicateWindow {
-		errs = append(errs, fmt.Errorf("MESSAGES_MAX_AGE=%s: must be at least %s, the duplicate window", shortDuration(r), shortDuration(EventsDuplicateWindow)))
+	if r := c.MessagesMaxAge; r < events.Duplicates {
+		errs = append(errs, fmt.Errorf("MESSAGES_MAX_AGE=%s: must be at least %s, the duplicate window", shortDuration(r), shortDuration(events.Duplicates)))
 	}
 	num("INTAKE_BUFFER", 1, 10_000_000, &c.IntakeBuffer)
 	if _, ok := lookup("ANALYTICS_RETENTION"); ok {

@@ -153,18 +153,6 @@ func UnansweredConfig(o Options) jetstream.StreamConfig {
 	}
 }
 
-// Validate checks what the server would refuse, with the variables named.
-func (o Options) Validate() error {
-	var errs []error
-	if o.MaxAge != 0 && o.MaxAge < Duplicates {
-		errs = append(errs, fmt.Errorf("EVENTS_MAX_AGE=%s: must be 0 (keep) or at least %s, the duplicate window", o.MaxAge, Duplicates))
-	}
-	if o.MessagesMaxAge != 0 && o.MessagesMaxAge < Duplicates {
-		errs = append(errs, fmt.Errorf("MESSAGES_MAX_AGE=%s: must be at least %s, the duplicate window", o.MessagesMaxAge, Duplicates))
-	}
-	return errors.Join(errs...)
-}
-
 // Create creates the streams that are missing and leaves existing ones as
 // they are: for processes that only write to them (the ingress), so that
 // their settings never change what the owner set (replicas, ages).
