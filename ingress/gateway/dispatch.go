@@ -16,11 +16,11 @@ import (
 
 // Intake makes an event durable before it is answered (ingress/intake).
 type Intake interface {
-	// Publish stores the event, or holds it while JetStream cannot take
-	// it; intake.ErrFull when neither.
-	Publish(m *wechat.Message, raw []byte, received time.Time) (intake.Receipt, error)
+	// Publish stores the event (key: m's dedup key), or holds it while
+	// JetStream cannot take it; intake.ErrFull when neither.
+	Publish(m *wechat.Message, key string, raw []byte, received time.Time) (intake.Receipt, error)
 	// Unanswered records an event answered "success" without its reply.
-	Unanswered(m *wechat.Message, raw []byte, received time.Time, r intake.Receipt, reason string)
+	Unanswered(m *wechat.Message, key string, raw []byte, received time.Time, r intake.Receipt, reason string)
 }
 
 // flight is one worker request that retries of the same message join
@@ -59,24 +59,25 @@ func (g *Gateway) once(ctx context.Context, m *wechat.Message, plain []byte, rec
 		g.mu.Unlock()
 		close(f.done)
 	}()
-	f.reply, f.outcome = g.dispatch(m, plain, received, deadline)
+	f.reply, f.outcome = g.dispatch(m, key, plain, received, deadline)
 	return f.reply, f.outcome
 }
 
-// dispatch makes the event durable, then asks a worker for the reply; an
-// event answered without its reply is recorded for a late one.
-func (g *Gateway) dispatch(m *wechat.Message, plain []byte, received, deadline time.Time) ([]byte, string) {
+// dispatch makes the event (key: its dedup key) durable, then asks a
+// worker for the reply; an event answered without its reply is recorded
+// for a late one.
+func (g *Gateway) dispatch(m *wechat.Message, key string, plain []byte, received, deadline time.Time) ([]byte, string) {
 	var rc intake.Receipt
 	if g.o.Intake != nil {
 		var err error
-		if rc, err = g.o.Intake.Publish(m, plain, received); err != nil {
+		if rc, err = g.o.Intake.Publish(m, key, plain, received); err != nil {
 			g.o.Logger.Error("event not accepted: the intake buffer is full", "subject", m.Subject(), "err", err)
 			return nil, outcomeUnavailable
 		}
 	}
-	reply, outcome, reason := g.request(m, plain, rc, received, deadline)
+	reply, outcome, reason := g.request(m, key, plain, rc, received, deadline)
 	if outcome == outcomeFallback && g.o.Intake != nil {
-		g.o.Intake.Unanswered(m, plain, received, rc, reason)
+		g.o.Intake.Unanswered(m, key, plain, received, rc, reason)
 	}
 	return reply, outcome
 }
@@ -84,7 +85,7 @@ func (g *Gateway) dispatch(m *wechat.Message, plain []byte, received, deadline t
 // request asks a worker for the reply. It returns the reply XML (nil for
 // "success"), the outcome and, for a fallback, its reason; it never waits
 // past deadline.
-func (g *Gateway) request(m *wechat.Message, plain []byte, rc intake.Receipt, received, deadline time.Time) ([]byte, string, string) {
+func (g *Gateway) request(m *wechat.Message, key string, plain []byte, rc intake.Receipt, received, deadline time.Time) ([]byte, string, string) {
 	subject := m.Subject()
 	if g.o.Local != nil {
 		reply, err := g.o.Local(plain)
@@ -106,7 +107,7 @@ func (g *Gateway) request(m *wechat.Message, plain []byte, rc intake.Receipt, re
 		Data:    plain,
 		Header: nats.Header{
 			bus.HeaderAccount:  []string{bus.Account(m.ToUserName)},
-			bus.HeaderDedupKey: []string{m.DedupKey()},
+			bus.HeaderDedupKey: []string{key},
 			bus.HeaderReceived: []string{bus.FormatTime(received)},
 			bus.HeaderDeadline: []string{bus.FormatTime(deadline)},
 			bus.HeaderSent:     []string{bus.FormatTime(time.Now())},

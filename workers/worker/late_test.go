@@ -44,9 +44,9 @@ type heldAfterFirst struct {
 	n atomic.Int32
 }
 
-func (h *heldAfterFirst) Publish(m *wechat.Message, raw []byte, received time.Time) (intake.Receipt, error) {
+func (h *heldAfterFirst) Publish(m *wechat.Message, key string, raw []byte, received time.Time) (intake.Receipt, error) {
 	if h.n.Add(1) == 1 {
-		return h.Intake.Publish(m, raw, received)
+		return h.Intake.Publish(m, key, raw, received)
 	}
 	return intake.Receipt{Held: true}, nil
 }
