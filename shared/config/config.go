@@ -176,8 +176,8 @@ func Defaults() Config {
 		LogFormat:      "json",
 
 		AnalyticsMaxScenes: 100,
-		EventsMaxAge:       400 * 24 * time.Hour,
-		MessagesMaxAge:     72 * time.Hour,
+		EventsMaxAge:       events.DefaultMaxAge,
+		MessagesMaxAge:     events.DefaultMessagesMaxAge,
 		IntakeBuffer:       10_000,
 		LateMessageWindow:  48 * time.Hour,
 		LateEventWindow:    time.Minute,

@@ -14,6 +14,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/sync/singleflight"
+
+	"github.com/wxgate/wxgate/shared/bus"
 )
 
 // BucketName is the KV bucket holding the shared access_token.
@@ -132,16 +134,10 @@ func (t *Tokens) bucket(ctx context.Context) (jetstream.KeyValue, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrStoreUnavailable, err)
 	}
-	kv, err := js.KeyValue(ctx, BucketName)
-	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
-			Bucket: BucketName, Description: "wxgate: the WeChat access_token shared by every process",
-			History: 1, Storage: jetstream.FileStorage, Replicas: t.replicas,
-		})
-		if errors.Is(err, jetstream.ErrBucketExists) {
-			kv, err = js.KeyValue(ctx, BucketName)
-		}
-	}
+	kv, err := bus.OpenOrCreateKV(ctx, js, jetstream.KeyValueConfig{
+		Bucket: BucketName, Description: "wxgate: the WeChat access_token shared by every process",
+		History: 1, Storage: jetstream.FileStorage, Replicas: t.replicas,
+	})
 	if err != nil {
 		return nil, fmt.Errorf("%w: kv %s: %w", ErrStoreUnavailable, BucketName, err)
 	}
@@ -266,7 +262,7 @@ func (t *Tokens) acquire(ctx context.Context, kv jetstream.KeyValue, now time.Ti
 		if rev, err = kv.Create(ctx, t.leaseKey, mine); err == nil {
 			return lease, rev, true, nil
 		}
-		if !isConflict(err) {
+		if !bus.IsKVConflict(err) {
 			return lease, 0, false, fmt.Errorf("%w: %w", ErrStoreUnavailable, err)
 		}
 		e, err := kv.Get(ctx, t.leaseKey)
@@ -284,7 +280,7 @@ func (t *Tokens) acquire(ctx context.Context, kv jetstream.KeyValue, now time.Ti
 		if rev, err = kv.Update(ctx, t.leaseKey, mine, e.Revision()); err == nil {
 			return leaseRecord{}, rev, true, nil
 		}
-		if !isConflict(err) {
+		if !bus.IsKVConflict(err) {
 			return lease, 0, false, fmt.Errorf("%w: %w", ErrStoreUnavailable, err)
 		}
 	}
@@ -330,7 +326,7 @@ func (t *Tokens) refresh(ctx context.Context, kv jetstream.KeyValue, leaseRev ui
 
 // release deletes the lease if it is still the one this process holds.
 func (t *Tokens) release(ctx context.Context, kv jetstream.KeyValue, leaseRev uint64) {
-	if err := kv.Delete(ctx, t.leaseKey, jetstream.LastRevision(leaseRev)); err != nil && !isConflict(err) {
+	if err := kv.Delete(ctx, t.leaseKey, jetstream.LastRevision(leaseRev)); err != nil && !bus.IsKVConflict(err) {
 		t.logger.Warn("could not release the refresh lease", "err", err)
 	}
 }
@@ -415,13 +411,9 @@ func (t *Tokens) Expire(ctx context.Context, tok string) error {
 	if json.Unmarshal(e.Value(), &rec) == nil && rec.Token != tok {
 		return nil // already replaced
 	}
-	if err := kv.Delete(ctx, t.tokenKey, jetstream.LastRevision(e.Revision())); err != nil && !isConflict(err) {
+	if err := kv.Delete(ctx, t.tokenKey, jetstream.LastRevision(e.Revision())); err != nil && !bus.IsKVConflict(err) {
 		return fmt.Errorf("%w: %w", ErrStoreUnavailable, err)
 	}
 	t.logger.Info("access_token expired after WeChat refused it")
 	return nil
-}
-
-func isConflict(err error) bool {
-	return errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch)
 }

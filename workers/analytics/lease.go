@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wxgate/wxgate/shared/bus"
 )
 
 // leaseKey holds the leader's ID in the analytics bucket; its revision
@@ -82,7 +84,7 @@ func (l *lease) hold(ctx context.Context, rev uint64) (held context.Context, rel
 			switch {
 			case err == nil:
 				rev, renewed = r, time.Now()
-			case errors.Is(err, jetstream.ErrKeyExists), errors.Is(err, jetstream.ErrKeyRevisionMismatch), errors.Is(err, jetstream.ErrKeyNotFound):
+			case bus.IsKVConflict(err), errors.Is(err, jetstream.ErrKeyNotFound):
 				cancel(errors.New("analytics lease taken over"))
 				return
 			case time.Since(renewed) > l.ttl*2/3:

@@ -33,6 +33,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
+
+	"github.com/wxgate/wxgate/shared/bus"
 )
 
 // Bucket is the KV bucket holding claims and replies.
@@ -521,7 +523,7 @@ func (s *Store) keep(key string, rev uint64) (stop func() uint64) {
 				switch {
 				case err == nil:
 					rev = r
-				case errors.Is(err, jetstream.ErrKeyExists), errors.Is(err, jetstream.ErrKeyRevisionMismatch):
+				case bus.IsKVConflict(err):
 					s.o.Logger.Warn("dedup claim taken over while the handler ran", "dedup_key", key)
 					rev = 0
 					return

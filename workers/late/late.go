@@ -520,7 +520,7 @@ func (s *Service) send(ctx context.Context, msg jetstream.Msg, kv jetstream.KeyV
 		rev, err = kv.Update(ctx, key, []byte(markSending+s.o.ID), retryRev)
 	}
 	if err != nil {
-		if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		if bus.IsKVConflict(err) {
 			_ = msg.Ack() // another worker, or a retry, got there first
 			return
 		}

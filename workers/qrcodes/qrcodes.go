@@ -21,6 +21,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/wechatapi"
 	"github.com/wxgate/wxgate/workers/analytics"
 )
@@ -195,16 +196,10 @@ func (s *Service) bucket(ctx context.Context) (jetstream.KeyValue, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
-	kv, err := js.KeyValue(ctx, BucketName)
-	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
-			Bucket: BucketName, Description: "wxgate: parametric QR codes",
-			History: 1, Storage: jetstream.FileStorage, Replicas: max(s.o.Replicas, 1),
-		})
-		if errors.Is(err, jetstream.ErrBucketExists) {
-			kv, err = js.KeyValue(ctx, BucketName)
-		}
-	}
+	kv, err := bus.OpenOrCreateKV(ctx, js, jetstream.KeyValueConfig{
+		Bucket: BucketName, Description: "wxgate: parametric QR codes",
+		History: 1, Storage: jetstream.FileStorage, Replicas: max(s.o.Replicas, 1),
+	})
 	if err != nil {
 		return nil, fmt.Errorf("%w: kv %s: %w", ErrUnavailable, BucketName, err)
 	}
@@ -248,7 +243,7 @@ func (s *Service) createPermanent(ctx context.Context, kv jetstream.KeyValue, re
 		now := s.o.Now()
 		mine, _ := json.Marshal(record{Code: Code{Scene: req.Scene, Permanent: true}, Pending: true, Holder: s.id, Until: now.Add(pendingFor)})
 		rev, err := kv.Create(ctx, key, mine)
-		if err != nil && !isConflict(err) {
+		if err != nil && !bus.IsKVConflict(err) {
 			return Code{}, false, fmt.Errorf("%w: %w", ErrUnavailable, err)
 		}
 		if err != nil { // there is a code, or a reservation
@@ -272,7 +267,7 @@ func (s *Service) createPermanent(ctx context.Context, kv jetstream.KeyValue, re
 				continue
 			}
 			if rev, err = kv.Update(ctx, key, mine, e.Revision()); err != nil {
-				if isConflict(err) {
+				if bus.IsKVConflict(err) {
 					continue
 				}
 				return Code{}, false, fmt.Errorf("%w: %w", ErrUnavailable, err)
@@ -281,7 +276,7 @@ func (s *Service) createPermanent(ctx context.Context, kv jetstream.KeyValue, re
 		// The reservation is ours.
 		c, err := s.ask(ctx, req)
 		if err != nil {
-			if derr := kv.Delete(context.WithoutCancel(ctx), key, jetstream.LastRevision(rev)); derr != nil && !isConflict(derr) {
+			if derr := kv.Delete(context.WithoutCancel(ctx), key, jetstream.LastRevision(rev)); derr != nil && !bus.IsKVConflict(derr) {
 				s.o.Logger.Warn("could not drop the reservation of a permanent code", "scene", req.Scene, "err", derr)
 			}
 			return Code{}, false, err
@@ -498,10 +493,6 @@ func (s *Service) withCounts(ctx context.Context, codes []Code) ([]Listed, error
 		out = append(out, Listed{Code: c, Expired: c.Expired(now), Scans: t.Scans, NewFollowers: t.NewFollowers})
 	}
 	return out, nil
-}
-
-func isConflict(err error) bool {
-	return errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch)
 }
 
 // sanitizeFilename keeps a download name to safe characters.
