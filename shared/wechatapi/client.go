@@ -67,9 +67,9 @@ type Client struct {
 	tokens              *Tokens
 }
 
-// DefaultHTTPClient bounds every step of a call: WeChat answers in
+// defaultHTTPClient bounds every step of a call: WeChat answers in
 // milliseconds, and a caller (an admin request) must not hang on it.
-func DefaultHTTPClient() *http.Client {
+func defaultHTTPClient() *http.Client {
 	return &http.Client{
 		Timeout: 10 * time.Second,
 		Transport: &http.Transport{
@@ -101,7 +101,7 @@ func New(o Options) (*Client, error) {
 	}
 	c := &Client{base: base, appID: o.AppID, secret: o.Secret, http: o.HTTP, logger: o.Logger}
 	if c.http == nil {
-		c.http = DefaultHTTPClient()
+		c.http = defaultHTTPClient()
 	}
 	c.calls = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "wxgate_wechat_api_calls_total",
@@ -131,9 +131,6 @@ var precreated = map[string][]string{
 	APIQRCodeCreate: {"-1", "40001", "40014", "42001", "40052", "40053", "45009", "45029", "48001"},
 	APICustomSend:   {"-1", "40001", "40014", "42001", "45009", "45015", "45047", "48001"},
 }
-
-// Tokens is the shared access_token store the client uses.
-func (c *Client) Tokens() *Tokens { return c.tokens }
 
 // withToken calls api with the shared access_token. When WeChat refuses
 // the token itself, the token is expired (only if it is still the stored

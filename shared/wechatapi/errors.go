@@ -1,9 +1,6 @@
 package wechatapi
 
-import (
-	"errors"
-	"fmt"
-)
+import "fmt"
 
 // The errcodes wxgate treats on purpose. WeChat answers every call with
 // HTTP 200; a non-zero errcode is its refusal.
@@ -74,13 +71,4 @@ func (e *Error) Hint() string {
 		return "the account has 100 000 permanent codes; use temporary ones"
 	}
 	return ""
-}
-
-// Code returns the errcode of a refusal anywhere in err's chain.
-func Code(err error) (int, bool) {
-	var e *Error
-	if errors.As(err, &e) {
-		return e.Code, true
-	}
-	return 0, false
 }

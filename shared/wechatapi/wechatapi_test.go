@@ -158,30 +158,30 @@ func TestExpireComparesTheToken(t *testing.T) {
 	e := newEnv(t, api.Options{})
 	p := e.process(t, "p", TokenOptions{})
 	ctx := context.Background()
-	tok, err := p.Tokens().Token(ctx)
+	tok, err := p.tokens.Token(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := p.Tokens().Expire(ctx, "not-the-stored-token"); err != nil {
+	if err := p.tokens.Expire(ctx, "not-the-stored-token"); err != nil {
 		t.Fatal(err)
 	}
 	q := e.process(t, "q", TokenOptions{})
-	if got, err := q.Tokens().Token(ctx); err != nil || got != tok {
+	if got, err := q.tokens.Token(ctx); err != nil || got != tok {
 		t.Fatalf("after expiring another token: %v, want the stored one kept", err)
 	}
-	if err := p.Tokens().Expire(ctx, tok); err != nil {
+	if err := p.tokens.Expire(ctx, tok); err != nil {
 		t.Fatal(err)
 	}
 	// The fake still deems tok valid, so stable_token (normal mode) gives
 	// it again: what matters is that it was asked.
-	if _, err := q.Tokens().Token(ctx); err != nil {
+	if _, err := q.tokens.Token(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if n := e.calls(api.StableToken); n != 1 {
 		t.Errorf("q served from memory: %d stable_token calls", n)
 	}
 	r := e.process(t, "r", TokenOptions{})
-	if _, err := r.Tokens().Token(ctx); err != nil || e.calls(api.StableToken) != 2 {
+	if _, err := r.tokens.Token(ctx); err != nil || e.calls(api.StableToken) != 2 {
 		t.Errorf("after Expire a fresh process did not refresh: %v, %d calls", err, e.calls(api.StableToken))
 	}
 }
@@ -233,16 +233,16 @@ func TestDeadLeaseTakenOver(t *testing.T) {
 	e := newEnv(t, api.Options{})
 	p := e.process(t, "p", TokenOptions{Lease: 300 * time.Millisecond})
 	ctx := context.Background()
-	kv, err := p.Tokens().bucket(ctx)
+	kv, err := p.tokens.bucket(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	dead, _ := json.Marshal(leaseRecord{Holder: "dead", Until: time.Now().Add(300 * time.Millisecond)})
-	if _, err := kv.Create(ctx, p.Tokens().leaseKey, dead); err != nil {
+	if _, err := kv.Create(ctx, p.tokens.leaseKey, dead); err != nil {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	if _, err := p.Tokens().Token(ctx); err != nil {
+	if _, err := p.tokens.Token(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if took := time.Since(start); took < 250*time.Millisecond {
@@ -260,12 +260,12 @@ func TestRefusalsAreNotRetried(t *testing.T) {
 			e := newEnv(t, api.Options{})
 			p := e.process(t, "p", TokenOptions{})
 			ctx := context.Background()
-			if _, err := p.Tokens().Token(ctx); err != nil {
+			if _, err := p.tokens.Token(ctx); err != nil {
 				t.Fatal(err)
 			}
 			_ = e.fake.Inject(api.Fault{API: api.QRCodeCreate, Errcode: code, Count: 5})
 			_, err := p.CreateQRCode(ctx, tempCode("x"))
-			if got, ok := Code(err); !ok || got != code {
+			if got, ok := errcode(err); !ok || got != code {
 				t.Fatalf("err = %v, want errcode %d", err, code)
 			}
 			if n := e.calls(api.QRCodeCreate); n != 1 {
@@ -357,7 +357,7 @@ func TestTransientTokenFailureNotShared(t *testing.T) {
 			if err == nil || strings.Contains(err.Error(), "another process") {
 				t.Fatalf("the failing caller: %v", err)
 			}
-			if code, _ := Code(err); code != tt.code {
+			if code, _ := errcode(err); code != tt.code {
 				t.Errorf("the failing caller: %v, want errcode %d", err, tt.code)
 			}
 			// The same process tries again at once, and so does another.
@@ -382,7 +382,7 @@ func TestTokenRejectedRefreshedOnce(t *testing.T) {
 			e := newEnv(t, api.Options{})
 			p := e.process(t, "p", TokenOptions{})
 			ctx := context.Background()
-			if _, err := p.Tokens().Token(ctx); err != nil {
+			if _, err := p.tokens.Token(ctx); err != nil {
 				t.Fatal(err)
 			}
 			_ = e.fake.Inject(api.Fault{API: api.QRCodeCreate, Errcode: code})
@@ -408,12 +408,12 @@ func TestTokenWaitTimesOut(t *testing.T) {
 	e := newEnv(t, api.Options{})
 	p := e.process(t, "p", TokenOptions{})
 	ctx := context.Background()
-	kv, err := p.Tokens().bucket(ctx)
+	kv, err := p.tokens.bucket(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	held, _ := json.Marshal(leaseRecord{Holder: "elsewhere", Until: time.Now().Add(15 * time.Second)})
-	if _, err := kv.Create(ctx, p.Tokens().leaseKey, held); err != nil {
+	if _, err := kv.Create(ctx, p.tokens.leaseKey, held); err != nil {
 		t.Fatal(err)
 	}
 	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
@@ -433,7 +433,7 @@ func TestTokenRejectedTwiceIsNoLoop(t *testing.T) {
 	p := e.process(t, "p", TokenOptions{})
 	_ = e.fake.Inject(api.Fault{API: api.QRCodeCreate, Errcode: CodeInvalidCredential, Count: 10})
 	_, err := p.CreateQRCode(context.Background(), tempCode("x"))
-	if code, _ := Code(err); code != CodeInvalidCredential {
+	if code, _ := errcode(err); code != CodeInvalidCredential {
 		t.Fatalf("err = %v", err)
 	}
 	if q, s := e.calls(api.QRCodeCreate), e.calls(api.StableToken); q != 2 || s != 2 {
@@ -448,7 +448,7 @@ func TestSecretsRedacted(t *testing.T) {
 	e := newEnv(t, api.Options{})
 	p := e.process(t, "p", TokenOptions{})
 	ctx := context.Background()
-	tok, err := p.Tokens().Token(ctx)
+	tok, err := p.tokens.Token(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -516,7 +516,7 @@ func TestDecodeAnswer(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			var out QRCode
 			err := decodeAnswer("qrcode_create", []byte(tt.answer), &out)
-			code, isWeChat := Code(err)
+			code, isWeChat := errcode(err)
 			if (err != nil) != tt.fails || code != tt.code || isWeChat != (tt.code != 0) {
 				t.Errorf("err = %v (code %d), want code %d fails %v", err, code, tt.code, tt.fails)
 			}
@@ -580,7 +580,7 @@ func TestCustomSend(t *testing.T) {
 		t.Errorf("messages = %+v", m)
 	}
 	err := p.CustomSend(context.Background(), TextMessage("", "x"))
-	if code, _ := Code(err); code != 40003 {
+	if code, _ := errcode(err); code != 40003 {
 		t.Errorf("empty touser: %v", err)
 	}
 }
@@ -595,7 +595,7 @@ func FuzzDecodeAnswer(f *testing.F) {
 		if err != nil && strings.Contains(err.Error(), "SECRET") {
 			t.Errorf("the secret in %v", err)
 		}
-		if code, ok := Code(err); ok && code == 0 {
+		if code, ok := errcode(err); ok && code == 0 {
 			t.Errorf("an *Error with errcode 0: %v", err)
 		}
 	})
@@ -621,7 +621,7 @@ func TestWrongSecret(t *testing.T) {
 					t.Fatal(err)
 				}
 				_, err = c.CreateQRCode(context.Background(), tempCode("x"))
-				if code, _ := Code(err); code != tt.code || !strings.Contains(err.Error(), "WECHAT_APPSECRET") || strings.Contains(err.Error(), tt.secret) {
+				if code, _ := errcode(err); code != tt.code || !strings.Contains(err.Error(), "WECHAT_APPSECRET") || strings.Contains(err.Error(), tt.secret) {
 					t.Errorf("process %d: err = %v", i, err)
 				}
 			}
@@ -638,12 +638,12 @@ func TestWaitsForTheRefresher(t *testing.T) {
 	e := newEnv(t, api.Options{})
 	a, b := e.process(t, "a", TokenOptions{}), e.process(t, "b", TokenOptions{})
 	ctx := context.Background()
-	tok, err := a.Tokens().Token(ctx)
+	tok, err := a.tokens.Token(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	_ = e.fake.Inject(api.Fault{InvalidateToken: true})
-	if err := a.Tokens().Expire(ctx, tok); err != nil {
+	if err := a.tokens.Expire(ctx, tok); err != nil {
 		t.Fatal(err)
 	}
 	_ = e.fake.Inject(api.Fault{API: api.StableToken, Delay: "300ms"})
@@ -654,7 +654,7 @@ func TestWaitsForTheRefresher(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			var err error
-			if got[i], err = p.Tokens().Token(ctx); err != nil {
+			if got[i], err = p.tokens.Token(ctx); err != nil {
 				t.Error(err)
 			}
 		}()
@@ -689,4 +689,13 @@ func TestTwoClientsOneProcess(t *testing.T) {
 	if n := e.calls(api.StableToken); n != 1 {
 		t.Errorf("stable_token calls = %d", n)
 	}
+}
+
+// errcode returns the errcode of a refusal anywhere in err's chain.
+func errcode(err error) (int, bool) {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Code, true
+	}
+	return 0, false
 }
