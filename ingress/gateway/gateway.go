@@ -191,9 +191,7 @@ func (g *Gateway) callback(c *gin.Context) {
 	if outcome == outcomeUnavailable {
 		// Not accepted: without a 200, WeChat retries it, by when the bus
 		// may take it again.
-		closeConnection(c)
-		g.observe(outcomeRejected, received)
-		c.Data(http.StatusServiceUnavailable, "text/plain; charset=utf-8", []byte("Service Unavailable: events cannot be stored now\n"))
+		g.refused(c, received, http.StatusServiceUnavailable, "events cannot be stored now")
 		return
 	}
 	if len(reply) == 0 {
@@ -364,10 +362,16 @@ func (g *Gateway) reject(c *gin.Context, start time.Time, err error) {
 	r := &rejection{status: http.StatusBadRequest, reason: rejectMalformed, err: err}
 	errors.As(err, &r)
 	g.metrics.rejected.WithLabelValues(r.reason).Inc()
-	g.observe(outcomeRejected, start)
 	g.o.Logger.Warn("rejected", "reason", r.reason, "status", r.status, "detail", r.err.Error(), "method", c.Request.Method, "remote", c.ClientIP())
+	g.refused(c, start, r.status, r.reason)
+}
+
+// refused answers a request not accepted (outcome rejected) with status
+// and why, and closes the connection after it.
+func (g *Gateway) refused(c *gin.Context, start time.Time, status int, why string) {
+	g.observe(outcomeRejected, start)
 	closeConnection(c)
-	c.Data(r.status, "text/plain; charset=utf-8", []byte(http.StatusText(r.status)+": "+r.reason+"\n"))
+	c.Data(status, "text/plain; charset=utf-8", []byte(http.StatusText(status)+": "+why+"\n"))
 }
 
 // closeConnection has net/http close the connection after this response: a

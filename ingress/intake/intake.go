@@ -74,7 +74,6 @@ func (o *Options) validate() error {
 type Intake struct {
 	o       Options
 	ttl     string // Nats-TTL of a message (not a scene event), in seconds
-	nc      *nats.Conn
 	js      jetstream.JetStream
 	metrics *metrics
 
@@ -104,7 +103,7 @@ func New(o Options) (*Intake, error) {
 		return nil, fmt.Errorf("intake: %w", err)
 	}
 	in := &Intake{
-		o: o, nc: o.Conn, js: js, metrics: newMetrics(o.Registerer), ttl: o.Streams.MessagesTTL(),
+		o: o, js: js, metrics: newMetrics(o.Registerer), ttl: o.Streams.MessagesTTL(),
 		wake: make(chan struct{}, 1), unanswered: make(chan *nats.Msg, o.Buffer), stop: make(chan struct{}),
 	}
 	in.metrics.heldFunc(o.Registerer, in.held)
@@ -160,7 +159,7 @@ func (in *Intake) publish(msg *nats.Msg) (Receipt, error) {
 	// behind a publish still being tried when the outage began: README,
 	// "Order, and its one gap"). And a connection that is down would only
 	// make the publish wait.
-	if in.closed || len(in.queue) > 0 || !in.nc.IsConnected() {
+	if in.closed || len(in.queue) > 0 || !in.o.Conn.IsConnected() {
 		defer in.mu.Unlock()
 		return in.hold(msg)
 	}
@@ -276,8 +275,8 @@ func (in *Intake) flush() {
 	defer in.done.Done()
 	// Woken when the connection is back: while it is down, a publish would
 	// only fill the client's reconnect buffer with copies of the batch.
-	connected := in.nc.StatusChanged(nats.CONNECTED)
-	defer in.nc.RemoveStatusListener(connected)
+	connected := in.o.Conn.StatusChanged(nats.CONNECTED)
+	defer in.o.Conn.RemoveStatusListener(connected)
 	backoff := 100 * time.Millisecond
 	for {
 		in.mu.Lock()
@@ -291,7 +290,7 @@ func (in *Intake) flush() {
 				return
 			}
 		}
-		if !in.nc.IsConnected() {
+		if !in.o.Conn.IsConnected() {
 			select {
 			case <-in.stop:
 				return // Close counts what is left
@@ -335,14 +334,14 @@ func (in *Intake) sendAll(batch []*nats.Msg) (int, error) {
 	// that the server took, each carrying its request's token.
 	inbox := nats.NewInbox()
 	replies := make(chan *nats.Msg, len(batch))
-	sub, err := in.nc.ChanSubscribe(inbox+".*", replies)
+	sub, err := in.o.Conn.ChanSubscribe(inbox+".*", replies)
 	if err != nil {
 		return 0, err
 	}
 	defer func() { _ = sub.Unsubscribe() }()
 	for i, msg := range batch {
 		out := &nats.Msg{Subject: msg.Subject, Data: msg.Data, Header: msg.Header, Reply: inbox + "." + strconv.Itoa(i)}
-		if err := in.nc.PublishMsg(out); err != nil {
+		if err := in.o.Conn.PublishMsg(out); err != nil {
 			batch = batch[:i]
 			break
 		}

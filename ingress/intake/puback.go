@@ -24,7 +24,7 @@ type pubAck struct {
 // request: every callback pays for this publish, and the jetstream client's
 // context and encoding/json for a three-field answer were a fifth of it.
 func (in *Intake) store(msg *nats.Msg, timeout time.Duration) (pubAck, error) {
-	resp, err := in.nc.RequestMsg(msg, timeout)
+	resp, err := in.o.Conn.RequestMsg(msg, timeout)
 	if err != nil {
 		if errors.Is(err, nats.ErrNoResponders) {
 			// No stream listens on the subject: as jetstream reports it.
