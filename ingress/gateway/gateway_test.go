@@ -8,6 +8,7 @@ import (
 	"crypto/cipher"
 	"encoding/base64"
 	"encoding/xml"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -31,6 +32,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/wxgate/wxgate/ingress/gateway"
+	"github.com/wxgate/wxgate/ingress/intake"
 	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/config"
 	"github.com/wxgate/wxgate/shared/metricstest"
@@ -61,6 +63,7 @@ type opts struct {
 	noWorker     bool
 	replyTimeout time.Duration
 	conn         *nats.Conn
+	intake       gateway.Intake
 }
 
 var seq atomic.Int64
@@ -97,7 +100,7 @@ func newHarness(t *testing.T, o opts) *harness {
 		nc = natstest.Connect(t, h.srv)
 	}
 	gw, err := gateway.New(gateway.Options{
-		Token: token, Cipher: cipher, Mode: o.mode, Conn: nc, ReplyTimeout: o.replyTimeout,
+		Token: token, Cipher: cipher, Mode: o.mode, Conn: nc, Intake: o.intake, ReplyTimeout: o.replyTimeout,
 		TimestampSkew: 5 * time.Minute, MaxBodyBytes: 64 << 10, Logger: logger, Registerer: h.reg,
 	})
 	if err != nil {
@@ -813,4 +816,47 @@ func TestRejectionClosesConnection(t *testing.T) {
 			}
 		}
 	})
+}
+
+// JetStream away and the intake's buffer full: the event is not accepted.
+// WeChat gets 503 (so that it sends it again), the connection is closed,
+// and the request counts as rejected.
+func TestFullIntakeIsA503(t *testing.T) {
+	streams := natstest.RunServer(t) // the intake's own server, stopped below
+	inc := natstest.Connect(t, streams, nats.MaxReconnects(-1))
+	in, err := intake.New(intake.Options{Conn: inc, Buffer: 1, Logger: slog.New(slog.DiscardHandler), Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second) // the held event is lost with the server
+		defer cancel()
+		_ = in.Close(ctx)
+	})
+	h := newHarness(t, opts{intake: in})
+	streams.Close()
+	wait.For(t, wait.Short, wait.Every, func() error {
+		if inc.IsConnected() {
+			return errors.New("intake still connected")
+		}
+		return nil
+	})
+	if code, body := h.post(message("text", "<Content>held</Content><MsgId>9101</MsgId>")); code != 200 || !strings.Contains(body, "held") {
+		t.Fatalf("first event (held) = %d %q, want the worker's reply", code, body)
+	}
+	req, err := h.sender.NewRequest(h.url, []byte(message("text", "<Content>one too many</Content><MsgId>9102</MsgId>")), time.Now(), "nonce-full")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || !resp.Close {
+		t.Errorf("past the buffer = %d (close %v), want 503 and the connection closed", resp.StatusCode, resp.Close)
+	}
+	if got := h.counter("wxgate_ingress_requests_total", "outcome", "rejected"); got != 1 {
+		t.Errorf("rejected = %v, want 1", got)
+	}
 }
