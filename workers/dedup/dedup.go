@@ -216,20 +216,15 @@ const (
 // request's deadline.
 type Handler func(ctx context.Context) ([]byte, error)
 
-// Do returns the reply for key, running run at most once across replicas
-// while the key lives. ctx carries the request's deadline: past it, Do
-// returns ErrPending and a running handler carries on to store its reply.
+// Do returns the reply for a retry of key (First is a first delivery's),
+// running run at most once across replicas while the key lives. ctx
+// carries the request's deadline: past it, Do returns ErrPending and a
+// running handler carries on to store its reply.
 //
-// A first delivery (retry false) runs the handler at once, with no lookup;
-// if the handler is still running after ClaimAfter it claims the key. Its
-// reply is stored once it has been answered. A retry looks the key up
-// first: a stored reply answers it, a claim makes it wait for the reply. A
-// retry that finds nothing (its first delivery never reached a worker, or
-// the store lost its reply) runs the handler.
-func (s *Store) Do(ctx context.Context, key string, retry bool, run Handler) ([]byte, Outcome, error) {
-	if !retry {
-		return s.first(key, time.Now(), run)
-	}
+// A retry looks the key up first: a stored reply answers it, a claim makes
+// it wait for the reply. A retry that finds nothing (its first delivery
+// never reached a worker, or the store lost its reply) runs the handler.
+func (s *Store) Do(ctx context.Context, key string, run Handler) ([]byte, Outcome, error) {
 	// A store slower than a quarter of the budget is treated as down:
 	// answering matters more than deduplicating.
 	gctx, cancel := context.WithTimeout(ctx, s.claimBudget(ctx))
@@ -299,7 +294,7 @@ func (s *Store) First(key string, since, deadline time.Time, run Handler) ([]byt
 	case err == nil:
 		return s.own(ctx, key, rev, run, Ran)
 	case errors.Is(err, jetstream.ErrKeyExists):
-		return s.Do(ctx, key, true, run)
+		return s.Do(ctx, key, run)
 	}
 	return s.first(key, since, run) // the store does not answer: run, as a first delivery does
 }

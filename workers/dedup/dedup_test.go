@@ -101,7 +101,15 @@ func TestRunsOnceAcrossReplicas(t *testing.T) {
 	var wg sync.WaitGroup
 	do := func(i int) {
 		defer wg.Done()
-		body, out, err := rs[i%len(rs)].store.Do(within(20*time.Second), "msg.1", i > 0, run)
+		st := rs[i%len(rs)].store
+		var body []byte
+		var out Outcome
+		var err error
+		if i == 0 {
+			body, out, err = st.First("msg.1", time.Now(), time.Now().Add(20*time.Second), run)
+		} else {
+			body, out, err = st.Do(within(20*time.Second), "msg.1", run)
+		}
 		answers <- answer{body, out, err}
 	}
 	wg.Add(1)
@@ -148,7 +156,7 @@ func TestRunsOnceAcrossReplicas(t *testing.T) {
 
 	// A retry after the fact is answered from the store at once.
 	waitStored(t, rs...)
-	body, out, err := rs[2].store.Do(within(5*time.Second), "msg.1", true, run)
+	body, out, err := rs[2].store.Do(within(5*time.Second), "msg.1", run)
 	if err != nil || out != Stored || string(body) != "<xml>hi</xml>" || runs.Load() != 1 {
 		t.Fatalf("late retry: %q %v %v (runs %d)", body, out, err, runs.Load())
 	}
@@ -168,18 +176,28 @@ func TestSlowHandlerAnswersTheRetry(t *testing.T) {
 	}
 	// The first delivery's handler runs on past its request's deadline,
 	// and claims the key after ClaimAfter.
-	go func() { _, _, _ = rs[0].store.Do(within(300*time.Millisecond), "evt.slow", false, run) }()
+	first := make(chan error, 1)
+	go func() {
+		body, out, err := rs[0].store.First("evt.slow", time.Now(), time.Now().Add(300*time.Millisecond), run)
+		if err == nil && (out != Ran || string(body) != "slow") {
+			err = fmt.Errorf("first delivery: %q %v", body, out)
+		}
+		first <- err
+	}()
 	kv, err := rs[0].js.KeyValue(context.Background(), Bucket)
 	if err != nil {
 		t.Fatal(err)
 	}
 	wait.For(t, wait.Short, wait.Every, func() error { _, err := kv.Get(context.Background(), "evt.slow"); return err })
 	// The second delivery reaches another replica while the handler runs.
-	body, out, err := rs[1].store.Do(within(10*time.Second), "evt.slow", true, run)
+	body, out, err := rs[1].store.Do(within(10*time.Second), "evt.slow", run)
 	if err != nil || out != Stored || string(body) != "slow" {
 		t.Fatalf("retry: %q %v %v", body, out, err)
 	}
 	<-finished
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
 	if runs.Load() != 1 || sum(rs, expired) != 0 {
 		t.Fatalf("runs %d, expired claims %v: a refreshed claim was taken over", runs.Load(), sum(rs, expired))
 	}
@@ -200,7 +218,7 @@ func TestStaleClaimIsTakenOver(t *testing.T) {
 		t.Fatal(err)
 	}
 	var runs atomic.Int32
-	body, out, err := rs[0].store.Do(within(5*time.Second), "msg.dead", true, func(context.Context) ([]byte, error) {
+	body, out, err := rs[0].store.Do(within(5*time.Second), "msg.dead", func(context.Context) ([]byte, error) {
 		runs.Add(1)
 		return []byte("again"), nil
 	})
@@ -227,10 +245,10 @@ func TestFailedHandlerReleasesTheKey(t *testing.T) {
 		}
 		return []byte("ok"), nil
 	}
-	if _, out, err := rs[0].store.Do(within(5*time.Second), "msg.2", false, run); err == nil || out != Ran {
+	if _, out, err := rs[0].store.First("msg.2", time.Now(), time.Now().Add(5*time.Second), run); err == nil || out != Ran {
 		t.Fatalf("first: %v %v, want the handler's error", out, err)
 	}
-	body, out, err := rs[1].store.Do(within(5*time.Second), "msg.2", true, run)
+	body, out, err := rs[1].store.Do(within(5*time.Second), "msg.2", run)
 	if err != nil || out != Ran || string(body) != "ok" || runs.Load() != 2 {
 		t.Fatalf("retry: %q %v %v, runs %d", body, out, err, runs.Load())
 	}
@@ -244,7 +262,7 @@ func TestFastFirstDeliveryWritesNothing(t *testing.T) {
 	rs := replicas(t, natstest.RunServer(t), 2, Options{ClaimAfter: time.Minute})
 	var runs atomic.Int32
 	run := func(context.Context) ([]byte, error) { runs.Add(1); return []byte("fast"), nil }
-	body, out, err := rs[0].store.Do(within(5*time.Second), "msg.fast", false, run)
+	body, out, err := rs[0].store.First("msg.fast", time.Now(), time.Now().Add(5*time.Second), run)
 	if err != nil || out != Ran || string(body) != "fast" {
 		t.Fatalf("%q %v %v", body, out, err)
 	}
@@ -260,11 +278,11 @@ func TestFastFirstDeliveryWritesNothing(t *testing.T) {
 	if got := testutil.ToFloat64(duplicates(rs[0].store)); got != 0 {
 		t.Errorf("duplicates = %v: the first delivery looked the key up", got)
 	}
-	body, out, err = rs[1].store.Do(within(5*time.Second), "msg.fast", true, run)
+	body, out, err = rs[1].store.Do(within(5*time.Second), "msg.fast", run)
 	if err != nil || out != Stored || string(body) != "fast" || runs.Load() != 1 {
 		t.Fatalf("retry at the other replica: %q %v %v, runs %d", body, out, err, runs.Load())
 	}
-	body, out, err = rs[0].store.Do(within(5*time.Second), "msg.fast", true, run)
+	body, out, err = rs[0].store.Do(within(5*time.Second), "msg.fast", run)
 	if err != nil || out != Stored || string(body) != "fast" || runs.Load() != 1 {
 		t.Fatalf("retry at the same replica: %q %v %v, runs %d", body, out, err, runs.Load())
 	}
@@ -274,7 +292,7 @@ func TestFastFirstDeliveryWritesNothing(t *testing.T) {
 // worker) runs the handler: silence to the lookup means no reply.
 func TestRetryWithoutReplyRuns(t *testing.T) {
 	rs := replicas(t, natstest.RunServer(t), 2, Options{})
-	body, out, err := rs[1].store.Do(within(5*time.Second), "msg.unseen", true, func(context.Context) ([]byte, error) {
+	body, out, err := rs[1].store.Do(within(5*time.Second), "msg.unseen", func(context.Context) ([]byte, error) {
 		return []byte("fresh"), nil
 	})
 	if err != nil || out != Ran || string(body) != "fresh" {
@@ -349,14 +367,17 @@ func TestEmptyReplyIsStored(t *testing.T) {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
-	go func() { _, _, err := rs[0].store.Do(within(5*time.Second), "evt.quiet", false, run); done <- err }()
+	go func() {
+		_, _, err := rs[0].store.First("evt.quiet", time.Now(), time.Now().Add(5*time.Second), run)
+		done <- err
+	}()
 	wait.For(t, wait.Short, wait.Every, func() error { _, err := kv.Get(context.Background(), "evt.quiet"); return err })
 	close(release)
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
 	waitStored(t, rs...)
-	body, out, err := rs[0].store.Do(within(5*time.Second), "evt.quiet", true, run)
+	body, out, err := rs[0].store.Do(within(5*time.Second), "evt.quiet", run)
 	if err != nil || out != Stored || len(body) != 0 {
 		t.Fatalf("%q %v %v", body, out, err)
 	}
@@ -369,7 +390,7 @@ func TestStoreUnavailableStillAnswers(t *testing.T) {
 	srv.Shutdown()
 	var runs atomic.Int32
 	for i := 0; i < 2; i++ {
-		body, out, err := rs[0].store.Do(within(2*time.Second), "msg.3", true, func(context.Context) ([]byte, error) {
+		body, out, err := rs[0].store.Do(within(2*time.Second), "msg.3", func(context.Context) ([]byte, error) {
 			runs.Add(1)
 			return []byte("still"), nil
 		})
@@ -390,14 +411,14 @@ func TestBucketLossIsRepaired(t *testing.T) {
 		t.Fatal(err)
 	}
 	run := func(context.Context) ([]byte, error) { return []byte("x"), nil }
-	if _, out, err := rs[0].store.Do(within(5*time.Second), "msg.lost", true, run); err != nil || out != Unguarded {
+	if _, out, err := rs[0].store.Do(within(5*time.Second), "msg.lost", run); err != nil || out != Unguarded {
 		t.Fatalf("with the bucket gone: %v %v, want an unguarded answer", out, err)
 	}
 	// The repair runs in the background.
 	i := 0
 	wait.For(t, wait.Short, wait.Every, func() error {
 		i++
-		_, out, err := rs[0].store.Do(within(5*time.Second), "msg.back."+string(rune('a'+i%26)), true, run)
+		_, out, err := rs[0].store.Do(within(5*time.Second), "msg.back."+string(rune('a'+i%26)), run)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -429,7 +450,7 @@ func TestLateStartingFirstDeliveryClaimsBeforeRunning(t *testing.T) {
 	}()
 	<-started
 	retry := make(chan []byte, 1)
-	go func() { b, _, _ := rs[1].store.Do(within(4*time.Second), "msg.queued", true, run); retry <- b }()
+	go func() { b, _, _ := rs[1].store.Do(within(4*time.Second), "msg.queued", run); retry <- b }()
 	// The retry finds the claim and waits; only then is the handler let go.
 	wait.For(t, wait.Short, wait.Every, func() error {
 		if testutil.ToFloat64(duplicates(rs[1].store)) != 1 {
@@ -454,7 +475,7 @@ func TestFirstDeliveryAfterTheRetryGetsItsReply(t *testing.T) {
 	rs := replicas(t, natstest.RunServer(t), 2, Options{})
 	var runs atomic.Int32
 	run := func(context.Context) ([]byte, error) { return []byte(fmt.Sprint("run ", runs.Add(1))), nil }
-	b1, out1, err := rs[1].store.Do(within(4*time.Second), "msg.overtaken", true, run)
+	b1, out1, err := rs[1].store.Do(within(4*time.Second), "msg.overtaken", run)
 	if err != nil || out1 != Ran {
 		t.Fatalf("retry: %q %v %v", b1, out1, err)
 	}

@@ -174,43 +174,34 @@ func (s *Service) answer(req micro.Request, m *wechat.Message, arrival time.Time
 	// Computed here, not taken from the header: anyone on the bus can send
 	// a request, and the key becomes a KV key and a message ID.
 	key := m.DedupKey()
-	run := func(ctx context.Context) ([]byte, error) {
-		start := time.Now()
-		body, err := s.decide(ctx, m)
-		s.metrics.observe(subject, time.Since(start))
-		return body, err
-	}
+	run := func(ctx context.Context) ([]byte, error) { return s.handle(ctx, m, subject) }
 
 	var body []byte
 	var err error
 	outcome := dedup.Ran
 	retry := h.Get(bus.HeaderRetry) == "1"
+	since, deadline := timing(h, arrival)
 	switch {
 	case s.dedup == nil:
-		// Bounded like any handler: a record that JetStream never takes
-		// must not hold a slot for ever.
+		// Bounded like any handler.
 		ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
 		body, err = run(ctx)
 		cancel()
-		if retry && err == nil && len(body) > 0 && s.delivered != nil {
-			rctx, rcancel := requestContext(h)
-			if !s.delivered(rctx, key) {
-				body = nil
-			}
-			rcancel()
-		}
 	case !retry:
 		// A first delivery's handler is bounded by HandlerTimeout alone:
 		// it carries on past the request's deadline for the retry.
-		since, deadline := timing(h, arrival)
 		body, outcome, err = s.dedup.First(key, since, deadline, run)
 	default:
-		ctx, cancel := requestContext(h)
-		body, outcome, err = s.dedup.Do(ctx, key, true, run)
-		if err == nil && len(body) > 0 && s.delivered != nil && !s.delivered(ctx, key) {
-			// Marked delivered only while the ingress still waits (ctx): a
-			// mark written after it gave up would stop the late reply the
-			// person then needs. Not marked, the late reply carries it.
+		ctx, cancel := context.WithDeadline(context.Background(), deadline)
+		body, outcome, err = s.dedup.Do(ctx, key, run)
+		cancel()
+	}
+	if retry && err == nil && len(body) > 0 && s.delivered != nil {
+		// Marked delivered only while the ingress still waits: a mark
+		// written after it gave up would stop the late reply the person
+		// then needs. Not marked, the late reply carries it.
+		ctx, cancel := context.WithDeadline(context.Background(), deadline)
+		if !s.delivered(ctx, key) {
 			body = nil
 		}
 		cancel()
@@ -231,6 +222,14 @@ func (s *Service) answer(req micro.Request, m *wechat.Message, arrival time.Time
 	if s.logger.Enabled(context.Background(), slog.LevelDebug) {
 		s.logger.Debug("handled", "subject", subject, "dedup_key", key, "outcome", outcome)
 	}
+}
+
+// handle runs the handler for m, timed in the metrics.
+func (s *Service) handle(ctx context.Context, m *wechat.Message, subject string) ([]byte, error) {
+	start := time.Now()
+	body, err := s.decide(ctx, m)
+	s.metrics.observe(subject, time.Since(start))
+	return body, err
 }
 
 // timing places the request on this worker's clock: since is when the
@@ -257,46 +256,19 @@ func timing(h micro.Headers, arrival time.Time) (since, deadline time.Time) {
 	return since, arrival.Add(min(max(until.Sub(sent)-margin, 0), 5*time.Second))
 }
 
-// requestContext ends when the ingress stops waiting. The ingress's
-// deadline is taken as a budget (deadline minus when it sent the request,
-// both by the ingress's clock, less a margin for the answer's way back)
-// and counted from when this worker received it, by its own clock, so a
-// worker whose clock runs ahead of the ingress host still gets the time.
-func requestContext(h micro.Headers) (context.Context, context.CancelFunc) {
-	const (
-		most   = 5 * time.Second // WeChat's own limit
-		margin = 100 * time.Millisecond
-	)
-	budget := most
-	sent, ok1 := bus.ParseTime(h.Get(bus.HeaderSent))
-	if !ok1 {
-		sent, ok1 = bus.ParseTime(h.Get(bus.HeaderReceived))
-	}
-	deadline, ok2 := bus.ParseTime(h.Get(bus.HeaderDeadline))
-	if ok1 && ok2 {
-		budget = min(max(deadline.Sub(sent)-margin, 0), most)
-	}
-	return context.WithTimeout(context.Background(), budget)
-}
-
 // ReplyOnce returns the reply to m for a late reply: a reply already stored
 // for it is returned as is, a handler still running is waited for, and
 // otherwise the handler runs, claimed so that it runs once across
 // replicas. ctx bounds the wait (the person's window).
 func (s *Service) ReplyOnce(ctx context.Context, m *wechat.Message) ([]byte, error) {
 	subject := m.Subject()
-	run := func(hctx context.Context) ([]byte, error) {
-		start := time.Now()
-		body, err := s.decide(hctx, m)
-		s.metrics.observe(subject, time.Since(start))
-		return body, err
-	}
+	run := func(hctx context.Context) ([]byte, error) { return s.handle(hctx, m, subject) }
 	if s.dedup == nil {
 		rctx, cancel := context.WithTimeout(ctx, s.timeout)
 		defer cancel()
 		return run(rctx)
 	}
-	body, _, err := s.dedup.Do(ctx, m.DedupKey(), true, run)
+	body, _, err := s.dedup.Do(ctx, m.DedupKey(), run)
 	return body, err
 }
 

@@ -105,12 +105,12 @@ func Start(o Options) (_ *Worker, err error) {
 	// the reply service already serves: read by its goroutines.
 	var lateSvc atomic.Pointer[late.Service]
 	lateOn := o.Config.EffectiveLateReply() == config.LateReplyCustomerService
-	delivered := func(ctx context.Context, key string) bool {
-		if !lateOn {
-			return true
+	var delivered func(ctx context.Context, key string) bool // nil: no late replies, nothing to mark
+	if lateOn {
+		delivered = func(ctx context.Context, key string) bool {
+			l := lateSvc.Load()
+			return l != nil && l.Delivered(ctx, key) // not started yet: leave it to the late reply
 		}
-		l := lateSvc.Load()
-		return l != nil && l.Delivered(ctx, key) // not started yet: leave it to the late reply
 	}
 	svc, err := reply.Start(reply.Options{
 		Conn:           o.Conn,
