@@ -24,15 +24,18 @@ const (
 
 // Status is the leader's progress, as the API shows it.
 type Status struct {
-	Leader     string    `json:"leader"`
-	Epoch      uint64    `json:"epoch"`       // rebuild generation
-	AppliedSeq uint64    `json:"applied_seq"` // last event stream sequence applied
-	Pending    uint64    `json:"pending"`     // scene events not yet applied
-	Rebuilding bool      `json:"rebuilding"`  // a rebuild has not caught up with the stream yet
-	Scenes     int       `json:"scenes"`
-	People     int       `json:"people"`    // (scene, person) pairs held for unique counts
-	Followers  int       `json:"followers"` // current followers with a scene
-	Updated    time.Time `json:"updated"`
+	Leader     string `json:"leader"`
+	Epoch      uint64 `json:"epoch"`       // rebuild generation
+	AppliedSeq uint64 `json:"applied_seq"` // last event stream sequence applied
+	Pending    uint64 `json:"pending"`     // scene events not yet applied
+	Rebuilding bool   `json:"rebuilding"`  // a rebuild has not caught up with the stream yet
+	Scenes     int    `json:"scenes"`
+	People     int    `json:"people"`    // (scene, person) pairs held for unique counts
+	Followers  int    `json:"followers"` // current followers with a scene
+	// Unattributed counts unfollows of people with no recorded follow,
+	// over the whole stream (the metric counts per process).
+	Unattributed int64     `json:"unattributed_unfollows"`
+	Updated      time.Time `json:"updated"`
 }
 
 // applier is the leader's work: the state, the stream and the stores.
@@ -631,7 +634,7 @@ func (a *applier) writeStatus(ctx context.Context) (uint64, error) {
 	pairs, followers := a.st.size()
 	b, _ := json.Marshal(Status{
 		Leader: a.r.o.ID, Epoch: a.st.epoch, AppliedSeq: a.st.seq, Pending: a.pending, Rebuilding: a.rebuilding,
-		Scenes: len(a.st.scenes), People: pairs, Followers: followers, Updated: time.Now().UTC(),
+		Scenes: len(a.st.scenes), People: pairs, Followers: followers, Unattributed: a.st.unattributed, Updated: time.Now().UTC(),
 	})
 	if _, err := a.kv.Put(ctx, statusKey, b); err != nil {
 		a.logger.Debug("analytics status", "err", err)

@@ -27,7 +27,7 @@ type lease struct {
 
 // acquire blocks until this process holds the lease, or ctx ends. It
 // returns the revision it holds.
-func (l *lease) acquire(ctx context.Context, leader func(id string)) (uint64, error) {
+func (l *lease) acquire(ctx context.Context) (uint64, error) {
 	var seenRev uint64
 	var seenAt time.Time
 	for {
@@ -43,7 +43,6 @@ func (l *lease) acquire(ctx context.Context, leader func(id string)) (uint64, er
 			}
 			seenRev = 0 // the store is away: judge staleness afresh when it is back
 		default:
-			leader(string(e.Value()))
 			if e.Revision() != seenRev {
 				seenRev, seenAt = e.Revision(), time.Now()
 			} else if time.Since(seenAt) > l.ttl {

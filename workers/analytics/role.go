@@ -95,8 +95,7 @@ type Role struct {
 	mu      sync.Mutex
 	store   *Store
 	exp     *Exporter
-	leader  string // the lease holder last seen
-	down    error  // why the role cannot work now; nil while it can
+	down    error // why the role cannot work now; nil while it can
 	alive   atomic.Int64
 	leading atomic.Bool
 	// dropped is the epoch whose stale values were deleted.
@@ -268,12 +267,11 @@ func (r *Role) work(ctx context.Context, js jetstream.JetStream, store *Store, k
 	}()
 	l := &lease{kv: kv, id: r.o.ID, ttl: r.o.Lease}
 	for {
-		rev, err := l.acquire(wctx, r.seeLeader)
+		rev, err := l.acquire(wctx)
 		if err != nil {
 			return context.Cause(wctx)
 		}
 		r.o.Logger.Info("analytics: leading", "id", r.o.ID)
-		r.seeLeader(r.o.ID)
 		r.markAlive()
 		r.leading.Store(true)
 		held, release := l.hold(wctx, rev)
@@ -290,12 +288,6 @@ func (r *Role) work(ctx context.Context, js jetstream.JetStream, store *Store, k
 		case <-time.After(time.Second): // let the next leader, or this one, start afresh
 		}
 	}
-}
-
-func (r *Role) seeLeader(id string) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.leader = id
 }
 
 func (r *Role) markAlive() { r.alive.Store(time.Now().UnixNano()) }

@@ -209,6 +209,17 @@ func TestUnfollowsAttributedInOrder(t *testing.T) {
 	if got := metricstest.Value(t, reg, "wxgate_analytics_unattributed_unfollows_total", "", ""); got != 1 {
 		t.Errorf("unattributed = %v, want 1", got)
 	}
+	s, err := r.Store(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	wait.For(t, wait.Short, wait.Every, func() error { // the status is written every second
+		st, ok, err := s.Status(context.Background())
+		if err != nil || !ok || st.AppliedSeq != 5 || st.Unattributed != 1 {
+			return fmt.Errorf("status %+v %v %v, want 5 applied and 1 unattributed", st, ok, err)
+		}
+		return nil
+	})
 }
 
 // The totals bucket deleted under a running leader: the role sets itself
@@ -286,6 +297,24 @@ func TestDeletedConsumerIsReplaced(t *testing.T) {
 	f.totals(r, "poster", want("poster", 0, 3, 0, 2, 0))
 }
 
+// status waits for r's leader to report, and returns what it said.
+func status(t *testing.T, r *Role) Status {
+	t.Helper()
+	var st Status
+	wait.For(t, wait.Short, wait.Every, func() error {
+		s, err := r.Store(context.Background())
+		if err != nil {
+			return err
+		}
+		var ok bool
+		if st, ok, err = s.Status(context.Background()); err != nil || !ok {
+			return fmt.Errorf("no status yet: %v", err)
+		}
+		return nil
+	})
+	return st
+}
+
 // rebuildDroppingAGhost writes a scene's value no event explains (as an
 // older version could have left), asks for a rebuild, and waits until it
 // is done and the value is gone.
@@ -298,14 +327,15 @@ func rebuildDroppingAGhost(t *testing.T, r *Role) {
 	if _, err := s.kv.Put(context.Background(), sceneKey("ghost"), []byte(`{"scene":"ghost","scans":7}`)); err != nil {
 		t.Fatal(err)
 	}
+	before := status(t, r)
 	req, err := s.RequestRebuild(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
 	wait.For(t, wait.Short, wait.Every, func() error {
 		st, ok, err := s.Status(context.Background())
-		if err != nil || !ok || st.Rebuilding || st.Epoch == 0 {
-			return fmt.Errorf("status %+v %v %v (request %d)", st, ok, err, req)
+		if err != nil || !ok || st.Rebuilding || st.Epoch <= before.Epoch {
+			return fmt.Errorf("status %+v %v %v, want a new epoch after %d (request %d)", st, ok, err, before.Epoch, req)
 		}
 		if _, ok, _ := s.Scene(context.Background(), "ghost"); ok {
 			return errors.New("ghost still there")
@@ -500,16 +530,7 @@ func TestIdleLeaderNATSRestartedWithoutData(t *testing.T) {
 		_ = r.Stop(ctx)
 	})
 	// Leading, with its consumer, and no event delivered yet.
-	wait.For(t, wait.Short, wait.Every, func() error {
-		s, err := r.Store(context.Background())
-		if err != nil {
-			return err
-		}
-		if _, ok, err := s.Status(context.Background()); err != nil || !ok {
-			return fmt.Errorf("no status yet: %v", err)
-		}
-		return nil
-	})
+	before := status(t, r)
 
 	srv.Close()
 	srv = start() // the same address, an empty store
@@ -534,7 +555,7 @@ func TestIdleLeaderNATSRestartedWithoutData(t *testing.T) {
 			return err
 		}
 		st, ok, err := s.Status(context.Background())
-		if err != nil || !ok || st.AppliedSeq != 5 || st.Pending != 0 || st.Epoch < 1 {
+		if err != nil || !ok || st.AppliedSeq != 5 || st.Pending != 0 || st.Epoch <= before.Epoch {
 			return fmt.Errorf("status %+v %v %v", st, ok, err)
 		}
 		return nil
