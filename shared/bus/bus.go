@@ -5,6 +5,7 @@ package bus
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -52,6 +53,10 @@ const (
 // maxAccount bounds the account header: an account is "gh_" and 12 hex
 // digits, but ToUserName comes from the sender.
 const maxAccount = 64
+
+// InstanceID names one part of this process among all that share a bucket
+// or a lease: the connection's name and a random suffix.
+func InstanceID(nc *nats.Conn) string { return nc.Opts.Name + "/" + rand.Text()[:8] }
 
 // Account is the value of HeaderAccount for a ToUserName: the name itself,
 // or "invalid" for one longer than any account, so that no header grows

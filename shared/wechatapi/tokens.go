@@ -2,7 +2,6 @@ package wechatapi
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -108,7 +107,7 @@ func newTokens(nc *nats.Conn, appID string, replicas int, o TokenOptions, fetch 
 	o.setDefaults()
 	return &Tokens{
 		nc: nc, replicas: max(replicas, 1), o: o, fetch: fetch, logger: logger,
-		id:       nc.Opts.Name + "/" + rand.Text()[:8],
+		id:       bus.InstanceID(nc),
 		tokenKey: "token." + appID, leaseKey: "lease." + appID, watchKey: "*." + appID,
 	}
 }

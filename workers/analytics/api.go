@@ -3,7 +3,6 @@ package analytics
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"net/http"
 	"slices"
 	"strconv"
@@ -95,7 +94,7 @@ func API(store StoreFunc, token string) http.Handler {
 		if offset < len(all) {
 			page.Scenes = all[offset:min(len(all), offset+limit)]
 		}
-		writeJSON(w, http.StatusOK, page)
+		admin.WriteJSON(w, http.StatusOK, page)
 	})
 	mux.HandleFunc("GET /api/scenes/{scene}", func(w http.ResponseWriter, r *http.Request) {
 		scene := r.PathValue("scene")
@@ -117,7 +116,7 @@ func API(store StoreFunc, token string) http.Handler {
 		case !ok:
 			apiError(w, http.StatusNotFound, "no scans recorded for this scene")
 		default:
-			writeJSON(w, http.StatusOK, t)
+			admin.WriteJSON(w, http.StatusOK, t)
 		}
 	})
 	mux.HandleFunc("GET /api/analytics", func(w http.ResponseWriter, r *http.Request) {
@@ -133,7 +132,7 @@ func API(store StoreFunc, token string) http.Handler {
 		case !ok:
 			apiError(w, http.StatusServiceUnavailable, "no analytics leader has reported yet")
 		default:
-			writeJSON(w, http.StatusOK, st)
+			admin.WriteJSON(w, http.StatusOK, st)
 		}
 	})
 	mux.HandleFunc("POST /api/analytics/rebuild", func(w http.ResponseWriter, r *http.Request) {
@@ -147,7 +146,7 @@ func API(store StoreFunc, token string) http.Handler {
 			apiError(w, http.StatusServiceUnavailable, "rebuild not requested: analytics bucket unavailable")
 			return
 		}
-		writeJSON(w, http.StatusAccepted, map[string]any{
+		admin.WriteJSON(w, http.StatusAccepted, map[string]any{
 			"request": req,
 			"status":  "the leader starts over from the event stream's first event within a second; GET /api/analytics shows its progress",
 		})
@@ -180,11 +179,5 @@ func intParam(s string, def, lo, hi int) (int, error) {
 }
 
 func apiError(w http.ResponseWriter, code int, msg string) {
-	writeJSON(w, code, map[string]string{"error": msg})
-}
-
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json; charset=utf-8")
-	w.WriteHeader(code)
-	_ = json.NewEncoder(w).Encode(v)
+	admin.WriteJSON(w, code, map[string]string{"error": msg})
 }

@@ -391,7 +391,7 @@ func (a *applier) applyMsg(ctx context.Context, m jetstream.Msg) error {
 	}
 	ev, err := decode(m)
 	if err != nil {
-		a.r.quarantine(m, a.st.stream, seq, PoisonUndecodable, err)
+		a.r.quarantine(a.js, m, a.st.stream, seq, PoisonUndecodable, err)
 		a.st.seq = seq
 		return nil
 	}

@@ -64,7 +64,7 @@ func ensureDeadLetter(ctx context.Context, js jetstream.JetStream, replicas int)
 // it never stops the analytics nor reaches a count. stream identifies the
 // event stream (its creation time), so a copy is stored once per event even
 // when a replaced stream reuses its sequences.
-func (r *Role) quarantine(msg jetstream.Msg, stream int64, seq uint64, reason string, cause error) {
+func (r *Role) quarantine(js jetstream.JetStream, msg jetstream.Msg, stream int64, seq uint64, reason string, cause error) {
 	dl := &nats.Msg{Subject: DeadLetterSubject, Data: msg.Data(), Header: nats.Header{}}
 	dl.Header.Set(HeaderPoisonReason, reason)
 	dl.Header.Set(HeaderPoisonStream, events.Stream)
@@ -82,16 +82,13 @@ func (r *Role) quarantine(msg jetstream.Msg, stream int64, seq uint64, reason st
 	// A copy stored before a crash is not stored twice when a new leader
 	// meets the event again.
 	id := jetstream.WithMsgID(fmt.Sprintf("%s.%d.%d", events.Stream, stream, seq))
-	js, err := jetstream.New(r.o.Conn)
-	if err == nil {
+	_, err := js.PublishMsg(ctx, dl, id)
+	if errors.Is(err, nats.ErrMaxPayload) || (err != nil && strings.Contains(err.Error(), "maximum payload")) {
+		// Too big to copy with its headers: keep the start of it, and say
+		// how big it was.
+		dl.Header.Set(HeaderPoisonTruncated, strconv.Itoa(len(dl.Data)))
+		dl.Data = dl.Data[:min(len(dl.Data), 64<<10)]
 		_, err = js.PublishMsg(ctx, dl, id)
-		if errors.Is(err, nats.ErrMaxPayload) || (err != nil && strings.Contains(err.Error(), "maximum payload")) {
-			// Too big to copy with its headers: keep the start of it, and
-			// say how big it was.
-			dl.Header.Set(HeaderPoisonTruncated, strconv.Itoa(len(dl.Data)))
-			dl.Data = dl.Data[:min(len(dl.Data), 64<<10)]
-			_, err = js.PublishMsg(ctx, dl, id)
-		}
 	}
 	if err != nil {
 		r.o.Logger.Warn("analytics: poison event not copied to the dead-letter stream", "seq", seq, "reason", reason, "err", err)

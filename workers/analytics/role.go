@@ -2,7 +2,6 @@ package analytics
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -14,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/events"
 )
 
@@ -68,7 +68,7 @@ func (o *RoleOptions) setDefaults() {
 		o.SnapshotEvery = 30 * time.Second
 	}
 	if o.ID == "" {
-		o.ID = o.Conn.Opts.Name + "/" + rand.Text()[:8]
+		o.ID = bus.InstanceID(o.Conn)
 	}
 }
 

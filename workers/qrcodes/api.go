@@ -122,7 +122,7 @@ const Prefix = "/api/qrcodes"
 func (s *Service) route(w http.ResponseWriter, r *http.Request) {
 	rest, ok := strings.CutPrefix(r.URL.EscapedPath(), Prefix)
 	if !ok || (rest != "" && rest[0] != '/') {
-		writeJSON(w, http.StatusNotFound, map[string]string{"error": "not found"})
+		admin.WriteJSON(w, http.StatusNotFound, map[string]string{"error": "not found"})
 		return
 	}
 	if !s.Enabled() {
@@ -144,7 +144,7 @@ func (s *Service) route(w http.ResponseWriter, r *http.Request) {
 	}
 	seg, sub, nested := strings.Cut(rest[1:], "/")
 	if seg == "" || (nested && sub != "image") {
-		writeJSON(w, http.StatusNotFound, map[string]string{"error": "not found"})
+		admin.WriteJSON(w, http.StatusNotFound, map[string]string{"error": "not found"})
 		return
 	}
 	if !get {
@@ -178,7 +178,7 @@ func (s *Service) route(w http.ResponseWriter, r *http.Request) {
 
 func methodNotAllowed(w http.ResponseWriter, allow string) {
 	w.Header().Set("Allow", allow)
-	writeJSON(w, http.StatusMethodNotAllowed, map[string]string{"error": "method not allowed; allowed: " + allow})
+	admin.WriteJSON(w, http.StatusMethodNotAllowed, map[string]string{"error": "method not allowed; allowed: " + allow})
 }
 
 func (s *Service) create(w http.ResponseWriter, r *http.Request) {
@@ -199,7 +199,7 @@ func (s *Service) create(w http.ResponseWriter, r *http.Request) {
 	if created {
 		code = http.StatusCreated
 	}
-	writeJSON(w, code, c)
+	admin.WriteJSON(w, code, c)
 }
 
 func (s *Service) list(w http.ResponseWriter, r *http.Request) {
@@ -210,7 +210,7 @@ func (s *Service) list(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, "GET /api/qrcodes", err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"qrcodes": all})
+	admin.WriteJSON(w, http.StatusOK, map[string]any{"qrcodes": all})
 }
 
 func (s *Service) get(w http.ResponseWriter, r *http.Request, route, scene string) {
@@ -221,9 +221,9 @@ func (s *Service) get(w http.ResponseWriter, r *http.Request, route, scene strin
 	case err != nil:
 		s.fail(w, r, route, err)
 	case !found:
-		writeJSON(w, http.StatusNotFound, map[string]string{"error": "no QR code for this scene"})
+		admin.WriteJSON(w, http.StatusNotFound, map[string]string{"error": "no QR code for this scene"})
 	default:
-		writeJSON(w, http.StatusOK, c)
+		admin.WriteJSON(w, http.StatusOK, c)
 	}
 }
 
@@ -255,10 +255,10 @@ func (s *Service) image(w http.ResponseWriter, r *http.Request, route, scene str
 		s.fail(w, r, route, err)
 		return
 	case !found && ticket != "":
-		writeJSON(w, http.StatusNotFound, map[string]string{"error": "this scene has no QR code with this ticket"})
+		admin.WriteJSON(w, http.StatusNotFound, map[string]string{"error": "this scene has no QR code with this ticket"})
 		return
 	case !found:
-		writeJSON(w, http.StatusNotFound, map[string]string{"error": "no QR code for this scene"})
+		admin.WriteJSON(w, http.StatusNotFound, map[string]string{"error": "no QR code for this scene"})
 		return
 	}
 	img, err := PNG(c.URL, size)
@@ -321,11 +321,5 @@ func (s *Service) fail(w http.ResponseWriter, r *http.Request, route string, err
 	case code >= 500 && body["errcode"] == nil:
 		s.o.Logger.Warn("qr request failed", "route", route, "status", code, "err", err)
 	}
-	writeJSON(w, code, body)
-}
-
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json; charset=utf-8")
-	w.WriteHeader(code)
-	_ = json.NewEncoder(w).Encode(v)
+	admin.WriteJSON(w, code, body)
 }

@@ -93,7 +93,7 @@ func New(o Options) *Service {
 	if o.RequestTimeout <= 0 {
 		o.RequestTimeout = 20 * time.Second
 	}
-	return &Service{o: o, id: o.Conn.Opts.Name + "/" + rand.Text()[:8]}
+	return &Service{o: o, id: bus.InstanceID(o.Conn)}
 }
 
 // Enabled reports whether codes can be made (WECHAT_APPSECRET is set).

@@ -6,7 +6,6 @@ package worker
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -18,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/config"
 	"github.com/wxgate/wxgate/shared/health"
 	"github.com/wxgate/wxgate/shared/wechatapi"
@@ -156,7 +156,7 @@ func startLate(o Options, svc *reply.Service, outcomes *prometheus.CounterVec) (
 	return late.Start(late.Options{
 		Conn: o.Conn, API: api, Reply: svc.ReplyOnce,
 		MessageWindow: o.Config.LateMessageWindow, EventWindow: o.Config.LateEventWindow,
-		Replicas: o.Config.JetStreamReplicas, ID: o.Conn.Opts.Name + "/" + rand.Text()[:8], Outcomes: outcomes,
+		Replicas: o.Config.JetStreamReplicas, ID: bus.InstanceID(o.Conn), Outcomes: outcomes,
 		Logger: o.Logger.With("component", "late"), Registerer: o.Registerer,
 	})
 }
@@ -181,7 +181,7 @@ func openDedup(o Options) (*dedup.Store, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	return dedup.Open(ctx, js, o.Conn.Opts.Name+"/"+rand.Text(), dedup.Options{
+	return dedup.Open(ctx, js, bus.InstanceID(o.Conn), dedup.Options{
 		TTL:            o.Config.DedupTTL,
 		Memory:         o.Config.DedupMemoryMB << 20,
 		Replicas:       o.Config.JetStreamReplicas,
