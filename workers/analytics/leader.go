@@ -1,7 +1,6 @@
 package analytics
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -644,30 +643,6 @@ func (a *applier) writeStatus(ctx context.Context) (uint64, error) {
 		a.r.m.infoTime.SetToCurrentTime()
 	}
 	return a.pending, infoErr
-}
-
-// docs reads every scene value with its revision.
-func (s *Store) docs(ctx context.Context) (map[string]docRev, error) {
-	w, err := s.kv.Watch(ctx, "s.>", jetstream.IgnoreDeletes())
-	if err != nil {
-		return nil, fmt.Errorf("read totals: %w", err)
-	}
-	defer w.Stop()
-	out := map[string]docRev{}
-	for {
-		select {
-		case e := <-w.Updates():
-			if e == nil {
-				return out, nil
-			}
-			var d sceneDoc
-			if err := json.NewDecoder(bytes.NewReader(e.Value())).Decode(&d); err == nil {
-				out[e.Key()] = docRev{d, e.Revision()}
-			}
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-	}
 }
 
 type docRev struct {

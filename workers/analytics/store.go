@@ -105,14 +105,28 @@ func (s *Store) checkBucket(ctx context.Context) error {
 
 func sceneKey(scene string) string { return "s." + base64.RawURLEncoding.EncodeToString([]byte(scene)) }
 
-// Scenes reads every scene's totals from the bucket.
+// Scenes reads every scene's totals from the bucket (a value this version
+// cannot read is left out).
 func (s *Store) Scenes(ctx context.Context) ([]Totals, error) {
+	docs, err := s.docs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Totals, 0, len(docs))
+	for _, d := range docs {
+		out = append(out, d.doc.Totals)
+	}
+	return out, nil
+}
+
+// docs reads every scene value with its revision.
+func (s *Store) docs(ctx context.Context) (map[string]docRev, error) {
 	w, err := s.kv.Watch(ctx, "s.>", jetstream.IgnoreDeletes())
 	if err != nil {
 		return nil, fmt.Errorf("read totals: %w", err)
 	}
 	defer w.Stop()
-	var out []Totals
+	out := map[string]docRev{}
 	for {
 		select {
 		case e := <-w.Updates():
@@ -120,10 +134,9 @@ func (s *Store) Scenes(ctx context.Context) ([]Totals, error) {
 				return out, nil
 			}
 			var d sceneDoc
-			if err := json.Unmarshal(e.Value(), &d); err != nil {
-				return nil, fmt.Errorf("read totals %s: %w", e.Key(), err)
+			if err := json.Unmarshal(e.Value(), &d); err == nil {
+				out[e.Key()] = docRev{d, e.Revision()}
 			}
-			out = append(out, d.Totals)
 		case <-ctx.Done():
 			return nil, fmt.Errorf("read totals: %w", ctx.Err())
 		}
