@@ -142,7 +142,7 @@ func (c *Config) HasRole(role string) bool {
 // ReplyTexts are the workers' reply texts; "{scene}" stands for the scene.
 type ReplyTexts struct {
 	Subscribe         string // REPLY_SUBSCRIBE
-	SubscribeScene    string // REPLY_SUBSCRIBE_SCENE, appended on its own line
+	SubscribeScene    string // REPLY_SUBSCRIBE_SCENE, appended to Subscribe as it is (no separator)
 	Scan              string // REPLY_SCAN
 	VoiceUnrecognised string // REPLY_VOICE_UNRECOGNISED
 	Default           string // REPLY_DEFAULT, for other message types; empty: no reply

@@ -48,8 +48,8 @@ type applier struct {
 	// known holds the scene values this leader last read or wrote: their
 	// point (epoch, sequence) and KV revision.
 	known map[string]docRev
-	// rebuilt is the revision of the last rebuild request handled (kept
-	// in the snapshot with the state it produced).
+	// rebuilding is true from a rebuild's start until it has caught up
+	// with the stream (the request's revision is kept in the state).
 	rebuilding bool
 	pending    uint64
 	cons       jetstream.Consumer
@@ -195,12 +195,10 @@ func (a *applier) run(ctx context.Context) error {
 	if created := info.Created.UnixNano(); a.st.stream != created {
 		if a.st.stream != 0 {
 			// NATS lost the stream and it was made again: its sequences
-			// start over. The totals carry on from where they were.
+			// start over. The totals carry on from where they were, in a
+			// new generation, so that values written now are not taken for
+			// older than those before.
 			a.logger.Warn("the event stream was replaced; counting its events from the start", "applied_seq", a.st.seq)
-		}
-		if a.st.stream != 0 {
-			// Its sequences start over: a new generation, so that values
-			// written now are not taken for older than those before.
 			a.st.epoch++
 			a.st.touchAll()
 		}
