@@ -170,6 +170,24 @@ func outcome(t *testing.T, reg prometheus.Gatherer, o string) float64 {
 	return v
 }
 
+// waitFinal waits until the services' outcomes add up to want and every
+// event is done with, then checks want again: a count that must stay (at
+// 0, or at its number) is checked once nothing more can change it.
+func (f *fixture) waitFinal(want map[string]float64, regs ...prometheus.Gatherer) {
+	f.t.Helper()
+	waitOutcomes(f.t, want, regs...)
+	f.settled()
+	for o, n := range want {
+		var got float64
+		for _, reg := range regs {
+			got += outcome(f.t, reg, o)
+		}
+		if got != n {
+			f.t.Errorf("once settled, %s = %v, want %v", o, got, n)
+		}
+	}
+}
+
 // waitOutcomes waits until the services' outcomes add up to want.
 func waitOutcomes(t *testing.T, want map[string]float64, regs ...prometheus.Gatherer) {
 	t.Helper()
@@ -196,7 +214,7 @@ func TestLateRepliesSentOnceAcrossReplicas(t *testing.T) {
 	f.unanswered(text("o_a", "hello", 1), time.Now())
 	f.unanswered(text("o_b", "你好", 2), time.Now())
 	f.unanswered(scan("o_c", time.Now()), time.Now())
-	waitOutcomes(t, map[string]float64{Sent: 3}, r1, r2)
+	f.waitFinal(map[string]float64{Sent: 3}, r1, r2)
 	got := map[string]string{}
 	for _, m := range f.fake.Calls().Messages {
 		if _, dup := got[m.ToUser]; dup {
@@ -222,7 +240,7 @@ func TestExpiredWindowIsNotSent(t *testing.T) {
 	_, reg := f.start(time.Hour, time.Minute)
 	at := time.Now().Add(-2 * time.Minute)
 	f.unanswered(scan("o_late", at), at)
-	waitOutcomes(t, map[string]float64{Expired: 1, Sent: 0}, reg)
+	f.waitFinal(map[string]float64{Expired: 1, Sent: 0}, reg)
 	if n := len(f.fake.Calls().Messages); n != 0 {
 		t.Errorf("%d messages sent past the window", n)
 	}
@@ -243,7 +261,7 @@ func TestPassiveAndLateNeverBoth(t *testing.T) {
 	f.unanswered(first, time.Now())
 	second := text("o_q", "late", 2)
 	f.unanswered(second, time.Now())
-	waitOutcomes(t, map[string]float64{Sent: 1}, reg)
+	f.waitFinal(map[string]float64{Sent: 1}, reg)
 	if s.Delivered(context.Background(), second.DedupKey()) {
 		t.Error("a retry after the late reply was told to answer with the reply too")
 	}
@@ -264,9 +282,9 @@ func TestSendingMarkIsRespected(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.unanswered(m, time.Now())
-	other := text("o_o", "other", 2) // to know the first was processed
+	other := text("o_o", "other", 2)
 	f.unanswered(other, time.Now())
-	waitOutcomes(t, map[string]float64{Sent: 1}, reg)
+	f.waitFinal(map[string]float64{Sent: 1}, reg)
 	if msgs := f.fake.Calls().Messages; len(msgs) != 1 || msgs[0].ToUser != "o_o" {
 		t.Errorf("messages = %+v, want only o_o's", msgs)
 	}
@@ -400,7 +418,7 @@ func TestStopLosesNoLateReply(t *testing.T) {
 	cancel()
 	_, reg2 := f.start() // the replacement
 	close(release)
-	waitOutcomes(t, map[string]float64{Sent: 1, Expired: 0, Failed: 0}, reg1, reg2)
+	f.waitFinal(map[string]float64{Sent: 1, Expired: 0, Failed: 0}, reg1, reg2)
 	f.settled()
 	if n := f.sentTo("o_stop"); n != 1 {
 		t.Errorf("o_stop got the reply %d times, want 1", n)
@@ -464,7 +482,7 @@ func TestFailingHandlerIsCountedFailed(t *testing.T) {
 		o.Reply = func(context.Context, *wechat.Message) ([]byte, error) { runs.Add(1); return nil, errors.New("boom") }
 	})
 	f.unanswered(text("o_fail", "x", 6), time.Now().Add(-time.Second)) // past Settle: every delivery runs the handler
-	waitOutcomes(t, map[string]float64{Failed: 1, Expired: 0}, reg)
+	f.waitFinal(map[string]float64{Failed: 1, Expired: 0}, reg)
 	f.settled()
 	if n := runs.Load(); n != maxHandlerAttempts {
 		t.Errorf("handler ran %d times, want %d", n, maxHandlerAttempts)
@@ -489,7 +507,7 @@ func TestUnreachableWeChatIsCountedFailed(t *testing.T) {
 	}
 	at := time.Now()
 	f.unanswered(scan("o_scan", at), at)
-	waitOutcomes(t, map[string]float64{Failed: 1, Sent: 0, Expired: 0}, reg)
+	waitOutcomes(t, map[string]float64{Failed: 1, Sent: 0, Expired: 0}, reg) // the messages go on retrying: never settled
 }
 
 // WeChat's own count: a window takes 5 messages; the 6th late reply is

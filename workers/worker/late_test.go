@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -23,15 +24,21 @@ import (
 	"github.com/wxgate/wxgate/wxsim/api"
 )
 
-// slowOnce is slower than the deadline on its first run only.
+// slowOnce is slower than the deadline on its first run only: that run
+// answers once the test releases it.
 type slowOnce struct {
 	*reply.Replier
-	runs atomic.Int32
+	runs    atomic.Int32
+	release chan struct{}
 }
 
 func (d *slowOnce) Decide(ctx context.Context, m *wechat.Message) (*wechat.Reply, error) {
 	if d.runs.Add(1) == 1 {
-		time.Sleep(2 * time.Second) // a handler slower than the 1 s deadline
+		select {
+		case <-d.release:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
 	}
 	return d.Reply(m), nil
 }
@@ -62,7 +69,10 @@ func TestRetryWhileHeldAfterALateReply(t *testing.T) {
 	t.Cleanup(fs.Close)
 	cfg := config.Defaults()
 	cfg.AppID, cfg.AppSecret, cfg.APIBase = "wx_late", "late-secret", fs.URL
-	d := &slowOnce{Replier: reply.NewReplier(cfg.Replies)}
+	d := &slowOnce{Replier: reply.NewReplier(cfg.Replies), release: make(chan struct{})}
+	var released sync.Once
+	release := func() { released.Do(func() { close(d.release) }) }
+	t.Cleanup(release)
 	w, _ := startWorker(t, srv, cfg, d)
 	wait.For(t, wait.Short, wait.Every, w.Late.Check)
 
@@ -89,6 +99,7 @@ func TestRetryWhileHeldAfterALateReply(t *testing.T) {
 	if _, body, err := s.Post(http.DefaultClient, hs.URL+gateway.Path, []byte(msg), time.Now(), "n1"); err != nil || string(body) != "success" {
 		t.Fatalf("first delivery = %q %v, want success at the deadline", body, err)
 	}
+	release() // the handler finishes after the deadline: its reply goes out late
 	wait.For(t, wait.Short, wait.Every, func() error {
 		if len(fake.Calls().Messages) == 0 {
 			return errors.New("no late reply yet")
@@ -107,8 +118,8 @@ func TestRetryWhileHeldAfterALateReply(t *testing.T) {
 	}
 }
 
-// LATE_REPLY=off with the API's credentials set: QR codes work, but no
-// late-reply sender runs, and a retry is answered with its reply as usual.
+// LATE_REPLY=off with the API's credentials set: no late-reply sender runs,
+// and none is counted.
 func TestLateReplyOff(t *testing.T) {
 	srv := natstest.RunServer(t)
 	cfg := config.Defaults()
