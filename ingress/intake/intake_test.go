@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -15,58 +14,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/events"
+	"github.com/wxgate/wxgate/shared/natstest"
 	"github.com/wxgate/wxgate/shared/wait"
 	"github.com/wxgate/wxgate/shared/wechat"
 )
-
-// restartable is a NATS server that can be stopped and started again on
-// the same address and store, as a NATS restart does.
-type restartable struct {
-	t    *testing.T
-	addr string
-	dir  string
-	srv  *bus.Embedded
-}
-
-func newRestartable(t *testing.T) *restartable {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	r := &restartable{t: t, addr: addr, dir: t.TempDir()}
-	r.start()
-	t.Cleanup(func() {
-		if r.srv != nil {
-			r.srv.Close()
-		}
-	})
-	return r
-}
-
-func (r *restartable) start() {
-	r.t.Helper()
-	s, err := bus.RunEmbedded(bus.EmbeddedOptions{Listen: r.addr, StoreDir: r.dir, Name: "intake-test", Token: "intake-token"})
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	r.srv = s
-}
-
-func (r *restartable) stop() { r.srv.Close(); r.srv = nil }
-
-func (r *restartable) connect() *nats.Conn {
-	r.t.Helper()
-	nc, err := nats.Connect("nats://"+r.addr, nats.Token("intake-token"), nats.MaxReconnects(-1), nats.ReconnectWait(20*time.Millisecond))
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	r.t.Cleanup(nc.Close)
-	return nc
-}
 
 func newIntake(t *testing.T, nc *nats.Conn, buffer int) (*Intake, *prometheus.Registry) {
 	t.Helper()
@@ -112,8 +64,8 @@ func streamMsgs(t *testing.T, nc *nats.Conn) uint64 {
 // is refused (ErrFull) and the intake reports itself not ready. NATS back:
 // every held event is stored once, and the intake is ready again.
 func TestHeldWhileNATSIsDownThenFlushed(t *testing.T) {
-	r := newRestartable(t)
-	nc := r.connect()
+	r := natstest.NewRestartable(t)
+	nc := r.Connect()
 	in, reg := newIntake(t, nc, 300)
 	disconnect(t, r, nc)
 	for i := 0; i < 300; i++ {
@@ -129,7 +81,7 @@ func TestHeldWhileNATSIsDownThenFlushed(t *testing.T) {
 	if got := testutil.ToFloat64(in.metrics.dropped.WithLabelValues("event", "full")); got != 1 {
 		t.Errorf("dropped{full} = %v, want 1", got)
 	}
-	r.start()
+	r.Start()
 	waitFlushed(t, in)
 	if n := streamMsgs(t, nc); n != 300 {
 		t.Errorf("stream holds %d events, want 300", n)
@@ -149,8 +101,8 @@ func TestHeldWhileNATSIsDownThenFlushed(t *testing.T) {
 // An event JetStream refuses as it is does not stop the events behind it:
 // it is answered, counted as refused, and the rest are stored.
 func TestRefusedEventDoesNotBlockTheQueue(t *testing.T) {
-	r := newRestartable(t)
-	nc := r.connect()
+	r := natstest.NewRestartable(t)
+	nc := r.Connect()
 	in, _ := newIntake(t, nc, 100)
 	// A refusal by the stream itself: too large for its message size limit.
 	js, err := jetstream.New(nc)
@@ -195,8 +147,8 @@ func createStreamWithoutTTL(t *testing.T, nc *nats.Conn) {
 // A stream made without per-message TTLs (an older one) still stores
 // messages: without the TTL, for the stream's age.
 func TestStreamWithoutMessageTTL(t *testing.T) {
-	r := newRestartable(t)
-	nc := r.connect()
+	r := natstest.NewRestartable(t)
+	nc := r.Connect()
 	createStreamWithoutTTL(t, nc)
 	in, _ := newIntake(t, nc, 100)
 	for i, m := range []*wechat.Message{textEvent(1), scanEvent(2)} {
@@ -209,8 +161,8 @@ func TestStreamWithoutMessageTTL(t *testing.T) {
 // SIGTERM while events are held: Close publishes them once NATS is back
 // within its grace; what is left at the end of the grace is counted lost.
 func TestCloseFlushesThenCountsWhatIsLeft(t *testing.T) {
-	r := newRestartable(t)
-	nc := r.connect()
+	r := natstest.NewRestartable(t)
+	nc := r.Connect()
 	in, _ := newIntake(t, nc, 100)
 	disconnect(t, r, nc)
 	for i := 0; i < 5; i++ {
@@ -260,9 +212,9 @@ func waitFlushed(t *testing.T, in *Intake) {
 }
 
 // disconnect stops r's server and waits until nc knows.
-func disconnect(t *testing.T, r *restartable, nc *nats.Conn) {
+func disconnect(t *testing.T, r *natstest.Restartable, nc *nats.Conn) {
 	t.Helper()
-	r.stop()
+	r.Stop()
 	wait.For(t, wait.Short, wait.Every, func() error {
 		if nc.IsConnected() {
 			return errors.New("still connected")
@@ -274,8 +226,8 @@ func disconnect(t *testing.T, r *restartable, nc *nats.Conn) {
 // Held messages on a stream without per-message TTLs are stored when NATS
 // is back, without their TTL: never dropped as refused.
 func TestHeldMessagesOnAStreamWithoutTTL(t *testing.T) {
-	r := newRestartable(t)
-	nc := r.connect()
+	r := natstest.NewRestartable(t)
+	nc := r.Connect()
 	createStreamWithoutTTL(t, nc)
 	in, _ := newIntake(t, nc, 100)
 	disconnect(t, r, nc)
@@ -286,7 +238,7 @@ func TestHeldMessagesOnAStreamWithoutTTL(t *testing.T) {
 		}
 		mustHold(t, in, m)
 	}
-	r.start()
+	r.Start()
 	waitFlushed(t, in)
 	wantAllStored(t, nc, in, 6)
 }
@@ -294,8 +246,8 @@ func TestHeldMessagesOnAStreamWithoutTTL(t *testing.T) {
 // SIGTERM while events are held and NATS comes back within the grace:
 // Close publishes every one of them, and nothing is counted lost.
 func TestCloseFlushesWhenNATSReturns(t *testing.T) {
-	r := newRestartable(t)
-	nc := r.connect()
+	r := natstest.NewRestartable(t)
+	nc := r.Connect()
 	in, _ := newIntake(t, nc, 100)
 	disconnect(t, r, nc)
 	for i := 0; i < 50; i++ {
@@ -307,7 +259,7 @@ func TestCloseFlushesWhenNATSReturns(t *testing.T) {
 		defer cancel()
 		closed <- in.Close(ctx)
 	}()
-	r.start()
+	r.Start()
 	select {
 	case err := <-closed:
 		if err != nil {
@@ -322,8 +274,8 @@ func TestCloseFlushesWhenNATSReturns(t *testing.T) {
 // Messages (personal data) carry a per-message TTL; scene events do not:
 // they are kept EVENTS_MAX_AGE, so the analytics can be rebuilt.
 func TestMessagesCarryATTLSceneEventsDoNot(t *testing.T) {
-	r := newRestartable(t)
-	nc := r.connect()
+	r := natstest.NewRestartable(t)
+	nc := r.Connect()
 	in, _ := newIntake(t, nc, 100)
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -354,8 +306,8 @@ func TestMessagesCarryATTLSceneEventsDoNot(t *testing.T) {
 // An event answered without its reply is marked so, for the late reply:
 // a copy in WXGATE_UNANSWERED with the reason and the event's sequence.
 func TestUnansweredCopyIsMarked(t *testing.T) {
-	r := newRestartable(t)
-	nc := r.connect()
+	r := natstest.NewRestartable(t)
+	nc := r.Connect()
 	in, _ := newIntake(t, nc, 100)
 	m := textEvent(7)
 	raw := m.AppendXML(nil)

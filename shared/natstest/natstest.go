@@ -3,7 +3,9 @@
 package natstest
 
 import (
+	"net"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 
@@ -35,5 +37,67 @@ func Connect(t testing.TB, s *bus.Embedded, opts ...nats.Option) *nats.Conn {
 		t.Fatalf("nats connect: %v", err)
 	}
 	t.Cleanup(nc.Close)
+	return nc
+}
+
+// Restartable is a NATS server (JetStream on) that can be stopped and
+// started again on the same loopback address, as a NATS restart does:
+// with its store, or on an empty one (the server's data lost). Clients
+// from Connect reconnect to it for ever.
+type Restartable struct {
+	t    testing.TB
+	addr string
+	dir  string
+	srv  *bus.Embedded
+}
+
+// NewRestartable starts a Restartable, stopped with the test.
+func NewRestartable(t testing.TB) *Restartable {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &Restartable{t: t, addr: l.Addr().String(), dir: t.TempDir()}
+	l.Close()
+	r.Start()
+	t.Cleanup(r.Stop)
+	return r
+}
+
+// Start starts the server again with the store it had.
+func (r *Restartable) Start() {
+	r.t.Helper()
+	s, err := bus.RunEmbedded(bus.EmbeddedOptions{Listen: r.addr, StoreDir: r.dir, Name: "natstest", Token: "natstest-token"})
+	if err != nil {
+		r.t.Fatalf("nats server: %v", err)
+	}
+	r.srv = s
+}
+
+// StartEmpty starts the server again on an empty store.
+func (r *Restartable) StartEmpty() {
+	r.t.Helper()
+	r.dir = r.t.TempDir()
+	r.Start()
+}
+
+// Stop stops the server (a no-op when stopped).
+func (r *Restartable) Stop() {
+	if r.srv != nil {
+		r.srv.Close()
+		r.srv = nil
+	}
+}
+
+// Connect returns a client that reconnects to r for ever, closed with the
+// test.
+func (r *Restartable) Connect(opts ...nats.Option) *nats.Conn {
+	r.t.Helper()
+	nc, err := nats.Connect("nats://"+r.addr, append([]nats.Option{nats.Token("natstest-token"), nats.MaxReconnects(-1), nats.ReconnectWait(20 * time.Millisecond)}, opts...)...)
+	if err != nil {
+		r.t.Fatalf("nats connect: %v", err)
+	}
+	r.t.Cleanup(nc.Close)
 	return nc
 }

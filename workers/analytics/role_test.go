@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -489,30 +488,10 @@ func TestRoleGivesUpWhenJetStreamRefuses(t *testing.T) {
 // counted once, from its start, not as the old stream's continuation and
 // then again.
 func TestIdleLeaderNATSRestartedWithoutData(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	start := func() *bus.Embedded {
-		s, err := bus.RunEmbedded(bus.EmbeddedOptions{Listen: addr, StoreDir: t.TempDir(), Name: "restarted", Token: "tok"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
-	}
-	srv := start()
-	connect := func() *nats.Conn {
-		nc, err := nats.Connect("nats://"+addr, nats.Token("tok"), nats.MaxReconnects(-1), nats.ReconnectWait(20*time.Millisecond))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(nc.Close)
-		return nc
-	}
-	f := &fixture{t: t, srv: srv}
-	tc := connect()
+	srv := natstest.NewRestartable(t)
+	f := &fixture{t: t}
+	tc := srv.Connect()
+	var err error
 	if f.js, err = jetstream.New(tc); err != nil {
 		t.Fatal(err)
 	}
@@ -520,7 +499,7 @@ func TestIdleLeaderNATSRestartedWithoutData(t *testing.T) {
 		t.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
-	r, err := StartRole(RoleOptions{Conn: connect(), Logger: quiet, Registerer: reg, Lease: 600 * time.Millisecond, FlushEvery: 20 * time.Millisecond})
+	r, err := StartRole(RoleOptions{Conn: srv.Connect(), Logger: quiet, Registerer: reg, Lease: 600 * time.Millisecond, FlushEvery: 20 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -532,9 +511,8 @@ func TestIdleLeaderNATSRestartedWithoutData(t *testing.T) {
 	// Leading, with its consumer, and no event delivered yet.
 	before := status(t, r)
 
-	srv.Close()
-	srv = start() // the same address, an empty store
-	t.Cleanup(srv.Close)
+	srv.Stop()
+	srv.StartEmpty()
 	wait.For(t, wait.Short, wait.Every, func() error {
 		if !tc.IsConnected() {
 			return errors.New("not reconnected")
