@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/wxgate/wxgate/shared/bus"
+	"github.com/wxgate/wxgate/shared/clocktest"
 	"github.com/wxgate/wxgate/shared/metricstest"
 	"github.com/wxgate/wxgate/shared/natstest"
 	"github.com/wxgate/wxgate/wxsim/api"
@@ -278,19 +279,6 @@ func TestRefusalsAreNotRetried(t *testing.T) {
 	}
 }
 
-// clock is a settable clock for the lease's times.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *clock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
 // A refusal of stable_token that will not pass by itself is kept for
 // FailBackoff (10 s): another process gets it from the bucket without
 // asking WeChat again, with its hint; at 10 s it is asked again.
@@ -299,7 +287,7 @@ func TestTokenRefusalShared(t *testing.T) {
 		t.Run(fmt.Sprint(code), func(t *testing.T) {
 			e := newEnv(t, api.Options{})
 			_ = e.fake.Inject(api.Fault{API: api.StableToken, Errcode: code, Count: 10})
-			clk := &clock{t: time.Now()}
+			clk := clocktest.New(time.Now())
 			a, b := e.process(t, "a", TokenOptions{Now: clk.Now}), e.process(t, "b", TokenOptions{Now: clk.Now})
 			ctx := context.Background()
 			for i, p := range []*process{a, b, a} {

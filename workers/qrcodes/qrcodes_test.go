@@ -22,6 +22,7 @@ import (
 
 	"github.com/wxgate/wxgate/shared/admin"
 	"github.com/wxgate/wxgate/shared/bus"
+	"github.com/wxgate/wxgate/shared/clocktest"
 	"github.com/wxgate/wxgate/shared/natstest"
 	"github.com/wxgate/wxgate/shared/wechatapi"
 	"github.com/wxgate/wxgate/workers/analytics"
@@ -36,23 +37,11 @@ func (c counts) Scene(_ context.Context, scene string) (analytics.Totals, bool, 
 	return t, ok, nil
 }
 
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *clock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
 type env struct {
 	ns     *bus.Embedded
 	fake   *api.Server
 	base   string
-	clock  *clock
+	clock  *clocktest.Clock
 	counts counts
 }
 
@@ -61,7 +50,7 @@ func newEnv(t *testing.T) *env {
 	fake := api.New(api.Options{AppID: "wx_q", Secret: "q-secret", PermanentCap: 10})
 	ts := httptest.NewServer(fake)
 	t.Cleanup(ts.Close)
-	return &env{ns: natstest.RunServer(t), fake: fake, base: ts.URL, clock: &clock{t: time.Now()}, counts: counts{}}
+	return &env{ns: natstest.RunServer(t), fake: fake, base: ts.URL, clock: clocktest.New(time.Now()), counts: counts{}}
 }
 
 // service is one process's QR service; off means without WECHAT_APPSECRET.

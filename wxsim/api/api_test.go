@@ -11,27 +11,16 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/wxgate/wxgate/shared/clocktest"
+	"github.com/wxgate/wxgate/shared/wait"
 )
 
-// clock is a settable clock for the token lifetimes.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *clock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
-func newFake(t *testing.T, o Options) (*Server, string, *clock) {
+func newFake(t *testing.T, o Options) (*Server, string, *clocktest.Clock) {
 	t.Helper()
-	clk := &clock{t: time.Unix(1_800_000_000, 0)}
+	clk := clocktest.New(time.Unix(1_800_000_000, 0))
 	o.AppID, o.Secret, o.Now = "wx1", "secret1", clk.Now
 	s := New(o)
 	ts := httptest.NewServer(s)
@@ -307,18 +296,6 @@ func TestFaults(t *testing.T) {
 	}
 }
 
-// waitFor polls cond until it holds; a deadline only bounds a broken test.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // With After, a call is processed and recorded before the fault: a send
 // answered -1 or dropped was delivered all the same, and a caller that
 // goes away during the delay does not undo it. Without After, a caller
@@ -360,7 +337,12 @@ func TestFaultAfter(t *testing.T) {
 			}
 			done <- err
 		}()
-		waitFor(t, "the call to reach its delay", ready)
+		wait.For(t, wait.Short, wait.Every, func() error {
+			if !ready() {
+				return errors.New("the call has not reached its delay")
+			}
+			return nil
+		})
 		cancel()
 		if err := <-done; !errors.Is(err, context.Canceled) {
 			t.Errorf("call %d: %v, want it cancelled during the delay", n, err)
