@@ -229,19 +229,26 @@ func TestRefreshBeforeExpiry(t *testing.T) {
 
 }
 
+// plantLease makes holder, another process, hold p's refresh lease until
+// until.
+func plantLease(t *testing.T, p *process, holder string, until time.Time) {
+	t.Helper()
+	kv, err := p.tokens.bucket(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, _ := json.Marshal(leaseRecord{Holder: holder, Until: until})
+	if _, err := kv.Create(context.Background(), p.tokens.leaseKey, rec); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // A lease whose holder died is taken over when its time is up.
 func TestDeadLeaseTakenOver(t *testing.T) {
 	e := newEnv(t, api.Options{})
 	p := e.process(t, "p", TokenOptions{Lease: 300 * time.Millisecond})
 	ctx := context.Background()
-	kv, err := p.tokens.bucket(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead, _ := json.Marshal(leaseRecord{Holder: "dead", Until: time.Now().Add(300 * time.Millisecond)})
-	if _, err := kv.Create(ctx, p.tokens.leaseKey, dead); err != nil {
-		t.Fatal(err)
-	}
+	plantLease(t, p, "dead", time.Now().Add(300*time.Millisecond))
 	start := time.Now()
 	if _, err := p.tokens.Token(ctx); err != nil {
 		t.Fatal(err)
@@ -396,17 +403,10 @@ func TestTokenWaitTimesOut(t *testing.T) {
 	e := newEnv(t, api.Options{})
 	p := e.process(t, "p", TokenOptions{})
 	ctx := context.Background()
-	kv, err := p.tokens.bucket(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	held, _ := json.Marshal(leaseRecord{Holder: "elsewhere", Until: time.Now().Add(15 * time.Second)})
-	if _, err := kv.Create(ctx, p.tokens.leaseKey, held); err != nil {
-		t.Fatal(err)
-	}
+	plantLease(t, p, "elsewhere", time.Now().Add(15*time.Second))
 	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
 	defer cancel()
-	_, err = p.CreateQRCode(short, tempCode("x"))
+	_, err := p.CreateQRCode(short, tempCode("x"))
 	if !errors.Is(err, ErrTokenWait) || !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("err = %v, want ErrTokenWait", err)
 	}
