@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/wxgate/wxgate/shared/events"
+	"github.com/wxgate/wxgate/shared/nettest"
 	"github.com/wxgate/wxgate/shared/wechat"
 	"github.com/wxgate/wxgate/workers/analytics"
 )
@@ -86,7 +87,7 @@ func (e *env) analytics(ctx context.Context, records, scenes int) error {
 	}
 	for {
 		var st analytics.Status
-		if err := getJSON("http://"+admin+"/api/analytics", &st); err == nil && st.AppliedSeq >= uint64(records) {
+		if err := nettest.FetchJSON("http://"+admin+"/api/analytics", &st); err == nil && st.AppliedSeq >= uint64(records) {
 			break
 		}
 		if time.Since(start) > 30*time.Minute {
@@ -125,18 +126,6 @@ func (e *env) analytics(ctx context.Context, records, scenes int) error {
 		return fmt.Errorf("analytics counts not exact: %d scans in %d scenes, want %d in %d", total, listed, records, scenes)
 	}
 	return nil
-}
-
-func getJSON(url string, v any) error {
-	resp, err := http.Get(url)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s: %s", url, resp.Status)
-	}
-	return json.NewDecoder(resp.Body).Decode(v)
 }
 
 // soak runs (c) at a steady rate and compares each process's memory in the

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/wxgate/wxgate/shared/loadgen"
+	"github.com/wxgate/wxgate/shared/nettest"
 	"github.com/wxgate/wxgate/shared/wechat"
 	"github.com/wxgate/wxgate/workers/analytics"
 )
@@ -64,7 +65,7 @@ func (e *env) growth(ctx context.Context, people int, settle time.Duration) erro
 	burst := time.Since(start)
 	for {
 		var st analytics.Status
-		if err := getJSON("http://"+admin+"/api/analytics", &st); err == nil && st.People >= people && st.Pending == 0 {
+		if err := nettest.FetchJSON("http://"+admin+"/api/analytics", &st); err == nil && st.People >= people && st.Pending == 0 {
 			break
 		}
 		if time.Since(start) > 30*time.Minute {
