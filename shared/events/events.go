@@ -24,8 +24,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/wechat"
 )
 
@@ -96,6 +98,16 @@ func Defaults() Options {
 // MessagesMaxAge in whole seconds.
 func (o Options) MessagesTTL() string {
 	return strconv.FormatInt(int64(o.withDefaults().MessagesMaxAge/time.Second), 10)
+}
+
+// Received is when the ingress received a stored event: its
+// HeaderReceived, or the message's own CreateTime (whole seconds) for one
+// stored without it.
+func Received(h nats.Header, m *wechat.Message) time.Time {
+	if t, ok := bus.ParseTime(h.Get(HeaderReceived)); ok {
+		return t
+	}
+	return time.Unix(m.CreateTime, 0)
 }
 
 // Subject is where an event with request subject subject is stored.

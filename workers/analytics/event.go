@@ -23,7 +23,6 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/events"
 	"github.com/wxgate/wxgate/shared/wechat"
 )
@@ -57,10 +56,7 @@ func decode(msg jetstream.Msg) (event, error) {
 			return event{}, fmt.Errorf("%w: %w", errUndecodable, err)
 		}
 	}
-	ev := event{person: person(m.ToUserName, m.FromUserName), received: time.Unix(m.CreateTime, 0)}
-	if t, ok := bus.ParseTime(msg.Headers().Get(events.HeaderReceived)); ok {
-		ev.received = t
-	}
+	ev := event{person: person(m.ToUserName, m.FromUserName), received: events.Received(msg.Headers(), m)}
 	if scene, kind, ok := m.SceneScan(); ok {
 		ev.kind, ev.scene = kind, scene
 	} else if m.IsEventType(wechat.EventUnsubscribe) {

@@ -384,10 +384,7 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.Term()
 		return
 	}
-	received := time.Unix(m.CreateTime, 0)
-	if t, ok := bus.ParseTime(msg.Headers().Get(events.HeaderReceived)); ok {
-		received = t
-	}
+	received := events.Received(msg.Headers(), m)
 	window, ok := s.window(m)
 	if !ok {
 		// A VIEW, a location report, an unfollow: WeChat takes no
