@@ -240,8 +240,6 @@ func (s *Store) Do(ctx context.Context, key string, run Handler) ([]byte, Outcom
 		return s.await(ctx, key, run)
 	case errors.Is(err, jetstream.ErrKeyNotFound):
 		if body, ok := s.lookup(ctx, key); ok {
-			s.metrics.duplicates.Inc()
-			s.metrics.stored.Inc()
 			return body, Stored, nil
 		}
 		// A retry that runs the handler claims the key first: another
@@ -259,8 +257,6 @@ func (s *Store) Do(ctx context.Context, key string, run Handler) ([]byte, Outcom
 		return s.own(ctx, key, 0, run, Ran)
 	default:
 		if body, ok := s.lookup(ctx, key); ok {
-			s.metrics.duplicates.Inc()
-			s.metrics.stored.Inc()
 			return body, Stored, nil
 		}
 		s.metrics.unavailable.Inc()

@@ -226,8 +226,15 @@ func (s *Store) serveLookups() error {
 
 // lookup asks every worker (this one first) for a reply of key answered
 // recently. It waits at most a fraction of ctx's budget: a worker that
-// has it answers in a millisecond, and silence means none has.
-func (s *Store) lookup(ctx context.Context, key string) ([]byte, bool) {
+// has it answers in a millisecond, and silence means none has. A reply
+// found is counted as a duplicate answered from the store.
+func (s *Store) lookup(ctx context.Context, key string) (body []byte, ok bool) {
+	defer func() {
+		if ok {
+			s.metrics.duplicates.Inc()
+			s.metrics.stored.Inc()
+		}
+	}()
 	if v, ok := s.recent.get(key, time.Now()); ok {
 		return v[len(replyPrefix):], true
 	}
