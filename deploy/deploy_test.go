@@ -21,11 +21,11 @@ import (
 
 	"github.com/wxgate/wxgate/ingress/app"
 	"github.com/wxgate/wxgate/ingress/app/apptest"
-	"github.com/wxgate/wxgate/shared/child"
+	"github.com/wxgate/wxgate/shared/testutil/child"
 	"github.com/wxgate/wxgate/shared/config"
-	"github.com/wxgate/wxgate/shared/metricstest"
-	"github.com/wxgate/wxgate/shared/nettest"
-	"github.com/wxgate/wxgate/shared/wait"
+	"github.com/wxgate/wxgate/shared/testutil/metricstest"
+	"github.com/wxgate/wxgate/shared/testutil/nettest"
+	"github.com/wxgate/wxgate/shared/testutil/wait"
 	"github.com/wxgate/wxgate/shared/wechat"
 )
 

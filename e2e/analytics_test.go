@@ -6,8 +6,8 @@ import (
 	"strconv"
 	"testing"
 
-	"github.com/wxgate/wxgate/shared/nettest"
-	"github.com/wxgate/wxgate/shared/wait"
+	"github.com/wxgate/wxgate/shared/testutil/nettest"
+	"github.com/wxgate/wxgate/shared/testutil/wait"
 	"github.com/wxgate/wxgate/shared/wechat"
 )
 

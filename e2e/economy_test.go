@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/wxgate/wxgate/wxsim/api"
+	"github.com/wxgate/wxgate/shared/wechatapi/wechatapitest"
 )
 
 // The token economy: N processes under steady load ask WeChat for the
@@ -42,7 +42,7 @@ func TestTokenEconomy(t *testing.T) {
 	if code, c := createQR(t, admins[0], `{"scene":"warm_up"}`); code != 201 {
 		t.Fatalf("warm-up: %d %+v", code, c)
 	}
-	start := fake.calls(t).Calls[api.StableToken]
+	start := fake.calls(t).Calls[wechatapitest.StableToken]
 
 	var created atomic.Int64
 	var wg sync.WaitGroup
@@ -62,7 +62,7 @@ func TestTokenEconomy(t *testing.T) {
 	}
 	wg.Wait()
 	c := fake.calls(t)
-	calls := c.Calls[api.StableToken] - start
+	calls := c.Calls[wechatapitest.StableToken] - start
 	every := ttl - overlap*9/10
 	want := int(run / every)
 	t.Logf("%d replicas, %d codes in %v (%.0f/s): %d stable_token calls, one per %v; a refresh is due every %v",
@@ -76,7 +76,7 @@ func TestTokenEconomy(t *testing.T) {
 	if calls < want-2 || calls > want+2 {
 		t.Errorf("%d stable_token calls in %v, want about %d (one per %v, whatever the replicas)", calls, run, want, every)
 	}
-	if len(c.Errcodes[api.QRCodeCreate]) > 0 || len(c.Errcodes[api.StableToken]) > 0 {
+	if len(c.Errcodes[wechatapitest.QRCodeCreate]) > 0 || len(c.Errcodes[wechatapitest.StableToken]) > 0 {
 		t.Errorf("refusals: %v", c.Errcodes)
 	}
 	if c.ForceRefresh != 0 {

@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/wxgate/wxgate/shared/nettest"
-	"github.com/wxgate/wxgate/shared/wait"
+	"github.com/wxgate/wxgate/shared/testutil/nettest"
+	"github.com/wxgate/wxgate/shared/testutil/wait"
 )
 
 // Each test here runs real processes under steady traffic (traffic_test.go),

@@ -11,8 +11,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/wxgate/wxgate/shared/events"
-	"github.com/wxgate/wxgate/shared/nettest"
-	"github.com/wxgate/wxgate/shared/wait"
+	"github.com/wxgate/wxgate/shared/stats"
+	"github.com/wxgate/wxgate/shared/testutil/nettest"
+	"github.com/wxgate/wxgate/shared/testutil/wait"
 	"github.com/wxgate/wxgate/shared/wechat"
 	"github.com/wxgate/wxgate/workers/analytics"
 )
@@ -194,7 +195,7 @@ func TestRecoveryFromLostJetStreamState(t *testing.T) {
 	scan("p1")
 	waitCounts(t, w.admin, map[string]int{"p1": 1})
 
-	if err := js().DeleteKeyValue(ctx, analytics.BucketName); err != nil {
+	if err := js().DeleteKeyValue(ctx, stats.BucketName); err != nil {
 		t.Fatal(err)
 	}
 	w.waitLog(t, "analytics lost what it stands on; setting up again", nil)

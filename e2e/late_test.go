@@ -9,9 +9,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/wxgate/wxgate/shared/wait"
+	"github.com/wxgate/wxgate/shared/testutil/wait"
 	"github.com/wxgate/wxgate/shared/wechat"
-	"github.com/wxgate/wxgate/wxsim/api"
+	"github.com/wxgate/wxgate/shared/wechatapi/wechatapitest"
 )
 
 // interaction tells the fake what a person did, as WeChat knows it: it
@@ -28,9 +28,9 @@ func (f *fakeAPI) interaction(t *testing.T, openid, kind string) {
 
 // waitMessages waits until the fake has accepted n customer-service
 // messages, and returns them.
-func (f *fakeAPI) waitMessages(t *testing.T, n int) []api.Message {
+func (f *fakeAPI) waitMessages(t *testing.T, n int) []wechatapitest.Message {
 	t.Helper()
-	var msgs []api.Message
+	var msgs []wechatapitest.Message
 	wait.For(t, wait.Long, wait.Every, func() error {
 		if msgs = f.calls(t).Messages; len(msgs) < n {
 			return fmt.Errorf("%d of %d customer-service messages", len(msgs), n)
@@ -115,8 +115,8 @@ func TestLateReplyPastTheWindowExpires(t *testing.T) {
 	})
 	// Not even tried: a send the fake refused (45015) would be counted
 	// expired too.
-	if c := fake.calls(t); len(c.Messages) != 0 || c.Calls[api.CustomSend] != 0 {
-		t.Errorf("sent past the window: %d custom_send calls, messages %+v", c.Calls[api.CustomSend], c.Messages)
+	if c := fake.calls(t); len(c.Messages) != 0 || c.Calls[wechatapitest.CustomSend] != 0 {
+		t.Errorf("sent past the window: %d custom_send calls, messages %+v", c.Calls[wechatapitest.CustomSend], c.Messages)
 	}
 }
 
@@ -179,7 +179,7 @@ func TestLateReplyOnceWhenTheSenderIsKilled(t *testing.T) {
 	}
 	// WeChat takes the message, then answers slowly: the sender dies in
 	// between.
-	fake.fault(t, api.Fault{API: api.CustomSend, Delay: "30s", After: true})
+	fake.fault(t, wechatapitest.Fault{API: wechatapitest.CustomSend, Delay: "30s", After: true})
 	w1 := startWorker(t, ns.url, fake.env()...)
 	fake.waitMessages(t, 1)
 	w1.kill(t)

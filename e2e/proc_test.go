@@ -11,9 +11,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/wxgate/wxgate/shared/child"
-	"github.com/wxgate/wxgate/shared/nettest"
-	"github.com/wxgate/wxgate/shared/wait"
+	"github.com/wxgate/wxgate/shared/testutil/child"
+	"github.com/wxgate/wxgate/shared/testutil/nettest"
+	"github.com/wxgate/wxgate/shared/testutil/wait"
 )
 
 // binDir holds the binaries built once for the whole package by TestMain.

@@ -13,11 +13,11 @@ import (
 
 	qr "github.com/piglig/go-qr"
 
-	"github.com/wxgate/wxgate/shared/metricstest"
-	"github.com/wxgate/wxgate/shared/nettest"
-	"github.com/wxgate/wxgate/shared/wait"
+	"github.com/wxgate/wxgate/shared/testutil/metricstest"
+	"github.com/wxgate/wxgate/shared/testutil/nettest"
+	"github.com/wxgate/wxgate/shared/testutil/wait"
 	"github.com/wxgate/wxgate/shared/wechat"
-	"github.com/wxgate/wxgate/wxsim/api"
+	"github.com/wxgate/wxgate/shared/wechatapi/wechatapitest"
 )
 
 const (
@@ -42,14 +42,14 @@ func (f *fakeAPI) env() []string {
 	return []string{"WECHAT_APPID=" + fakeAppID, "WECHAT_APPSECRET=" + fakeSecret, "WECHAT_API_BASE=" + f.base}
 }
 
-func (f *fakeAPI) calls(t *testing.T) api.Calls {
+func (f *fakeAPI) calls(t *testing.T) wechatapitest.Calls {
 	t.Helper()
-	var c api.Calls
+	var c wechatapitest.Calls
 	nettest.GetJSON(t, f.base+"/wxsim/calls", &c)
 	return c
 }
 
-func (f *fakeAPI) fault(t *testing.T, fault api.Fault) {
+func (f *fakeAPI) fault(t *testing.T, fault wechatapitest.Fault) {
 	t.Helper()
 	b, _ := json.Marshal(fault)
 	resp, err := http.Post(f.base+"/wxsim/fault", "application/json", bytes.NewReader(b))
@@ -130,8 +130,8 @@ func TestQRCodesAcrossProcesses(t *testing.T) {
 		}(i)
 	}
 	wg.Wait()
-	if c := fake.calls(t); c.Calls[api.StableToken] != 1 || c.Calls[api.QRCodeCreate] != 8 {
-		t.Fatalf("the fake saw %d stable_token and %d qrcode/create calls, want 1 and 8", c.Calls[api.StableToken], c.Calls[api.QRCodeCreate])
+	if c := fake.calls(t); c.Calls[wechatapitest.StableToken] != 1 || c.Calls[wechatapitest.QRCodeCreate] != 8 {
+		t.Fatalf("the fake saw %d stable_token and %d qrcode/create calls, want 1 and 8", c.Calls[wechatapitest.StableToken], c.Calls[wechatapitest.QRCodeCreate])
 	}
 
 	// A permanent code asked of all four at once is one code.
@@ -159,7 +159,7 @@ func TestQRCodesAcrossProcesses(t *testing.T) {
 	if code, again := createQR(t, in2, `{"scene":"counter_sign","permanent":true}`); created != 1 || code != 200 || again.Ticket != perm[0].Ticket {
 		t.Errorf("%d answers 201 (want 1); asked again: %d %+v", created, code, again)
 	}
-	if n := fake.calls(t).Calls[api.QRCodeCreate]; n != 9 {
+	if n := fake.calls(t).Calls[wechatapitest.QRCodeCreate]; n != 9 {
 		t.Errorf("qrcode/create calls = %d, want 9: the permanent code asked once", n)
 	}
 
@@ -180,13 +180,13 @@ func TestQRCodesAcrossProcesses(t *testing.T) {
 
 	// WeChat invalidates the token: the next call succeeds with exactly
 	// one refresh and one retry.
-	fake.fault(t, api.Fault{InvalidateToken: true})
+	fake.fault(t, wechatapitest.Fault{InvalidateToken: true})
 	before := fake.calls(t).Calls
 	if code, c := createQR(t, in1, `{"scene":"after_invalidation"}`); code != 201 {
 		t.Fatalf("after invalidation: %d %+v", code, c)
 	}
 	after := fake.calls(t).Calls
-	if s, q := after[api.StableToken]-before[api.StableToken], after[api.QRCodeCreate]-before[api.QRCodeCreate]; s != 1 || q != 2 {
+	if s, q := after[wechatapitest.StableToken]-before[wechatapitest.StableToken], after[wechatapitest.QRCodeCreate]-before[wechatapitest.QRCodeCreate]; s != 1 || q != 2 {
 		t.Errorf("after invalidation: %d stable_token and %d qrcode/create calls, want 1 refresh and 1 retry", s, q)
 	}
 	// The others, still holding the old token, take the stored new one
@@ -196,19 +196,19 @@ func TestQRCodesAcrossProcesses(t *testing.T) {
 			t.Errorf("via %s: %d %+v", a, code, c)
 		}
 	}
-	if n := fake.calls(t).Calls[api.StableToken]; n != after[api.StableToken] {
-		t.Errorf("stable_token calls went from %d to %d", after[api.StableToken], n)
+	if n := fake.calls(t).Calls[wechatapitest.StableToken]; n != after[wechatapitest.StableToken] {
+		t.Errorf("stable_token calls went from %d to %d", after[wechatapitest.StableToken], n)
 	}
 
 	// WeChat's refusals reach the caller as 502 with the errcode, asked once.
 	for _, errcode := range []int{45009, 40053, 40052} {
-		fake.fault(t, api.Fault{API: api.QRCodeCreate, Errcode: errcode})
-		before := fake.calls(t).Calls[api.QRCodeCreate]
+		fake.fault(t, wechatapitest.Fault{API: wechatapitest.QRCodeCreate, Errcode: errcode})
+		before := fake.calls(t).Calls[wechatapitest.QRCodeCreate]
 		code, c := createQR(t, w1.admin, `{"scene":"refused"}`)
 		if code != 502 || c.Errcode != errcode || c.Errmsg == "" || c.Error == "" {
 			t.Errorf("errcode %d: %d %+v", errcode, code, c)
 		}
-		if n := fake.calls(t).Calls[api.QRCodeCreate] - before; n != 1 {
+		if n := fake.calls(t).Calls[wechatapitest.QRCodeCreate] - before; n != 1 {
 			t.Errorf("errcode %d: asked %d times", errcode, n)
 		}
 		if v := metricValue(t, w1.admin, fmt.Sprintf(`wxgate_wechat_api_calls_total{api="qrcode_create",outcome="%d"}`, errcode)); v != 1 {

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/wxgate/wxgate/shared/wait"
+	"github.com/wxgate/wxgate/shared/testutil/wait"
 	"github.com/wxgate/wxgate/shared/wechat"
 )
 

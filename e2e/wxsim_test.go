@@ -8,8 +8,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/wxgate/wxgate/shared/nettest"
-	"github.com/wxgate/wxgate/shared/wait"
+	"github.com/wxgate/wxgate/shared/testutil/nettest"
+	"github.com/wxgate/wxgate/shared/testutil/wait"
 )
 
 const (

@@ -10,7 +10,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/wxgate/wxgate/wxsim/api"
+	"github.com/wxgate/wxgate/shared/wechatapi/wechatapitest"
 	"github.com/wxgate/wxgate/wxsim/sim"
 )
 
@@ -18,7 +18,7 @@ func main() {
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	var code int
 	if len(os.Args) > 1 && os.Args[1] == "api" {
-		code = api.Main(ctx, os.Args[2:], os.Stdout, os.Stderr)
+		code = wechatapitest.Main(ctx, os.Args[2:], os.Stdout, os.Stderr)
 	} else {
 		code = sim.Main(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	}

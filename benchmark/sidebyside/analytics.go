@@ -17,9 +17,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/wxgate/wxgate/shared/events"
-	"github.com/wxgate/wxgate/shared/nettest"
+	"github.com/wxgate/wxgate/shared/stats"
+	"github.com/wxgate/wxgate/shared/testutil/nettest"
 	"github.com/wxgate/wxgate/shared/wechat"
-	"github.com/wxgate/wxgate/workers/analytics"
 )
 
 func numCPU() int { return runtime.NumCPU() }
@@ -86,7 +86,7 @@ func (e *env) analytics(ctx context.Context, records, scenes int) error {
 		return err
 	}
 	for {
-		var st analytics.Status
+		var st stats.Status
 		if err := nettest.FetchJSON("http://"+admin+"/api/analytics", &st); err == nil && st.AppliedSeq >= uint64(records) {
 			break
 		}
@@ -101,7 +101,7 @@ func (e *env) analytics(ctx context.Context, records, scenes int) error {
 	var total int64
 	listed := 0
 	for offset := 0; ; offset += 1000 {
-		var page analytics.ScenesPage
+		var page stats.ScenesPage
 		resp, err := http.Get(fmt.Sprintf("http://%s/api/scenes?limit=1000&offset=%d", admin, offset))
 		if err != nil {
 			return err

@@ -11,9 +11,9 @@ import (
 	"time"
 
 	"github.com/wxgate/wxgate/shared/loadgen"
-	"github.com/wxgate/wxgate/shared/nettest"
+	"github.com/wxgate/wxgate/shared/stats"
+	"github.com/wxgate/wxgate/shared/testutil/nettest"
 	"github.com/wxgate/wxgate/shared/wechat"
-	"github.com/wxgate/wxgate/workers/analytics"
 )
 
 // growth measures what each distinct scanner costs standalone mode: N
@@ -64,7 +64,7 @@ func (e *env) growth(ctx context.Context, people int, settle time.Duration) erro
 	}
 	burst := time.Since(start)
 	for {
-		var st analytics.Status
+		var st stats.Status
 		if err := nettest.FetchJSON("http://"+admin+"/api/analytics", &st); err == nil && st.People >= people && st.Pending == 0 {
 			break
 		}

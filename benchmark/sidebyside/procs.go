@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/wxgate/wxgate/shared/child"
+	"github.com/wxgate/wxgate/shared/testutil/child"
 )
 
 // build compiles the binaries into dir: ours, and nats-server at the

@@ -24,11 +24,11 @@ import (
 	"github.com/wxgate/wxgate/shared/admin"
 	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/config"
+	"github.com/wxgate/wxgate/shared/console"
 	"github.com/wxgate/wxgate/shared/health"
 	"github.com/wxgate/wxgate/shared/serve"
+	"github.com/wxgate/wxgate/shared/stats"
 	"github.com/wxgate/wxgate/shared/wechat"
-	"github.com/wxgate/wxgate/workers/analytics"
-	"github.com/wxgate/wxgate/workers/console"
 	"github.com/wxgate/wxgate/workers/reply"
 )
 
@@ -185,8 +185,8 @@ func Start(o Options) (_ *App, err error) {
 	mux := admin.NewMux(admin.Options{Gatherer: reg, Ready: a.health.Ready, Pprof: cfg.Pprof, Token: cfg.AdminToken, Logger: logger})
 	if !o.NoBus {
 		// The totals API, and the QR-code API and /ui/ beside it.
-		scenes := analytics.OpenOnUse(a.nc)
-		api := analytics.API(scenes, cfg.AdminToken)
+		scenes := stats.OpenOnUse(a.nc)
+		api := stats.API(scenes, cfg.AdminToken)
 		if a.workers != nil {
 			scenes, api = a.workers.Scenes(), a.workers.API()
 		}

@@ -19,12 +19,12 @@ import (
 	"github.com/wxgate/wxgate/ingress/app"
 	"github.com/wxgate/wxgate/ingress/app/apptest"
 	"github.com/wxgate/wxgate/shared/config"
-	"github.com/wxgate/wxgate/shared/metricstest"
-	"github.com/wxgate/wxgate/shared/natstest"
-	"github.com/wxgate/wxgate/shared/nettest"
-	"github.com/wxgate/wxgate/shared/wait"
+	"github.com/wxgate/wxgate/shared/stats"
+	"github.com/wxgate/wxgate/shared/testutil/metricstest"
+	"github.com/wxgate/wxgate/shared/testutil/natstest"
+	"github.com/wxgate/wxgate/shared/testutil/nettest"
+	"github.com/wxgate/wxgate/shared/testutil/wait"
 	"github.com/wxgate/wxgate/shared/wechat"
-	"github.com/wxgate/wxgate/workers/analytics"
 )
 
 func get(t *testing.T, url string) (int, string) {
@@ -246,7 +246,7 @@ func TestIngressAPIDoesNotCreateTheBucket(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := js.KeyValue(context.Background(), analytics.BucketName); !errors.Is(err, jetstream.ErrBucketNotFound) {
+	if _, err := js.KeyValue(context.Background(), stats.BucketName); !errors.Is(err, jetstream.ErrBucketNotFound) {
 		t.Errorf("bucket after an ingress API call: %v, want not found", err)
 	}
 }

@@ -16,8 +16,8 @@ import (
 	"github.com/wxgate/wxgate/ingress/app"
 	"github.com/wxgate/wxgate/ingress/app/apptest"
 	"github.com/wxgate/wxgate/shared/config"
-	"github.com/wxgate/wxgate/shared/metricstest"
-	"github.com/wxgate/wxgate/shared/wait"
+	"github.com/wxgate/wxgate/shared/testutil/metricstest"
+	"github.com/wxgate/wxgate/shared/testutil/wait"
 	"github.com/wxgate/wxgate/shared/wechat"
 )
 

@@ -10,17 +10,17 @@ import (
 	"github.com/wxgate/wxgate/ingress/app"
 	"github.com/wxgate/wxgate/ingress/app/apptest"
 	"github.com/wxgate/wxgate/shared/config"
-	"github.com/wxgate/wxgate/shared/metricstest"
-	"github.com/wxgate/wxgate/shared/nettest"
-	"github.com/wxgate/wxgate/shared/wait"
-	"github.com/wxgate/wxgate/wxsim/api"
+	"github.com/wxgate/wxgate/shared/testutil/metricstest"
+	"github.com/wxgate/wxgate/shared/testutil/nettest"
+	"github.com/wxgate/wxgate/shared/testutil/wait"
+	"github.com/wxgate/wxgate/shared/wechatapi/wechatapitest"
 )
 
 // Standalone serves the QR-code API and /ui/ beside /api/scenes, against
 // the fake WeChat API; without WECHAT_APPSECRET the QR routes answer 503
 // and the process is ready all the same.
 func TestStandaloneQRCodes(t *testing.T) {
-	fake := httptest.NewServer(api.New(api.Options{AppID: "wx_app", Secret: "app-secret"}))
+	fake := httptest.NewServer(wechatapitest.New(wechatapitest.Options{AppID: "wx_app", Secret: "app-secret"}))
 	t.Cleanup(fake.Close)
 	for _, on := range []bool{true, false} {
 		cfg := config.Defaults()

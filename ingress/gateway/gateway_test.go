@@ -35,9 +35,9 @@ import (
 	"github.com/wxgate/wxgate/ingress/intake"
 	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/config"
-	"github.com/wxgate/wxgate/shared/metricstest"
-	"github.com/wxgate/wxgate/shared/natstest"
-	"github.com/wxgate/wxgate/shared/wait"
+	"github.com/wxgate/wxgate/shared/testutil/metricstest"
+	"github.com/wxgate/wxgate/shared/testutil/natstest"
+	"github.com/wxgate/wxgate/shared/testutil/wait"
 	"github.com/wxgate/wxgate/shared/wechat"
 	"github.com/wxgate/wxgate/workers/reply"
 )

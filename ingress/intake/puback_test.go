@@ -11,7 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wxgate/wxgate/shared/events"
-	"github.com/wxgate/wxgate/shared/natstest"
+	"github.com/wxgate/wxgate/shared/testutil/natstest"
 	"github.com/wxgate/wxgate/shared/wechat"
 )
 

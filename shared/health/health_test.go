@@ -7,7 +7,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/wxgate/wxgate/shared/metricstest"
+	"github.com/wxgate/wxgate/shared/testutil/metricstest"
 )
 
 func TestReadyNamesEveryFailingPart(t *testing.T) {

@@ -19,10 +19,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/wxgate/wxgate/shared/bus"
-	"github.com/wxgate/wxgate/shared/clocktest"
-	"github.com/wxgate/wxgate/shared/metricstest"
-	"github.com/wxgate/wxgate/shared/natstest"
-	"github.com/wxgate/wxgate/wxsim/api"
+	"github.com/wxgate/wxgate/shared/testutil/clocktest"
+	"github.com/wxgate/wxgate/shared/testutil/metricstest"
+	"github.com/wxgate/wxgate/shared/testutil/natstest"
+	"github.com/wxgate/wxgate/shared/wechatapi/wechatapitest"
 )
 
 const (
@@ -33,14 +33,14 @@ const (
 // env is a NATS server and the fake WeChat API, in process.
 type env struct {
 	ns   *bus.Embedded
-	fake *api.Server
+	fake *wechatapitest.Server
 	base string
 }
 
-func newEnv(t *testing.T, o api.Options) *env {
+func newEnv(t *testing.T, o wechatapitest.Options) *env {
 	t.Helper()
 	o.AppID, o.Secret = appID, secret
-	fake := api.New(o)
+	fake := wechatapitest.New(o)
 	ts := httptest.NewServer(fake)
 	t.Cleanup(ts.Close)
 	return &env{ns: natstest.RunServer(t), fake: fake, base: ts.URL}
@@ -86,7 +86,7 @@ func (e *env) calls(api string) int { return e.fake.Calls().Calls[api] }
 // Four processes, many concurrent callers each: WeChat is asked for the
 // token once, and every code is created.
 func TestOneTokenForEveryProcess(t *testing.T) {
-	e := newEnv(t, api.Options{})
+	e := newEnv(t, wechatapitest.Options{})
 	var procs []*process
 	for i := 0; i < 4; i++ {
 		procs = append(procs, e.process(t, fmt.Sprintf("p%d", i), TokenOptions{}))
@@ -107,10 +107,10 @@ func TestOneTokenForEveryProcess(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
-	if n := e.calls(api.StableToken); n != 1 {
+	if n := e.calls(wechatapitest.StableToken); n != 1 {
 		t.Errorf("stable_token calls = %d, want 1", n)
 	}
-	if n := e.calls(api.QRCodeCreate); n != 80 {
+	if n := e.calls(wechatapitest.QRCodeCreate); n != 80 {
 		t.Errorf("qrcode/create calls = %d, want 80", n)
 	}
 	if n := e.fake.Calls().ForceRefresh; n != 0 {
@@ -123,7 +123,7 @@ func TestOneTokenForEveryProcess(t *testing.T) {
 // token in memory meets 40001 too, finds the stored token already replaced
 // (compare-and-expire), and retries with it: no second refresh.
 func TestInvalidatedTokenRefreshedOnce(t *testing.T) {
-	e := newEnv(t, api.Options{})
+	e := newEnv(t, wechatapitest.Options{})
 	a, b := e.process(t, "a", TokenOptions{}), e.process(t, "b", TokenOptions{})
 	ctx := context.Background()
 	for _, p := range []*process{a, b} {
@@ -131,7 +131,7 @@ func TestInvalidatedTokenRefreshedOnce(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := e.fake.Inject(api.Fault{InvalidateToken: true}); err != nil {
+	if err := e.fake.Inject(wechatapitest.Fault{InvalidateToken: true}); err != nil {
 		t.Fatal(err)
 	}
 	before := e.fake.Calls().Calls
@@ -139,15 +139,15 @@ func TestInvalidatedTokenRefreshedOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	after := e.fake.Calls().Calls
-	if after[api.StableToken]-before[api.StableToken] != 1 || after[api.QRCodeCreate]-before[api.QRCodeCreate] != 2 {
+	if after[wechatapitest.StableToken]-before[wechatapitest.StableToken] != 1 || after[wechatapitest.QRCodeCreate]-before[wechatapitest.QRCodeCreate] != 2 {
 		t.Errorf("after invalidation: %d stable_token and %d qrcode/create calls, want 1 refresh and 1 retry",
-			after[api.StableToken]-before[api.StableToken], after[api.QRCodeCreate]-before[api.QRCodeCreate])
+			after[wechatapitest.StableToken]-before[wechatapitest.StableToken], after[wechatapitest.QRCodeCreate]-before[wechatapitest.QRCodeCreate])
 	}
 	if _, err := b.CreateQRCode(ctx, tempCode("stale in memory")); err != nil {
 		t.Fatal(err)
 	}
-	if n := e.calls(api.StableToken); n != after[api.StableToken] {
-		t.Errorf("the second process refreshed again: %d stable_token calls, want %d", n, after[api.StableToken])
+	if n := e.calls(wechatapitest.StableToken); n != after[wechatapitest.StableToken] {
+		t.Errorf("the second process refreshed again: %d stable_token calls, want %d", n, after[wechatapitest.StableToken])
 	}
 	if v := testutil.ToFloat64(a.calls.WithLabelValues(APIQRCodeCreate, "40001")); v != 1 {
 		t.Errorf("40001 counted %v times in a", v)
@@ -156,7 +156,7 @@ func TestInvalidatedTokenRefreshedOnce(t *testing.T) {
 
 // Expire deletes the stored token only if it is the one that failed.
 func TestExpireComparesTheToken(t *testing.T) {
-	e := newEnv(t, api.Options{})
+	e := newEnv(t, wechatapitest.Options{})
 	p := e.process(t, "p", TokenOptions{})
 	ctx := context.Background()
 	tok, err := p.tokens.Token(ctx)
@@ -178,12 +178,12 @@ func TestExpireComparesTheToken(t *testing.T) {
 	if _, err := q.tokens.Token(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if n := e.calls(api.StableToken); n != 1 {
+	if n := e.calls(wechatapitest.StableToken); n != 1 {
 		t.Errorf("q served from memory: %d stable_token calls", n)
 	}
 	r := e.process(t, "r", TokenOptions{})
-	if _, err := r.tokens.Token(ctx); err != nil || e.calls(api.StableToken) != 2 {
-		t.Errorf("after Expire a fresh process did not refresh: %v, %d calls", err, e.calls(api.StableToken))
+	if _, err := r.tokens.Token(ctx); err != nil || e.calls(wechatapitest.StableToken) != 2 {
+		t.Errorf("after Expire a fresh process did not refresh: %v, %d calls", err, e.calls(wechatapitest.StableToken))
 	}
 }
 
@@ -194,7 +194,7 @@ func TestRefreshBeforeExpiry(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs for 4 seconds")
 	}
-	e := newEnv(t, api.Options{TokenTTL: 2 * time.Second, Overlap: time.Second})
+	e := newEnv(t, wechatapitest.Options{TokenTTL: 2 * time.Second, Overlap: time.Second})
 	procs := []*process{e.process(t, "a", TokenOptions{}), e.process(t, "b", TokenOptions{}), e.process(t, "c", TokenOptions{})}
 	const run = 4 * time.Second
 	end := time.Now().Add(run)
@@ -219,13 +219,13 @@ func TestRefreshBeforeExpiry(t *testing.T) {
 	wg.Wait()
 	c := e.fake.Calls()
 	// One fetch at the start and about one per second after it.
-	if n := c.Calls[api.StableToken]; n < 3 || n > 5 {
+	if n := c.Calls[wechatapitest.StableToken]; n < 3 || n > 5 {
 		t.Errorf("%d stable_token calls in %v with a 2s token, want about %d", n, run, int(run/time.Second)+1)
 	}
-	if len(c.Errcodes[api.QRCodeCreate]) != 0 || c.ForceRefresh != 0 {
+	if len(c.Errcodes[wechatapitest.QRCodeCreate]) != 0 || c.ForceRefresh != 0 {
 		t.Errorf("codes refused: %v; force_refresh sent %d times", c.Errcodes, c.ForceRefresh)
 	}
-	t.Logf("%d codes created, %d stable_token calls", calls, c.Calls[api.StableToken])
+	t.Logf("%d codes created, %d stable_token calls", calls, c.Calls[wechatapitest.StableToken])
 
 }
 
@@ -245,7 +245,7 @@ func plantLease(t *testing.T, p *process, holder string, until time.Time) {
 
 // A lease whose holder died is taken over when its time is up.
 func TestDeadLeaseTakenOver(t *testing.T) {
-	e := newEnv(t, api.Options{})
+	e := newEnv(t, wechatapitest.Options{})
 	p := e.process(t, "p", TokenOptions{Lease: 300 * time.Millisecond})
 	ctx := context.Background()
 	plantLease(t, p, "dead", time.Now().Add(300*time.Millisecond))
@@ -256,7 +256,7 @@ func TestDeadLeaseTakenOver(t *testing.T) {
 	if took := time.Since(start); took < 250*time.Millisecond {
 		t.Errorf("took the token after %v, while the dead lease still held", took)
 	}
-	if n := e.calls(api.StableToken); n != 1 {
+	if n := e.calls(wechatapitest.StableToken); n != 1 {
 		t.Errorf("stable_token calls = %d", n)
 	}
 }
@@ -265,18 +265,18 @@ func TestDeadLeaseTakenOver(t *testing.T) {
 func TestRefusalsAreNotRetried(t *testing.T) {
 	for _, code := range []int{CodeDailyQuota, CodeIPNotWhitelisted, CodeUnauthorized, CodeRiskyIP, CodeInvalidActionInfo, CodeInvalidActionName, CodeSystemBusy} {
 		t.Run(fmt.Sprint(code), func(t *testing.T) {
-			e := newEnv(t, api.Options{})
+			e := newEnv(t, wechatapitest.Options{})
 			p := e.process(t, "p", TokenOptions{})
 			ctx := context.Background()
 			if _, err := p.tokens.Token(ctx); err != nil {
 				t.Fatal(err)
 			}
-			_ = e.fake.Inject(api.Fault{API: api.QRCodeCreate, Errcode: code, Count: 5})
+			_ = e.fake.Inject(wechatapitest.Fault{API: wechatapitest.QRCodeCreate, Errcode: code, Count: 5})
 			_, err := p.CreateQRCode(ctx, tempCode("x"))
 			if got, ok := errcode(err); !ok || got != code {
 				t.Fatalf("err = %v, want errcode %d", err, code)
 			}
-			if n := e.calls(api.QRCodeCreate); n != 1 {
+			if n := e.calls(wechatapitest.QRCodeCreate); n != 1 {
 				t.Errorf("qrcode/create asked %d times", n)
 			}
 			if v, ok := metricstest.Lookup(p.reg, "wxgate_wechat_api_calls_total", map[string]string{"api": APIQRCodeCreate, "outcome": fmt.Sprint(code)}); v != 1 || !ok {
@@ -292,8 +292,8 @@ func TestRefusalsAreNotRetried(t *testing.T) {
 func TestTokenRefusalShared(t *testing.T) {
 	for _, code := range []int{CodeIPNotWhitelisted, CodeDailyQuota, CodeUnauthorized, CodeRiskyIP, CodeInvalidAppID, CodeInvalidSecret} {
 		t.Run(fmt.Sprint(code), func(t *testing.T) {
-			e := newEnv(t, api.Options{})
-			_ = e.fake.Inject(api.Fault{API: api.StableToken, Errcode: code, Count: 10})
+			e := newEnv(t, wechatapitest.Options{})
+			_ = e.fake.Inject(wechatapitest.Fault{API: wechatapitest.StableToken, Errcode: code, Count: 10})
 			clk := clocktest.New(time.Now())
 			a, b := e.process(t, "a", TokenOptions{Now: clk.Now}), e.process(t, "b", TokenOptions{Now: clk.Now})
 			ctx := context.Background()
@@ -304,20 +304,20 @@ func TestTokenRefusalShared(t *testing.T) {
 					t.Fatalf("call %d: err = %v, want %d with its hint", i, err, code)
 				}
 			}
-			if n := e.calls(api.StableToken); n != 1 {
+			if n := e.calls(wechatapitest.StableToken); n != 1 {
 				t.Errorf("stable_token asked %d times, want once", n)
 			}
 			clk.Add(10*time.Second - time.Millisecond)
 			_, _ = b.CreateQRCode(ctx, tempCode("x"))
-			if n := e.calls(api.StableToken); n != 1 {
+			if n := e.calls(wechatapitest.StableToken); n != 1 {
 				t.Errorf("asked again before 10 s: %d calls", n)
 			}
 			clk.Add(time.Millisecond)
 			_, _ = b.CreateQRCode(ctx, tempCode("x"))
-			if n := e.calls(api.StableToken); n != 2 {
+			if n := e.calls(wechatapitest.StableToken); n != 2 {
 				t.Errorf("after 10 s: %d stable_token calls, want 2", n)
 			}
-			if n := e.calls(api.QRCodeCreate); n != 0 {
+			if n := e.calls(wechatapitest.QRCodeCreate); n != 0 {
 				t.Errorf("qrcode/create asked %d times without a token", n)
 			}
 		})
@@ -331,16 +331,16 @@ func TestTokenRefusalShared(t *testing.T) {
 func TestTransientTokenFailureNotShared(t *testing.T) {
 	for _, tt := range []struct {
 		name  string
-		fault api.Fault
+		fault wechatapitest.Fault
 		http  *http.Client
 		code  int // the errcode the failing caller sees; 0: none
 	}{
-		{"dropped", api.Fault{API: api.StableToken, Drop: true}, nil, 0},
-		{"timeout", api.Fault{API: api.StableToken, Delay: "2s"}, &http.Client{Timeout: 100 * time.Millisecond}, 0},
-		{"system busy", api.Fault{API: api.StableToken, Errcode: CodeSystemBusy}, nil, CodeSystemBusy},
+		{"dropped", wechatapitest.Fault{API: wechatapitest.StableToken, Drop: true}, nil, 0},
+		{"timeout", wechatapitest.Fault{API: wechatapitest.StableToken, Delay: "2s"}, &http.Client{Timeout: 100 * time.Millisecond}, 0},
+		{"system busy", wechatapitest.Fault{API: wechatapitest.StableToken, Errcode: CodeSystemBusy}, nil, CodeSystemBusy},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			e := newEnv(t, api.Options{})
+			e := newEnv(t, wechatapitest.Options{})
 			a := e.process(t, "a", TokenOptions{})
 			if tt.http != nil {
 				a.http = tt.http
@@ -362,7 +362,7 @@ func TestTransientTokenFailureNotShared(t *testing.T) {
 			if _, err := b.CreateQRCode(ctx, tempCode("x")); err != nil {
 				t.Errorf("b: %v", err)
 			}
-			if n := e.calls(api.StableToken); n != 2 {
+			if n := e.calls(wechatapitest.StableToken); n != 2 {
 				t.Errorf("stable_token calls = %d, want 2: the failed one and one that worked", n)
 			}
 		})
@@ -374,17 +374,17 @@ func TestTransientTokenFailureNotShared(t *testing.T) {
 func TestTokenRejectedRefreshedOnce(t *testing.T) {
 	for _, code := range []int{CodeInvalidCredential, CodeInvalidToken, CodeTokenExpired} {
 		t.Run(fmt.Sprint(code), func(t *testing.T) {
-			e := newEnv(t, api.Options{})
+			e := newEnv(t, wechatapitest.Options{})
 			p := e.process(t, "p", TokenOptions{})
 			ctx := context.Background()
 			if _, err := p.tokens.Token(ctx); err != nil {
 				t.Fatal(err)
 			}
-			_ = e.fake.Inject(api.Fault{API: api.QRCodeCreate, Errcode: code})
+			_ = e.fake.Inject(wechatapitest.Fault{API: wechatapitest.QRCodeCreate, Errcode: code})
 			if _, err := p.CreateQRCode(ctx, tempCode("x")); err != nil {
 				t.Fatalf("after %d: %v", code, err)
 			}
-			if s, q := e.calls(api.StableToken), e.calls(api.QRCodeCreate); s != 2 || q != 2 {
+			if s, q := e.calls(wechatapitest.StableToken), e.calls(wechatapitest.QRCodeCreate); s != 2 || q != 2 {
 				t.Errorf("%d stable_token and %d qrcode/create calls, want 2 (the first, one refresh) and 2 (one retry)", s, q)
 			}
 			if v, _ := metricstest.Lookup(p.reg, "wxgate_wechat_api_calls_total", map[string]string{"api": APIQRCodeCreate, "outcome": fmt.Sprint(code)}); v != 1 {
@@ -400,7 +400,7 @@ func TestTokenRejectedRefreshedOnce(t *testing.T) {
 // A caller whose time runs out while another process holds the refresh
 // lease is told so: it did not ask WeChat, so it is not WeChat's silence.
 func TestTokenWaitTimesOut(t *testing.T) {
-	e := newEnv(t, api.Options{})
+	e := newEnv(t, wechatapitest.Options{})
 	p := e.process(t, "p", TokenOptions{})
 	ctx := context.Background()
 	plantLease(t, p, "elsewhere", time.Now().Add(15*time.Second))
@@ -410,21 +410,21 @@ func TestTokenWaitTimesOut(t *testing.T) {
 	if !errors.Is(err, ErrTokenWait) || !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("err = %v, want ErrTokenWait", err)
 	}
-	if n := e.calls(api.StableToken); n != 0 {
+	if n := e.calls(wechatapitest.StableToken); n != 0 {
 		t.Errorf("stable_token asked %d times", n)
 	}
 }
 
 // 40001 twice in a row: one refresh, one retry, then the error.
 func TestTokenRejectedTwiceIsNoLoop(t *testing.T) {
-	e := newEnv(t, api.Options{})
+	e := newEnv(t, wechatapitest.Options{})
 	p := e.process(t, "p", TokenOptions{})
-	_ = e.fake.Inject(api.Fault{API: api.QRCodeCreate, Errcode: CodeInvalidCredential, Count: 10})
+	_ = e.fake.Inject(wechatapitest.Fault{API: wechatapitest.QRCodeCreate, Errcode: CodeInvalidCredential, Count: 10})
 	_, err := p.CreateQRCode(context.Background(), tempCode("x"))
 	if code, _ := errcode(err); code != CodeInvalidCredential {
 		t.Fatalf("err = %v", err)
 	}
-	if q, s := e.calls(api.QRCodeCreate), e.calls(api.StableToken); q != 2 || s != 2 {
+	if q, s := e.calls(wechatapitest.QRCodeCreate), e.calls(wechatapitest.StableToken); q != 2 || s != 2 {
 		t.Errorf("%d qrcode/create and %d stable_token calls, want 2 and 2", q, s)
 	}
 }
@@ -433,7 +433,7 @@ func TestTokenRejectedTwiceIsNoLoop(t *testing.T) {
 // whatever fails: a dropped connection (net/http puts the URL, token
 // included, in its error), an errmsg that quotes them, a timeout.
 func TestSecretsRedacted(t *testing.T) {
-	e := newEnv(t, api.Options{})
+	e := newEnv(t, wechatapitest.Options{})
 	p := e.process(t, "p", TokenOptions{})
 	ctx := context.Background()
 	tok, err := p.tokens.Token(ctx)
@@ -441,13 +441,13 @@ func TestSecretsRedacted(t *testing.T) {
 		t.Fatal(err)
 	}
 	var errs []error
-	_ = e.fake.Inject(api.Fault{API: api.QRCodeCreate, Drop: true})
+	_ = e.fake.Inject(wechatapitest.Fault{API: wechatapitest.QRCodeCreate, Drop: true})
 	_, err = p.CreateQRCode(ctx, tempCode("x"))
 	errs = append(errs, err)
-	_ = e.fake.Inject(api.Fault{API: api.QRCodeCreate, Errcode: 40003, Errmsg: "bad token " + tok + " secret " + secret})
+	_ = e.fake.Inject(wechatapitest.Fault{API: wechatapitest.QRCodeCreate, Errcode: 40003, Errmsg: "bad token " + tok + " secret " + secret})
 	_, err = p.CreateQRCode(ctx, tempCode("x"))
 	errs = append(errs, err)
-	_ = e.fake.Inject(api.Fault{API: api.QRCodeCreate, Delay: "2s"})
+	_ = e.fake.Inject(wechatapitest.Fault{API: wechatapitest.QRCodeCreate, Delay: "2s"})
 	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
 	_, err = p.CreateQRCode(short, tempCode("x"))
 	cancel()
@@ -549,15 +549,15 @@ func TestNewQRRequest(t *testing.T) {
 		}
 		// What goes to WeChat passes the fake's checks, which are WeChat's.
 		b, _ := json.Marshal(r)
-		if _, scene, _, code := api.ParseQRRequest(b); code != 0 || scene != tt.scene {
+		if _, scene, _, code := wechatapitest.ParseQRRequest(b); code != 0 || scene != tt.scene {
 			t.Errorf("%q: the fake refuses %s with %d (scene %q)", tt.scene, b, code, scene)
 		}
 	}
 }
 
 func TestCustomSend(t *testing.T) {
-	e := newEnv(t, api.Options{})
-	if err := e.fake.Interaction("o_person", api.KindMessage, time.Time{}); err != nil { // opens o_person's window
+	e := newEnv(t, wechatapitest.Options{})
+	if err := e.fake.Interaction("o_person", wechatapitest.KindMessage, time.Time{}); err != nil { // opens o_person's window
 		t.Fatal(err)
 	}
 	p := e.process(t, "p", TokenOptions{})
@@ -601,7 +601,7 @@ func TestWrongSecret(t *testing.T) {
 		{appID, "not-the-secret", CodeInvalidSecret},
 	} {
 		t.Run(fmt.Sprint(tt.code), func(t *testing.T) {
-			e := newEnv(t, api.Options{})
+			e := newEnv(t, wechatapitest.Options{})
 			for i := 0; i < 2; i++ {
 				nc := natstest.Connect(t, e.ns)
 				c, err := New(Options{Base: e.base, AppID: tt.appID, Secret: tt.secret, Conn: nc, Registerer: prometheus.NewRegistry(), Logger: slog.New(slog.DiscardHandler)})
@@ -613,7 +613,7 @@ func TestWrongSecret(t *testing.T) {
 					t.Errorf("process %d: err = %v", i, err)
 				}
 			}
-			if n := e.calls(api.StableToken); n != 1 {
+			if n := e.calls(wechatapitest.StableToken); n != 1 {
 				t.Errorf("stable_token asked %d times, want once (the refusal kept)", n)
 			}
 		})
@@ -623,18 +623,18 @@ func TestWrongSecret(t *testing.T) {
 // While one process refreshes slowly after the token was expired, another
 // with no token waits for it rather than asking WeChat too.
 func TestWaitsForTheRefresher(t *testing.T) {
-	e := newEnv(t, api.Options{})
+	e := newEnv(t, wechatapitest.Options{})
 	a, b := e.process(t, "a", TokenOptions{}), e.process(t, "b", TokenOptions{})
 	ctx := context.Background()
 	tok, err := a.tokens.Token(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_ = e.fake.Inject(api.Fault{InvalidateToken: true})
+	_ = e.fake.Inject(wechatapitest.Fault{InvalidateToken: true})
 	if err := a.tokens.Expire(ctx, tok); err != nil {
 		t.Fatal(err)
 	}
-	_ = e.fake.Inject(api.Fault{API: api.StableToken, Delay: "300ms"})
+	_ = e.fake.Inject(wechatapitest.Fault{API: wechatapitest.StableToken, Delay: "300ms"})
 	var wg sync.WaitGroup
 	got := make([]string, 2)
 	for i, p := range []*process{a, b} {
@@ -651,7 +651,7 @@ func TestWaitsForTheRefresher(t *testing.T) {
 	if got[0] != got[1] || got[0] == tok {
 		t.Errorf("the two processes have different or stale tokens")
 	}
-	if n := e.calls(api.StableToken); n != 2 {
+	if n := e.calls(wechatapitest.StableToken); n != 2 {
 		t.Errorf("stable_token calls = %d, want 2 (the first, and one refresh)", n)
 	}
 }
@@ -659,7 +659,7 @@ func TestWaitsForTheRefresher(t *testing.T) {
 // Two clients in one process (QR codes and late replies) share the
 // metric and the token.
 func TestTwoClientsOneProcess(t *testing.T) {
-	e := newEnv(t, api.Options{})
+	e := newEnv(t, wechatapitest.Options{})
 	p := e.process(t, "p", TokenOptions{})
 	nc := natstest.Connect(t, e.ns)
 	c2, err := New(Options{Base: e.base, AppID: appID, Secret: secret, Conn: nc, Registerer: p.reg, Logger: slog.New(slog.DiscardHandler)})
@@ -674,7 +674,7 @@ func TestTwoClientsOneProcess(t *testing.T) {
 	if v, _ := metricstest.Lookup(p.reg, "wxgate_wechat_api_calls_total", map[string]string{"api": APIQRCodeCreate, "outcome": "ok"}); v != 2 {
 		t.Errorf("qrcode_create ok = %v, want 2", v)
 	}
-	if n := e.calls(api.StableToken); n != 1 {
+	if n := e.calls(wechatapitest.StableToken); n != 1 {
 		t.Errorf("stable_token calls = %d", n)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/wxgate/wxgate/shared/stats"
 	"github.com/wxgate/wxgate/shared/wechat"
 )
 
@@ -59,21 +60,21 @@ func describeScenes(ch chan<- *prometheus.Desc) {
 type Exporter struct {
 	maxScenes int
 	mu        sync.RWMutex
-	scenes    map[string]Totals // by KV key
+	scenes    map[string]stats.Totals // by KV key
 	watcher   jetstream.KeyWatcher
 	cancel    context.CancelFunc
 	lost      chan struct{} // closed when the watch ends
 }
 
 // NewExporter starts mirroring the store's totals.
-func NewExporter(ctx context.Context, s *Store, maxScenes int, logger *slog.Logger) (*Exporter, error) {
+func NewExporter(ctx context.Context, s *stats.Store, maxScenes int, logger *slog.Logger) (*Exporter, error) {
 	wctx, cancel := context.WithCancel(context.Background())
-	w, err := s.kv.Watch(wctx, "s.>")
+	w, err := s.KV.Watch(wctx, "s.>")
 	if err != nil {
 		cancel()
 		return nil, err
 	}
-	e := &Exporter{maxScenes: maxScenes, scenes: map[string]Totals{}, watcher: w, cancel: cancel, lost: make(chan struct{})}
+	e := &Exporter{maxScenes: maxScenes, scenes: map[string]stats.Totals{}, watcher: w, cancel: cancel, lost: make(chan struct{})}
 	initial := make(chan struct{})
 	go e.mirror(initial, logger)
 	select {
@@ -96,7 +97,7 @@ func (e *Exporter) mirror(initial chan struct{}, logger *slog.Logger) {
 		}
 		e.mu.Lock()
 		if entry.Operation() == jetstream.KeyValuePut {
-			var d sceneDoc
+			var d stats.SceneDoc
 			if err := json.Unmarshal(entry.Value(), &d); err != nil {
 				logger.Error("scene totals: corrupt value", "key", entry.Key(), "err", err)
 			} else if wechat.SceneProblem(d.Scene) == "" {
@@ -124,7 +125,7 @@ func (e *Exporter) Describe(ch chan<- *prometheus.Desc) { describeScenes(ch) }
 // Collect implements prometheus.Collector.
 func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
 	e.mu.RLock()
-	all := make([]Totals, 0, len(e.scenes))
+	all := make([]stats.Totals, 0, len(e.scenes))
 	for _, t := range e.scenes {
 		all = append(all, t)
 	}
@@ -135,7 +136,7 @@ func (e *Exporter) Collect(ch chan<- prometheus.Metric) {
 		}
 		return all[i].Scene < all[j].Scene
 	})
-	var other Totals
+	var other stats.Totals
 	overflow := 0
 	for i, t := range all {
 		if i >= e.maxScenes {

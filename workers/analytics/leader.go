@@ -12,42 +12,22 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/wxgate/wxgate/shared/events"
+	"github.com/wxgate/wxgate/shared/stats"
 )
 
-// Keys of the analytics bucket besides the lease.
-const (
-	rebuildKey   = "rebuild" // its revision is the latest rebuild request
-	statusKey    = "status"  // the leader's progress, for the API
-	snapshotName = "state"   // the object holding the snapshot
-)
-
-// Status is the leader's progress, as the API shows it.
-type Status struct {
-	Leader     string `json:"leader"`
-	Epoch      uint64 `json:"epoch"`       // rebuild generation
-	AppliedSeq uint64 `json:"applied_seq"` // last event stream sequence applied
-	Pending    uint64 `json:"pending"`     // scene events not yet applied
-	Rebuilding bool   `json:"rebuilding"`  // a rebuild has not caught up with the stream yet
-	Scenes     int    `json:"scenes"`
-	People     int    `json:"people"`    // (scene, person) pairs held for unique counts
-	Followers  int    `json:"followers"` // current followers with a scene
-	// Unattributed counts unfollows of people with no recorded follow,
-	// over the whole stream (the metric counts per process).
-	Unattributed int64     `json:"unattributed_unfollows"`
-	Updated      time.Time `json:"updated"`
-}
+const snapshotName = "state" // the object holding the snapshot
 
 // applier is the leader's work: the state, the stream and the stores.
 type applier struct {
 	r     *Role
 	js    jetstream.JetStream
-	store *Store
+	store *stats.Store
 	kv    jetstream.KeyValue // the analytics bucket
 	obj   jetstream.ObjectStore
 	st    *state
 	// known holds the scene values this leader last read or wrote: their
 	// point (epoch, sequence) and KV revision.
-	known map[string]docRev
+	known map[string]stats.DocRev
 	// rebuilding is true from a rebuild's start until it has caught up
 	// with the stream (the request's revision is kept in the state).
 	rebuilding bool
@@ -62,18 +42,18 @@ type applier struct {
 
 // lead applies the event stream while ctx (the lease) lasts. It returns
 // why it stopped; the role then stands by, or tries again.
-func (r *Role) lead(ctx context.Context, js jetstream.JetStream, store *Store, kv jetstream.KeyValue) error {
-	a := &applier{r: r, js: js, store: store, kv: kv, known: map[string]docRev{}, logger: r.o.Logger}
+func (r *Role) lead(ctx context.Context, js jetstream.JetStream, store *stats.Store, kv jetstream.KeyValue) error {
+	a := &applier{r: r, js: js, store: store, kv: kv, known: map[string]stats.DocRev{}, logger: r.o.Logger}
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	obj, err := js.CreateOrUpdateObjectStore(sctx, jetstream.ObjectStoreConfig{
-		Bucket:      AnalyticsName,
+		Bucket:      stats.AnalyticsName,
 		Description: "wxgate analytics: the leader's snapshot (state and the stream sequence it reached)",
 		Storage:     jetstream.FileStorage,
 		Replicas:    max(r.o.Streams.Replicas, 1),
 	})
 	if err != nil {
-		return fmt.Errorf("object store %s: %w", AnalyticsName, err)
+		return fmt.Errorf("object store %s: %w", stats.AnalyticsName, err)
 	}
 	a.obj = obj
 	if err := a.load(sctx); err != nil {
@@ -82,7 +62,7 @@ func (r *Role) lead(ctx context.Context, js jetstream.JetStream, store *Store, k
 	// Every scene is written once more at the first flush where its value
 	// is behind the state (a bucket lost and made again, a leader that
 	// died between its writes), with the revisions read in one pass.
-	docs, err := store.docs(sctx)
+	docs, err := store.Docs(sctx)
 	if err != nil {
 		return err
 	}
@@ -154,17 +134,17 @@ func (a *applier) load(ctx context.Context) error {
 // not known by person: someone seen before the upgrade who scans again
 // counts as new once.
 func (a *applier) baseline(ctx context.Context) error {
-	docs, err := a.store.docs(ctx)
+	docs, err := a.store.Docs(ctx)
 	if err != nil {
 		return err
 	}
 	n := 0
 	for key, d := range docs {
-		if d.doc.Epoch != 0 || d.doc.Seq != 0 || d.doc.Scene == "" {
+		if d.Doc.Epoch != 0 || d.Doc.Seq != 0 || d.Doc.Scene == "" {
 			continue
 		}
-		sc := a.st.scene(d.doc.Scene, 0, d.doc.FirstSeen)
-		sc.Totals = d.doc.Totals
+		sc := a.st.scene(d.Doc.Scene, 0, d.Doc.FirstSeen)
+		sc.Totals = d.Doc.Totals
 		sc.FirstSeq = 0
 		a.known[key] = d
 		n++
@@ -429,7 +409,7 @@ func (a *applier) flush(ctx context.Context) error {
 	type write struct {
 		sc  *sceneState
 		key string
-		doc sceneDoc
+		doc stats.SceneDoc
 		f   jetstream.PubAckFuture
 	}
 	var writes []write
@@ -444,36 +424,36 @@ func (a *applier) flush(ctx context.Context) error {
 	}()
 	conflicts := 0
 	for _, sc := range dirty {
-		key := sceneKey(sc.Scene)
+		key := stats.SceneKey(sc.Scene)
 		k, known := a.known[key]
 		absent := false
 		if !known {
-			e, err := a.store.kv.Get(ctx, key)
+			e, err := a.store.KV.Get(ctx, key)
 			switch {
 			case errors.Is(err, jetstream.ErrKeyNotFound):
 				absent = true
 			case err != nil:
 				return fmt.Errorf("read %s: %w", key, err)
 			default:
-				var d sceneDoc
+				var d stats.SceneDoc
 				_ = json.Unmarshal(e.Value(), &d)
-				k = docRev{d, e.Revision()}
+				k = stats.DocRev{Doc: d, Rev: e.Revision()}
 			}
 		}
-		if newer(k.doc, a.st) {
+		if newer(k.Doc, a.st) {
 			continue // catching up: that value is ahead of us still
 		}
-		doc := sceneDoc{Totals: sc.Totals, Epoch: a.st.epoch, Seq: a.st.seq}
+		doc := stats.SceneDoc{Totals: sc.Totals, Epoch: a.st.epoch, Seq: a.st.seq}
 		b, _ := json.Marshal(doc)
 		if absent {
 			// Never written, or deleted (a rebuild dropped it): the key's
 			// last message may be a tombstone, which a write expecting no
 			// message would never get past. Create writes over it. Rare:
 			// a scene's first write under this leader.
-			rev, err := a.store.kv.Create(ctx, key, b)
+			rev, err := a.store.KV.Create(ctx, key, b)
 			switch {
 			case err == nil:
-				a.known[key] = docRev{doc, rev}
+				a.known[key] = stats.DocRev{Doc: doc, Rev: rev}
 				sc.dirty = false
 			case errors.Is(err, jetstream.ErrKeyExists), isWrongLastSequence(err):
 				// Written meanwhile (over a tombstone, Create returns the
@@ -484,7 +464,7 @@ func (a *applier) flush(ctx context.Context) error {
 			}
 			continue
 		}
-		f, err := a.js.PublishMsgAsync(&nats.Msg{Subject: a.store.prefix + key, Data: b}, jetstream.WithExpectLastSequencePerSubject(k.rev))
+		f, err := a.js.PublishMsgAsync(&nats.Msg{Subject: a.store.Prefix + key, Data: b}, jetstream.WithExpectLastSequencePerSubject(k.Rev))
 		if err != nil {
 			return fmt.Errorf("write %s: %w", key, err)
 		}
@@ -493,7 +473,7 @@ func (a *applier) flush(ctx context.Context) error {
 	for _, w := range writes {
 		select {
 		case ack := <-w.f.Ok():
-			a.known[w.key] = docRev{w.doc, ack.Sequence}
+			a.known[w.key] = stats.DocRev{Doc: w.doc, Rev: ack.Sequence}
 			w.sc.dirty = false
 		case err := <-w.f.Err():
 			// Someone else wrote it (a leader before us, still finishing):
@@ -529,7 +509,7 @@ func ahead(a, b *state) bool {
 }
 
 // newer reports whether a stored value is at a later point than the state.
-func newer(d sceneDoc, st *state) bool {
+func newer(d stats.SceneDoc, st *state) bool {
 	return d.Epoch > st.epoch || (d.Epoch == st.epoch && d.Seq > st.seq)
 }
 
@@ -540,13 +520,13 @@ func (a *applier) dropStale(ctx context.Context) {
 	if a.st.epoch == 0 || a.r.dropped.Load() == a.st.epoch {
 		return
 	}
-	docs, err := a.store.docs(ctx)
+	docs, err := a.store.Docs(ctx)
 	if err != nil {
 		return
 	}
 	for key, d := range docs {
-		if d.doc.Epoch < a.st.epoch {
-			if err := a.store.kv.Delete(ctx, key, jetstream.LastRevision(d.rev)); err == nil {
+		if d.Doc.Epoch < a.st.epoch {
+			if err := a.store.KV.Delete(ctx, key, jetstream.LastRevision(d.Rev)); err == nil {
 				delete(a.known, key)
 			}
 		}
@@ -596,7 +576,7 @@ func (a *applier) finish() {
 // rebuildAsked reports a rebuild requested since the state's; it resets
 // the state for it (a new epoch, from the stream's first event).
 func (a *applier) rebuildAsked(ctx context.Context) (bool, error) {
-	e, err := a.kv.Get(ctx, rebuildKey)
+	e, err := a.kv.Get(ctx, stats.RebuildKey)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return false, nil
 	}
@@ -629,11 +609,11 @@ func (a *applier) writeStatus(ctx context.Context) (uint64, error) {
 		}
 	}
 	pairs, followers := a.st.size()
-	b, _ := json.Marshal(Status{
+	b, _ := json.Marshal(stats.Status{
 		Leader: a.r.o.ID, Epoch: a.st.epoch, AppliedSeq: a.st.seq, Pending: a.pending, Rebuilding: a.rebuilding,
 		Scenes: len(a.st.scenes), People: pairs, Followers: followers, Unattributed: a.st.unattributed, Updated: time.Now().UTC(),
 	})
-	if _, err := a.kv.Put(ctx, statusKey, b); err != nil {
+	if _, err := a.kv.Put(ctx, stats.StatusKey, b); err != nil {
 		a.logger.Debug("analytics status", "err", err)
 	}
 	a.r.m.appliedSeq.Set(float64(a.st.seq))
@@ -641,9 +621,4 @@ func (a *applier) writeStatus(ctx context.Context) (uint64, error) {
 		a.r.m.infoTime.SetToCurrentTime()
 	}
 	return a.pending, infoErr
-}
-
-type docRev struct {
-	doc sceneDoc
-	rev uint64
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/events"
+	"github.com/wxgate/wxgate/shared/stats"
 )
 
 // RoleOptions configure the analytics role of a worker process. Conn,
@@ -93,7 +94,7 @@ type Role struct {
 	readyAt sync.Once
 
 	mu      sync.Mutex
-	store   *Store
+	store   *stats.Store
 	exp     *Exporter
 	down    error // why the role cannot work now; nil while it can
 	alive   atomic.Int64
@@ -200,7 +201,7 @@ func jetStreamAway(err error) bool {
 
 // setup makes sure the streams and buckets exist (the analytics own them)
 // and starts the exporter.
-func (r *Role) setup(ctx context.Context) (jetstream.JetStream, *Store, jetstream.KeyValue, *Exporter, error) {
+func (r *Role) setup(ctx context.Context) (jetstream.JetStream, *stats.Store, jetstream.KeyValue, *Exporter, error) {
 	js, err := jetstream.New(r.o.Conn)
 	if err != nil {
 		return nil, nil, nil, nil, err
@@ -213,19 +214,19 @@ func (r *Role) setup(ctx context.Context) (jetstream.JetStream, *Store, jetstrea
 	if err := ensureDeadLetter(sctx, js, r.o.Streams.Replicas); err != nil {
 		return nil, nil, nil, nil, err
 	}
-	store, err := OpenStore(sctx, js, r.o.Streams.Replicas)
+	store, err := stats.OpenStore(sctx, js, r.o.Streams.Replicas)
 	if err != nil {
 		return nil, nil, nil, nil, err
 	}
 	kv, err := js.CreateOrUpdateKeyValue(sctx, jetstream.KeyValueConfig{
-		Bucket:      AnalyticsName,
+		Bucket:      stats.AnalyticsName,
 		Description: "wxgate analytics: the leader's lease, rebuild requests and status",
 		History:     1,
 		Storage:     jetstream.FileStorage,
 		Replicas:    max(r.o.Streams.Replicas, 1),
 	})
 	if err != nil {
-		return nil, nil, nil, nil, fmt.Errorf("kv %s: %w", AnalyticsName, err)
+		return nil, nil, nil, nil, fmt.Errorf("kv %s: %w", stats.AnalyticsName, err)
 	}
 	// Reading every scene's totals takes longer than the rest when there
 	// are many; it gets its own, longer, bound.
@@ -241,7 +242,7 @@ func (r *Role) setup(ctx context.Context) (jetstream.JetStream, *Store, jetstrea
 // work stands by for the lease and leads while it holds it, until what it
 // stands on is lost (the totals bucket gone or replaced, the exporter's
 // watch ended) or ctx ends; it returns why.
-func (r *Role) work(ctx context.Context, js jetstream.JetStream, store *Store, kv jetstream.KeyValue, exp *Exporter) error {
+func (r *Role) work(ctx context.Context, js jetstream.JetStream, store *stats.Store, kv jetstream.KeyValue, exp *Exporter) error {
 	wctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	go func() {
@@ -256,9 +257,9 @@ func (r *Role) work(ctx context.Context, js jetstream.JetStream, store *Store, k
 				return
 			case <-t.C:
 				cctx, ccancel := context.WithTimeout(wctx, 2*time.Second)
-				err := store.checkBucket(cctx)
+				err := store.CheckBucket(cctx)
 				ccancel()
-				if errors.Is(err, errBucketReplaced) || errors.Is(err, jetstream.ErrBucketNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) {
+				if errors.Is(err, stats.ErrBucketReplaced) || errors.Is(err, jetstream.ErrBucketNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) {
 					cancel(fmt.Errorf("totals bucket: %w", err))
 					return
 				}
@@ -322,7 +323,7 @@ func (r *Role) Leading() bool { return r.leading.Load() }
 func (r *Role) Ready() <-chan struct{} { return r.ready }
 
 // Store is a StoreFunc for the API: the totals store while the role runs.
-func (r *Role) Store(context.Context) (*Store, error) {
+func (r *Role) Store(context.Context) (*stats.Store, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.store == nil {

@@ -18,9 +18,10 @@ import (
 
 	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/events"
-	"github.com/wxgate/wxgate/shared/metricstest"
-	"github.com/wxgate/wxgate/shared/natstest"
-	"github.com/wxgate/wxgate/shared/wait"
+	"github.com/wxgate/wxgate/shared/stats"
+	"github.com/wxgate/wxgate/shared/testutil/metricstest"
+	"github.com/wxgate/wxgate/shared/testutil/natstest"
+	"github.com/wxgate/wxgate/shared/testutil/wait"
 	"github.com/wxgate/wxgate/shared/wechat"
 )
 
@@ -102,7 +103,7 @@ func (f *fixture) event(ev, openid, scene string) {
 }
 
 // totals waits until the store shows want for scene.
-func (f *fixture) totals(r *Role, scene string, want Totals) {
+func (f *fixture) totals(r *Role, scene string, want stats.Totals) {
 	f.t.Helper()
 	wait.For(f.t, wait.Short, wait.Every, func() error {
 		s, err := r.Store(context.Background())
@@ -121,8 +122,8 @@ func (f *fixture) totals(r *Role, scene string, want Totals) {
 	})
 }
 
-func want(scene string, subscribe, scan, followers, unique, unfollows int64) Totals {
-	return Totals{Scene: scene, Scans: subscribe + scan, SubscribeScans: subscribe, ScanScans: scan,
+func want(scene string, subscribe, scan, followers, unique, unfollows int64) stats.Totals {
+	return stats.Totals{Scene: scene, Scans: subscribe + scan, SubscribeScans: subscribe, ScanScans: scan,
 		NewFollowers: followers, UniquePeople: unique, Unfollows: unfollows}
 }
 
@@ -228,7 +229,7 @@ func TestLostBucketIsWrittenAgain(t *testing.T) {
 	r, reg := f.role(RoleOptions{})
 	f.event("SCAN", "alice", "poster")
 	f.totals(r, "poster", want("poster", 0, 1, 0, 1, 0))
-	if err := f.js.DeleteKeyValue(context.Background(), BucketName); err != nil {
+	if err := f.js.DeleteKeyValue(context.Background(), stats.BucketName); err != nil {
 		t.Fatal(err)
 	}
 	wait.For(t, wait.Short, wait.Every, func() error {
@@ -297,9 +298,9 @@ func TestDeletedConsumerIsReplaced(t *testing.T) {
 }
 
 // status waits for r's leader to report, and returns what it said.
-func status(t *testing.T, r *Role) Status {
+func status(t *testing.T, r *Role) stats.Status {
 	t.Helper()
-	var st Status
+	var st stats.Status
 	wait.For(t, wait.Short, wait.Every, func() error {
 		s, err := r.Store(context.Background())
 		if err != nil {
@@ -323,7 +324,7 @@ func rebuildDroppingAGhost(t *testing.T, r *Role) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.kv.Put(context.Background(), sceneKey("ghost"), []byte(`{"scene":"ghost","scans":7}`)); err != nil {
+	if _, err := s.KV.Put(context.Background(), stats.SceneKey("ghost"), []byte(`{"scene":"ghost","scans":7}`)); err != nil {
 		t.Fatal(err)
 	}
 	before := status(t, r)
@@ -383,10 +384,10 @@ func TestRebuildOverHTTP(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.kv.Put(context.Background(), sceneKey("poster"), []byte(`{"scene":"poster","scans":99}`)); err != nil {
+	if _, err := s.KV.Put(context.Background(), stats.SceneKey("poster"), []byte(`{"scene":"poster","scans":99}`)); err != nil {
 		t.Fatal(err)
 	}
-	api := httptest.NewServer(API(r.Store, "admin-token"))
+	api := httptest.NewServer(stats.API(r.Store, "admin-token"))
 	t.Cleanup(api.Close)
 	post := func(token string) int {
 		t.Helper()
@@ -454,7 +455,7 @@ func TestRoleWaitsForJetStream(t *testing.T) {
 // to end, and the role is not ready meanwhile.
 func TestRoleGivesUpWhenJetStreamRefuses(t *testing.T) {
 	f := newFixture(t)
-	if _, err := f.js.CreateKeyValue(context.Background(), jetstream.KeyValueConfig{Bucket: BucketName, Storage: jetstream.MemoryStorage}); err != nil {
+	if _, err := f.js.CreateKeyValue(context.Background(), jetstream.KeyValueConfig{Bucket: stats.BucketName, Storage: jetstream.MemoryStorage}); err != nil {
 		t.Fatal(err)
 	}
 	fatal := make(chan error, 1)

@@ -5,23 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"time"
-)
 
-// Totals are the counts of one scene.
-type Totals struct {
-	Scene          string `json:"scene"`
-	Scans          int64  `json:"scans"`           // subscribe + scan
-	SubscribeScans int64  `json:"subscribe_scans"` // scans by people not yet following
-	ScanScans      int64  `json:"scan_scans"`      // scans by followers
-	NewFollowers   int64  `json:"new_followers"`   // follows through this scene
-	UniquePeople   int64  `json:"unique_people"`   // distinct people that scanned it (within EVENTS_MAX_AGE)
-	Unfollows      int64  `json:"unfollows"`       // unfollows of people who followed through it
-	// FirstSeq is the stream sequence of the scene's first event; it orders
-	// scenes the same way in every process (the metrics label bound).
-	FirstSeq  uint64    `json:"first_seq"`
-	FirstSeen time.Time `json:"first_seen"`
-	LastSeen  time.Time `json:"last_seen"`
-}
+	"github.com/wxgate/wxgate/shared/stats"
+)
 
 // state is everything the analytics know, as of stream sequence seq.
 type state struct {
@@ -37,7 +23,7 @@ type state struct {
 }
 
 type sceneState struct {
-	Totals
+	stats.Totals
 	// people maps each person seen on the scene to the day (since the Unix
 	// epoch) of their last scan there: uniques are exact, and a person
 	// silent for longer than the retention is forgotten with their events.
@@ -55,7 +41,7 @@ func (s *state) scene(name string, seq uint64, at time.Time) *sceneState {
 	if id, ok := s.byName[name]; ok {
 		return s.scenes[id]
 	}
-	sc := &sceneState{Totals: Totals{Scene: name, FirstSeq: seq, FirstSeen: at, LastSeen: at}, people: map[uint64]uint16{}}
+	sc := &sceneState{Totals: stats.Totals{Scene: name, FirstSeq: seq, FirstSeen: at, LastSeen: at}, people: map[uint64]uint16{}}
 	s.byName[name] = uint32(len(s.scenes))
 	s.scenes = append(s.scenes, sc)
 	return sc
@@ -201,7 +187,7 @@ func decodeState(b []byte) (*state, error) {
 	s.epoch, s.rebuilt, s.seq, s.stream, s.unattributed = r.uvarint(), r.uvarint(), r.uvarint(), r.varint(), r.varint()
 	n := r.count(8)
 	for i := 0; i < n && r.err == nil; i++ {
-		sc := &sceneState{Totals: Totals{Scene: r.string()}}
+		sc := &sceneState{Totals: stats.Totals{Scene: r.string()}}
 		sc.Scans, sc.SubscribeScans, sc.ScanScans, sc.NewFollowers, sc.UniquePeople, sc.Unfollows = r.varint(), r.varint(), r.varint(), r.varint(), r.varint(), r.varint()
 		sc.FirstSeen, sc.LastSeen = time.Unix(0, r.varint()).UTC(), time.Unix(0, r.varint()).UTC()
 		sc.FirstSeq = r.uvarint()

@@ -17,12 +17,12 @@ import (
 
 	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/events"
-	"github.com/wxgate/wxgate/shared/metricstest"
-	"github.com/wxgate/wxgate/shared/natstest"
-	"github.com/wxgate/wxgate/shared/wait"
+	"github.com/wxgate/wxgate/shared/testutil/metricstest"
+	"github.com/wxgate/wxgate/shared/testutil/natstest"
+	"github.com/wxgate/wxgate/shared/testutil/wait"
 	"github.com/wxgate/wxgate/shared/wechat"
 	"github.com/wxgate/wxgate/shared/wechatapi"
-	"github.com/wxgate/wxgate/wxsim/api"
+	"github.com/wxgate/wxgate/shared/wechatapi/wechatapitest"
 )
 
 var quiet = slog.New(slog.DiscardHandler)
@@ -31,12 +31,12 @@ type fixture struct {
 	t    *testing.T
 	srv  *bus.Embedded
 	js   jetstream.JetStream
-	fake *api.Server
+	fake *wechatapitest.Server
 	url  string
 	runs atomic.Int32
 }
 
-func newFixture(t *testing.T, o api.Options) *fixture {
+func newFixture(t *testing.T, o wechatapitest.Options) *fixture {
 	t.Helper()
 	f := &fixture{t: t, srv: natstest.RunServer(t)}
 	js, err := jetstream.New(natstest.Connect(t, f.srv))
@@ -48,7 +48,7 @@ func newFixture(t *testing.T, o api.Options) *fixture {
 		t.Fatal(err)
 	}
 	o.AppID, o.Secret = "wx_late", "late-secret"
-	f.fake = api.New(o)
+	f.fake = wechatapitest.New(o)
 	ts := httptest.NewServer(f.fake)
 	t.Cleanup(ts.Close)
 	f.url = ts.URL
@@ -139,7 +139,7 @@ func (f *fixture) sentTo(openid string) int {
 // WeChat would, and opens its window.
 func (f *fixture) unanswered(m *wechat.Message, received time.Time) {
 	f.t.Helper()
-	if kind := api.InteractionKind(m.MsgType, m.Event); kind != "" {
+	if kind := wechatapitest.InteractionKind(m.MsgType, m.Event); kind != "" {
 		if err := f.fake.Interaction(m.FromUserName, kind, received); err != nil {
 			f.t.Fatal(err)
 		}
@@ -208,7 +208,7 @@ func waitOutcomes(t *testing.T, want map[string]float64, regs ...prometheus.Gath
 // Two replicas, three unanswered events: each reply reaches the fake
 // exactly once, to the right person, with the right content.
 func TestLateRepliesSentOnceAcrossReplicas(t *testing.T) {
-	f := newFixture(t, api.Options{})
+	f := newFixture(t, wechatapitest.Options{})
 	_, r1 := f.start()
 	_, r2 := f.start()
 	f.unanswered(text("o_a", "hello", 1), time.Now())
@@ -236,7 +236,7 @@ func TestLateRepliesSentOnceAcrossReplicas(t *testing.T) {
 // A SCAN whose window closed before a worker took it: counted expired, not
 // sent, and its handler never runs.
 func TestExpiredWindowIsNotSent(t *testing.T) {
-	f := newFixture(t, api.Options{})
+	f := newFixture(t, wechatapitest.Options{})
 	_, reg := f.start(time.Hour, time.Minute)
 	at := time.Now().Add(-2 * time.Minute)
 	f.unanswered(scan("o_late", at), at)
@@ -252,7 +252,7 @@ func TestExpiredWindowIsNotSent(t *testing.T) {
 // A retry answered with the reply passively first: the late reply is not
 // sent. A late reply sent first: the retry is told to answer "success".
 func TestPassiveAndLateNeverBoth(t *testing.T) {
-	f := newFixture(t, api.Options{})
+	f := newFixture(t, wechatapitest.Options{})
 	s, reg := f.start()
 	first := text("o_p", "passive", 1)
 	if !s.Delivered(context.Background(), first.DedupKey()) {
@@ -274,7 +274,7 @@ func TestPassiveAndLateNeverBoth(t *testing.T) {
 // A worker killed after its send and before it recorded it leaves the
 // "sending" mark: the event, delivered again, is not sent again.
 func TestSendingMarkIsRespected(t *testing.T) {
-	f := newFixture(t, api.Options{})
+	f := newFixture(t, wechatapitest.Options{})
 	s, reg := f.start()
 	m := text("o_k", "killed", 1)
 	kv := s.bucket()
@@ -296,19 +296,19 @@ func TestSendingMarkIsRespected(t *testing.T) {
 func TestErrcodePaths(t *testing.T) {
 	cases := []struct {
 		name  string
-		fault api.Fault
+		fault wechatapitest.Fault
 		want  string
 	}{
-		{"window closed", api.Fault{API: api.CustomSend, Errcode: 45015}, Expired},
-		{"count used up", api.Fault{API: api.CustomSend, Errcode: 45047}, Failed},
-		{"busy, then fine", api.Fault{API: api.CustomSend, Errcode: -1, Count: 2}, Sent},
-		{"token invalidated", api.Fault{InvalidateToken: true}, Sent},
-		{"out of reach, then fine", api.Fault{API: api.StableToken, Drop: true, InvalidateToken: true}, Sent},
-		{"answer lost after WeChat took it", api.Fault{API: api.CustomSend, Drop: true, After: true}, Failed},
+		{"window closed", wechatapitest.Fault{API: wechatapitest.CustomSend, Errcode: 45015}, Expired},
+		{"count used up", wechatapitest.Fault{API: wechatapitest.CustomSend, Errcode: 45047}, Failed},
+		{"busy, then fine", wechatapitest.Fault{API: wechatapitest.CustomSend, Errcode: -1, Count: 2}, Sent},
+		{"token invalidated", wechatapitest.Fault{InvalidateToken: true}, Sent},
+		{"out of reach, then fine", wechatapitest.Fault{API: wechatapitest.StableToken, Drop: true, InvalidateToken: true}, Sent},
+		{"answer lost after WeChat took it", wechatapitest.Fault{API: wechatapitest.CustomSend, Drop: true, After: true}, Failed},
 	}
 	for i, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			f := newFixture(t, api.Options{})
+			f := newFixture(t, wechatapitest.Options{})
 			_, reg := f.start()
 			// A first send makes the token exist, so that invalidating it
 			// means something.
@@ -357,7 +357,7 @@ func TestCustomMessages(t *testing.T) {
 
 // An unsupported reply is counted, never sent.
 func TestUnsupportedIsCounted(t *testing.T) {
-	f := newFixture(t, api.Options{})
+	f := newFixture(t, wechatapitest.Options{})
 	nc, reg := natstest.Connect(t, f.srv), prometheus.NewRegistry()
 	client, err := wechatapi.New(wechatapi.Options{Base: f.url, AppID: "wx_late", Secret: "late-secret", Conn: nc, Logger: quiet, Registerer: reg})
 	if err != nil {
@@ -381,11 +381,11 @@ func TestUnsupportedIsCounted(t *testing.T) {
 // may have reached the person, so it is never sent again. Counted failed,
 // once, and the event is done with.
 func TestAnswerLostAfterSendingIsNotSentAgain(t *testing.T) {
-	f := newFixture(t, api.Options{})
+	f := newFixture(t, wechatapitest.Options{})
 	_, reg := f.start()
 	f.unanswered(text("o_warm", "warm", 1), time.Now()) // the token exists: the fault hits the send
 	waitOutcomes(t, map[string]float64{Sent: 1}, reg)
-	if err := f.fake.Inject(api.Fault{API: api.CustomSend, Drop: true, After: true}); err != nil {
+	if err := f.fake.Inject(wechatapitest.Fault{API: wechatapitest.CustomSend, Drop: true, After: true}); err != nil {
 		t.Fatal(err)
 	}
 	f.unanswered(text("o_once", "once please", 2), time.Now())
@@ -400,7 +400,7 @@ func TestAnswerLostAfterSendingIsNotSentAgain(t *testing.T) {
 // counted expired: the reply reaches the person once, from whichever
 // worker ends up with the event.
 func TestStopLosesNoLateReply(t *testing.T) {
-	f := newFixture(t, api.Options{})
+	f := newFixture(t, wechatapitest.Options{})
 	entered, release := make(chan struct{}), make(chan struct{})
 	s1, reg1 := f.startWith(func(o *Options) {
 		o.Reply = func(_ context.Context, m *wechat.Message) ([]byte, error) {
@@ -428,7 +428,7 @@ func TestStopLosesNoLateReply(t *testing.T) {
 // A retry answered before the service could make its mark (just started)
 // is not answered passively: the late reply carries the reply, once.
 func TestDeliveredBeforeSetupLeavesItToTheLateReply(t *testing.T) {
-	f := newFixture(t, api.Options{})
+	f := newFixture(t, wechatapitest.Options{})
 	s, reg := f.startNoWait(nil)
 	m := text("o_early", "hi", 4)
 	if s.Check() == nil {
@@ -448,11 +448,11 @@ func TestDeliveredBeforeSetupLeavesItToTheLateReply(t *testing.T) {
 // A retry answered passively after a late attempt WeChat did not take
 // (busy) wins: the late reply is not sent.
 func TestDeliveredAfterABusyAttemptWins(t *testing.T) {
-	f := newFixture(t, api.Options{})
+	f := newFixture(t, wechatapitest.Options{})
 	s, reg := f.startWith(func(o *Options) { o.RetryBase = time.Hour }) // the event does not come back in the test
 	f.unanswered(text("o_warm", "warm", 1), time.Now())
 	waitOutcomes(t, map[string]float64{Sent: 1}, reg)
-	if err := f.fake.Inject(api.Fault{API: api.CustomSend, Errcode: -1}); err != nil {
+	if err := f.fake.Inject(wechatapitest.Fault{API: wechatapitest.CustomSend, Errcode: -1}); err != nil {
 		t.Fatal(err)
 	}
 	m := text("o_busy", "busy?", 5)
@@ -476,7 +476,7 @@ func TestDeliveredAfterABusyAttemptWins(t *testing.T) {
 // A handler that keeps failing runs a bounded number of times, with
 // back-off, and the late reply is counted failed, not expired.
 func TestFailingHandlerIsCountedFailed(t *testing.T) {
-	f := newFixture(t, api.Options{})
+	f := newFixture(t, wechatapitest.Options{})
 	var runs atomic.Int32
 	_, reg := f.startWith(func(o *Options) {
 		o.Reply = func(context.Context, *wechat.Message) ([]byte, error) { runs.Add(1); return nil, errors.New("boom") }
@@ -494,7 +494,7 @@ func TestFailingHandlerIsCountedFailed(t *testing.T) {
 // many messages is still dealt with when its window closes, and counted
 // failed (tried, never taken), not expired.
 func TestUnreachableWeChatIsCountedFailed(t *testing.T) {
-	f := newFixture(t, api.Options{})
+	f := newFixture(t, wechatapitest.Options{})
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -513,16 +513,16 @@ func TestUnreachableWeChatIsCountedFailed(t *testing.T) {
 // WeChat's own count: a window takes 5 messages; the 6th late reply is
 // refused (45047) and counted failed.
 func TestCountUsedUpIsFailed(t *testing.T) {
-	f := newFixture(t, api.Options{})
+	f := newFixture(t, wechatapitest.Options{})
 	_, reg := f.start()
-	if err := f.fake.Interaction("o_many", api.KindMessage, time.Now()); err != nil {
+	if err := f.fake.Interaction("o_many", wechatapitest.KindMessage, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	for i := 0; i < 6; i++ {
 		f.record(text("o_many", fmt.Sprint("m", i), 20+i), time.Now())
 	}
 	waitOutcomes(t, map[string]float64{Sent: 5, Failed: 1}, reg)
-	if got := f.fake.Calls().Errcodes[api.CustomSend]["45047"]; got != 1 {
+	if got := f.fake.Calls().Errcodes[wechatapitest.CustomSend]["45047"]; got != 1 {
 		t.Errorf("45047 answered %d times, want 1", got)
 	}
 }

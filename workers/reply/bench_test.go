@@ -8,7 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wxgate/wxgate/shared/config"
-	"github.com/wxgate/wxgate/shared/natstest"
+	"github.com/wxgate/wxgate/shared/testutil/natstest"
 	"github.com/wxgate/wxgate/workers/reply"
 )
 

@@ -18,8 +18,8 @@ import (
 
 	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/config"
-	"github.com/wxgate/wxgate/shared/metricstest"
-	"github.com/wxgate/wxgate/shared/natstest"
+	"github.com/wxgate/wxgate/shared/testutil/metricstest"
+	"github.com/wxgate/wxgate/shared/testutil/natstest"
 	"github.com/wxgate/wxgate/workers/reply"
 )
 

@@ -16,12 +16,12 @@ import (
 	"github.com/wxgate/wxgate/ingress/gateway"
 	"github.com/wxgate/wxgate/ingress/intake"
 	"github.com/wxgate/wxgate/shared/config"
-	"github.com/wxgate/wxgate/shared/metricstest"
-	"github.com/wxgate/wxgate/shared/natstest"
-	"github.com/wxgate/wxgate/shared/wait"
+	"github.com/wxgate/wxgate/shared/testutil/metricstest"
+	"github.com/wxgate/wxgate/shared/testutil/natstest"
+	"github.com/wxgate/wxgate/shared/testutil/wait"
 	"github.com/wxgate/wxgate/shared/wechat"
 	"github.com/wxgate/wxgate/workers/reply"
-	"github.com/wxgate/wxgate/wxsim/api"
+	"github.com/wxgate/wxgate/shared/wechatapi/wechatapitest"
 )
 
 // slowOnce is slower than the deadline on its first run only: that run
@@ -64,7 +64,7 @@ func (h *heldAfterFirst) Publish(m *wechat.Message, key string, raw []byte, rece
 // again, and the person does not get the reply a second time.
 func TestRetryWhileHeldAfterALateReply(t *testing.T) {
 	srv := natstest.RunServer(t)
-	fake := api.New(api.Options{AppID: "wx_late", Secret: "late-secret"})
+	fake := wechatapitest.New(wechatapitest.Options{AppID: "wx_late", Secret: "late-secret"})
 	fs := httptest.NewServer(fake)
 	t.Cleanup(fs.Close)
 	cfg := config.Defaults()
@@ -92,7 +92,7 @@ func TestRetryWhileHeldAfterALateReply(t *testing.T) {
 	msg := `<xml><ToUserName><![CDATA[gh_acct]]></ToUserName><FromUserName><![CDATA[o_twice]]></FromUserName>` +
 		`<CreateTime>` + strconv.FormatInt(time.Now().Unix(), 10) + `</CreateTime><MsgType><![CDATA[text]]></MsgType>` +
 		`<Content><![CDATA[hello twice]]></Content><MsgId>7000000000000000099</MsgId></xml>`
-	if err := fake.Interaction("o_twice", api.KindMessage, time.Now()); err != nil {
+	if err := fake.Interaction("o_twice", wechatapitest.KindMessage, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	s := wechat.Sender{Token: token}

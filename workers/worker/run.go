@@ -11,7 +11,7 @@ import (
 	"github.com/wxgate/wxgate/shared/config"
 	"github.com/wxgate/wxgate/shared/health"
 	"github.com/wxgate/wxgate/shared/serve"
-	"github.com/wxgate/wxgate/workers/console"
+	"github.com/wxgate/wxgate/shared/console"
 	"github.com/wxgate/wxgate/workers/reply"
 )
 

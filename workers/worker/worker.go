@@ -20,6 +20,7 @@ import (
 	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/config"
 	"github.com/wxgate/wxgate/shared/health"
+	"github.com/wxgate/wxgate/shared/stats"
 	"github.com/wxgate/wxgate/shared/wechatapi"
 	"github.com/wxgate/wxgate/workers/analytics"
 	"github.com/wxgate/wxgate/workers/dedup"
@@ -57,7 +58,7 @@ type Worker struct {
 	Service   *reply.Service  // nil without the replies role
 	Late      *late.Service   // nil without the replies role or LATE_REPLY
 	api       http.Handler
-	scenes    analytics.StoreFunc
+	scenes    stats.StoreFunc
 }
 
 // Start starts the roles the configuration names.
@@ -71,7 +72,7 @@ func Start(o Options) (_ *Worker, err error) {
 			err = errors.Join(err, stopRole(w.Analytics))
 		}
 	}()
-	store := analytics.OpenOnUse(o.Conn)
+	store := stats.OpenOnUse(o.Conn)
 	if o.Config.HasRole("analytics") {
 		if w.Analytics, err = analytics.StartRole(analytics.RoleOptions{
 			Conn: o.Conn, Logger: o.Logger.With("component", "analytics"), Registerer: o.Registerer,
@@ -85,7 +86,7 @@ func Start(o Options) (_ *Worker, err error) {
 		o.Health.Add("analytics", w.Analytics.Check)
 		store = w.Analytics.Store
 	}
-	w.api, w.scenes = analytics.API(store, o.Config.AdminToken), store
+	w.api, w.scenes = stats.API(store, o.Config.AdminToken), store
 	if !o.Config.HasRole("replies") {
 		return w, nil
 	}
@@ -193,7 +194,7 @@ func openDedup(o Options) (*dedup.Store, error) {
 
 // Scenes reads the per-scene totals: the analytics role's store, or the
 // bucket opened on first use without it.
-func (w *Worker) Scenes() analytics.StoreFunc { return w.scenes }
+func (w *Worker) Scenes() stats.StoreFunc { return w.scenes }
 
 // API is the analytics JSON API, to mount under /api/ on the admin listener.
 func (w *Worker) API() http.Handler { return w.api }

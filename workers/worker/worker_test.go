@@ -25,11 +25,11 @@ import (
 	"github.com/wxgate/wxgate/shared/config"
 	"github.com/wxgate/wxgate/shared/events"
 	"github.com/wxgate/wxgate/shared/health"
-	"github.com/wxgate/wxgate/shared/metricstest"
-	"github.com/wxgate/wxgate/shared/natstest"
-	"github.com/wxgate/wxgate/shared/wait"
+	"github.com/wxgate/wxgate/shared/stats"
+	"github.com/wxgate/wxgate/shared/testutil/metricstest"
+	"github.com/wxgate/wxgate/shared/testutil/natstest"
+	"github.com/wxgate/wxgate/shared/testutil/wait"
 	"github.com/wxgate/wxgate/shared/wechat"
-	"github.com/wxgate/wxgate/workers/analytics"
 	"github.com/wxgate/wxgate/workers/reply"
 	"github.com/wxgate/wxgate/workers/worker"
 )
@@ -175,18 +175,18 @@ func (c *cluster) settle(want uint64) {
 	})
 }
 
-func (c *cluster) scenes() map[string]analytics.Totals {
+func (c *cluster) scenes() map[string]stats.Totals {
 	c.t.Helper()
 	resp, err := http.Get(c.apiURL + "/api/scenes?limit=1000")
 	if err != nil {
 		c.t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	var page analytics.ScenesPage
+	var page stats.ScenesPage
 	if err := json.NewDecoder(resp.Body).Decode(&page); err != nil {
 		c.t.Fatal(err)
 	}
-	out := map[string]analytics.Totals{}
+	out := map[string]stats.Totals{}
 	for _, s := range page.Scenes {
 		out[s.Scene] = s
 	}
@@ -285,7 +285,7 @@ func TestExactCountsThroughRetries(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var one analytics.Totals
+	var one stats.Totals
 	_ = json.NewDecoder(resp.Body).Decode(&one)
 	resp.Body.Close()
 	if w := expect["ad 4/中文"]; w != nil && (resp.StatusCode != 200 || one.Scans != w.subscribe+w.scan) {

@@ -19,7 +19,7 @@ import (
 	"time"
 
 	"github.com/wxgate/wxgate/shared/wechat"
-	"github.com/wxgate/wxgate/wxsim/api"
+	"github.com/wxgate/wxgate/shared/wechatapi/wechatapitest"
 )
 
 const usage = `wxsim plays WeChat against a wxgate callback URL.
@@ -277,13 +277,13 @@ func (c *client) tellAPI(ctx context.Context, msg []byte) error {
 	m, err := wechat.Parse(msg)
 	kind := ""
 	if err == nil && m.FromUserName != "" {
-		kind = api.InteractionKind(m.MsgType, m.Event)
+		kind = wechatapitest.InteractionKind(m.MsgType, m.Event)
 	}
 	if kind == "" {
 		fmt.Fprintln(c.out, "interaction: none (this callback opens no customer-service window)")
 		return nil
 	}
-	body, _ := json.Marshal(api.InteractionRequest{OpenID: m.FromUserName, Kind: kind})
+	body, _ := json.Marshal(wechatapitest.InteractionRequest{OpenID: m.FromUserName, Kind: kind})
 	url := strings.TrimSuffix(c.api, "/") + "/wxsim/interaction"
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
 	if err != nil {

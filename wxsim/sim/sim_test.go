@@ -15,13 +15,13 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/wxgate/wxgate/wxsim/api"
+	"github.com/wxgate/wxgate/shared/wechatapi/wechatapitest"
 )
 
 // With -api, each callback command tells the fake of the interaction it
 // is, before the callback, once however many retries.
 func TestTellsTheFakeAPI(t *testing.T) {
-	fake := api.New(api.Options{AppID: "wx", Secret: "s"})
+	fake := wechatapitest.New(wechatapitest.Options{AppID: "wx", Secret: "s"})
 	fs := httptest.NewServer(fake)
 	defer fs.Close()
 	// wxgate's stand-in answers success, and notes what the fake had been
@@ -31,7 +31,7 @@ func TestTellsTheFakeAPI(t *testing.T) {
 	gw := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		c := fake.Calls().Interactions
 		mu.Lock()
-		toldBefore = append(toldBefore, c[api.KindMessage]+c[api.KindEvent]+c[api.KindUnsubscribe])
+		toldBefore = append(toldBefore, c[wechatapitest.KindMessage]+c[wechatapitest.KindEvent]+c[wechatapitest.KindUnsubscribe])
 		mu.Unlock()
 		_, _ = io.WriteString(w, "success")
 	}))
@@ -56,7 +56,7 @@ func TestTellsTheFakeAPI(t *testing.T) {
 	}
 
 	c := fake.Calls().Interactions
-	if c[api.KindMessage] != 2 || c[api.KindEvent] != 2 || c[api.KindUnsubscribe] != 1 {
+	if c[wechatapitest.KindMessage] != 2 || c[wechatapitest.KindEvent] != 2 || c[wechatapitest.KindUnsubscribe] != 1 {
 		t.Errorf("interactions = %v, want 2 messages, 2 events, 1 unsubscribe", c)
 	}
 	mu.Lock()

@@ -25,7 +25,7 @@ import (
 
 	"github.com/wxgate/wxgate/shared/admin"
 	"github.com/wxgate/wxgate/shared/wechatapi"
-	"github.com/wxgate/wxgate/workers/qrcodes"
+	"github.com/wxgate/wxgate/shared/qrcodes"
 )
 
 //go:embed static

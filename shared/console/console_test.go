@@ -24,17 +24,17 @@ import (
 
 	"github.com/wxgate/wxgate/shared/admin"
 	"github.com/wxgate/wxgate/shared/config"
-	"github.com/wxgate/wxgate/shared/natstest"
+	"github.com/wxgate/wxgate/shared/qrcodes"
+	"github.com/wxgate/wxgate/shared/stats"
+	"github.com/wxgate/wxgate/shared/testutil/natstest"
 	"github.com/wxgate/wxgate/shared/wechatapi"
-	"github.com/wxgate/wxgate/workers/analytics"
-	"github.com/wxgate/wxgate/workers/qrcodes"
-	"github.com/wxgate/wxgate/wxsim/api"
+	"github.com/wxgate/wxgate/shared/wechatapi/wechatapitest"
 )
 
 type noCounts struct{}
 
-func (noCounts) Scene(context.Context, string) (analytics.Totals, bool, error) {
-	return analytics.Totals{}, false, nil
+func (noCounts) Scene(context.Context, string) (stats.Totals, bool, error) {
+	return stats.Totals{}, false, nil
 }
 
 // scenesAPI answers GET /api/scenes as the analytics API does.
@@ -52,7 +52,7 @@ func server(t *testing.T, off bool) string {
 	t.Helper()
 	ns := natstest.RunServer(t)
 	nc := natstest.Connect(t, ns, nats.Name("console-test"))
-	fake := api.New(api.Options{AppID: "wx_c", Secret: "c-secret"})
+	fake := wechatapitest.New(wechatapitest.Options{AppID: "wx_c", Secret: "c-secret"})
 	fs := httptest.NewServer(fake)
 	t.Cleanup(fs.Close)
 	logger := slog.New(slog.DiscardHandler)
@@ -239,12 +239,12 @@ func mounted(t *testing.T, token string) string {
 	t.Helper()
 	ns := natstest.RunServer(t)
 	nc := natstest.Connect(t, ns, nats.Name("mounted"))
-	fake := httptest.NewServer(api.New(api.Options{AppID: "wx_m", Secret: "m-secret"}))
+	fake := httptest.NewServer(wechatapitest.New(wechatapitest.Options{AppID: "wx_m", Secret: "m-secret"}))
 	t.Cleanup(fake.Close)
 	mux := admin.NewMux(admin.Options{Gatherer: prometheus.NewRegistry(), Token: token})
-	mux.Handle("/api/", analytics.API(analytics.OpenOnUse(nc), token))
+	mux.Handle("/api/", stats.API(stats.OpenOnUse(nc), token))
 	cfg := config.Config{AppID: "wx_m", AppSecret: "m-secret", APIBase: fake.URL, AdminToken: token}
-	if _, err := Mount(mux, MountOptions{Conn: nc, Config: cfg, Scenes: analytics.OpenOnUse(nc),
+	if _, err := Mount(mux, MountOptions{Conn: nc, Config: cfg, Scenes: stats.OpenOnUse(nc),
 		Logger: slog.New(slog.DiscardHandler), Registerer: prometheus.NewRegistry()}); err != nil {
 		t.Fatal(err)
 	}

@@ -9,7 +9,7 @@
 // received. The tests, the README's quick start and the compose profile
 // "fake-wechat" use it; the facts it follows are in WeChat's
 // documentation (see the README).
-package api
+package wechatapitest
 
 import (
 	"cmp"

@@ -22,8 +22,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/wxgate/wxgate/shared/bus"
+	"github.com/wxgate/wxgate/shared/stats"
 	"github.com/wxgate/wxgate/shared/wechatapi"
-	"github.com/wxgate/wxgate/workers/analytics"
 )
 
 // BucketName is the KV bucket of the codes.
@@ -56,13 +56,13 @@ type Options struct {
 	RequestTimeout time.Duration
 }
 
-// Totals reads one scene's analytics totals; *analytics.Store does.
+// Totals reads one scene's analytics totals; *stats.Store does.
 type Totals interface {
-	Scene(ctx context.Context, scene string) (t analytics.Totals, ok bool, err error)
+	Scene(ctx context.Context, scene string) (t stats.Totals, ok bool, err error)
 }
 
 // FromStore adapts the analytics' StoreFunc (what /api/scenes reads).
-func FromStore(f analytics.StoreFunc) func(context.Context) (Totals, error) {
+func FromStore(f stats.StoreFunc) func(context.Context) (Totals, error) {
 	if f == nil {
 		return nil
 	}
@@ -481,7 +481,7 @@ func (s *Service) withCounts(ctx context.Context, codes []Code) ([]Listed, error
 		return nil, fmt.Errorf("%w: totals: %w", ErrUnavailable, err)
 	}
 	now := s.o.Now()
-	totals := map[string]analytics.Totals{}
+	totals := map[string]stats.Totals{}
 	for _, c := range codes {
 		t, seen := totals[c.Scene]
 		if !seen && store != nil {

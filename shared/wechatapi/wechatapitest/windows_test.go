@@ -1,4 +1,4 @@
-package api
+package wechatapitest
 
 import (
 	"encoding/json"

@@ -22,24 +22,24 @@ import (
 
 	"github.com/wxgate/wxgate/shared/admin"
 	"github.com/wxgate/wxgate/shared/bus"
-	"github.com/wxgate/wxgate/shared/clocktest"
-	"github.com/wxgate/wxgate/shared/natstest"
+	"github.com/wxgate/wxgate/shared/stats"
+	"github.com/wxgate/wxgate/shared/testutil/clocktest"
+	"github.com/wxgate/wxgate/shared/testutil/natstest"
 	"github.com/wxgate/wxgate/shared/wechatapi"
-	"github.com/wxgate/wxgate/workers/analytics"
-	"github.com/wxgate/wxgate/wxsim/api"
+	"github.com/wxgate/wxgate/shared/wechatapi/wechatapitest"
 )
 
 // counts is a Totals with fixed numbers.
-type counts map[string]analytics.Totals
+type counts map[string]stats.Totals
 
-func (c counts) Scene(_ context.Context, scene string) (analytics.Totals, bool, error) {
+func (c counts) Scene(_ context.Context, scene string) (stats.Totals, bool, error) {
 	t, ok := c[scene]
 	return t, ok, nil
 }
 
 type env struct {
 	ns     *bus.Embedded
-	fake   *api.Server
+	fake   *wechatapitest.Server
 	base   string
 	clock  *clocktest.Clock
 	counts counts
@@ -47,7 +47,7 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	fake := api.New(api.Options{AppID: "wx_q", Secret: "q-secret", PermanentCap: 10})
+	fake := wechatapitest.New(wechatapitest.Options{AppID: "wx_q", Secret: "q-secret", PermanentCap: 10})
 	ts := httptest.NewServer(fake)
 	t.Cleanup(ts.Close)
 	return &env{ns: natstest.RunServer(t), fake: fake, base: ts.URL, clock: clocktest.New(time.Now()), counts: counts{}}
@@ -119,7 +119,7 @@ func do(t *testing.T, h http.Handler, method, path, body string, out any, mod ..
 func TestCreateListGetImage(t *testing.T) {
 	e := newEnv(t)
 	h := e.service(t, "p", false).Handler("")
-	e.counts["poster_a"] = analytics.Totals{Scene: "poster_a", Scans: 7, NewFollowers: 3}
+	e.counts["poster_a"] = stats.Totals{Scene: "poster_a", Scans: 7, NewFollowers: 3}
 
 	var c Code
 	if code := do(t, h, "POST", "/api/qrcodes", `{"scene":"poster_a","label":"Spring <posters>"}`, &c); code != 201 {
@@ -208,7 +208,7 @@ func TestPermanentCreatedOnce(t *testing.T) {
 			t.Errorf("round %d: %d answers 201, want 1", round, created)
 		}
 	}
-	if n := e.fake.Calls().Calls[api.QRCodeCreate]; n != 3 {
+	if n := e.fake.Calls().Calls[wechatapitest.QRCodeCreate]; n != 3 {
 		t.Errorf("qrcode/create asked %d times for 3 permanent codes", n)
 	}
 	// All-digit scenes in range go as scene_id.
@@ -223,7 +223,7 @@ func TestPermanentCreatedOnce(t *testing.T) {
 func TestPermanentRefusedThenMade(t *testing.T) {
 	e := newEnv(t)
 	h := e.service(t, "p", false).Handler("")
-	_ = e.fake.Inject(api.Fault{API: api.QRCodeCreate, Errcode: 45029})
+	_ = e.fake.Inject(wechatapitest.Fault{API: wechatapitest.QRCodeCreate, Errcode: 45029})
 	var refused map[string]any
 	if code := do(t, h, "POST", "/api/qrcodes", `{"scene":"p1","permanent":true}`, &refused); code != 502 || refused["errcode"] != 45029.0 || refused["errmsg"] == "" {
 		t.Fatalf("= %d %v", code, refused)
@@ -278,7 +278,7 @@ func TestBadRequests(t *testing.T) {
 			t.Errorf("%s: %d, want %d", tt.name, code, tt.want)
 		}
 	}
-	if n := e.fake.Calls().Calls[api.QRCodeCreate]; n != 1 {
+	if n := e.fake.Calls().Calls[wechatapitest.QRCodeCreate]; n != 1 {
 		t.Errorf("WeChat was asked %d times, want once (bad requests never reach it)", n)
 	}
 }
@@ -292,7 +292,7 @@ func TestRefusalsAre502(t *testing.T) {
 		code int
 		hint bool
 	}{{45009, true}, {40164, true}, {48001, true}, {89503, true}, {40053, false}, {40052, false}, {-1, false}} {
-		_ = e.fake.Inject(api.Fault{API: api.QRCodeCreate, Errcode: tt.code})
+		_ = e.fake.Inject(wechatapitest.Fault{API: wechatapitest.QRCodeCreate, Errcode: tt.code})
 		var out map[string]any
 		if got := do(t, h, "POST", "/api/qrcodes", `{"scene":"s"}`, &out); got != 502 || out["errcode"] != float64(tt.code) || out["error"] == "" || out["errmsg"] == "" {
 			t.Errorf("errcode %d: %d %v", tt.code, got, out)
@@ -301,7 +301,7 @@ func TestRefusalsAre502(t *testing.T) {
 			t.Errorf("errcode %d: hint %q", tt.code, hint)
 		}
 	}
-	_ = e.fake.Inject(api.Fault{API: api.QRCodeCreate, Drop: true})
+	_ = e.fake.Inject(wechatapitest.Fault{API: wechatapitest.QRCodeCreate, Drop: true})
 	var out map[string]any
 	if got := do(t, h, "POST", "/api/qrcodes", `{"scene":"s"}`, &out); got != 502 || out["error"] != "WeChat's API did not answer" || out["errcode"] != nil {
 		t.Errorf("dropped: %d %v", got, out)
@@ -309,7 +309,7 @@ func TestRefusalsAre502(t *testing.T) {
 	// A refusal of stable_token (a wrong AppID or AppSecret) is one too.
 	for _, code := range []int{40013, 40125} {
 		e := newEnv(t)
-		_ = e.fake.Inject(api.Fault{API: api.StableToken, Errcode: code})
+		_ = e.fake.Inject(wechatapitest.Fault{API: wechatapitest.StableToken, Errcode: code})
 		var out map[string]any
 		got := do(t, e.service(t, "p", false).Handler(""), "POST", "/api/qrcodes", `{"scene":"s"}`, &out)
 		if hint, _ := out["hint"].(string); got != 502 || out["errcode"] != float64(code) || !strings.Contains(hint, "WECHAT_APPSECRET") {
@@ -596,7 +596,7 @@ func TestExpiredCodesDeleted(t *testing.T) {
 // zero counts, not refused.
 func TestCountsWithoutTotalsBucket(t *testing.T) {
 	e := newEnv(t)
-	h := e.service(t, "p", false, func(o *Options) { o.Scenes = FromStore(analytics.OpenOnUse(o.Conn)) }).Handler("")
+	h := e.service(t, "p", false, func(o *Options) { o.Scenes = FromStore(stats.OpenOnUse(o.Conn)) }).Handler("")
 	var c Code
 	if code := do(t, h, "POST", "/api/qrcodes", `{"scene":"first"}`, &c); code != 201 {
 		t.Fatalf("create: %d", code)
@@ -631,7 +631,7 @@ func TestWaitOnReservationTimesOut(t *testing.T) {
 	if code != 502 || !strings.Contains(msg, "another wxgate process") || strings.Contains(msg, "did not answer") {
 		t.Errorf("= %d %v", code, out)
 	}
-	if n := e.fake.Calls().Calls[api.QRCodeCreate]; n != 0 {
+	if n := e.fake.Calls().Calls[wechatapitest.QRCodeCreate]; n != 0 {
 		t.Errorf("WeChat asked %d times", n)
 	}
 }

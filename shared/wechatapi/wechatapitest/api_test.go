@@ -1,4 +1,4 @@
-package api
+package wechatapitest
 
 import (
 	"bufio"
@@ -14,8 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/wxgate/wxgate/shared/clocktest"
-	"github.com/wxgate/wxgate/shared/wait"
+	"github.com/wxgate/wxgate/shared/testutil/clocktest"
+	"github.com/wxgate/wxgate/shared/testutil/wait"
 )
 
 func newFake(t *testing.T, o Options) (*Server, string, *clocktest.Clock) {

@@ -1,4 +1,7 @@
-package analytics
+// Package stats is the per-scene counts as they are stored and served: the
+// KV format the analytics leader (workers/analytics) writes, and the JSON
+// API every admin listener serves from it.
+package stats
 
 import (
 	"context"
@@ -13,10 +16,10 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// sceneDoc is a scene's stored value: its totals, as of stream sequence
+// SceneDoc is a scene's stored value: its totals, as of stream sequence
 // Seq in rebuild generation Epoch. Writes compare (Epoch, Seq): a leader
 // that finds a newer value than its own has been replaced, and stops.
-type sceneDoc struct {
+type SceneDoc struct {
 	Totals
 	Epoch uint64 `json:"epoch"`
 	Seq   uint64 `json:"seq"`
@@ -26,9 +29,9 @@ type sceneDoc struct {
 // under "s.<scene, base64url>": written by the leader, read by the API and
 // the exporters of every process.
 type Store struct {
-	kv      jetstream.KeyValue
-	js      jetstream.JetStream
-	prefix  string    // the bucket's subject prefix, for pipelined writes
+	KV      jetstream.KeyValue
+	JS      jetstream.JetStream
+	Prefix  string    // the bucket's subject prefix, for pipelined writes
 	created time.Time // when the bucket's stream was created, to notice a new one
 }
 
@@ -67,7 +70,7 @@ func OpenExistingStore(ctx context.Context, js jetstream.JetStream) (*Store, err
 }
 
 func newStore(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue) (*Store, error) {
-	s := &Store{kv: kv, js: js, prefix: "$KV." + BucketName + "."}
+	s := &Store{KV: kv, JS: js, Prefix: "$KV." + BucketName + "."}
 	created, err := s.bucketCreated(ctx)
 	if err != nil {
 		return nil, err
@@ -77,7 +80,7 @@ func newStore(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue
 }
 
 func (s *Store) bucketCreated(ctx context.Context) (time.Time, error) {
-	st, err := s.kv.Status(ctx)
+	st, err := s.KV.Status(ctx)
 	if err != nil {
 		return time.Time{}, fmt.Errorf("kv %s: %w", BucketName, err)
 	}
@@ -87,55 +90,56 @@ func (s *Store) bucketCreated(ctx context.Context) (time.Time, error) {
 	return time.Time{}, nil
 }
 
-// errBucketReplaced means the totals bucket was deleted and made again
+// ErrBucketReplaced means the totals bucket was deleted and made again
 // since the store opened it: watches of the old one see nothing new.
-var errBucketReplaced = errors.New("totals bucket replaced")
+var ErrBucketReplaced = errors.New("totals bucket replaced")
 
-// checkBucket reports whether the bucket the store opened is still there.
-func (s *Store) checkBucket(ctx context.Context) error {
+// CheckBucket reports whether the bucket the store opened is still there.
+func (s *Store) CheckBucket(ctx context.Context) error {
 	created, err := s.bucketCreated(ctx)
 	if err != nil {
 		return err
 	}
 	if !created.Equal(s.created) {
-		return errBucketReplaced
+		return ErrBucketReplaced
 	}
 	return nil
 }
 
-func sceneKey(scene string) string { return "s." + base64.RawURLEncoding.EncodeToString([]byte(scene)) }
+// SceneKey is the key of a scene's totals.
+func SceneKey(scene string) string { return "s." + base64.RawURLEncoding.EncodeToString([]byte(scene)) }
 
 // Scenes reads every scene's totals from the bucket (a value this version
 // cannot read is left out).
 func (s *Store) Scenes(ctx context.Context) ([]Totals, error) {
-	docs, err := s.docs(ctx)
+	docs, err := s.Docs(ctx)
 	if err != nil {
 		return nil, err
 	}
 	out := make([]Totals, 0, len(docs))
 	for _, d := range docs {
-		out = append(out, d.doc.Totals)
+		out = append(out, d.Doc.Totals)
 	}
 	return out, nil
 }
 
-// docs reads every scene value with its revision.
-func (s *Store) docs(ctx context.Context) (map[string]docRev, error) {
-	w, err := s.kv.Watch(ctx, "s.>", jetstream.IgnoreDeletes())
+// Docs reads every scene value with its revision.
+func (s *Store) Docs(ctx context.Context) (map[string]DocRev, error) {
+	w, err := s.KV.Watch(ctx, "s.>", jetstream.IgnoreDeletes())
 	if err != nil {
 		return nil, fmt.Errorf("read totals: %w", err)
 	}
 	defer w.Stop()
-	out := map[string]docRev{}
+	out := map[string]DocRev{}
 	for {
 		select {
 		case e := <-w.Updates():
 			if e == nil { // all current values delivered
 				return out, nil
 			}
-			var d sceneDoc
+			var d SceneDoc
 			if err := json.Unmarshal(e.Value(), &d); err == nil {
-				out[e.Key()] = docRev{d, e.Revision()}
+				out[e.Key()] = DocRev{d, e.Revision()}
 			}
 		case <-ctx.Done():
 			return nil, fmt.Errorf("read totals: %w", ctx.Err())
@@ -145,14 +149,14 @@ func (s *Store) docs(ctx context.Context) (map[string]docRev, error) {
 
 // Scene reads one scene's totals; ok is false when it has none.
 func (s *Store) Scene(ctx context.Context, scene string) (t Totals, ok bool, err error) {
-	e, err := s.kv.Get(ctx, sceneKey(scene))
+	e, err := s.KV.Get(ctx, SceneKey(scene))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return Totals{}, false, nil
 	}
 	if err != nil {
 		return Totals{}, false, fmt.Errorf("read totals: %w", err)
 	}
-	var d sceneDoc
+	var d SceneDoc
 	if err := json.Unmarshal(e.Value(), &d); err != nil {
 		return Totals{}, false, fmt.Errorf("read totals: %w", err)
 	}
@@ -161,7 +165,7 @@ func (s *Store) Scene(ctx context.Context, scene string) (t Totals, ok bool, err
 
 // analytics opens the analytics bucket (lease, rebuild requests, status).
 func (s *Store) analytics(ctx context.Context) (jetstream.KeyValue, error) {
-	return s.js.KeyValue(ctx, AnalyticsName)
+	return s.JS.KeyValue(ctx, AnalyticsName)
 }
 
 // RequestRebuild asks the leader to rebuild the totals from the event
@@ -171,7 +175,7 @@ func (s *Store) RequestRebuild(ctx context.Context) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	return kv.Put(ctx, rebuildKey, []byte(time.Now().UTC().Format(time.RFC3339Nano)))
+	return kv.Put(ctx, RebuildKey, []byte(time.Now().UTC().Format(time.RFC3339Nano)))
 }
 
 // Status reads the leader's last report; ok is false when none has.
@@ -180,7 +184,7 @@ func (s *Store) Status(ctx context.Context) (st Status, ok bool, err error) {
 	if err != nil {
 		return Status{}, false, err
 	}
-	e, err := kv.Get(ctx, statusKey)
+	e, err := kv.Get(ctx, StatusKey)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return Status{}, false, nil
 	}
@@ -219,4 +223,48 @@ func OpenOnUse(nc *nats.Conn) StoreFunc {
 		store = s
 		return store, nil
 	}
+}
+
+// Keys of the analytics bucket besides the lease.
+const (
+	RebuildKey = "rebuild" // its revision is the latest rebuild request
+	StatusKey  = "status"  // the leader's progress, for the API
+)
+
+// DocRev is a stored scene value and its revision.
+type DocRev struct {
+	Doc SceneDoc
+	Rev uint64
+}
+
+// Totals are the counts of one scene.
+type Totals struct {
+	Scene          string `json:"scene"`
+	Scans          int64  `json:"scans"`           // subscribe + scan
+	SubscribeScans int64  `json:"subscribe_scans"` // scans by people not yet following
+	ScanScans      int64  `json:"scan_scans"`      // scans by followers
+	NewFollowers   int64  `json:"new_followers"`   // follows through this scene
+	UniquePeople   int64  `json:"unique_people"`   // distinct people that scanned it (within EVENTS_MAX_AGE)
+	Unfollows      int64  `json:"unfollows"`       // unfollows of people who followed through it
+	// FirstSeq is the stream sequence of the scene's first event; it orders
+	// scenes the same way in every process (the metrics label bound).
+	FirstSeq  uint64    `json:"first_seq"`
+	FirstSeen time.Time `json:"first_seen"`
+	LastSeen  time.Time `json:"last_seen"`
+}
+
+// Status is the leader's progress, as the API shows it.
+type Status struct {
+	Leader     string `json:"leader"`
+	Epoch      uint64 `json:"epoch"`       // rebuild generation
+	AppliedSeq uint64 `json:"applied_seq"` // last event stream sequence applied
+	Pending    uint64 `json:"pending"`     // scene events not yet applied
+	Rebuilding bool   `json:"rebuilding"`  // a rebuild has not caught up with the stream yet
+	Scenes     int    `json:"scenes"`
+	People     int    `json:"people"`    // (scene, person) pairs held for unique counts
+	Followers  int    `json:"followers"` // current followers with a scene
+	// Unattributed counts unfollows of people with no recorded follow,
+	// over the whole stream (the metric counts per process).
+	Unattributed int64     `json:"unattributed_unfollows"`
+	Updated      time.Time `json:"updated"`
 }

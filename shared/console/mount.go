@@ -9,9 +9,9 @@ import (
 
 	"github.com/wxgate/wxgate/shared/admin"
 	"github.com/wxgate/wxgate/shared/config"
+	"github.com/wxgate/wxgate/shared/qrcodes"
+	"github.com/wxgate/wxgate/shared/stats"
 	"github.com/wxgate/wxgate/shared/wechatapi"
-	"github.com/wxgate/wxgate/workers/analytics"
-	"github.com/wxgate/wxgate/workers/qrcodes"
 )
 
 // MountOptions are what Mount needs from the process. Conn, Logger and
@@ -19,7 +19,7 @@ import (
 type MountOptions struct {
 	Conn       *nats.Conn
 	Config     config.Config
-	Scenes     analytics.StoreFunc // the totals /api/scenes reads
+	Scenes     stats.StoreFunc // the totals /api/scenes reads
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 }
