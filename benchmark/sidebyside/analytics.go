@@ -61,7 +61,8 @@ func (e *env) analytics(ctx context.Context, records, scenes int) error {
 	for i := 0; i < records; i++ {
 		m := &wechat.Message{ToUserName: "gh_bench", FromUserName: "o" + strconv.Itoa(i%people), CreateTime: 1700000000 + int64(i),
 			MsgType: wechat.MsgEvent, Event: wechat.EventScan, EventKey: "scene_" + strconv.Itoa(i%scenes)}
-		f, err := js.PublishMsgAsync(&nats.Msg{Subject: events.Subject(m.Subject()), Data: m.AppendXML(nil)}, jetstream.WithMsgID(m.DedupKey()))
+		data := m.AppendXML(nil)
+		f, err := js.PublishMsgAsync(&nats.Msg{Subject: events.Subject(m.Subject()), Data: data}, jetstream.WithMsgID(m.DedupKey(data)))
 		if err != nil {
 			return err
 		}

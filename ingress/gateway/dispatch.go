@@ -35,7 +35,7 @@ type flight struct {
 // retry, by dedup key) is already in flight here: then it waits for that
 // one's result, within its own deadline, so the handler runs once.
 func (g *Gateway) once(ctx context.Context, m *wechat.Message, plain []byte, received, deadline time.Time) ([]byte, string) {
-	key := m.DedupKey()
+	key := m.DedupKey(plain)
 	g.mu.Lock()
 	if f, ok := g.flights[key]; ok {
 		g.mu.Unlock()

@@ -72,7 +72,7 @@ func TestHeldWhileNATSIsDownThenFlushed(t *testing.T) {
 		mustHold(t, in, scanEvent(i))
 	}
 	m := scanEvent(300)
-	if _, err := in.Publish(m, m.DedupKey(), m.AppendXML(nil), time.Now()); !errors.Is(err, ErrFull) {
+	if _, err := in.Publish(m, m.DedupKey(m.AppendXML(nil)), m.AppendXML(nil), time.Now()); !errors.Is(err, ErrFull) {
 		t.Fatalf("past the buffer = %v, want ErrFull", err)
 	}
 	if in.Check() == nil {
@@ -116,12 +116,12 @@ func TestRefusedEventDoesNotBlockTheQueue(t *testing.T) {
 	}
 	long := textEvent(2)
 	long.Content = strings.Repeat("x", 1024)
-	rc, err := in.Publish(long, long.DedupKey(), long.AppendXML(nil), time.Now())
+	rc, err := in.Publish(long, long.DedupKey(long.AppendXML(nil)), long.AppendXML(nil), time.Now())
 	if err != nil || !rc.Refused || rc.Held {
 		t.Fatalf("an event over the stream's size limit = %+v %v, want refused, not held", rc, err)
 	}
 	m := scanEvent(3)
-	if rc, err := in.Publish(m, m.DedupKey(), m.AppendXML(nil), time.Now()); err != nil || rc.Held || rc.Seq == 0 {
+	if rc, err := in.Publish(m, m.DedupKey(m.AppendXML(nil)), m.AppendXML(nil), time.Now()); err != nil || rc.Held || rc.Seq == 0 {
 		t.Fatalf("the event after it = %+v %v, want stored", rc, err)
 	}
 	if got := testutil.ToFloat64(in.metrics.dropped.WithLabelValues("event", "refused")); got != 1 {
@@ -152,7 +152,7 @@ func TestStreamWithoutMessageTTL(t *testing.T) {
 	createStreamWithoutTTL(t, nc)
 	in, _ := newIntake(t, nc, 100)
 	for i, m := range []*wechat.Message{textEvent(1), scanEvent(2)} {
-		if rc, err := in.Publish(m, m.DedupKey(), m.AppendXML(nil), time.Now()); err != nil || rc.Held || rc.Refused || rc.Seq != uint64(i+1) {
+		if rc, err := in.Publish(m, m.DedupKey(m.AppendXML(nil)), m.AppendXML(nil), time.Now()); err != nil || rc.Held || rc.Refused || rc.Seq != uint64(i+1) {
 			t.Fatalf("event %d = %+v %v, want stored", i, rc, err)
 		}
 	}
@@ -181,7 +181,7 @@ func TestCloseFlushesThenCountsWhatIsLeft(t *testing.T) {
 // mustHold publishes m, which the intake must hold (JetStream away).
 func mustHold(t *testing.T, in *Intake, m *wechat.Message) {
 	t.Helper()
-	if rc, err := in.Publish(m, m.DedupKey(), m.AppendXML(nil), time.Now()); err != nil || !rc.Held {
+	if rc, err := in.Publish(m, m.DedupKey(m.AppendXML(nil)), m.AppendXML(nil), time.Now()); err != nil || !rc.Held {
 		t.Fatalf("%s from %s = %+v %v, want held", m.MsgType, m.FromUserName, rc, err)
 	}
 }
@@ -289,7 +289,7 @@ func TestMessagesCarryATTLSceneEventsDoNot(t *testing.T) {
 		m       *wechat.Message
 		wantTTL bool
 	}{{textEvent(1), true}, {scanEvent(2), false}} {
-		rc, err := in.Publish(c.m, c.m.DedupKey(), c.m.AppendXML(nil), time.Now())
+		rc, err := in.Publish(c.m, c.m.DedupKey(c.m.AppendXML(nil)), c.m.AppendXML(nil), time.Now())
 		if err != nil || rc.Seq == 0 {
 			t.Fatalf("%s = %+v %v", c.m.MsgType, rc, err)
 		}
@@ -311,11 +311,11 @@ func TestUnansweredCopyIsMarked(t *testing.T) {
 	in, _ := newIntake(t, nc, 100)
 	m := textEvent(7)
 	raw := m.AppendXML(nil)
-	rc, err := in.Publish(m, m.DedupKey(), raw, time.Now())
+	rc, err := in.Publish(m, m.DedupKey(m.AppendXML(nil)), raw, time.Now())
 	if err != nil || rc.Seq == 0 {
 		t.Fatalf("publish = %+v %v", rc, err)
 	}
-	in.Unanswered(m, m.DedupKey(), raw, time.Now(), rc, "timeout")
+	in.Unanswered(m, m.DedupKey(m.AppendXML(nil)), raw, time.Now(), rc, "timeout")
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)

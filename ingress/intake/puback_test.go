@@ -62,11 +62,11 @@ func TestStoreReadsTheServersAcks(t *testing.T) {
 	}
 	defer in.Close(context.Background())
 	m := &wechat.Message{ToUserName: "gh", FromUserName: "o1", CreateTime: 1, MsgType: "text", Content: "hi", MsgID: "1"}
-	first, err := in.Publish(m, m.DedupKey(), m.AppendXML(nil), time.Now())
+	first, err := in.Publish(m, m.DedupKey(m.AppendXML(nil)), m.AppendXML(nil), time.Now())
 	if err != nil || first.Duplicate || first.Held || first.Seq == 0 {
 		t.Fatalf("first = %+v, %v", first, err)
 	}
-	again, err := in.Publish(m, m.DedupKey(), m.AppendXML(nil), time.Now())
+	again, err := in.Publish(m, m.DedupKey(m.AppendXML(nil)), m.AppendXML(nil), time.Now())
 	if err != nil || !again.Duplicate || again.Seq != first.Seq {
 		t.Fatalf("again = %+v, %v; want a duplicate of seq %d", again, err, first.Seq)
 	}
@@ -78,7 +78,7 @@ func TestStoreReadsTheServersAcks(t *testing.T) {
 		t.Fatal(err)
 	}
 	m.MsgID = "2"
-	r, err := in.Publish(m, m.DedupKey(), m.AppendXML(nil), time.Now())
+	r, err := in.Publish(m, m.DedupKey(m.AppendXML(nil)), m.AppendXML(nil), time.Now())
 	if err != nil || r.Duplicate || r.Held || r.Seq != 1 {
 		t.Fatalf("with the stream gone = %+v, %v; want it recreated and the event stored first", r, err)
 	}

@@ -93,7 +93,7 @@ func parseFlat(data []byte, m *Message, headerOnly bool) bool {
 // isHeaderField reports whether Classify reads the element.
 func isHeaderField(name string) bool {
 	switch name {
-	case "ToUserName", "FromUserName", "CreateTime", "MsgType", "MsgId", "Event", "EventKey", "Encrypt":
+	case "ToUserName", "FromUserName", "CreateTime", "MsgType", "MsgId", "MsgID", "Event", "EventKey", "Encrypt":
 		return true
 	}
 	return false

@@ -38,7 +38,7 @@ func FuzzParse(f *testing.F) {
 		if s := m.Subject(); !subjectRE.MatchString(s) {
 			t.Fatalf("subject %q escapes msg.*/event.*", s)
 		}
-		if k := m.DedupKey(); !dedupKeyRE.MatchString(k) {
+		if k := m.DedupKey(data); !dedupKeyRE.MatchString(k) {
 			t.Fatalf("dedup key %q is not a safe key", k)
 		}
 		if scene, kind, ok := m.SceneScan(); ok && (scene == "" || (kind != KindScan && kind != KindSubscribe)) {

@@ -70,7 +70,7 @@ type Message struct {
 	FromUserName string
 	CreateTime   int64
 	MsgType      string
-	MsgID        string // MsgId: decimal, up to 64 bits
+	MsgID        string // MsgId (MsgID on the events that carry one): decimal, up to 64 bits
 
 	Content      string // text
 	PicURL       string // image
@@ -198,7 +198,7 @@ func (m *Message) assign(name, value string) {
 		m.CreateTime, _ = strconv.ParseInt(trimmed, 10, 64)
 	case "MsgType":
 		m.MsgType = trimmed
-	case "MsgId":
+	case "MsgId", "MsgID": // events that carry one spell it MsgID
 		m.MsgID = trimmed
 	case "Content":
 		m.Content = value

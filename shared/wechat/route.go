@@ -3,7 +3,6 @@ package wechat
 import (
 	"crypto/sha256"
 	"encoding/hex"
-	"strconv"
 )
 
 // Subject prefixes and the fallback token for types that cannot be a subject.
@@ -77,48 +76,42 @@ func equalFoldASCII(a, b string) bool {
 }
 
 // DedupKey returns what WeChat's retries of this message share, and nothing
-// else does. For messages it is "msg.<MsgId>.<digest>", the digest binding
-// the MsgId to the account and the sender: a MsgId alone is chosen by
-// whoever signs the request, and must not hand one person's stored reply to
-// another. For events, which carry no MsgId, it is a digest of the account,
-// FromUserName, CreateTime, Event and EventKey ("evt.<hex>"). WeChat itself
-// advises FromUserName+CreateTime, but LOCATION reports and unsubscribe can
-// share those within one second, so the event fields go in.
+// else does; body is the plaintext XML the message was read from. A retry is
+// the identical body again, so:
+//   - a message with a MsgId is "msg.<MsgId>.<digest>", the digest binding the
+//     MsgId to the account and the sender: a MsgId alone is chosen by whoever
+//     signs the request, and must not hand one person's stored reply to
+//     another;
+//   - an event that carries its own MsgID or MsgId (TEMPLATESENDJOBFINISH,
+//     MASSSENDJOBFINISH, ...) is "evm.<MsgID>.<digest>", bound the same way
+//     and to the event;
+//   - anything else is a digest of the whole body ("evt.<hex>"): two LOCATION
+//     reports, two card events or two job reports in the same second that
+//     differ in any field are two events. WeChat's own advice,
+//     FromUserName+CreateTime, would merge them.
 //
 // The key uses only [a-z0-9.] and is at most 53 bytes, whatever the sender
 // sent, so it is valid as a Nats-Msg-Id header and as a JetStream KV key, and
 // it carries no OpenID in the clear.
-func (m *Message) DedupKey() string {
-	// Every callback computes it, at the ingress and at the worker: the
-	// fields are hashed from a buffer on the stack, and the key is built in
-	// one allocation.
-	var buf [512]byte
-	in := buf[:0]
-	add := func(fields ...string) {
-		for _, f := range fields {
-			in = append(in, f...)
-			in = append(in, 0) // separator: ("ab","c") and ("a","bc") differ
-		}
-	}
+func (m *Message) DedupKey(body []byte) string {
 	var key [64]byte
 	out := key[:0]
-	if !m.IsEvent() && isDigits(m.MsgID) {
-		add(m.ToUserName, m.FromUserName)
+	if isDigits(m.MsgID) {
+		// Hashed from a buffer on the stack; the key is built in one
+		// allocation: every callback computes it.
+		var buf [512]byte
+		in := append(append(append(buf[:0], m.ToUserName...), 0), m.FromUserName...)
+		prefix := "msg."
+		if m.IsEvent() {
+			prefix = "evm."
+			in = append(append(in, 0), m.Event...)
+		}
 		sum := sha256.Sum256(in)
-		out = append(append(append(out, "msg."...), m.MsgID...), '.')
+		out = append(append(append(out, prefix...), m.MsgID...), '.')
 		return string(hex.AppendEncode(out, sum[:8]))
 	}
-	var created [20]byte
-	kind, fields := "evt.", [...]string{m.ToUserName, m.FromUserName, string(strconv.AppendInt(created[:0], m.CreateTime, 10)), m.Event, m.EventKey}
-	if !m.IsEvent() {
-		// A message without a usable MsgId: fall back to the event recipe
-		// with the type and whatever MsgId said.
-		kind = "msh."
-		fields[3], fields[4] = m.MsgType, m.MsgID
-	}
-	add(fields[:]...)
-	sum := sha256.Sum256(in)
-	return string(hex.AppendEncode(append(out, kind...), sum[:16]))
+	sum := sha256.Sum256(body)
+	return string(hex.AppendEncode(append(out, "evt."...), sum[:16]))
 }
 
 func isDigits(s string) bool {

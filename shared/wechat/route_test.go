@@ -1,6 +1,7 @@
 package wechat
 
 import (
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -33,15 +34,19 @@ func TestSubjectFor(t *testing.T) {
 	}
 }
 
-var dedupKeyRE = regexp.MustCompile(`^(msg\.[0-9]{1,20}\.[0-9a-f]{16}|(evt|msh)\.[0-9a-f]{32})$`)
+var dedupKeyRE = regexp.MustCompile(`^((msg|evm)\.[0-9]{1,20}\.[0-9a-f]{16}|evt\.[0-9a-f]{32})$`)
 
 func TestDedupKey(t *testing.T) {
+	key := func(m *Message) string { return m.DedupKey(m.AppendXML(nil)) }
 	ev := func(from string, ct int64, event, key string) *Message {
 		return &Message{MsgType: "event", FromUserName: from, CreateTime: ct, Event: event, EventKey: key}
 	}
 	base := ev("o1", 100, "subscribe", "qrscene_1")
+	withTicket := *base
+	withTicket.Ticket = "another ticket" // differs in a field: another event
 	distinct := []*Message{
 		base,
+		&withTicket,
 		ev("o2", 100, "subscribe", "qrscene_1"),
 		ev("o1", 101, "subscribe", "qrscene_1"),
 		ev("o1", 100, "unsubscribe", "qrscene_1"),
@@ -57,10 +62,13 @@ func TestDedupKey(t *testing.T) {
 		{MsgType: "text", MsgID: "1234", FromUserName: "o_attacker"},
 		{MsgType: "text", MsgID: "1234", ToUserName: "gh_other"},
 		{MsgType: "event", ToUserName: "gh_other", FromUserName: "o1", CreateTime: 100, Event: "subscribe", EventKey: "qrscene_1"},
+		// An event's own MsgID keys it, bound to its kind.
+		{MsgType: "event", Event: "TEMPLATESENDJOBFINISH", MsgID: "1234"},
+		{MsgType: "event", Event: "MASSSENDJOBFINISH", MsgID: "1234"},
 	}
 	seen := map[string]int{}
 	for i, m := range distinct {
-		k := m.DedupKey()
+		k := key(m)
 		if !dedupKeyRE.MatchString(k) {
 			t.Errorf("DedupKey %d = %q: not a safe header/KV key", i, k)
 		}
@@ -69,20 +77,47 @@ func TestDedupKey(t *testing.T) {
 		}
 		seen[k] = i
 	}
-	// A retry is the identical message: the key must not depend on anything else.
-	retry := *base
-	retry.Ticket = "different ticket"
-	if retry.DedupKey() != base.DedupKey() {
-		t.Error("retry of the same event got a different key")
-	}
-	if got := (&Message{MsgType: "text", MsgID: "6054768590064713728"}).DedupKey(); !strings.HasPrefix(got, "msg.6054768590064713728.") {
+	if got := key(&Message{MsgType: "text", MsgID: "6054768590064713728"}); !strings.HasPrefix(got, "msg.6054768590064713728.") {
 		t.Errorf("message key = %q, want the MsgId in it", got)
 	}
+	if got := key(&Message{MsgType: "event", Event: "TEMPLATESENDJOBFINISH", MsgID: "200163836"}); !strings.HasPrefix(got, "evm.200163836.") {
+		t.Errorf("job report key = %q, want its MsgID in it", got)
+	}
 	long := &Message{MsgType: "event", Event: "SCAN", EventKey: strings.Repeat("场", 5000), FromUserName: strings.Repeat("o", 5000)}
-	if k := long.DedupKey(); len(k) > 53 {
+	if k := key(long); len(k) > 53 {
 		t.Errorf("key of a huge event is %d bytes: it must stay bounded", len(k))
 	}
-	if k := base.DedupKey(); strings.Contains(k, "o1") {
+	if k := key(base); strings.Contains(k, "o1") {
 		t.Errorf("event key %q carries the OpenID in the clear", k)
+	}
+}
+
+// TestSameSecondEventsAreTwo: events that share account, sender,
+// CreateTime, Event and EventKey but differ elsewhere (job reports with
+// another MsgID, cards taken or used, LOCATION reports, subscription
+// message reports) are two events; the same body again is a retry.
+func TestSameSecondEventsAreTwo(t *testing.T) {
+	for _, pair := range []string{"template", "mass", "card_get", "card_use", "location", "subscribe_msg"} {
+		t.Run(pair, func(t *testing.T) {
+			var keys [2]string
+			for i, side := range []string{"a", "b"} {
+				body := readSample(t, filepath.Join("same_second", pair+"_"+side))
+				m, err := Parse(body)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var fast Message
+				if Classify(body, &fast) && fast.DedupKey(body) != m.DedupKey(body) {
+					t.Errorf("%s: Classify and Parse give different keys", side)
+				}
+				keys[i] = m.DedupKey(body)
+				if again := m.DedupKey(append([]byte(nil), body...)); again != keys[i] {
+					t.Errorf("%s: the same body again (a retry) got another key", side)
+				}
+			}
+			if keys[0] == keys[1] {
+				t.Errorf("two different events share the key %q", keys[0])
+			}
+		})
 	}
 }

@@ -73,7 +73,7 @@ type Options struct {
 	// Reply produces the reply XML to m, running its handler at most once
 	// across replicas (a reply already stored is returned as is); empty
 	// means there is nothing to say.
-	Reply func(ctx context.Context, m *wechat.Message) ([]byte, error)
+	Reply func(ctx context.Context, m *wechat.Message, raw []byte) ([]byte, error)
 	// MessageWindow and EventWindow are how long after a person's message,
 	// and after their subscribe, SCAN or menu click, WeChat takes a
 	// customer-service message to them. Defaults 48h and 60s.
@@ -394,7 +394,7 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	deadline := received.Add(window)
-	key := m.DedupKey()
+	key := m.DedupKey(msg.Data())
 	if early := received.Add(s.o.Settle).Sub(s.o.Now()); early > 0 {
 		_ = msg.NakWithDelay(early)
 		return
@@ -434,7 +434,7 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 	rctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 	stopProgress := s.inProgress(msg)
-	body, err := s.o.Reply(rctx, m)
+	body, err := s.o.Reply(rctx, m, msg.Data())
 	stopProgress()
 	switch {
 	case err != nil && rctx.Err() != nil:

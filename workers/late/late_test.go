@@ -84,7 +84,7 @@ func (f *fixture) startNoWait(mod func(*Options)) (*Service, *prometheus.Registr
 	}
 	o := Options{Conn: nc, API: client, Logger: quiet, Registerer: reg, ID: fmt.Sprint("late-", f.runs.Load()), Settle: time.Millisecond,
 		RetryBase: 20 * time.Millisecond,
-		Reply: func(_ context.Context, m *wechat.Message) ([]byte, error) {
+		Reply: func(_ context.Context, m *wechat.Message, _ []byte) ([]byte, error) {
 			f.runs.Add(1)
 			text := "re: " + m.Content
 			if m.IsEvent() {
@@ -152,7 +152,7 @@ func (f *fixture) record(m *wechat.Message, received time.Time) {
 	f.t.Helper()
 	msg := &nats.Msg{Subject: events.UnansweredPrefix + m.Subject(), Data: m.AppendXML(nil), Header: nats.Header{}}
 	msg.Header.Set(events.HeaderReceived, bus.FormatTime(received))
-	if _, err := f.js.PublishMsg(context.Background(), msg, jetstream.WithMsgID("u."+m.DedupKey())); err != nil {
+	if _, err := f.js.PublishMsg(context.Background(), msg, jetstream.WithMsgID("u."+m.DedupKey(m.AppendXML(nil)))); err != nil {
 		f.t.Fatal(err)
 	}
 }
@@ -255,14 +255,14 @@ func TestPassiveAndLateNeverBoth(t *testing.T) {
 	f := newFixture(t, wechatapitest.Options{})
 	s, reg := f.start()
 	first := text("o_p", "passive", 1)
-	if !s.Delivered(context.Background(), first.DedupKey()) {
+	if !s.Delivered(context.Background(), first.DedupKey(first.AppendXML(nil))) {
 		t.Fatal("a retry before any late reply was told not to answer")
 	}
 	f.unanswered(first, time.Now())
 	second := text("o_q", "late", 2)
 	f.unanswered(second, time.Now())
 	f.waitFinal(map[string]float64{Sent: 1}, reg)
-	if s.Delivered(context.Background(), second.DedupKey()) {
+	if s.Delivered(context.Background(), second.DedupKey(second.AppendXML(nil))) {
 		t.Error("a retry after the late reply was told to answer with the reply too")
 	}
 	msgs := f.fake.Calls().Messages
@@ -278,7 +278,7 @@ func TestSendingMarkIsRespected(t *testing.T) {
 	s, reg := f.start()
 	m := text("o_k", "killed", 1)
 	kv := s.bucket()
-	if _, err := kv.Create(context.Background(), m.DedupKey(), []byte(markSending+"dead-worker")); err != nil {
+	if _, err := kv.Create(context.Background(), m.DedupKey(m.AppendXML(nil)), []byte(markSending+"dead-worker")); err != nil {
 		t.Fatal(err)
 	}
 	f.unanswered(m, time.Now())
@@ -363,7 +363,7 @@ func TestUnsupportedIsCounted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := Start(Options{Conn: nc, API: client, Logger: quiet, Registerer: reg, Reply: func(_ context.Context, m *wechat.Message) ([]byte, error) {
+	s, err := Start(Options{Conn: nc, API: client, Logger: quiet, Registerer: reg, Reply: func(_ context.Context, m *wechat.Message, _ []byte) ([]byte, error) {
 		return (&wechat.Reply{Type: wechat.ReplyTransfer}).ReplyTo(m, 1), nil
 	}})
 	if err != nil {
@@ -403,7 +403,7 @@ func TestStopLosesNoLateReply(t *testing.T) {
 	f := newFixture(t, wechatapitest.Options{})
 	entered, release := make(chan struct{}), make(chan struct{})
 	s1, reg1 := f.startWith(func(o *Options) {
-		o.Reply = func(_ context.Context, m *wechat.Message) ([]byte, error) {
+		o.Reply = func(_ context.Context, m *wechat.Message, _ []byte) ([]byte, error) {
 			close(entered)
 			<-release
 			return wechat.TextReply("re: "+m.Content).ReplyTo(m, 1), nil
@@ -434,7 +434,7 @@ func TestDeliveredBeforeSetupLeavesItToTheLateReply(t *testing.T) {
 	if s.Check() == nil {
 		t.Skip("the service was ready at once; the case needs it not to be")
 	}
-	if s.Delivered(context.Background(), m.DedupKey()) {
+	if s.Delivered(context.Background(), m.DedupKey(m.AppendXML(nil))) {
 		t.Fatal("Delivered said to answer passively with no mark made")
 	}
 	wait.For(t, wait.Short, wait.Every, s.Check)
@@ -459,16 +459,16 @@ func TestDeliveredAfterABusyAttemptWins(t *testing.T) {
 	f.unanswered(m, time.Now())
 	kv := s.bucket()
 	wait.For(t, wait.Short, wait.Every, func() error {
-		e, err := kv.Get(context.Background(), m.DedupKey())
+		e, err := kv.Get(context.Background(), m.DedupKey(m.AppendXML(nil)))
 		if err != nil || string(e.Value()) != markRetry {
 			return fmt.Errorf("no retry mark yet (%v)", err)
 		}
 		return nil
 	})
-	if !s.Delivered(context.Background(), m.DedupKey()) {
+	if !s.Delivered(context.Background(), m.DedupKey(m.AppendXML(nil))) {
 		t.Fatal("a retry after an attempt WeChat refused was not answered passively")
 	}
-	if e, err := kv.Get(context.Background(), m.DedupKey()); err != nil || string(e.Value()) != markDelivered {
+	if e, err := kv.Get(context.Background(), m.DedupKey(m.AppendXML(nil))); err != nil || string(e.Value()) != markDelivered {
 		t.Fatalf("mark = %v %v, want delivered", e, err)
 	}
 }
@@ -479,7 +479,7 @@ func TestFailingHandlerIsCountedFailed(t *testing.T) {
 	f := newFixture(t, wechatapitest.Options{})
 	var runs atomic.Int32
 	_, reg := f.startWith(func(o *Options) {
-		o.Reply = func(context.Context, *wechat.Message) ([]byte, error) { runs.Add(1); return nil, errors.New("boom") }
+		o.Reply = func(context.Context, *wechat.Message, []byte) ([]byte, error) { runs.Add(1); return nil, errors.New("boom") }
 	})
 	f.unanswered(text("o_fail", "x", 6), time.Now().Add(-time.Second)) // past Settle: every delivery runs the handler
 	f.waitFinal(map[string]float64{Failed: 1, Expired: 0}, reg)

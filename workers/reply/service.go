@@ -173,7 +173,7 @@ func (s *Service) answer(req micro.Request, m *wechat.Message, arrival time.Time
 	subject := req.Subject()
 	// Computed here, not taken from the header: anyone on the bus can send
 	// a request, and the key becomes a KV key and a message ID.
-	key := m.DedupKey()
+	key := m.DedupKey(req.Data())
 	run := func(ctx context.Context) ([]byte, error) { return s.handle(ctx, m, subject) }
 
 	var body []byte
@@ -260,7 +260,7 @@ func timing(h micro.Headers, arrival time.Time) (since, deadline time.Time) {
 // for it is returned as is, a handler still running is waited for, and
 // otherwise the handler runs, claimed so that it runs once across
 // replicas. ctx bounds the wait (the person's window).
-func (s *Service) ReplyOnce(ctx context.Context, m *wechat.Message) ([]byte, error) {
+func (s *Service) ReplyOnce(ctx context.Context, m *wechat.Message, raw []byte) ([]byte, error) {
 	subject := m.Subject()
 	run := func(hctx context.Context) ([]byte, error) { return s.handle(hctx, m, subject) }
 	if s.dedup == nil {
@@ -268,7 +268,7 @@ func (s *Service) ReplyOnce(ctx context.Context, m *wechat.Message) ([]byte, err
 		defer cancel()
 		return run(rctx)
 	}
-	body, _, err := s.dedup.Do(ctx, m.DedupKey(), run)
+	body, _, err := s.dedup.Do(ctx, m.DedupKey(raw), run)
 	return body, err
 }
 
