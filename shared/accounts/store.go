@@ -1,0 +1,119 @@
+package accounts
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wxgate/wxgate/shared/bus"
+)
+
+// Bucket is the KV bucket of the accounts kept as data, one value per
+// account under its id.
+const Bucket = "wxgate_accounts"
+
+// record is an account as stored: its secrets sealed.
+type record struct {
+	ID         string    `json:"id"`
+	Name       string    `json:"name"`
+	AppID      string    `json:"appid"`
+	OriginalID string    `json:"original_id"`
+	Mode       string    `json:"mode"`
+	Sealed     string    `json:"sealed"` // the secrets, AES-GCM with ACCOUNTS_SECRET_KEY
+	Created    time.Time `json:"created_at"`
+	Updated    time.Time `json:"updated_at"`
+}
+
+// ErrExists means an account with the id exists already.
+var ErrExists = errors.New("an account with this id exists")
+
+// BucketConfig is the accounts bucket: a value per account, kept for good.
+func BucketConfig(replicas int) jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{
+		Bucket:      Bucket,
+		Description: "wxgate: the Official Accounts kept as data (secrets sealed with ACCOUNTS_SECRET_KEY)",
+		History:     1,
+		Storage:     jetstream.FileStorage,
+		Replicas:    max(replicas, 1),
+	}
+}
+
+func (s *Sealer) encode(a *Account, created time.Time) ([]byte, error) {
+	if s == nil {
+		return nil, ErrNoSecretKey
+	}
+	sealed, err := s.seal(a)
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now().UTC()
+	if created.IsZero() {
+		created = now
+	}
+	return json.Marshal(record{ID: a.ID, Name: a.Name, AppID: a.AppID, OriginalID: a.OriginalID, Mode: a.Mode,
+		Sealed: sealed, Created: created, Updated: now})
+}
+
+// decode reads a stored value; the secrets stay unopened (and the error
+// says so) when s cannot open them.
+func (s *Sealer) decode(key string, b []byte) (*Account, time.Time, error) {
+	var r record
+	if err := json.Unmarshal(b, &r); err != nil || r.ID != key || !ValidID(r.ID) {
+		return nil, time.Time{}, fmt.Errorf("account %q: unreadable value", key)
+	}
+	a := &Account{ID: r.ID, Name: r.Name, AppID: r.AppID, OriginalID: r.OriginalID, Mode: r.Mode}
+	return a, r.Created, s.open(a, r.Sealed)
+}
+
+// create stores a new account: ErrExists when the id is taken.
+func (s *Sealer) create(ctx context.Context, kv jetstream.KeyValue, a *Account) error {
+	b, err := s.encode(a, time.Time{})
+	if err != nil {
+		return err
+	}
+	if _, err := kv.Create(ctx, a.ID, b); err != nil {
+		if bus.IsKVConflict(err) {
+			return ErrExists
+		}
+		return fmt.Errorf("store account: %w", err)
+	}
+	return nil
+}
+
+// update changes a stored account with change, by compare-and-set; a
+// concurrent change is read again and change applied to it.
+func (s *Sealer) update(ctx context.Context, kv jetstream.KeyValue, id string, change func(Account) (Account, error)) (*Account, error) {
+	if s == nil {
+		return nil, ErrNoSecretKey
+	}
+	for {
+		e, err := kv.Get(ctx, id)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			return nil, ErrNotFound
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read account: %w", err)
+		}
+		cur, created, err := s.decode(id, e.Value())
+		if err != nil {
+			return nil, err
+		}
+		next, err := change(*cur)
+		if err != nil {
+			return nil, err
+		}
+		b, err := s.encode(&next, created)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := kv.Update(ctx, id, b, e.Revision()); err == nil {
+			return &next, nil
+		} else if !bus.IsKVConflict(err) {
+			return nil, fmt.Errorf("store account: %w", err)
+		}
+	}
+}
