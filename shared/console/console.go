@@ -24,8 +24,8 @@ import (
 	"time"
 
 	"github.com/wxgate/wxgate/shared/admin"
-	"github.com/wxgate/wxgate/shared/wechatapi"
 	"github.com/wxgate/wxgate/shared/qrcodes"
+	"github.com/wxgate/wxgate/shared/wechatapi"
 )
 
 //go:embed static
