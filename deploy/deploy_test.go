@@ -21,8 +21,8 @@ import (
 
 	"github.com/wxgate/wxgate/ingress/app"
 	"github.com/wxgate/wxgate/ingress/app/apptest"
-	"github.com/wxgate/wxgate/shared/testutil/child"
 	"github.com/wxgate/wxgate/shared/config"
+	"github.com/wxgate/wxgate/shared/testutil/child"
 	"github.com/wxgate/wxgate/shared/testutil/metricstest"
 	"github.com/wxgate/wxgate/shared/testutil/nettest"
 	"github.com/wxgate/wxgate/shared/testutil/wait"

@@ -479,7 +479,10 @@ func TestFailingHandlerIsCountedFailed(t *testing.T) {
 	f := newFixture(t, wechatapitest.Options{})
 	var runs atomic.Int32
 	_, reg := f.startWith(func(o *Options) {
-		o.Reply = func(context.Context, *wechat.Message, []byte) ([]byte, error) { runs.Add(1); return nil, errors.New("boom") }
+		o.Reply = func(context.Context, *wechat.Message, []byte) ([]byte, error) {
+			runs.Add(1)
+			return nil, errors.New("boom")
+		}
 	})
 	f.unanswered(text("o_fail", "x", 6), time.Now().Add(-time.Second)) // past Settle: every delivery runs the handler
 	f.waitFinal(map[string]float64{Failed: 1, Expired: 0}, reg)

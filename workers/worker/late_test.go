@@ -20,8 +20,8 @@ import (
 	"github.com/wxgate/wxgate/shared/testutil/natstest"
 	"github.com/wxgate/wxgate/shared/testutil/wait"
 	"github.com/wxgate/wxgate/shared/wechat"
-	"github.com/wxgate/wxgate/workers/reply"
 	"github.com/wxgate/wxgate/shared/wechatapi/wechatapitest"
+	"github.com/wxgate/wxgate/workers/reply"
 )
 
 // slowOnce is slower than the deadline on its first run only: that run

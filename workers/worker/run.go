@@ -9,9 +9,9 @@ import (
 	"github.com/wxgate/wxgate/shared/admin"
 	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/config"
+	"github.com/wxgate/wxgate/shared/console"
 	"github.com/wxgate/wxgate/shared/health"
 	"github.com/wxgate/wxgate/shared/serve"
-	"github.com/wxgate/wxgate/shared/console"
 	"github.com/wxgate/wxgate/workers/reply"
 )
 
