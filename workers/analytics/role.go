@@ -266,18 +266,23 @@ func (r *Role) work(ctx context.Context, js jetstream.JetStream, store *stats.St
 			}
 		}
 	}()
-	l := &lease{kv: kv, id: r.o.ID, ttl: r.o.Lease}
+	// The right to apply the stream: the leader's ID under "leader".
+	l := bus.Lease{KV: kv, Key: "leader", TTL: r.o.Lease}
 	for {
-		rev, err := l.acquire(wctx)
+		h, err := l.Acquire(wctx, []byte(r.o.ID))
 		if err != nil {
 			return context.Cause(wctx)
 		}
 		r.o.Logger.Info("analytics: leading", "id", r.o.ID)
 		r.markAlive()
 		r.leading.Store(true)
-		held, release := l.hold(wctx, rev)
+		held, cancelHeld := h.Context(wctx)
 		err = r.lead(held, js, store, kv)
-		release()
+		cancelHeld()
+		// Let a standby take over now rather than after a whole lease.
+		rctx, rcancel := context.WithTimeout(context.Background(), time.Second)
+		_ = h.Release(rctx)
+		rcancel()
 		r.leading.Store(false)
 		if wctx.Err() != nil {
 			return context.Cause(wctx)
