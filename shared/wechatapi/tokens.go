@@ -28,8 +28,9 @@ type TokenOptions struct {
 	// the way into it (at 4m30s left). Default 5m, at most half the
 	// token's lifetime.
 	RefreshBefore time.Duration
-	// Lease is how long one process may take to refresh before another
-	// takes over. Default 15s (the HTTP client's timeout, and some).
+	// Lease is how long the refresh lease may go unrenewed (its holder
+	// renews it while WeChat answers) before another process takes it
+	// over. Default 15s.
 	Lease time.Duration
 	// FailBackoff is how long a refresh WeChat refused for a reason that
 	// will not pass by itself (40164, 45009, a wrong AppSecret, …) is
@@ -58,11 +59,12 @@ func (o *TokenOptions) setDefaults() {
 
 // Tokens is the access_token every process shares. It lives in the KV
 // bucket wxgate_wechat under token.<appid>. One process at a time refreshes
-// it: the one that creates lease.<appid> (or takes over one whose time is
-// up, by compare-and-set); the others keep using the stored token while it
-// is valid, and wait for the new one only when it is not. In a process,
-// concurrent callers share one lookup (singleflight), and a token before
-// its refresh time is served from memory.
+// it: the one that holds the lease lease.<appid> (a bus.Lease, renewed
+// while WeChat answers, taken over once it has not moved for Lease); the
+// others keep using the stored token while it is valid, and wait for the
+// new one only when it is not. In a process, concurrent callers share one
+// lookup (singleflight), and a token before its refresh time is served
+// from memory.
 type Tokens struct {
 	nc       *nats.Conn
 	replicas int
@@ -72,12 +74,18 @@ type Tokens struct {
 	id       string // this process, in the lease
 	tokenKey string
 	leaseKey string
-	watchKey string
 	sf       singleflight.Group
 
 	mu  sync.Mutex
 	kv  jetstream.KeyValue
 	mem tokenRecord // the last token this process used
+	// refusal is the revision of the last refusal this process met in the
+	// lease key, and when it first met it: a refusal's age is judged on
+	// this process's clock alone.
+	refusal struct {
+		rev  uint64
+		seen time.Time
+	}
 
 	// waiting counts lookups waiting for another process's refresh: a
 	// caller whose time runs out meanwhile is told so (ErrTokenWait), not
@@ -94,21 +102,20 @@ type tokenRecord struct {
 	FetchedBy string    `json:"fetched_by"`
 }
 
-// leaseRecord says who refreshes, until when, and what WeChat answered the
-// last refresh it refused for good.
-type leaseRecord struct {
-	Holder  string    `json:"holder"`
-	Until   time.Time `json:"until"`
-	Errcode int       `json:"errcode,omitempty"`
-	Errmsg  string    `json:"errmsg,omitempty"`
+// leaseValue is what the lease key holds: who refreshes; or, written as
+// the lease's final value, what WeChat answered a refresh it refused for
+// good. It holds no time: no process reads another's clock.
+type leaseValue struct {
+	Holder  string `json:"holder"`
+	Errcode int    `json:"errcode,omitempty"`
+	Errmsg  string `json:"errmsg,omitempty"`
 }
 
 func newTokens(nc *nats.Conn, appID string, replicas int, o TokenOptions, fetch func(context.Context) (string, time.Duration, error), logger *slog.Logger) *Tokens {
 	o.setDefaults()
 	return &Tokens{
 		nc: nc, replicas: max(replicas, 1), o: o, fetch: fetch, logger: logger,
-		id:       bus.InstanceID(nc),
-		tokenKey: "token." + appID, leaseKey: "lease." + appID, watchKey: "*." + appID,
+		id: bus.InstanceID(nc), tokenKey: "token." + appID, leaseKey: "lease." + appID,
 	}
 }
 
@@ -179,71 +186,111 @@ func (t *Tokens) resolve(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	l := bus.Lease{KV: kv, Key: t.leaseKey, TTL: t.o.Lease}
+	mine, _ := json.Marshal(leaseValue{Holder: t.id})
 	for {
-		now := t.o.Now()
-		rec, recRev, err := t.load(ctx, kv)
+		rec, err := t.load(ctx, kv)
 		if err != nil {
 			return "", err
 		}
+		now := t.o.Now()
 		if rec.Token != "" && now.Before(rec.RefreshAt) {
 			t.remember(rec)
 			return rec.Token, nil
 		}
 		valid := rec.Token != "" && now.Before(rec.ExpiresAt)
-		lease, leaseRev, held, err := t.acquire(ctx, kv, now)
+		h, err := l.Create(ctx, mine)
+		switch {
+		case errors.Is(err, bus.ErrLeaseHeld) && !valid:
+			// Another process refreshes, or its refusal is kept: wait
+			// for its end, its refusal, or its lease going stale.
+			if h, err = t.await(ctx, l, mine); errors.Is(err, bus.ErrLeaseHeld) {
+				continue // ended, or another took it first: look again
+			}
+		case err != nil && !errors.Is(err, bus.ErrLeaseHeld):
+			err = fmt.Errorf("%w: %w", ErrStoreUnavailable, err)
+		}
 		if err != nil {
 			if valid {
+				// Another process refreshes (or the store is away): the
+				// stored token serves meanwhile.
 				return rec.Token, nil
 			}
 			return "", err
 		}
-		if held {
-			// Another process may have stored a fresh token between the
-			// load and the lease (and released its lease): look again.
-			if again, _, err := t.load(ctx, kv); err == nil && again.Token != "" && t.o.Now().Before(again.RefreshAt) {
-				t.release(ctx, kv, leaseRev)
-				t.remember(again)
-				return again.Token, nil
-			}
-			tok, err := t.refresh(ctx, kv, leaseRev)
-			if err != nil && valid {
-				t.logger.Warn("access_token refresh failed; the stored token is still valid", "err", err, "expires_at", rec.ExpiresAt)
-				return rec.Token, nil
-			}
-			return tok, err
-		}
-		// Another process refreshes: the stored token serves meanwhile.
-		if valid {
+		tok, err := t.refresh(ctx, kv, h)
+		if err != nil && valid {
+			t.logger.Warn("access_token refresh failed; the stored token is still valid", "err", err, "expires_at", rec.ExpiresAt)
 			return rec.Token, nil
 		}
-		if err := lease.failure(now); err != nil {
-			return "", err
-		}
-		t.waiting.Add(1)
-		err = t.waitChange(ctx, kv, recRev, leaseRev, lease.Until)
-		t.waiting.Add(-1)
-		if err != nil {
-			return "", err
-		}
+		return tok, err
 	}
 }
 
+// await waits on the refresh lease another process holds: until it ends
+// (ErrLeaseHeld: look again), it holds a refusal still current (that
+// refusal), or it is stale (taken over: this process refreshes).
+func (t *Tokens) await(ctx context.Context, l bus.Lease, mine []byte) (*bus.Held, error) {
+	t.waiting.Add(1)
+	e, state, err := l.Await(ctx, func(e jetstream.KeyValueEntry) bool {
+		var v leaseValue
+		return json.Unmarshal(e.Value(), &v) == nil && v.Errcode != 0
+	})
+	t.waiting.Add(-1)
+	switch {
+	case err != nil && ctx.Err() != nil:
+		return nil, fmt.Errorf("%w: %w", ErrTokenWait, ctx.Err())
+	case err != nil:
+		return nil, fmt.Errorf("%w: %w", ErrStoreUnavailable, err)
+	case state == bus.Free:
+		return nil, bus.ErrLeaseHeld
+	case state == bus.Final:
+		if err := t.kept(e); err != nil {
+			return nil, err
+		}
+	}
+	h, err := l.TakeOver(ctx, mine, e.Revision())
+	if err != nil && !errors.Is(err, bus.ErrLeaseHeld) {
+		return nil, fmt.Errorf("%w: %w", ErrStoreUnavailable, err)
+	}
+	return h, err
+}
+
+// kept returns the refusal e records while it is current: for FailBackoff
+// after this process first met its revision. One written long ago is kept
+// for at most FailBackoff more, whatever clock the refuser had.
+func (t *Tokens) kept(e jetstream.KeyValueEntry) error {
+	now := t.o.Now()
+	t.mu.Lock()
+	if t.refusal.rev != e.Revision() {
+		t.refusal.rev, t.refusal.seen = e.Revision(), now
+	}
+	seen := t.refusal.seen
+	t.mu.Unlock()
+	if now.Sub(seen) >= t.o.FailBackoff {
+		return nil
+	}
+	var v leaseValue
+	_ = json.Unmarshal(e.Value(), &v)
+	return &Error{API: APIStableToken, Code: v.Errcode, Msg: v.Errmsg}
+}
+
 // load reads the stored token; an empty record when there is none.
-func (t *Tokens) load(ctx context.Context, kv jetstream.KeyValue) (tokenRecord, uint64, error) {
+func (t *Tokens) load(ctx context.Context, kv jetstream.KeyValue) (tokenRecord, error) {
 	var rec tokenRecord
 	e, err := kv.Get(ctx, t.tokenKey)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return rec, 0, nil
+		return rec, nil
 	}
 	if err != nil {
-		return rec, 0, fmt.Errorf("%w: %w", ErrStoreUnavailable, err)
+		return rec, fmt.Errorf("%w: %w", ErrStoreUnavailable, err)
 	}
 	if err := json.Unmarshal(e.Value(), &rec); err != nil {
 		// A value nobody can use is as good as none: it is replaced.
 		t.logger.Warn("stored access_token record unreadable; refreshing", "err", err)
-		return tokenRecord{}, e.Revision(), nil
+		return tokenRecord{}, nil
 	}
-	return rec, e.Revision(), nil
+	return rec, nil
 }
 
 func (t *Tokens) remember(rec tokenRecord) {
@@ -252,59 +299,36 @@ func (t *Tokens) remember(rec tokenRecord) {
 	t.mu.Unlock()
 }
 
-// acquire takes the refresh lease: it creates it, or takes over one whose
-// time is up by compare-and-set. held is false when another process holds
-// it; lease and rev are then what it holds.
-func (t *Tokens) acquire(ctx context.Context, kv jetstream.KeyValue, now time.Time) (lease leaseRecord, rev uint64, held bool, err error) {
-	mine, _ := json.Marshal(leaseRecord{Holder: t.id, Until: now.Add(t.o.Lease)})
-	for attempt := 0; attempt < 3; attempt++ {
-		if rev, err = kv.Create(ctx, t.leaseKey, mine); err == nil {
-			return lease, rev, true, nil
-		}
-		if !bus.IsKVConflict(err) {
-			return lease, 0, false, fmt.Errorf("%w: %w", ErrStoreUnavailable, err)
-		}
-		e, err := kv.Get(ctx, t.leaseKey)
-		if errors.Is(err, jetstream.ErrKeyNotFound) {
-			continue // released meanwhile: create again
-		}
-		if err != nil {
-			return lease, 0, false, fmt.Errorf("%w: %w", ErrStoreUnavailable, err)
-		}
-		lease = leaseRecord{}
-		_ = json.Unmarshal(e.Value(), &lease) // unreadable: Until is zero, taken over
-		if now.Before(lease.Until) {
-			return lease, e.Revision(), false, nil
-		}
-		if rev, err = kv.Update(ctx, t.leaseKey, mine, e.Revision()); err == nil {
-			return leaseRecord{}, rev, true, nil
-		}
-		if !bus.IsKVConflict(err) {
-			return lease, 0, false, fmt.Errorf("%w: %w", ErrStoreUnavailable, err)
-		}
+// refresh asks WeChat for the token while holding the lease h (renewed
+// meanwhile), stores it and releases the lease. A refusal that will not
+// pass by itself is written as the lease's final value, so that no
+// process asks again for FailBackoff; a transient failure releases the
+// lease, and is this caller's alone.
+func (t *Tokens) refresh(ctx context.Context, kv jetstream.KeyValue, h *bus.Held) (string, error) {
+	// Another process may have stored a fresh token between the load and
+	// the lease (and released its lease): look again.
+	if rec, err := t.load(ctx, kv); err == nil && rec.Token != "" && t.o.Now().Before(rec.RefreshAt) {
+		t.release(ctx, h)
+		t.remember(rec)
+		return rec.Token, nil
 	}
-	return lease, 0, false, fmt.Errorf("%w: the refresh lease keeps changing", ErrStoreUnavailable)
-}
-
-// refresh asks WeChat for the token while holding the lease (revision
-// leaseRev), stores it and releases the lease. A refusal that will not
-// pass by itself is kept in the lease for FailBackoff, so that no process
-// asks again meanwhile; a transient failure releases the lease, and is
-// this caller's alone.
-func (t *Tokens) refresh(ctx context.Context, kv jetstream.KeyValue, leaseRev uint64) (string, error) {
 	start := t.o.Now()
 	tok, ttl, err := t.fetch(ctx)
 	if err != nil {
 		var we *Error
 		if !errors.As(err, &we) || !we.Definite() {
-			t.release(ctx, kv, leaseRev)
+			t.release(ctx, h)
 			return "", err
 		}
-		failed := leaseRecord{Holder: t.id, Until: t.o.Now().Add(t.o.FailBackoff), Errcode: we.Code, Errmsg: we.Msg}
-		b, _ := json.Marshal(failed)
-		if _, uerr := kv.Update(ctx, t.leaseKey, b, leaseRev); uerr != nil {
-			t.logger.Warn("could not record the refused refresh", "err", uerr)
+		b, _ := json.Marshal(leaseValue{Holder: t.id, Errcode: we.Code, Errmsg: we.Msg})
+		rev, ferr := h.Finish(ctx, b)
+		if ferr != nil {
+			t.logger.Warn("could not record the refused refresh", "err", ferr)
+			return "", err
 		}
+		t.mu.Lock()
+		t.refusal.rev, t.refusal.seen = rev, t.o.Now()
+		t.mu.Unlock()
 		return "", err
 	}
 	// Refresh a little inside WeChat's rotation window, not at its edge: a
@@ -317,72 +341,17 @@ func (t *Tokens) refresh(ctx context.Context, kv jetstream.KeyValue, leaseRev ui
 		// The token is good; the others will fetch it for themselves.
 		t.logger.Warn("could not store the access_token", "err", err)
 	}
-	t.release(ctx, kv, leaseRev)
+	t.release(ctx, h)
 	t.remember(rec)
 	t.logger.Info("access_token refreshed", "expires_at", rec.ExpiresAt, "refresh_at", rec.RefreshAt)
 	return tok, nil
 }
 
-// release deletes the lease if it is still the one this process holds.
-func (t *Tokens) release(ctx context.Context, kv jetstream.KeyValue, leaseRev uint64) {
-	if err := kv.Delete(ctx, t.leaseKey, jetstream.LastRevision(leaseRev)); err != nil && !bus.IsKVConflict(err) {
+// release ends the lease, if it is still this process's: the waiting
+// processes look again at once.
+func (t *Tokens) release(ctx context.Context, h *bus.Held) {
+	if err := h.Release(ctx); err != nil {
 		t.logger.Warn("could not release the refresh lease", "err", err)
-	}
-}
-
-// failure is the refusal a lease records, while it lasts.
-func (l leaseRecord) failure(now time.Time) error {
-	if l.Errcode == 0 || !now.Before(l.Until) {
-		return nil
-	}
-	return &Error{API: APIStableToken, Code: l.Errcode, Msg: l.Errmsg}
-}
-
-// waitChange waits until the token or the lease changes from the
-// revisions seen, or the lease's time is up.
-func (t *Tokens) waitChange(ctx context.Context, kv jetstream.KeyValue, tokenRev, leaseRev uint64, until time.Time) error {
-	parent := ctx
-	ctx, cancel := context.WithDeadline(ctx, until.Add(100*time.Millisecond))
-	defer cancel()
-	w, err := kv.Watch(ctx, t.watchKey)
-	if err != nil {
-		if parent.Err() != nil {
-			return fmt.Errorf("%w: %w", ErrTokenWait, parent.Err())
-		}
-		if ctx.Err() != nil {
-			return nil // the lease's time is up: look again
-		}
-		return fmt.Errorf("%w: %w", ErrStoreUnavailable, err)
-	}
-	defer func() { _ = w.Stop() }()
-	for {
-		select {
-		case e, ok := <-w.Updates():
-			if !ok {
-				return nil
-			}
-			if e == nil {
-				continue // the current values are delivered
-			}
-			switch e.Key() {
-			case t.tokenKey:
-				// A new token; a delete marker (an expired token) is no
-				// news to a process that has none.
-				if e.Operation() == jetstream.KeyValuePut && e.Revision() > tokenRev {
-					return nil
-				}
-			case t.leaseKey:
-				if e.Revision() != leaseRev {
-					return nil
-				}
-			}
-		case <-ctx.Done():
-			// The caller's time is up, or the lease's (look again).
-			if parent.Err() != nil {
-				return fmt.Errorf("%w: %w", ErrTokenWait, parent.Err())
-			}
-			return nil
-		}
 	}
 }
 

@@ -22,6 +22,7 @@ import (
 	"github.com/wxgate/wxgate/shared/testutil/clocktest"
 	"github.com/wxgate/wxgate/shared/testutil/metricstest"
 	"github.com/wxgate/wxgate/shared/testutil/natstest"
+	"github.com/wxgate/wxgate/shared/testutil/wait"
 	"github.com/wxgate/wxgate/shared/wechatapi/wechatapitest"
 )
 
@@ -229,35 +230,111 @@ func TestRefreshBeforeExpiry(t *testing.T) {
 
 }
 
-// plantLease makes holder, another process, hold p's refresh lease until
-// until.
-func plantLease(t *testing.T, p *process, holder string, until time.Time) {
+// plantLease writes value into p's refresh lease, as another process (of
+// this version or an older one) would have left it.
+func plantLease(t *testing.T, p *process, value string) {
 	t.Helper()
 	kv, err := p.tokens.bucket(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	rec, _ := json.Marshal(leaseRecord{Holder: holder, Until: until})
-	if _, err := kv.Create(context.Background(), p.tokens.leaseKey, rec); err != nil {
+	if _, err := kv.Create(context.Background(), p.tokens.leaseKey, []byte(value)); err != nil {
 		t.Fatal(err)
 	}
 }
 
-// A lease whose holder died is taken over when its time is up.
+// A lease whose holder died is taken over once it has not moved for a
+// whole Lease.
 func TestDeadLeaseTakenOver(t *testing.T) {
 	e := newEnv(t, wechatapitest.Options{})
 	p := e.process(t, "p", TokenOptions{Lease: 300 * time.Millisecond})
 	ctx := context.Background()
-	plantLease(t, p, "dead", time.Now().Add(300*time.Millisecond))
+	plantLease(t, p, `{"holder":"dead"}`)
 	start := time.Now()
 	if _, err := p.tokens.Token(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if took := time.Since(start); took < 250*time.Millisecond {
+	if took := time.Since(start); took < 300*time.Millisecond {
 		t.Errorf("took the token after %v, while the dead lease still held", took)
 	}
 	if n := e.calls(wechatapitest.StableToken); n != 1 {
 		t.Errorf("stable_token calls = %d", n)
+	}
+}
+
+// The refresher renews its lease while WeChat answers: a refresh slower
+// than the Lease is not taken over by a process waiting for it.
+func TestRefresherRenewsItsLease(t *testing.T) {
+	e := newEnv(t, wechatapitest.Options{})
+	to := TokenOptions{Lease: time.Second}
+	a, b := e.process(t, "a", to), e.process(t, "b", to)
+	_ = e.fake.Inject(wechatapitest.Fault{API: wechatapitest.StableToken, Delay: "1500ms"})
+	ctx := context.Background()
+	got := make(chan string, 1)
+	go func() {
+		tok, err := a.tokens.Token(ctx)
+		if err != nil {
+			t.Error(err)
+		}
+		got <- tok
+	}()
+	kv, err := b.tokens.bucket(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wait.For(t, wait.Short, wait.Every, func() error { // a holds the lease
+		_, err := kv.Get(ctx, b.tokens.leaseKey)
+		return err
+	})
+	tok, err := b.tokens.Token(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok != <-got {
+		t.Error("the two processes have different tokens")
+	}
+	if n := e.calls(wechatapitest.StableToken); n != 1 {
+		t.Errorf("stable_token calls = %d, want 1: the slow refresher's lease was taken over", n)
+	}
+}
+
+// Finding N6: a lease, and a refusal, left by a host whose clock ran ahead
+// (both "until" 2027, as the review planted them) hold the refresh up for
+// one Lease, and one FailBackoff, counted on this process's clock: not
+// until the date another host wrote.
+func TestLeaseOfAClockAheadN6(t *testing.T) {
+	const ttl = 300 * time.Millisecond
+	for _, tt := range []struct {
+		name, value string
+		code        int // the refusal kept meanwhile; 0: none
+	}{
+		{"lease", `{"holder":"wxgate-worker/DEADHOST","until":"2027-12-05T00:00:00Z"}`, 0},
+		{"refusal", `{"holder":"wxgate-worker/DEADHOST","until":"2027-12-05T00:00:00Z","errcode":45009,"errmsg":"reach max api daily quota limit"}`, CodeDailyQuota},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, wechatapitest.Options{})
+			p := e.process(t, "p", TokenOptions{Lease: ttl, FailBackoff: ttl})
+			plantLease(t, p, tt.value)
+			ctx := context.Background()
+			start := time.Now()
+			if tt.code != 0 {
+				// The refusal holds for FailBackoff after this process met it.
+				_, err := p.tokens.Token(ctx)
+				if code, _ := errcode(err); code != tt.code {
+					t.Fatalf("first call: %v, want the kept %d", err, tt.code)
+				}
+			}
+			wait.For(t, wait.Short, wait.Every, func() error {
+				_, err := p.tokens.Token(ctx)
+				return err
+			})
+			if took := time.Since(start); took < ttl {
+				t.Errorf("refreshed after %v, before the lease or refusal had held for %v", took, ttl)
+			}
+			if n := e.calls(wechatapitest.StableToken); n != 1 {
+				t.Errorf("stable_token calls = %d, want 1", n)
+			}
+		})
 	}
 }
 
@@ -403,7 +480,7 @@ func TestTokenWaitTimesOut(t *testing.T) {
 	e := newEnv(t, wechatapitest.Options{})
 	p := e.process(t, "p", TokenOptions{})
 	ctx := context.Background()
-	plantLease(t, p, "elsewhere", time.Now().Add(15*time.Second))
+	plantLease(t, p, `{"holder":"elsewhere"}`)
 	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
 	defer cancel()
 	_, err := p.CreateQRCode(short, tempCode("x"))
