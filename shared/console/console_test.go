@@ -63,8 +63,11 @@ func server(t *testing.T, off bool) string {
 			t.Fatal(err)
 		}
 	}
-	qr := qrcodes.New(qrcodes.Options{Conn: nc, Client: client, Logger: logger,
+	qr, err := qrcodes.New(qrcodes.Options{Conn: nc, Client: client, Logger: logger,
 		Scenes: func(context.Context) (qrcodes.Totals, error) { return noCounts{}, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
 	mux := http.NewServeMux()
 	mux.Handle("/api/scenes", scenesAPI)
 	mux.Handle("/api/qrcodes/", qr.Handler("admin-token"))

@@ -46,8 +46,11 @@ func Mount(mux *admin.Mux, o MountOptions) (*qrcodes.Service, error) {
 	} else {
 		logger.Info("QR codes are off: WECHAT_APPSECRET is not set")
 	}
-	qr := qrcodes.New(qrcodes.Options{Conn: o.Conn, Client: client, Scenes: qrcodes.FromStore(o.Scenes),
+	qr, err := qrcodes.New(qrcodes.Options{Conn: o.Conn, Client: client, Scenes: qrcodes.FromStore(o.Scenes),
 		Replicas: cfg.JetStreamReplicas, Logger: logger})
+	if err != nil {
+		return nil, err
+	}
 	// Ahead of the ServeMux, which would clean "/api/qrcodes/./image" (a
 	// scene may be ".") into another route.
 	mux.HandleUncleaned(qrcodes.Prefix, qr.Handler(cfg.AdminToken))

@@ -37,7 +37,7 @@ const (
 	MaxLabelChars        = 200
 )
 
-// Options configure a Service. Conn and Logger are required.
+// Options configure a Service. Conn, Scenes and Logger are required.
 type Options struct {
 	Conn *nats.Conn
 	// Client calls WeChat; nil means WECHAT_APPSECRET is not set, and the
@@ -54,6 +54,12 @@ type Options struct {
 	// RequestTimeout bounds an API request (a WeChat call, KV reads and
 	// writes, a wait on another process); default 20s.
 	RequestTimeout time.Duration
+	// Reservation is how long a permanent code's reservation may go
+	// unrenewed (its holder renews it while WeChat answers) before another
+	// process takes it over. Default 10s: well inside RequestTimeout, so
+	// that a request outwaits a holder that died and still has time to ask
+	// WeChat itself.
+	Reservation time.Duration
 }
 
 // Totals reads one scene's analytics totals; *stats.Store does.
@@ -85,15 +91,32 @@ type Service struct {
 	kv jetstream.KeyValue
 }
 
-// New returns a service; the bucket is opened on first use.
-func New(o Options) *Service {
+func (o *Options) setDefaults() {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
 	if o.RequestTimeout <= 0 {
 		o.RequestTimeout = 20 * time.Second
 	}
-	return &Service{o: o, id: bus.InstanceID(o.Conn)}
+	if o.Reservation <= 0 {
+		o.Reservation = 10 * time.Second
+	}
+}
+
+func (o *Options) validate() error {
+	if o.Conn == nil || o.Scenes == nil || o.Logger == nil {
+		return errors.New("qrcodes: Options.Conn, Scenes and Logger are required")
+	}
+	return nil
+}
+
+// New returns a service; the bucket is opened on first use.
+func New(o Options) (*Service, error) {
+	o.setDefaults()
+	if err := o.validate(); err != nil {
+		return nil, err
+	}
+	return &Service{o: o, id: bus.InstanceID(o.Conn)}, nil
 }
 
 // Enabled reports whether codes can be made (WECHAT_APPSECRET is set).
@@ -138,14 +161,13 @@ type Listed struct {
 	NewFollowers int64 `json:"new_followers"`
 }
 
-// record is the stored value. A permanent code's key is reserved with a
-// pending record before WeChat is asked, so that two processes never
-// create it twice.
+// record is the stored value. A permanent code's key is reserved (a
+// bus.Lease, its value a pending record) before WeChat is asked, so that
+// two processes never create it twice.
 type record struct {
 	Code
-	Pending bool      `json:"pending,omitempty"`
-	Holder  string    `json:"holder,omitempty"`
-	Until   time.Time `json:"until,omitzero"`
+	Pending bool   `json:"pending,omitempty"`
+	Holder  string `json:"holder,omitempty"`
 }
 
 // ImageURL is the path of one code's PNG on the admin listener: the
@@ -233,56 +255,50 @@ func (s *Service) Create(ctx context.Context, req Request) (c Code, created bool
 	return c, true, nil
 }
 
-// pendingFor bounds how long a process may take to get a permanent code
-// from WeChat before another takes its reservation over.
-const pendingFor = 30 * time.Second
-
 func (s *Service) createPermanent(ctx context.Context, kv jetstream.KeyValue, req Request) (Code, bool, error) {
-	key := permKey(req.Scene)
+	l := bus.Lease{KV: kv, Key: permKey(req.Scene), TTL: s.o.Reservation}
+	pending, _ := json.Marshal(record{Code: Code{Scene: req.Scene, Permanent: true}, Pending: true, Holder: s.id})
 	for {
-		now := s.o.Now()
-		mine, _ := json.Marshal(record{Code: Code{Scene: req.Scene, Permanent: true}, Pending: true, Holder: s.id, Until: now.Add(pendingFor)})
-		rev, err := kv.Create(ctx, key, mine)
-		if err != nil && !bus.IsKVConflict(err) {
-			return Code{}, false, fmt.Errorf("%w: %w", ErrUnavailable, err)
-		}
-		if err != nil { // there is a code, or a reservation
-			e, err := kv.Get(ctx, key)
-			if errors.Is(err, jetstream.ErrKeyNotFound) {
+		h, err := l.Create(ctx, pending)
+		if errors.Is(err, bus.ErrLeaseHeld) { // a code, or a reservation
+			var stored record
+			e, state, aerr := l.Await(ctx, func(e jetstream.KeyValueEntry) bool {
+				var r record
+				if json.Unmarshal(e.Value(), &r) != nil || r.Pending {
+					return false // unreadable: taken over once stale, and replaced
+				}
+				stored = r
+				return true
+			})
+			switch {
+			case aerr != nil && ctx.Err() != nil:
+				// Another process holds the reservation; this one has
+				// not asked WeChat.
+				return Code{}, false, fmt.Errorf("%w: %w", ErrWaitedTooLong, ctx.Err())
+			case aerr != nil:
+				return Code{}, false, fmt.Errorf("%w: %w", ErrUnavailable, aerr)
+			case state == bus.Final:
+				return stored.withImage(), false, nil
+			case state == bus.Free:
 				continue // a failed reservation was just removed
 			}
-			if err != nil {
-				return Code{}, false, fmt.Errorf("%w: %w", ErrUnavailable, err)
-			}
-			var r record
-			if err := json.Unmarshal(e.Value(), &r); err != nil {
-				r = record{} // unreadable: taken over below, and replaced
-			} else if !r.Pending {
-				return r.withImage(), false, nil
-			}
-			if now.Before(r.Until) { // another process is asking WeChat
-				if err := waitChange(ctx, kv, key, e.Revision(), r.Until); err != nil {
-					return Code{}, false, err
-				}
+			if h, err = l.TakeOver(ctx, pending, e.Revision()); errors.Is(err, bus.ErrLeaseHeld) {
 				continue
 			}
-			if rev, err = kv.Update(ctx, key, mine, e.Revision()); err != nil {
-				if bus.IsKVConflict(err) {
-					continue
-				}
-				return Code{}, false, fmt.Errorf("%w: %w", ErrUnavailable, err)
-			}
+		}
+		if err != nil {
+			return Code{}, false, fmt.Errorf("%w: %w", ErrUnavailable, err)
 		}
 		// The reservation is ours.
 		c, err := s.ask(ctx, req)
 		if err != nil {
-			if derr := kv.Delete(context.WithoutCancel(ctx), key, jetstream.LastRevision(rev)); derr != nil && !bus.IsKVConflict(derr) {
+			if derr := h.Release(context.WithoutCancel(ctx)); derr != nil {
 				s.o.Logger.Warn("could not drop the reservation of a permanent code", "scene", req.Scene, "err", derr)
 			}
 			return Code{}, false, err
 		}
 		b, _ := json.Marshal(record{Code: c})
-		if _, err := kv.Update(ctx, key, b, rev); err != nil {
+		if _, err := h.Finish(ctx, b); err != nil {
 			// WeChat gives the same code for the same scene, so whoever
 			// takes the reservation over stores this code again.
 			return Code{}, false, fmt.Errorf("%w: storing the code: %w", ErrUnavailable, err)
@@ -307,39 +323,6 @@ func (s *Service) ask(ctx context.Context, req Request) (Code, error) {
 		c.ExpiresAt = &exp
 	}
 	return c, nil
-}
-
-// waitChange waits until key changes from revision rev, or until. The
-// caller's time running out first is ErrWaitedTooLong: another process
-// holds the reservation, WeChat has not been asked by this one.
-func waitChange(ctx context.Context, kv jetstream.KeyValue, key string, rev uint64, until time.Time) error {
-	parent := ctx
-	ctx, cancel := context.WithDeadline(ctx, until.Add(100*time.Millisecond))
-	defer cancel()
-	w, err := kv.Watch(ctx, key)
-	if err != nil {
-		if parent.Err() != nil {
-			return fmt.Errorf("%w: %w", ErrWaitedTooLong, parent.Err())
-		}
-		if ctx.Err() != nil {
-			return nil
-		}
-		return fmt.Errorf("%w: %w", ErrUnavailable, err)
-	}
-	defer func() { _ = w.Stop() }()
-	for {
-		select {
-		case e, ok := <-w.Updates():
-			if !ok || (e != nil && e.Revision() != rev) {
-				return nil
-			}
-		case <-ctx.Done():
-			if parent.Err() != nil {
-				return fmt.Errorf("%w: %w", ErrWaitedTooLong, parent.Err())
-			}
-			return nil
-		}
-	}
 }
 
 // codes reads the stored codes under filter (a key pattern). Temporary
@@ -469,9 +452,6 @@ func (s *Service) withCounts(ctx context.Context, codes []Code) ([]Listed, error
 	out := make([]Listed, 0, len(codes))
 	if len(codes) == 0 {
 		return out, nil
-	}
-	if s.o.Scenes == nil {
-		return nil, fmt.Errorf("%w: no totals store", ErrUnavailable)
 	}
 	store, err := s.o.Scenes(ctx)
 	switch {

@@ -71,7 +71,11 @@ func (e *env) service(t *testing.T, name string, off bool, mod ...func(*Options)
 	for _, m := range mod {
 		m(&o)
 	}
-	return New(o)
+	svc, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return svc
 }
 
 // get GETs target (kept as written: its escapes and dot segments reach
@@ -621,7 +625,7 @@ func TestWaitOnReservationTimesOut(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pending, _ := json.Marshal(record{Code: Code{Scene: "held", Permanent: true}, Pending: true, Holder: "elsewhere", Until: e.clock.Now().Add(pendingFor)})
+	pending, _ := json.Marshal(record{Code: Code{Scene: "held", Permanent: true}, Pending: true, Holder: "elsewhere"})
 	if _, err := kv.Create(context.Background(), permKey("held"), pending); err != nil {
 		t.Fatal(err)
 	}
@@ -633,5 +637,49 @@ func TestWaitOnReservationTimesOut(t *testing.T) {
 	}
 	if n := e.fake.Calls().Calls[wechatapitest.QRCodeCreate]; n != 0 {
 		t.Errorf("WeChat asked %d times", n)
+	}
+}
+
+// Finding N6: a reservation left by a host whose clock ran ahead ("until"
+// 2027, as an older version wrote it) is taken over once it has not moved
+// for Reservation on this process's clock, and the code is made.
+func TestReservationOfAClockAheadN6(t *testing.T) {
+	e := newEnv(t)
+	svc := e.service(t, "p", false, func(o *Options) { o.Reservation = 300 * time.Millisecond })
+	kv, err := svc.bucket(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	planted := `{"scene":"held","permanent":true,"pending":true,"holder":"wxgate-worker/DEADHOST","until":"2027-12-05T00:00:00Z"}`
+	if _, err := kv.Create(context.Background(), permKey("held"), []byte(planted)); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	var c Code
+	if code := do(t, svc.Handler(""), "POST", "/api/qrcodes", `{"scene":"held","permanent":true}`, &c); code != 201 || c.Ticket == "" {
+		t.Fatalf("= %d %+v, want the code made", code, c)
+	}
+	if took := time.Since(start); took < 300*time.Millisecond {
+		t.Errorf("made after %v, while the reservation still held", took)
+	}
+	if n := e.fake.Calls().Calls[wechatapitest.QRCodeCreate]; n != 1 {
+		t.Errorf("WeChat asked %d times", n)
+	}
+}
+
+// Options are checked: a service without its connection, totals or logger
+// is refused when made, not when first used.
+func TestNewValidates(t *testing.T) {
+	e := newEnv(t)
+	nc := natstest.Connect(t, e.ns)
+	scenes := func(context.Context) (Totals, error) { return e.counts, nil }
+	for name, o := range map[string]Options{
+		"no Conn":   {Scenes: scenes, Logger: slog.New(slog.DiscardHandler)},
+		"no Scenes": {Conn: nc, Logger: slog.New(slog.DiscardHandler)},
+		"no Logger": {Conn: nc, Scenes: scenes},
+	} {
+		if _, err := New(o); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
 	}
 }
