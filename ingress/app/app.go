@@ -29,7 +29,9 @@ import (
 	"github.com/wxgate/wxgate/shared/serve"
 	"github.com/wxgate/wxgate/shared/stats"
 	"github.com/wxgate/wxgate/shared/wechat"
+	"github.com/wxgate/wxgate/shared/wechatapi"
 	"github.com/wxgate/wxgate/workers/reply"
+	"github.com/wxgate/wxgate/workers/worker"
 )
 
 // DevToken is the token standalone mode uses when WECHAT_TOKEN is unset.
@@ -184,14 +186,19 @@ func Start(o Options) (_ *App, err error) {
 	}, func() float64 { return float64(a.http.OpenConns()) })
 	mux := admin.NewMux(admin.Options{Gatherer: reg, Ready: a.health.Ready, Pprof: cfg.Pprof, Token: cfg.AdminToken, Logger: logger})
 	if !o.NoBus {
-		// The totals API, and the QR-code API and /ui/ beside it.
+		// The totals API, and the QR-code API and /ui/ beside it. One
+		// client of WeChat's API in the process: standalone, the
+		// workers' (their late replies use it too).
 		scenes := stats.OpenOnUse(a.nc)
 		api := stats.API(scenes, cfg.AdminToken)
+		var wx *wechatapi.Client
 		if a.workers != nil {
-			scenes, api = a.workers.Scenes(), a.workers.API()
+			scenes, api, wx = a.workers.Scenes(), a.workers.API(), a.workers.WeChat
+		} else if wx, err = worker.NewWeChat(cfg, a.nc, logger, reg); err != nil {
+			return nil, err
 		}
 		mux.Handle("/api/", api)
-		if _, err := console.Mount(mux, console.MountOptions{Conn: a.nc, Config: cfg, Scenes: scenes, Logger: logger, Registerer: reg}); err != nil {
+		if _, err := console.Mount(mux, console.MountOptions{Conn: a.nc, Config: cfg, Scenes: scenes, WeChat: wx, Logger: logger}); err != nil {
 			return nil, err
 		}
 	}

@@ -246,9 +246,13 @@ func mounted(t *testing.T, token string) string {
 	t.Cleanup(fake.Close)
 	mux := admin.NewMux(admin.Options{Gatherer: prometheus.NewRegistry(), Token: token})
 	mux.Handle("/api/", stats.API(stats.OpenOnUse(nc), token))
-	cfg := config.Config{AppID: "wx_m", AppSecret: "m-secret", APIBase: fake.URL, AdminToken: token}
-	if _, err := Mount(mux, MountOptions{Conn: nc, Config: cfg, Scenes: stats.OpenOnUse(nc),
-		Logger: slog.New(slog.DiscardHandler), Registerer: prometheus.NewRegistry()}); err != nil {
+	logger := slog.New(slog.DiscardHandler)
+	client, err := wechatapi.New(wechatapi.Options{Base: fake.URL, AppID: "wx_m", Secret: "m-secret", Conn: nc, Logger: logger, Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := config.Config{AdminToken: token}
+	if _, err := Mount(mux, MountOptions{Conn: nc, Config: cfg, Scenes: stats.OpenOnUse(nc), WeChat: client, Logger: logger}); err != nil {
 		t.Fatal(err)
 	}
 	ts := httptest.NewServer(mux)

@@ -1,11 +1,9 @@
 package console
 
 import (
-	"fmt"
 	"log/slog"
 
 	"github.com/nats-io/nats.go"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wxgate/wxgate/shared/admin"
 	"github.com/wxgate/wxgate/shared/config"
@@ -14,14 +12,16 @@ import (
 	"github.com/wxgate/wxgate/shared/wechatapi"
 )
 
-// MountOptions are what Mount needs from the process. Conn, Logger and
-// Registerer are required.
+// MountOptions are what Mount needs from the process. Conn and Logger are
+// required.
 type MountOptions struct {
-	Conn       *nats.Conn
-	Config     config.Config
-	Scenes     stats.StoreFunc // the totals /api/scenes reads
-	Logger     *slog.Logger
-	Registerer prometheus.Registerer
+	Conn   *nats.Conn
+	Config config.Config
+	Scenes stats.StoreFunc // the totals /api/scenes reads
+	// WeChat is the process's client of WeChat's API; nil without
+	// WECHAT_APPSECRET.
+	WeChat *wechatapi.Client
+	Logger *slog.Logger
 }
 
 // Mount adds the QR-code API (/api/qrcodes…) and the /ui/ page to an admin
@@ -33,20 +33,10 @@ type MountOptions struct {
 func Mount(mux *admin.Mux, o MountOptions) (*qrcodes.Service, error) {
 	cfg := o.Config
 	logger := o.Logger.With("component", "qrcodes")
-	var client *wechatapi.Client
-	if cfg.AppSecret != "" {
-		var err error
-		if client, err = wechatapi.New(wechatapi.Options{
-			Base: cfg.APIBase, AppID: cfg.AppID, Secret: cfg.AppSecret,
-			Conn: o.Conn, Replicas: cfg.JetStreamReplicas,
-			Logger: o.Logger.With("component", "wechatapi"), Registerer: o.Registerer,
-		}); err != nil {
-			return nil, fmt.Errorf("wechat api: %w", err)
-		}
-	} else {
+	if o.WeChat == nil {
 		logger.Info("QR codes are off: WECHAT_APPSECRET is not set")
 	}
-	qr, err := qrcodes.New(qrcodes.Options{Conn: o.Conn, Client: client, Scenes: qrcodes.FromStore(o.Scenes),
+	qr, err := qrcodes.New(qrcodes.Options{Conn: o.Conn, Client: o.WeChat, Scenes: qrcodes.FromStore(o.Scenes),
 		Replicas: cfg.JetStreamReplicas, Logger: logger})
 	if err != nil {
 		return nil, err

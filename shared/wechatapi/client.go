@@ -107,14 +107,10 @@ func New(o Options) (*Client, error) {
 		Name: "wxgate_wechat_api_calls_total",
 		Help: "Calls of WeChat's API by api and outcome: ok, the errcode WeChat answered, or error (no answer).",
 	}, []string{"api", "outcome"})
+	// One client per process (late replies and QR codes share it): a
+	// second on the same registry is a wiring mistake, refused here.
 	if err := o.Registerer.Register(c.calls); err != nil {
-		// A second client in the process (QR codes and late replies each
-		// may make one) counts into the same series.
-		are, ok := err.(prometheus.AlreadyRegisteredError)
-		if !ok {
-			return nil, fmt.Errorf("wechatapi: metrics: %w", err)
-		}
-		c.calls = are.ExistingCollector.(*prometheus.CounterVec)
+		return nil, fmt.Errorf("wechatapi: metrics: %w", err)
 	}
 	for api, codes := range precreated {
 		for _, o := range append([]string{OutcomeOK, OutcomeError}, codes...) {

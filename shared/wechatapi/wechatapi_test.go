@@ -733,26 +733,16 @@ func TestWaitsForTheRefresher(t *testing.T) {
 	}
 }
 
-// Two clients in one process (QR codes and late replies) share the
-// metric and the token.
-func TestTwoClientsOneProcess(t *testing.T) {
+// One client per process, which late replies and QR codes share: a
+// second on the process's registry is refused, not counted into the first
+// one's series with a token cache of its own.
+func TestOneClientPerRegistry(t *testing.T) {
 	e := newEnv(t, wechatapitest.Options{})
 	p := e.process(t, "p", TokenOptions{})
 	nc := natstest.Connect(t, e.ns)
-	c2, err := New(Options{Base: e.base, AppID: appID, Secret: secret, Conn: nc, Registerer: p.reg, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, c := range []*Client{p.Client, c2} {
-		if _, err := c.CreateQRCode(context.Background(), tempCode("x")); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if v, _ := metricstest.Lookup(p.reg, "wxgate_wechat_api_calls_total", map[string]string{"api": APIQRCodeCreate, "outcome": "ok"}); v != 2 {
-		t.Errorf("qrcode_create ok = %v, want 2", v)
-	}
-	if n := e.calls(wechatapitest.StableToken); n != 1 {
-		t.Errorf("stable_token calls = %d", n)
+	_, err := New(Options{Base: e.base, AppID: appID, Secret: secret, Conn: nc, Registerer: p.reg, Logger: slog.New(slog.DiscardHandler)})
+	if err == nil || !strings.Contains(err.Error(), "metrics") {
+		t.Errorf("a second client on one registry: %v, want refused", err)
 	}
 }
 

@@ -45,7 +45,7 @@ func Run(ctx context.Context, o RunOptions) error {
 	}
 	mux := admin.NewMux(admin.Options{Gatherer: reg, Ready: hc.Ready, Pprof: cfg.Pprof, Token: cfg.AdminToken, Logger: logger})
 	mux.Handle("/api/", w.API())
-	if _, err := console.Mount(mux, console.MountOptions{Conn: nc, Config: cfg, Scenes: w.Scenes(), Logger: logger, Registerer: reg}); err != nil {
+	if _, err := console.Mount(mux, console.MountOptions{Conn: nc, Config: cfg, Scenes: w.Scenes(), WeChat: w.WeChat, Logger: logger}); err != nil {
 		nc.Close()
 		return err
 	}

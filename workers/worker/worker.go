@@ -57,8 +57,11 @@ type Worker struct {
 	Analytics *analytics.Role // nil without the analytics role
 	Service   *reply.Service  // nil without the replies role
 	Late      *late.Service   // nil without the replies role or LATE_REPLY
-	api       http.Handler
-	scenes    stats.StoreFunc
+	// WeChat is the process's one client of WeChat's API (late replies and
+	// the QR codes share it); nil without WECHAT_APPSECRET.
+	WeChat *wechatapi.Client
+	api    http.Handler
+	scenes stats.StoreFunc
 }
 
 // Start starts the roles the configuration names.
@@ -87,6 +90,9 @@ func Start(o Options) (_ *Worker, err error) {
 		store = w.Analytics.Store
 	}
 	w.api, w.scenes = stats.API(store, o.Config.AdminToken), store
+	if w.WeChat, err = NewWeChat(o.Config, o.Conn, o.Logger, o.Registerer); err != nil {
+		return nil, err
+	}
 	if !o.Config.HasRole("replies") {
 		return w, nil
 	}
@@ -132,7 +138,12 @@ func Start(o Options) (_ *Worker, err error) {
 	w.Service = svc
 	outcomes := late.NewOutcomes(o.Registerer)
 	if lateOn {
-		l, err := startLate(o, svc, outcomes)
+		l, err := late.Start(late.Options{
+			Conn: o.Conn, API: w.WeChat, Reply: svc.ReplyOnce,
+			MessageWindow: o.Config.LateMessageWindow, EventWindow: o.Config.LateEventWindow,
+			Replicas: o.Config.JetStreamReplicas, ID: bus.InstanceID(o.Conn), Outcomes: outcomes,
+			Logger: o.Logger.With("component", "late"), Registerer: o.Registerer,
+		})
 		if err != nil {
 			return nil, errors.Join(err, stopService(svc))
 		}
@@ -143,23 +154,22 @@ func Start(o Options) (_ *Worker, err error) {
 	return w, nil
 }
 
-// startLate starts the late-reply sender, with its own client of WeChat's
-// API (the access_token is shared through the bus all the same).
-func startLate(o Options, svc *reply.Service, outcomes *prometheus.CounterVec) (*late.Service, error) {
-	api, err := wechatapi.New(wechatapi.Options{
-		Base: o.Config.APIBase, AppID: o.Config.AppID, Secret: o.Config.AppSecret,
-		Conn: o.Conn, Replicas: o.Config.JetStreamReplicas,
-		Logger: o.Logger.With("component", "wechatapi"), Registerer: o.Registerer,
+// NewWeChat makes the process's one client of WeChat's API, for late
+// replies and QR codes alike (one token cache, one metric); nil when
+// neither can use it (no WECHAT_APPSECRET).
+func NewWeChat(cfg config.Config, nc *nats.Conn, logger *slog.Logger, reg prometheus.Registerer) (*wechatapi.Client, error) {
+	if cfg.AppSecret == "" && cfg.EffectiveLateReply() == config.LateReplyOff {
+		return nil, nil
+	}
+	c, err := wechatapi.New(wechatapi.Options{
+		Base: cfg.APIBase, AppID: cfg.AppID, Secret: cfg.AppSecret,
+		Conn: nc, Replicas: cfg.JetStreamReplicas,
+		Logger: logger.With("component", "wechatapi"), Registerer: reg,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("wechat api: %w", err)
 	}
-	return late.Start(late.Options{
-		Conn: o.Conn, API: api, Reply: svc.ReplyOnce,
-		MessageWindow: o.Config.LateMessageWindow, EventWindow: o.Config.LateEventWindow,
-		Replicas: o.Config.JetStreamReplicas, ID: bus.InstanceID(o.Conn), Outcomes: outcomes,
-		Logger: o.Logger.With("component", "late"), Registerer: o.Registerer,
-	})
+	return c, nil
 }
 
 func stopService(svc *reply.Service) error {
