@@ -10,6 +10,7 @@ package console
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/subtle"
 	"embed"
@@ -19,12 +20,14 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/wxgate/wxgate/shared/admin"
 	"github.com/wxgate/wxgate/shared/qrcodes"
+	"github.com/wxgate/wxgate/shared/stats"
 	"github.com/wxgate/wxgate/shared/wechatapi"
 )
 
@@ -48,12 +51,12 @@ var page = template.Must(template.New("page.html").Funcs(template.FuncMap{
 	},
 }).ParseFS(static, "static/page.html"))
 
-// Options configure the page. QR and Logger are required.
+// Options configure the page. QR, Scenes and Logger are required.
 type Options struct {
 	QR *qrcodes.Service
-	// API serves GET /api/scenes (the admin mux): the chart reads the
-	// scenes as every client does, through the JSON contract.
-	API http.Handler
+	// Scenes opens the totals store the chart reads (what /api/scenes
+	// serves).
+	Scenes stats.StoreFunc
 	// Token is ADMIN_TOKEN; empty, the page is open like the API.
 	Token  string
 	Logger *slog.Logger
@@ -194,55 +197,32 @@ const MaxCodes = 200
 // maxBars is how many scenes the chart shows: the most scanned.
 const maxBars = 20
 
-// scenes reads the top scenes through GET /api/scenes.
+// scenes reads the most scanned scenes from the totals store.
 func (u *ui) scenes(ctx context.Context) ([]sceneBar, error) {
-	if u.o.API == nil {
-		return nil, errors.New("no scenes API")
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "/api/scenes?sort=scans&order=desc&limit="+strconv.Itoa(maxBars), nil)
+	store, err := u.o.Scenes(ctx)
 	if err != nil {
 		return nil, err
 	}
-	if u.o.Token != "" {
-		req.Header.Set("Authorization", "Bearer "+u.o.Token)
-	}
-	rec := &recorder{header: http.Header{}, code: http.StatusOK}
-	u.o.API.ServeHTTP(rec, req)
-	if rec.code != http.StatusOK {
-		return nil, errors.New("GET /api/scenes: " + strconv.Itoa(rec.code))
-	}
-	var page struct {
-		Scenes []struct {
-			Scene        string `json:"scene"`
-			Scans        int64  `json:"scans"`
-			NewFollowers int64  `json:"new_followers"`
-		} `json:"scenes"`
-	}
-	if err := json.Unmarshal(rec.body.Bytes(), &page); err != nil {
+	all, err := store.Scenes(ctx)
+	if err != nil {
 		return nil, err
 	}
+	// The order of GET /api/scenes?sort=scans&order=desc.
+	slices.SortFunc(all, func(a, b stats.Totals) int {
+		return cmp.Or(cmp.Compare(b.Scans, a.Scans), strings.Compare(b.Scene, a.Scene))
+	})
+	all = all[:min(len(all), maxBars)]
 	var top int64 = 1
-	for _, s := range page.Scenes {
+	for _, s := range all {
 		top = max(top, s.Scans)
 	}
-	out := make([]sceneBar, 0, len(page.Scenes))
-	for _, s := range page.Scenes {
+	out := make([]sceneBar, 0, len(all))
+	for _, s := range all {
 		out = append(out, sceneBar{Scene: s.Scene, Scans: s.Scans, NewFollowers: s.NewFollowers,
 			ScansBar: int(s.Scans * barWidth / top), FollowersBar: int(min(s.NewFollowers, s.Scans) * barWidth / top)})
 	}
 	return out, nil
 }
-
-// recorder is the smallest ResponseWriter for an in-process call.
-type recorder struct {
-	header http.Header
-	code   int
-	body   bytes.Buffer
-}
-
-func (r *recorder) Header() http.Header         { return r.header }
-func (r *recorder) Write(b []byte) (int, error) { return r.body.Write(b) }
-func (r *recorder) WriteHeader(code int)        { r.code = code }
 
 // maxForm bounds a form post: a token, or a scene and a label.
 const maxForm = 8 << 10

@@ -20,6 +20,7 @@ import (
 	qr "github.com/piglig/go-qr"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wxgate/wxgate/shared/admin"
@@ -37,14 +38,27 @@ func (noCounts) Scene(context.Context, string) (stats.Totals, bool, error) {
 	return stats.Totals{}, false, nil
 }
 
-// scenesAPI answers GET /api/scenes as the analytics API does.
-var scenesAPI = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-	if r.Header.Get("Authorization") != "Bearer admin-token" {
-		w.WriteHeader(401)
-		return
+// withScenes stores two scenes' totals, as the analytics leader writes
+// them, and returns the store.
+func withScenes(t *testing.T, nc *nats.Conn) stats.StoreFunc {
+	t.Helper()
+	ctx := context.Background()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
 	}
-	_, _ = io.WriteString(w, `{"total":2,"scenes":[{"scene":"poster_a","scans":12,"new_followers":4},{"scene":"<b>bold</b>","scans":3,"new_followers":0}]}`)
-})
+	store, err := stats.OpenStore(ctx, js, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tot := range []stats.Totals{{Scene: "<b>bold</b>", Scans: 3}, {Scene: "poster_a", Scans: 12, NewFollowers: 4}} {
+		b, _ := json.Marshal(stats.SceneDoc{Totals: tot})
+		if _, err := store.KV.Put(ctx, stats.SceneKey(tot.Scene), b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return func(context.Context) (*stats.Store, error) { return store, nil }
+}
 
 // server is the page on a real listener, with its QR API beside it as the
 // admin mux has them; off leaves WECHAT_APPSECRET unset.
@@ -69,9 +83,8 @@ func server(t *testing.T, off bool) string {
 		t.Fatal(err)
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/api/scenes", scenesAPI)
 	mux.Handle("/api/qrcodes/", qr.Handler("admin-token"))
-	mux.Handle("/ui/", Handler(Options{QR: qr, API: mux, Token: "admin-token", Logger: logger}))
+	mux.Handle("/ui/", Handler(Options{QR: qr, Scenes: withScenes(t, nc), Token: "admin-token", Logger: logger}))
 	ts := httptest.NewServer(mux)
 	t.Cleanup(ts.Close)
 	return ts.URL
@@ -132,6 +145,9 @@ func TestLoginCreateAndShow(t *testing.T) {
 	// The chart: scenes escaped, bars drawn.
 	if !strings.Contains(body, "&lt;b&gt;bold&lt;/b&gt;") || strings.Contains(body, "<b>bold</b>") || !strings.Contains(body, `<rect width="240"`) {
 		t.Errorf("chart not rendered or not escaped:\n%s", body)
+	}
+	if a, b := strings.Index(body, `<td class="scene">poster_a<`), strings.Index(body, `<td class="scene">&lt;b&gt;bold`); a < 0 || a > b {
+		t.Errorf("the chart does not show the most scanned scene first:\n%s", body)
 	}
 
 	scene := `<script>alert("x")</script>`

@@ -44,6 +44,6 @@ func Mount(mux *admin.Mux, o MountOptions) (*qrcodes.Service, error) {
 	// Ahead of the ServeMux, which would clean "/api/qrcodes/./image" (a
 	// scene may be ".") into another route.
 	mux.HandleUncleaned(qrcodes.Prefix, qr.Handler(cfg.AdminToken))
-	mux.Handle("/ui/", Handler(Options{QR: qr, API: mux, Token: cfg.AdminToken, Logger: o.Logger.With("component", "ui")}))
+	mux.Handle("/ui/", Handler(Options{QR: qr, Scenes: o.Scenes, Token: cfg.AdminToken, Logger: o.Logger.With("component", "ui")}))
 	return qr, nil
 }
