@@ -83,13 +83,32 @@ type Intake struct {
 	wake   chan struct{} // the flusher has work
 
 	unanswered chan *nats.Msg // copies of events answered without their reply
-	stop       chan struct{}  // closed by Close: flush what can be, then return
-	done       sync.WaitGroup
+	closing    chan struct{}  // closed by Close: the flushers return once their queue is empty
+	stop       chan struct{}  // closed when Close's ctx ends: they return now
+	done       sync.WaitGroup // the flushers
 
 	createMu   sync.Mutex
 	lastCreate time.Time
 	ttlOnce    sync.Once
 }
+
+const (
+	// flushWindow is how many held events are in flight at once.
+	flushWindow = 256
+	// maxPending bounds the publishes waiting for their acknowledgement:
+	// the callbacks in flight (MAX_CONNECTIONS, 4096 by default), or a
+	// flush window. Past it a publish waits, then the event is held.
+	maxPending = 4096
+)
+
+// publishOpts: a stream that does not answer is created again, or the
+// event held, at once (the client would retry twice, 250 ms apart, beyond
+// the Timeout). A slice, made once: a variadic argument would be one per
+// publish.
+var publishOpts = []jetstream.PublishOpt{jetstream.WithRetryAttempts(0)}
+
+// errStopped: Close's grace ended while an acknowledgement was awaited.
+var errStopped = errors.New("intake: closed")
 
 // New starts an Intake. The streams are created if they are missing (and
 // never changed: the workers own their settings).
@@ -98,13 +117,14 @@ func New(o Options) (*Intake, error) {
 		return nil, err
 	}
 	o.setDefaults()
-	js, err := jetstream.New(o.Conn)
+	js, err := jetstream.New(o.Conn, jetstream.WithPublishAsyncMaxPending(maxPending), jetstream.WithPublishAsyncTimeout(o.Timeout))
 	if err != nil {
 		return nil, fmt.Errorf("intake: %w", err)
 	}
 	in := &Intake{
 		o: o, js: js, metrics: newMetrics(o.Registerer), ttl: o.Streams.MessagesTTL(),
-		wake: make(chan struct{}, 1), unanswered: make(chan *nats.Msg, o.Buffer), stop: make(chan struct{}),
+		wake: make(chan struct{}, 1), unanswered: make(chan *nats.Msg, o.Buffer),
+		closing: make(chan struct{}), stop: make(chan struct{}),
 	}
 	in.metrics.heldFunc(o.Registerer, in.held)
 	if o.Conn.IsConnected() {
@@ -166,17 +186,14 @@ func (in *Intake) publish(msg *nats.Msg) (Receipt, error) {
 	in.mu.Unlock()
 
 	ack, err := in.send(msg)
-	if err == nil {
-		if ack.Duplicate {
-			in.metrics.duplicate.Inc()
-		} else {
-			in.metrics.stored.Inc()
-		}
-		return Receipt{Seq: ack.Seq, Duplicate: ack.Duplicate}, nil
-	}
-	if refused(err) {
-		in.metrics.dropped.WithLabelValues("event", "refused").Inc()
-		in.o.Logger.Error("event refused by the event stream; answered, not stored", "subject", msg.Subject, "err", err)
+	switch {
+	case err == nil && ack.Duplicate:
+		in.metrics.duplicate.Inc()
+		return Receipt{Seq: ack.Sequence, Duplicate: true}, nil
+	case err == nil:
+		in.metrics.stored.Inc()
+		return Receipt{Seq: ack.Sequence}, nil
+	case in.drop("event", msg, err):
 		return Receipt{Refused: true}, nil
 	}
 	in.o.Logger.Warn("event not stored; holding it", "subject", msg.Subject, "err", err)
@@ -185,16 +202,18 @@ func (in *Intake) publish(msg *nats.Msg) (Receipt, error) {
 	return in.hold(msg)
 }
 
-// send publishes one message and waits for its acknowledgement, at most
-// Timeout; a stream found missing (NATS restarted without its data) is
-// created, once.
-func (in *Intake) send(msg *nats.Msg) (pubAck, error) {
-	ack, err := in.store(msg, in.o.Timeout)
+// send publishes one message and waits for its acknowledgement; a stream
+// found missing (NATS restarted without its data) is created, once.
+func (in *Intake) send(msg *nats.Msg) (*jetstream.PubAck, error) {
+	ack, err := in.store(msg)
+	if err == nil {
+		return ack, nil // the common case, without the errors.As below
+	}
 	if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, jetstream.ErrStreamNotFound) {
 		ctx, cancel := context.WithTimeout(context.Background(), in.o.Timeout)
 		defer cancel()
 		if in.createStreams(ctx) == nil {
-			ack, err = in.store(msg, in.o.Timeout)
+			ack, err = in.store(msg)
 		}
 	}
 	if apiErrCode(err) == errCodeTTLDisabled && msg.Header.Get(jetstream.MsgTTLHeader) != "" {
@@ -205,9 +224,31 @@ func (in *Intake) send(msg *nats.Msg) (pubAck, error) {
 			in.o.Logger.Warn("the event stream takes no per-message TTL: messages are kept for its MaxAge until the workers' analytics update it", "stream", events.Stream)
 		})
 		msg.Header.Del(jetstream.MsgTTLHeader)
-		ack, err = in.store(msg, in.o.Timeout)
+		ack, err = in.store(msg)
 	}
 	return ack, err
+}
+
+// store publishes msg and waits for its acknowledgement: at most Timeout,
+// the publisher's, which fails the future past it.
+func (in *Intake) store(msg *nats.Msg) (*jetstream.PubAck, error) {
+	f, err := in.js.PublishMsgAsync(msg, publishOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return in.ack(f)
+}
+
+// ack waits for f, or until Close's grace has ended.
+func (in *Intake) ack(f jetstream.PubAckFuture) (*jetstream.PubAck, error) {
+	select {
+	case ack := <-f.Ok():
+		return ack, nil
+	case err := <-f.Err():
+		return nil, err
+	case <-in.stop:
+		return nil, errStopped
+	}
 }
 
 // errCodeTTLDisabled is JetStream's "per-message TTL is disabled".
@@ -221,6 +262,11 @@ func apiErrCode(err error) jetstream.ErrorCode {
 	return 0
 }
 
+// mendable says send knows what to do about err.
+func mendable(err error) bool {
+	return apiErrCode(err) == errCodeTTLDisabled || errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, jetstream.ErrStreamNotFound)
+}
+
 // refused says JetStream will not take the message as it is, however
 // often asked: a bad request or one too large. (Unavailable, timeouts and
 // a missing stream pass; so does a stream without per-message TTLs, a 400
@@ -228,6 +274,17 @@ func apiErrCode(err error) jetstream.ErrorCode {
 func refused(err error) bool {
 	var api *jetstream.APIError
 	return errors.As(err, &api) && (api.Code == 400 || api.Code == 413) && api.ErrorCode != errCodeTTLDisabled
+}
+
+// drop counts and logs msg, of kind (event, unanswered), when err refuses
+// it: it is dropped, never retried, so that it stops nothing behind it.
+func (in *Intake) drop(kind string, msg *nats.Msg, err error) bool {
+	if !refused(err) {
+		return false
+	}
+	in.metrics.dropped.WithLabelValues(kind, "refused").Inc()
+	in.o.Logger.Error("refused as it is: dropped, not stored (the callback was answered)", "kind", kind, "subject", msg.Subject, "err", err)
+	return true
 }
 
 func (in *Intake) createStreams(ctx context.Context) error {
@@ -285,10 +342,12 @@ func (in *Intake) flush() {
 		if len(batch) == 0 {
 			select {
 			case <-in.wake:
-				continue
-			case <-in.stop:
-				return
+			case <-in.closing:
+				if in.held() == 0 {
+					return // Close holds nothing more
+				}
 			}
+			continue
 		}
 		if !in.o.Conn.IsConnected() {
 			select {
@@ -321,84 +380,41 @@ func (in *Intake) flush() {
 	}
 }
 
-// flushWindow is how many held events are in flight at once.
-const flushWindow = 256
-
-// sendAll publishes batch, in order, and waits for the acknowledgements.
-// It returns how many from the front are done with (stored, or refused and
+// sendAll publishes batch, in order, then reads the acknowledgements. It
+// returns how many from the front are done with (stored, or refused and
 // dropped), and the error that stopped it there. Events after a failed one
 // that were stored are published again with the rest: the stream's
 // duplicate window stores them once.
 func (in *Intake) sendAll(batch []*nats.Msg) (int, error) {
-	// One inbox for the batch; the acks come back in order of the publishes
-	// that the server took, each carrying its request's token.
-	inbox := nats.NewInbox()
-	replies := make(chan *nats.Msg, len(batch))
-	sub, err := in.o.Conn.ChanSubscribe(inbox+".*", replies)
-	if err != nil {
-		return 0, err
-	}
-	defer func() { _ = sub.Unsubscribe() }()
+	futures := make([]jetstream.PubAckFuture, len(batch))
+	errs := make([]error, len(batch))
+	n := len(batch)
 	for i, msg := range batch {
-		out := &nats.Msg{Subject: msg.Subject, Data: msg.Data, Header: msg.Header, Reply: inbox + "." + strconv.Itoa(i)}
-		if err := in.o.Conn.PublishMsg(out); err != nil {
-			batch = batch[:i]
+		if futures[i], errs[i] = in.js.PublishMsgAsync(msg, publishOpts...); errs[i] != nil && !refused(errs[i]) {
+			n = i // disconnected, or too many in flight: the rest wait
 			break
 		}
 	}
-	acks := make([]error, len(batch))
-	got := make([]bool, len(batch))
-	timeout := time.NewTimer(in.o.Timeout + time.Duration(len(batch))*time.Millisecond)
-	defer timeout.Stop()
-	for n := 0; n < len(batch); {
-		select {
-		case r := <-replies:
-			i, err := strconv.Atoi(r.Subject[len(inbox)+1:])
-			if err != nil || i < 0 || i >= len(batch) || got[i] {
-				continue
-			}
-			got[i] = true
-			n++
-			if len(r.Data) == 0 && r.Header.Get("Status") == "503" {
-				acks[i] = jetstream.ErrNoStreamResponse
-				continue
-			}
-			_, acks[i] = parsePubAck(r.Data)
-		case <-timeout.C:
-			n = len(batch)
-		case <-in.stop:
-			n = len(batch) // Close: what is not acknowledged yet stays held, and counted
+	for i, msg := range batch[:n] {
+		err := errs[i]
+		if err == nil {
+			_, err = in.ack(futures[i])
 		}
-	}
-	for i := range batch {
-		err := acks[i]
+		if mendable(err) {
+			_, err = in.send(msg) // one at a time: send mends it
+		}
 		switch {
-		case !got[i]:
-			return i, nats.ErrTimeout
 		case err == nil:
 			in.metrics.flushed.Inc()
-		case refused(err):
-			in.metrics.dropped.WithLabelValues("event", "refused").Inc()
-			in.o.Logger.Error("held event refused by the event stream; dropped", "subject", batch[i].Subject, "err", err)
-		case apiErrCode(err) == errCodeTTLDisabled, errors.Is(err, jetstream.ErrNoStreamResponse), errors.Is(err, jetstream.ErrStreamNotFound):
-			// One at a time: send knows how to mend these.
-			_, err := in.send(batch[i])
-			switch {
-			case err == nil:
-				in.metrics.flushed.Inc()
-			case refused(err):
-				in.metrics.dropped.WithLabelValues("event", "refused").Inc()
-			default:
-				return i, err
-			}
+		case in.drop("event", msg, err):
 		default:
 			return i, err
 		}
 	}
-	if len(batch) == 0 {
-		return 0, errors.New("intake: not connected")
+	if n < len(batch) {
+		return n, errs[n]
 	}
-	return len(batch), nil
+	return n, nil
 }
 
 // Unanswered records that the event was answered "success" without its
@@ -418,30 +434,37 @@ func (in *Intake) Unanswered(m *wechat.Message, key string, raw []byte, received
 	}
 }
 
+// flushUnanswered records the copies, one at a time, retrying each until
+// it is stored or refused; it returns when Close asks and none is left, or
+// Close's grace ends.
 func (in *Intake) flushUnanswered() {
 	defer in.done.Done()
 	for {
+		var msg *nats.Msg
 		select {
-		case msg := <-in.unanswered:
-			for attempt := 0; ; attempt++ {
-				_, err := in.send(msg)
-				if err == nil {
-					in.metrics.unanswered.Inc()
-					break
-				}
-				if refused(err) {
-					in.metrics.dropped.WithLabelValues("unanswered", "refused").Inc()
-					break
-				}
-				select {
-				case <-in.stop:
-					in.metrics.dropped.WithLabelValues("unanswered", "shutdown").Add(float64(1 + len(in.unanswered)))
-					return
-				case <-time.After(min(time.Duration(attempt+1)*100*time.Millisecond, 2*time.Second)):
-				}
+		case msg = <-in.unanswered:
+		case <-in.closing:
+			select {
+			case msg = <-in.unanswered:
+			default:
+				return
 			}
-		case <-in.stop:
-			return
+		}
+		for attempt := 1; ; attempt++ {
+			_, err := in.send(msg)
+			if err == nil {
+				in.metrics.unanswered.Inc()
+				break
+			}
+			if in.drop("unanswered", msg, err) {
+				break
+			}
+			select {
+			case <-in.stop:
+				in.metrics.dropped.WithLabelValues("unanswered", "shutdown").Add(float64(1 + len(in.unanswered)))
+				return
+			case <-time.After(min(time.Duration(attempt)*100*time.Millisecond, 2*time.Second)):
+			}
 		}
 	}
 }
@@ -464,23 +487,20 @@ func (in *Intake) Close(ctx context.Context) error {
 	}
 	in.closed = true
 	in.mu.Unlock()
-	// Give the flushers until ctx ends to empty the queues.
-	for {
-		in.mu.Lock()
-		n := len(in.queue)
-		in.mu.Unlock()
-		if n == 0 && len(in.unanswered) == 0 {
-			break
-		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(10 * time.Millisecond): // the flushers are publishing; nothing else to wait on
-			continue
-		}
-		break
+	close(in.closing)
+	// The flushers return once their queues are empty; when ctx ends, at
+	// once.
+	flushed := make(chan struct{})
+	go func() {
+		in.done.Wait()
+		close(flushed)
+	}()
+	select {
+	case <-flushed:
+	case <-ctx.Done():
+		close(in.stop)
+		<-flushed
 	}
-	close(in.stop)
-	in.done.Wait()
 	in.mu.Lock()
 	lost := len(in.queue)
 	in.mu.Unlock()

@@ -345,3 +345,31 @@ func TestUnansweredCopyIsMarked(t *testing.T) {
 		return nil
 	})
 }
+
+// The server's acknowledgements, first and duplicate, read right; a stream
+// found missing is created and the event stored.
+func TestDuplicateAndMissingStream(t *testing.T) {
+	nc := natstest.Connect(t, natstest.RunServer(t))
+	in, _ := newIntake(t, nc, 100)
+	m := textEvent(1)
+	first, err := in.Publish(m, m.DedupKey(m.AppendXML(nil)), m.AppendXML(nil), time.Now())
+	if err != nil || first.Duplicate || first.Held || first.Seq == 0 {
+		t.Fatalf("first = %+v, %v", first, err)
+	}
+	again, err := in.Publish(m, m.DedupKey(m.AppendXML(nil)), m.AppendXML(nil), time.Now())
+	if err != nil || !again.Duplicate || again.Seq != first.Seq {
+		t.Fatalf("again = %+v, %v; want a duplicate of seq %d", again, err, first.Seq)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := js.DeleteStream(context.Background(), events.Stream); err != nil {
+		t.Fatal(err)
+	}
+	m.MsgID = "2"
+	r, err := in.Publish(m, m.DedupKey(m.AppendXML(nil)), m.AppendXML(nil), time.Now())
+	if err != nil || r.Duplicate || r.Held || r.Seq != 1 {
+		t.Fatalf("with the stream gone = %+v, %v; want it recreated and the event stored first", r, err)
+	}
+}
