@@ -140,11 +140,8 @@ func Start(o Options) (_ *App, err error) {
 			return nil, err
 		}
 		a.health.Add("nats", func() error { return bus.Ready(a.nc) })
-		if err := checkPayload(a.nc, cfg.MaxBodyBytes); err != nil {
-			return nil, fmt.Errorf("config: %w", err)
-		}
 		if a.intake, err = intake.New(intake.Options{
-			Conn: a.nc, Streams: cfg.Streams(), Buffer: cfg.IntakeBuffer,
+			Conn: a.nc, Streams: cfg.Streams(), Buffer: cfg.IntakeBuffer, MaxBody: cfg.MaxBodyBytes,
 			Logger: logger.With("component", "intake"), Registerer: reg,
 		}); err != nil {
 			return nil, err
@@ -237,18 +234,6 @@ func onLoopback(addr string) string {
 		return addr
 	}
 	return net.JoinHostPort("127.0.0.1", port)
-}
-
-// checkPayload refuses a body limit that one NATS message cannot carry:
-// such callbacks would be accepted and then fail on the bus.
-func checkPayload(nc *nats.Conn, maxBody int64) error {
-	if !nc.IsConnected() {
-		return nil // not known yet; the static limit in config applies
-	}
-	if limit := nc.MaxPayload() - config.NATSHeaderRoom; maxBody > limit {
-		return fmt.Errorf("MAX_BODY_BYTES=%d is more than the NATS server's max_payload (%d) leaves for a callback (%d)", maxBody, nc.MaxPayload(), limit)
-	}
-	return nil
 }
 
 // WeChatServer is the WeChat-facing http.Server: bounded reads against

@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wxgate/wxgate/shared/bus"
+	"github.com/wxgate/wxgate/shared/config"
 	"github.com/wxgate/wxgate/shared/events"
 	"github.com/wxgate/wxgate/shared/wechat"
 )
@@ -31,8 +32,9 @@ type Receipt struct {
 	Seq       uint64 // its sequence in the event stream; 0 when held
 	Duplicate bool   // the stream had it already: a retry (or a replay) of a stored event
 	Held      bool   // JetStream could not take it now; held here until it can
-	// Refused: JetStream will not take it as it is (a bad request, too
-	// large): not stored, not held (it would stop every event behind it).
+	// Refused: JetStream, or the NATS client before it, will not take it
+	// as it is (a bad request, larger than the stream or the server takes):
+	// not stored, not held (it would stop every event behind it).
 	Refused bool
 }
 
@@ -49,7 +51,12 @@ type Options struct {
 	Buffer int
 	// Timeout bounds one publish's wait for its acknowledgement; past it,
 	// the event is held. Default 1s, well inside WeChat's 5.
-	Timeout    time.Duration
+	Timeout time.Duration
+	// MaxBody is MAX_BODY_BYTES. While the server connected to takes less
+	// (its max_payload less config.NATSHeaderRoom), callbacks that large
+	// would be refused, and the intake reports itself not ready. 0: not
+	// checked.
+	MaxBody    int64
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 }
@@ -82,10 +89,11 @@ type Intake struct {
 	closed bool
 	wake   chan struct{} // the flusher has work
 
-	unanswered chan *nats.Msg // copies of events answered without their reply
-	closing    chan struct{}  // closed by Close: the flushers return once their queue is empty
-	stop       chan struct{}  // closed when Close's ctx ends: they return now
-	done       sync.WaitGroup // the flushers
+	unanswered chan *nats.Msg   // copies of events answered without their reply
+	closing    chan struct{}    // closed by Close: the flushers return once their queue is empty
+	stop       chan struct{}    // closed when Close's ctx ends: they return now
+	done       sync.WaitGroup   // the flushers and the watcher
+	connected  chan nats.Status // (re)connects, for the max_payload check
 
 	createMu   sync.Mutex
 	lastCreate time.Time
@@ -117,6 +125,11 @@ func New(o Options) (*Intake, error) {
 		return nil, err
 	}
 	o.setDefaults()
+	if o.Conn.IsConnected() {
+		if err := fits(o.Conn, o.MaxBody); err != nil {
+			return nil, fmt.Errorf("intake: %w", err)
+		}
+	}
 	js, err := jetstream.New(o.Conn, jetstream.WithPublishAsyncMaxPending(maxPending), jetstream.WithPublishAsyncTimeout(o.Timeout))
 	if err != nil {
 		return nil, fmt.Errorf("intake: %w", err)
@@ -125,6 +138,7 @@ func New(o Options) (*Intake, error) {
 		o: o, js: js, metrics: newMetrics(o.Registerer), ttl: o.Streams.MessagesTTL(),
 		wake: make(chan struct{}, 1), unanswered: make(chan *nats.Msg, o.Buffer),
 		closing: make(chan struct{}), stop: make(chan struct{}),
+		connected: o.Conn.StatusChanged(nats.CONNECTED),
 	}
 	in.metrics.heldFunc(o.Registerer, in.held)
 	if o.Conn.IsConnected() {
@@ -134,10 +148,33 @@ func New(o Options) (*Intake, error) {
 		}
 		cancel()
 	}
-	in.done.Add(2)
+	in.done.Add(3)
 	go in.flush()
 	go in.flushUnanswered()
+	go in.watch()
 	return in, nil
+}
+
+// fits checks maxBody (MAX_BODY_BYTES) against the max_payload of the
+// server nc is connected to, which nc learns at each (re)connect (0 before
+// the first): a server, or a cluster node, may take less than another.
+func fits(nc *nats.Conn, maxBody int64) error {
+	maxPayload := nc.MaxPayload()
+	if limit := maxPayload - config.NATSHeaderRoom; maxBody > 0 && maxPayload > 0 && maxBody > limit {
+		return fmt.Errorf("MAX_BODY_BYTES=%d is more than the NATS server's max_payload (%d) leaves for a callback (%d): callbacks that large are refused", maxBody, maxPayload, limit)
+	}
+	return nil
+}
+
+// watch checks the max_payload of each server connected to; Check reports
+// the same until a server takes MAX_BODY_BYTES.
+func (in *Intake) watch() {
+	defer in.done.Done()
+	for range in.connected {
+		if err := fits(in.o.Conn, in.o.MaxBody); err != nil {
+			in.o.Logger.Error("connected to a NATS server that cannot take every callback; not ready", "err", err)
+		}
+	}
 }
 
 // message is the stream message for an event.
@@ -267,11 +304,16 @@ func mendable(err error) bool {
 	return apiErrCode(err) == errCodeTTLDisabled || errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, jetstream.ErrStreamNotFound)
 }
 
-// refused says JetStream will not take the message as it is, however
-// often asked: a bad request or one too large. (Unavailable, timeouts and
-// a missing stream pass; so does a stream without per-message TTLs, a 400
-// that send mends by storing the message without its TTL.)
+// refused says the message will not be taken as it is, however often
+// asked: the client refuses it before publishing (larger than the
+// server's max_payload, a bad subject or header), or JetStream does (a bad
+// request, too large for the stream). Unavailable, timeouts and a missing
+// stream pass; so does a stream without per-message TTLs, a 400 that send
+// mends by storing the message without its TTL.
 func refused(err error) bool {
+	if errors.Is(err, nats.ErrMaxPayload) || errors.Is(err, nats.ErrBadSubject) || errors.Is(err, nats.ErrBadHeaderMsg) {
+		return true
+	}
 	var api *jetstream.APIError
 	return errors.As(err, &api) && (api.Code == 400 || api.Code == 413) && api.ErrorCode != errCodeTTLDisabled
 }
@@ -469,8 +511,13 @@ func (in *Intake) flushUnanswered() {
 	}
 }
 
-// Check reports whether events are accepted: not while the buffer is full.
+// Check reports whether events are accepted: not while the buffer is full,
+// nor while the server connected to cannot take a callback of
+// MAX_BODY_BYTES.
 func (in *Intake) Check() error {
+	if err := fits(in.o.Conn, in.o.MaxBody); err != nil {
+		return err
+	}
 	if n := in.held(); int(n) >= in.o.Buffer {
 		return fmt.Errorf("intake buffer full (%d events held: JetStream cannot take them)", int(n))
 	}
@@ -487,6 +534,7 @@ func (in *Intake) Close(ctx context.Context) error {
 	}
 	in.closed = true
 	in.mu.Unlock()
+	in.o.Conn.RemoveStatusListener(in.connected) // the watcher returns
 	close(in.closing)
 	// The flushers return once their queues are empty; when ctx ends, at
 	// once.

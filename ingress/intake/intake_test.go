@@ -373,3 +373,116 @@ func TestDuplicateAndMissingStream(t *testing.T) {
 		t.Fatalf("with the stream gone = %+v, %v; want it recreated and the event stored first", r, err)
 	}
 }
+
+// publish publishes m through in and returns the receipt.
+func publish(t *testing.T, in *Intake, m *wechat.Message) Receipt {
+	t.Helper()
+	rc, err := in.Publish(m, m.DedupKey(m.AppendXML(nil)), m.AppendXML(nil), time.Now())
+	if err != nil {
+		t.Fatalf("%s from %s: %v", m.MsgType, m.FromUserName, err)
+	}
+	return rc
+}
+
+// Review N2: a callback larger than the server's max_payload (the client
+// refuses to publish it) is refused, counted and dropped, and stops
+// nothing: not the events held behind it during an outage, not those that
+// come after it, not the unanswered copies behind its own.
+func TestLargerThanMaxPayloadStopsNothing(t *testing.T) {
+	r := natstest.NewRestartable(t)
+	nc := r.Connect()
+	in, _ := newIntake(t, nc, 100)
+	big := textEvent(0)
+	big.Content = strings.Repeat("x", 20_000)
+	refusedEvents := in.metrics.dropped.WithLabelValues("event", "refused")
+
+	// NATS restarts with a smaller max_payload, while events are held.
+	disconnect(t, r, nc)
+	mustHold(t, in, big)
+	for i := 1; i <= 3; i++ {
+		mustHold(t, in, textEvent(i))
+	}
+	r.MaxPayload = 16 << 10
+	r.Start()
+	waitFlushed(t, in)
+	if n := streamMsgs(t, nc); n != 3 {
+		t.Errorf("after the flush the stream holds %d events, want the 3 small ones", n)
+	}
+	if got := testutil.ToFloat64(refusedEvents); got != 1 {
+		t.Errorf("dropped{event,refused} after the flush = %v, want 1", got)
+	}
+
+	// Connected: the large one is refused at once, the small ones stored.
+	if rc := publish(t, in, big); !rc.Refused || rc.Held {
+		t.Fatalf("a callback over max_payload = %+v, want refused, not held", rc)
+	}
+	for i := 4; i <= 6; i++ {
+		if rc := publish(t, in, textEvent(i)); rc.Held || rc.Refused || rc.Seq == 0 {
+			t.Fatalf("small event %d after it = %+v, want stored", i, rc)
+		}
+	}
+	if n := streamMsgs(t, nc); n != 6 {
+		t.Errorf("the stream holds %d events, want the 6 small ones", n)
+	}
+	if got := testutil.ToFloat64(refusedEvents); got != 2 {
+		t.Errorf("dropped{event,refused} = %v, want 2", got)
+	}
+
+	// Its unanswered copy is refused too, and the one behind it recorded.
+	in.Unanswered(big, big.DedupKey(big.AppendXML(nil)), big.AppendXML(nil), time.Now(), Receipt{Refused: true}, "bus_down")
+	small := textEvent(7)
+	in.Unanswered(small, small.DedupKey(small.AppendXML(nil)), small.AppendXML(nil), time.Now(), Receipt{}, "timeout")
+	wait.For(t, wait.Long, wait.Every, func() error {
+		if got := testutil.ToFloat64(in.metrics.unanswered); got != 1 {
+			return fmt.Errorf("unanswered recorded = %v, want 1", got)
+		}
+		return nil
+	})
+	if got := testutil.ToFloat64(in.metrics.dropped.WithLabelValues("unanswered", "refused")); got != 1 {
+		t.Errorf("dropped{unanswered,refused} = %v, want 1", got)
+	}
+}
+
+// MAX_BODY_BYTES is checked against the max_payload of each server the
+// intake connects to: not ready while it cannot take a callback that
+// large, ready again once it can; at start, with NATS not connected yet,
+// at the first connect.
+func TestNotReadyWhileMaxPayloadIsTooSmall(t *testing.T) {
+	r := natstest.NewRestartable(t)
+	r.Stop()
+	nc := r.Connect(nats.RetryOnFailedConnect(true))
+	reg := prometheus.NewRegistry()
+	in, err := New(Options{Conn: nc, Streams: events.Defaults(), MaxBody: 64 << 10, Logger: slog.New(slog.DiscardHandler), Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = in.Close(ctx)
+	})
+	if err := in.Check(); err != nil {
+		t.Errorf("before the first connect: Check = %v, want ready (the nats check reports the connection)", err)
+	}
+	for _, c := range []struct {
+		maxPayload int32
+		ready      bool
+	}{{32 << 10, false}, {0, true}, {64 << 10, false}} {
+		disconnect(t, r, nc)
+		r.MaxPayload = c.maxPayload
+		r.Start()
+		wait.For(t, wait.Long, wait.Every, func() error {
+			if !nc.IsConnected() {
+				return errors.New("not connected")
+			}
+			return nil
+		})
+		err := in.Check()
+		switch {
+		case c.ready && err != nil:
+			t.Errorf("max_payload %d: Check = %v, want ready", c.maxPayload, err)
+		case !c.ready && (err == nil || !strings.Contains(err.Error(), "MAX_BODY_BYTES=65536") || !strings.Contains(err.Error(), fmt.Sprintf("max_payload (%d)", c.maxPayload))):
+			t.Errorf("max_payload %d: Check = %v, want not ready, naming MAX_BODY_BYTES and max_payload", c.maxPayload, err)
+		}
+	}
+}

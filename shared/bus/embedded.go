@@ -1,6 +1,7 @@
 package bus
 
 import (
+	"cmp"
 	"crypto/rand"
 	"fmt"
 	"log/slog"
@@ -29,6 +30,9 @@ type EmbeddedOptions struct {
 	// get them through ConnectOption.
 	Token          string
 	User, Password string
+	// MaxPayload is the largest message the server takes (max_payload);
+	// 0 is NATS's default, 1 MiB.
+	MaxPayload int32
 }
 
 // Embedded is a NATS server running inside this process.
@@ -47,7 +51,7 @@ func RunEmbedded(o EmbeddedOptions) (*Embedded, error) {
 		ServerName: o.Name,
 		NoSigs:     true, // the process owns its signals
 		NoLog:      o.Logger == nil,
-		MaxPayload: 1 << 20,
+		MaxPayload: cmp.Or(o.MaxPayload, 1<<20),
 	}
 	if o.Listen == "" {
 		opts.DontListen = true

@@ -49,6 +49,9 @@ type Restartable struct {
 	addr string
 	dir  string
 	srv  *bus.Embedded
+	// MaxPayload is the max_payload the server starts with (0: NATS's
+	// default): a server restarted with a smaller one.
+	MaxPayload int32
 }
 
 // NewRestartable starts a Restartable, stopped with the test.
@@ -68,7 +71,7 @@ func NewRestartable(t testing.TB) *Restartable {
 // Start starts the server again with the store it had.
 func (r *Restartable) Start() {
 	r.t.Helper()
-	s, err := bus.RunEmbedded(bus.EmbeddedOptions{Listen: r.addr, StoreDir: r.dir, Name: "natstest", Token: "natstest-token"})
+	s, err := bus.RunEmbedded(bus.EmbeddedOptions{Listen: r.addr, StoreDir: r.dir, Name: "natstest", Token: "natstest-token", MaxPayload: r.MaxPayload})
 	if err != nil {
 		r.t.Fatalf("nats server: %v", err)
 	}
