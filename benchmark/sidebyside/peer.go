@@ -42,7 +42,9 @@ func (e *env) peer() (*setup, error) {
 	return &setup{url: "http://" + m[1] + "/wechat", procs: []*proc{p}}, nil
 }
 
-// goal is one of issue 12's performance goals, checked.
+// goal is one of the performance goals set against the peer (standalone at
+// least its throughput and at most its p99; distributed at least 0.7 of its
+// throughput; bounded server CPU per request), checked.
 type goal struct {
 	what      string
 	got, want float64

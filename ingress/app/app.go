@@ -156,7 +156,7 @@ func Start(o Options) (_ *App, err error) {
 	gw, err := gateway.New(gateway.Options{
 		Token:         cfg.Token,
 		Cipher:        cipher,
-		Mode:          gateway.Mode(cfg.EffectiveMode()),
+		Mode:          cfg.EffectiveMode(),
 		Conn:          a.nc,
 		Local:         local,
 		Intake:        in,

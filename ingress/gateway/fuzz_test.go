@@ -38,7 +38,7 @@ func FuzzCallback(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	newGateway := func(c *wechat.Cipher, m Mode) *Gateway {
+	newGateway := func(c *wechat.Cipher, m wechat.Mode) *Gateway {
 		g, err := New(Options{
 			Token: token, Cipher: c, Mode: m, ReplyTimeout: time.Second, TimestampSkew: time.Minute,
 			Local:  reply.NewHandler(reply.NewReplier(config.Defaults().Replies), nil).Handle,
@@ -50,7 +50,7 @@ func FuzzCallback(f *testing.F) {
 		return g
 	}
 	plain, safe := newGateway(nil, ""), newGateway(cipher, "")
-	gateways := [4]*Gateway{nil, newGateway(cipher, ModePlain), newGateway(cipher, ModeCompat), newGateway(cipher, ModeSafe)}
+	gateways := [4]*Gateway{nil, newGateway(cipher, wechat.ModePlain), newGateway(cipher, wechat.ModeCompat), newGateway(cipher, wechat.ModeSafe)}
 
 	samples, _ := filepath.Glob("../../shared/wechat/testdata/*.xml")
 	for _, s := range samples {
@@ -105,9 +105,9 @@ func FuzzCallback(f *testing.F) {
 			t.Fatalf("mode %d: a %d without Connection: close", mode, w.Code)
 		}
 		switch {
-		case g.o.Mode == ModeSafe && kind == 0 && w.Code != http.StatusForbidden:
+		case g.o.Mode == wechat.ModeSafe && kind == 0 && w.Code != http.StatusForbidden:
 			t.Fatalf("mode %d: plaintext to a safe gateway answered %d, want 403", mode, w.Code)
-		case g.o.Mode == ModePlain && kind != 0 && w.Code != http.StatusBadRequest:
+		case g.o.Mode == wechat.ModePlain && kind != 0 && w.Code != http.StatusBadRequest:
 			t.Fatalf("mode %d: encrypted to a plain gateway answered %d, want 400", mode, w.Code)
 		}
 	})

@@ -30,30 +30,15 @@ const Path = "/wechat"
 // success is what WeChat takes as "received, no reply".
 var success = []byte("success")
 
-// Mode is which callbacks the gateway accepts: WeChat's message encryption
-// modes, as the account is set in the WeChat console.
-type Mode string
-
-const (
-	// ModePlain accepts plaintext only; an encrypted POST is refused.
-	ModePlain Mode = "plain"
-	// ModeCompat accepts both, for the switch-over in the WeChat console.
-	ModeCompat Mode = "compat"
-	// ModeSafe accepts encrypted POSTs only. signature does not cover the
-	// body; msg_signature does, so a plaintext POST, which anyone who saw
-	// one callback URL could forge, is refused.
-	ModeSafe Mode = "safe"
-)
-
 // Options wire a Gateway. Token, Conn, Logger and Registerer are required.
 type Options struct {
 	Token string
 	// Cipher decrypts encrypted requests and seals their replies; compat
 	// and safe need it, plain does not use it.
 	Cipher *wechat.Cipher
-	// Mode is empty for the default: ModeSafe with a Cipher, ModePlain
-	// without.
-	Mode          Mode
+	// Mode is which callbacks the gateway accepts; empty for the default:
+	// wechat.ModeSafe with a Cipher, wechat.ModePlain without.
+	Mode          wechat.Mode
 	Conn          *nats.Conn
 	ReplyTimeout  time.Duration // counted from when the request arrived
 	TimestampSkew time.Duration // 0 disables the check
@@ -89,12 +74,12 @@ func New(o Options) (*Gateway, error) {
 	}
 	switch o.Mode {
 	case "":
-		o.Mode = ModePlain
+		o.Mode = wechat.ModePlain
 		if o.Cipher != nil {
-			o.Mode = ModeSafe
+			o.Mode = wechat.ModeSafe
 		}
-	case ModePlain:
-	case ModeCompat, ModeSafe:
+	case wechat.ModePlain:
+	case wechat.ModeCompat, wechat.ModeSafe:
 		if o.Cipher == nil {
 			return nil, fmt.Errorf("gateway: Mode %s needs a Cipher", o.Mode)
 		}
@@ -223,7 +208,7 @@ func (g *Gateway) admit(c *gin.Context, now time.Time) (plain []byte, m *wechat.
 	switch {
 	case ts == "" || nonce == "":
 		return nil, nil, false, malformed(errors.New("missing timestamp or nonce"))
-	case !encrypted && g.o.Mode == ModeSafe:
+	case !encrypted && g.o.Mode == wechat.ModeSafe:
 		// Before anything else: a plaintext body is covered by no
 		// signature, whatever the query carries.
 		return nil, nil, false, refuse(http.StatusForbidden, rejectSignature, errors.New("plaintext POST in safe mode"))
@@ -241,7 +226,7 @@ func (g *Gateway) admit(c *gin.Context, now time.Time) (plain []byte, m *wechat.
 	if err := g.checkTimestamp(ts, now); err != nil {
 		return nil, nil, false, err
 	}
-	if encrypted && g.o.Mode == ModePlain {
+	if encrypted && g.o.Mode == wechat.ModePlain {
 		detail := "encrypted POST in plain mode"
 		if g.o.Cipher == nil {
 			detail += ": WECHAT_ENCODING_AES_KEY is not set"
@@ -376,7 +361,7 @@ func (g *Gateway) refused(c *gin.Context, start time.Time, status int, why strin
 
 // closeConnection has net/http close the connection after this response: a
 // client that earned a cheap 4xx must not then hold one of the listener's
-// MAX_CONNECTIONS slots for the idle timeout (finding F9). WeChat, whose
+// MAX_CONNECTIONS slots for the idle timeout. WeChat, whose
 // requests are answered 200, keeps its keep-alive connections.
 func closeConnection(c *gin.Context) { c.Header("Connection", "close") }
 

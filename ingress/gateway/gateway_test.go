@@ -58,8 +58,8 @@ type harness struct {
 }
 
 type opts struct {
-	safe         bool         // the gateway has the Cipher and the sender encrypts
-	mode         gateway.Mode // empty: the gateway's default
+	safe         bool        // the gateway has the Cipher and the sender encrypts
+	mode         wechat.Mode // empty: the gateway's default
 	noWorker     bool
 	replyTimeout time.Duration
 	conn         *nats.Conn
@@ -297,10 +297,10 @@ func TestModes(t *testing.T) {
 		want [kinds]want
 	}{
 		{"plain by default (no key)", opts{}, [kinds]want{ok, encryptedRefused, missing, encryptedRefused}},
-		{"plain with a key", opts{safe: true, mode: gateway.ModePlain}, [kinds]want{ok, encryptedRefused, missing, encryptedRefused}},
+		{"plain with a key", opts{safe: true, mode: wechat.ModePlain}, [kinds]want{ok, encryptedRefused, missing, encryptedRefused}},
 		{"safe by default (key set)", opts{safe: true}, [kinds]want{plainRefused, ok, missing, badSig}},
-		{"compat", opts{safe: true, mode: gateway.ModeCompat}, [kinds]want{ok, ok, missing, badSig}},
-		{"safe", opts{safe: true, mode: gateway.ModeSafe}, [kinds]want{plainRefused, ok, missing, badSig}},
+		{"compat", opts{safe: true, mode: wechat.ModeCompat}, [kinds]want{ok, ok, missing, badSig}},
+		{"safe", opts{safe: true, mode: wechat.ModeSafe}, [kinds]want{plainRefused, ok, missing, badSig}},
 	}
 	for _, mode := range modes {
 		t.Run(mode.name, func(t *testing.T) {
@@ -366,7 +366,7 @@ func TestModes(t *testing.T) {
 
 func TestNewRefusesModeWithoutCipher(t *testing.T) {
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	for _, m := range []gateway.Mode{gateway.ModeCompat, gateway.ModeSafe, "aes", "SAFE"} {
+	for _, m := range []wechat.Mode{wechat.ModeCompat, wechat.ModeSafe, "aes", "SAFE"} {
 		_, err := gateway.New(gateway.Options{Token: token, Mode: m, Local: func([]byte) ([]byte, error) { return nil, nil },
 			ReplyTimeout: time.Second, Logger: quiet, Registerer: prometheus.NewRegistry()})
 		if err == nil || !strings.Contains(err.Error(), "Mode") {

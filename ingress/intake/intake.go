@@ -182,8 +182,8 @@ func (in *Intake) message(m *wechat.Message, key string, raw []byte, received ti
 	subject := m.Subject()
 	msg := &nats.Msg{Subject: events.Subject(subject), Data: raw, Header: make(nats.Header, 4)}
 	msg.Header[jetstream.MsgIDHeader] = []string{key}
-	msg.Header[events.HeaderAccount] = []string{bus.Account(m.ToUserName)}
-	msg.Header[events.HeaderReceived] = []string{bus.FormatTime(received)}
+	msg.Header[bus.HeaderAccount] = []string{bus.Account(m.ToUserName)}
+	msg.Header[bus.HeaderReceived] = []string{bus.FormatTime(received)}
 	if !events.IsSceneEvent(subject) {
 		// Messages are personal data: kept for the late-reply window, not
 		// for the analytics' retention.

@@ -27,7 +27,8 @@ const (
 	QueueGroup = "wxgate-workers"
 )
 
-// Request headers set by the ingress.
+// Request headers set by the ingress. HeaderAccount and HeaderReceived are
+// on every stored event too (shared/events).
 const (
 	// HeaderAccount is the account (ToUserName) the message was sent to.
 	HeaderAccount = "Wx-Account"

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/wxgate/wxgate/shared/events"
+	"github.com/wxgate/wxgate/shared/wechat"
 )
 
 // Config is the configuration shared by the ingress and the workers; each
@@ -20,7 +21,7 @@ type Config struct {
 	Token          string        // WECHAT_TOKEN
 	AppID          string        // WECHAT_APPID
 	EncodingAESKey string        // WECHAT_ENCODING_AES_KEY; empty: plain mode only
-	Mode           string        // WECHAT_MODE as given; empty: the default, see EffectiveMode
+	Mode           wechat.Mode   // WECHAT_MODE as given; empty: the default, see EffectiveMode
 	TimestampSkew  time.Duration // WECHAT_TIMESTAMP_SKEW; 0 disables the check
 	NATSURL        string        // NATS_URL, comma-separated
 	ReplyTimeout   time.Duration // REPLY_TIMEOUT
@@ -56,8 +57,9 @@ type Config struct {
 	// deadline still answers WeChat's next retry (HANDLER_TIMEOUT).
 	HandlerTimeout time.Duration
 	// WorkerRoles are what a workers process runs: "replies" (the reply
-	// service and the scan fan-out) and "analytics" (the totals consumer and
-	// scene metrics). WORKER_ROLES, comma-separated.
+	// service and late replies) and "analytics" (the leader that counts the
+	// scenes from the event stream, and the scene metrics). WORKER_ROLES,
+	// comma-separated.
 	WorkerRoles []string
 	// ShutdownDelay is how long a terminating ingress keeps serving while it
 	// reports not ready, so that load balancers stop sending to it before it
@@ -70,7 +72,7 @@ type Config struct {
 	// enables WeChat's API (QR codes, late replies); empty, those are off.
 	AppSecret string
 	// APIBase is WECHAT_API_BASE, the base URL of WeChat's API (tests point
-	// it at a fake).
+	// it at a fake); empty is WeChat's own, the API client's default.
 	APIBase string
 	// LateReply is LATE_REPLY as given; empty: the default, see
 	// EffectiveLateReply.
@@ -88,9 +90,6 @@ const (
 	LateReplyOff             = "off"
 )
 
-// DefaultAPIBase is WeChat's API.
-const DefaultAPIBase = "https://api.weixin.qq.com"
-
 // EffectiveLateReply is LATE_REPLY, or when it is empty, customer_service
 // with an AppSecret (the API needs one) and off without.
 func (c *Config) EffectiveLateReply() string {
@@ -104,30 +103,20 @@ func (c *Config) EffectiveLateReply() string {
 	}
 }
 
-// The callback modes (WECHAT_MODE): the WeChat console's 明文, 兼容 and
-// 安全 message encryption modes.
-const (
-	ModePlain  = "plain"  // plaintext callbacks only
-	ModeCompat = "compat" // plaintext and encrypted: the switch-over
-	ModeSafe   = "safe"   // encrypted callbacks only
-)
-
 // EffectiveMode is the callback mode the ingress runs in: WECHAT_MODE, or
 // when it is empty, safe with an AES key and plain without. An account that
 // has a key is in safe mode unless told otherwise, so a plaintext POST
 // cannot slip past msg_signature.
-func (c *Config) EffectiveMode() string {
+func (c *Config) EffectiveMode() wechat.Mode {
 	switch {
 	case c.Mode != "":
 		return c.Mode
 	case c.EncodingAESKey != "":
-		return ModeSafe
+		return wechat.ModeSafe
 	default:
-		return ModePlain
+		return wechat.ModePlain
 	}
 }
-
-func knownMode(m string) bool { return m == ModePlain || m == ModeCompat || m == ModeSafe }
 
 // HasRole reports whether the workers process runs role.
 func (c *Config) HasRole(role string) bool {
@@ -186,7 +175,6 @@ func Defaults() Config {
 		DedupMemoryMB:      64,
 		HandlerTimeout:     20 * time.Second,
 		ShutdownDelay:      -1,
-		APIBase:            DefaultAPIBase,
 		WorkerRoles:        []string{"replies", "analytics"},
 		Replies: ReplyTexts{
 			Subscribe:         "感谢您的关注！",
@@ -222,7 +210,7 @@ func (c *Config) FromEnv(lookup func(string) (string, bool)) error {
 	str("WECHAT_APPID", &c.AppID)
 	str("WECHAT_ENCODING_AES_KEY", &c.EncodingAESKey)
 	if v, ok := lookup("WECHAT_MODE"); ok {
-		if m := strings.ToLower(strings.TrimSpace(v)); m == "" || knownMode(m) {
+		if m := wechat.Mode(strings.ToLower(strings.TrimSpace(v))); m == "" || m.Known() {
 			c.Mode = m
 		} else {
 			errs = append(errs, fmt.Errorf("WECHAT_MODE=%q: want plain, compat or safe (empty: safe with WECHAT_ENCODING_AES_KEY, plain without)", v))
@@ -331,7 +319,7 @@ func (c *Config) apiFromEnv(lookup func(string) (string, bool)) (errs []error) {
 	if v, ok := lookup("WECHAT_API_BASE"); ok {
 		base := strings.TrimRight(strings.TrimSpace(v), "/")
 		if u, err := url.Parse(base); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.User != nil {
-			errs = append(errs, fmt.Errorf("WECHAT_API_BASE=%q: want an http or https URL such as %s", v, DefaultAPIBase))
+			errs = append(errs, fmt.Errorf("WECHAT_API_BASE=%q: want an http or https URL (unset: WeChat's own API)", v))
 		} else {
 			c.APIBase = base
 		}
@@ -360,9 +348,9 @@ func (c *Config) ValidateIngress() error {
 		errs = append(errs, errors.New("WECHAT_TOKEN is required"))
 	}
 	switch mode := c.EffectiveMode(); {
-	case !knownMode(mode):
+	case !mode.Known():
 		errs = append(errs, fmt.Errorf("WECHAT_MODE=%q: want plain, compat or safe", mode))
-	case mode == ModePlain:
+	case mode == wechat.ModePlain:
 		// The key, if set, goes unused: nothing encrypted is accepted.
 	case c.EncodingAESKey == "":
 		errs = append(errs, fmt.Errorf("WECHAT_MODE=%s needs WECHAT_ENCODING_AES_KEY (and WECHAT_APPID)", mode))

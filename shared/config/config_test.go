@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/wxgate/wxgate/shared/wechat"
 )
 
 func env(m map[string]string) func(string) (string, bool) {
@@ -59,12 +61,12 @@ func TestValidateIngress(t *testing.T) {
 		{"no token", func(c *Config) { c.Token = "" }, "WECHAT_TOKEN"},
 		{"aes without appid", func(c *Config) { c.EncodingAESKey = "k"; c.AppID = "" }, "WECHAT_APPID"},
 		{"aes and appid: safe", func(c *Config) { c.EncodingAESKey, c.AppID = "k", "wx" }, ""},
-		{"plain with aes, no appid", func(c *Config) { c.Mode, c.EncodingAESKey = ModePlain, "k" }, ""},
-		{"safe without aes", func(c *Config) { c.Mode, c.AppID = ModeSafe, "wx" }, "WECHAT_ENCODING_AES_KEY"},
-		{"compat without aes", func(c *Config) { c.Mode, c.AppID = ModeCompat, "wx" }, "WECHAT_ENCODING_AES_KEY"},
-		{"safe without appid", func(c *Config) { c.Mode, c.EncodingAESKey = ModeSafe, "k" }, "WECHAT_APPID"},
-		{"compat without appid", func(c *Config) { c.Mode, c.EncodingAESKey = ModeCompat, "k" }, "WECHAT_APPID"},
-		{"compat", func(c *Config) { c.Mode, c.EncodingAESKey, c.AppID = ModeCompat, "k", "wx" }, ""},
+		{"plain with aes, no appid", func(c *Config) { c.Mode, c.EncodingAESKey = wechat.ModePlain, "k" }, ""},
+		{"safe without aes", func(c *Config) { c.Mode, c.AppID = wechat.ModeSafe, "wx" }, "WECHAT_ENCODING_AES_KEY"},
+		{"compat without aes", func(c *Config) { c.Mode, c.AppID = wechat.ModeCompat, "wx" }, "WECHAT_ENCODING_AES_KEY"},
+		{"safe without appid", func(c *Config) { c.Mode, c.EncodingAESKey = wechat.ModeSafe, "k" }, "WECHAT_APPID"},
+		{"compat without appid", func(c *Config) { c.Mode, c.EncodingAESKey = wechat.ModeCompat, "k" }, "WECHAT_APPID"},
+		{"compat", func(c *Config) { c.Mode, c.EncodingAESKey, c.AppID = wechat.ModeCompat, "k", "wx" }, ""},
 		{"unknown mode", func(c *Config) { c.Mode = "strict" }, "WECHAT_MODE"},
 		{"timeout past wechat deadline", func(c *Config) { c.ReplyTimeout = 5 * time.Second }, "REPLY_TIMEOUT"},
 	}
@@ -90,17 +92,17 @@ func TestMode(t *testing.T) {
 	tests := []struct {
 		name    string
 		env     map[string]string
-		want    string // EffectiveMode
-		wantErr string // in FromEnv's error
+		want    wechat.Mode // EffectiveMode
+		wantErr string      // in FromEnv's error
 	}{
-		{"unset, no key", map[string]string{}, ModePlain, ""},
-		{"unset, key", map[string]string{"WECHAT_ENCODING_AES_KEY": key}, ModeSafe, ""},
-		{"empty, key", map[string]string{"WECHAT_MODE": "", "WECHAT_ENCODING_AES_KEY": key}, ModeSafe, ""},
-		{"plain with key", map[string]string{"WECHAT_MODE": "plain", "WECHAT_ENCODING_AES_KEY": key}, ModePlain, ""},
-		{"compat", map[string]string{"WECHAT_MODE": "compat", "WECHAT_ENCODING_AES_KEY": key}, ModeCompat, ""},
-		{"safe, spaces and case", map[string]string{"WECHAT_MODE": " Safe "}, ModeSafe, ""},
-		{"unknown", map[string]string{"WECHAT_MODE": "aes"}, ModePlain, `WECHAT_MODE="aes"`},
-		{"unknown with key", map[string]string{"WECHAT_MODE": "secure", "WECHAT_ENCODING_AES_KEY": key}, ModeSafe, "WECHAT_MODE"},
+		{"unset, no key", map[string]string{}, wechat.ModePlain, ""},
+		{"unset, key", map[string]string{"WECHAT_ENCODING_AES_KEY": key}, wechat.ModeSafe, ""},
+		{"empty, key", map[string]string{"WECHAT_MODE": "", "WECHAT_ENCODING_AES_KEY": key}, wechat.ModeSafe, ""},
+		{"plain with key", map[string]string{"WECHAT_MODE": "plain", "WECHAT_ENCODING_AES_KEY": key}, wechat.ModePlain, ""},
+		{"compat", map[string]string{"WECHAT_MODE": "compat", "WECHAT_ENCODING_AES_KEY": key}, wechat.ModeCompat, ""},
+		{"safe, spaces and case", map[string]string{"WECHAT_MODE": " Safe "}, wechat.ModeSafe, ""},
+		{"unknown", map[string]string{"WECHAT_MODE": "aes"}, wechat.ModePlain, `WECHAT_MODE="aes"`},
+		{"unknown with key", map[string]string{"WECHAT_MODE": "secure", "WECHAT_ENCODING_AES_KEY": key}, wechat.ModeSafe, "WECHAT_MODE"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -166,15 +168,15 @@ func TestWeChatAPIFromEnv(t *testing.T) {
 		base      string
 		lateReply string
 	}{
-		{"off by default", map[string]string{}, "", DefaultAPIBase, LateReplyOff},
-		{"secret turns late replies on", map[string]string{"WECHAT_APPID": "wx1", "WECHAT_APPSECRET": "s3cret"}, "", DefaultAPIBase, LateReplyCustomerService},
-		{"explicit off", map[string]string{"WECHAT_APPID": "wx1", "WECHAT_APPSECRET": "s3cret", "LATE_REPLY": "off"}, "", DefaultAPIBase, LateReplyOff},
+		{"off by default", map[string]string{}, "", "", LateReplyOff},
+		{"secret turns late replies on", map[string]string{"WECHAT_APPID": "wx1", "WECHAT_APPSECRET": "s3cret"}, "", "", LateReplyCustomerService},
+		{"explicit off", map[string]string{"WECHAT_APPID": "wx1", "WECHAT_APPSECRET": "s3cret", "LATE_REPLY": "off"}, "", "", LateReplyOff},
 		{"fake base, slash trimmed", map[string]string{"WECHAT_API_BASE": "http://127.0.0.1:8090/"}, "", "http://127.0.0.1:8090", LateReplyOff},
-		{"bad base", map[string]string{"WECHAT_API_BASE": "ftp://x"}, "WECHAT_API_BASE", DefaultAPIBase, LateReplyOff},
-		{"base with credentials", map[string]string{"WECHAT_API_BASE": "https://u:p@x"}, "WECHAT_API_BASE", DefaultAPIBase, LateReplyOff},
-		{"unknown late reply", map[string]string{"LATE_REPLY": "sms"}, "LATE_REPLY", DefaultAPIBase, LateReplyOff},
-		{"late reply without secret", map[string]string{"LATE_REPLY": "customer_service"}, "WECHAT_APPSECRET", DefaultAPIBase, LateReplyCustomerService},
-		{"secret without appid", map[string]string{"WECHAT_APPSECRET": "s3cret"}, "WECHAT_APPID", DefaultAPIBase, LateReplyCustomerService},
+		{"bad base", map[string]string{"WECHAT_API_BASE": "ftp://x"}, "WECHAT_API_BASE", "", LateReplyOff},
+		{"base with credentials", map[string]string{"WECHAT_API_BASE": "https://u:p@x"}, "WECHAT_API_BASE", "", LateReplyOff},
+		{"unknown late reply", map[string]string{"LATE_REPLY": "sms"}, "LATE_REPLY", "", LateReplyOff},
+		{"late reply without secret", map[string]string{"LATE_REPLY": "customer_service"}, "WECHAT_APPSECRET", "", LateReplyCustomerService},
+		{"secret without appid", map[string]string{"WECHAT_APPSECRET": "s3cret"}, "WECHAT_APPID", "", LateReplyCustomerService},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -46,10 +46,9 @@ const (
 	unansweredDefaultMaxAge = 72 * time.Hour
 )
 
-// Headers on a stored event, besides Nats-Msg-Id (the dedup key).
+// Headers on a stored event, besides Nats-Msg-Id (the dedup key) and the
+// request's bus.HeaderAccount and bus.HeaderReceived.
 const (
-	HeaderAccount  = "Wx-Account"
-	HeaderReceived = "Wx-Received" // Unix nanoseconds, when the ingress received it
 	// HeaderReason, on an unanswered copy, is why no reply was given (the
 	// fallback reason), and HeaderEventSeq the event's sequence in Stream
 	// (absent when the event was buffered).
@@ -101,10 +100,10 @@ func (o Options) MessagesTTL() string {
 }
 
 // Received is when the ingress received a stored event: its
-// HeaderReceived, or the message's own CreateTime (whole seconds) for one
+// bus.HeaderReceived, or the message's own CreateTime (whole seconds) for one
 // stored without it.
 func Received(h nats.Header, m *wechat.Message) time.Time {
-	if t, ok := bus.ParseTime(h.Get(HeaderReceived)); ok {
+	if t, ok := bus.ParseTime(h.Get(bus.HeaderReceived)); ok {
 		return t
 	}
 	return time.Unix(m.CreateTime, 0)

@@ -151,7 +151,7 @@ func (f *fixture) unanswered(m *wechat.Message, received time.Time) {
 func (f *fixture) record(m *wechat.Message, received time.Time) {
 	f.t.Helper()
 	msg := &nats.Msg{Subject: events.UnansweredPrefix + m.Subject(), Data: m.AppendXML(nil), Header: nats.Header{}}
-	msg.Header.Set(events.HeaderReceived, bus.FormatTime(received))
+	msg.Header.Set(bus.HeaderReceived, bus.FormatTime(received))
 	if _, err := f.js.PublishMsg(context.Background(), msg, jetstream.WithMsgID("u."+m.DedupKey(m.AppendXML(nil)))); err != nil {
 		f.t.Fatal(err)
 	}
