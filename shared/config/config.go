@@ -206,8 +206,20 @@ func (c *Config) FromEnv(lookup func(string) (string, bool)) error {
 			*dst = d
 		}
 	}
-	str("WECHAT_TOKEN", &c.Token)
-	str("WECHAT_APPID", &c.AppID)
+	// Compared with what arrives over HTTP, where a header's surrounding
+	// spaces are trimmed and WeChat's console allows none: a value with
+	// spaces or control characters could never match. Not echoed: secrets.
+	sent := func(key string, dst *string) {
+		if v, ok := lookup(key); ok {
+			if !visibleASCII(v) {
+				errs = append(errs, fmt.Errorf("%s has spaces, control or non-ASCII characters, so nothing sent over HTTP can ever match it: want visible ASCII characters only", key))
+				return
+			}
+			*dst = v
+		}
+	}
+	sent("WECHAT_TOKEN", &c.Token)
+	sent("WECHAT_APPID", &c.AppID)
 	str("WECHAT_ENCODING_AES_KEY", &c.EncodingAESKey)
 	if v, ok := lookup("WECHAT_MODE"); ok {
 		if m := wechat.Mode(strings.ToLower(strings.TrimSpace(v))); m == "" || m.Known() {
@@ -228,8 +240,11 @@ func (c *Config) FromEnv(lookup func(string) (string, bool)) error {
 	dur("REPLY_TIMEOUT", &c.ReplyTimeout)
 	str("HTTP_ADDR", &c.HTTPAddr)
 	str("ADMIN_ADDR", &c.AdminAddr)
-	str("DATA_DIR", &c.DataDir)
-	str("ADMIN_TOKEN", &c.AdminToken)
+	if str("DATA_DIR", &c.DataDir); strings.TrimSpace(c.DataDir) == "" {
+		// An embedded server with no store directory has no JetStream.
+		errs = append(errs, errors.New("DATA_DIR is empty: want the directory where standalone mode keeps JetStream's data"))
+	}
+	sent("ADMIN_TOKEN", &c.AdminToken) // empty: the admin API is open
 	if v, ok := lookup("MAX_BODY_BYTES"); ok {
 		n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
 		switch {
@@ -363,6 +378,17 @@ func (c *Config) ValidateIngress() error {
 		errs = append(errs, errors.New("REPLY_TIMEOUT must be under 5s, WeChat's own deadline"))
 	}
 	return errors.Join(errs...)
+}
+
+// visibleASCII reports whether s is printable ASCII with no space: what a
+// token may be.
+func visibleASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] > '~' {
+			return false
+		}
+	}
+	return true
 }
 
 // shortDuration writes d as people do: 10m, not 10m0s.

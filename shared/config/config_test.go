@@ -194,3 +194,65 @@ func TestWeChatAPIFromEnv(t *testing.T) {
 		})
 	}
 }
+
+// Tokens and the AppID are compared with what arrives over HTTP, where a
+// header's surrounding spaces are trimmed and WeChat allows none: a value
+// that could never match is refused at start, naming the variable and never
+// echoing the value; an empty ADMIN_TOKEN leaves the admin API open.
+func TestFromEnvRefusesTokensThatCannotMatch(t *testing.T) {
+	tests := []struct {
+		key, value string
+		ok         bool
+	}{
+		{"ADMIN_TOKEN", "adm1n-tok", true},
+		{"ADMIN_TOKEN", "b64+/token==", true},
+		{"ADMIN_TOKEN", "", true},
+		{"ADMIN_TOKEN", "adm1n-tok ", false},
+		{"ADMIN_TOKEN", " adm1n-tok", false},
+		{"ADMIN_TOKEN", "adm1n tok", false},
+		{"ADMIN_TOKEN", "adm1n\ttok", false},
+		{"ADMIN_TOKEN", "adm1n-tok\n", false},
+		{"ADMIN_TOKEN", "adm1n\x00tok", false},
+		{"ADMIN_TOKEN", "adm1n\x7ftok", false},
+		{"ADMIN_TOKEN", "   ", false},
+		{"ADMIN_TOKEN", "令牌adm1n", false},
+		{"WECHAT_TOKEN", "Console0Token", true},
+		{"WECHAT_TOKEN", "Console0Token ", false},
+		{"WECHAT_TOKEN", "\tConsole0Token", false},
+		{"WECHAT_APPID", "wx1234567890abcdef", true},
+		{"WECHAT_APPID", "wx1234567890abcdef\r\n", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.key+"="+strconv.Quote(tt.value), func(t *testing.T) {
+			c := Defaults()
+			err := c.FromEnv(env(map[string]string{tt.key: tt.value}))
+			if tt.ok {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.key) {
+				t.Fatalf("error = %v, want one naming %s", err, tt.key)
+			}
+			if strings.TrimSpace(tt.value) != "" && strings.Contains(err.Error(), strings.TrimSpace(tt.value)) {
+				t.Errorf("the error echoes the value: %v", err)
+			}
+		})
+	}
+}
+
+// DATA_DIR set empty would give standalone mode an embedded NATS without
+// JetStream: refused at start; its default stands otherwise.
+func TestFromEnvRefusesEmptyDataDir(t *testing.T) {
+	for _, v := range []string{"", " "} {
+		c := Defaults()
+		if err := c.FromEnv(env(map[string]string{"DATA_DIR": v})); err == nil || !strings.Contains(err.Error(), "DATA_DIR") {
+			t.Errorf("DATA_DIR=%q: error = %v, want one naming DATA_DIR", v, err)
+		}
+	}
+	c := Defaults()
+	if err := c.FromEnv(env(nil)); err != nil || c.DataDir != "./data" {
+		t.Errorf("default DATA_DIR: %q %v", c.DataDir, err)
+	}
+}
