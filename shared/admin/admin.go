@@ -1,5 +1,8 @@
-// Package admin serves the operator-facing endpoints every wxgate process
-// has: /metrics, /healthz and /readyz. It is never the WeChat-facing listener.
+// Package admin serves the operator-facing listener every wxgate process
+// has: /metrics, /healthz and /readyz, open to scrapers and probes, and the
+// routes callers add (the API under /api/, the page under /ui/), which the
+// mux guards against requests a web page makes a browser send. It is never
+// the WeChat-facing listener.
 package admin
 
 import (
@@ -11,9 +14,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"mime"
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -44,7 +49,8 @@ type Options struct {
 	// profiling, never on by default. It requires Token when one is set.
 	Pprof bool
 	// Token is ADMIN_TOKEN: when set, /debug/pprof/ requires it (the
-	// routes callers add wrap themselves with RequireToken).
+	// routes callers add wrap themselves with RequireToken); empty, the
+	// guarded routes answer only requests for an IP address or localhost.
 	Token string
 	// Logger receives metric collection errors; nil discards them.
 	Logger *slog.Logger
@@ -58,6 +64,9 @@ type Options struct {
 type Mux struct {
 	*http.ServeMux
 	uncleaned []uncleanedRoute
+	token     string
+	origin    *http.CrossOriginProtection
+	logger    *slog.Logger
 }
 
 type uncleanedRoute struct {
@@ -73,6 +82,14 @@ func (m *Mux) HandleUncleaned(path string, h http.Handler) {
 }
 
 func (m *Mux) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if !open(r.URL.Path) {
+		if code, why := m.refusal(r); code != 0 {
+			m.logger.Warn("admin: request refused", "status", code, "why", why, "method", r.Method,
+				"path", clip(r.URL.Path), "host", clip(r.Host), "remote", r.RemoteAddr)
+			WriteJSON(w, code, map[string]string{"error": why})
+			return
+		}
+	}
 	if len(m.uncleaned) > 0 && r.Method != http.MethodConnect && r.URL.Opaque == "" {
 		p := r.URL.EscapedPath()
 		for _, u := range m.uncleaned {
@@ -85,8 +102,58 @@ func (m *Mux) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	m.ServeMux.ServeHTTP(w, r)
 }
 
+// open reports the routes any Host and origin may reach: scrapers and
+// healthchecks present no token, and what they show is no secret to
+// whoever reaches the port. Every other route is guarded.
+func open(path string) bool { return path == "/metrics" || path == "/healthz" || path == "/readyz" }
+
+// refusal is the status and reason a guarded route refuses r with, or 0.
+// A web page can make a browser send requests to a loopback or intranet
+// address: forms and no-cors fetches cross-site, and, through a name it
+// makes resolve here (DNS rebinding), requests it can read the answers of.
+//   - Without a token, a Host that is a name other than localhost is
+//     refused: a page cannot make an IP address or localhost its own.
+//   - A cross-origin request that changes something is refused
+//     (Sec-Fetch-Site, else Origin against Host); curl and scripts send
+//     neither header and pass.
+//   - An API body must be application/json: text/plain, form and
+//     multipart bodies are what a page can send cross-site without a
+//     preflight, even from a browser that sends neither header.
+func (m *Mux) refusal(r *http.Request) (int, string) {
+	if m.token == "" && !addressedByIP(r.Host) {
+		return http.StatusForbidden, "without ADMIN_TOKEN the admin listener answers requests for an IP address or localhost only (a page could make any other name resolve here); set ADMIN_TOKEN to use it by name"
+	}
+	if err := m.origin.Check(r); err != nil {
+		return http.StatusForbidden, "cross-origin request refused: " + err.Error()
+	}
+	if strings.HasPrefix(r.URL.Path, "/api/") && r.ContentLength != 0 && r.Method != http.MethodGet && r.Method != http.MethodHead {
+		if t, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); t != "application/json" {
+			return http.StatusUnsupportedMediaType, "Content-Type must be application/json"
+		}
+	}
+	return 0, ""
+}
+
+// clip bounds a request's text in a log line.
+func clip(s string) string { return s[:min(len(s), 100)] }
+
+// addressedByIP reports whether a request's Host (with or without a port)
+// is an IP address or localhost; an HTTP/1.0 request without one is too.
+func addressedByIP(hostport string) bool {
+	host := hostport
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+	if _, err := netip.ParseAddr(host); err == nil {
+		return true
+	}
+	return host == "" || strings.EqualFold(host, "localhost")
+}
+
 // NewMux returns a mux with /metrics, /healthz and /readyz. Callers add
-// their own routes (the analytics API, the QR codes) to it.
+// their own routes (the analytics API, the QR codes, the page) to it; the
+// mux guards them (see refusal).
 func NewMux(o Options) *Mux {
 	mux := http.NewServeMux()
 	logger := o.Logger
@@ -124,7 +191,7 @@ func NewMux(o Options) *Mux {
 		}
 		_, _ = w.Write([]byte("ready\n"))
 	})
-	return &Mux{ServeMux: mux}
+	return &Mux{ServeMux: mux, token: o.Token, origin: http.NewCrossOriginProtection(), logger: logger}
 }
 
 // RequireToken wraps h so that, when token is not empty, every request
@@ -172,7 +239,7 @@ func IsLoopback(addr string) bool {
 // hosts and its API has no token.
 func WarnIfOpen(logger *slog.Logger, addr, token string) {
 	if token == "" && !IsLoopback(addr) {
-		logger.Warn("ADMIN_TOKEN is not set and the admin listener is not on loopback: anyone who reaches it can read and change the API; set ADMIN_TOKEN or bind ADMIN_ADDR to 127.0.0.1", "addr", addr)
+		logger.Warn("ADMIN_TOKEN is not set and the admin listener is not on loopback: anyone who reaches it by IP address can read and change the API; set ADMIN_TOKEN or bind ADMIN_ADDR to 127.0.0.1", "addr", addr)
 	}
 }
 

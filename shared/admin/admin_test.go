@@ -4,6 +4,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
@@ -194,6 +195,105 @@ func TestWarnIfOpen(t *testing.T) {
 		}
 		if c.token != "" && strings.Contains(buf.String(), c.token) {
 			t.Errorf("the token is in the log: %q", buf.String())
+		}
+	}
+}
+
+// The routes callers add are guarded against what a web page can make a
+// browser send (the review's reproductions: a cross-site text/plain form
+// to POST /api/qrcodes, a cross-site rebuild, a cross-site /ui/ form, and
+// DNS rebinding); the probes stay open to every Host; curl and scripts,
+// and the page's own same-origin requests, pass.
+func TestGuardedRoutes(t *testing.T) {
+	var logs strings.Builder
+	routes := func(token string) *Mux {
+		mux := NewMux(Options{Gatherer: NewRegistry(), Pprof: true, Token: token, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+		api := http.NewServeMux()
+		api.HandleFunc("GET /api/scenes", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(200) })
+		api.HandleFunc("POST /api/analytics/rebuild", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(202) })
+		mux.Handle("/api/", RequireToken(token, api))
+		// Mounted ahead of the ServeMux, as the QR codes are.
+		mux.HandleUncleaned("/api/qrcodes", RequireToken(token, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(201) })))
+		ui := http.NewServeMux()
+		ui.HandleFunc("GET /ui/{$}", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(200) })
+		ui.HandleFunc("POST /ui/qrcodes", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(303) })
+		mux.Handle("/ui/", ui)
+		return mux
+	}
+	const self = "127.0.0.1:8081"
+	crossSite := map[string]string{"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}
+	sameOrigin := map[string]string{"Origin": "http://" + self, "Sec-Fetch-Site": "same-origin"}
+	type req struct {
+		name, method, path, host, body, contentType string
+		headers                                     map[string]string
+		bearer                                      bool
+		want                                        int
+	}
+	open := []req{
+		{"cross-site text/plain form to /api/qrcodes", "POST", "/api/qrcodes", self, `{"scene":"csrf_evil","permanent":true,"label":"a=b"}` + "\r\n", "text/plain", crossSite, false, 403},
+		{"cross-site rebuild, no body", "POST", "/api/analytics/rebuild", self, "", "text/plain", crossSite, false, 403},
+		{"cross-site /ui/ form", "POST", "/ui/qrcodes", self, "scene=ui_csrf", "application/x-www-form-urlencoded", crossSite, false, 403},
+		{"cross-site by Origin alone", "POST", "/api/qrcodes", self, `{"scene":"a"}`, "application/json", map[string]string{"Origin": "https://evil.example"}, false, 403},
+		{"text/plain body with no browser headers", "POST", "/api/qrcodes", self, `{"scene":"a"}`, "text/plain", nil, false, 415},
+		{"form body to the API", "POST", "/api/qrcodes", self, "scene=a", "application/x-www-form-urlencoded", nil, false, 415},
+		{"no Content-Type", "POST", "/api/qrcodes", self, `{"scene":"a"}`, "", nil, false, 415},
+		{"same-origin browser POST", "POST", "/api/qrcodes", self, `{"scene":"a"}`, "application/json", sameOrigin, false, 201},
+		{"same-origin /ui/ form", "POST", "/ui/qrcodes", self, "scene=a", "application/x-www-form-urlencoded", sameOrigin, false, 303},
+		{"curl POST, application/json", "POST", "/api/qrcodes", self, `{"scene":"a"}`, "application/json; charset=utf-8", nil, false, 201},
+		{"curl rebuild, no body", "POST", "/api/analytics/rebuild", self, "", "", nil, false, 202},
+		{"cross-site GET (changes nothing; the browser hides the answer)", "GET", "/api/scenes", self, "", "", crossSite, false, 200},
+		{"DNS rebinding: the API by name", "GET", "/api/scenes", "rebind.evil.example:8081", "", "", nil, false, 403},
+		{"DNS rebinding: the page by name", "GET", "/ui/", "rebind.evil.example", "", "", nil, false, 403},
+		{"DNS rebinding: pprof by name", "GET", "/debug/pprof/", "rebind.evil.example:8081", "", "", nil, false, 403},
+		{"an unknown route by name", "GET", "/nothing", "rebind.evil.example:8081", "", "", nil, false, 403},
+		{"metrics by name", "GET", "/metrics", "prometheus-target:8081", "", "", nil, false, 200},
+		{"healthz by name", "GET", "/healthz", "ingress:8081", "", "", nil, false, 200},
+		{"readyz by name", "GET", "/readyz", "ingress:8081", "", "", nil, false, 200},
+		{"localhost", "GET", "/api/scenes", "localhost:8081", "", "", nil, false, 200},
+		{"LOCALHOST, no port", "GET", "/ui/", "LOCALHOST", "", "", nil, false, 200},
+		{"IPv6 loopback", "GET", "/api/scenes", "[::1]:8081", "", "", nil, false, 200},
+		{"a private address", "GET", "/debug/pprof/", "10.0.0.5:8081", "", "", nil, false, 200},
+	}
+	withToken := []req{
+		{"by name with the token", "GET", "/api/scenes", "admin.example:8081", "", "", nil, true, 200},
+		{"by name without the token", "GET", "/api/scenes", "admin.example:8081", "", "", nil, false, 401},
+		{"curl POST with the token, application/json", "POST", "/api/qrcodes", "admin.example:8081", `{"scene":"a"}`, "application/json", nil, true, 201},
+		{"curl POST with the token, text/plain", "POST", "/api/qrcodes", self, `{"scene":"a"}`, "text/plain", nil, true, 415},
+		{"cross-site POST even with the token", "POST", "/api/analytics/rebuild", self, "", "", crossSite, true, 403},
+	}
+	for token, cases := range map[string][]req{"": open, "s3cret": withToken} {
+		mux := routes(token)
+		for _, tt := range cases {
+			logs.Reset()
+			r := httptest.NewRequest(tt.method, tt.path, strings.NewReader(tt.body))
+			r.Host = tt.host
+			if tt.contentType != "" {
+				r.Header.Set("Content-Type", tt.contentType)
+			}
+			for k, v := range tt.headers {
+				r.Header.Set(k, v)
+			}
+			if tt.bearer {
+				r.Header.Set("Authorization", "Bearer "+token)
+			}
+			w := httptest.NewRecorder()
+			mux.ServeHTTP(w, r)
+			if w.Code != tt.want {
+				t.Errorf("token %q, %s: %s %s = %d %s, want %d", token, tt.name, tt.method, tt.path, w.Code, w.Body, tt.want)
+				continue
+			}
+			if w.Code == 403 || w.Code == 415 {
+				var body struct{ Error string }
+				if err := json.Unmarshal(w.Body.Bytes(), &body); err != nil || body.Error == "" {
+					t.Errorf("%s: refused with %q, want a JSON error", tt.name, w.Body)
+				}
+				if strings.Contains(tt.name, "DNS rebinding") && !strings.Contains(body.Error, "ADMIN_TOKEN") {
+					t.Errorf("%s: %q does not say to set ADMIN_TOKEN", tt.name, body.Error)
+				}
+				if !strings.Contains(logs.String(), "request refused") {
+					t.Errorf("%s: refused without a log line", tt.name)
+				}
+			}
 		}
 	}
 }
