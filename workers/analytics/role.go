@@ -42,8 +42,11 @@ type RoleOptions struct {
 	// FlushEvery is how often the leader writes changed totals while
 	// events flow (and 5 ms after they stop); default 250ms. SnapshotEvery
 	// is how often it snapshots its state; default 30s: what a new leader
-	// replays.
-	FlushEvery, SnapshotEvery time.Duration
+	// replays. CheckEvery is how often the leader looks at what no event
+	// tells (its stream replaced, its consumer stalled) and writes its
+	// status, every process checks its bucket (at twice that), and how
+	// soon a failed set-up is tried again; default 1s.
+	FlushEvery, SnapshotEvery, CheckEvery time.Duration
 	// ID names this process in the lease; default the connection's name
 	// and a random suffix.
 	ID string
@@ -67,6 +70,9 @@ func (o *RoleOptions) setDefaults() {
 	}
 	if o.SnapshotEvery <= 0 {
 		o.SnapshotEvery = 30 * time.Second
+	}
+	if o.CheckEvery <= 0 {
+		o.CheckEvery = time.Second
 	}
 	if o.ID == "" {
 		o.ID = bus.InstanceID(o.Conn)
@@ -133,16 +139,17 @@ func StartRole(o RoleOptions) (*Role, error) {
 // something it stands on is lost, until ctx ends.
 func (r *Role) supervise(ctx context.Context) {
 	defer close(r.done)
-	var failingSince time.Time
-	for attempt := 0; ; attempt++ {
+	var failingSince, logged time.Time
+	for {
 		js, store, kv, exp, err := r.setup(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
 			r.setDown(err)
-			if attempt == 0 || attempt%30 == 0 {
+			if time.Since(logged) >= time.Minute {
 				r.o.Logger.Warn("analytics not started; retrying", "err", err)
+				logged = time.Now()
 			}
 			// NATS or JetStream away is waited for, however long; NATS and
 			// JetStream here but the analytics impossible to set up is a
@@ -158,11 +165,11 @@ func (r *Role) supervise(ctx context.Context) {
 			select {
 			case <-ctx.Done():
 				return
-			case <-time.After(time.Second): // retry pace while JetStream is away
+			case <-time.After(r.o.CheckEvery): // retry pace while JetStream is away
 			}
 			continue
 		}
-		failingSince, attempt = time.Time{}, 0
+		failingSince, logged = time.Time{}, time.Time{}
 		r.mu.Lock()
 		r.store, r.exp, r.down = store, exp, nil
 		r.mu.Unlock()
@@ -246,7 +253,7 @@ func (r *Role) work(ctx context.Context, js jetstream.JetStream, store *stats.St
 	wctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	go func() {
-		t := time.NewTicker(2 * time.Second)
+		t := time.NewTicker(2 * r.o.CheckEvery)
 		defer t.Stop()
 		for {
 			select {
@@ -291,7 +298,7 @@ func (r *Role) work(ctx context.Context, js jetstream.JetStream, store *stats.St
 		select {
 		case <-wctx.Done():
 			return context.Cause(wctx)
-		case <-time.After(time.Second): // let the next leader, or this one, start afresh
+		case <-time.After(r.o.CheckEvery): // let the next leader, or this one, start afresh
 		}
 	}
 }

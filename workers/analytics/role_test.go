@@ -50,31 +50,47 @@ func newFixture(t *testing.T) *fixture {
 	return f
 }
 
-// role starts an analytics role on its own connection.
+// role starts an analytics role on its own connection and waits until it
+// is set up.
 func (f *fixture) role(o RoleOptions) (*Role, *prometheus.Registry) {
 	f.t.Helper()
+	r, reg := startRole(f.t, natstest.Connect(f.t, f.srv), o)
+	select {
+	case <-r.Ready():
+	case <-time.After(wait.Short):
+		f.t.Fatal("analytics did not start")
+	}
+	return r, reg
+}
+
+// startRole starts an analytics role on nc, its own connection, at the
+// test's pace: leases, flushes and checks of milliseconds where a process
+// has seconds (a Logger, Lease, FlushEvery or CheckEvery in o stands).
+func startRole(t *testing.T, nc *nats.Conn, o RoleOptions) (*Role, *prometheus.Registry) {
+	t.Helper()
 	reg := prometheus.NewRegistry()
-	o.Conn, o.Logger, o.Registerer = natstest.Connect(f.t, f.srv), quiet, reg
+	o.Conn, o.Registerer = nc, reg
+	if o.Logger == nil {
+		o.Logger = quiet
+	}
 	if o.Lease == 0 {
 		o.Lease = 600 * time.Millisecond
 	}
 	if o.FlushEvery == 0 {
 		o.FlushEvery = 20 * time.Millisecond
 	}
+	if o.CheckEvery == 0 {
+		o.CheckEvery = 50 * time.Millisecond
+	}
 	r, err := StartRole(o)
 	if err != nil {
-		f.t.Fatal(err)
+		t.Fatal(err)
 	}
-	f.t.Cleanup(func() {
+	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		_ = r.Stop(ctx)
 	})
-	select {
-	case <-r.Ready():
-	case <-time.After(wait.Short):
-		f.t.Fatal("analytics did not start")
-	}
 	return r, reg
 }
 
@@ -424,13 +440,9 @@ func TestRoleWaitsForJetStream(t *testing.T) {
 	}
 	t.Cleanup(srv.Close)
 	fatal := make(chan error, 1)
-	reg := prometheus.NewRegistry()
-	role, err := StartRole(RoleOptions{Conn: natstest.Connect(t, srv), Logger: quiet, Registerer: reg,
-		GiveUp: 100 * time.Millisecond, Fatal: func(err error) { fatal <- err }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = role.Stop(context.Background()) })
+	giveUp := 50 * time.Millisecond
+	role, _ := startRole(t, natstest.Connect(t, srv), RoleOptions{GiveUp: giveUp, CheckEvery: 20 * time.Millisecond,
+		Fatal: func(err error) { fatal <- err }})
 	// Several attempts, each past GiveUp.
 	begin := time.Now()
 	wait.For(t, wait.Short, wait.Every, func() error {
@@ -442,7 +454,7 @@ func TestRoleWaitsForJetStream(t *testing.T) {
 			t.Fatalf("gave up on JetStream being away: %v", err)
 		default:
 		}
-		if time.Since(begin) < time.Second {
+		if time.Since(begin) < 6*giveUp {
 			return errors.New("still watching")
 		}
 		return nil
@@ -459,18 +471,13 @@ func TestRoleGivesUpWhenJetStreamRefuses(t *testing.T) {
 		t.Fatal(err)
 	}
 	fatal := make(chan error, 1)
-	reg := prometheus.NewRegistry()
-	role, err := StartRole(RoleOptions{Conn: natstest.Connect(t, f.srv), Logger: quiet, Registerer: reg,
-		GiveUp: 500 * time.Millisecond, Fatal: func(err error) {
+	role, _ := startRole(t, natstest.Connect(t, f.srv), RoleOptions{GiveUp: 100 * time.Millisecond, CheckEvery: 20 * time.Millisecond,
+		Fatal: func(err error) {
 			select {
 			case fatal <- err:
 			default:
 			}
 		}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = role.Stop(context.Background()) })
 	select {
 	case err := <-fatal:
 		if !strings.Contains(err.Error(), "analytics") {
@@ -499,16 +506,7 @@ func TestIdleLeaderNATSRestartedWithoutData(t *testing.T) {
 	if err := events.Ensure(context.Background(), f.js, events.Defaults()); err != nil {
 		t.Fatal(err)
 	}
-	reg := prometheus.NewRegistry()
-	r, err := StartRole(RoleOptions{Conn: srv.Connect(), Logger: quiet, Registerer: reg, Lease: 600 * time.Millisecond, FlushEvery: 20 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = r.Stop(ctx)
-	})
+	r, reg := startRole(t, srv.Connect(), RoleOptions{})
 	// Leading, with its consumer, and no event delivered yet.
 	before := status(t, r)
 
