@@ -279,9 +279,6 @@ func (c *Config) FromEnv(lookup func(string) (string, bool)) error {
 		errs = append(errs, fmt.Errorf("MESSAGES_MAX_AGE=%s: must be at least %s, the duplicate window", shortDuration(r), shortDuration(events.Duplicates)))
 	}
 	num("INTAKE_BUFFER", 1, 10_000_000, &c.IntakeBuffer)
-	if _, ok := lookup("ANALYTICS_RETENTION"); ok {
-		errs = append(errs, errors.New("ANALYTICS_RETENTION is gone: the scans stream became the event stream; set EVENTS_MAX_AGE (and MESSAGES_MAX_AGE) instead"))
-	}
 	dur("DEDUP_TTL", &c.DedupTTL)
 	dur("LATE_MESSAGE_WINDOW", &c.LateMessageWindow)
 	dur("LATE_EVENT_WINDOW", &c.LateEventWindow)

@@ -135,7 +135,6 @@ func TestFromEnvRefusesWhatCannotWork(t *testing.T) {
 		{"MESSAGES_MAX_AGE", "48h", ""},
 		{"MESSAGES_MAX_AGE", "0", "MESSAGES_MAX_AGE=0s: must be at least 10m"},
 		{"INTAKE_BUFFER", "0", "INTAKE_BUFFER"},
-		{"ANALYTICS_RETENTION", "720h", "ANALYTICS_RETENTION is gone"},
 		{"MAX_BODY_BYTES", strconv.Itoa(MaxBodyBytesLimit), ""},
 		{"MAX_BODY_BYTES", strconv.Itoa(MaxBodyBytesLimit + 1), "MAX_BODY_BYTES"},
 		{"MAX_BODY_BYTES", "4000000", "MAX_BODY_BYTES"},

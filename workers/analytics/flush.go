@@ -156,8 +156,8 @@ func newer(d stats.SceneDoc, st *state) bool {
 }
 
 // dropStale deletes, after a rebuild caught up, the values of scenes the
-// rebuilt state does not have (their events expired, or came from the
-// previous version's baseline).
+// rebuilt state does not have (their events expired, or none explains
+// them).
 func (a *applier) dropStale(ctx context.Context) {
 	if a.st.epoch == 0 || a.r.dropped.Load() == a.st.epoch {
 		return

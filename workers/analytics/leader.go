@@ -82,10 +82,9 @@ var (
 	errStreamChanged = errors.New("the event stream changed under the consumer")
 )
 
-// load reads the snapshot, or starts afresh: from the totals already in
-// the bucket when they were written by a version that kept no snapshot. A
-// state this process held when it last led is taken instead when it is
-// further along (the snapshot behind it, or lost with NATS's data).
+// load reads the snapshot, or starts afresh. A state this process held
+// when it last led is taken instead when it is further along (the snapshot
+// behind it, or lost with NATS's data).
 func (a *applier) load(ctx context.Context) error {
 	b, err := a.obj.GetBytes(ctx, snapshotName)
 	if last := a.r.last; last != nil {
@@ -119,37 +118,10 @@ func (a *applier) load(ctx context.Context) error {
 		return nil
 	case errors.Is(err, jetstream.ErrObjectNotFound):
 		a.st = newState()
-		return a.baseline(ctx)
+		return nil
 	default:
 		return fmt.Errorf("read the analytics snapshot: %w", err)
 	}
-}
-
-// baseline takes the totals of a version that counted from another stream
-// (no epoch, no sequence in its values) as the starting point, so an
-// upgrade does not reset the dashboards. Unique people counted then are
-// not known by person: someone seen before the upgrade who scans again
-// counts as new once.
-func (a *applier) baseline(ctx context.Context) error {
-	docs, err := a.store.Docs(ctx)
-	if err != nil {
-		return err
-	}
-	n := 0
-	for key, d := range docs {
-		if d.Doc.Epoch != 0 || d.Doc.Seq != 0 || d.Doc.Scene == "" {
-			continue
-		}
-		sc := a.st.scene(d.Doc.Scene, 0, d.Doc.FirstSeen)
-		sc.Totals = d.Doc.Totals
-		sc.FirstSeq = 0
-		a.known[key] = d
-		n++
-	}
-	if n > 0 {
-		a.logger.Info("analytics: totals of the previous version taken as the baseline", "scenes", n)
-	}
-	return nil
 }
 
 // ahead reports whether state a is at a later point than b.

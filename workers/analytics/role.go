@@ -151,11 +151,12 @@ func (r *Role) supervise(ctx context.Context) {
 				r.o.Logger.Warn("analytics not started; retrying", "err", err)
 				logged = time.Now()
 			}
-			// NATS or JetStream away is waited for, however long; NATS and
-			// JetStream here but the analytics impossible to set up is a
-			// process for the orchestrator to replace.
+			// NATS or JetStream away is waited for, however long, and so is
+			// an operator; NATS and JetStream here but the analytics
+			// impossible to set up is a process for the orchestrator to
+			// replace.
 			switch {
-			case !r.o.Conn.IsConnected() || jetStreamAway(err):
+			case !r.o.Conn.IsConnected() || jetStreamAway(err) || errors.Is(err, errScansStream):
 				failingSince = time.Time{}
 			case failingSince.IsZero():
 				failingSince = time.Now()
@@ -206,6 +207,14 @@ func jetStreamAway(err error) bool {
 	return errors.As(err, &apiErr) && apiErr.Code == 503
 }
 
+// scansStream is the stream of a build that never shipped, which counted
+// into the same totals bucket from its own stream: totals it wrote cannot
+// be told from these, so the analytics do not run beside them.
+const scansStream = "WXGATE_SCANS"
+
+var errScansStream = errors.New("the stream " + scansStream + " of an earlier build exists, and the totals that build wrote cannot be counted on: " +
+	"stop every process of that build, delete the stream (nats stream rm " + scansStream + "), then rebuild the totals (POST /api/analytics/rebuild)")
+
 // setup makes sure the streams and buckets exist (the analytics own them)
 // and starts the exporter.
 func (r *Role) setup(ctx context.Context) (jetstream.JetStream, *stats.Store, jetstream.KeyValue, *Exporter, error) {
@@ -215,6 +224,11 @@ func (r *Role) setup(ctx context.Context) (jetstream.JetStream, *stats.Store, je
 	}
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
+	if _, err := js.Stream(sctx, scansStream); err == nil {
+		return nil, nil, nil, nil, errScansStream
+	} else if !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, nil, nil, nil, fmt.Errorf("stream %s: %w", scansStream, err)
+	}
 	if err := events.Ensure(sctx, js, r.o.Streams); err != nil {
 		return nil, nil, nil, nil, err
 	}

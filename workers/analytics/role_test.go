@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -538,4 +539,108 @@ func TestIdleLeaderNATSRestartedWithoutData(t *testing.T) {
 		return nil
 	})
 	f.totals(r, "poster", want("poster", 0, 5, 0, 5, 0))
+}
+
+// logBuffer is a log destination safe for the role's goroutines.
+type logBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// The stream WXGATE_SCANS is a build that never shipped, which counted into
+// the same totals bucket from its own stream: its totals cannot be told
+// from these. Beside it the role is not ready, never ends the process (an
+// operator must act), and says what to do once a minute, not at every
+// attempt; it takes none of those totals as its own. Once the stream is
+// gone the role starts, and a rebuild leaves only what the event stream
+// explains.
+func TestRefusesTheScansStreamsTotals(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	if _, err := f.js.CreateStream(ctx, jetstream.StreamConfig{Name: "WXGATE_SCANS", Subjects: []string{"wxgate.scans.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	// What that build left: totals with no epoch and no sequence.
+	kv, err := f.js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: stats.BucketName, History: 1, Storage: jetstream.FileStorage})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for scene, v := range map[string]string{"poster": `{"scene":"poster","scans":40,"scan_scans":40}`, "old": `{"scene":"old","scans":7,"scan_scans":7}`} {
+		if _, err := kv.Put(ctx, stats.SceneKey(scene), []byte(v)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.event("SCAN", "alice", "poster")
+
+	var logs logBuffer
+	fatal := make(chan error, 1)
+	giveUp := 50 * time.Millisecond
+	r, _ := startRole(t, natstest.Connect(t, f.srv), RoleOptions{Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+		GiveUp: giveUp, CheckEvery: 20 * time.Millisecond, Fatal: func(err error) {
+			select {
+			case fatal <- err:
+			default:
+			}
+		}})
+	const todo = "nats stream rm WXGATE_SCANS"
+	begin := time.Now()
+	wait.For(t, wait.Short, wait.Every, func() error {
+		select {
+		case <-r.Ready():
+			t.Fatal("the role started beside WXGATE_SCANS")
+		case err := <-fatal:
+			t.Fatalf("the process was told to end: %v", err)
+		default:
+		}
+		if err := r.Check(); err == nil || !strings.Contains(err.Error(), todo) {
+			return fmt.Errorf("check = %v, want one saying %q", err, todo)
+		}
+		if time.Since(begin) < 6*giveUp { // attempts past GiveUp, every CheckEvery
+			return errors.New("still watching")
+		}
+		return nil
+	})
+	if n := strings.Count(logs.String(), todo); n != 1 {
+		t.Errorf("what to do was logged %d times, want once (once a minute):\n%s", n, logs.String())
+	}
+	if got, _ := kv.Get(ctx, stats.SceneKey("poster")); got == nil || !strings.Contains(string(got.Value()), `"scans":40`) {
+		t.Errorf("poster was written beside WXGATE_SCANS: %v", got)
+	}
+
+	// The operator's steps.
+	if err := f.js.DeleteStream(ctx, "WXGATE_SCANS"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-r.Ready():
+	case <-time.After(wait.Short):
+		t.Fatalf("not started once WXGATE_SCANS was gone: %v", r.Check())
+	}
+	f.totals(r, "poster", want("poster", 0, 1, 0, 1, 0)) // the event stream's count, not 40 + 1
+	s, err := r.Store(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.RequestRebuild(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wait.For(t, wait.Short, wait.Every, func() error {
+		if _, ok, err := s.Scene(ctx, "old"); err != nil || ok {
+			return fmt.Errorf("old still there (%v)", err)
+		}
+		return nil
+	})
+	f.totals(r, "poster", want("poster", 0, 1, 0, 1, 0))
 }
