@@ -77,14 +77,7 @@ type App struct {
 // Start brings the process up. On error everything already started is
 // stopped again.
 func Start(o Options) (_ *App, err error) {
-	cfg, logger := o.Config, o.Logger
-	a := &App{logger: logger, delay: cfg.ShutdownDelay, standalone: &standalone{}}
-	if a.delay < 0 {
-		a.delay = DefaultShutdownDelay
-		if o.Standalone || o.NoBus {
-			a.delay = 0
-		}
-	}
+	a := &App{logger: o.Logger, delay: shutdownDelay(o), standalone: &standalone{}}
 	defer func() {
 		if err != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), ShutdownGrace)
@@ -92,28 +85,10 @@ func Start(o Options) (_ *App, err error) {
 			_ = a.Shutdown(ctx)
 		}
 	}()
-
-	if o.Standalone && cfg.Token == "" {
-		cfg.Token = DevToken
-		// Published in the README, so only this host may use it.
-		cfg.HTTPAddr, cfg.AdminAddr = onLoopback(cfg.HTTPAddr), onLoopback(cfg.AdminAddr)
-		// A dev token is no secret; printing it is what makes it usable.
-		logger.Warn("WECHAT_TOKEN is not set: standalone mode uses a development token and listens on loopback only; set WECHAT_TOKEN before connecting a real account",
-			"token", DevToken, "http_addr", cfg.HTTPAddr, "admin_addr", cfg.AdminAddr)
+	cfg, cipher, err := checkConfig(o)
+	if err != nil {
+		return nil, err
 	}
-	if err := checkExposure(cfg); err != nil {
-		return nil, fmt.Errorf("config: %w", err)
-	}
-	if err := cfg.ValidateIngress(); err != nil {
-		return nil, fmt.Errorf("config: %w", err)
-	}
-	var cipher *wechat.Cipher
-	if cfg.EncodingAESKey != "" {
-		if cipher, err = wechat.NewCipher(cfg.EncodingAESKey, cfg.AppID); err != nil {
-			return nil, fmt.Errorf("WECHAT_ENCODING_AES_KEY: %w", err)
-		}
-	}
-
 	reg := admin.NewRegistry()
 	if a.health, err = health.New(reg); err != nil {
 		return nil, err
@@ -124,6 +99,65 @@ func Start(o Options) (_ *App, err error) {
 		}
 		return nil
 	})
+	in, err := a.startBus(o, cfg, reg)
+	if err != nil {
+		return nil, err
+	}
+	if err := a.startWeChat(o, cfg, cipher, in, reg); err != nil {
+		return nil, err
+	}
+	if a.admin, err = a.startAdmin(o, cfg, reg); err != nil {
+		return nil, err
+	}
+	a.logger.Info("ingress started", "standalone", o.Standalone, "mode", cfg.EffectiveMode(), "reply_timeout", cfg.ReplyTimeout.String())
+	return a, nil
+}
+
+// shutdownDelay is SHUTDOWN_DELAY, or its default: none where no balancer
+// watches the process (standalone, no bus).
+func shutdownDelay(o Options) time.Duration {
+	switch {
+	case o.Config.ShutdownDelay >= 0:
+		return o.Config.ShutdownDelay
+	case o.Standalone || o.NoBus:
+		return 0
+	default:
+		return DefaultShutdownDelay
+	}
+}
+
+// checkConfig refuses a configuration the ingress cannot serve WeChat
+// with, and returns it with the account's cipher (nil without an AES key);
+// standalone without WECHAT_TOKEN gets the development token, on loopback
+// only.
+func checkConfig(o Options) (config.Config, *wechat.Cipher, error) {
+	cfg := o.Config
+	if o.Standalone && cfg.Token == "" {
+		cfg.Token = DevToken
+		// Published in the README, so only this host may use it.
+		cfg.HTTPAddr, cfg.AdminAddr = onLoopback(cfg.HTTPAddr), onLoopback(cfg.AdminAddr)
+		// A dev token is no secret; printing it is what makes it usable.
+		o.Logger.Warn("WECHAT_TOKEN is not set: standalone mode uses a development token and listens on loopback only; set WECHAT_TOKEN before connecting a real account",
+			"token", DevToken, "http_addr", cfg.HTTPAddr, "admin_addr", cfg.AdminAddr)
+	}
+	if err := errors.Join(checkExposure(cfg), cfg.ValidateIngress()); err != nil {
+		return cfg, nil, fmt.Errorf("config: %w", err)
+	}
+	if cfg.EncodingAESKey == "" {
+		return cfg, nil, nil
+	}
+	cipher, err := wechat.NewCipher(cfg.EncodingAESKey, cfg.AppID)
+	if err != nil {
+		return cfg, nil, fmt.Errorf("WECHAT_ENCODING_AES_KEY: %w", err)
+	}
+	return cfg, cipher, nil
+}
+
+// startBus connects to NATS (in standalone mode, to the embedded server it
+// starts with the workers) and starts the intake, which the gateway stores
+// events with; with NoBus there is neither, and no intake.
+func (a *App) startBus(o Options, cfg config.Config, reg prometheus.Registerer) (gateway.Intake, error) {
+	logger := a.logger
 	url, connOpts := cfg.NATSServers(), []nats.Option(nil)
 	if o.Standalone {
 		if err := a.startStandalone(o, cfg, reg); err != nil {
@@ -131,28 +165,32 @@ func Start(o Options) (_ *App, err error) {
 		}
 		url, connOpts = "", a.embedded.ConnectOptions()
 	}
+	if o.NoBus {
+		logger.Warn("no-bus mode: replies computed in process, no NATS, no analytics (for benchmarks)")
+		return nil, nil
+	}
+	var err error
+	if a.nc, err = bus.Connect(url, "wxgate-ingress", logger.With("component", "nats"), a.health.Fatal, connOpts...); err != nil {
+		return nil, err
+	}
+	a.health.Add("nats", func() error { return bus.Ready(a.nc) })
+	if a.intake, err = intake.New(intake.Options{
+		Conn: a.nc, Streams: cfg.Streams(), Buffer: cfg.IntakeBuffer, MaxBody: cfg.MaxBodyBytes,
+		Logger: logger.With("component", "intake"), Registerer: reg,
+	}); err != nil {
+		return nil, err
+	}
+	a.health.Add("intake", a.intake.Check)
+	return a.intake, nil
+}
+
+// startWeChat starts the WeChat-facing listener: the gateway, asking the
+// workers over the bus, or (NoBus) answering with their logic in process.
+func (a *App) startWeChat(o Options, cfg config.Config, cipher *wechat.Cipher, in gateway.Intake, reg prometheus.Registerer) error {
 	var local func([]byte) ([]byte, error)
 	if o.NoBus {
 		local = reply.NewHandler(reply.NewReplier(cfg.Replies), nil).Handle
-		logger.Warn("no-bus mode: replies computed in process, no NATS, no analytics (for benchmarks)")
-	} else {
-		if a.nc, err = bus.Connect(url, "wxgate-ingress", logger.With("component", "nats"), a.health.Fatal, connOpts...); err != nil {
-			return nil, err
-		}
-		a.health.Add("nats", func() error { return bus.Ready(a.nc) })
-		if a.intake, err = intake.New(intake.Options{
-			Conn: a.nc, Streams: cfg.Streams(), Buffer: cfg.IntakeBuffer, MaxBody: cfg.MaxBodyBytes,
-			Logger: logger.With("component", "intake"), Registerer: reg,
-		}); err != nil {
-			return nil, err
-		}
-		a.health.Add("intake", a.intake.Check)
 	}
-	var in gateway.Intake
-	if a.intake != nil {
-		in = a.intake
-	}
-
 	gw, err := gateway.New(gateway.Options{
 		Token:         cfg.Token,
 		Cipher:        cipher,
@@ -163,24 +201,31 @@ func Start(o Options) (_ *App, err error) {
 		ReplyTimeout:  cfg.ReplyTimeout,
 		TimestampSkew: cfg.TimestampSkew,
 		MaxBodyBytes:  cfg.MaxBodyBytes,
-		Logger:        logger.With("component", "gateway"),
+		Logger:        a.logger.With("component", "gateway"),
 		Registerer:    reg,
 	})
 	if err != nil {
-		return nil, err
+		return err
 	}
 	refused := promauto.With(reg).NewCounter(prometheus.CounterOpts{
 		Name: "wxgate_ingress_connections_refused_total",
 		Help: "Connections answered 503 and closed because MAX_CONNECTIONS were open.",
 	})
-	if a.http, err = serve.Start("http", WeChatServer(cfg.HTTPAddr, gw.Handler(), cfg.ReplyTimeout), logger,
+	if a.http, err = serve.Start("http", WeChatServer(cfg.HTTPAddr, gw.Handler(), cfg.ReplyTimeout), a.logger,
 		serve.MaxConns(cfg.MaxConnections, refused.Inc)); err != nil {
-		return nil, err
+		return err
 	}
 	promauto.With(reg).NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "wxgate_ingress_open_connections",
 		Help: "Connections open on the WeChat listener (MAX_CONNECTIONS is the cap).",
 	}, func() float64 { return float64(a.http.OpenConns()) })
+	return nil
+}
+
+// startAdmin starts the admin listener: metrics and health, and with a bus
+// the totals API, the QR-code API and /ui/ beside it.
+func (a *App) startAdmin(o Options, cfg config.Config, reg *prometheus.Registry) (*serve.Server, error) {
+	logger := a.logger
 	mux := admin.NewMux(admin.Options{Gatherer: reg, Ready: a.health.Ready, Pprof: cfg.Pprof, Token: cfg.AdminToken, Logger: logger})
 	if !o.NoBus {
 		// The totals API, and the QR-code API and /ui/ beside it. One
@@ -189,6 +234,7 @@ func Start(o Options) (_ *App, err error) {
 		scenes := stats.OpenOnUse(a.nc)
 		api := stats.API(scenes, cfg.AdminToken)
 		var wx *wechatapi.Client
+		var err error
 		if a.workers != nil {
 			scenes, api, wx = a.workers.Scenes(), a.workers.API(), a.workers.WeChat
 		} else if wx, err = worker.NewWeChat(cfg, a.nc, logger, reg); err != nil {
@@ -199,12 +245,12 @@ func Start(o Options) (_ *App, err error) {
 			return nil, err
 		}
 	}
-	if a.admin, err = serve.Start("admin", admin.Server(cfg.AdminAddr, mux), logger); err != nil {
+	srv, err := serve.Start("admin", admin.Server(cfg.AdminAddr, mux), logger)
+	if err != nil {
 		return nil, err
 	}
 	admin.WarnIfOpen(logger, cfg.AdminAddr, cfg.AdminToken)
-	logger.Info("ingress started", "standalone", o.Standalone, "mode", cfg.EffectiveMode(), "reply_timeout", cfg.ReplyTimeout.String())
-	return a, nil
+	return srv, nil
 }
 
 // publicTokens are tokens anyone can read (the README, .env.example): an
