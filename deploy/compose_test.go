@@ -18,6 +18,8 @@ import (
 	"github.com/compose-spec/compose-go/v2/types"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wxgate/wxgate/shared/testutil/wait"
 )
 
 // secrets are the variables compose requires: no default, so that nobody
@@ -293,18 +295,11 @@ func TestNATSConfigRequiresToken(t *testing.T) {
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 	url := "nats://127.0.0.1:" + client
 	var nc *nats.Conn
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		var err error
+	// The server process is starting: nothing to wait on but its port.
+	wait.For(t, wait.Long, 50*time.Millisecond, func() (err error) {
 		nc, err = nats.Connect(url, nats.Token(secrets["NATS_TOKEN"]))
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("nats-server with nats.conf: %v", err)
-		}
-		time.Sleep(50 * time.Millisecond) // the server process is starting; nothing to wait on but its port
-	}
+		return err
+	})
 	defer nc.Close()
 	js, err := jetstream.New(nc)
 	if err != nil {
