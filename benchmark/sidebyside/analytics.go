@@ -2,10 +2,7 @@ package sidebyside
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"net/http"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -19,6 +16,7 @@ import (
 	"github.com/wxgate/wxgate/shared/events"
 	"github.com/wxgate/wxgate/shared/stats"
 	"github.com/wxgate/wxgate/shared/testutil/nettest"
+	"github.com/wxgate/wxgate/shared/testutil/wait"
 	"github.com/wxgate/wxgate/shared/wechat"
 )
 
@@ -27,23 +25,24 @@ func numCPU() int { return runtime.NumCPU() }
 // analytics pre-fills the event stream with scans over scenes (as the
 // ingress stores them), starts an analytics-only worker process and times
 // it applying them, then checks every count through the API.
-func (e *env) analytics(ctx context.Context, records, scenes int) error {
+func (e *env) analytics(ctx context.Context, records, scenes int) (d Drain, err error) {
+	d = Drain{Records: records, Scenes: scenes}
 	ns, url, err := e.natsServer()
 	if err != nil {
-		return err
+		return d, err
 	}
 	defer ns.stop()
 	nc, err := nats.Connect(url)
 	if err != nil {
-		return err
+		return d, err
 	}
 	defer nc.Close()
 	js, err := jetstream.New(nc)
 	if err != nil {
-		return err
+		return d, err
 	}
 	if err := events.Ensure(ctx, js, events.Defaults()); err != nil {
-		return err
+		return d, err
 	}
 	people := max(records/4, 1)
 	pending := make([]jetstream.PubAckFuture, 0, 4096)
@@ -64,53 +63,47 @@ func (e *env) analytics(ctx context.Context, records, scenes int) error {
 		data := m.AppendXML(nil)
 		f, err := js.PublishMsgAsync(&nats.Msg{Subject: events.Subject(m.Subject()), Data: data}, jetstream.WithMsgID(m.DedupKey(data)))
 		if err != nil {
-			return err
+			return d, err
 		}
 		if pending = append(pending, f); len(pending) == cap(pending) {
 			if err := flush(); err != nil {
-				return err
+				return d, err
 			}
 		}
 	}
 	if err := flush(); err != nil {
-		return err
+		return d, err
 	}
 
 	start := time.Now()
 	w, err := startProc("worker", filepath.Join(e.bin, "workers"), []string{"NATS_URL=" + url, "ADMIN_ADDR=127.0.0.1:0", "WORKER_ROLES=analytics"})
 	if err != nil {
-		return err
+		return d, err
 	}
 	defer w.stop()
 	admin, err := w.listen("admin")
 	if err != nil {
-		return err
+		return d, err
 	}
-	for {
+	// Polling the leader's status: there is no event for "caught up".
+	if err := wait.ForErr(30*time.Minute, 20*time.Millisecond, func() error {
 		var st stats.Status
-		if err := nettest.FetchJSON("http://"+admin+"/api/analytics", &st); err == nil && st.AppliedSeq >= uint64(records) {
-			break
+		if err := nettest.FetchJSON("http://"+admin+"/api/analytics", &st); err != nil || st.AppliedSeq < uint64(records) {
+			return fmt.Errorf("analytics: %d of %d applied (%v)", st.AppliedSeq, records, err)
 		}
-		if time.Since(start) > 30*time.Minute {
-			return errors.New("analytics: not applied within 30 minutes")
-		}
-		time.Sleep(20 * time.Millisecond) // polling the leader's status; there is no event for "caught up"
+		return nil
+	}); err != nil {
+		return d, err
 	}
-	elapsed := time.Since(start)
+	d.Elapsed = time.Since(start)
 	u := w.usage()
 
 	var total int64
 	listed := 0
 	for offset := 0; ; offset += 1000 {
 		var page stats.ScenesPage
-		resp, err := http.Get(fmt.Sprintf("http://%s/api/scenes?limit=1000&offset=%d", admin, offset))
-		if err != nil {
-			return err
-		}
-		err = json.NewDecoder(resp.Body).Decode(&page)
-		resp.Body.Close()
-		if err != nil {
-			return err
+		if err := nettest.FetchJSON(fmt.Sprintf("http://%s/api/scenes?limit=1000&offset=%d", admin, offset), &page); err != nil {
+			return d, err
 		}
 		for _, s := range page.Scenes {
 			total += s.Scans
@@ -120,22 +113,22 @@ func (e *env) analytics(ctx context.Context, records, scenes int) error {
 			break
 		}
 	}
-	exact := total == int64(records) && listed == scenes
+	d.Exact = total == int64(records) && listed == scenes
 	fmt.Fprintf(e.o.Out, "\nanalytics: %d scans over %d scenes applied in %s: %.0f events/s; counts exact: %v (%d scans in %d scenes); worker RSS %.1f MiB\n",
-		records, scenes, elapsed.Round(time.Millisecond), float64(records)/elapsed.Seconds(), exact, total, listed, float64(u.rssKB)/1024)
-	if !exact {
-		return fmt.Errorf("analytics counts not exact: %d scans in %d scenes, want %d in %d", total, listed, records, scenes)
+		records, scenes, d.Elapsed.Round(time.Millisecond), float64(records)/d.Elapsed.Seconds(), d.Exact, total, listed, float64(u.rssKB)/1024)
+	if !d.Exact {
+		return d, fmt.Errorf("analytics counts not exact: %d scans in %d scenes, want %d in %d", total, listed, records, scenes)
 	}
-	return nil
+	return d, nil
 }
 
 // soak runs (c) at a steady rate and compares each process's memory in the
 // first and the last minute (or fifth, for short runs). With SoakKill, a
 // worker is killed -9 and replaced at that interval throughout.
-func (e *env) soak(ctx context.Context) error {
+func (e *env) soak(ctx context.Context) (*Measurement, error) {
 	s, err := e.distributed(e.o.Workers)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	var mu sync.Mutex // guards s.procs: killed workers are replaced
 	defer func() { mu.Lock(); defer mu.Unlock(); s.stop() }()
@@ -189,12 +182,12 @@ func (e *env) soak(ctx context.Context) error {
 	close(stop)
 	wg.Wait()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if killErr != nil {
-		return killErr
+		return &r, killErr
 	}
-	rep := r.report
+	rep := r.Report
 	fmt.Fprintf(e.o.Out, "\nsoak: (c) at %.0f/s for %s, %d workers, %d worker kills (-9, every %s, each replaced):\n",
 		e.o.SoakRate, e.o.Soak, e.o.Workers, kills, e.o.SoakKill)
 	fmt.Fprintf(e.o.Out, "  requests sent %d; answered by a worker with a reply %d; \"success\" where no reply is due %d; answered by fallback %d; failed %d; p99 %s\n",
@@ -218,9 +211,9 @@ func (e *env) soak(ctx context.Context) error {
 		fmt.Fprintf(e.o.Out, "  %-12s RSS first %s %.1f MiB, last %s %.1f MiB: %+.1f%%\n", p.name, window, f/1024, window, l/1024, change)
 	}
 	if e.o.SoakKill > 0 && rep.Err > 0 {
-		return fmt.Errorf("soak: %d requests failed", rep.Err)
+		return &r, fmt.Errorf("soak: %d requests failed", rep.Err)
 	}
-	return nil
+	return &r, nil
 }
 
 // every runs fn every d, in a goroutine counted in wg, until stop closes or

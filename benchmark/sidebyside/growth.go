@@ -13,6 +13,7 @@ import (
 	"github.com/wxgate/wxgate/shared/loadgen"
 	"github.com/wxgate/wxgate/shared/stats"
 	"github.com/wxgate/wxgate/shared/testutil/nettest"
+	"github.com/wxgate/wxgate/shared/testutil/wait"
 	"github.com/wxgate/wxgate/shared/wechat"
 )
 
@@ -63,17 +64,17 @@ func (e *env) growth(ctx context.Context, people int, settle time.Duration) erro
 		return err
 	}
 	burst := time.Since(start)
-	for {
+	// Polling the leader's status: there is no event for "caught up".
+	if err := wait.ForErr(30*time.Minute, 100*time.Millisecond, func() error {
 		var st stats.Status
-		if err := nettest.FetchJSON("http://"+admin+"/api/analytics", &st); err == nil && st.People >= people && st.Pending == 0 {
-			break
+		if err := nettest.FetchJSON("http://"+admin+"/api/analytics", &st); err != nil || st.People < people || st.Pending > 0 {
+			return fmt.Errorf("growth: analytics not caught up: %d of %d people, %d pending (%v)", st.People, people, st.Pending, err)
 		}
-		if time.Since(start) > 30*time.Minute {
-			close(stop)
-			wg.Wait()
-			return fmt.Errorf("growth: analytics did not catch up")
-		}
-		time.Sleep(100 * time.Millisecond) // polling the leader's status; there is no event for "caught up"
+		return nil
+	}); err != nil {
+		close(stop)
+		wg.Wait()
+		return err
 	}
 	caughtUp := p.usage()
 	fmt.Fprintf(e.o.Out, "\ngrowth: %d distinct people over %d scenes through standalone, %d failed; burst %s (%.0f/s)\n",

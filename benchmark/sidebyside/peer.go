@@ -61,14 +61,14 @@ func (g goal) met() bool {
 
 // goalsOf checks the goals against the load generator's figures for (b)
 // standalone, (c) distributed and (p) the peer.
-func goalsOf(b, c, p result) []goal {
-	pr := p.report.Throughput()
+func goalsOf(b, c, p Measurement) []goal {
+	pr := p.Report.Throughput()
 	return []goal{
-		{"standalone throughput / peer's", b.report.Throughput() / pr, 1.0, false, "x"},
-		{"standalone p99 / peer's", ratio(b.report.Percentile(99), p.report.Percentile(99)), 1.0, true, "x"},
-		{"distributed throughput / peer's", c.report.Throughput() / pr, 0.7, false, "x"},
-		{"standalone server CPU per request", micros(b.cpuPer), 70, true, "µs"},
-		{"distributed server CPU per request", micros(c.cpuPer), 110, true, "µs"},
+		{"standalone throughput / peer's", b.Report.Throughput() / pr, 1.0, false, "x"},
+		{"standalone p99 / peer's", ratio(b.Report.Percentile(99), p.Report.Percentile(99)), 1.0, true, "x"},
+		{"distributed throughput / peer's", c.Report.Throughput() / pr, 0.7, false, "x"},
+		{"standalone server CPU per request", micros(b.CPUPer), 70, true, "µs"},
+		{"distributed server CPU per request", micros(c.CPUPer), 110, true, "µs"},
 	}
 }
 

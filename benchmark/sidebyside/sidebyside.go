@@ -68,159 +68,202 @@ type env struct {
 	wrkRuns int // wrk invocations so far: each sends its own messages
 }
 
-// result is one closed- or open-loop measurement.
-type result struct {
-	name   string
-	report loadgen.Report
-	procs  []procUsage
-	cpuPer time.Duration // server CPU (all its processes, not the load generator) per request
+// Result is what a run measured, for callers that check it; the report
+// is written to Options.Out as the run goes.
+type Result struct {
+	Closed  []Measurement // (a), (b), (c) and, with Peer, (p): closed loop
+	Open    []Measurement // (a), (b) and (c) at each rate
+	Scaling []Measurement // (c) with each worker count
+	Drains  []Drain       // the analytics applying a pre-filled stream, per scene count
+	Soak    *Measurement  // (c) at SoakRate, when Soak is set
 }
 
-type procUsage struct {
-	name  string
-	rssKB int64
-	cpu   float64 // share of one core over the measurement
+// Measurement is one closed- or open-loop measurement.
+type Measurement struct {
+	Name   string
+	Report loadgen.Report
+	Procs  []Proc        // the configuration's processes, then the load generator
+	CPUPer time.Duration // server CPU (all its processes, not the load generator) per request
+}
+
+// Proc is what one process used over a measurement.
+type Proc struct {
+	Name  string
+	RSSKB int64
+	CPU   float64 // share of one core over the measurement
+}
+
+// Drain is the analytics applying Records scans over Scenes scenes.
+type Drain struct {
+	Records, Scenes int
+	Elapsed         time.Duration
+	Exact           bool // every count came out as sent
 }
 
 // Run does the whole comparison and prints it.
-func Run(ctx context.Context, o Options) error {
+func Run(ctx context.Context, o Options) (Result, error) {
+	var res Result
 	dir, err := os.MkdirTemp("", "wxgate-bench-")
 	if err != nil {
-		return err
+		return res, err
 	}
 	defer os.RemoveAll(dir)
 	e := &env{bin: filepath.Join(dir, "bin"), dir: dir, o: o}
 	fmt.Fprintf(o.Out, "building binaries...\n")
 	if err := build(ctx, e.bin); err != nil {
-		return err
+		return res, err
 	}
 	fmt.Fprintf(o.Out, "machine: %s\n", machine())
 	fmt.Fprintf(o.Out, "closed loop: %d connections, %s each, mix %s, %d scenes, load generator in this process\n\n",
 		o.Connections, o.Duration, "text=60,scan=20,subscribe=15,other=5", o.Scenes)
-
-	type config struct {
-		name  string
-		start func() (*setup, error)
-	}
 	configs := []config{
-		{"(a) floor: no bus", func() (*setup, error) { return e.floor() }},
-		{"(b) standalone", func() (*setup, error) { return e.standalone() }},
+		{"(a) floor: no bus", e.floor},
+		{"(b) standalone", e.standalone},
 		{fmt.Sprintf("(c) distributed, %d workers", o.Workers), func() (*setup, error) { return e.distributed(o.Workers) }},
 	}
 	if o.Peer {
 		if err := buildPeer(ctx, e.bin); err != nil {
-			return err
+			return res, err
 		}
-		configs = append(configs, config{"(p) peer: silenceper/wechat", func() (*setup, error) { return e.peer() }})
+		configs = append(configs, config{"(p) peer: silenceper/wechat", e.peer})
 	}
-	var results []result
+	if res.Closed, err = e.closedLoop(ctx, configs); err != nil {
+		return res, err
+	}
+	if o.Wrk {
+		if err := e.wrkAll(ctx, configs); err != nil {
+			return res, err
+		}
+	}
+	if res.Open, err = e.openLoop(ctx); err != nil {
+		return res, err
+	}
+	if res.Scaling, err = e.scaling(ctx); err != nil {
+		return res, err
+	}
+	for _, scenes := range o.RecordSets {
+		d, err := e.analytics(ctx, o.Records, scenes)
+		res.Drains = append(res.Drains, d)
+		if err != nil {
+			return res, err
+		}
+	}
+	if o.Soak > 0 {
+		if res.Soak, err = e.soak(ctx); err != nil {
+			return res, err
+		}
+	}
+	if o.Growth > 0 {
+		if err := e.growth(ctx, o.Growth, o.GrowthSettle); err != nil {
+			return res, err
+		}
+	}
+	return res, nil
+}
+
+// config is a configuration under test, started afresh for each
+// measurement.
+type config struct {
+	name  string
+	start func() (*setup, error)
+}
+
+// closedLoop measures each configuration closed loop, and prints them with
+// the ratios to the floor and, with the peer, the goals.
+func (e *env) closedLoop(ctx context.Context, configs []config) ([]Measurement, error) {
+	ms, err := e.measureEach(ctx, configs, []float64{0}, e.o.Duration)
+	if err != nil {
+		return ms, err
+	}
+	a, b, c := ms[0].Report, ms[1].Report, ms[2].Report
+	fmt.Fprintf(e.o.Out, "\nratios: throughput b/a %.2f  c/a %.2f;  p99 b/a %.2f  c/a %.2f\n",
+		b.Throughput()/a.Throughput(), c.Throughput()/a.Throughput(),
+		ratio(b.Percentile(99), a.Percentile(99)), ratio(c.Percentile(99), a.Percentile(99)))
+	if e.o.Peer {
+		printGoals(e.o.Out, "load generator", goalsOf(ms[1], ms[2], ms[3]))
+	}
+	return ms, nil
+}
+
+// wrkAll measures each configuration with wrk, when it is installed.
+func (e *env) wrkAll(ctx context.Context, configs []config) error {
+	if _, err := exec.LookPath("wrk"); err != nil {
+		fmt.Fprintf(e.o.Out, "\nwrk: not installed, skipped (apt-get install wrk)\n")
+		return nil
+	}
+	fmt.Fprintf(e.o.Out, "\nwrk -t2 -c%d -d%s, the same mix (server CPU per request: all its processes):\n", e.o.Connections, e.o.Duration)
+	var wrs []wrkResult
 	for _, cfg := range configs {
 		s, err := cfg.start()
 		if err != nil {
 			return fmt.Errorf("%s: %w", cfg.name, err)
 		}
-		r, err := e.measure(ctx, cfg.name, s, 0, o.Duration)
+		r, err := e.wrk(ctx, cfg.name, s, e.o.Duration)
 		s.stop()
 		if err != nil {
 			return err
 		}
-		results = append(results, r)
+		wrs = append(wrs, r)
 	}
-	printTable(o.Out, results)
-	a, b, c := results[0].report, results[1].report, results[2].report
-	fmt.Fprintf(o.Out, "\nratios: throughput b/a %.2f  c/a %.2f;  p99 b/a %.2f  c/a %.2f\n",
-		b.Throughput()/a.Throughput(), c.Throughput()/a.Throughput(),
-		ratio(b.Percentile(99), a.Percentile(99)), ratio(c.Percentile(99), a.Percentile(99)))
-	if o.Peer {
-		printGoals(o.Out, "load generator", goalsOf(results[1], results[2], results[3]))
-	}
-	if o.Wrk {
-		if _, err := exec.LookPath("wrk"); err != nil {
-			fmt.Fprintf(o.Out, "\nwrk: not installed, skipped (apt-get install wrk)\n")
-		} else {
-			fmt.Fprintf(o.Out, "\nwrk -t2 -c%d -d%s, the same mix (server CPU per request: all its processes):\n", o.Connections, o.Duration)
-			var wrs []wrkResult
-			for _, cfg := range configs {
-				s, err := cfg.start()
-				if err != nil {
-					return fmt.Errorf("%s: %w", cfg.name, err)
-				}
-				r, err := e.wrk(ctx, cfg.name, s, o.Duration)
-				s.stop()
-				if err != nil {
-					return err
-				}
-				wrs = append(wrs, r)
-			}
-			printWrk(o.Out, wrs)
-			if o.Peer {
-				printGoals(o.Out, "wrk", goalsOfWrk(wrs[1], wrs[2], wrs[3]))
-			}
-		}
-	}
-
-	if len(o.Rates) > 0 {
-		fmt.Fprintf(o.Out, "\nopen loop (latency from each request's due time), %s per rate:\n", o.RateTime)
-		var open []result
-		for _, cfg := range []struct {
-			name  string
-			start func() (*setup, error)
-		}{
-			{"(a)", func() (*setup, error) { return e.floor() }},
-			{"(b)", func() (*setup, error) { return e.standalone() }},
-			{"(c)", func() (*setup, error) { return e.distributed(o.Workers) }},
-		} {
-			s, err := cfg.start()
-			if err != nil {
-				return err
-			}
-			for _, rate := range o.Rates {
-				r, err := e.measure(ctx, fmt.Sprintf("%s at %.0f/s", cfg.name, rate), s, rate, o.RateTime)
-				if err != nil {
-					s.stop()
-					return err
-				}
-				open = append(open, r)
-			}
-			s.stop()
-		}
-		printTable(o.Out, open)
-	}
-
-	if len(o.Scaling) > 0 {
-		fmt.Fprintf(o.Out, "\nscaling of (c) with worker processes:\n")
-		var scaling []result
-		for _, n := range o.Scaling {
-			s, err := e.distributed(n)
-			if err != nil {
-				return err
-			}
-			r, err := e.measure(ctx, fmt.Sprintf("(c) %d workers", n), s, 0, o.Duration)
-			s.stop()
-			if err != nil {
-				return err
-			}
-			scaling = append(scaling, r)
-		}
-		printTable(o.Out, scaling)
-	}
-
-	for _, scenes := range o.RecordSets {
-		if err := e.analytics(ctx, o.Records, scenes); err != nil {
-			return err
-		}
-	}
-	if o.Soak > 0 {
-		if err := e.soak(ctx); err != nil {
-			return err
-		}
-	}
-	if o.Growth > 0 {
-		if err := e.growth(ctx, o.Growth, o.GrowthSettle); err != nil {
-			return err
-		}
+	printWrk(e.o.Out, wrs)
+	if e.o.Peer {
+		printGoals(e.o.Out, "wrk", goalsOfWrk(wrs[1], wrs[2], wrs[3]))
 	}
 	return nil
+}
+
+// openLoop measures (a), (b) and (c) at each of the rates.
+func (e *env) openLoop(ctx context.Context) ([]Measurement, error) {
+	if len(e.o.Rates) == 0 {
+		return nil, nil
+	}
+	fmt.Fprintf(e.o.Out, "\nopen loop (latency from each request's due time), %s per rate:\n", e.o.RateTime)
+	return e.measureEach(ctx, []config{
+		{"(a)", e.floor},
+		{"(b)", e.standalone},
+		{"(c)", func() (*setup, error) { return e.distributed(e.o.Workers) }},
+	}, e.o.Rates, e.o.RateTime)
+}
+
+// scaling measures (c) closed loop with each worker count.
+func (e *env) scaling(ctx context.Context) ([]Measurement, error) {
+	if len(e.o.Scaling) == 0 {
+		return nil, nil
+	}
+	fmt.Fprintf(e.o.Out, "\nscaling of (c) with worker processes:\n")
+	var configs []config
+	for _, n := range e.o.Scaling {
+		configs = append(configs, config{fmt.Sprintf("(c) %d workers", n), func() (*setup, error) { return e.distributed(n) }})
+	}
+	return e.measureEach(ctx, configs, []float64{0}, e.o.Duration)
+}
+
+// measureEach starts each configuration afresh, measures it for d at each
+// rate (0: closed loop; a measurement at a rate is named so), and prints
+// the measurements.
+func (e *env) measureEach(ctx context.Context, configs []config, rates []float64, d time.Duration) ([]Measurement, error) {
+	var ms []Measurement
+	for _, cfg := range configs {
+		s, err := cfg.start()
+		if err != nil {
+			return ms, fmt.Errorf("%s: %w", cfg.name, err)
+		}
+		for _, rate := range rates {
+			name := cfg.name
+			if rate > 0 {
+				name = fmt.Sprintf("%s at %.0f/s", cfg.name, rate)
+			}
+			m, err := e.measure(ctx, name, s, rate, d)
+			if err != nil {
+				s.stop()
+				return ms, err
+			}
+			ms = append(ms, m)
+		}
+		s.stop()
+	}
+	printTable(e.o.Out, ms)
+	return ms, nil
 }
 
 // setup is a running configuration: its URL and its processes.
@@ -332,7 +375,7 @@ func (e *env) distributed(workers int) (*setup, error) {
 }
 
 // measure warms s up, then loads it closed loop (rate 0) or at rate.
-func (e *env) measure(ctx context.Context, name string, s *setup, rate float64, d time.Duration) (result, error) {
+func (e *env) measure(ctx context.Context, name string, s *setup, rate float64, d time.Duration) (Measurement, error) {
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: e.o.Connections, DisableCompression: true}}
 	// The warm-up sends messages of its own: request i of a run is the
 	// same message each time, and the measurement's would otherwise be
@@ -340,7 +383,7 @@ func (e *env) measure(ctx context.Context, name string, s *setup, rate float64, 
 	if e.o.Warmup > 0 {
 		warm := sim.DefaultMix.Requests(wechat.Sender{Token: token}, client, s.url, e.o.Scenes)
 		if _, err := loadgen.Run(ctx, loadgen.Options{Concurrency: e.o.Connections, Duration: e.o.Warmup, Do: warm}); err != nil {
-			return result{}, err
+			return Measurement{}, err
 		}
 	}
 	do := sim.DefaultMix.Requests(wechat.Sender{Token: token}, client, s.url, e.o.Scenes)
@@ -351,33 +394,34 @@ func (e *env) measure(ctx context.Context, name string, s *setup, rate float64, 
 	selfBefore := selfUsage()
 	r, err := loadgen.Run(ctx, loadgen.Options{Concurrency: e.o.Connections, Rate: rate, Duration: d, Do: do})
 	if err != nil {
-		return result{}, err
+		return Measurement{}, err
 	}
-	res := result{name: name, report: r}
+	m := Measurement{Name: name, Report: r}
 	var spent time.Duration
 	for i, p := range s.procs {
 		u := p.usage()
 		spent += u.cpu - before[i].cpu
-		res.procs = append(res.procs, procUsage{name: p.name, rssKB: u.rssKB, cpu: (u.cpu - before[i].cpu).Seconds() / r.Elapsed.Seconds()})
+		m.Procs = append(m.Procs, Proc{Name: p.name, RSSKB: u.rssKB, CPU: (u.cpu - before[i].cpu).Seconds() / r.Elapsed.Seconds()})
 	}
 	if answered := r.Sent - r.Err; answered > 0 {
-		res.cpuPer = spent / time.Duration(answered)
+		m.CPUPer = spent / time.Duration(answered)
 	}
 	self := selfUsage()
-	res.procs = append(res.procs, procUsage{name: "loadgen", rssKB: self.rssKB, cpu: (self.cpu - selfBefore.cpu).Seconds() / r.Elapsed.Seconds()})
-	return res, nil
+	m.Procs = append(m.Procs, Proc{Name: "loadgen", RSSKB: self.rssKB, CPU: (self.cpu - selfBefore.cpu).Seconds() / r.Elapsed.Seconds()})
+	return m, nil
 }
 
-func printTable(w io.Writer, rs []result) {
+func printTable(w io.Writer, ms []Measurement) {
 	fmt.Fprintf(w, "%-32s %10s %9s %9s %9s %7s %9s %9s  %s\n", "configuration", "req/s", "p50", "p99", "p99.9", "errors", "fallbacks", "CPU/req", "processes: RSS MiB, CPU (1.0 = one core)")
-	for _, r := range rs {
+	for _, m := range ms {
 		var ps []string
-		for _, p := range r.procs {
-			ps = append(ps, fmt.Sprintf("%s %.1f MiB %.2f", p.name, float64(p.rssKB)/1024, p.cpu))
+		for _, p := range m.Procs {
+			ps = append(ps, fmt.Sprintf("%s %.1f MiB %.2f", p.Name, float64(p.RSSKB)/1024, p.CPU))
 		}
-		fmt.Fprintf(w, "%-32s %10.0f %9s %9s %9s %7d %9d %7.0fµs  %s\n", r.name, r.report.Throughput(),
-			dur(r.report.Percentile(50)), dur(r.report.Percentile(99)), dur(r.report.Percentile(99.9)),
-			r.report.Err, r.report.Fallbacks, float64(r.cpuPer)/float64(time.Microsecond), strings.Join(ps, "; "))
+		r := m.Report
+		fmt.Fprintf(w, "%-32s %10.0f %9s %9s %9s %7d %9d %7.0fµs  %s\n", m.Name, r.Throughput(),
+			dur(r.Percentile(50)), dur(r.Percentile(99)), dur(r.Percentile(99.9)),
+			r.Err, r.Fallbacks, float64(m.CPUPer)/float64(time.Microsecond), strings.Join(ps, "; "))
 	}
 }
 
