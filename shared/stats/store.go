@@ -225,8 +225,9 @@ func OpenOnUse(nc *nats.Conn) StoreFunc {
 	}
 }
 
-// Keys of the analytics bucket besides the lease.
+// Keys of the analytics bucket.
 const (
+	LeaseKey   = "leader"  // the leader's lease: its ID, renewed
 	RebuildKey = "rebuild" // its revision is the latest rebuild request
 	StatusKey  = "status"  // the leader's progress, for the API
 )

@@ -287,8 +287,8 @@ func (r *Role) work(ctx context.Context, js jetstream.JetStream, store *stats.St
 			}
 		}
 	}()
-	// The right to apply the stream: the leader's ID under "leader".
-	l := bus.Lease{KV: kv, Key: "leader", TTL: r.o.Lease}
+	// The right to apply the stream.
+	l := bus.Lease{KV: kv, Key: stats.LeaseKey, TTL: r.o.Lease}
 	for {
 		h, err := l.Acquire(wctx, []byte(r.o.ID))
 		if err != nil {
