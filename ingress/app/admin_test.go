@@ -55,7 +55,7 @@ func TestAdminRefusesWhatAPageCanSend(t *testing.T) {
 		{"cross-site text/plain POST /api/qrcodes", "/api/qrcodes", "text/plain", `{"scene":"csrf_evil","permanent":true,"label":"a=b"}` + "\r\n", crossSite, "", 403},
 		{"cross-site rebuild", "/api/analytics/rebuild", "text/plain", "", crossSite, "", 403},
 		{"cross-site /ui/ form", "/ui/qrcodes", "application/x-www-form-urlencoded", "scene=ui_csrf&expire_seconds=3600", crossSite, "", 403},
-		{"text/plain POST /api/qrcodes", "/api/qrcodes", "text/plain", `{"scene":"plain_text"}`, nil, "", 415},
+		{"an old browser's text/plain POST /api/qrcodes", "/api/qrcodes", "text/plain", `{"scene":"plain_text"}`, map[string]string{"User-Agent": "Mozilla/4.0"}, "", 415},
 		{"DNS rebinding", "/api/qrcodes", "application/json", `{"scene":"rebound"}`, nil, "rebind.evil.example", 403},
 		{"same-origin browser POST", "/api/qrcodes", "application/json", `{"scene":"same_origin"}`, map[string]string{"Origin": base, "Sec-Fetch-Site": "same-origin"}, "", 201},
 		{"curl POST", "/api/qrcodes", "application/json", `{"scene":"curl"}`, nil, "", 201},

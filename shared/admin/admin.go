@@ -116,9 +116,11 @@ func open(path string) bool { return path == "/metrics" || path == "/healthz" ||
 //   - A cross-origin request that changes something is refused
 //     (Sec-Fetch-Site, else Origin against Host); curl and scripts send
 //     neither header and pass.
-//   - An API body must be application/json: text/plain, form and
-//     multipart bodies are what a page can send cross-site without a
-//     preflight, even from a browser that sends neither header.
+//   - An API body from a browser must not be of a type a page can send
+//     cross-site without a preflight (text/plain, a form, multipart, none),
+//     even from an old browser that sends neither header: such a body
+//     passes only from a client that shows no sign of a browser (curl,
+//     scripts), so `curl -d` keeps working.
 func (m *Mux) refusal(r *http.Request) (int, string) {
 	if m.token == "" && !addressedByIP(r.Host) {
 		return http.StatusForbidden, "without ADMIN_TOKEN the admin listener answers requests for an IP address or localhost only (a page could make any other name resolve here); set ADMIN_TOKEN to use it by name"
@@ -126,12 +128,29 @@ func (m *Mux) refusal(r *http.Request) (int, string) {
 	if err := m.origin.Check(r); err != nil {
 		return http.StatusForbidden, "cross-origin request refused: " + err.Error()
 	}
-	if strings.HasPrefix(r.URL.Path, "/api/") && r.ContentLength != 0 && r.Method != http.MethodGet && r.Method != http.MethodHead {
-		if t, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); t != "application/json" {
-			return http.StatusUnsupportedMediaType, "Content-Type must be application/json"
-		}
+	if strings.HasPrefix(r.URL.Path, "/api/") && r.ContentLength != 0 && r.Method != http.MethodGet && r.Method != http.MethodHead &&
+		simpleBody(r) && fromBrowser(r) {
+		return http.StatusUnsupportedMediaType, "Content-Type must be application/json (text/csv where a route takes CSV)"
 	}
 	return 0, ""
+}
+
+// simpleBody reports a body of a type a page can send cross-site with no
+// preflight.
+func simpleBody(r *http.Request) bool {
+	switch t, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); t {
+	case "", "text/plain", "application/x-www-form-urlencoded", "multipart/form-data":
+		return true
+	}
+	return false
+}
+
+// fromBrowser reports a request that carries what browsers send and
+// scripts do not: an Origin, a Referer, Fetch metadata, a Mozilla agent.
+func fromBrowser(r *http.Request) bool {
+	h := r.Header
+	return h.Get("Origin") != "" || h.Get("Referer") != "" || h.Get("Sec-Fetch-Site") != "" || h.Get("Sec-Fetch-Mode") != "" ||
+		strings.HasPrefix(h.Get("User-Agent"), "Mozilla/")
 }
 
 // clip bounds a request's text in a log line.

@@ -234,9 +234,15 @@ func TestGuardedRoutes(t *testing.T) {
 		{"cross-site rebuild, no body", "POST", "/api/analytics/rebuild", self, "", "text/plain", crossSite, false, 403},
 		{"cross-site /ui/ form", "POST", "/ui/qrcodes", self, "scene=ui_csrf", "application/x-www-form-urlencoded", crossSite, false, 403},
 		{"cross-site by Origin alone", "POST", "/api/qrcodes", self, `{"scene":"a"}`, "application/json", map[string]string{"Origin": "https://evil.example"}, false, 403},
-		{"text/plain body with no browser headers", "POST", "/api/qrcodes", self, `{"scene":"a"}`, "text/plain", nil, false, 415},
-		{"form body to the API", "POST", "/api/qrcodes", self, "scene=a", "application/x-www-form-urlencoded", nil, false, 415},
-		{"no Content-Type", "POST", "/api/qrcodes", self, `{"scene":"a"}`, "", nil, false, 415},
+		// An old browser that sends no Origin or Fetch metadata still sends
+		// its agent: a simple body from it is refused.
+		{"old browser, text/plain body", "POST", "/api/qrcodes", self, `{"scene":"a"}`, "text/plain", map[string]string{"User-Agent": "Mozilla/5.0 (X11)"}, false, 415},
+		{"old browser, form body", "POST", "/api/qrcodes", self, "scene=a", "application/x-www-form-urlencoded", map[string]string{"User-Agent": "Mozilla/4.0"}, false, 415},
+		{"a page's Referer, no Content-Type", "POST", "/api/qrcodes", self, `{"scene":"a"}`, "", map[string]string{"Referer": "https://evil.example/x"}, false, 415},
+		// Scripts and curl -d send no browser's headers: their bodies pass.
+		{"curl -d (a form's type)", "POST", "/api/qrcodes", self, `{"scene":"b"}`, "application/x-www-form-urlencoded", map[string]string{"User-Agent": "curl/8.5.0"}, false, 201},
+		{"a script, no Content-Type", "POST", "/api/qrcodes", self, `{"scene":"c"}`, "", nil, false, 201},
+		{"a CSV body", "POST", "/api/qrcodes", self, `{"scene":"d"}`, "text/csv", map[string]string{"User-Agent": "Mozilla/5.0"}, false, 201},
 		{"same-origin browser POST", "POST", "/api/qrcodes", self, `{"scene":"a"}`, "application/json", sameOrigin, false, 201},
 		{"same-origin /ui/ form", "POST", "/ui/qrcodes", self, "scene=a", "application/x-www-form-urlencoded", sameOrigin, false, 303},
 		{"curl POST, application/json", "POST", "/api/qrcodes", self, `{"scene":"a"}`, "application/json; charset=utf-8", nil, false, 201},
@@ -258,7 +264,8 @@ func TestGuardedRoutes(t *testing.T) {
 		{"by name with the token", "GET", "/api/scenes", "admin.example:8081", "", "", nil, true, 200},
 		{"by name without the token", "GET", "/api/scenes", "admin.example:8081", "", "", nil, false, 401},
 		{"curl POST with the token, application/json", "POST", "/api/qrcodes", "admin.example:8081", `{"scene":"a"}`, "application/json", nil, true, 201},
-		{"curl POST with the token, text/plain", "POST", "/api/qrcodes", self, `{"scene":"a"}`, "text/plain", nil, true, 415},
+		{"curl POST with the token, text/plain", "POST", "/api/qrcodes", self, `{"scene":"a"}`, "text/plain", nil, true, 201},
+		{"a browser with the token, text/plain", "POST", "/api/qrcodes", self, `{"scene":"a"}`, "text/plain", map[string]string{"User-Agent": "Mozilla/5.0"}, true, 415},
 		{"cross-site POST even with the token", "POST", "/api/analytics/rebuild", self, "", "", crossSite, true, 403},
 	}
 	for token, cases := range map[string][]req{"": open, "s3cret": withToken} {
