@@ -100,11 +100,13 @@ func (m *Message) DedupKey(body []byte) string {
 		// Hashed from a buffer on the stack; the key is built in one
 		// allocation: every callback computes it.
 		var buf [512]byte
-		in := append(append(append(buf[:0], m.ToUserName...), 0), m.FromUserName...)
+		// Each field ends in a NUL, as the key of every earlier version
+		// did: a message retry keeps its key across an upgrade.
+		in := append(append(append(append(buf[:0], m.ToUserName...), 0), m.FromUserName...), 0)
 		prefix := "msg."
 		if m.IsEvent() {
 			prefix = "evm."
-			in = append(append(in, 0), m.Event...)
+			in = append(append(in, m.Event...), 0)
 		}
 		sum := sha256.Sum256(in)
 		out = append(append(append(out, prefix...), m.MsgID...), '.')

@@ -77,6 +77,11 @@ func TestDedupKey(t *testing.T) {
 		}
 		seen[k] = i
 	}
+	// A message's key is the one every earlier version gave it: a retry
+	// that spans an upgrade is still known as one.
+	if got := key(&Message{ToUserName: "gh_a", FromUserName: "o1", MsgType: "text", MsgID: "1234567"}); got != "msg.1234567.b70a46adedb4a5cb" {
+		t.Errorf("message key = %q, want 8af83c1's msg.1234567.b70a46adedb4a5cb", got)
+	}
 	if got := key(&Message{MsgType: "text", MsgID: "6054768590064713728"}); !strings.HasPrefix(got, "msg.6054768590064713728.") {
 		t.Errorf("message key = %q, want the MsgId in it", got)
 	}
