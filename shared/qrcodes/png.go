@@ -24,6 +24,14 @@ const quietZone = 4
 // white, each module a whole number of pixels (a scanner reads sharp edges
 // best), centred with the quiet zone around it. A code too dense for size
 // comes out larger than asked rather than unreadable.
+//
+// Why piglig/go-qr, of the QR libraries the module proxy serves: it alone
+// has a decoder (pure Go), so the tests read every PNG served back to the
+// code's url; it exposes the module grid, so the image is drawn at exactly
+// the size asked, as a two-colour paletted PNG; it has no dependencies.
+// skip2/go-qrcode has had no release since 2020 and no decoder,
+// yeqown/go-qrcode/v2 needs a PNG writer module that is not served here,
+// and rsc.io/qr is frozen and skips a mask pattern.
 func PNG(text string, size int) ([]byte, error) {
 	code, err := qr.EncodeText(text, qr.Medium)
 	if err != nil {
