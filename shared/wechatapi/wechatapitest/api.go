@@ -1,12 +1,14 @@
-// Package api is a fake of WeChat's API (api.weixin.qq.com), stateful
-// where the real one is: stable_token with its rotation and overlap,
-// qrcode/create with its action names, scene rules and permanent-code cap,
-// and message/custom/send with the per-person windows and counts of
-// customer-service messages (the fake is told of each person's
-// interactions by POST /wxsim/interaction). Switches inject what
-// production meets (a token invalidated, a quota spent, slow answers,
-// dropped connections), and GET /wxsim/calls tells a test what the fake
-// received. The tests, the README's quick start and the compose profile
+// Package wechatapitest is a fake of WeChat's API (api.weixin.qq.com),
+// stateful where the real one is, for several AppIDs at once, each with its
+// own secret, tokens, codes, windows, tags, figures and counters:
+// stable_token with its rotation and overlap, qrcode/create with its action
+// names, scene rules and permanent-code cap, message/custom/send with the
+// per-person windows and counts of customer-service messages (the fake is
+// told of each person's interactions by POST /wxsim/interaction), the user
+// tags, the datacube's daily figures and the console's auto-replies (see
+// data.go). Switches inject what production meets (a token invalidated, a
+// quota spent, slow answers, dropped connections), and GET /wxsim/calls
+// tells a test what the fake received, in all and per AppID. The tests, the README's quick start and the compose profile
 // "fake-wechat" use it; the facts it follows are in WeChat's
 // documentation (see the README).
 package wechatapitest
@@ -20,7 +22,9 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -47,8 +51,12 @@ const (
 
 // Options configure the fake.
 type Options struct {
-	// AppID and Secret are what stable_token accepts (else 40013, 40125).
+	// AppID and Secret are an app stable_token accepts (else 40013,
+	// 40125); Apps adds more, AppID to AppSecret. The first app (AppID, or
+	// the lowest AppID in Apps) is the default for what does not name one
+	// (an interaction, a fault applies to every app).
 	AppID, Secret string
+	Apps          map[string]string
 	// TokenTTL is an access_token's lifetime (WeChat: 7200 s). Whole
 	// seconds, at least 2. Default 2h.
 	TokenTTL time.Duration
@@ -69,9 +77,9 @@ type Options struct {
 	// NoWindows turns the windows off: every well-formed send is accepted,
 	// interaction or not (for tests about something else).
 	NoWindows bool
-	// MaxPeople bounds how many people's windows the fake remembers; past
-	// it, the one told of least recently is forgotten (and gets 45015).
-	// Default 100 000.
+	// MaxPeople bounds how many people's windows the fake remembers per
+	// app; past it, the one told of least recently is forgotten (and gets
+	// 45015). Default 100 000.
 	MaxPeople int
 	// SendCheck, when set, may refuse a customer-service message with an
 	// errcode before the windows are checked; 0 lets it through.
@@ -122,18 +130,30 @@ type Server struct {
 	mux *http.ServeMux
 
 	mu       sync.Mutex
-	tokens   []*token // issued, oldest first; the last is the current one
+	apps     map[string]*app
+	first    string // the default app
 	calls    map[string]int
 	forced   int // stable_token calls with force_refresh: true
 	errcodes map[string]map[string]int
-	perm     map[string]QRCode // permanent codes by action and scene
 	codes    []QRCode
 	messages []Message
 	faults   []Fault
+}
+
+// app is one AppID's state: WeChat keeps each account's apart.
+type app struct {
+	id, secret string
+	tokens     []*token // issued, oldest first; the last is the current one
+	forced     int
+	calls      map[string]int
+	errcodes   map[string]map[string]int
+	perm       map[string]QRCode // permanent codes by action and scene
 
 	people       map[string]*person // customer-service windows by OpenID
 	lru          *list.List         // the OpenIDs in people, told of least recently first
 	interactions map[string]int     // told, by kind
+
+	data appData // tags, datacube figures, auto-replies (data.go)
 }
 
 type token struct {
@@ -144,6 +164,7 @@ type token struct {
 
 // QRCode is a code the fake issued.
 type QRCode struct {
+	AppID         string `json:"appid"`
 	ActionName    string `json:"action_name"`
 	Scene         string `json:"scene"` // scene_id as text, or scene_str
 	Ticket        string `json:"ticket"`
@@ -153,6 +174,7 @@ type QRCode struct {
 
 // Message is a customer-service message the fake accepted.
 type Message struct {
+	AppID   string          `json:"appid"`
 	ToUser  string          `json:"touser"`
 	MsgType string          `json:"msgtype"`
 	Content string          `json:"content,omitempty"` // text messages
@@ -160,16 +182,18 @@ type Message struct {
 	At      time.Time       `json:"at"`
 }
 
-// Fault is a switch: the next Count calls of API (every API when empty)
-// are answered with Errcode, after Delay, or dropped. By default that
-// happens instead of processing the call; with After, the call is
-// processed and recorded first (a send is delivered, a code created), and
-// only then is the answer delayed, replaced by Errcode or dropped: a test
-// can kill the caller, or fail it, once WeChat has done the work.
-// InvalidateToken invalidates the current access_token at once (its next
-// use gets 40001; the next stable_token issues a new one).
+// Fault is a switch: the next Count calls of API (every API when empty) of
+// AppID (every app when empty) are answered with Errcode, after Delay, or
+// dropped. By default that happens instead of processing the call; with
+// After, the call is processed and recorded first (a send is delivered, a
+// code created), and only then is the answer delayed, replaced by Errcode
+// or dropped: a test can kill the caller, or fail it, once WeChat has done
+// the work. InvalidateToken invalidates the current access_token of AppID
+// (of every app when empty) at once (its next use gets 40001; the next
+// stable_token issues a new one).
 type Fault struct {
 	API             string `json:"api,omitempty"`
+	AppID           string `json:"appid,omitempty"`
 	Errcode         int    `json:"errcode,omitempty"`
 	Errmsg          string `json:"errmsg,omitempty"`
 	Delay           string `json:"delay,omitempty"` // a Go duration
@@ -180,16 +204,24 @@ type Fault struct {
 	delay           time.Duration
 }
 
-// Calls is what GET /wxsim/calls answers.
+// Calls is what GET /wxsim/calls answers: the totals, and Apps the same
+// counts per AppID (a call whose app the fake could not tell, a wrong
+// AppID or an unknown token, is in the totals only).
 type Calls struct {
+	AppCalls
+	QRCodes  []QRCode            `json:"qrcodes"`
+	Messages []Message           `json:"messages"` // accepted customer-service messages
+	Apps     map[string]AppCalls `json:"apps"`
+}
+
+// AppCalls are the counts of one app, or of all.
+type AppCalls struct {
 	Calls    map[string]int            `json:"calls"`    // requests received per API
 	Errcodes map[string]map[string]int `json:"errcodes"` // errcodes answered per API
 	// ForceRefresh counts stable_token calls that asked for force_refresh
 	// (each one ends every other holder's token): wxgate sends none.
-	ForceRefresh int       `json:"force_refresh"`
-	Tokens       int       `json:"tokens"` // access_tokens issued
-	QRCodes      []QRCode  `json:"qrcodes"`
-	Messages     []Message `json:"messages"` // accepted customer-service messages
+	ForceRefresh int `json:"force_refresh"`
+	Tokens       int `json:"tokens"` // access_tokens issued (live ones only, per app)
 	// Interactions are those the fake was told of, by kind.
 	Interactions map[string]int `json:"interactions"`
 }
@@ -199,9 +231,10 @@ func New(o Options) *Server {
 	o.setDefaults()
 	s := &Server{o: o, mux: http.NewServeMux()}
 	s.reset()
-	s.mux.HandleFunc("/cgi-bin/stable_token", s.api(StableToken, s.stableToken))
-	s.mux.HandleFunc("/cgi-bin/qrcode/create", s.api(QRCodeCreate, s.withToken(s.qrcodeCreate)))
-	s.mux.HandleFunc("/cgi-bin/message/custom/send", s.api(CustomSend, s.withToken(s.customSend)))
+	s.mux.HandleFunc("/cgi-bin/stable_token", s.api(StableToken, http.MethodPost, s.stableToken))
+	s.mux.HandleFunc("/cgi-bin/qrcode/create", s.api(QRCodeCreate, http.MethodPost, s.withToken(s.qrcodeCreate)))
+	s.mux.HandleFunc("/cgi-bin/message/custom/send", s.api(CustomSend, http.MethodPost, s.withToken(s.customSend)))
+	s.routeData()
 	s.mux.HandleFunc("POST /wxsim/fault", s.fault)
 	s.mux.HandleFunc("POST /wxsim/interaction", s.interaction)
 	s.mux.HandleFunc("GET /wxsim/calls", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, s.Calls()) })
@@ -220,31 +253,61 @@ func New(o Options) *Server {
 }
 
 func (s *Server) reset() {
-	s.tokens, s.codes, s.messages, s.faults, s.forced = nil, nil, nil, nil, 0
-	s.calls, s.errcodes, s.perm = map[string]int{}, map[string]map[string]int{}, map[string]QRCode{}
-	s.people, s.lru, s.interactions = map[string]*person{}, list.New(), map[string]int{}
+	s.codes, s.messages, s.faults, s.forced = nil, nil, nil, 0
+	s.calls, s.errcodes = map[string]int{}, map[string]map[string]int{}
+	apps := maps.Clone(s.o.Apps)
+	if apps == nil {
+		apps = map[string]string{}
+	}
+	if s.o.AppID != "" {
+		apps[s.o.AppID] = s.o.Secret
+	}
+	s.apps, s.first = map[string]*app{}, s.o.AppID
+	for _, id := range slices.Sorted(maps.Keys(apps)) {
+		s.apps[id] = &app{id: id, secret: apps[id], calls: map[string]int{}, errcodes: map[string]map[string]int{},
+			perm: map[string]QRCode{}, people: map[string]*person{}, lru: list.New(), interactions: map[string]int{}, data: newAppData()}
+		s.first = cmp.Or(s.first, id)
+	}
 }
 
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+
+// AppIDs are the apps the fake serves, the default first.
+func (s *Server) AppIDs() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ids := []string{s.first}
+	for _, id := range slices.Sorted(maps.Keys(s.apps)) {
+		if id != s.first {
+			ids = append(ids, id)
+		}
+	}
+	return ids
+}
 
 // Calls returns a copy of what the fake received.
 func (s *Server) Calls() Calls {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	c := Calls{Calls: map[string]int{StableToken: 0, QRCodeCreate: 0, CustomSend: 0}, Errcodes: map[string]map[string]int{}, Tokens: len(s.tokens), ForceRefresh: s.forced,
-		QRCodes: append([]QRCode{}, s.codes...), Messages: append([]Message{}, s.messages...),
-		Interactions: map[string]int{KindMessage: 0, KindEvent: 0, KindUnsubscribe: 0}}
-	for k, v := range s.calls {
-		c.Calls[k] = v
-	}
-	for k, v := range s.interactions {
-		c.Interactions[k] = v
-	}
-	for api, m := range s.errcodes {
-		c.Errcodes[api] = map[string]int{}
-		for code, n := range m {
-			c.Errcodes[api][code] = n
+	c := Calls{AppCalls: countsOf(s.calls, s.errcodes, s.forced, 0, nil), Apps: map[string]AppCalls{},
+		QRCodes: append([]QRCode{}, s.codes...), Messages: append([]Message{}, s.messages...)}
+	for id, a := range s.apps {
+		c.Apps[id] = countsOf(a.calls, a.errcodes, a.forced, len(a.tokens), a.interactions)
+		c.Tokens += len(a.tokens)
+		for k, n := range a.interactions {
+			c.Interactions[k] += n
 		}
+	}
+	return c
+}
+
+func countsOf(calls map[string]int, errcodes map[string]map[string]int, forced, tokens int, interactions map[string]int) AppCalls {
+	c := AppCalls{Calls: map[string]int{StableToken: 0, QRCodeCreate: 0, CustomSend: 0}, Errcodes: map[string]map[string]int{},
+		ForceRefresh: forced, Tokens: tokens, Interactions: map[string]int{KindMessage: 0, KindEvent: 0, KindUnsubscribe: 0}}
+	maps.Copy(c.Calls, calls)
+	maps.Copy(c.Interactions, interactions)
+	for api, m := range errcodes {
+		c.Errcodes[api] = maps.Clone(m)
 	}
 	return c
 }
@@ -263,9 +326,16 @@ func (s *Server) Inject(f Fault) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if f.AppID != "" && s.apps[f.AppID] == nil {
+		return faultError("bad fault: no app " + strconv.Quote(f.AppID))
+	}
 	if f.InvalidateToken {
-		for _, t := range s.tokens {
-			t.invalid = true
+		for _, a := range s.apps {
+			if f.AppID == "" || f.AppID == a.id {
+				for _, t := range a.tokens {
+					t.invalid = true
+				}
+			}
 		}
 		f.InvalidateToken = false
 	}
@@ -296,58 +366,85 @@ func (s *Server) fault(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, map[string]bool{"ok": true})
 }
 
-// answerFunc handles one API call and returns the JSON answer.
-type answerFunc func(r *http.Request, body []byte) any
+// answerFunc handles one API call of app a (nil: the fake cannot tell
+// which, a wrong AppID or token) and returns the JSON answer. It is called
+// without s.mu.
+type answerFunc func(r *http.Request, a *app, body []byte) any
+
+// methodCodes are WeChat's answers to a call with the wrong method.
+var methodCodes = map[string]int{http.MethodPost: 43002, http.MethodGet: 43001}
 
 // api counts the call, applies a pending fault, reads the body and answers.
 // A fault applies before the call is processed (WeChat never saw it) or,
 // with After, between processing and answering (WeChat did the work and
 // the caller may never hear of it).
-func (s *Server) api(name string, h answerFunc) http.HandlerFunc {
+func (s *Server) api(name, method string, h answerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		s.mu.Lock()
-		s.calls[name]++
-		f, faulted := s.takeFault(name)
-		s.mu.Unlock()
 		// The body is read before any delay: net/http notices a caller
 		// going away (r.Context) only once the body has been read.
 		body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
 		if err != nil {
 			return // the caller went away before sending its body
 		}
+		s.mu.Lock()
+		a := s.appOf(name, r, body)
+		s.calls[name]++
+		if a != nil {
+			a.calls[name]++
+		}
 		if name == StableToken {
 			// Counted whatever the answer, a fault's included: asking is
 			// what a test rules out.
 			if req, _ := ParseStableToken(body); req.ForceRefresh {
-				s.mu.Lock()
 				s.forced++
-				s.mu.Unlock()
+				if a != nil {
+					a.forced++
+				}
 			}
 		}
-		if faulted && !f.After && s.applyFault(w, r, name, f) {
+		f, faulted := s.takeFault(name, a)
+		s.mu.Unlock()
+		if faulted && !f.After && s.applyFault(w, r, name, a, f) {
 			return
 		}
-		var a any
-		if r.Method != http.MethodPost {
-			a = refuse(43002)
+		var ans any
+		if r.Method != method {
+			ans = refuse(methodCodes[method])
 		} else {
-			a = h(r, body)
+			ans = h(r, a, body)
 		}
-		if faulted && f.After && s.applyFault(w, r, name, f) {
+		if faulted && f.After && s.applyFault(w, r, name, a, f) {
 			return
 		}
-		if e, ok := a.(errAnswer); ok {
-			s.errcode(w, name, e.Errcode, e.Errmsg)
+		if e, ok := ans.(errAnswer); ok && e.Errcode != 0 {
+			s.errcode(w, name, a, e.Errcode, e.Errmsg)
 			return
 		}
 		s.o.Logger.Info("answered", "api", name)
-		writeJSON(w, a)
+		writeJSON(w, ans)
 	}
+}
+
+// appOf is the app a call is for: stable_token's appid, else the owner of
+// its access_token; nil when there is none. Called with s.mu held.
+func (s *Server) appOf(name string, r *http.Request, body []byte) *app {
+	if name == StableToken {
+		req, _ := ParseStableToken(body)
+		return s.apps[req.AppID]
+	}
+	if v := r.URL.Query().Get("access_token"); v != "" {
+		for _, a := range s.apps {
+			if slices.ContainsFunc(a.tokens, func(t *token) bool { return t.value == v }) {
+				return a
+			}
+		}
+	}
+	return nil
 }
 
 // applyFault waits the fault's delay, then drops the connection or
 // answers its errcode; it reports whether the call is over.
-func (s *Server) applyFault(w http.ResponseWriter, r *http.Request, name string, f Fault) bool {
+func (s *Server) applyFault(w http.ResponseWriter, r *http.Request, name string, a *app, f Fault) bool {
 	if f.delay > 0 {
 		select {
 		case <-time.After(f.delay):
@@ -366,16 +463,17 @@ func (s *Server) applyFault(w http.ResponseWriter, r *http.Request, name string,
 		return true
 	}
 	if f.Errcode != 0 {
-		s.errcode(w, name, f.Errcode, cmp.Or(f.Errmsg, errmsgs[f.Errcode], "injected by wxsim"))
+		s.errcode(w, name, a, f.Errcode, cmp.Or(f.Errmsg, errmsgs[f.Errcode], "injected by wxsim"))
 		return true
 	}
 	return false
 }
 
-// takeFault returns the first pending fault for api and counts it down.
-func (s *Server) takeFault(api string) (Fault, bool) {
+// takeFault returns the first pending fault for api of app a and counts
+// it down. Called with s.mu held.
+func (s *Server) takeFault(api string, a *app) (Fault, bool) {
 	for i, f := range s.faults {
-		if f.API != "" && f.API != api {
+		if (f.API != "" && f.API != api) || (f.AppID != "" && (a == nil || f.AppID != a.id)) {
 			continue
 		}
 		if s.faults[i].Count--; s.faults[i].Count <= 0 {
@@ -402,29 +500,44 @@ var errmsgs = map[int]string{
 	40008: "invalid message type",
 	40013: "invalid appid",
 	40014: "invalid access_token",
+	40032: "invalid openid list size",
 	40052: "invalid action name",
 	40053: "invalid action info, please check document",
 	40125: "invalid appsecret",
 	40164: "invalid ip 203.0.113.7 ipv6 ::ffff:203.0.113.7, not in whitelist",
 	41001: "access_token missing",
 	42001: "access_token expired",
+	43001: "require GET method",
 	43002: "require POST method",
 	44004: "text content is empty",
 	45009: "reach max api daily quota limit",
 	45015: "response out of time limit or subscription is canceled",
 	45029: "qrcode count out of limit",
 	45047: "out of response count limit",
+	45056: "too many tag now, no need to add new",
+	45059: "can not tagging one user too much",
+	45157: "invalid tag name",
+	45158: "tag name too long",
+	45159: "invalid tag id",
 	47001: "data format error",
 	48001: "api unauthorized",
+	61500: "date format error",
+	61501: "date range error",
 	89503: "此次调用需要管理员确认，请耐心等候",
 }
 
-func (s *Server) errcode(w http.ResponseWriter, api string, code int, msg string) {
+func (s *Server) errcode(w http.ResponseWriter, api string, a *app, code int, msg string) {
 	s.mu.Lock()
-	if s.errcodes[api] == nil {
-		s.errcodes[api] = map[string]int{}
+	count := func(m map[string]map[string]int) {
+		if m[api] == nil {
+			m[api] = map[string]int{}
+		}
+		m[api][strconv.Itoa(code)]++
 	}
-	s.errcodes[api][strconv.Itoa(code)]++
+	count(s.errcodes)
+	if a != nil {
+		count(a.errcodes)
+	}
 	s.mu.Unlock()
 	s.o.Logger.Info("refused", "api", api, "errcode", code)
 	answer(w, code, msg)
@@ -460,22 +573,22 @@ func ParseStableToken(body []byte) (req StableTokenRequest, code int) {
 	return req, 0
 }
 
-func (s *Server) stableToken(_ *http.Request, body []byte) any {
+func (s *Server) stableToken(_ *http.Request, a *app, body []byte) any {
 	req, code := ParseStableToken(body)
 	switch {
 	case code != 0:
 		return refuse(code)
-	case req.AppID != s.o.AppID:
+	case a == nil:
 		return refuse(40013)
-	case req.Secret != s.o.Secret:
+	case req.Secret != a.secret:
 		return refuse(40125)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.o.Now()
 	var cur *token
-	if n := len(s.tokens); n > 0 {
-		cur = s.tokens[n-1]
+	if n := len(a.tokens); n > 0 {
+		cur = a.tokens[n-1]
 	}
 	if req.ForceRefresh && cur != nil {
 		cur.invalid = true // force_refresh ends the previous token at once
@@ -484,41 +597,45 @@ func (s *Server) stableToken(_ *http.Request, body []byte) any {
 	// then a new one, the old staying valid until its own time.
 	if cur == nil || cur.invalid || cur.expires.Sub(now) <= s.o.Overlap {
 		cur = &token{value: "wxsim_" + randomHex(48), expires: now.Add(s.o.TokenTTL)}
-		s.tokens = append(s.tokens, cur)
-		s.dropDeadTokens(now)
+		a.tokens = append(a.tokens, cur)
+		a.dropDeadTokens(now)
 	}
 	return map[string]any{"access_token": cur.value, "expires_in": max(1, int64(cur.expires.Sub(now)/time.Second))}
 }
 
 // dropDeadTokens forgets tokens past their time, keeping the current one,
 // so the list stays short however long the fake runs.
-func (s *Server) dropDeadTokens(now time.Time) {
-	keep := s.tokens[:0]
-	for i, t := range s.tokens {
-		if i == len(s.tokens)-1 || now.Before(t.expires) {
+func (a *app) dropDeadTokens(now time.Time) {
+	keep := a.tokens[:0]
+	for i, t := range a.tokens {
+		if i == len(a.tokens)-1 || now.Before(t.expires) {
 			keep = append(keep, t)
 		}
 	}
-	s.tokens = keep
+	a.tokens = keep
 }
 
-// withToken checks the access_token query parameter first.
+// withToken checks the access_token query parameter first: h is called
+// only with the app that owns a valid token.
 func (s *Server) withToken(h answerFunc) answerFunc {
-	return func(r *http.Request, body []byte) any {
-		if code := s.checkToken(r.URL.Query().Get("access_token")); code != 0 {
+	return func(r *http.Request, a *app, body []byte) any {
+		if code := s.checkToken(a, r.URL.Query().Get("access_token")); code != 0 {
 			return refuse(code)
 		}
-		return h(r, body)
+		return h(r, a, body)
 	}
 }
 
-func (s *Server) checkToken(v string) int {
+func (s *Server) checkToken(a *app, v string) int {
 	if v == "" {
 		return 41001
 	}
+	if a == nil {
+		return 40001
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, t := range s.tokens {
+	for _, t := range a.tokens {
 		if t.value != v {
 			continue
 		}
@@ -592,7 +709,7 @@ func ParseQRRequest(body []byte) (req QRRequest, scene string, expire int64, cod
 	return req, scene, expire, 0
 }
 
-func (s *Server) qrcodeCreate(_ *http.Request, body []byte) any {
+func (s *Server) qrcodeCreate(_ *http.Request, a *app, body []byte) any {
 	req, scene, expire, code := ParseQRRequest(body)
 	if code != 0 {
 		return refuse(code)
@@ -601,29 +718,29 @@ func (s *Server) qrcodeCreate(_ *http.Request, body []byte) any {
 	defer s.mu.Unlock()
 	if expire == 0 { // permanent: one code per scene, and a cap on them
 		key := req.ActionName + "\x00" + scene
-		if c, ok := s.perm[key]; ok {
+		if c, ok := a.perm[key]; ok {
 			return c
 		}
-		if len(s.perm) >= s.o.PermanentCap {
+		if len(a.perm) >= s.o.PermanentCap {
 			return refuse(45029)
 		}
-		c := newCode(req.ActionName, scene, 0)
-		s.perm[key] = c
+		c := newCode(a.id, req.ActionName, scene, 0)
+		a.perm[key] = c
 		s.codes = append(s.codes, c)
 		return c
 	}
-	c := newCode(req.ActionName, scene, expire)
+	c := newCode(a.id, req.ActionName, scene, expire)
 	s.codes = append(s.codes, c)
 	return c
 }
 
 // newCode makes a plausible ticket and url: the url is what the QR image
 // encodes (http://, as WeChat's are), the ticket a base64 blob that embeds it.
-func newCode(action, scene string, expire int64) QRCode {
+func newCode(appID, action, scene string, expire int64) QRCode {
 	u := "http://weixin.qq.com/q/" + base64.RawURLEncoding.EncodeToString(randomBytes(16))[:22]
 	blob := append([]byte{0x08, 0x01, 0x12}, u...)
 	blob = append(blob, randomBytes(8)...)
-	return QRCode{ActionName: action, Scene: scene, Ticket: "gQ" + base64.StdEncoding.EncodeToString(blob), URL: u, ExpireSeconds: expire}
+	return QRCode{AppID: appID, ActionName: action, Scene: scene, Ticket: "gQ" + base64.StdEncoding.EncodeToString(blob), URL: u, ExpireSeconds: expire}
 }
 
 // SendRequest is the part of a message/custom/send body the fake checks.
@@ -663,12 +780,12 @@ func ParseSend(body []byte) (m Message, code int) {
 // maxMessages bounds what the fake keeps: the newest are kept.
 const maxMessages = 10000
 
-func (s *Server) customSend(_ *http.Request, body []byte) any {
+func (s *Server) customSend(_ *http.Request, a *app, body []byte) any {
 	m, code := ParseSend(body)
 	if code != 0 {
 		return refuse(code)
 	}
-	m.At = s.o.Now()
+	m.AppID, m.At = a.id, s.o.Now()
 	if s.o.SendCheck != nil {
 		if code, msg := s.o.SendCheck(m); code != 0 {
 			return errAnswer{code, msg}
@@ -679,7 +796,7 @@ func (s *Server) customSend(_ *http.Request, body []byte) any {
 	// Checked and counted under the lock with the recording, so concurrent
 	// sends cannot both take a window's last message.
 	if !s.o.NoWindows {
-		if code := s.useWindow(m.ToUser, m.At); code != 0 {
+		if code := a.useWindow(m.ToUser, m.At); code != 0 {
 			return refuse(code)
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/wxgate/wxgate/shared/serve"
@@ -33,6 +34,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	// The flag's default is empty and read from the environment after
 	// parsing: -h prints defaults, and an AppSecret must not be printed.
 	fs.StringVar(&o.Secret, "secret", "", "the AppSecret stable_token accepts (from $WECHAT_APPSECRET, else "+FakeSecret+")")
+	apps := fs.String("apps", "", "more apps, each with its own secret, tokens, codes, windows and counters: appid:secret,appid2:secret2")
 	fs.DurationVar(&o.TokenTTL, "token-ttl", 2*time.Hour, "an access_token's lifetime (WeChat: 2h); whole seconds, at least 2s")
 	fs.DurationVar(&o.Overlap, "overlap", 0, "how long old and new tokens are both valid (default 5m, or half -token-ttl when shorter)")
 	fs.IntVar(&o.PermanentCap, "permanent-cap", 100000, "permanent codes allowed before 45029")
@@ -52,6 +54,11 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return probe(*addr, stderr)
 	}
 	o.Secret = secretOr(o.Secret, os.Getenv("WECHAT_APPSECRET"))
+	var err error
+	if o.Apps, err = ParseApps(*apps); err != nil {
+		fmt.Fprintln(stderr, "wxsim api: -apps:", err)
+		return 2
+	}
 	logger := slog.New(slog.NewJSONHandler(stderr, nil)).With("component", "wechat-api")
 	o.Logger = logger
 	o.NoWindows = !*windows
@@ -61,10 +68,10 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "wxsim api:", err)
 		return 1
 	}
-	logger.Info("fake WeChat API ready", "appid", o.AppID, "token_ttl", s.o.TokenTTL.String(), "overlap", s.o.Overlap.String(),
+	logger.Info("fake WeChat API ready", "appids", s.AppIDs(), "token_ttl", s.o.TokenTTL.String(), "overlap", s.o.Overlap.String(),
 		"windows", *windows, "message_window", s.o.MessageWindow.String(), "message_quota", s.o.MessageQuota,
 		"event_window", s.o.EventWindow.String(), "event_quota", s.o.EventQuota)
-	fmt.Fprintf(stdout, "fake WeChat API on http://%s (WECHAT_API_BASE); control: POST /wxsim/fault, POST /wxsim/interaction, GET /wxsim/calls\n", srv.Addr())
+	fmt.Fprintf(stdout, "fake WeChat API on http://%s (WECHAT_API_BASE); control: POST /wxsim/fault, /wxsim/interaction, /wxsim/datacube, /wxsim/autoreply; GET /wxsim/calls\n", srv.Addr())
 	select {
 	case <-ctx.Done():
 	case err := <-srv.Done():
@@ -80,6 +87,26 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// ParseApps reads "appid:secret,appid2:secret2". The error never echoes
+// a secret.
+func ParseApps(v string) (map[string]string, error) {
+	if v == "" {
+		return nil, nil
+	}
+	apps := map[string]string{}
+	for i, part := range strings.Split(v, ",") {
+		id, secret, ok := strings.Cut(strings.TrimSpace(part), ":")
+		switch {
+		case !ok || id == "" || secret == "":
+			return nil, fmt.Errorf("item %d: want appid:secret", i+1)
+		case apps[id] != "":
+			return nil, fmt.Errorf("appid %q given twice", id)
+		}
+		apps[id] = secret
+	}
+	return apps, nil
 }
 
 // secretOr is the AppSecret the fake accepts: the flag's, else the

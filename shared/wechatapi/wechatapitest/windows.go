@@ -2,6 +2,7 @@ package wechatapitest
 
 import (
 	"bytes"
+	"cmp"
 	"container/list"
 	"encoding/json"
 	"errors"
@@ -51,6 +52,8 @@ func InteractionKind(msgType, event string) string {
 
 // InteractionRequest is the body of POST /wxsim/interaction.
 type InteractionRequest struct {
+	// AppID is the account the person acted on; empty is the default app.
+	AppID  string `json:"appid,omitempty"`
 	OpenID string `json:"openid"`
 	Kind   string `json:"kind"`
 	// At is when the person acted (RFC 3339); zero is now. A time after
@@ -96,31 +99,40 @@ type window struct {
 	quota, sent    int
 }
 
-// person is one OpenID's windows, oldest opened first. Only windows that
+// person is one OpenID's windows (with one app), oldest opened first. Only windows that
 // may still be used are kept: a window closing no later than one opened
 // after it never is (the later one is open whenever it is), so closing
 // times strictly decrease along the slice, and there are at most as many
 // windows as distinct window lengths (two).
 type person struct {
 	windows []window
-	elem    *list.Element // in Server.lru
+	elem    *list.Element // in app.lru
 }
 
 // Interaction tells the fake that the person openid did something (kind
-// KindMessage, KindEvent or KindUnsubscribe) at the time at (zero: now),
-// as POST /wxsim/interaction does.
+// KindMessage, KindEvent or KindUnsubscribe) with the default app at the
+// time at (zero: now), as POST /wxsim/interaction does.
 func (s *Server) Interaction(openid, kind string, at time.Time) error {
+	return s.AppInteraction("", openid, kind, at)
+}
+
+// AppInteraction is Interaction with the app appid ("" the default).
+func (s *Server) AppInteraction(appid, openid, kind string, at time.Time) error {
 	if err := checkInteraction(openid, kind); err != nil {
 		return err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.interactions[kind]++
-	p := s.people[openid]
+	a := s.apps[cmp.Or(appid, s.first)]
+	if a == nil {
+		return fmt.Errorf("bad interaction: no app %q", appid)
+	}
+	a.interactions[kind]++
+	p := a.people[openid]
 	if kind == KindUnsubscribe {
 		if p != nil {
-			s.lru.Remove(p.elem)
-			delete(s.people, openid)
+			a.lru.Remove(p.elem)
+			delete(a.people, openid)
 		}
 		return nil
 	}
@@ -132,14 +144,14 @@ func (s *Server) Interaction(openid, kind string, at time.Time) error {
 		w.closes, w.quota = at.Add(s.o.EventWindow), s.o.EventQuota
 	}
 	if p == nil {
-		p = &person{elem: s.lru.PushBack(openid)}
-		s.people[openid] = p
+		p = &person{elem: a.lru.PushBack(openid)}
+		a.people[openid] = p
 		// Bounded memory: forget whoever was told of least recently.
-		if s.lru.Len() > s.o.MaxPeople {
-			delete(s.people, s.lru.Remove(s.lru.Front()).(string))
+		if a.lru.Len() > s.o.MaxPeople {
+			delete(a.people, a.lru.Remove(a.lru.Front()).(string))
 		}
 	} else {
-		s.lru.MoveToBack(p.elem)
+		a.lru.MoveToBack(p.elem)
 	}
 	p.windows = addWindow(p.windows, w)
 	return nil
@@ -170,8 +182,8 @@ func addWindow(ws []window, w window) []window {
 // sets the terms), so a SCAN after a message limits sends to 3 until its
 // minute is over. The code is 0 when the send is allowed, else 45015 (no
 // open window) or 45047 (its count used). Called with s.mu held.
-func (s *Server) useWindow(openid string, now time.Time) int {
-	p := s.people[openid]
+func (a *app) useWindow(openid string, now time.Time) int {
+	p := a.people[openid]
 	if p == nil {
 		return 45015
 	}
@@ -197,7 +209,7 @@ func (s *Server) interaction(w http.ResponseWriter, r *http.Request) {
 	}
 	req, err := ParseInteraction(body)
 	if err == nil {
-		err = s.Interaction(req.OpenID, req.Kind, req.At)
+		err = s.AppInteraction(req.AppID, req.OpenID, req.Kind, req.At)
 	}
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)

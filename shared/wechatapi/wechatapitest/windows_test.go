@@ -136,8 +136,9 @@ func TestMaxPeople(t *testing.T) {
 			t.Errorf("%s: %d, want %d", who, got, want)
 		}
 	}
-	if n := len(s.people); n != 2 || s.lru.Len() != 2 {
-		t.Errorf("%d people tracked, %d in the LRU", n, s.lru.Len())
+	a := s.apps["wx1"]
+	if n := len(a.people); n != 2 || a.lru.Len() != 2 {
+		t.Errorf("%d people tracked, %d in the LRU", n, a.lru.Len())
 	}
 }
 
