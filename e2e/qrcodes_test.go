@@ -211,7 +211,7 @@ func TestQRCodesAcrossProcesses(t *testing.T) {
 		if n := fake.calls(t).Calls[wechatapitest.QRCodeCreate] - before; n != 1 {
 			t.Errorf("errcode %d: asked %d times", errcode, n)
 		}
-		if v := metricValue(t, w1.admin, fmt.Sprintf(`wxgate_wechat_api_calls_total{api="qrcode_create",outcome="%d"}`, errcode)); v != 1 {
+		if v := metricValue(t, w1.admin, fmt.Sprintf(`wxgate_wechat_api_calls_total{account="default",api="qrcode_create",outcome="%d"}`, errcode)); v != 1 {
 			t.Errorf("errcode %d counted %v", errcode, v)
 		}
 	}
@@ -240,7 +240,7 @@ func TestQRCodesAcrossProcesses(t *testing.T) {
 	if len(list.QRCodes) != 8+1+1+3 {
 		t.Errorf("list has %d codes, want 13", len(list.QRCodes))
 	}
-	metricstest.Scrape(t, "http://"+in1+"/metrics", `wxgate_wechat_api_calls_total{api="stable_token",outcome="ok"}`)
+	metricstest.Scrape(t, "http://"+in1+"/metrics", `wxgate_wechat_api_calls_total{account="default",api="stable_token",outcome="ok"}`)
 	if n := fake.calls(t).ForceRefresh; n != 0 {
 		t.Errorf("force_refresh sent %d times; wxgate never sends it", n)
 	}

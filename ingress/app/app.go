@@ -233,7 +233,7 @@ func (a *App) startAdmin(o Options, cfg config.Config, reg *prometheus.Registry)
 		// workers' (their late replies use it too).
 		scenes := stats.OpenOnUse(a.nc)
 		api := stats.API(scenes, cfg.AdminToken)
-		var wx *wechatapi.Client
+		var wx *wechatapi.Clients
 		var err error
 		if a.workers != nil {
 			scenes, api, wx = a.workers.Scenes(), a.workers.API(), a.workers.WeChat

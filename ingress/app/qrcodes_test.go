@@ -51,7 +51,7 @@ func TestStandaloneQRCodes(t *testing.T) {
 		// among them): ready comes, not at once.
 		wait.For(t, wait.Short, wait.Every, func() error { return nettest.CheckStatus(base+"/readyz", 200) })
 		if on {
-			if v := metricstest.Scrape(t, base+"/metrics", `wxgate_wechat_api_calls_total{api="qrcode_create",outcome="ok"}`); v != 1 {
+			if v := metricstest.Scrape(t, base+"/metrics", `wxgate_wechat_api_calls_total{account="default",api="qrcode_create",outcome="ok"}`); v != 1 {
 				t.Errorf("qrcode_create ok = %v", v)
 			}
 		}

@@ -25,6 +25,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/wxgate/wxgate/shared/accounts"
 	"github.com/wxgate/wxgate/shared/admin"
 	"github.com/wxgate/wxgate/shared/qrcodes"
 	"github.com/wxgate/wxgate/shared/stats"
@@ -153,7 +154,7 @@ func (u *ui) show(w http.ResponseWriter, r *http.Request) {
 // render fills in the lists and writes the page with status code.
 func (u *ui) render(w http.ResponseWriter, r *http.Request, code int, v view) {
 	v.LoggedIn = !v.Login && u.o.Token != ""
-	v.Enabled = u.o.QR.Enabled()
+	v.Enabled = u.o.QR.Enabled(accounts.DefaultID)
 	v.Lifetimes, v.BarWidth = lifetimes, barWidth
 	if v.Form.ExpireSeconds == 0 {
 		v.Form.ExpireSeconds = qrcodes.DefaultExpireSeconds
@@ -167,7 +168,7 @@ func (u *ui) render(w http.ResponseWriter, r *http.Request, code int, v view) {
 			v.ScenesError = "The scene totals are unavailable right now."
 		}
 		if v.Enabled {
-			if v.Codes, err = u.o.QR.List(ctx); err != nil {
+			if v.Codes, err = u.o.QR.List(ctx, accounts.DefaultID, nil); err != nil {
 				u.o.Logger.Warn("ui: codes unavailable", "err", err)
 				v.CodesError = "The codes are unavailable right now."
 			}
@@ -276,7 +277,7 @@ func (u *ui) create(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 20*time.Second)
 	defer cancel()
-	if _, _, err := u.o.QR.Create(ctx, req); err != nil {
+	if _, _, err := u.o.QR.Create(ctx, accounts.DefaultID, req); err != nil {
 		// The API's status and error, in words for the page.
 		code, body := qrcodes.Problem(err)
 		msg, _ := body["error"].(string)

@@ -23,6 +23,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/wxgate/wxgate/shared/accounts"
 	"github.com/wxgate/wxgate/shared/admin"
 	"github.com/wxgate/wxgate/shared/config"
 	"github.com/wxgate/wxgate/shared/qrcodes"
@@ -70,15 +71,13 @@ func server(t *testing.T, off bool) string {
 	fs := httptest.NewServer(fake)
 	t.Cleanup(fs.Close)
 	logger := slog.New(slog.DiscardHandler)
-	var client *wechatapi.Client
-	if !off {
-		var err error
-		if client, err = wechatapi.New(wechatapi.Options{Base: fs.URL, AppID: "wx_c", Secret: "c-secret", Conn: nc, Logger: logger, Registerer: prometheus.NewRegistry()}); err != nil {
-			t.Fatal(err)
-		}
+	secret := "c-secret"
+	if off {
+		secret = ""
 	}
-	qr, err := qrcodes.New(qrcodes.Options{Conn: nc, Client: client, Logger: logger,
-		Scenes: func(context.Context) (qrcodes.Totals, error) { return noCounts{}, nil }})
+	clients := newClients(t, nc, fs.URL, "wx_c", secret)
+	qr, err := qrcodes.New(qrcodes.Options{Conn: nc, Clients: clients.For, Logger: logger,
+		Scenes: func(context.Context, string) (qrcodes.Totals, error) { return noCounts{}, nil }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,6 +87,22 @@ func server(t *testing.T, off bool) string {
 	ts := httptest.NewServer(mux)
 	t.Cleanup(ts.Close)
 	return ts.URL
+}
+
+// newClients are a process's clients of the fake at base, for a default
+// account of appid and secret ("" : QR codes off).
+func newClients(t *testing.T, nc *nats.Conn, base, appid, secret string) *wechatapi.Clients {
+	t.Helper()
+	logger := slog.New(slog.DiscardHandler)
+	reg, err := accounts.Start(accounts.Options{Default: accounts.Account{AppID: appid, AppSecret: secret}, Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs, err := wechatapi.NewClients(wechatapi.Options{Base: base, Accounts: reg, Conn: nc, Logger: logger, Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cs
 }
 
 // session is a valid session cookie for "admin-token".
@@ -156,7 +171,7 @@ func TestLoginCreateAndShow(t *testing.T) {
 		t.Fatalf("after create: %d\n%s", code, body)
 	}
 	srcs := imgSrcs(body)
-	if len(srcs) != 1 || !strings.HasPrefix(srcs[0], "/api/qrcodes/%3Cscript%3Ealert%28%22x%22%29%3C%2Fscript%3E/image?ticket=") || !strings.HasSuffix(srcs[0], "&size=160") {
+	if len(srcs) != 1 || !strings.HasPrefix(srcs[0], "/api/qrcodes/%3Cscript%3Ealert%28%22x%22%29%3C%2Fscript%3E/image?ticket=") || !strings.HasSuffix(srcs[0], "&size=160&expired=1") {
 		t.Errorf("no image for the code: %q\n%s", srcs, body)
 	}
 	// The image loads with the cookie, as the browser's <img> would.
@@ -263,11 +278,8 @@ func mounted(t *testing.T, token string) string {
 	mux := admin.NewMux(admin.Options{Gatherer: prometheus.NewRegistry(), Token: token})
 	mux.Handle("/api/", stats.API(stats.OpenOnUse(nc), token))
 	logger := slog.New(slog.DiscardHandler)
-	client, err := wechatapi.New(wechatapi.Options{Base: fake.URL, AppID: "wx_m", Secret: "m-secret", Conn: nc, Logger: logger, Registerer: prometheus.NewRegistry()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := config.Config{AdminToken: token}
+	client := newClients(t, nc, fake.URL, "wx_m", "m-secret")
+	cfg := config.Config{AdminToken: token, AppSecret: "m-secret"}
 	if _, err := Mount(mux, MountOptions{Conn: nc, Config: cfg, Scenes: stats.OpenOnUse(nc), WeChat: client, Logger: logger}); err != nil {
 		t.Fatal(err)
 	}

@@ -18,9 +18,8 @@ type MountOptions struct {
 	Conn   *nats.Conn
 	Config config.Config
 	Scenes stats.StoreFunc // the totals /api/scenes reads
-	// WeChat is the process's client of WeChat's API; nil without
-	// WECHAT_APPSECRET.
-	WeChat *wechatapi.Client
+	// WeChat are the process's clients of WeChat's API.
+	WeChat *wechatapi.Clients
 	Logger *slog.Logger
 }
 
@@ -33,10 +32,10 @@ type MountOptions struct {
 func Mount(mux *admin.Mux, o MountOptions) (*qrcodes.Service, error) {
 	cfg := o.Config
 	logger := o.Logger.With("component", "qrcodes")
-	if o.WeChat == nil {
-		logger.Info("QR codes are off: WECHAT_APPSECRET is not set")
+	if cfg.AppSecret == "" {
+		logger.Info("QR codes are off for the default account: WECHAT_APPSECRET is not set")
 	}
-	qr, err := qrcodes.New(qrcodes.Options{Conn: o.Conn, Client: o.WeChat, Scenes: qrcodes.FromStore(o.Scenes),
+	qr, err := qrcodes.New(qrcodes.Options{Conn: o.Conn, Clients: o.WeChat.For, Scenes: qrcodes.FromStore(o.Scenes),
 		Replicas: cfg.JetStreamReplicas, Logger: logger})
 	if err != nil {
 		return nil, err

@@ -2,6 +2,7 @@ package qrcodes
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -11,9 +12,11 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/wxgate/wxgate/shared/accounts"
 	"github.com/wxgate/wxgate/shared/admin"
 	"github.com/wxgate/wxgate/shared/wechat"
 	"github.com/wxgate/wxgate/shared/wechatapi"
@@ -27,9 +30,11 @@ type Request struct {
 	// (default); ignored for a permanent code.
 	ExpireSeconds int64  `json:"expire_seconds"`
 	Label         string `json:"label"`
+	// Group gathers codes (门店, 地铁, 线上): at most 32 characters.
+	Group string `json:"group"`
 }
 
-// maxBody bounds a request body: a scene, a label and two numbers.
+// maxBody bounds a request body: a scene, a label, a group and two numbers.
 const maxBody = 8 << 10
 
 // ParseRequest reads and checks a create request. Its errors are the
@@ -53,16 +58,17 @@ func ParseRequest(r io.Reader) (Request, error) {
 		Permanent     bool    `json:"permanent"`
 		ExpireSeconds *int64  `json:"expire_seconds"`
 		Label         string  `json:"label"`
+		Group         string  `json:"group"`
 	}
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields() // a misspelt field must not pass as a default
 	if err := dec.Decode(&in); err != nil {
-		return Request{}, fmt.Errorf("%w: want a JSON object {\"scene\",\"permanent\",\"expire_seconds\",\"label\"}: %v", ErrBadRequest, err)
+		return Request{}, fmt.Errorf("%w: want a JSON object {\"scene\",\"permanent\",\"expire_seconds\",\"label\",\"group\"}: %v", ErrBadRequest, err)
 	}
 	if dec.More() {
 		return Request{}, fmt.Errorf("%w: one JSON object only", ErrBadRequest)
 	}
-	req := Request{Permanent: in.Permanent, Label: in.Label, ExpireSeconds: DefaultExpireSeconds}
+	req := Request{Permanent: in.Permanent, Label: in.Label, Group: in.Group, ExpireSeconds: DefaultExpireSeconds}
 	if in.Scene == nil {
 		return Request{}, fmt.Errorf("%w: scene is required", ErrBadRequest)
 	}
@@ -79,39 +85,51 @@ func ParseRequest(r io.Reader) (Request, error) {
 	if req.Permanent {
 		req.ExpireSeconds = 0
 	}
-	if err := checkLabel(req.Label); err != nil {
+	if err := checkText("label", req.Label, MaxLabelChars); err != nil {
+		return Request{}, err
+	}
+	if err := checkText("group", req.Group, MaxGroupChars); err != nil {
 		return Request{}, err
 	}
 	return req, nil
 }
 
-func checkLabel(l string) error {
-	if !utf8.ValidString(l) || utf8.RuneCountInString(l) > MaxLabelChars {
-		return fmt.Errorf("%w: label must be at most %d characters of UTF-8", ErrBadRequest, MaxLabelChars)
+// checkText checks a label or a group: UTF-8, at most most characters, no
+// control characters.
+func checkText(field, v string, most int) error {
+	if !utf8.ValidString(v) || utf8.RuneCountInString(v) > most {
+		return fmt.Errorf("%w: %s must be at most %d characters of UTF-8", ErrBadRequest, field, most)
 	}
-	for _, r := range l {
+	for _, r := range v {
 		if unicode.IsControl(r) {
-			return fmt.Errorf("%w: label must not contain control characters", ErrBadRequest)
+			return fmt.Errorf("%w: %s must not contain control characters", ErrBadRequest, field)
 		}
 	}
 	return nil
 }
 
-// Handler serves the API under /api/qrcodes:
+// Handler serves the API under /api/qrcodes, each route for the account
+// ?account=<id> (default: default; unknown: 404):
 //
-//	POST /api/qrcodes                       create (201, or 200 for an existing permanent code)
-//	GET  /api/qrcodes                       {"qrcodes":[…]} with each scene's counts
-//	GET  /api/qrcodes/{scene}               the scene's latest code, or 404
-//	GET  /api/qrcodes/{scene}/image?size=N  the PNG of its latest code's url;
-//	                                        &ticket=T: of the code with that ticket
+//	POST /api/qrcodes                   create (201, or 200 for an existing permanent code)
+//	POST /api/qrcodes/batch             create up to 1000 from JSON or CSV: a status per code
+//	GET  /api/qrcodes[?group=G]         {"qrcodes":[…]} with each scene's counts
+//	GET  /api/qrcodes/archive.zip       a ZIP of the codes' images [?group=G]
+//	GET  /api/qrcodes/{scene}           the scene's latest code, or 404
+//	GET  /api/qrcodes/{scene}/image     its latest code's image, as an attachment:
+//	                                    ?format=png|svg&size=N&caption=1; &ticket=T: of
+//	                                    the code with that ticket; an expired code is 410
+//	                                    unless &expired=1
 //
 // {scene} is one escaped path segment, read from the path as sent: a
 // scene may be ".", "..", "a/../b" or "image", which a cleaned path would
 // change. So the handler must get requests before an http.ServeMux cleans
-// them (admin.Mux.HandleUncleaned). Without WECHAT_APPSECRET every route
-// answers 503 before looking at the request. With token set, every route
-// needs the bearer token; the GET routes also take the /ui/ page's session
-// cookie (for its <img> tags and downloads).
+// them (admin.Mux.HandleUncleaned). SceneURL escapes a scene's dots, so
+// the scene "archive.zip" is /api/qrcodes/archive%2Ezip, never the ZIP.
+// An account without an AppSecret answers 503 on every route before its
+// request is looked at. With token set, every route needs the bearer
+// token; the GET routes also take the /ui/ page's session cookie (for its
+// <img> tags and downloads).
 func (s *Service) Handler(token string) http.Handler {
 	return admin.RequireTokenOrSession(token, http.HandlerFunc(s.route))
 }
@@ -122,32 +140,46 @@ const Prefix = "/api/qrcodes"
 func (s *Service) route(w http.ResponseWriter, r *http.Request) {
 	rest, ok := strings.CutPrefix(r.URL.EscapedPath(), Prefix)
 	if !ok || (rest != "" && rest[0] != '/') {
-		admin.WriteJSON(w, http.StatusNotFound, map[string]string{"error": "not found"})
+		notFound(w, "not found")
 		return
 	}
-	if !s.Enabled() {
-		// The feature is off: no answer about the request itself.
-		s.fail(w, r, "", ErrOff)
+	account := cmp.Or(r.URL.Query().Get("account"), accounts.DefaultID)
+	if !accounts.ValidID(account) {
+		// Checked before it becomes a KV key or a label.
+		notFound(w, "no such account")
+		return
+	}
+	if _, err := s.client(account); err != nil {
+		// Unknown (404), or the feature is off (503): no answer about the
+		// request itself.
+		s.fail(w, r, "", err)
 		return
 	}
 	get := r.Method == http.MethodGet || r.Method == http.MethodHead
-	if rest == "" {
-		switch {
-		case r.Method == http.MethodPost:
-			s.create(w, r)
-		case get:
-			s.list(w, r)
-		default:
-			methodNotAllowed(w, "GET, HEAD, POST")
-		}
-		return
+	switch {
+	case rest == "" && r.Method == http.MethodPost:
+		s.create(w, r, account)
+	case rest == "" && get:
+		s.list(w, r, account)
+	case rest == "":
+		methodNotAllowed(w, "GET, HEAD, POST")
+	case rest == "/batch" && r.Method == http.MethodPost:
+		s.batch(w, r, account)
+	case rest == "/archive.zip" && get:
+		s.archive(w, r, account)
+	default:
+		s.scene(w, r, account, rest[1:])
 	}
-	seg, sub, nested := strings.Cut(rest[1:], "/")
+}
+
+// scene serves GET /api/qrcodes/{scene}[/image].
+func (s *Service) scene(w http.ResponseWriter, r *http.Request, account, rest string) {
+	seg, sub, nested := strings.Cut(rest, "/")
 	if seg == "" || (nested && sub != "image") {
-		admin.WriteJSON(w, http.StatusNotFound, map[string]string{"error": "not found"})
+		notFound(w, "not found")
 		return
 	}
-	if !get {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		methodNotAllowed(w, "GET, HEAD")
 		return
 	}
@@ -170,10 +202,14 @@ func (s *Service) route(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if nested {
-		s.image(w, r, route, scene)
+		s.image(w, r, account, route, scene)
 	} else {
-		s.get(w, r, route, scene)
+		s.get(w, r, account, route, scene)
 	}
+}
+
+func notFound(w http.ResponseWriter, msg string) {
+	admin.WriteJSON(w, http.StatusNotFound, map[string]string{"error": msg})
 }
 
 func methodNotAllowed(w http.ResponseWriter, allow string) {
@@ -181,7 +217,7 @@ func methodNotAllowed(w http.ResponseWriter, allow string) {
 	admin.WriteJSON(w, http.StatusMethodNotAllowed, map[string]string{"error": "method not allowed; allowed: " + allow})
 }
 
-func (s *Service) create(w http.ResponseWriter, r *http.Request) {
+func (s *Service) create(w http.ResponseWriter, r *http.Request, account string) {
 	const route = "POST /api/qrcodes"
 	req, err := ParseRequest(r.Body)
 	if err != nil {
@@ -190,7 +226,7 @@ func (s *Service) create(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.o.RequestTimeout)
 	defer cancel()
-	c, created, err := s.Create(ctx, req)
+	c, created, err := s.Create(ctx, account, req)
 	if err != nil {
 		s.fail(w, r, route, err)
 		return
@@ -202,26 +238,43 @@ func (s *Service) create(w http.ResponseWriter, r *http.Request) {
 	admin.WriteJSON(w, code, c)
 }
 
-func (s *Service) list(w http.ResponseWriter, r *http.Request) {
+// groupParam is ?group=G: nil when absent (every group), else G ("" the
+// codes without one).
+func groupParam(r *http.Request) (*string, error) {
+	q := r.URL.Query()
+	if !q.Has("group") {
+		return nil, nil
+	}
+	g := q.Get("group")
+	return &g, checkText("group", g, MaxGroupChars)
+}
+
+func (s *Service) list(w http.ResponseWriter, r *http.Request, account string) {
+	const route = "GET /api/qrcodes"
+	group, err := groupParam(r)
+	if err != nil {
+		s.fail(w, r, route, err)
+		return
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.o.RequestTimeout)
 	defer cancel()
-	all, err := s.List(ctx)
+	all, err := s.List(ctx, account, group)
 	if err != nil {
-		s.fail(w, r, "GET /api/qrcodes", err)
+		s.fail(w, r, route, err)
 		return
 	}
 	admin.WriteJSON(w, http.StatusOK, map[string]any{"qrcodes": all})
 }
 
-func (s *Service) get(w http.ResponseWriter, r *http.Request, route, scene string) {
+func (s *Service) get(w http.ResponseWriter, r *http.Request, account, route, scene string) {
 	ctx, cancel := context.WithTimeout(r.Context(), s.o.RequestTimeout)
 	defer cancel()
-	c, found, err := s.Latest(ctx, scene)
+	c, found, err := s.Latest(ctx, account, scene)
 	switch {
 	case err != nil:
 		s.fail(w, r, route, err)
 	case !found:
-		admin.WriteJSON(w, http.StatusNotFound, map[string]string{"error": "no QR code for this scene"})
+		notFound(w, "no QR code for this scene")
 	default:
 		admin.WriteJSON(w, http.StatusOK, c)
 	}
@@ -231,16 +284,37 @@ func (s *Service) get(w http.ResponseWriter, r *http.Request, route, scene strin
 // and a stored one at most 1024 (wechatapi checks).
 const maxTicket = 1024
 
-func (s *Service) image(w http.ResponseWriter, r *http.Request, route, scene string) {
-	q := r.URL.Query()
-	size := DefaultSize
+// imageParams reads format, size and caption, as the image and the ZIP
+// take them; the caption is c's label, or its scene.
+func imageParams(q url.Values) (Image, bool, error) {
+	o := Image{Format: cmp.Or(q.Get("format"), FormatPNG), Size: DefaultSize}
+	if o.Format != FormatPNG && o.Format != FormatSVG {
+		return o, false, fmt.Errorf("%w: format must be png or svg", ErrBadRequest)
+	}
 	if v := q.Get("size"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < MinSize || n > MaxSize {
-			s.fail(w, r, route, fmt.Errorf("%w: size must be %d to %d pixels", ErrBadRequest, MinSize, MaxSize))
-			return
+			return o, false, fmt.Errorf("%w: size must be %d to %d pixels", ErrBadRequest, MinSize, MaxSize)
 		}
-		size = n
+		o.Size = n
+	}
+	switch v := q.Get("caption"); v {
+	case "", "0", "1":
+		return o, v == "1", nil
+	}
+	return o, false, fmt.Errorf("%w: caption must be 0 or 1", ErrBadRequest)
+}
+
+// name is what a code is called in a file name and a caption: its label,
+// or its scene.
+func (c Code) name() string { return cmp.Or(strings.TrimSpace(c.Label), c.Scene) }
+
+func (s *Service) image(w http.ResponseWriter, r *http.Request, account, route, scene string) {
+	q := r.URL.Query()
+	o, caption, err := imageParams(q)
+	if err != nil {
+		s.fail(w, r, route, err)
+		return
 	}
 	ticket := q.Get("ticket")
 	if q.Has("ticket") && (ticket == "" || len(ticket) > maxTicket) {
@@ -249,24 +323,33 @@ func (s *Service) image(w http.ResponseWriter, r *http.Request, route, scene str
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.o.RequestTimeout)
 	defer cancel()
-	c, found, err := s.find(ctx, scene, ticket)
+	c, found, err := s.find(ctx, account, scene, ticket)
 	switch {
 	case err != nil:
 		s.fail(w, r, route, err)
 		return
 	case !found && ticket != "":
-		admin.WriteJSON(w, http.StatusNotFound, map[string]string{"error": "this scene has no QR code with this ticket"})
+		notFound(w, "this scene has no QR code with this ticket")
 		return
 	case !found:
-		admin.WriteJSON(w, http.StatusNotFound, map[string]string{"error": "no QR code for this scene"})
+		notFound(w, "no QR code for this scene")
+		return
+	case c.Expired(s.o.Now()) && q.Get("expired") != "1":
+		// A dead code must not go to print by mistake (ux.md).
+		admin.WriteJSON(w, http.StatusGone, map[string]any{"error": "this QR code expired at " + c.ExpiresAt.Format(time.RFC3339) +
+			": scanning it does nothing; make a new one (a permanent one for print), or add &expired=1 to get its image anyway", "expires_at": c.ExpiresAt})
 		return
 	}
-	img, err := PNG(c.URL, size)
+	if caption {
+		o.Caption = c.name()
+	}
+	img, err := s.o.Fonts.Render(c.URL, o)
 	if err != nil {
 		s.fail(w, r, route, err)
 		return
 	}
-	w.Header().Set("Content-Type", "image/png")
+	w.Header().Set("Content-Type", contentTypes[o.Format])
+	w.Header().Set("Content-Disposition", attachment(c.name(), "."+o.Format))
 	if ticket != "" {
 		// One code's image never changes: its URL names the code.
 		w.Header().Set("Cache-Control", "private, max-age=31536000, immutable")
@@ -274,10 +357,59 @@ func (s *Service) image(w http.ResponseWriter, r *http.Request, route, scene str
 		// The scene's latest code changes when a new one is made.
 		w.Header().Set("Cache-Control", "no-cache")
 	}
-	if q.Has("download") {
-		w.Header().Set("Content-Disposition", `attachment; filename="`+sanitizeFilename(scene)+`"`)
-	}
 	_, _ = w.Write(img)
+}
+
+var contentTypes = map[string]string{FormatPNG: "image/png", FormatSVG: "image/svg+xml"}
+
+// fileName is name made safe as a file name: no path separators or
+// control characters, at most 100 characters.
+func fileName(name string) string {
+	var b strings.Builder
+	n := 0
+	for _, r := range strings.TrimSpace(name) {
+		if n == 100 {
+			break
+		}
+		if r == '/' || r == '\\' || unicode.IsControl(r) {
+			r = '_'
+		}
+		b.WriteRune(r)
+		n++
+	}
+	return cmp.Or(b.String(), "qr")
+}
+
+// attachment is a Content-Disposition that keeps a Chinese name (RFC 6266:
+// filename* in UTF-8), with an ASCII filename for old clients.
+func attachment(name, ext string) string {
+	name = fileName(name)
+	var ascii strings.Builder
+	for _, r := range name {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '-', r == '_':
+			ascii.WriteRune(r)
+		default:
+			ascii.WriteByte('_')
+		}
+	}
+	return `attachment; filename="qr-` + ascii.String() + ext + `"; filename*=UTF-8''` + pctEncode(name+ext)
+}
+
+// pctEncode writes s as RFC 5987's value-chars: attr-chars as they are,
+// every other byte as %XX.
+func pctEncode(s string) string {
+	const attr = "!#$&+-.^_`|~"
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte(attr, c) >= 0 {
+			b.WriteByte(c)
+		} else {
+			fmt.Fprintf(&b, "%%%02X", c)
+		}
+	}
+	return b.String()
 }
 
 // Problem is how err reaches a caller: the HTTP status and the JSON body.
@@ -287,6 +419,7 @@ func (s *Service) image(w http.ResponseWriter, r *http.Request, route, scene str
 // The API and the /ui/ page's form share it.
 func Problem(err error) (int, map[string]any) {
 	var we *wechatapi.Error
+	var ge *GlyphError
 	switch {
 	case errors.Is(err, ErrBadRequest):
 		return http.StatusBadRequest, map[string]any{"error": err.Error()}
@@ -296,6 +429,12 @@ func Problem(err error) (int, map[string]any) {
 			body["hint"] = h
 		}
 		return http.StatusBadGateway, body
+	case errors.Is(err, ErrNoAccount):
+		return http.StatusNotFound, map[string]any{"error": "no such account"}
+	case errors.As(err, &ge) && ge.NoCJK, errors.Is(err, ErrFont):
+		return http.StatusServiceUnavailable, map[string]any{"error": err.Error()}
+	case errors.As(err, &ge):
+		return http.StatusBadRequest, map[string]any{"error": err.Error()}
 	case errors.Is(err, ErrOff):
 		return http.StatusServiceUnavailable, map[string]any{"error": err.Error()}
 	case errors.Is(err, ErrUnavailable), errors.Is(err, wechatapi.ErrStoreUnavailable):
@@ -317,7 +456,7 @@ func (s *Service) fail(w http.ResponseWriter, r *http.Request, route string, err
 	switch {
 	case code == http.StatusBadRequest:
 		s.o.Logger.Info("qr request refused", "route", route, "err", err)
-	case errors.Is(err, ErrOff):
+	case errors.Is(err, ErrOff), errors.Is(err, ErrNoAccount):
 	case code >= 500 && body["errcode"] == nil:
 		s.o.Logger.Warn("qr request failed", "route", route, "status", code, "err", err)
 	}

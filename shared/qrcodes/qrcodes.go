@@ -1,7 +1,9 @@
-// Package qrcodes makes WeChat parametric QR codes and serves them: created
-// through WeChat's API with the shared access_token, kept in the JetStream
-// KV bucket wxgate_qrcodes, listed with their scene's counts from the
-// analytics, and rendered as PNG locally from the code's url.
+// Package qrcodes makes WeChat parametric QR codes for each account and
+// serves them: created through WeChat's API with the account's shared
+// access_token, kept in the JetStream KV bucket wxgate_qrcodes with their
+// label and group, listed with their scene's counts from the analytics,
+// and rendered locally from the code's url as print-ready PNG or SVG, one
+// at a time, in a batch, or as a ZIP.
 package qrcodes
 
 import (
@@ -21,6 +23,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/wxgate/wxgate/shared/accounts"
 	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/stats"
 	"github.com/wxgate/wxgate/shared/wechatapi"
@@ -35,17 +38,27 @@ const (
 	MaxExpireSeconds     = wechatapi.MaxExpireSeconds
 	DefaultExpireSeconds = MaxExpireSeconds
 	MaxLabelChars        = 200
+	MaxGroupChars        = 32
 )
 
-// Options configure a Service. Conn, Scenes and Logger are required.
+// ExpiringSoon is how long before its end a temporary code's view says
+// "expiring_soon": a printed code needs replacing before then.
+const ExpiringSoon = 7 * 24 * time.Hour
+
+// Options configure a Service. Conn, Clients, Scenes and Logger are
+// required.
 type Options struct {
 	Conn *nats.Conn
-	// Client calls WeChat; nil means WECHAT_APPSECRET is not set, and the
-	// routes answer 503.
-	Client *wechatapi.Client
-	// Scenes opens the analytics totals, for the codes' counts
+	// Clients returns an account's client of WeChat's API:
+	// wechatapi.ErrUnknownAccount for an unknown account (the routes answer
+	// 404), wechatapi.ErrOff for one without an AppSecret (503).
+	// (*wechatapi.Clients).For is one.
+	Clients func(account string) (*wechatapi.Client, error)
+	// Scenes opens an account's analytics totals, for the codes' counts
 	// (FromStore adapts the analytics' StoreFunc).
-	Scenes func(context.Context) (Totals, error)
+	Scenes func(ctx context.Context, account string) (Totals, error)
+	// Fonts draw PNG captions (QR_CAPTION_FONT); nil: NewFonts("").
+	Fonts *Fonts
 	// Replicas of the codes bucket when this process creates it.
 	Replicas int
 	Logger   *slog.Logger
@@ -68,17 +81,28 @@ type Totals interface {
 }
 
 // FromStore adapts the analytics' StoreFunc (what /api/scenes reads).
-func FromStore(f stats.StoreFunc) func(context.Context) (Totals, error) {
+// Its totals are the default account's: another account's codes show zero
+// counts until the totals are kept per account.
+func FromStore(f stats.StoreFunc) func(context.Context, string) (Totals, error) {
 	if f == nil {
 		return nil
 	}
-	return func(ctx context.Context) (Totals, error) {
+	return func(ctx context.Context, account string) (Totals, error) {
+		if account != accounts.DefaultID {
+			return noTotals{}, nil
+		}
 		s, err := f(ctx)
 		if err != nil {
 			return nil, err
 		}
 		return s, nil
 	}
+}
+
+type noTotals struct{}
+
+func (noTotals) Scene(context.Context, string) (stats.Totals, bool, error) {
+	return stats.Totals{}, false, nil
 }
 
 // Service creates, stores and lists the codes.
@@ -89,6 +113,8 @@ type Service struct {
 	mu sync.Mutex
 	js jetstream.JetStream
 	kv jetstream.KeyValue
+
+	labels labels
 }
 
 func (o *Options) setDefaults() {
@@ -101,11 +127,14 @@ func (o *Options) setDefaults() {
 	if o.Reservation <= 0 {
 		o.Reservation = 10 * time.Second
 	}
+	if o.Fonts == nil {
+		o.Fonts = NewFonts("")
+	}
 }
 
 func (o *Options) validate() error {
-	if o.Conn == nil || o.Scenes == nil || o.Logger == nil {
-		return errors.New("qrcodes: Options.Conn, Scenes and Logger are required")
+	if o.Conn == nil || o.Clients == nil || o.Scenes == nil || o.Logger == nil {
+		return errors.New("qrcodes: Options.Conn, Clients, Scenes and Logger are required")
 	}
 	return nil
 }
@@ -116,16 +145,35 @@ func New(o Options) (*Service, error) {
 	if err := o.validate(); err != nil {
 		return nil, err
 	}
-	return &Service{o: o, id: bus.InstanceID(o.Conn)}, nil
+	return &Service{o: o, id: bus.InstanceID(o.Conn), labels: labels{ready: make(chan struct{})}}, nil
 }
 
-// Enabled reports whether codes can be made (WECHAT_APPSECRET is set).
-func (s *Service) Enabled() bool { return s.o.Client != nil }
+// Enabled reports whether the account's codes can be made: it has an
+// AppSecret.
+func (s *Service) Enabled(account string) bool {
+	_, err := s.o.Clients(account)
+	return err == nil
+}
+
+// client is the account's client: ErrNoAccount or ErrOff when there is
+// none.
+func (s *Service) client(account string) (*wechatapi.Client, error) {
+	c, err := s.o.Clients(account)
+	switch {
+	case errors.Is(err, wechatapi.ErrUnknownAccount):
+		return nil, fmt.Errorf("%w: %q", ErrNoAccount, account)
+	case errors.Is(err, wechatapi.ErrOff):
+		return nil, ErrOff
+	}
+	return c, err
+}
 
 // Errors the API maps to its status codes.
 var (
-	// ErrOff: WECHAT_APPSECRET is not set (503).
-	ErrOff = errors.New("QR codes are off: WECHAT_APPSECRET is not set")
+	// ErrOff: the account has no AppSecret (503).
+	ErrOff = errors.New("QR codes are off: the account has no AppSecret (WECHAT_APPSECRET for the default account)")
+	// ErrNoAccount: no such account (404).
+	ErrNoAccount = errors.New("no such account")
 	// ErrUnavailable: the codes bucket or the totals cannot be reached (503).
 	ErrUnavailable = errors.New("QR code store unavailable")
 	// ErrBadRequest: the caller's mistake (400).
@@ -144,12 +192,16 @@ const Retention = 7 * 24 * time.Hour
 type Code struct {
 	Scene     string     `json:"scene"`
 	Label     string     `json:"label"`
+	Group     string     `json:"group"`
 	Permanent bool       `json:"permanent"`
 	Ticket    string     `json:"ticket"`
 	URL       string     `json:"url"`
 	ExpiresAt *time.Time `json:"expires_at,omitempty"` // temporary codes
-	CreatedAt time.Time  `json:"created_at"`
-	ImageURL  string     `json:"image_url"`
+	// ExpiringSoon is true for a temporary code within ExpiringSoon of its
+	// end (set when the code is shown, never stored).
+	ExpiringSoon bool      `json:"expiring_soon"`
+	CreatedAt    time.Time `json:"created_at"`
+	ImageURL     string    `json:"image_url"`
 }
 
 // Listed is a code with its scene's counts. An expired temporary code is
@@ -172,9 +224,14 @@ type record struct {
 
 // ImageURL is the path of one code's PNG on the admin listener: the
 // scene as one path segment, and the code's ticket, so that the URL names
-// that code (and may be cached for good) rather than the scene's latest.
-func ImageURL(scene, ticket string) string {
-	return SceneURL(scene) + "/image?ticket=" + url.QueryEscape(ticket)
+// that code (and may be cached for good) rather than the scene's latest;
+// the account when it is not the default.
+func ImageURL(account, scene, ticket string) string {
+	u := SceneURL(scene) + "/image?ticket=" + url.QueryEscape(ticket)
+	if account != accounts.DefaultID {
+		u += "&account=" + account // an account id needs no escaping
+	}
+	return u
 }
 
 // SceneURL is the path of GET /api/qrcodes/{scene}. The scene is one
@@ -184,8 +241,10 @@ func SceneURL(scene string) string {
 	return "/api/qrcodes/" + strings.ReplaceAll(url.PathEscape(scene), ".", "%2E")
 }
 
-func (c Code) withImage() Code {
-	c.ImageURL = ImageURL(c.Scene, c.Ticket)
+// view is the code as shown to account's callers at now.
+func (c Code) view(account string, now time.Time) Code {
+	c.ImageURL = ImageURL(account, c.Scene, c.Ticket)
+	c.ExpiringSoon = c.ExpiresAt != nil && !c.Expired(now) && c.ExpiresAt.Sub(now) <= ExpiringSoon
 	return c
 }
 
@@ -201,11 +260,31 @@ func sceneB64(scene string) string { return base64.RawURLEncoding.EncodeToString
 
 // Keys: p.<scene> for a permanent code (one per scene),
 // t.<scene>.<time>-<random> for each temporary one (the time in hex
-// nanoseconds, so keys sort in order). Scenes are base64url-encoded, so any scene makes a valid key.
-func permKey(scene string) string { return "p." + sceneB64(scene) }
-func tempKey(scene string, at time.Time) string {
+// nanoseconds, so keys sort in order). Scenes are base64url-encoded, so
+// any scene makes a valid key. The default account's keys have no prefix
+// (where a version before accounts wrote them: they are its own with no
+// migration); another account's start a.<id>. (ids are
+// accounts.ValidID's, which are valid key tokens).
+func prefix(account string) string {
+	if account == accounts.DefaultID {
+		return ""
+	}
+	return "a." + account + "."
+}
+
+func permKey(account, scene string) string { return prefix(account) + "p." + sceneB64(scene) }
+func tempKey(account, scene string, at time.Time) string {
 	// The random part keeps two codes of one scene in one instant apart.
-	return fmt.Sprintf("t.%s.%016x-%s", sceneB64(scene), at.UnixNano(), rand.Text()[:8])
+	return fmt.Sprintf("%st.%s.%016x-%s", prefix(account), sceneB64(scene), at.UnixNano(), rand.Text()[:8])
+}
+
+// accountOf is the account a key belongs to.
+func accountOf(key string) string {
+	if rest, ok := strings.CutPrefix(key, "a."); ok {
+		id, _, _ := strings.Cut(rest, ".")
+		return id
+	}
+	return accounts.DefaultID
 }
 
 func (s *Service) bucket(ctx context.Context) (jetstream.KeyValue, error) {
@@ -229,34 +308,36 @@ func (s *Service) bucket(ctx context.Context) (jetstream.KeyValue, error) {
 	return kv, nil
 }
 
-// Create makes a code. created is false when a permanent code for the
-// scene existed already: it is returned as it is. WeChat's refusals come
-// back as *wechatapi.Error.
-func (s *Service) Create(ctx context.Context, req Request) (c Code, created bool, err error) {
-	if s.o.Client == nil {
-		return Code{}, false, ErrOff
+// Create makes a code of account. created is false when a permanent code
+// for the scene existed already: it is returned as it is. WeChat's
+// refusals come back as *wechatapi.Error.
+func (s *Service) Create(ctx context.Context, account string, req Request) (c Code, created bool, err error) {
+	client, err := s.client(account)
+	if err != nil {
+		return Code{}, false, err
 	}
 	kv, err := s.bucket(ctx)
 	if err != nil {
 		return Code{}, false, err
 	}
 	if req.Permanent {
-		return s.createPermanent(ctx, kv, req)
+		c, created, err = s.createPermanent(ctx, kv, client, account, req)
+		return c.view(account, s.o.Now()), created, err
 	}
-	c, err = s.ask(ctx, req)
+	c, err = s.ask(ctx, client, req)
 	if err != nil {
 		return Code{}, false, err
 	}
 	b, _ := json.Marshal(record{Code: c})
-	if _, err := kv.Create(ctx, tempKey(req.Scene, s.o.Now()), b); err != nil {
+	if _, err := kv.Create(ctx, tempKey(account, req.Scene, s.o.Now()), b); err != nil {
 		return Code{}, false, fmt.Errorf("%w: storing the code: %w", ErrUnavailable, err)
 	}
-	s.o.Logger.Info("qr code created", "scene", req.Scene, "permanent", false, "expires_at", c.ExpiresAt)
-	return c, true, nil
+	s.o.Logger.Info("qr code created", "account", account, "scene", req.Scene, "permanent", false, "expires_at", c.ExpiresAt)
+	return c.view(account, s.o.Now()), true, nil
 }
 
-func (s *Service) createPermanent(ctx context.Context, kv jetstream.KeyValue, req Request) (Code, bool, error) {
-	l := bus.Lease{KV: kv, Key: permKey(req.Scene), TTL: s.o.Reservation}
+func (s *Service) createPermanent(ctx context.Context, kv jetstream.KeyValue, client *wechatapi.Client, account string, req Request) (Code, bool, error) {
+	l := bus.Lease{KV: kv, Key: permKey(account, req.Scene), TTL: s.o.Reservation}
 	pending, _ := json.Marshal(record{Code: Code{Scene: req.Scene, Permanent: true}, Pending: true, Holder: s.id})
 	for {
 		h, err := l.Create(ctx, pending)
@@ -278,7 +359,7 @@ func (s *Service) createPermanent(ctx context.Context, kv jetstream.KeyValue, re
 			case aerr != nil:
 				return Code{}, false, fmt.Errorf("%w: %w", ErrUnavailable, aerr)
 			case state == bus.Final:
-				return stored.withImage(), false, nil
+				return stored.Code, false, nil
 			case state == bus.Free:
 				continue // a failed reservation was just removed
 			}
@@ -290,7 +371,7 @@ func (s *Service) createPermanent(ctx context.Context, kv jetstream.KeyValue, re
 			return Code{}, false, fmt.Errorf("%w: %w", ErrUnavailable, err)
 		}
 		// The reservation is ours.
-		c, err := s.ask(ctx, req)
+		c, err := s.ask(ctx, client, req)
 		if err != nil {
 			if derr := h.Release(context.WithoutCancel(ctx)); derr != nil {
 				s.o.Logger.Warn("could not drop the reservation of a permanent code", "scene", req.Scene, "err", derr)
@@ -303,19 +384,19 @@ func (s *Service) createPermanent(ctx context.Context, kv jetstream.KeyValue, re
 			// takes the reservation over stores this code again.
 			return Code{}, false, fmt.Errorf("%w: storing the code: %w", ErrUnavailable, err)
 		}
-		s.o.Logger.Info("qr code created", "scene", req.Scene, "permanent", true)
+		s.o.Logger.Info("qr code created", "account", account, "scene", req.Scene, "permanent", true)
 		return c, true, nil
 	}
 }
 
 // ask gets the code from WeChat.
-func (s *Service) ask(ctx context.Context, req Request) (Code, error) {
+func (s *Service) ask(ctx context.Context, client *wechatapi.Client, req Request) (Code, error) {
 	now := s.o.Now().UTC().Truncate(time.Millisecond)
-	q, err := s.o.Client.CreateQRCode(ctx, wechatapi.NewQRRequest(req.Scene, req.Permanent, req.ExpireSeconds))
+	q, err := client.CreateQRCode(ctx, wechatapi.NewQRRequest(req.Scene, req.Permanent, req.ExpireSeconds))
 	if err != nil {
 		return Code{}, err
 	}
-	c := Code{Scene: req.Scene, Label: req.Label, Permanent: req.Permanent, Ticket: q.Ticket, URL: q.URL, CreatedAt: now}.withImage()
+	c := Code{Scene: req.Scene, Label: req.Label, Group: req.Group, Permanent: req.Permanent, Ticket: q.Ticket, URL: q.URL, CreatedAt: now}
 	if !req.Permanent {
 		// The lifetime asked for, counted from before the call: WeChat's
 		// echo of expire_seconds has been seen to be 0.
@@ -325,15 +406,19 @@ func (s *Service) ask(ctx context.Context, req Request) (Code, error) {
 	return c, nil
 }
 
-// codes reads the stored codes under filter (a key pattern). Temporary
-// codes past their Retention are left out, and deleted (the janitor: a
-// read that meets them removes them).
-func (s *Service) codes(ctx context.Context, filter string) ([]Code, error) {
+// codes reads account's stored codes under filters (key patterns after
+// its prefix), as account's callers see them. Temporary codes past their
+// Retention are left out, and deleted (the janitor: a read that meets
+// them removes them).
+func (s *Service) codes(ctx context.Context, account string, filters ...string) ([]Code, error) {
 	kv, err := s.bucket(ctx)
 	if err != nil {
 		return nil, err
 	}
-	w, err := kv.Watch(ctx, filter, jetstream.IgnoreDeletes())
+	for i, f := range filters {
+		filters[i] = prefix(account) + f
+	}
+	w, err := kv.WatchFiltered(ctx, filters, jetstream.IgnoreDeletes())
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
@@ -353,11 +438,11 @@ func (s *Service) codes(ctx context.Context, filter string) ([]Code, error) {
 			if err := json.Unmarshal(e.Value(), &r); err != nil || r.Pending {
 				continue
 			}
-			if r.stale(now) && strings.HasPrefix(e.Key(), "t.") {
+			if r.stale(now) {
 				stale = append(stale, e.Key())
 				continue
 			}
-			out = append(out, r.withImage())
+			out = append(out, r.view(account, now))
 		case <-ctx.Done():
 			return nil, fmt.Errorf("%w: %w", ErrUnavailable, ctx.Err())
 		}
@@ -391,26 +476,37 @@ func (s *Service) purge(ctx context.Context, keys []string) {
 	s.o.Logger.Info("expired temporary codes deleted", "codes", len(keys), "retention", Retention.String())
 }
 
-// List returns every code, newest first, with its scene's counts.
-func (s *Service) List(ctx context.Context) ([]Listed, error) {
-	if s.o.Client == nil {
-		return nil, ErrOff
-	}
-	all, err := s.codes(ctx, ">")
+// List returns account's codes, newest first, with their scene's counts;
+// with group not nil, those of that group only.
+func (s *Service) List(ctx context.Context, account string, group *string) ([]Listed, error) {
+	all, err := s.all(ctx, account, group)
 	if err != nil {
 		return nil, err
 	}
-	return s.withCounts(ctx, all)
+	return s.withCounts(ctx, account, all)
+}
+
+// all returns account's codes, newest first; with group not nil, those of
+// that group only.
+func (s *Service) all(ctx context.Context, account string, group *string) ([]Code, error) {
+	if _, err := s.client(account); err != nil {
+		return nil, err
+	}
+	all, err := s.codes(ctx, account, "p.*", "t.*.*")
+	if err == nil && group != nil {
+		all = slices.DeleteFunc(all, func(c Code) bool { return c.Group != *group })
+	}
+	return all, err
 }
 
 // Latest returns the newest code of scene, with its counts; ok is false
 // when the scene has none.
-func (s *Service) Latest(ctx context.Context, scene string) (Listed, bool, error) {
-	c, ok, err := s.find(ctx, scene, "")
+func (s *Service) Latest(ctx context.Context, account, scene string) (Listed, bool, error) {
+	c, ok, err := s.find(ctx, account, scene, "")
 	if err != nil || !ok {
 		return Listed{}, ok, err
 	}
-	l, err := s.withCounts(ctx, []Code{c})
+	l, err := s.withCounts(ctx, account, []Code{c})
 	if err != nil {
 		return Listed{}, false, err
 	}
@@ -419,19 +515,14 @@ func (s *Service) Latest(ctx context.Context, scene string) (Listed, bool, error
 
 // find returns the scene's code with ticket, or its newest when ticket is
 // empty; ok is false when there is none.
-func (s *Service) find(ctx context.Context, scene, ticket string) (Code, bool, error) {
-	if s.o.Client == nil {
-		return Code{}, false, ErrOff
+func (s *Service) find(ctx context.Context, account, scene, ticket string) (Code, bool, error) {
+	if _, err := s.client(account); err != nil {
+		return Code{}, false, err
 	}
-	temp, err := s.codes(ctx, "t."+sceneB64(scene)+".*")
+	all, err := s.codes(ctx, account, "t."+sceneB64(scene)+".*", "p."+sceneB64(scene))
 	if err != nil {
 		return Code{}, false, err
 	}
-	perm, err := s.codes(ctx, permKey(scene))
-	if err != nil {
-		return Code{}, false, err
-	}
-	all := append(temp, perm...)
 	if ticket != "" {
 		i := slices.IndexFunc(all, func(c Code) bool { return c.Ticket == ticket })
 		if i < 0 {
@@ -448,12 +539,12 @@ func (s *Service) find(ctx context.Context, scene, ticket string) (Code, bool, e
 // withCounts adds each scene's scans and new followers; a scene without
 // scans has zeros, and so has every scene while the totals bucket does not
 // exist yet (no analytics has run: nothing was counted).
-func (s *Service) withCounts(ctx context.Context, codes []Code) ([]Listed, error) {
+func (s *Service) withCounts(ctx context.Context, account string, codes []Code) ([]Listed, error) {
 	out := make([]Listed, 0, len(codes))
 	if len(codes) == 0 {
 		return out, nil
 	}
-	store, err := s.o.Scenes(ctx)
+	store, err := s.o.Scenes(ctx, account)
 	switch {
 	case errors.Is(err, jetstream.ErrBucketNotFound):
 		store = nil
@@ -473,18 +564,4 @@ func (s *Service) withCounts(ctx context.Context, codes []Code) ([]Listed, error
 		out = append(out, Listed{Code: c, Expired: c.Expired(now), Scans: t.Scans, NewFollowers: t.NewFollowers})
 	}
 	return out, nil
-}
-
-// sanitizeFilename keeps a download name to safe characters.
-func sanitizeFilename(scene string) string {
-	var b strings.Builder
-	for _, r := range scene {
-		switch {
-		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '-', r == '_':
-			b.WriteRune(r)
-		default:
-			b.WriteByte('_')
-		}
-	}
-	return "qr-" + b.String() + ".png"
 }

@@ -3,6 +3,7 @@ package qrcodes
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"image/png"
@@ -20,6 +21,7 @@ import (
 	qr "github.com/piglig/go-qr"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/wxgate/wxgate/shared/accounts"
 	"github.com/wxgate/wxgate/shared/admin"
 	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/stats"
@@ -42,32 +44,61 @@ type env struct {
 	fake   *wechatapitest.Server
 	base   string
 	clock  *clocktest.Clock
-	counts counts
+	counts counts // the default account's
 }
+
+// The fake's apps: the default account's, and one for a second account.
+const (
+	appQ, secretQ = "wx_q", "q-secret"
+	appR, secretR = "wx_r", "r-secret"
+)
+
+var secretKey = base64.StdEncoding.EncodeToString([]byte("0123456789abcdef0123456789abcdef"))
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	fake := wechatapitest.New(wechatapitest.Options{AppID: "wx_q", Secret: "q-secret", PermanentCap: 10})
+	fake := wechatapitest.New(wechatapitest.Options{AppID: appQ, Secret: secretQ, Apps: map[string]string{appR: secretR}, PermanentCap: 10})
 	ts := httptest.NewServer(fake)
 	t.Cleanup(ts.Close)
 	return &env{ns: natstest.RunServer(t), fake: fake, base: ts.URL, clock: clocktest.New(time.Now()), counts: counts{}}
 }
 
+// process is one process: its accounts registry and its QR service.
+type process struct {
+	*Service
+	reg *accounts.Registry
+}
+
 // service is one process's QR service; off means without WECHAT_APPSECRET.
 func (e *env) service(t *testing.T, name string, off bool, mod ...func(*Options)) *Service {
 	t.Helper()
+	return e.process(t, name, off, mod...).Service
+}
+
+func (e *env) process(t *testing.T, name string, off bool, mod ...func(*Options)) process {
+	t.Helper()
 	nc := natstest.Connect(t, e.ns, nats.Name(name))
 	logger := slog.New(slog.DiscardHandler)
-	var client *wechatapi.Client
-	if !off {
-		var err error
-		client, err = wechatapi.New(wechatapi.Options{Base: e.base, AppID: "wx_q", Secret: "q-secret", Conn: nc, Logger: logger, Registerer: prometheus.NewRegistry()})
-		if err != nil {
-			t.Fatal(err)
-		}
+	def := accounts.Account{AppID: appQ, AppSecret: secretQ}
+	if off {
+		def.AppSecret = ""
 	}
-	o := Options{Conn: nc, Client: client, Logger: logger, Now: e.clock.Now,
-		Scenes: func(context.Context) (Totals, error) { return e.counts, nil }}
+	reg, err := accounts.Start(accounts.Options{Conn: nc, Default: def, SecretKey: secretKey, Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(reg.Stop)
+	cs, err := wechatapi.NewClients(wechatapi.Options{Base: e.base, Accounts: reg, Conn: nc, Logger: logger, Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := Options{Conn: nc, Clients: cs.For, Logger: logger, Now: e.clock.Now,
+		Scenes: func(_ context.Context, account string) (Totals, error) {
+			if account != accounts.DefaultID {
+				return counts{}, nil
+			}
+			return e.counts, nil
+		}}
 	for _, m := range mod {
 		m(&o)
 	}
@@ -75,7 +106,8 @@ func (e *env) service(t *testing.T, name string, off bool, mod ...func(*Options)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return svc
+	t.Cleanup(svc.Close)
+	return process{svc, reg}
 }
 
 // get GETs target (kept as written: its escapes and dot segments reach
@@ -130,13 +162,13 @@ func TestCreateListGetImage(t *testing.T) {
 		t.Fatalf("create = %d %+v", code, c)
 	}
 	if c.Scene != "poster_a" || c.Label != "Spring <posters>" || c.Permanent || c.Ticket == "" || !strings.HasPrefix(c.URL, "http://weixin.qq.com/q/") ||
-		c.ExpiresAt == nil || c.ExpiresAt.Sub(c.CreatedAt) != DefaultExpireSeconds*time.Second || c.ImageURL != "/api/qrcodes/poster_a/image?ticket="+url.QueryEscape(c.Ticket) {
+		c.ExpiresAt == nil || c.ExpiresAt.Sub(c.CreatedAt) != DefaultExpireSeconds*time.Second || c.ImageURL != "/api/qrcodes/poster_a/image?ticket="+url.QueryEscape(c.Ticket) || c.Group != "" {
 		t.Errorf("code = %+v", c)
 	}
 	// The JSON names of the contract.
 	var raw map[string]any
 	do(t, h, "GET", "/api/qrcodes/poster_a", "", &raw)
-	for _, k := range []string{"scene", "label", "permanent", "ticket", "url", "expires_at", "created_at", "image_url", "scans", "new_followers"} {
+	for _, k := range []string{"scene", "label", "group", "permanent", "ticket", "url", "expires_at", "expiring_soon", "created_at", "image_url", "scans", "new_followers"} {
 		if _, ok := raw[k]; !ok {
 			t.Errorf("GET lacks %q: %v", k, raw)
 		}
@@ -263,7 +295,18 @@ func TestBadRequests(t *testing.T) {
 		{"unknown scene", "GET", "/api/qrcodes/nobody", "", 404},
 		{"unknown image", "GET", "/api/qrcodes/nobody/image", "", 404},
 		{"size too small", "GET", "/api/qrcodes/a/image?size=63", "", 400},
-		{"size too large", "GET", "/api/qrcodes/a/image?size=2049", "", 400},
+		{"size too large", "GET", "/api/qrcodes/a/image?size=4097", "", 400},
+		{"unknown format", "GET", "/api/qrcodes/a/image?format=gif", "", 400},
+		{"caption not 0 or 1", "GET", "/api/qrcodes/a/image?caption=yes", "", 400},
+		{"group too long", "POST", "/api/qrcodes", `{"scene":"a","group":"` + strings.Repeat("组", 33) + `"}`, 400},
+		{"group with a tab", "POST", "/api/qrcodes", `{"scene":"a","group":"a\tb"}`, 400},
+		{"list: group too long", "GET", "/api/qrcodes?group=" + strings.Repeat("g", 33), "", 400},
+		{"unknown account", "GET", "/api/qrcodes?account=nobody", "", 404},
+		{"account a path trick", "GET", "/api/qrcodes?account=..%2F", "", 404},
+		{"account too long", "POST", "/api/qrcodes?account=" + strings.Repeat("a", 33), `{"scene":"a"}`, 404},
+		{"archive: bad size", "GET", "/api/qrcodes/archive.zip?size=1", "", 400},
+		{"archive: none", "GET", "/api/qrcodes/archive.zip?group=none", "", 404},
+		{"GET the batch route", "GET", "/api/qrcodes/batch", "", 404},
 		{"size not a number", "GET", "/api/qrcodes/a/image?size=big", "", 400},
 		{"empty ticket", "GET", "/api/qrcodes/a/image?ticket=", "", 400},
 		{"long ticket", "GET", "/api/qrcodes/a/image?ticket=" + strings.Repeat("t", 1025), "", 400},
@@ -371,7 +414,7 @@ func TestTokenAndSession(t *testing.T) {
 	r := httptest.NewRequest("GET", c.ImageURL+"&download=1", nil)
 	cookie(r)
 	h.ServeHTTP(w, r)
-	if w.Code != 200 || !strings.Contains(w.Header().Get("Content-Disposition"), `filename="qr-a_b_c.png"`) {
+	if w.Code != 200 || !strings.Contains(w.Header().Get("Content-Disposition"), `filename="qr-a_b_c.png"; filename*=UTF-8''a_b%20c.png`) {
 		t.Errorf("image with the cookie: %d %v", w.Code, w.Header())
 	}
 }
@@ -422,7 +465,7 @@ func FuzzParseRequest(f *testing.F) {
 			return
 		}
 		if req.Scene == "" || len(req.Scene) > 256 || (!req.Permanent && (req.ExpireSeconds < MinExpireSeconds || req.ExpireSeconds > MaxExpireSeconds)) ||
-			(req.Permanent && req.ExpireSeconds != 0) || checkLabel(req.Label) != nil {
+			(req.Permanent && req.ExpireSeconds != 0) || checkText("label", req.Label, MaxLabelChars) != nil || checkText("group", req.Group, MaxGroupChars) != nil {
 			t.Errorf("accepted %+v", req)
 		}
 	})
@@ -527,7 +570,7 @@ func TestImageOfEachCode(t *testing.T) {
 	var list struct{ QRCodes []Listed }
 	do(t, h, "GET", "/api/qrcodes", "", &list)
 	for _, l := range list.QRCodes {
-		if l.ImageURL != ImageURL(l.Scene, l.Ticket) {
+		if l.ImageURL != ImageURL(accounts.DefaultID, l.Scene, l.Ticket) {
 			t.Errorf("listed %s: image_url %s", l.Ticket, l.ImageURL)
 		}
 	}
@@ -538,7 +581,7 @@ func TestImageOfEachCode(t *testing.T) {
 	// A permanent code asked again comes back with its own image_url.
 	var p1, p2 Code
 	do(t, h, "POST", "/api/qrcodes", `{"scene":"perm","permanent":true}`, &p1)
-	if do(t, h, "POST", "/api/qrcodes", `{"scene":"perm","permanent":true}`, &p2); p2.ImageURL != ImageURL("perm", p1.Ticket) {
+	if do(t, h, "POST", "/api/qrcodes", `{"scene":"perm","permanent":true}`, &p2); p2.ImageURL != ImageURL(accounts.DefaultID, "perm", p1.Ticket) {
 		t.Errorf("permanent again: image_url %s", p2.ImageURL)
 	}
 }
@@ -579,7 +622,7 @@ func TestExpiredCodesDeleted(t *testing.T) {
 	if len(list.QRCodes) != 2 || list.QRCodes[0].Ticket != recent.Ticket || !list.QRCodes[0].Expired || list.QRCodes[1].Ticket != perm.Ticket {
 		t.Errorf("list = %+v, want the recent expired code and the permanent one", list.QRCodes)
 	}
-	if k := keys(); len(k) != 2 || !slices.Contains(k, permKey("perm")) {
+	if k := keys(); len(k) != 2 || !slices.Contains(k, permKey(accounts.DefaultID, "perm")) {
 		t.Errorf("keys after the list: %v, want the old code's gone", k)
 	}
 	if w := get(h, "/api/qrcodes/old/image?ticket="+url.QueryEscape(old.Ticket)); w.Code != 404 {
@@ -626,7 +669,7 @@ func TestWaitOnReservationTimesOut(t *testing.T) {
 		t.Fatal(err)
 	}
 	pending, _ := json.Marshal(record{Code: Code{Scene: "held", Permanent: true}, Pending: true, Holder: "elsewhere"})
-	if _, err := kv.Create(context.Background(), permKey("held"), pending); err != nil {
+	if _, err := kv.Create(context.Background(), permKey(accounts.DefaultID, "held"), pending); err != nil {
 		t.Fatal(err)
 	}
 	var out map[string]any
@@ -651,7 +694,7 @@ func TestReservationOfAClockAheadN6(t *testing.T) {
 		t.Fatal(err)
 	}
 	planted := `{"scene":"held","permanent":true,"pending":true,"holder":"wxgate-worker/DEADHOST","until":"2027-12-05T00:00:00Z"}`
-	if _, err := kv.Create(context.Background(), permKey("held"), []byte(planted)); err != nil {
+	if _, err := kv.Create(context.Background(), permKey(accounts.DefaultID, "held"), []byte(planted)); err != nil {
 		t.Fatal(err)
 	}
 	start := time.Now()
@@ -672,11 +715,13 @@ func TestReservationOfAClockAheadN6(t *testing.T) {
 func TestNewValidates(t *testing.T) {
 	e := newEnv(t)
 	nc := natstest.Connect(t, e.ns)
-	scenes := func(context.Context) (Totals, error) { return e.counts, nil }
+	scenes := func(context.Context, string) (Totals, error) { return e.counts, nil }
+	clients := func(string) (*wechatapi.Client, error) { return nil, wechatapi.ErrOff }
 	for name, o := range map[string]Options{
-		"no Conn":   {Scenes: scenes, Logger: slog.New(slog.DiscardHandler)},
-		"no Scenes": {Conn: nc, Logger: slog.New(slog.DiscardHandler)},
-		"no Logger": {Conn: nc, Scenes: scenes},
+		"no Conn":    {Clients: clients, Scenes: scenes, Logger: slog.New(slog.DiscardHandler)},
+		"no Clients": {Conn: nc, Scenes: scenes, Logger: slog.New(slog.DiscardHandler)},
+		"no Scenes":  {Conn: nc, Clients: clients, Logger: slog.New(slog.DiscardHandler)},
+		"no Logger":  {Conn: nc, Clients: clients, Scenes: scenes},
 	} {
 		if _, err := New(o); err == nil {
 			t.Errorf("%s: accepted", name)

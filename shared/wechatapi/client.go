@@ -1,8 +1,9 @@
-// Package wechatapi is wxgate's client of WeChat's API: one http.Client with
-// timeouts, errcodes as typed errors, a metric per call, and one
-// access_token shared by every process through a JetStream KV bucket (see
-// Tokens). The access_token and the AppSecret never reach a log line, a
-// metric or an error message.
+// Package wechatapi is wxgate's client of WeChat's API: one Client per
+// account with an AppSecret (Clients makes them from the accounts
+// registry), with timeouts, errcodes as typed errors, a metric per call,
+// and one access_token per AppID shared by every process through a
+// JetStream KV bucket (see Tokens). The access_token and the AppSecret
+// never reach a log line, a metric or an error message.
 package wechatapi
 
 import (
@@ -19,10 +20,13 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/wxgate/wxgate/shared/accounts"
 )
 
 // The APIs, as the metric's api label names them.
@@ -39,13 +43,14 @@ const (
 	OutcomeError = "error"
 )
 
-// Options configure a Client. AppID, Secret, Conn, Logger and Registerer
-// are required.
+// Options configure Clients. Accounts, Conn, Logger and Registerer are
+// required.
 type Options struct {
 	// Base is WECHAT_API_BASE; default https://api.weixin.qq.com.
-	Base   string
-	AppID  string
-	Secret string // WECHAT_APPSECRET
+	Base string
+	// Accounts are the accounts this process serves: each with an
+	// AppSecret (the default's is WECHAT_APPSECRET) gets a client.
+	Accounts *accounts.Registry
 	// Conn carries the token bucket shared by every process.
 	Conn *nats.Conn
 	// Replicas of the token bucket when this process creates it.
@@ -54,18 +59,130 @@ type Options struct {
 	HTTP       *http.Client
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
-	// Token tunes the shared token; zero values are the defaults.
+	// Token tunes the shared tokens; zero values are the defaults.
 	Token TokenOptions
 }
 
-// Client calls WeChat's API with the shared access_token.
-type Client struct {
-	base, appID, secret string
-	http                *http.Client
-	logger              *slog.Logger
-	calls               *prometheus.CounterVec
-	tokens              *Tokens
+func (o *Options) setDefaults() {
+	o.Base = strings.TrimRight(o.Base, "/")
+	if o.Base == "" {
+		o.Base = "https://api.weixin.qq.com"
+	}
+	if o.HTTP == nil {
+		o.HTTP = defaultHTTPClient()
+	}
 }
+
+func (o *Options) validate() error {
+	if o.Accounts == nil || o.Conn == nil || o.Logger == nil || o.Registerer == nil {
+		return errors.New("wechatapi: Options.Accounts, Conn, Logger and Registerer are required")
+	}
+	return nil
+}
+
+// Clients are the process's clients of WeChat's API, one per account with
+// an AppSecret, made on first use and remade when the account's AppID or
+// AppSecret changes. Each has its own token wait and in-process lock: an
+// account whose AppSecret WeChat refuses, or whose refresh is slow, does
+// not hold up another's calls. Two accounts with one AppID share its
+// token through the bucket, as two processes do.
+type Clients struct {
+	o     Options
+	calls *prometheus.CounterVec
+
+	mu   sync.Mutex
+	gen  uint64 // the registry's generation last swept
+	byID map[string]*Client
+}
+
+// ErrOff means the account has no AppSecret: the API's features are off
+// for it.
+var ErrOff = errors.New("the account has no AppSecret (WECHAT_APPSECRET for the default account)")
+
+// ErrUnknownAccount means no account has the id.
+var ErrUnknownAccount = errors.New("no such account")
+
+// NewClients returns the process's clients; one per process: the metric
+// is registered once, and a second on the same registry is refused.
+func NewClients(o Options) (*Clients, error) {
+	if err := o.validate(); err != nil {
+		return nil, err
+	}
+	o.setDefaults()
+	c := &Clients{o: o, byID: map[string]*Client{}}
+	c.calls = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "wxgate_wechat_api_calls_total",
+		Help: "Calls of WeChat's API by account, api and outcome: ok, the errcode WeChat answered, or error (no answer).",
+	}, []string{"account", "api", "outcome"})
+	if err := o.Registerer.Register(c.calls); err != nil {
+		return nil, fmt.Errorf("wechatapi: metrics: %w", err)
+	}
+	return c, nil
+}
+
+// For returns the client of the account id: ErrUnknownAccount when the
+// registry has no such account, ErrOff when it has no AppSecret.
+func (c *Clients) For(id string) (*Client, error) {
+	a, ok := c.o.Accounts.Get(id)
+	if !ok {
+		return nil, fmt.Errorf("%w: %q", ErrUnknownAccount, id)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if gen := c.o.Accounts.Generation(); gen != c.gen {
+		c.gen = gen
+		c.sweep()
+	}
+	if a.AppSecret == "" {
+		c.drop(id)
+		return nil, ErrOff
+	}
+	if cl := c.byID[id]; cl != nil && cl.appID == a.AppID && cl.secret == a.AppSecret {
+		return cl, nil
+	}
+	if !appIDPattern.MatchString(a.AppID) {
+		return nil, fmt.Errorf("wechatapi: account %s: the AppID must be 1-64 letters, digits, _ or -", id)
+	}
+	cl := &Client{base: c.o.Base, account: id, appID: a.AppID, secret: a.AppSecret, http: c.o.HTTP,
+		logger: c.o.Logger.With("account", id), calls: c.calls.MustCurryWith(prometheus.Labels{"account": id})}
+	for _, api := range apis {
+		cl.calls.WithLabelValues(api, OutcomeOK)
+		cl.calls.WithLabelValues(api, OutcomeError)
+	}
+	cl.tokens = newTokens(c.o.Conn, a.AppID, c.o.Replicas, c.o.Token, cl.fetchToken, cl.logger)
+	c.byID[id] = cl
+	return cl, nil
+}
+
+// sweep drops the clients, and the series, of accounts that are gone or
+// no longer usable; c.mu held.
+func (c *Clients) sweep() {
+	for id := range c.byID {
+		if _, ok := c.o.Accounts.Get(id); !ok {
+			c.drop(id)
+		}
+	}
+}
+
+func (c *Clients) drop(id string) {
+	if c.byID[id] != nil {
+		delete(c.byID, id)
+		c.calls.DeletePartialMatch(prometheus.Labels{"account": id})
+	}
+}
+
+// Client calls WeChat's API for one account with its AppID's shared
+// access_token.
+type Client struct {
+	base, account, appID, secret string
+	http                         *http.Client
+	logger                       *slog.Logger
+	calls                        *prometheus.CounterVec // curried with the account
+	tokens                       *Tokens
+}
+
+// Account is the id of the client's account.
+func (c *Client) Account() string { return c.account }
 
 // defaultHTTPClient bounds every step of a call: WeChat answers in
 // milliseconds, and a caller (an admin request) must not hang on it.
@@ -87,56 +204,19 @@ func defaultHTTPClient() *http.Client {
 // appIDPattern bounds the AppID, which becomes part of KV keys.
 var appIDPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 
-// New returns a client; it makes no call until one is needed.
-func New(o Options) (*Client, error) {
-	if o.Conn == nil || o.Logger == nil || o.Registerer == nil {
-		return nil, errors.New("wechatapi: Options.Conn, Logger and Registerer are required")
-	}
-	if !appIDPattern.MatchString(o.AppID) || o.Secret == "" {
-		return nil, errors.New("wechatapi: WECHAT_APPID must be 1-64 letters, digits, _ or -, and WECHAT_APPSECRET set")
-	}
-	base := strings.TrimRight(o.Base, "/")
-	if base == "" {
-		base = "https://api.weixin.qq.com"
-	}
-	c := &Client{base: base, appID: o.AppID, secret: o.Secret, http: o.HTTP, logger: o.Logger}
-	if c.http == nil {
-		c.http = defaultHTTPClient()
-	}
-	c.calls = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "wxgate_wechat_api_calls_total",
-		Help: "Calls of WeChat's API by api and outcome: ok, the errcode WeChat answered, or error (no answer).",
-	}, []string{"api", "outcome"})
-	// One client per process (late replies and QR codes share it): a
-	// second on the same registry is a wiring mistake, refused here.
-	if err := o.Registerer.Register(c.calls); err != nil {
-		return nil, fmt.Errorf("wechatapi: metrics: %w", err)
-	}
-	for api, codes := range precreated {
-		for _, o := range append([]string{OutcomeOK, OutcomeError}, codes...) {
-			c.calls.WithLabelValues(api, o)
-		}
-	}
-	c.tokens = newTokens(o.Conn, o.AppID, o.Replicas, o.Token, c.fetchToken, o.Logger)
-	return c, nil
-}
-
-// precreated are the outcomes each API's series start with (at 0).
-var precreated = map[string][]string{
-	APIStableToken:  {"-1", "40013", "40125", "40164", "45009", "89503"},
-	APIQRCodeCreate: {"-1", "40001", "40014", "42001", "40052", "40053", "45009", "45029", "48001"},
-	APICustomSend:   {"-1", "40001", "40014", "42001", "45009", "45015", "45047", "48001"},
-}
+// apis are every API the client calls: their ok and error series start at 0.
+var apis = []string{APIStableToken, APIQRCodeCreate, APICustomSend, APIUserSummary, APIInterfaceSummary,
+	APITagsCreate, APITagsGet, APITagsBatchTagging, APITagsGetIDList, APIAutoreplyInfo}
 
 // withToken calls api with the shared access_token. When WeChat refuses
 // the token itself, the token is expired (only if it is still the stored
 // one) and the call retried once with the token that replaces it.
-func (c *Client) withToken(ctx context.Context, api, path string, body, out any) error {
+func (c *Client) withToken(ctx context.Context, api, method, path string, body, out any) error {
 	tok, err := c.tokens.Token(ctx)
 	if err != nil {
 		return notSent{err}
 	}
-	err = c.post(ctx, api, path, tok, body, out)
+	err = c.call(ctx, api, method, path, tok, body, out)
 	var we *Error
 	if !errors.As(err, &we) || !we.TokenRejected() {
 		return err
@@ -148,7 +228,7 @@ func (c *Client) withToken(ctx context.Context, api, path string, body, out any)
 	if tok, err = c.tokens.Token(ctx); err != nil {
 		return notSent{err}
 	}
-	return c.post(ctx, api, path, tok, body, out)
+	return c.call(ctx, api, method, path, tok, body, out)
 }
 
 // ErrNotSent is in the chain of an error from before a call left for
@@ -174,22 +254,29 @@ func beforeSending(err error) bool {
 // maxAnswer bounds what is read of an answer: WeChat's are a few hundred bytes.
 const maxAnswer = 64 << 10
 
-// post sends body as JSON to path (with the access_token when tok is not
-// empty), counts the outcome and decodes the answer into out.
-func (c *Client) post(ctx context.Context, api, path, tok string, body, out any) error {
-	b, err := json.Marshal(body)
-	if err != nil {
-		return fmt.Errorf("wechat %s: %w", api, err)
+// call sends body as JSON to path with method (a GET has none), with the
+// access_token when tok is not empty, counts the outcome and decodes the
+// answer into out.
+func (c *Client) call(ctx context.Context, api, method, path, tok string, body, out any) error {
+	var rd io.Reader
+	if method != http.MethodGet {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return fmt.Errorf("wechat %s: %w", api, err)
+		}
+		rd = bytes.NewReader(b)
 	}
 	u := c.base + path
 	if tok != "" {
 		u += "?access_token=" + url.QueryEscape(tok)
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, bytes.NewReader(b))
+	req, err := http.NewRequestWithContext(ctx, method, u, rd)
 	if err != nil {
 		return c.fail(api, fmt.Errorf("wechat %s: %w", api, c.redactErr(err, tok)))
 	}
-	req.Header.Set("Content-Type", "application/json; charset=utf-8")
+	if rd != nil {
+		req.Header.Set("Content-Type", "application/json; charset=utf-8")
+	}
 	start := time.Now()
 	resp, err := c.http.Do(req)
 	if err != nil {
@@ -312,7 +399,7 @@ func (c *Client) fetchToken(ctx context.Context) (string, time.Duration, error) 
 		ExpiresIn   int64  `json:"expires_in"`
 	}
 	body := map[string]string{"grant_type": "client_credential", "appid": c.appID, "secret": c.secret}
-	if err := c.post(ctx, APIStableToken, "/cgi-bin/stable_token", "", body, &out); err != nil {
+	if err := c.call(ctx, APIStableToken, http.MethodPost, "/cgi-bin/stable_token", "", body, &out); err != nil {
 		return "", 0, err
 	}
 	// WeChat's tokens are at most 512 characters; a token is part of a KV

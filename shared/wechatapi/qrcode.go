@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"net/url"
 	"strconv"
 )
@@ -89,7 +90,7 @@ type QRCode struct {
 // CreateQRCode calls qrcode/create with the shared access_token.
 func (c *Client) CreateQRCode(ctx context.Context, req QRRequest) (QRCode, error) {
 	var out QRCode
-	if err := c.withToken(ctx, APIQRCodeCreate, "/cgi-bin/qrcode/create", req, &out); err != nil {
+	if err := c.withToken(ctx, APIQRCodeCreate, http.MethodPost, "/cgi-bin/qrcode/create", req, &out); err != nil {
 		return QRCode{}, err
 	}
 	if err := out.check(); err != nil {
@@ -132,5 +133,5 @@ func TextMessage(openid, content string) CustomMessage {
 // (the path late replies take). WeChat's refusals (45015 window closed,
 // 45047 count used up, …) come back as *Error.
 func (c *Client) CustomSend(ctx context.Context, msg CustomMessage) error {
-	return c.withToken(ctx, APICustomSend, "/cgi-bin/message/custom/send", msg, nil)
+	return c.withToken(ctx, APICustomSend, http.MethodPost, "/cgi-bin/message/custom/send", msg, nil)
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/wxgate/wxgate/shared/accounts"
 	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/testutil/clocktest"
 	"github.com/wxgate/wxgate/shared/testutil/metricstest"
@@ -69,15 +70,36 @@ func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return 
 
 func (e *env) process(t *testing.T, name string, to TokenOptions) *process {
 	t.Helper()
+	return e.processOf(t, name, to, appID, secret)
+}
+
+// processOf is a process whose default account has appid and secret.
+func (e *env) processOf(t *testing.T, name string, to TokenOptions, appid, secret string) *process {
+	t.Helper()
 	nc := natstest.Connect(t, e.ns, nats.Name(name))
 	reg := prometheus.NewRegistry()
 	buf := &syncBuffer{}
-	c, err := New(Options{Base: e.base, AppID: appID, Secret: secret, Conn: nc, Registerer: reg,
-		Logger: slog.New(slog.NewJSONHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug})), Token: to})
+	logger := slog.New(slog.NewJSONHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	cs, err := NewClients(Options{Base: e.base, Accounts: defaultOnly(t, appid, secret), Conn: nc, Registerer: reg, Logger: logger, Token: to})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := cs.For(accounts.DefaultID)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return &process{c, reg, buf}
+}
+
+// defaultOnly is a registry of the default account alone, as a process
+// without a bus has.
+func defaultOnly(t *testing.T, appid, secret string) *accounts.Registry {
+	t.Helper()
+	reg, err := accounts.Start(accounts.Options{Default: accounts.Account{AppID: appid, AppSecret: secret}, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return reg
 }
 
 func tempCode(scene string) QRRequest { return NewQRRequest(scene, false, 600) }
@@ -680,12 +702,8 @@ func TestWrongSecret(t *testing.T) {
 		t.Run(fmt.Sprint(tt.code), func(t *testing.T) {
 			e := newEnv(t, wechatapitest.Options{})
 			for i := 0; i < 2; i++ {
-				nc := natstest.Connect(t, e.ns)
-				c, err := New(Options{Base: e.base, AppID: tt.appID, Secret: tt.secret, Conn: nc, Registerer: prometheus.NewRegistry(), Logger: slog.New(slog.DiscardHandler)})
-				if err != nil {
-					t.Fatal(err)
-				}
-				_, err = c.CreateQRCode(context.Background(), tempCode("x"))
+				c := e.processOf(t, fmt.Sprint("p", i), TokenOptions{}, tt.appID, tt.secret)
+				_, err := c.CreateQRCode(context.Background(), tempCode("x"))
 				if code, _ := errcode(err); code != tt.code || !strings.Contains(err.Error(), "WECHAT_APPSECRET") || strings.Contains(err.Error(), tt.secret) {
 					t.Errorf("process %d: err = %v", i, err)
 				}
@@ -733,16 +751,26 @@ func TestWaitsForTheRefresher(t *testing.T) {
 	}
 }
 
-// One client per process, which late replies and QR codes share: a
-// second on the process's registry is refused, not counted into the first
-// one's series with a token cache of its own.
-func TestOneClientPerRegistry(t *testing.T) {
+// One set of clients per process, which late replies and QR codes share:
+// a second on the process's registry is refused, not counted into the
+// first one's series with token caches of its own.
+func TestOneClientsPerRegistry(t *testing.T) {
 	e := newEnv(t, wechatapitest.Options{})
 	p := e.process(t, "p", TokenOptions{})
 	nc := natstest.Connect(t, e.ns)
-	_, err := New(Options{Base: e.base, AppID: appID, Secret: secret, Conn: nc, Registerer: p.reg, Logger: slog.New(slog.DiscardHandler)})
+	_, err := NewClients(Options{Base: e.base, Accounts: defaultOnly(t, appID, secret), Conn: nc, Registerer: p.reg, Logger: slog.New(slog.DiscardHandler)})
 	if err == nil || !strings.Contains(err.Error(), "metrics") {
-		t.Errorf("a second client on one registry: %v, want refused", err)
+		t.Errorf("a second set of clients on one registry: %v, want refused", err)
+	}
+	for name, o := range map[string]Options{
+		"no Accounts": {Conn: nc, Registerer: prometheus.NewRegistry(), Logger: slog.New(slog.DiscardHandler)},
+		"no Conn":     {Accounts: defaultOnly(t, appID, secret), Registerer: prometheus.NewRegistry(), Logger: slog.New(slog.DiscardHandler)},
+		"no Logger":   {Accounts: defaultOnly(t, appID, secret), Conn: nc, Registerer: prometheus.NewRegistry()},
+		"no metrics":  {Accounts: defaultOnly(t, appID, secret), Conn: nc, Logger: slog.New(slog.DiscardHandler)},
+	} {
+		if _, err := NewClients(o); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
 	}
 }
 

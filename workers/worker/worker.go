@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/wxgate/wxgate/shared/accounts"
 	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/config"
 	"github.com/wxgate/wxgate/shared/health"
@@ -57,9 +58,9 @@ type Worker struct {
 	Analytics *analytics.Role // nil without the analytics role
 	Service   *reply.Service  // nil without the replies role
 	Late      *late.Service   // nil without the replies role or LATE_REPLY
-	// WeChat is the process's one client of WeChat's API (late replies and
-	// the QR codes share it); nil without WECHAT_APPSECRET.
-	WeChat *wechatapi.Client
+	// WeChat are the process's clients of WeChat's API, one per account
+	// (late replies and the QR codes share them).
+	WeChat *wechatapi.Clients
 	api    http.Handler
 	scenes stats.StoreFunc
 }
@@ -138,8 +139,13 @@ func Start(o Options) (_ *Worker, err error) {
 	w.Service = svc
 	outcomes := late.NewOutcomes(o.Registerer)
 	if lateOn {
+		// Late replies are the default account's until they are per account.
+		api, err := w.WeChat.For(accounts.DefaultID)
+		if err != nil {
+			return nil, errors.Join(err, stopService(svc))
+		}
 		l, err := late.Start(late.Options{
-			Conn: o.Conn, API: w.WeChat, Reply: svc.ReplyOnce,
+			Conn: o.Conn, API: api, Reply: svc.ReplyOnce,
 			MessageWindow: o.Config.LateMessageWindow, EventWindow: o.Config.LateEventWindow,
 			Replicas: o.Config.JetStreamReplicas, ID: bus.InstanceID(o.Conn), Outcomes: outcomes,
 			Logger: o.Logger.With("component", "late"), Registerer: o.Registerer,
@@ -154,15 +160,16 @@ func Start(o Options) (_ *Worker, err error) {
 	return w, nil
 }
 
-// NewWeChat makes the process's one client of WeChat's API, for late
-// replies and QR codes alike (one token cache, one metric); nil when
-// neither can use it (no WECHAT_APPSECRET).
-func NewWeChat(cfg config.Config, nc *nats.Conn, logger *slog.Logger, reg prometheus.Registerer) (*wechatapi.Client, error) {
-	if cfg.AppSecret == "" && cfg.EffectiveLateReply() == config.LateReplyOff {
-		return nil, nil
+// NewWeChat makes the process's clients of WeChat's API, for late
+// replies and QR codes alike (one token cache per AppID, one metric). The
+// accounts are the default's alone until the accounts registry is wired.
+func NewWeChat(cfg config.Config, nc *nats.Conn, logger *slog.Logger, reg prometheus.Registerer) (*wechatapi.Clients, error) {
+	accts, err := accounts.Start(accounts.Options{Default: accounts.Account{AppID: cfg.AppID, AppSecret: cfg.AppSecret}, Logger: logger})
+	if err != nil {
+		return nil, fmt.Errorf("wechat api: %w", err)
 	}
-	c, err := wechatapi.New(wechatapi.Options{
-		Base: cfg.APIBase, AppID: cfg.AppID, Secret: cfg.AppSecret,
+	c, err := wechatapi.NewClients(wechatapi.Options{
+		Base: cfg.APIBase, Accounts: accts,
 		Conn: nc, Replicas: cfg.JetStreamReplicas,
 		Logger: logger.With("component", "wechatapi"), Registerer: reg,
 	})
