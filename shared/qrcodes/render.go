@@ -301,7 +301,9 @@ func (f *Fonts) load() {
 		if err == nil {
 			var c *sfnt.Collection
 			if c, err = sfnt.ParseCollection(b); err == nil {
-				f.cjk, err = c.Font(0)
+				if f.cjk, err = c.Font(0); err != nil {
+					f.cjk, err = alignedFont(b)
+				}
 			}
 		}
 		if err == nil {
@@ -312,6 +314,39 @@ func (f *Fonts) load() {
 			f.err = fmt.Errorf("QR_CAPTION_FONT=%s: %w", f.path, err)
 		}
 	}
+}
+
+// alignedFont reads the first font of a TrueType file or collection whose
+// tables do not start on 4-byte boundaries, as the OpenType spec wants
+// and x/image/font/sfnt insists (Debian's wqy-microhei.ttc): the tables
+// are copied into a font of their own, each at an aligned offset.
+func alignedFont(b []byte) (*sfnt.Font, error) {
+	be := binary.BigEndian
+	off := 0
+	if len(b) >= 16 && string(b[:4]) == "ttcf" {
+		off = int(be.Uint32(b[12:]))
+	}
+	if off+12 > len(b) {
+		return nil, errors.New("not a font")
+	}
+	n := int(be.Uint16(b[off+4:]))
+	if off+12+16*n > len(b) {
+		return nil, errors.New("not a font")
+	}
+	out := append([]byte{}, b[off:off+12+16*n]...)
+	for i := 0; i < n; i++ {
+		rec := out[12+16*i:]
+		o, l := int(be.Uint32(rec[8:])), int(be.Uint32(rec[12:]))
+		if o+l > len(b) || o < 0 || l < 0 {
+			return nil, errors.New("a table past the end of the font")
+		}
+		for len(out)%4 != 0 {
+			out = append(out, 0)
+		}
+		be.PutUint32(rec[8:], uint32(len(out)))
+		out = append(out, b[o:o+l]...)
+	}
+	return sfnt.Parse(out)
 }
 
 // Source says which font draws captions, for the log: a path, or why none.
