@@ -2,6 +2,7 @@ package sim
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"math/rand/v2"
@@ -74,13 +75,27 @@ func (m Mix) Message(run string, i, scenes int, now time.Time) (msg *wechat.Mess
 	return msg, true
 }
 
+// Target is where requests go: an account's callback URL and how its
+// callbacks are signed.
+type Target struct {
+	Sender wechat.Sender
+	URL    string
+}
+
 // Requests returns a loadgen request function: request i is message i of
 // the mix, sent to url as WeChat would, its answer classified.
 func (m Mix) Requests(s wechat.Sender, c *http.Client, url string, scenes int) func(context.Context, int) loadgen.Outcome {
+	return m.RequestsTo([]Target{{s, url}}, c, scenes)
+}
+
+// RequestsTo is Requests spread over targets: request i goes to target i
+// modulo their number.
+func (m Mix) RequestsTo(targets []Target, c *http.Client, scenes int) func(context.Context, int) loadgen.Outcome {
 	run := strconv.FormatUint(rand.Uint64()%1e8, 36) // distinct messages across runs too
 	return func(_ context.Context, i int) loadgen.Outcome {
 		msg, replyExpected := m.Message(run, i, scenes, time.Now())
-		code, reply, err := s.Post(c, url, msg.AppendXML(nil), time.Now(), strconv.Itoa(i))
+		t := targets[i%len(targets)]
+		code, reply, err := t.Sender.Post(c, t.URL, msg.AppendXML(nil), time.Now(), strconv.Itoa(i))
 		switch {
 		case err != nil || code != http.StatusOK:
 			return loadgen.Error
@@ -101,6 +116,7 @@ type loadCmd struct {
 	requests    int
 	mix         string
 	scenes      int
+	accounts    int
 }
 
 func (l *loadCmd) flags(fs *flag.FlagSet) {
@@ -110,10 +126,38 @@ func (l *loadCmd) flags(fs *flag.FlagSet) {
 	fs.IntVar(&l.requests, "requests", 0, "stop after this many requests (0: -duration alone)")
 	fs.StringVar(&l.mix, "mix", "text=60,scan=20,subscribe=15,other=5", "message mix in percent")
 	fs.IntVar(&l.scenes, "scenes", 10, "distinct QR scenes in the scans")
+	fs.IntVar(&l.accounts, "accounts", 0, "spread the load over this many accounts, acct000, acct001, … (-url/<id>; each with its -tokens, -aeskeys, -appids, else the common ones); 0: -url (and -account) as given")
+}
+
+// AccountID is the id of load account i: acct000, acct001, …
+func AccountID(i int) string { return fmt.Sprintf("acct%03d", i) }
+
+// targets are where the load goes: -url, or each of -accounts.
+func (l *loadCmd) targets() ([]Target, error) {
+	if l.accounts <= 0 {
+		return []Target{{l.sender, l.url}}, nil
+	}
+	if l.account != "" {
+		return nil, errors.New("-accounts and -account: give one")
+	}
+	var out []Target
+	for i := range l.accounts {
+		id := AccountID(i)
+		s, err := l.senderFor(id)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, Target{s, accountURL(l.url, id)})
+	}
+	return out, nil
 }
 
 func (l *loadCmd) run(ctx context.Context) error {
 	mix, err := ParseMix(l.mix)
+	if err != nil {
+		return err
+	}
+	targets, err := l.targets()
 	if err != nil {
 		return err
 	}
@@ -123,7 +167,7 @@ func (l *loadCmd) run(ctx context.Context) error {
 	l.http.Transport.(*http.Transport).MaxIdleConnsPerHost = l.concurrency
 	report, err := loadgen.Run(ctx, loadgen.Options{
 		Concurrency: l.concurrency, Rate: l.rate, Duration: l.duration, Requests: l.requests,
-		Do: mix.Requests(l.sender, l.http, l.url, l.scenes),
+		Do: mix.RequestsTo(targets, l.http, l.scenes),
 	})
 	if err != nil {
 		return err

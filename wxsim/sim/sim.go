@@ -4,6 +4,7 @@ package sim
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"encoding/xml"
@@ -37,9 +38,14 @@ commands:
   load         traffic: -concurrency or -rate, -duration or -requests, -mix, -scenes
   api          a fake of WeChat's API for wxgate's WECHAT_API_BASE (-addr; see wxsim api -h)
 
+-account ID sends to the account's URL, -url/ID (wxgate's /wechat/{id});
+-tokens, -aeskeys and -appids give accounts their own Token, EncodingAESKey
+and AppID (id=value,id2=value2; the others use -token, -aeskey, -appid).
+load -accounts N spreads the load over the accounts acct000, acct001, ...
+
 With -api URL, text, voice, subscribe, scan, unsubscribe and raw first tell
 a "wxsim api" at URL of the person's interaction, which opens their
-customer-service window there.
+customer-service window there (with -account, the window of -appid's app).
 
 Run "wxsim <command> -h" for the flags.
 `
@@ -143,21 +149,32 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 type client struct {
 	out                io.Writer
 	url, token, aesKey string
-	appID, account     string
+	appID, to          string
+	account            string // the wxgate account: -url/<account>; empty: -url as given
+	tokens, aesKeys    string // per account: id=value,…
+	appIDs             string
 	openID             string
 	api                string // the fake WeChat API to tell of interactions; empty: none
 	retries            int
 	timeout, wait      time.Duration
 	sender             wechat.Sender
 	http               *http.Client
+	creds              map[string]creds // -tokens, -aeskeys, -appids by account
 }
+
+// creds are what an account's callbacks are signed and encrypted with.
+type creds struct{ token, aesKey, appID string }
 
 func (c *client) commonFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.url, "url", "http://127.0.0.1:8080/wechat", "the wxgate callback URL")
 	fs.StringVar(&c.token, "token", envOr("WECHAT_TOKEN", "wxgate-dev-token"), "the Token (default $WECHAT_TOKEN, else standalone's dev token)")
 	fs.StringVar(&c.aesKey, "aeskey", os.Getenv("WECHAT_ENCODING_AES_KEY"), "the EncodingAESKey: given, messages go in safe mode")
 	fs.StringVar(&c.appID, "appid", os.Getenv("WECHAT_APPID"), "the AppID (safe mode)")
-	fs.StringVar(&c.account, "account", "gh_wxsim", "ToUserName: the account's original ID")
+	fs.StringVar(&c.to, "to", "gh_wxsim", "ToUserName: the account's original ID (gh_…)")
+	fs.StringVar(&c.account, "account", "", "the wxgate account id: messages go to -url/<id> (/wechat/<id>) with its -tokens, -aeskeys, -appids")
+	fs.StringVar(&c.tokens, "tokens", "", "Tokens per account: id=token,id2=token2 (the others: -token)")
+	fs.StringVar(&c.aesKeys, "aeskeys", "", "EncodingAESKeys per account: id=key,… (the others: -aeskey)")
+	fs.StringVar(&c.appIDs, "appids", "", "AppIDs per account: id=appid,… (the others: -appid)")
 	fs.StringVar(&c.openID, "openid", "", "FromUserName: the person's OpenID (default a fresh one)")
 	fs.IntVar(&c.retries, "retries", 0, "resend the identical message this many more times, as WeChat's retries")
 	fs.DurationVar(&c.timeout, "timeout", 5*time.Second, "how long to wait for an answer (WeChat waits 5s)")
@@ -165,22 +182,78 @@ func (c *client) commonFlags(fs *flag.FlagSet) {
 }
 
 func (c *client) setup() error {
-	c.sender = wechat.Sender{Token: c.token}
-	if c.aesKey != "" {
-		if c.appID == "" {
-			return errors.New("safe mode (-aeskey) needs -appid")
-		}
-		cipher, err := wechat.NewCipher(c.aesKey, c.appID)
+	c.creds = map[string]creds{}
+	for flag, v := range map[string]string{"-tokens": c.tokens, "-aeskeys": c.aesKeys, "-appids": c.appIDs} {
+		m, err := parseByAccount(v)
 		if err != nil {
-			return fmt.Errorf("-aeskey: %w", err)
+			return fmt.Errorf("%s: %w", flag, err)
 		}
-		c.sender.Cipher = cipher
+		for id, val := range m {
+			cr := c.creds[id]
+			switch flag {
+			case "-tokens":
+				cr.token = val
+			case "-aeskeys":
+				cr.aesKey = val
+			default:
+				cr.appID = val
+			}
+			c.creds[id] = cr
+		}
+	}
+	var err error
+	if c.sender, err = c.senderFor(c.account); err != nil {
+		return err
+	}
+	if c.account != "" {
+		c.appID = cmp.Or(c.creds[c.account].appID, c.appID)
+		c.url = accountURL(c.url, c.account)
 	}
 	if c.openID == "" {
 		c.openID = "o_wxsim_" + strconv.FormatUint(rand.Uint64()%1e12, 36)
 	}
 	c.http = &http.Client{Timeout: c.timeout, Transport: &http.Transport{MaxIdleConnsPerHost: 1024}}
 	return nil
+}
+
+// senderFor signs (and in safe mode encrypts) as the account expects:
+// its own -tokens, -aeskeys and -appids, else the common flags.
+func (c *client) senderFor(account string) (wechat.Sender, error) {
+	cr := c.creds[account]
+	s := wechat.Sender{Token: cmp.Or(cr.token, c.token)}
+	key, appID := cmp.Or(cr.aesKey, c.aesKey), cmp.Or(cr.appID, c.appID)
+	if key == "" {
+		return s, nil
+	}
+	if appID == "" {
+		return s, errors.New("safe mode (-aeskey) needs -appid")
+	}
+	cipher, err := wechat.NewCipher(key, appID)
+	if err != nil {
+		return s, fmt.Errorf("the EncodingAESKey of %q: %w", cmp.Or(account, "the account"), err)
+	}
+	s.Cipher = cipher
+	return s, nil
+}
+
+// accountURL is the callback URL of account: base/<account>.
+func accountURL(base, account string) string { return strings.TrimSuffix(base, "/") + "/" + account }
+
+// parseByAccount reads "id=value,id2=value2". Errors never echo a value
+// (tokens and keys are secrets).
+func parseByAccount(v string) (map[string]string, error) {
+	m := map[string]string{}
+	if v == "" {
+		return m, nil
+	}
+	for i, part := range strings.Split(v, ",") {
+		id, val, ok := strings.Cut(strings.TrimSpace(part), "=")
+		if !ok || id == "" || val == "" {
+			return nil, fmt.Errorf("item %d: want id=value", i+1)
+		}
+		m[id] = val
+	}
+	return m, nil
 }
 
 func nonce() string { return strconv.FormatUint(rand.Uint64()%1e10, 10) }
@@ -232,7 +305,7 @@ func (c *client) verify(ctx context.Context, echo string) error {
 
 // send fills in the addressing fields and sends m.
 func (c *client) send(ctx context.Context, m *wechat.Message) error {
-	m.ToUserName, m.FromUserName, m.CreateTime = c.account, c.openID, time.Now().Unix()
+	m.ToUserName, m.FromUserName, m.CreateTime = c.to, c.openID, time.Now().Unix()
 	if !m.IsEvent() {
 		m.MsgID = strconv.FormatUint(rand.Uint64()>>1, 10)
 	}
@@ -283,7 +356,11 @@ func (c *client) tellAPI(ctx context.Context, msg []byte) error {
 		fmt.Fprintln(c.out, "interaction: none (this callback opens no customer-service window)")
 		return nil
 	}
-	body, _ := json.Marshal(wechatapitest.InteractionRequest{OpenID: m.FromUserName, Kind: kind})
+	told := wechatapitest.InteractionRequest{OpenID: m.FromUserName, Kind: kind}
+	if c.account != "" {
+		told.AppID = c.appID // the fake keeps each app's windows apart
+	}
+	body, _ := json.Marshal(told)
 	url := strings.TrimSuffix(c.api, "/") + "/wxsim/interaction"
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -15,6 +16,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/wxgate/wxgate/shared/wechat"
 	"github.com/wxgate/wxgate/shared/wechatapi/wechatapitest"
 )
 
@@ -125,4 +127,65 @@ func customSend(t *testing.T, base, openid string) int {
 	}
 	post("/cgi-bin/message/custom/send?access_token="+tok.AccessToken, `{"touser":"`+openid+`","msgtype":"text","text":{"content":"late"}}`, &a)
 	return a.Errcode
+}
+
+// -account sends to -url/<id>, signed with that account's -tokens (safe
+// mode with its -aeskeys and -appids) and told to the fake as that AppID's
+// interaction; load -accounts N spreads the load over acct000…, each
+// signed with its own token.
+func TestAccounts(t *testing.T) {
+	const keyA = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
+	fake := wechatapitest.New(wechatapitest.Options{AppID: "wx_default", Secret: "s", Apps: map[string]string{"wx_shop": "s2"}})
+	fs := httptest.NewServer(fake)
+	defer fs.Close()
+	tokens := map[string]string{"default": "tokdef", "shop": "tokshop", "acct000": "tok0", "acct001": "tok1", "acct002": "tok2"}
+	var mu sync.Mutex
+	got := map[string]int{}
+	gw := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id := strings.TrimPrefix(r.URL.Path, "/wechat/")
+		q := r.URL.Query()
+		if !wechat.VerifySignature(tokens[id], q.Get("timestamp"), q.Get("nonce"), q.Get("signature")) {
+			http.Error(w, "signature", http.StatusForbidden)
+			return
+		}
+		if id == "shop" && (q.Get("encrypt_type") != "aes" || q.Get("msg_signature") == "") {
+			http.Error(w, "shop is in safe mode", http.StatusBadRequest)
+			return
+		}
+		mu.Lock()
+		got[id]++
+		mu.Unlock()
+		_, _ = io.WriteString(w, "success")
+	}))
+	defer gw.Close()
+	run := func(args ...string) error {
+		var out, errs bytes.Buffer
+		args = append(args, "-url", gw.URL+"/wechat", "-tokens", "shop=tokshop,acct000=tok0,acct001=tok1,acct002=tok2", "-token", "tokdef")
+		if code := Main(context.Background(), args, &out, &errs); code != 0 {
+			return fmt.Errorf("wxsim %v = %d: %s%s", args, code, out.String(), errs.String())
+		}
+		return nil
+	}
+	if err := run("text", "-account", "shop", "-aeskeys", "shop="+keyA, "-appids", "shop=wx_shop", "-openid", "o1", "-api", fs.URL); err != nil {
+		t.Fatal(err)
+	}
+	if err := run("text", "-account", "default"); err != nil {
+		t.Fatal(err)
+	}
+	if c := fake.Calls(); c.Apps["wx_shop"].Interactions[wechatapitest.KindMessage] != 1 || c.Apps["wx_default"].Interactions[wechatapitest.KindMessage] != 0 {
+		t.Errorf("the interaction went to %+v", c.Apps)
+	}
+	if err := run("load", "-accounts", "3", "-requests", "30", "-concurrency", "3", "-mix", "text=100"); err != nil {
+		t.Fatal(err)
+	}
+	if got["shop"] != 1 || got["default"] != 1 || got["acct000"] != 10 || got["acct001"] != 10 || got["acct002"] != 10 {
+		t.Errorf("requests per account: %v", got)
+	}
+	if err := run("load", "-accounts", "2", "-account", "shop", "-requests", "1"); err == nil {
+		t.Error("-accounts with -account taken")
+	}
+	var out, errs bytes.Buffer
+	if code := Main(context.Background(), []string{"text", "-url", gw.URL, "-tokens", "shop:tokshop"}, &out, &errs); code != 2 || strings.Contains(errs.String(), "tokshop") {
+		t.Errorf("a bad -tokens: %d %s", code, errs.String())
+	}
 }
