@@ -231,7 +231,8 @@ func TestDockerfile(t *testing.T) {
 		t.Fatal(err)
 	}
 	df := string(b)
-	for _, want := range []string{"CGO_ENABLED=0", "USER nonroot", "AS build"} {
+	// The font is where qrcodes looks for one (captions in Chinese).
+	for _, want := range []string{"CGO_ENABLED=0", "USER nonroot", "AS build", "fonts-wqy-microhei", "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc"} {
 		if !strings.Contains(df, want) {
 			t.Errorf("Dockerfile lacks %q", want)
 		}
