@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/wxgate/wxgate/shared/accounts"
 	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/events"
 	"github.com/wxgate/wxgate/shared/testutil/metricstest"
@@ -78,7 +79,7 @@ func (f *fixture) startWith(mod func(*Options)) (*Service, *prometheus.Registry)
 func (f *fixture) startNoWait(mod func(*Options)) (*Service, *prometheus.Registry) {
 	f.t.Helper()
 	nc, reg := natstest.Connect(f.t, f.srv), prometheus.NewRegistry()
-	client, err := wechatapi.New(wechatapi.Options{Base: f.url, AppID: "wx_late", Secret: "late-secret", Conn: nc, Logger: quiet, Registerer: reg})
+	client, err := lateClient(f.url, nc, reg)
 	if err != nil {
 		f.t.Fatal(err)
 	}
@@ -359,7 +360,7 @@ func TestCustomMessages(t *testing.T) {
 func TestUnsupportedIsCounted(t *testing.T) {
 	f := newFixture(t, wechatapitest.Options{})
 	nc, reg := natstest.Connect(t, f.srv), prometheus.NewRegistry()
-	client, err := wechatapi.New(wechatapi.Options{Base: f.url, AppID: "wx_late", Secret: "late-secret", Conn: nc, Logger: quiet, Registerer: reg})
+	client, err := lateClient(f.url, nc, reg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -528,4 +529,17 @@ func TestCountUsedUpIsFailed(t *testing.T) {
 	if got := f.fake.Calls().Errcodes[wechatapitest.CustomSend]["45047"]; got != 1 {
 		t.Errorf("45047 answered %d times, want 1", got)
 	}
+}
+
+// lateClient is the default account's client of the fake at base.
+func lateClient(base string, nc *nats.Conn, reg prometheus.Registerer) (*wechatapi.Client, error) {
+	accts, err := accounts.Start(accounts.Options{Default: accounts.Account{AppID: "wx_late", AppSecret: "late-secret"}, Logger: quiet})
+	if err != nil {
+		return nil, err
+	}
+	cs, err := wechatapi.NewClients(wechatapi.Options{Base: base, Accounts: accts, Conn: nc, Logger: quiet, Registerer: reg})
+	if err != nil {
+		return nil, err
+	}
+	return cs.For(accounts.DefaultID)
 }
