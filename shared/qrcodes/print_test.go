@@ -18,10 +18,12 @@ import (
 	"time"
 
 	qr "github.com/piglig/go-qr"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/image/font/gofont/goregular"
 	"golang.org/x/image/font/opentype"
 
 	"github.com/wxgate/wxgate/shared/accounts"
+	"github.com/wxgate/wxgate/shared/admin"
 	"github.com/wxgate/wxgate/shared/testutil/wait"
 	"github.com/wxgate/wxgate/shared/wechatapi/wechatapitest"
 )
@@ -442,5 +444,23 @@ func TestAttachment(t *testing.T) {
 		if got := attachment(name, "scene", ".png"); got != want {
 			t.Errorf("%q: %s, want %s", name, got, want)
 		}
+	}
+}
+
+// A CSV batch passes the admin listener's guard against what pages make
+// browsers send (text/csv is not a type a page can send cross-site
+// without a preflight), as the page's own upload would.
+func TestBatchCSVThroughAdmin(t *testing.T) {
+	e := newEnv(t)
+	mux := admin.NewMux(admin.Options{Gatherer: prometheus.NewRegistry()})
+	mux.HandleUncleaned(Prefix, e.service(t, "p", false).Handler(""))
+	r := httptest.NewRequest("POST", "http://127.0.0.1:8081/api/qrcodes/batch", strings.NewReader("scene,label\nbj,北京\n"))
+	r.Header.Set("Content-Type", "text/csv; charset=utf-8")
+	r.Header.Set("Origin", "http://127.0.0.1:8081")
+	r.Header.Set("Sec-Fetch-Site", "same-origin")
+	w := httptest.NewRecorder()
+	mux.ServeHTTP(w, r)
+	if w.Code != 200 || !strings.Contains(w.Body.String(), `"status":201`) {
+		t.Errorf("= %d %s", w.Code, w.Body.String())
 	}
 }
