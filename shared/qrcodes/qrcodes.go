@@ -192,7 +192,6 @@ const Retention = 7 * 24 * time.Hour
 type Code struct {
 	Scene     string     `json:"scene"`
 	Label     string     `json:"label"`
-	Group     string     `json:"group"`
 	Permanent bool       `json:"permanent"`
 	Ticket    string     `json:"ticket"`
 	URL       string     `json:"url"`
@@ -202,6 +201,8 @@ type Code struct {
 	ExpiringSoon bool      `json:"expiring_soon"`
 	CreatedAt    time.Time `json:"created_at"`
 	ImageURL     string    `json:"image_url"`
+	// Group gathers codes (门店, 地铁, 线上); "" for none.
+	Group string `json:"group"`
 }
 
 // Listed is a code with its scene's counts. An expired temporary code is
