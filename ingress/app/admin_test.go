@@ -65,7 +65,7 @@ func TestAdminRefusesWhatAPageCanSend(t *testing.T) {
 			t.Errorf("%s: %d, want %d", tt.name, code, tt.want)
 		}
 	}
-	if v := metricstest.Scrape(t, base+"/metrics", `wxgate_wechat_api_calls_total{api="qrcode_create",outcome="ok"}`); v != 2 {
+	if v := metricstest.Scrape(t, base+"/metrics", `wxgate_wechat_api_calls_total{account="default",api="qrcode_create",outcome="ok"}`); v != 2 {
 		t.Errorf("codes created = %v, want 2 (curl's and the page's own)", v)
 	}
 }

@@ -71,6 +71,10 @@ type Config struct {
 	// AppSecret is WECHAT_APPSECRET: a secret, never logged or echoed. It
 	// enables WeChat's API (QR codes, late replies); empty, those are off.
 	AppSecret string
+	// QRCaptionFont is QR_CAPTION_FONT: a TrueType/OpenType font (or
+	// collection) with CJK glyphs for PNG captions; empty: the usual
+	// system paths.
+	QRCaptionFont string
 	// APIBase is WECHAT_API_BASE, the base URL of WeChat's API (tests point
 	// it at a fake); empty is WeChat's own, the API client's default.
 	APIBase string
@@ -327,6 +331,9 @@ func (c *Config) FromEnv(lookup func(string) (string, bool)) error {
 func (c *Config) apiFromEnv(lookup func(string) (string, bool)) (errs []error) {
 	if v, ok := lookup("WECHAT_APPSECRET"); ok {
 		c.AppSecret = strings.TrimSpace(v)
+	}
+	if v, ok := lookup("QR_CAPTION_FONT"); ok {
+		c.QRCaptionFont = strings.TrimSpace(v)
 	}
 	if v, ok := lookup("WECHAT_API_BASE"); ok {
 		base := strings.TrimRight(strings.TrimSpace(v), "/")

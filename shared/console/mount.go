@@ -36,7 +36,7 @@ func Mount(mux *admin.Mux, o MountOptions) (*qrcodes.Service, error) {
 		logger.Info("QR codes are off for the default account: WECHAT_APPSECRET is not set")
 	}
 	qr, err := qrcodes.New(qrcodes.Options{Conn: o.Conn, Clients: o.WeChat.For, Scenes: qrcodes.FromStore(o.Scenes),
-		Replicas: cfg.JetStreamReplicas, Logger: logger})
+		Replicas: cfg.JetStreamReplicas, Fonts: qrcodes.NewFonts(cfg.QRCaptionFont), Logger: logger})
 	if err != nil {
 		return nil, err
 	}
