@@ -97,7 +97,7 @@ func TestLateRepliesWhenWorkersReturn(t *testing.T) {
 // late reply is counted expired and nothing is sent.
 func TestLateReplyPastTheWindowExpires(t *testing.T) {
 	ns := startNATS(t)
-	fake := startFakeAPI(t, "-event-window", "2s")
+	fake := startFakeAPI(t, "-event-window", "3s")
 	_, url, admin := startIngress(t, append(fake.env(), "NATS_URL="+ns.url)...)
 	waitReady(t, admin)
 	s := wechat.Sender{Token: token}
@@ -105,8 +105,8 @@ func TestLateReplyPastTheWindowExpires(t *testing.T) {
 	if code, body := post(t, s, url, lateScan("o_expired", "poster_gone")); code != 200 || body != "success" {
 		t.Fatalf("SCAN without workers = %d %q", code, body)
 	}
-	time.Sleep(2500 * time.Millisecond) // the window closing is what is under test
-	w := startWorker(t, ns.url, append(fake.env(), "LATE_EVENT_WINDOW=2s")...)
+	time.Sleep(3500 * time.Millisecond) // the window closing is what is under test
+	w := startWorker(t, ns.url, append(fake.env(), "LATE_EVENT_WINDOW=3s")...)
 	wait.For(t, wait.Long, wait.Every, func() error {
 		if v := metricValue(t, w.admin, `wxgate_late_replies_total{outcome="expired"}`); v != 1 {
 			return fmt.Errorf("expired = %v, want 1", v)

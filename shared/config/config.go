@@ -46,9 +46,10 @@ type Config struct {
 	// cannot take them (INTAKE_BUFFER).
 	IntakeBuffer      int
 	JetStreamReplicas int // JETSTREAM_REPLICAS: replicas of the stream and buckets
-	// DedupTTL is how long workers keep each dedup key's claim and reply, so
-	// that WeChat's retries, at any replica, run the handler once
-	// (DEDUP_TTL; 0 turns the shared store off).
+	// DedupTTL is how long a worker keeps a reply in its memory, so that
+	// WeChat's retries, at any replica, get it without running the handler
+	// again (DEDUP_TTL; 0 turns the replies store off: no memory, no marks,
+	// every request runs its handler).
 	DedupTTL time.Duration
 	// DedupMemoryMB bounds, in MiB, the replies a worker keeps in its
 	// memory for retries (DEDUP_MEMORY_MB).
@@ -87,6 +88,18 @@ type Config struct {
 	// LATE_EVENT_WINDOW): WeChat's rules, which have changed before.
 	LateMessageWindow, LateEventWindow time.Duration
 }
+
+// LateSettle is how long after an event was received its late reply waits
+// before it asks for the reply: by then a first delivery has reached a
+// worker's hands, where the late reply finds it and waits for its reply
+// instead of running the handler beside it. A late-reply window must be
+// longer.
+const LateSettle = 2 * time.Second
+
+// WeChatRetrySpan is how long after a first delivery WeChat's last retry
+// may come (three retries, about 5 s apart, and the ingress's deadline):
+// a reply kept for retries must live that long.
+const WeChatRetrySpan = 20 * time.Second
 
 // The late-reply modes (LATE_REPLY).
 const (
@@ -284,10 +297,18 @@ func (c *Config) FromEnv(lookup func(string) (string, bool)) error {
 	}
 	num("INTAKE_BUFFER", 1, 10_000_000, &c.IntakeBuffer)
 	dur("DEDUP_TTL", &c.DedupTTL)
+	if c.DedupTTL > 0 && c.DedupTTL < WeChatRetrySpan {
+		errs = append(errs, fmt.Errorf("DEDUP_TTL=%s: at least %s, the span of WeChat's retries (0 turns the replies store off)", shortDuration(c.DedupTTL), shortDuration(WeChatRetrySpan)))
+	}
 	dur("LATE_MESSAGE_WINDOW", &c.LateMessageWindow)
 	dur("LATE_EVENT_WINDOW", &c.LateEventWindow)
-	if c.LateMessageWindow <= 0 || c.LateEventWindow <= 0 {
-		errs = append(errs, errors.New("LATE_MESSAGE_WINDOW and LATE_EVENT_WINDOW: want positive durations"))
+	for _, w := range []struct {
+		key string
+		d   time.Duration
+	}{{"LATE_MESSAGE_WINDOW", c.LateMessageWindow}, {"LATE_EVENT_WINDOW", c.LateEventWindow}} {
+		if w.d <= LateSettle {
+			errs = append(errs, fmt.Errorf("%s=%s: more than %s, the time a late reply waits before it asks for the reply (every late reply would expire)", w.key, shortDuration(w.d), shortDuration(LateSettle)))
+		}
 	}
 	dur("HANDLER_TIMEOUT", &c.HandlerTimeout)
 	dur("SHUTDOWN_DELAY", &c.ShutdownDelay)
@@ -317,6 +338,14 @@ func (c *Config) FromEnv(lookup func(string) (string, bool)) error {
 		}
 	}
 	errs = append(errs, c.apiFromEnv(lookup)...)
+	if c.EffectiveLateReply() == LateReplyCustomerService {
+		if c.DedupTTL == 0 {
+			errs = append(errs, errors.New("DEDUP_TTL=0 turns off the replies store, which late replies need to go once: set DEDUP_TTL, or LATE_REPLY=off"))
+		}
+		if kept := events.UnansweredConfig(c.Streams()).MaxAge; c.LateMessageWindow > kept {
+			errs = append(errs, fmt.Errorf("LATE_MESSAGE_WINDOW=%s: at most %s, how long unanswered messages are kept for their late replies (MESSAGES_MAX_AGE, and never past 72h)", shortDuration(c.LateMessageWindow), shortDuration(kept)))
+		}
+	}
 	str("LOG_LEVEL", &c.LogLevel)
 	str("LOG_FORMAT", &c.LogFormat)
 	str("REPLY_SUBSCRIBE", &c.Replies.Subscribe)

@@ -255,3 +255,52 @@ func TestFromEnvRefusesEmptyDataDir(t *testing.T) {
 		t.Errorf("default DATA_DIR: %q %v", c.DataDir, err)
 	}
 }
+
+// Settings that each look fine and together cannot work are refused at
+// start, naming the variable (finding N9): a late-reply window no longer
+// than the late sender's settle time (every late reply would expire), a
+// message window longer than unanswered messages are kept, replies kept
+// for less than WeChat's retries, and late replies without the store that
+// makes them go once.
+func TestFromEnvRefusesPairsThatCannotWork(t *testing.T) {
+	late := map[string]string{"WECHAT_APPID": "wx1", "WECHAT_APPSECRET": "s3cret"}
+	with := func(m map[string]string, kv ...string) map[string]string {
+		out := map[string]string{}
+		for k, v := range m {
+			out[k] = v
+		}
+		for i := 0; i < len(kv); i += 2 {
+			out[kv[i]] = kv[i+1]
+		}
+		return out
+	}
+	tests := []struct {
+		name string
+		env  map[string]string
+		want string // "" accepted
+	}{
+		{"defaults with late replies", late, ""},
+		{"event window over the settle time", with(late, "LATE_EVENT_WINDOW", "3s"), ""},
+		{"event window at the settle time", with(late, "LATE_EVENT_WINDOW", "2s"), "LATE_EVENT_WINDOW=2s: more than 2s"},
+		{"event window under the settle time", with(nil, "LATE_EVENT_WINDOW", "1s"), "LATE_EVENT_WINDOW=1s"},
+		{"message window under the settle time", with(late, "LATE_MESSAGE_WINDOW", "500ms"), "LATE_MESSAGE_WINDOW=500ms"},
+		{"messages kept for the window", with(late, "MESSAGES_MAX_AGE", "48h"), ""},
+		{"messages kept less than the window", with(late, "MESSAGES_MAX_AGE", "24h"), "LATE_MESSAGE_WINDOW=48h: at most 24h"},
+		{"window past the unanswered stream's 72h", with(late, "LATE_MESSAGE_WINDOW", "96h", "MESSAGES_MAX_AGE", "720h"), "LATE_MESSAGE_WINDOW=96h: at most 72h"},
+		{"short retention without late replies", with(nil, "MESSAGES_MAX_AGE", "24h"), ""},
+		{"replies kept past the retries", with(nil, "DEDUP_TTL", "20s"), ""},
+		{"replies kept less than the retries", with(nil, "DEDUP_TTL", "10s"), "DEDUP_TTL=10s: at least 20s"},
+		{"store off without late replies", with(nil, "DEDUP_TTL", "0"), ""},
+		{"store off with late replies", with(late, "DEDUP_TTL", "0"), "DEDUP_TTL=0 turns off the replies store"},
+		{"store off, late replies off", with(late, "DEDUP_TTL", "0", "LATE_REPLY", "off"), ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := Defaults()
+			err := c.FromEnv(env(tt.env))
+			if (err == nil) != (tt.want == "") || (err != nil && !strings.Contains(err.Error(), tt.want)) {
+				t.Errorf("error = %v, want mention of %q", err, tt.want)
+			}
+		})
+	}
+}
