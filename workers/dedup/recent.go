@@ -25,12 +25,11 @@ const DefaultMemory = 64 << 20
 // message would pay. A retry at another worker finds it by asking (lookup);
 // only the rare retry pays for the question.
 //
-// Replies are appended to chunks of memory outside the Go heap (see
-// chunkAlloc), indexed by a hash of their key in a map without pointers:
-// the collector neither scans them nor counts them toward its next cycle,
-// so a burst's replies cost their bytes, once, and chunks are returned to
-// the system as they expire. Past max bytes the oldest chunk goes first,
-// and a retry of its replies runs the handler again (counted as evicted).
+// Replies are appended to chunks of bytes, indexed by a hash of their key
+// in a map without pointers: the collector does not scan either, so a
+// burst's replies cost their bytes, once (cap the process with GOMEMLIMIT
+// beside DEDUP_MEMORY_MB). Past max bytes the oldest chunk goes first, and a
+// retry of its replies runs the handler again (counted as evicted).
 type recent struct {
 	ttl   time.Duration
 	max   int // bytes
@@ -87,14 +86,10 @@ func (r *recent) put(key string, body []byte, now time.Time) {
 		for r.bytes+r.chunk > r.max && len(r.chunks) > 0 {
 			r.drop(true, now)
 		}
-		buf, err := chunkAlloc(r.chunk)
-		if err != nil {
-			return // no memory for it: the retry runs the handler
-		}
-		c = &chunk{seq: r.next, buf: buf}
+		c = &chunk{seq: r.next, buf: make([]byte, r.chunk)}
 		r.next++
 		r.chunks = append(r.chunks, c)
-		r.bytes += len(buf)
+		r.bytes += len(c.buf)
 	}
 	e := c.buf[c.used : c.used+n]
 	binary.LittleEndian.PutUint64(e, uint64(now.UnixNano()))
@@ -166,8 +161,6 @@ func (r *recent) drop(evicting bool, now time.Time) {
 		r.chunks = nil
 	}
 	r.bytes -= len(c.buf)
-	chunkFree(c.buf)
-	c.buf = nil
 }
 
 func (r *recent) tail() *chunk {
