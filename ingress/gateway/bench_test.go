@@ -54,7 +54,7 @@ func BenchmarkCallback(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	store, err := dedup.Open(context.Background(), js, "bench", dedup.Options{Logger: quiet, Registerer: prometheus.NewRegistry()})
+	store, err := dedup.Open(js, "bench", dedup.Options{Logger: quiet, Registerer: prometheus.NewRegistry()})
 	if err != nil {
 		b.Fatal(err)
 	}

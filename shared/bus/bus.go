@@ -44,12 +44,17 @@ const (
 	// once the event was stored.
 	HeaderSent = "Wx-Sent"
 	// HeaderRetry is "1" when the event stream already held the message: a
-	// retry (or a replay), whose reply a worker looks up before running the
-	// handler; also when the stream could not say (the event is held while
-	// JetStream is away). Its absence means a first delivery, which runs
-	// the handler at once, with no lookup.
+	// retry (or a replay), which a worker answers with the first reply, and
+	// only once marked (docs/reply-once.md); also when the stream could not
+	// say (the event is held while JetStream is away). Its absence means a
+	// first delivery, which runs the handler at once, with no lookup.
 	HeaderRetry = "Wx-Retry"
 )
+
+// ErrorCodeNotMarked is the micro error code of a reply a worker could not
+// mark as answered (the replies store out of reach): the ingress falls back
+// as when the bus is down, and records the event for a late reply.
+const ErrorCodeNotMarked = "503"
 
 // maxAccount bounds the account header: an account is "gh_" and 12 hex
 // digits, but ToUserName comes from the sender.

@@ -1,27 +1,18 @@
-// Package dedup runs each WeChat message's handler once across every worker
-// replica, and answers WeChat's retries with the first run's reply.
+// Package dedup makes a reply reach a WeChat user once: it runs each
+// message's handler once across worker replicas, answers WeChat's retries
+// with the first run's reply, and keeps, per message, the one record the
+// replies and the late sender share, so that a reply goes either as an
+// answer to a retry or as a late reply, never both. The states and who
+// moves a key between them are the table in docs/reply-once.md; the code in
+// once.go follows it.
 //
-// The ingress stores every event in the event stream before it asks a
-// worker, and the stream says which delivery is a retry (Wx-Retry). A first
-// delivery runs its handler at once, with no lookup, and keeps its reply
-// in the worker's own memory for the TTL: the common case costs NATS
-// nothing. A handler still running after ClaimAfter (1 s, long before
-// WeChat retries at 5 s) claims the key with an atomic create in a
-// JetStream KV bucket, keeps the claim alive while it runs, and stores its
-// reply there. A retry at any worker looks the key up in the bucket (a
-// claim: it waits for the reply within its own deadline; a stored reply:
-// it answers with it), then asks every worker for a reply kept in memory
-// (LookupSubject). A claim nobody refreshes for a lease (its worker
-// crashed) is taken over with a compare-and-set, so no message stays
-// stuck.
-//
-// Because the handler keeps running after the ingress has given up, a
-// handler slower than one deadline still reaches the person: WeChat's next
-// retry is answered with its reply.
+// The common case costs NATS nothing: a first delivery runs its handler at
+// once and keeps its reply in this worker's memory for TTL, where a retry's
+// lookup finds it. Only a handler still running after ClaimAfter, a retry,
+// and a late reply write to the bucket.
 package dedup
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -37,12 +28,16 @@ import (
 	"github.com/wxgate/wxgate/shared/bus"
 )
 
-// Bucket is the KV bucket holding claims and replies.
-const Bucket = "wxgate_replies"
+// Bucket is the KV bucket of the replies' states, by dedup key. BucketTTL is
+// how long a key lives after its last write: past WeChat's retries and the
+// acknowledgement of the unanswered event it settles.
+const (
+	Bucket    = "wxgate_replies"
+	BucketTTL = time.Hour
+)
 
-// Defaults: WeChat retries about every 5 s, three times, so a key must live
-// past about 20 s from its last write; 30 s leaves room. The bucket holds
-// rate × TTL entries in memory, so the TTL is kept no longer than that.
+// Defaults: WeChat retries about every 5 s, three times, so a reply kept in
+// memory must live past about 20 s; 30 s leaves room.
 const (
 	DefaultTTL            = 30 * time.Second
 	DefaultLease          = 3 * time.Second
@@ -50,45 +45,57 @@ const (
 	DefaultHandlerTimeout = 20 * time.Second
 )
 
-// ErrPending means the request's deadline passed before a reply existed.
-// The handler may still be running; a later retry gets its reply.
-var ErrPending = errors.New("reply not ready before the deadline")
+var (
+	// ErrPending means the deadline passed before a reply existed. The
+	// handler may still be running; it stores its reply for what comes next.
+	ErrPending = errors.New("reply not ready before the deadline")
+	// ErrNotMarked comes with a reply a retry may not answer with as is: it
+	// could not be marked passive, so a late reply may still send it.
+	ErrNotMarked = errors.New("reply not marked")
+	// ErrUnavailable means the bucket could not be read or written.
+	ErrUnavailable = errors.New("replies store unavailable")
+	// ErrSettled means another got to the key first: a retry answered with
+	// the reply, or a late send has it.
+	ErrSettled = errors.New("reply already settled")
+)
 
-// Outcome says how Do produced a reply.
+// Outcome says how a reply was produced.
 type Outcome int
 
 const (
-	Ran       Outcome = iota // this call claimed the key and ran the handler
-	Stored                   // another run's reply, stored or awaited
-	TookOver                 // a stale claim was taken over and the handler ran
-	Unguarded                // the store was unavailable; the handler ran without a claim
+	Ran       Outcome = iota // this call ran the handler
+	Stored                   // another run's reply, found or awaited
+	TookOver                 // a stale lease was taken over and the handler ran
+	Unguarded                // the bucket was out of reach; the handler ran without a lease
+	Late                     // a late reply has it: answer "success"
 )
 
 func (o Outcome) String() string {
-	return [...]string{"ran", "stored", "took_over", "unguarded"}[o]
+	return [...]string{"ran", "stored", "took_over", "unguarded", "late"}[o]
 }
 
-// HandlerRan reports whether the outcome ran the handler in this call.
-func (o Outcome) HandlerRan() bool { return o != Stored }
-
-// Options configure a Store.
+// Options configure a Store. Logger and Registerer are required.
 type Options struct {
-	TTL   time.Duration // how long a key and its reply are kept
-	Lease time.Duration // a claim not refreshed for this long is stale
-	// ClaimAfter is how long a handler runs before its key is claimed;
-	// well under WeChat's 5 s, so every retry finds the claim or the reply.
+	TTL   time.Duration // how long a reply is kept in this worker's memory (DEDUP_TTL)
+	Lease time.Duration // a lease not renewed for this long is stale
+	// ClaimAfter is how long a first delivery is in hand before its key is
+	// claimed; well under WeChat's 5 s, so every retry finds the claim.
 	ClaimAfter time.Duration
 	Replicas   int // bucket replicas (JETSTREAM_REPLICAS)
 	// HandlerTimeout bounds a handler that outlives its request.
 	HandlerTimeout time.Duration
-	// Memory bounds the replies kept in this worker's memory for retries
-	// (DEDUP_MEMORY), in bytes. Default DefaultMemory.
-	Memory     int
+	// Memory bounds the replies kept in this worker's memory, in bytes
+	// (DEDUP_MEMORY_MB). Default DefaultMemory.
+	Memory int
+	// LookupWait is how long a lookup waits for a worker that has the
+	// message: one answers in a millisecond, so silence past it means none
+	// has. Default 250ms.
+	LookupWait time.Duration
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 }
 
-func (o *Options) defaults() {
+func (o *Options) setDefaults() {
 	if o.TTL <= 0 {
 		o.TTL = DefaultTTL
 	}
@@ -107,84 +114,74 @@ func (o *Options) defaults() {
 	if o.Memory <= 0 {
 		o.Memory = DefaultMemory
 	}
-	if o.Logger == nil {
-		o.Logger = slog.New(slog.DiscardHandler)
-	}
-	if o.Registerer == nil {
-		o.Registerer = prometheus.NewRegistry()
+	if o.LookupWait <= 0 {
+		o.LookupWait = 250 * time.Millisecond
 	}
 }
 
-// Store is the shared claim-and-reply store.
+func (o *Options) validate() error {
+	if o.Logger == nil || o.Registerer == nil {
+		return errors.New("dedup: Options.Logger and Registerer are required")
+	}
+	return nil
+}
+
+// Store is one worker's side of the replies' states.
 type Store struct {
-	kv        jetstream.KeyValue
-	js        jetstream.JetStream
-	nc        *nats.Conn
-	recent    *recent // the replies this worker answered lately
-	lookupSub *nats.Subscription
-	cfg       jetstream.KeyValueConfig
-	o         Options
-	claim     []byte
-	running   sync.WaitGroup // handlers still running
+	o       Options
+	js      jetstream.JetStream
+	nc      *nats.Conn
+	holder  []byte // this worker's name in leases
+	metrics metrics
+	running sync.WaitGroup // handlers still running
+	lookups *nats.Subscription
+	kick    chan struct{} // an operation found the bucket gone
+	ctx     context.Context
+	stop    context.CancelFunc
+	bg      sync.WaitGroup
+	close   sync.Once
 
-	recreating   sync.Mutex
-	lastRecreate time.Time
-	metrics      metrics
-
-	mu        sync.Mutex
-	inflight  map[*inflight]struct{} // first deliveries' handlers running
-	done      chan struct{}
-	closeOnce sync.Once
+	mu     sync.Mutex
+	kv     jetstream.KeyValue // nil until set up
+	down   error              // why the bucket cannot be used; nil when it can
+	recent *recent            // replies this worker answered lately
+	inHand map[string]*InHand // first deliveries in this worker's hands
 }
 
 type metrics struct {
 	duplicates, stored, expired, unavailable prometheus.Counter
 }
 
-// Open creates or opens the bucket. Claims and replies live in memory: they
-// matter for a minute, and replicas (not disk) keep them through a node loss.
-func Open(ctx context.Context, js jetstream.JetStream, owner string, o Options) (*Store, error) {
-	o.defaults()
-	cfg := jetstream.KeyValueConfig{
-		Bucket:      Bucket,
-		Description: "wxgate: claims and replies by dedup key, for WeChat's retries",
-		History:     1,
-		TTL:         o.TTL,
-		Storage:     jetstream.MemoryStorage,
-		// Bounded: past it a reply is not stored (a retry runs its
-		// handler again) rather than NATS's memory growing with the rate.
-		MaxBytes: 256 << 20,
-		Replicas: o.Replicas,
+// Open starts a Store. The bucket is set up in the background, and again
+// whenever it is found gone; Check says why it cannot be used meanwhile.
+func Open(js jetstream.JetStream, owner string, o Options) (*Store, error) {
+	if err := o.validate(); err != nil {
+		return nil, err
 	}
-	kv, err := js.CreateOrUpdateKeyValue(ctx, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("kv %s: %w", Bucket, err)
-	}
+	o.setDefaults()
 	f := promauto.With(o.Registerer)
 	s := &Store{
-		kv:     kv,
-		js:     js,
-		nc:     js.Conn(),
+		o: o, js: js, nc: js.Conn(), holder: []byte(owner),
+		kick:   make(chan struct{}, 1),
+		down:   errors.New("not set up yet"),
 		recent: newRecent(o.TTL, o.Memory, min(1<<20, o.Memory)),
-		cfg:    cfg,
-		o:      o,
-		claim:  append([]byte(claimPrefix), owner...),
+		inHand: map[string]*InHand{},
 		metrics: metrics{
 			duplicates: f.NewCounter(prometheus.CounterOpts{
 				Name: "wxgate_worker_duplicates_total",
-				Help: "Requests whose dedup key another request had already claimed (WeChat retries reaching a worker).",
+				Help: "Retries that found their message's reply, or its handler, already at work (answered with it, waited for it, or left to its late reply).",
 			}),
 			stored: f.NewCounter(prometheus.CounterOpts{
 				Name: "wxgate_worker_replies_from_store_total",
-				Help: "Duplicates answered with the first run's stored reply, at once or after waiting for it.",
+				Help: "Retries answered with the reply another run produced, at once or after waiting for it.",
 			}),
 			expired: f.NewCounter(prometheus.CounterOpts{
 				Name: "wxgate_worker_claims_expired_total",
-				Help: "Claims left unrefreshed for a lease (their worker died) and taken over.",
+				Help: "Leases left unrenewed (their worker died) and taken over.",
 			}),
 			unavailable: f.NewCounter(prometheus.CounterOpts{
 				Name: "wxgate_worker_dedup_unavailable_total",
-				Help: "Requests handled without a claim because the store did not answer.",
+				Help: "Retries answered while the replies store was out of reach: their reply could not be marked.",
 			}),
 		},
 	}
@@ -196,436 +193,151 @@ func Open(ctx context.Context, js jetstream.JetStream, owner string, o Options) 
 	f.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "wxgate_worker_replies_memory_bytes",
 		Help: "Memory holding the replies this worker answered in the last DEDUP_TTL, for retries.",
-	}, func() float64 { return float64(s.recent.held()) })
-	s.inflight, s.done = map[*inflight]struct{}{}, make(chan struct{})
-	if err := s.serveLookups(); err != nil {
+	}, func() float64 { s.mu.Lock(); defer s.mu.Unlock(); return float64(s.recent.bytes) })
+	sub, err := s.nc.Subscribe(LookupSubject, s.answerLookup)
+	if err != nil {
 		return nil, fmt.Errorf("dedup lookups: %w", err)
 	}
+	s.lookups = sub
+	s.ctx, s.stop = context.WithCancel(context.Background())
+	s.bg.Add(2)
+	go s.supervise()
 	go s.watch()
 	return s, nil
 }
 
-// Values: a claim is "c" and its owner; a reply is "r" and the reply body
-// (empty: no reply).
-const (
-	claimPrefix = "c"
-	replyPrefix = "r"
-)
-
-// Handler produces a reply; ctx ends at the handler timeout, not at the
-// request's deadline.
-type Handler func(ctx context.Context) ([]byte, error)
-
-// Do returns the reply for a retry of key (First is a first delivery's),
-// running run at most once across replicas while the key lives. ctx
-// carries the request's deadline: past it, Do returns ErrPending and a
-// running handler carries on to store its reply.
-//
-// A retry looks the key up first: a stored reply answers it, a claim makes
-// it wait for the reply. A retry that finds nothing (its first delivery
-// never reached a worker, or the store lost its reply) runs the handler.
-func (s *Store) Do(ctx context.Context, key string, run Handler) ([]byte, Outcome, error) {
-	// A store slower than a quarter of the budget is treated as down:
-	// answering matters more than deduplicating.
-	gctx, cancel := context.WithTimeout(ctx, s.claimBudget(ctx))
-	e, err := s.kv.Get(gctx, key)
-	cancel()
-	switch {
-	case err == nil:
-		s.metrics.duplicates.Inc()
-		if v := e.Value(); bytes.HasPrefix(v, []byte(replyPrefix)) {
-			s.metrics.stored.Inc()
-			return v[len(replyPrefix):], Stored, nil
-		}
-		return s.await(ctx, key, run)
-	case errors.Is(err, jetstream.ErrKeyNotFound):
-		if body, ok := s.lookup(ctx, key); ok {
-			return body, Stored, nil
-		}
-		// A retry that runs the handler claims the key first: another
-		// retry, or a late reply, arriving meanwhile waits for this run.
-		cctx, cancel := context.WithTimeout(ctx, s.claimBudget(ctx))
-		rev, cerr := s.kv.Create(cctx, key, s.claim)
-		cancel()
-		switch {
-		case cerr == nil:
-			return s.own(ctx, key, rev, run, Ran)
-		case errors.Is(cerr, jetstream.ErrKeyExists):
-			s.metrics.duplicates.Inc()
-			return s.await(ctx, key, run)
-		}
-		return s.own(ctx, key, 0, run, Ran)
-	default:
-		if body, ok := s.lookup(ctx, key); ok {
-			return body, Stored, nil
-		}
-		s.metrics.unavailable.Inc()
-		s.o.Logger.Warn("dedup store unavailable, handling without a claim", "err", err)
-		if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, jetstream.ErrStreamNotFound) ||
-			errors.Is(err, jetstream.ErrBucketNotFound) || errors.Is(err, nats.ErrNoResponders) {
-			go s.recreate()
-		}
-		body, err := s.runBounded(ctx, run, nil)
-		return body, Unguarded, err
-	}
-}
-
-// First is Do for a first delivery whose event was received at since (by
-// this worker's clock) and whose ingress waits until deadline. The claim
-// a slow handler makes is timed from since, not from when the handler
-// starts: a delivery that waited behind busy handlers claims the key
-// before it runs, and one whose key a retry or a late reply claimed (or
-// answered) meanwhile takes the retry's path instead of running the
-// handler a second time.
-func (s *Store) First(key string, since, deadline time.Time, run Handler) ([]byte, Outcome, error) {
-	if time.Since(since) < s.o.ClaimAfter {
-		return s.first(key, since, run)
-	}
-	ctx, cancel := context.WithDeadline(context.Background(), deadline)
-	defer cancel()
-	cctx, ccancel := context.WithTimeout(ctx, s.claimBudget(ctx))
-	rev, err := s.kv.Create(cctx, key, s.claim)
-	ccancel()
-	switch {
-	case err == nil:
-		return s.own(ctx, key, rev, run, Ran)
-	case errors.Is(err, jetstream.ErrKeyExists):
-		return s.Do(ctx, key, run)
-	}
-	return s.first(key, since, run) // the store does not answer: run, as a first delivery does
-}
-
-// recreate brings the bucket back after the server lost it: it lives in
-// memory, so a restarted single server starts without it.
-func (s *Store) recreate() {
-	if !s.recreating.TryLock() {
-		return
-	}
-	defer s.recreating.Unlock()
-	if time.Since(s.lastRecreate) < time.Second {
-		return
-	}
-	s.lastRecreate = time.Now()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if _, err := s.js.CreateOrUpdateKeyValue(ctx, s.cfg); err != nil {
-		s.o.Logger.Warn("dedup bucket not recreated yet", "err", err)
-		return
-	}
-	s.o.Logger.Info("dedup bucket recreated", "bucket", Bucket)
-}
-
-func (s *Store) claimBudget(ctx context.Context) time.Duration {
-	budget := time.Second
-	if d, ok := ctx.Deadline(); ok {
-		if q := time.Until(d) / 4; q < budget {
-			budget = q
-		}
-	}
-	return budget
-}
-
-type result struct {
-	body []byte
-	err  error
-}
-
-// own runs the handler, under the claim at rev, or (rev 0) claiming the
-// key only if the handler outlasts ClaimAfter; the claim is refreshed until
-// the reply is stored. The handler outlives ctx.
-func (s *Store) own(ctx context.Context, key string, rev uint64, run Handler, outcome Outcome) ([]byte, Outcome, error) {
-	var last uint64 // the claim's last revision, for finish
-	body, err := s.runBounded(ctx, func(hctx context.Context) ([]byte, error) {
-		stop := s.hold(key, rev)
-		defer func() { last = stop() }()
-		return run(hctx)
-	}, func(body []byte, err error) { s.finish(key, last, body, err) })
-	return body, outcome, err
-}
-
-// first runs a first delivery's handler, in this goroutine: the common
-// case, so it costs no goroutine, channel or lookup of its own. A timer
-// claims the key only if the handler is still running after ClaimAfter.
-// The handler outlives the request's deadline (up to HandlerTimeout): a
-// reply that comes too late for this delivery is stored for the retry.
-func (s *Store) first(key string, since time.Time, run Handler) ([]byte, Outcome, error) {
-	hctx, cancel := context.WithTimeout(context.Background(), s.o.HandlerTimeout)
-	r := s.started(key, since)
-	body, err := run(hctx)
-	cancel()
-	s.finish(key, s.ended(r), body, err)
-	return body, Ran, err
-}
-
-// inflight is a first delivery's handler while it runs; the watcher claims
-// its key once it has run for ClaimAfter.
-type inflight struct {
-	key   string
-	start time.Time
-	stop  func() uint64 // set by the watcher with the claim; guarded by Store.mu
-}
-
-// started registers a running handler: a map entry, no timer or
-// goroutine, which is what most handlers (done in microseconds) cost.
-func (s *Store) started(key string, since time.Time) *inflight {
-	r := &inflight{key: key, start: since}
+// Check reports whether the bucket can be used.
+func (s *Store) Check() error {
 	s.mu.Lock()
-	s.inflight[r] = struct{}{}
-	s.mu.Unlock()
-	return r
-}
-
-// ended unregisters it and releases its claim, if the watcher made one; it
-// returns the claim's last revision, 0 when none.
-func (s *Store) ended(r *inflight) uint64 {
-	s.mu.Lock()
-	delete(s.inflight, r)
-	stop := r.stop
-	s.mu.Unlock()
-	if stop == nil {
-		return 0
+	defer s.mu.Unlock()
+	if s.down != nil {
+		return fmt.Errorf("replies store %s: %w", Bucket, s.down)
 	}
-	return stop()
+	return nil
 }
 
-// watch claims the keys of handlers running longer than ClaimAfter, long
-// before WeChat could retry them (5 s).
-func (s *Store) watch() {
-	t := time.NewTicker(max(s.o.ClaimAfter/4, time.Millisecond))
-	defer t.Stop()
-	for {
-		select {
-		case <-s.done:
-			return
-		case now := <-t.C:
-			s.recent.tick(now)
-			s.mu.Lock()
-			for r := range s.inflight {
-				if r.stop == nil && now.Sub(r.start) >= s.o.ClaimAfter {
-					r.stop = s.keep(r.key, 0)
-				}
-			}
-			s.mu.Unlock()
-		}
-	}
-}
-
-// Close stops the watcher and the lookups, and gives the replies' memory
-// back.
-func (s *Store) Close() {
-	s.closeOnce.Do(func() {
-		close(s.done)
-		if s.lookupSub != nil {
-			_ = s.lookupSub.Unsubscribe()
-		}
-		s.recent.close()
-	})
-}
-
-// runBounded runs the handler past ctx (up to HandlerTimeout) and returns
-// its result if it comes by ctx's deadline, ErrPending otherwise. after,
-// when set, sees the result once it has been handed back: answer first,
-// the store is for retries.
-func (s *Store) runBounded(ctx context.Context, run Handler, after func([]byte, error)) ([]byte, error) {
-	done := make(chan result, 1)
-	s.running.Add(1)
-	go func() {
-		defer s.running.Done()
-		hctx, cancel := context.WithTimeout(context.Background(), s.o.HandlerTimeout)
-		defer cancel()
-		body, err := run(hctx)
-		done <- result{body, err}
-		if after != nil {
-			after(body, err)
-		}
-	}()
-	select {
-	case r := <-done:
-		return r.body, r.err
-	case <-ctx.Done():
-		return nil, ErrPending
-	}
-}
-
-// hold keeps a claim on key while the handler runs: from rev, or from a
-// claim created after ClaimAfter when rev is 0. stop returns the claim's
-// last revision, 0 when none is held.
-func (s *Store) hold(key string, rev uint64) (stop func() uint64) {
-	if rev != 0 {
-		return s.keep(key, rev)
-	}
-	// Most handlers finish long before ClaimAfter: a timer that never
-	// fires costs them nothing more.
-	var (
-		mu      sync.Mutex
-		stopped bool
-		inner   func() uint64
-	)
-	t := time.AfterFunc(s.o.ClaimAfter, func() {
-		mu.Lock()
-		defer mu.Unlock()
-		if !stopped {
-			inner = s.keep(key, 0)
-		}
-	})
-	return func() uint64 {
-		if t.Stop() {
-			return 0
-		}
-		mu.Lock()
-		stopped = true
-		in := inner
-		mu.Unlock()
-		if in == nil {
-			return 0
-		}
-		return in()
-	}
-}
-
-// keep holds a claim: from rev, or creating it at once when rev is 0.
-func (s *Store) keep(key string, rev uint64) (stop func() uint64) {
-	quit := make(chan struct{})
-	finished := make(chan struct{})
-	go func() {
-		defer close(finished)
-		if rev == 0 {
-			ctx, cancel := context.WithTimeout(context.Background(), s.o.Lease/3)
-			r, err := s.kv.Create(ctx, key, s.claim)
-			cancel()
-			if err != nil {
-				// Another delivery holds it (a duplicate faster than WeChat
-				// sends them), or the store is down: run on regardless.
-				s.o.Logger.Warn("dedup claim for a slow handler", "dedup_key", key, "err", err)
-				return
-			}
-			rev = r
-		}
-		t := time.NewTicker(s.o.Lease / 3)
-		defer t.Stop()
-		for {
-			select {
-			case <-quit:
-				return
-			case <-t.C:
-				ctx, cancel := context.WithTimeout(context.Background(), s.o.Lease/3)
-				r, err := s.kv.Update(ctx, key, s.claim, rev)
-				cancel()
-				switch {
-				case err == nil:
-					rev = r
-				case bus.IsKVConflict(err):
-					s.o.Logger.Warn("dedup claim taken over while the handler ran", "dedup_key", key)
-					rev = 0
-					return
-				default:
-					s.o.Logger.Warn("dedup claim refresh", "dedup_key", key, "err", err)
-				}
-			}
-		}
-	}()
-	return func() uint64 { close(quit); <-finished; return rev }
-}
-
-// finish stores the reply over the claim at rev, or on error releases the
-// claim so that a retry runs the handler again. A handler that finished
-// before it claimed (rev 0, the common case) keeps its reply in this
-// worker's memory, where a retry's lookup finds it.
-func (s *Store) finish(key string, rev uint64, body []byte, err error) {
-	if rev == 0 {
+// supervise sets the bucket up, and again when an operation finds it gone
+// (deleted, JetStream restarted without it, or away): a second after a
+// failed try, a tenth of one after a kick that follows a good one.
+func (s *Store) supervise() {
+	defer s.bg.Done()
+	for first := true; ; first = false {
+		kv, err := s.setup()
+		s.mu.Lock()
 		if err == nil {
-			s.recent.put(key, body, time.Now())
+			s.kv = kv
 		}
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err != nil {
-		s.o.Logger.Warn("handler failed; claim released for a retry", "dedup_key", key, "err", err)
-		if derr := s.kv.Delete(ctx, key, jetstream.LastRevision(rev)); derr != nil {
-			s.o.Logger.Warn("dedup release claim", "dedup_key", key, "err", derr)
+		was := s.down
+		s.down = err
+		s.mu.Unlock()
+		switch {
+		case err != nil && (was == nil || first):
+			s.o.Logger.Warn("replies store cannot be set up", "bucket", Bucket, "err", err)
+		case err == nil && was != nil:
+			s.o.Logger.Info("replies store set up", "bucket", Bucket)
 		}
-		return
-	}
-	v := make([]byte, 0, len(replyPrefix)+len(body))
-	v = append(append(v, replyPrefix...), body...)
-	if _, err = s.kv.Put(ctx, key, v); err != nil {
-		s.o.Logger.Warn("dedup store reply", "dedup_key", key, "err", err)
-	}
-}
-
-// await waits for the key's reply. Staleness is judged by this process's
-// clock alone: a claim whose revision does not move for a lease is dead.
-func (s *Store) await(ctx context.Context, key string, run Handler) ([]byte, Outcome, error) {
-	w, err := s.kv.Watch(ctx, key)
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil, Stored, ErrPending
+		next := time.After(time.Second)
+		if err == nil {
+			next = time.After(100 * time.Millisecond)
+			select { // wait for a reason to look again
+			case <-s.ctx.Done():
+				return
+			case <-s.kick:
+			}
 		}
-		s.metrics.unavailable.Inc()
-		body, err := s.runBounded(ctx, run, nil)
-		return body, Unguarded, err
-	}
-	defer func() { _ = w.Stop() }()
-	stale := time.NewTimer(s.o.Lease)
-	defer stale.Stop()
-	var rev uint64 // the last claim's revision; 0: no entry
-	seen := false
-	for {
 		select {
-		case e, ok := <-w.Updates():
-			if !ok {
-				return nil, Stored, ErrPending
-			}
-			if e == nil { // initial value delivered, or none: the key just expired
-				if !seen {
-					if body, out, ok, err := s.tryCreate(ctx, key, run); ok {
-						return body, out, err
-					}
-				}
-				continue
-			}
-			seen = true
-			if e.Operation() != jetstream.KeyValuePut {
-				rev = 0 // released or expired: free to claim
-				if body, out, ok, err := s.tryCreate(ctx, key, run); ok {
-					return body, out, err
-				}
-				continue
-			}
-			if v := e.Value(); bytes.HasPrefix(v, []byte(replyPrefix)) {
-				s.metrics.stored.Inc()
-				return v[len(replyPrefix):], Stored, nil
-			}
-			rev = e.Revision()
-			stale.Reset(s.o.Lease)
-		case <-stale.C:
-			if rev != 0 {
-				if r, err := s.kv.Update(ctx, key, s.claim, rev); err == nil {
-					s.metrics.expired.Inc()
-					s.o.Logger.Info("dedup claim expired, taken over", "dedup_key", key)
-					return s.own(ctx, key, r, run, TookOver)
-				}
-			}
-			// The key may have aged out of the bucket without a marker.
-			if body, out, ok, err := s.tryCreate(ctx, key, run); ok {
-				return body, out, err
-			}
-			stale.Reset(s.o.Lease)
-		case <-ctx.Done():
-			return nil, Stored, ErrPending
+		case <-s.ctx.Done():
+			return
+		case <-next:
 		}
 	}
 }
 
-// tryCreate claims a key found free; ok is false when another got it first.
-func (s *Store) tryCreate(ctx context.Context, key string, run Handler) (body []byte, out Outcome, ok bool, err error) {
-	r, err := s.kv.Create(ctx, key, s.claim)
-	if err != nil {
-		return nil, 0, false, nil
+func (s *Store) setup() (jetstream.KeyValue, error) {
+	// Short: with JetStream switched off the request is not refused, it
+	// goes unanswered, and the next try should come soon after it is back.
+	ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
+	defer cancel()
+	cfg := jetstream.KeyValueConfig{
+		Bucket:      Bucket,
+		Description: "wxgate: what became of each reply (docs/reply-once.md), by dedup key",
+		History:     1,
+		TTL:         BucketTTL,
+		Storage:     jetstream.FileStorage,
+		Replicas:    s.o.Replicas,
 	}
-	body, out, err = s.own(ctx, key, r, run, Ran)
-	return body, out, true, err
+	kv, err := s.js.CreateOrUpdateKeyValue(ctx, cfg)
+	if err == nil {
+		return kv, nil
+	}
+	// The version before this one kept the bucket in memory, which cannot
+	// be changed in place: its contents (claims and replies for 30 s) go.
+	if old, oerr := s.js.KeyValue(ctx, Bucket); oerr == nil {
+		if st, serr := old.Status(ctx); serr == nil && st.(*jetstream.KeyValueBucketStatus).StreamInfo().Config.Storage == jetstream.MemoryStorage {
+			s.o.Logger.Warn("replies store: the memory bucket of an earlier version is replaced", "bucket", Bucket)
+			if err = s.js.DeleteKeyValue(ctx, Bucket); err == nil {
+				kv, err = s.js.CreateKeyValue(ctx, cfg)
+			}
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("kv %s: %w", Bucket, err)
+	}
+	return kv, nil
+}
+
+// bucket is the bucket, or ErrUnavailable while it is not set up.
+func (s *Store) bucket() (jetstream.KeyValue, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.kv == nil {
+		return nil, fmt.Errorf("%w: %w", ErrUnavailable, s.down)
+	}
+	return s.kv, nil
+}
+
+// failed turns an error of the bucket into ErrUnavailable. One that says
+// the bucket, or JetStream, is gone marks the store down and has it set up
+// again; a slow answer does not.
+func (s *Store) failed(err error) error {
+	if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
+		s.mu.Lock()
+		first := s.down == nil
+		s.down = err
+		s.mu.Unlock()
+		if first {
+			s.o.Logger.Warn("replies store lost; setting it up again", "bucket", Bucket, "err", err)
+		}
+		select {
+		case s.kick <- struct{}{}:
+		default:
+		}
+	}
+	return fmt.Errorf("%w: %w", ErrUnavailable, err)
+}
+
+// budget is how long one read may take within ctx: a store slower than a
+// quarter of the request's time is treated as down, since answering
+// matters more than deduplicating.
+func budget(ctx context.Context) time.Duration {
+	b := time.Second
+	if d, ok := ctx.Deadline(); ok {
+		b = min(b, time.Until(d)/4)
+	}
+	return b
+}
+
+// Close stops the lookups and the background work, and drops the replies
+// kept in memory.
+func (s *Store) Close() {
+	s.close.Do(func() {
+		s.stop()
+		_ = s.lookups.Unsubscribe()
+		s.bg.Wait()
+		s.mu.Lock()
+		s.recent.close()
+		s.mu.Unlock()
+	})
 }
 
 // Wait blocks until every handler still running has finished (and stored
@@ -639,4 +351,10 @@ func (s *Store) Wait(ctx context.Context) error {
 	case <-ctx.Done():
 		return fmt.Errorf("dedup: handlers still running: %w", ctx.Err())
 	}
+}
+
+// lease is the lease on key in the bucket.
+func (s *Store) lease(key string) (bus.Lease, error) {
+	kv, err := s.bucket()
+	return bus.Lease{KV: kv, Key: key, TTL: s.o.Lease}, err
 }

@@ -5,15 +5,17 @@ import (
 	"encoding/binary"
 	"errors"
 	"hash/maphash"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/wxgate/wxgate/shared/bus"
 )
 
-// LookupSubject is where a worker asks every other worker for a reply it
-// answered recently: the request is the dedup key, the answer the reply
-// ("r" and its body) from whichever worker has it; the others stay silent.
+// LookupSubject is where a worker asks every worker for a message it has:
+// the request is the dedup key, the answer the reply ("r" and its body) or
+// "w" (in hand there, its key now claimed) from whichever worker has it;
+// the others stay silent.
 const LookupSubject = "wxgate.replies.lookup"
 
 // DefaultMemory bounds the replies a worker keeps: 64 MiB hold about
@@ -29,14 +31,14 @@ const DefaultMemory = 64 << 20
 // in a map without pointers: the collector does not scan either, so a
 // burst's replies cost their bytes, once (cap the process with GOMEMLIMIT
 // beside DEDUP_MEMORY_MB). Past max bytes the oldest chunk goes first, and a
-// retry of its replies runs the handler again (counted as evicted).
+// retry of its replies runs the handler again (counted as evicted). The
+// Store's mutex guards it.
 type recent struct {
 	ttl   time.Duration
 	max   int // bytes
 	chunk int // bytes in a chunk
 	seed  maphash.Seed
 
-	mu      sync.Mutex
 	index   map[uint64]uint64 // key hash → chunk sequence << 32 | offset
 	chunks  []*chunk          // oldest first
 	next    uint64            // the sequence of the next chunk
@@ -69,12 +71,10 @@ func (r *recent) put(key string, body []byte, now time.Time) {
 	if len(key) > 0xffff || n > r.chunk || n > r.max {
 		return
 	}
-	h := maphash.String(r.seed, key)
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	if r.closed {
 		return
 	}
+	h := maphash.String(r.seed, key)
 	r.expire(now)
 	// The index lives on the Go heap: bounded too, by entries (a reply
 	// takes at least entryHead bytes of chunk, an index entry about 40).
@@ -104,12 +104,10 @@ func (r *recent) put(key string, body []byte, now time.Time) {
 	c.newest = now
 }
 
-// get returns a copy of the reply of key, with the reply prefix ("r" and
-// the body), ready to be sent as an answer to a lookup.
+// get returns a copy of the reply of key, as the answer to a lookup ("r"
+// and the body).
 func (r *recent) get(key string, now time.Time) ([]byte, bool) {
 	h := maphash.String(r.seed, key)
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	loc, ok := r.index[h]
 	if !ok || len(r.chunks) == 0 {
 		return nil, false
@@ -125,11 +123,10 @@ func (r *recent) get(key string, now time.Time) ([]byte, bool) {
 		return nil, false // another key with the same hash, or expired
 	}
 	body := e[entryHead+kl : entryHead+kl+bl]
-	return append(append(make([]byte, 0, len(replyPrefix)+bl), replyPrefix...), body...), true
+	return append(append(make([]byte, 0, 1+bl), 'r'), body...), true
 }
 
-// expire drops the chunks whose newest reply is older than the TTL; r.mu
-// is held.
+// expire drops the chunks whose newest reply is older than the TTL.
 func (r *recent) expire(now time.Time) {
 	for len(r.chunks) > 0 && now.Sub(r.chunks[0].newest) > r.ttl {
 		r.drop(false, time.Time{})
@@ -138,7 +135,7 @@ func (r *recent) expire(now time.Time) {
 
 // drop removes the oldest chunk and its index entries. Dropped for room
 // (evicting, at now), its replies still inside their TTL are counted as
-// evicted; r.mu is held.
+// evicted.
 func (r *recent) drop(evicting bool, now time.Time) {
 	c := r.chunks[0]
 	live := 0
@@ -173,8 +170,6 @@ func (r *recent) tail() *chunk {
 // tick expires what is old while no reply comes, so that an idle worker
 // gives a burst's memory back.
 func (r *recent) tick(now time.Time) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	r.expire(now)
 	// A Go map keeps its size after a burst: made again, smaller.
 	if r.peak >= 4096 && len(r.index) < r.peak/4 {
@@ -186,62 +181,64 @@ func (r *recent) tick(now time.Time) {
 	}
 }
 
-// held is the memory the replies take now, in bytes.
-func (r *recent) held() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.bytes
-}
-
 // close gives the memory back.
 func (r *recent) close() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	for len(r.chunks) > 0 {
 		r.drop(false, time.Time{})
 	}
 	r.closed = true
 }
 
-// serveLookups answers other workers' lookups for replies this worker has.
-func (s *Store) serveLookups() error {
-	sub, err := s.nc.Subscribe(LookupSubject, func(m *nats.Msg) {
-		if v, ok := s.recent.get(string(m.Data), time.Now()); ok && m.Reply != "" {
-			_ = m.Respond(v)
-		}
-	})
-	if err != nil {
-		return err
+// answerLookup answers another worker's lookup (or this one's): with the
+// reply, kept here; or, the message in hand here, with 'w' once its key is
+// claimed, so that the asker waits for the lease instead of running the
+// handler beside it. Otherwise it stays silent.
+func (s *Store) answerLookup(m *nats.Msg) {
+	if m.Reply == "" {
+		return
 	}
-	s.lookupSub = sub
-	return nil
+	key := string(m.Data)
+	s.mu.Lock()
+	v, ok := s.recent.get(key, time.Now())
+	h := s.inHand[key]
+	if !ok && h != nil {
+		s.claimLocked(h)
+	}
+	s.mu.Unlock()
+	switch {
+	case ok:
+		_ = m.Respond(v)
+	case h != nil:
+		go func() {
+			<-h.claimed
+			if h.held != nil || errors.Is(h.err, bus.ErrLeaseHeld) {
+				_ = m.Respond([]byte{'w'})
+			}
+		}()
+	}
 }
 
-// lookup asks every worker (this one first) for a reply of key answered
-// recently. It waits at most a fraction of ctx's budget: a worker that
-// has it answers in a millisecond, and silence means none has. A reply
-// found is counted as a duplicate answered from the store.
-func (s *Store) lookup(ctx context.Context, key string) (body []byte, ok bool) {
-	defer func() {
-		if ok {
-			s.metrics.duplicates.Inc()
-			s.metrics.stored.Inc()
-		}
-	}()
-	if v, ok := s.recent.get(key, time.Now()); ok {
-		return v[len(replyPrefix):], true
+// lookup asks every worker for key, this one first: found, a reply one kept
+// in memory; running, a first delivery one has in hand, whose key is now
+// claimed. Silence for LookupWait means none has.
+func (s *Store) lookup(ctx context.Context, key string) (body []byte, found, running bool) {
+	s.mu.Lock()
+	v, ok := s.recent.get(key, time.Now())
+	s.mu.Unlock()
+	if ok {
+		return v[1:], true, false
 	}
-	lctx, cancel := context.WithTimeout(ctx, min(s.claimBudget(ctx), 250*time.Millisecond))
+	lctx, cancel := context.WithTimeout(ctx, min(budget(ctx), s.o.LookupWait))
 	defer cancel()
 	resp, err := s.nc.RequestWithContext(lctx, LookupSubject, []byte(key))
 	if err != nil {
 		if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrNoResponders) {
 			s.o.Logger.Debug("dedup lookup", "dedup_key", key, "err", err)
 		}
-		return nil, false
+		return nil, false, false
 	}
-	if len(resp.Data) < len(replyPrefix) || string(resp.Data[:len(replyPrefix)]) != replyPrefix {
-		return nil, false
+	if len(resp.Data) == 0 {
+		return nil, false, false
 	}
-	return resp.Data[len(replyPrefix):], true
+	return resp.Data[1:], resp.Data[0] == 'r', resp.Data[0] == 'w'
 }

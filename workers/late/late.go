@@ -1,18 +1,18 @@
 // Package late sends the replies WeChat was answered without. When the
 // ingress answered "success" because no reply came in time (no worker, a
 // slow handler, the bus down), it recorded the event in WXGATE_UNANSWERED.
-// A worker takes each such event, produces its reply (once across replicas,
-// through the replies store), and sends it through WeChat's customer-service
-// API, inside the window WeChat allows for what the person did: 48 hours
-// after a message, about a minute after a subscribe, a SCAN or a menu click.
-// Past it, the reply is dropped and counted as expired.
+// A worker takes each such event, gets its reply from the replies store
+// (found, awaited, or produced once across replicas), and sends it through
+// WeChat's customer-service API, inside the window WeChat allows for what
+// the person did: 48 hours after a message, about a minute after a
+// subscribe, a SCAN or a menu click. Past it, the reply is dropped and
+// counted as expired.
 //
-// A late reply is sent at most once across replicas and restarts: the key
-// is marked "sending" in a KV bucket before the call and "sent" after it,
-// so a worker killed between the two leaves a mark the next one respects.
-// A retry of the message answered with the reply in the meantime marks it
-// "delivered", and a late reply already marked turns the retry's answer
-// into "success": the person never gets the reply twice.
+// A late reply is sent at most once across replicas and restarts, and never
+// beside a passive one: the message's key in the replies store is moved to
+// "sending" (compare-and-set) before the call and to what WeChat answered
+// after it, and a key a retry was answered with (passive) is not sent
+// (docs/reply-once.md).
 package late
 
 import (
@@ -29,17 +29,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 
-	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/events"
 	"github.com/wxgate/wxgate/shared/wechat"
 	"github.com/wxgate/wxgate/shared/wechatapi"
+	"github.com/wxgate/wxgate/workers/dedup"
 )
 
-// Names in NATS.
-const (
-	Consumer = "wxgate-late"
-	Bucket   = "wxgate_late"
-)
+// Consumer is the durable consumer of WXGATE_UNANSWERED.
+const Consumer = "wxgate-late"
 
 // Outcomes of a late reply (the outcome label of wxgate_late_replies_total).
 const (
@@ -49,46 +46,37 @@ const (
 	Unsupported = "unsupported" // a passive reply with no customer-service form
 )
 
-// Marks in the bucket, by dedup key.
-const (
-	markSending   = "sending." // + owner: a send started; nobody sends again
-	markSent      = "sent"
-	markDelivered = "delivered" // a retry got the reply passively: no late send
-	markDone      = "done"      // expired, failed or unsupported: settled
-	markRetry     = "retry"     // tried, not taken (WeChat busy or out of reach): may go again
-	markUnknown   = "unknown"   // sent, and no answer: WeChat may have it; never again
-)
-
 // Sender sends a customer-service message (wechatapi.Client does, with
 // the shared access_token and its refresh on 40001/42001).
 type Sender interface {
 	CustomSend(ctx context.Context, msg wechatapi.CustomMessage) error
 }
 
-// Options configure a Service. Conn, API, Reply, Logger and Registerer are
-// required.
+// Options configure a Service. Conn, API, Store, Reply, Logger and
+// Registerer are required.
 type Options struct {
 	Conn *nats.Conn
 	API  Sender
-	// Reply produces the reply XML to m, running its handler at most once
-	// across replicas (a reply already stored is returned as is); empty
-	// means there is nothing to say.
-	Reply func(ctx context.Context, m *wechat.Message, raw []byte) ([]byte, error)
+	// Store holds what became of each reply: the late sender finds the
+	// reply there and marks its send there.
+	Store *dedup.Store
+	// Reply runs the handler for m (the store runs it once across
+	// replicas, when no reply exists); empty means nothing to say.
+	Reply func(ctx context.Context, m *wechat.Message) ([]byte, error)
 	// MessageWindow and EventWindow are how long after a person's message,
 	// and after their subscribe, SCAN or menu click, WeChat takes a
 	// customer-service message to them. Defaults 48h and 60s.
 	MessageWindow, EventWindow time.Duration
-	Replicas                   int
 	// AckWait is how long a late reply may take before another worker
 	// takes the event over (and finds the send's mark); a send that waits
 	// on WeChat keeps extending it. Default 10s.
 	AckWait time.Duration
 	// Settle is how long after an event was received its late reply
-	// waits before it asks for the reply. A first delivery still running
-	// claims its key within about 1.25 s of its start (dedup.ClaimAfter and
-	// the watcher's tick); the late reply must find that claim and wait for
-	// its reply, not run the handler beside it. It matters only when the
-	// ingress's REPLY_TIMEOUT is shorter than that. Default 2s.
+	// waits before it asks for the reply (config.LateSettle): a first
+	// delivery reaches a worker's hands by then, where a lookup finds it,
+	// so the late reply waits for its reply instead of running the handler
+	// beside it. It matters only when the ingress's REPLY_TIMEOUT is
+	// shorter than that. Zero: none.
 	Settle time.Duration
 	// RetryBase is the first back-off after a failed attempt (a handler
 	// error, WeChat busy or out of reach); it doubles, up to a minute.
@@ -118,9 +106,6 @@ func (o *Options) setDefaults() {
 	if o.AckWait <= 0 {
 		o.AckWait = 10 * time.Second
 	}
-	if o.Settle <= 0 {
-		o.Settle = 2 * time.Second
-	}
 	if o.Backlog <= 0 {
 		o.Backlog = 10 * time.Minute
 	}
@@ -133,8 +118,8 @@ func (o *Options) setDefaults() {
 }
 
 func (o *Options) validate() error {
-	if o.Conn == nil || o.API == nil || o.Reply == nil || o.Logger == nil || o.Registerer == nil {
-		return errors.New("late: Options.Conn, API, Reply, Logger and Registerer are required")
+	if o.Conn == nil || o.API == nil || o.Store == nil || o.Reply == nil || o.Logger == nil || o.Registerer == nil {
+		return errors.New("late: Options.Conn, API, Store, Reply, Logger and Registerer are required")
 	}
 	return nil
 }
@@ -146,7 +131,6 @@ type Service struct {
 	outcomes *prometheus.CounterVec
 
 	mu   sync.Mutex
-	kv   jetstream.KeyValue
 	cc   jetstream.ConsumeContext
 	down error
 	work chan jetstream.Msg
@@ -196,7 +180,7 @@ func NewOutcomes(reg prometheus.Registerer) *prometheus.CounterVec {
 	return v
 }
 
-// supervise sets the bucket and the consumer up, and again when lost.
+// supervise sets the consumer up, and again when lost.
 func (s *Service) supervise(ctx context.Context) {
 	defer close(s.done)
 	for {
@@ -225,17 +209,6 @@ func (s *Service) supervise(ctx context.Context) {
 func (s *Service) setup(ctx context.Context) (<-chan struct{}, error) {
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	kv, err := s.js.CreateOrUpdateKeyValue(sctx, jetstream.KeyValueConfig{
-		Bucket:      Bucket,
-		Description: "wxgate late replies: what became of each (sending, sent, delivered by a retry, done)",
-		History:     1,
-		TTL:         s.o.MessageWindow + time.Hour, // past every window
-		Storage:     jetstream.FileStorage,
-		Replicas:    max(s.o.Replicas, 1),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("kv %s: %w", Bucket, err)
-	}
 	cfg := jetstream.ConsumerConfig{
 		Durable:       Consumer,
 		Description:   "wxgate late replies",
@@ -268,16 +241,20 @@ func (s *Service) setup(ctx context.Context) (<-chan struct{}, error) {
 		case s.work <- m:
 		case <-ctx.Done():
 		}
-	}, jetstream.PullMaxMessages(32), jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
-		if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) {
-			once.Do(func() { close(lost) })
-		}
-	}))
+	}, jetstream.PullMaxMessages(32),
+		// Pulls that expire (and heartbeats) every few seconds: after
+		// JetStream comes back, the unanswered events flow again within
+		// seconds, not after the 30 s default.
+		jetstream.PullExpiry(5*time.Second), jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+			if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) {
+				once.Do(func() { close(lost) })
+			}
+		}))
 	if err != nil {
 		return nil, fmt.Errorf("consume: %w", err)
 	}
 	s.mu.Lock()
-	s.kv, s.cc = kv, cc
+	s.cc = cc
 	s.mu.Unlock()
 	return lost, nil
 }
@@ -307,47 +284,6 @@ func (s *Service) Check() error {
 		return fmt.Errorf("late replies not running: %w", s.down)
 	}
 	return nil
-}
-
-func (s *Service) bucket() jetstream.KeyValue {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.kv
-}
-
-// Delivered records that a retry of the message with dedup key key is
-// being answered with its reply, passively. It returns false when a late
-// reply was sent, is being sent, or may have reached WeChat: the retry
-// must then be answered "success", or the person would get the reply
-// twice. It returns false too when the mark cannot be made (the bucket out
-// of reach, ctx ended): the late reply will carry it, once.
-func (s *Service) Delivered(ctx context.Context, key string) bool {
-	kv := s.bucket()
-	if kv == nil {
-		return false
-	}
-	ctx, cancel := context.WithTimeout(ctx, time.Second)
-	defer cancel()
-	_, err := kv.Create(ctx, key, []byte(markDelivered))
-	if err == nil {
-		return true
-	}
-	if !errors.Is(err, jetstream.ErrKeyExists) {
-		return false
-	}
-	e, err := kv.Get(ctx, key)
-	if err != nil {
-		return false
-	}
-	switch string(e.Value()) {
-	case markDelivered, markDone:
-		return true // answered passively before, or settled unsent
-	case markRetry:
-		// Tried late and not taken: the passive answer goes instead.
-		_, err := kv.Update(ctx, key, []byte(markDelivered), e.Revision())
-		return err == nil
-	}
-	return false // sending, sent, or unknown
 }
 
 // worker handles unanswered events until ctx ends.
@@ -399,66 +335,60 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.NakWithDelay(early)
 		return
 	}
-	kv := s.bucket()
-	if kv == nil {
-		_ = msg.NakWithDelay(time.Second)
-		return
+	// The reply: found, awaited, or produced by the handler, bounded by the
+	// window, not by the service (a stop lets it finish). Past the window
+	// nothing runs: the ticket says only where the key stands.
+	var run dedup.Handler
+	until := s.o.Now().Add(5 * time.Second) // past the window: time to read the key
+	if s.o.Now().Before(deadline) {
+		run = func(hctx context.Context) ([]byte, error) { return s.o.Reply(hctx, m) }
+		until = deadline
 	}
-	// A mark says what became of it: sent, being sent, delivered by a
-	// retry, settled; or tried and not sent (retry), which may go again.
-	var retryRev uint64
-	if e, err := kv.Get(ctx, key); err == nil {
-		if string(e.Value()) != markRetry {
-			s.o.Logger.Debug("late reply already settled", "dedup_key", key, "mark", markOf(e.Value()))
-			_ = msg.Ack()
-			return
-		}
-		retryRev = e.Revision()
-	} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
-		_ = msg.NakWithDelay(time.Second)
-		return
-	}
-	if !s.o.Now().Before(deadline) {
-		if retryRev != 0 {
-			// Tried inside the window and refused for reasons that pass
-			// (WeChat busy, out of reach): a failure, for the alert.
-			s.settle(msg, key, Failed, errors.New("WeChat busy or out of reach until the window closed"), retryRev)
-			return
-		}
-		s.settle(msg, key, Expired, nil, 0)
-		return
-	}
-
-	// The handler runs bounded by the window, not by the service: a stop
-	// lets it finish. Long handlers keep the event from being redelivered.
-	rctx, cancel := context.WithDeadline(context.Background(), deadline)
+	rctx, cancel := context.WithDeadline(context.Background(), until)
 	defer cancel()
 	stopProgress := s.inProgress(msg)
-	body, err := s.o.Reply(rctx, m, msg.Data())
+	t, err := s.o.Store.ForLate(rctx, key, run)
 	stopProgress()
 	switch {
+	case errors.Is(err, dedup.ErrSettled):
+		s.o.Logger.Debug("late reply already settled", "dedup_key", key, "err", err)
+		_ = msg.Ack()
+		return
+	case errors.Is(err, dedup.ErrUnavailable):
+		// The store says why in Check, and sets itself up again.
+		s.o.Logger.Debug("late reply waits for the replies store", "dedup_key", key, "err", err)
+		_ = msg.NakWithDelay(time.Second)
+		return
 	case err != nil && rctx.Err() != nil:
-		s.settle(msg, key, Expired, nil, retryRev)
+		s.settle(msg, nil, key, Expired, nil)
 		return
 	case err != nil:
 		attempt := deliveries(msg)
 		if attempt >= maxHandlerAttempts {
-			s.settle(msg, key, Failed, fmt.Errorf("the handler failed %d times: %w", attempt, err), retryRev)
+			s.settle(msg, nil, key, Failed, fmt.Errorf("the handler failed %d times: %w", attempt, err))
 			return
 		}
 		s.o.Logger.Warn("late reply: the handler failed; will retry", "dedup_key", key, "attempt", attempt, "err", err)
 		_ = msg.NakWithDelay(s.backoff(attempt))
 		return
-	case len(body) == 0:
+	case run == nil && t.Tried:
+		// Tried inside the window and refused for reasons that pass
+		// (WeChat busy, out of reach): a failure, for the alert.
+		s.settle(msg, t, key, Failed, errors.New("WeChat busy or out of reach until the window closed"))
+		return
+	case run == nil:
+		s.settle(msg, t, key, Expired, nil)
+		return
+	case len(t.Body) == 0:
 		_ = msg.Ack() // nothing to say
 		return
 	}
-	cm, ok := customMessage(m.FromUserName, body)
+	cm, ok := customMessage(m.FromUserName, t.Body)
 	if !ok {
-		s.settle(msg, key, Unsupported, nil, retryRev)
+		s.settle(msg, t, key, Unsupported, nil)
 		return
 	}
-	s.send(ctx, msg, kv, key, cm, retryRev, deadline)
+	s.send(ctx, msg, t, key, cm, deadline)
 }
 
 // maxHandlerAttempts bounds the runs of a handler that fails: after it, the
@@ -501,23 +431,16 @@ func (s *Service) inProgress(msg jetstream.Msg) (stop func()) {
 }
 
 // send makes one attempt at sending cm. The mark "sending" goes first: a
-// worker killed after the send and before "sent" leaves it, and nobody
-// sends again (one killed after the mark and before the send leaves the
-// reply unsent: at most once, never twice). A refusal that passes (WeChat
-// busy, -1, or a call that never left: no token, no connection) turns the
-// mark to "retry" and the event comes back after a back-off; a failure
-// that leaves unknown whether WeChat has it (a timeout, a connection lost
-// while waiting for the answer) is not tried again.
-func (s *Service) send(ctx context.Context, msg jetstream.Msg, kv jetstream.KeyValue, key string, cm wechatapi.CustomMessage, retryRev uint64, deadline time.Time) {
-	var rev uint64
-	var err error
-	if retryRev == 0 {
-		rev, err = kv.Create(ctx, key, []byte(markSending+s.o.ID))
-	} else {
-		rev, err = kv.Update(ctx, key, []byte(markSending+s.o.ID), retryRev)
-	}
-	if err != nil {
-		if bus.IsKVConflict(err) {
+// worker killed after the send and before its outcome leaves it, and
+// nobody sends again (one killed after the mark and before the send leaves
+// the reply unsent: at most once, never twice). A refusal that passes
+// (WeChat busy, -1, or a call that never left: no token, no connection)
+// turns the mark to "retry" and the event comes back after a back-off; a
+// failure that leaves unknown whether WeChat has it (a timeout, a
+// connection lost while waiting for the answer) is not tried again.
+func (s *Service) send(ctx context.Context, msg jetstream.Msg, t *dedup.Ticket, key string, cm wechatapi.CustomMessage, deadline time.Time) {
+	if err := t.Mark(ctx, dedup.MarkSending, []byte(s.o.ID)); err != nil {
+		if errors.Is(err, dedup.ErrSettled) {
 			_ = msg.Ack() // another worker, or a retry, got there first
 			return
 		}
@@ -529,23 +452,23 @@ func (s *Service) send(ctx context.Context, msg jetstream.Msg, kv jetstream.KeyV
 	defer cancel()
 	sendErr := s.o.API.CustomSend(sctx, cm)
 	outcome, again := classify(sendErr)
-	mark := markDone
+	mark, payload := dedup.MarkDone, t.Body
 	switch {
 	case outcome == Sent:
-		mark = markSent
+		mark, payload = dedup.MarkSent, nil
 	case again && s.o.Now().Before(deadline):
-		mark = markRetry
+		mark = dedup.MarkRetry
 	case again:
 		outcome = Failed // tried until the window closed
 	case !isAnswer(sendErr):
-		mark = markUnknown
+		mark, payload = dedup.MarkUnknown, nil
 	}
 	uctx, ucancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer ucancel()
-	if _, err := kv.Update(uctx, key, []byte(mark), rev); err != nil {
+	if err := t.Mark(uctx, mark, payload); err != nil {
 		s.o.Logger.Warn("late reply: mark not updated", "dedup_key", key, "err", err)
 	}
-	if mark == markRetry {
+	if mark == dedup.MarkRetry {
 		attempt := deliveries(msg)
 		s.o.Logger.Info("late reply not sent yet; will try again", "dedup_key", key, "attempt", attempt, "err", sendErr)
 		_ = msg.NakWithDelay(s.backoff(attempt))
@@ -581,16 +504,13 @@ func isAnswer(err error) bool {
 	return errors.As(err, &apiErr)
 }
 
-// settle records a late reply that will not be sent (over the retry mark
-// at rev, if any), counts it, and acks.
-func (s *Service) settle(msg jetstream.Msg, key, outcome string, cause error, rev uint64) {
-	if kv := s.bucket(); kv != nil {
-		cctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		if rev != 0 {
-			_, _ = kv.Update(cctx, key, []byte(markDone), rev)
-		} else {
-			_, _ = kv.Create(cctx, key, []byte(markDone))
-		}
+// settle records a late reply that will not be sent (marked done, with its
+// reply for a retry that may still answer with it, when there is a ticket),
+// counts it, and acks.
+func (s *Service) settle(msg jetstream.Msg, t *dedup.Ticket, key, outcome string, cause error) {
+	if t != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_ = t.Mark(ctx, dedup.MarkDone, t.Body)
 		cancel()
 	}
 	s.count(outcome, key, cause)
@@ -607,14 +527,6 @@ func (s *Service) count(outcome, key string, cause error) {
 	default:
 		s.o.Logger.Warn("late reply not sent", "outcome", outcome, "dedup_key", key, "err", cause)
 	}
-}
-
-func markOf(v []byte) string {
-	s := string(v)
-	if strings.HasPrefix(s, markSending) {
-		return "sending"
-	}
-	return s
 }
 
 // Stop stops taking events; sends in progress finish or are cut at ctx.

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http/httptest"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -24,17 +25,19 @@ import (
 	"github.com/wxgate/wxgate/shared/wechat"
 	"github.com/wxgate/wxgate/shared/wechatapi"
 	"github.com/wxgate/wxgate/shared/wechatapi/wechatapitest"
+	"github.com/wxgate/wxgate/workers/dedup"
 )
 
 var quiet = slog.New(slog.DiscardHandler)
 
 type fixture struct {
-	t    *testing.T
-	srv  *bus.Embedded
-	js   jetstream.JetStream
-	fake *wechatapitest.Server
-	url  string
-	runs atomic.Int32
+	t        *testing.T
+	srv      *bus.Embedded
+	js       jetstream.JetStream
+	fake     *wechatapitest.Server
+	url      string
+	runs     atomic.Int32 // replies produced
+	replicas atomic.Int32
 }
 
 func newFixture(t *testing.T, o wechatapitest.Options) *fixture {
@@ -56,9 +59,17 @@ func newFixture(t *testing.T, o wechatapitest.Options) *fixture {
 	return f
 }
 
-// start runs a late-reply service on its own connection; reply answers
-// every message with the text "re: <content>" (an event: "scanned").
-func (f *fixture) start(windows ...time.Duration) (*Service, *prometheus.Registry) {
+// replica is one worker's late sender and the replies store it marks in.
+type replica struct {
+	*Service
+	store *dedup.Store
+	reg   *prometheus.Registry
+}
+
+// start runs a late-reply service on its own connection, with its own
+// store; reply answers every message with the text "re: <content>" (an
+// event: "scanned").
+func (f *fixture) start(windows ...time.Duration) replica {
 	f.t.Helper()
 	return f.startWith(func(o *Options) {
 		if len(windows) == 2 {
@@ -68,31 +79,27 @@ func (f *fixture) start(windows ...time.Duration) (*Service, *prometheus.Registr
 }
 
 // startWith starts a service as start does, with mod applied to its
-// options, and waits until it runs.
-func (f *fixture) startWith(mod func(*Options)) (*Service, *prometheus.Registry) {
-	f.t.Helper()
-	s, reg := f.startNoWait(mod)
-	wait.For(f.t, wait.Short, wait.Every, s.Check)
-	return s, reg
-}
-
-func (f *fixture) startNoWait(mod func(*Options)) (*Service, *prometheus.Registry) {
+// options, and waits until it and its store run.
+func (f *fixture) startWith(mod func(*Options)) replica {
 	f.t.Helper()
 	nc, reg := natstest.Connect(f.t, f.srv), prometheus.NewRegistry()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	id := fmt.Sprint("late-", f.replicas.Add(1))
+	// No test here needs another worker's memory: a short wait for the
+	// lookup's silence.
+	store, err := dedup.Open(js, id, dedup.Options{LookupWait: 20 * time.Millisecond, Logger: quiet, Registerer: reg})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	f.t.Cleanup(store.Close)
 	client, err := lateClient(f.url, nc, reg)
 	if err != nil {
 		f.t.Fatal(err)
 	}
-	o := Options{Conn: nc, API: client, Logger: quiet, Registerer: reg, ID: fmt.Sprint("late-", f.runs.Load()), Settle: time.Millisecond,
-		RetryBase: 20 * time.Millisecond,
-		Reply: func(_ context.Context, m *wechat.Message, _ []byte) ([]byte, error) {
-			f.runs.Add(1)
-			text := "re: " + m.Content
-			if m.IsEvent() {
-				text = "scanned"
-			}
-			return wechat.TextReply(text).ReplyTo(m, 1), nil
-		}}
+	o := Options{Conn: nc, API: client, Store: store, Logger: quiet, Registerer: reg, ID: id, RetryBase: 20 * time.Millisecond, Reply: f.reply}
 	if mod != nil {
 		mod(&o)
 	}
@@ -101,8 +108,34 @@ func (f *fixture) startNoWait(mod func(*Options)) (*Service, *prometheus.Registr
 		f.t.Fatal(err)
 	}
 	f.t.Cleanup(func() { _ = s.Stop(context.Background()) })
-	return s, reg
+	wait.For(f.t, wait.Short, wait.Every, func() error { return errors.Join(s.Check(), store.Check()) })
+	return replica{s, store, reg}
 }
+
+func (f *fixture) reply(_ context.Context, m *wechat.Message) ([]byte, error) {
+	f.runs.Add(1)
+	text := "re: " + m.Content
+	if m.IsEvent() {
+		text = "scanned"
+	}
+	return wechat.TextReply(text).ReplyTo(m, 1), nil
+}
+
+// state is what the replies store holds for m.
+func (f *fixture) state(m *wechat.Message) string {
+	f.t.Helper()
+	kv, err := f.js.KeyValue(context.Background(), dedup.Bucket)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	e, err := kv.Get(context.Background(), key(m))
+	if err != nil {
+		return err.Error()
+	}
+	return string(e.Value())
+}
+
+func key(m *wechat.Message) string { return m.DedupKey(m.AppendXML(nil)) }
 
 // settled waits until the late-reply consumer has nothing pending and
 // nothing unacknowledged: every event is done with, none will come back.
@@ -153,7 +186,7 @@ func (f *fixture) record(m *wechat.Message, received time.Time) {
 	f.t.Helper()
 	msg := &nats.Msg{Subject: events.UnansweredPrefix + m.Subject(), Data: m.AppendXML(nil), Header: nats.Header{}}
 	msg.Header.Set(bus.HeaderReceived, bus.FormatTime(received))
-	if _, err := f.js.PublishMsg(context.Background(), msg, jetstream.WithMsgID("u."+m.DedupKey(m.AppendXML(nil)))); err != nil {
+	if _, err := f.js.PublishMsg(context.Background(), msg, jetstream.WithMsgID("u."+key(m))); err != nil {
 		f.t.Fatal(err)
 	}
 }
@@ -210,8 +243,7 @@ func waitOutcomes(t *testing.T, want map[string]float64, regs ...prometheus.Gath
 // exactly once, to the right person, with the right content.
 func TestLateRepliesSentOnceAcrossReplicas(t *testing.T) {
 	f := newFixture(t, wechatapitest.Options{})
-	_, r1 := f.start()
-	_, r2 := f.start()
+	r1, r2 := f.start().reg, f.start().reg
 	f.unanswered(text("o_a", "hello", 1), time.Now())
 	f.unanswered(text("o_b", "你好", 2), time.Now())
 	f.unanswered(scan("o_c", time.Now()), time.Now())
@@ -238,7 +270,7 @@ func TestLateRepliesSentOnceAcrossReplicas(t *testing.T) {
 // sent, and its handler never runs.
 func TestExpiredWindowIsNotSent(t *testing.T) {
 	f := newFixture(t, wechatapitest.Options{})
-	_, reg := f.start(time.Hour, time.Minute)
+	reg := f.start(time.Hour, time.Minute).reg
 	at := time.Now().Add(-2 * time.Minute)
 	f.unanswered(scan("o_late", at), at)
 	f.waitFinal(map[string]float64{Expired: 1, Sent: 0}, reg)
@@ -254,17 +286,18 @@ func TestExpiredWindowIsNotSent(t *testing.T) {
 // sent. A late reply sent first: the retry is told to answer "success".
 func TestPassiveAndLateNeverBoth(t *testing.T) {
 	f := newFixture(t, wechatapitest.Options{})
-	s, reg := f.start()
+	r := f.start()
 	first := text("o_p", "passive", 1)
-	if !s.Delivered(context.Background(), first.DedupKey(first.AppendXML(nil))) {
-		t.Fatal("a retry before any late reply was told not to answer")
+	body, _, err := r.store.Retry(context.Background(), key(first), func(ctx context.Context) ([]byte, error) { return f.reply(ctx, first) })
+	if err != nil || len(body) == 0 {
+		t.Fatalf("a retry before any late reply = %q %v, want its reply", body, err)
 	}
 	f.unanswered(first, time.Now())
 	second := text("o_q", "late", 2)
 	f.unanswered(second, time.Now())
-	f.waitFinal(map[string]float64{Sent: 1}, reg)
-	if s.Delivered(context.Background(), second.DedupKey(second.AppendXML(nil))) {
-		t.Error("a retry after the late reply was told to answer with the reply too")
+	f.waitFinal(map[string]float64{Sent: 1}, r.reg)
+	if body, out, err := r.store.Retry(context.Background(), key(second), nil); err != nil || out != dedup.Late || body != nil {
+		t.Errorf("a retry after the late reply = %q %v %v, want Late: answer success", body, out, err)
 	}
 	msgs := f.fake.Calls().Messages
 	if len(msgs) != 1 || msgs[0].ToUser != "o_q" {
@@ -276,10 +309,13 @@ func TestPassiveAndLateNeverBoth(t *testing.T) {
 // "sending" mark: the event, delivered again, is not sent again.
 func TestSendingMarkIsRespected(t *testing.T) {
 	f := newFixture(t, wechatapitest.Options{})
-	s, reg := f.start()
+	reg := f.start().reg
 	m := text("o_k", "killed", 1)
-	kv := s.bucket()
-	if _, err := kv.Create(context.Background(), m.DedupKey(m.AppendXML(nil)), []byte(markSending+"dead-worker")); err != nil {
+	kv, err := f.js.KeyValue(context.Background(), dedup.Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Create(context.Background(), key(m), []byte(dedup.MarkSending+":dead-worker")); err != nil {
 		t.Fatal(err)
 	}
 	f.unanswered(m, time.Now())
@@ -310,7 +346,7 @@ func TestErrcodePaths(t *testing.T) {
 	for i, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			f := newFixture(t, wechatapitest.Options{})
-			_, reg := f.start()
+			reg := f.start().reg
 			// A first send makes the token exist, so that invalidating it
 			// means something.
 			f.unanswered(text("o_warm", "warm", 100+i), time.Now())
@@ -359,18 +395,11 @@ func TestCustomMessages(t *testing.T) {
 // An unsupported reply is counted, never sent.
 func TestUnsupportedIsCounted(t *testing.T) {
 	f := newFixture(t, wechatapitest.Options{})
-	nc, reg := natstest.Connect(t, f.srv), prometheus.NewRegistry()
-	client, err := lateClient(f.url, nc, reg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := Start(Options{Conn: nc, API: client, Logger: quiet, Registerer: reg, Reply: func(_ context.Context, m *wechat.Message, _ []byte) ([]byte, error) {
-		return (&wechat.Reply{Type: wechat.ReplyTransfer}).ReplyTo(m, 1), nil
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = s.Stop(context.Background()) })
+	reg := f.startWith(func(o *Options) {
+		o.Reply = func(_ context.Context, m *wechat.Message) ([]byte, error) {
+			return (&wechat.Reply{Type: wechat.ReplyTransfer}).ReplyTo(m, 1), nil
+		}
+	}).reg
 	f.unanswered(text("o_u", "u", 1), time.Now())
 	waitOutcomes(t, map[string]float64{Unsupported: 1, Sent: 0}, reg)
 	if n := len(f.fake.Calls().Messages); n != 0 {
@@ -383,7 +412,7 @@ func TestUnsupportedIsCounted(t *testing.T) {
 // once, and the event is done with.
 func TestAnswerLostAfterSendingIsNotSentAgain(t *testing.T) {
 	f := newFixture(t, wechatapitest.Options{})
-	_, reg := f.start()
+	reg := f.start().reg
 	f.unanswered(text("o_warm", "warm", 1), time.Now()) // the token exists: the fault hits the send
 	waitOutcomes(t, map[string]float64{Sent: 1}, reg)
 	if err := f.fake.Inject(wechatapitest.Fault{API: wechatapitest.CustomSend, Drop: true, After: true}); err != nil {
@@ -403,8 +432,8 @@ func TestAnswerLostAfterSendingIsNotSentAgain(t *testing.T) {
 func TestStopLosesNoLateReply(t *testing.T) {
 	f := newFixture(t, wechatapitest.Options{})
 	entered, release := make(chan struct{}), make(chan struct{})
-	s1, reg1 := f.startWith(func(o *Options) {
-		o.Reply = func(_ context.Context, m *wechat.Message, _ []byte) ([]byte, error) {
+	r1 := f.startWith(func(o *Options) {
+		o.Reply = func(_ context.Context, m *wechat.Message) ([]byte, error) {
 			close(entered)
 			<-release
 			return wechat.TextReply("re: "+m.Content).ReplyTo(m, 1), nil
@@ -413,64 +442,105 @@ func TestStopLosesNoLateReply(t *testing.T) {
 	f.unanswered(text("o_stop", "still there?", 3), time.Now())
 	<-entered
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-	if err := s1.Stop(ctx); err == nil {
+	if err := r1.Stop(ctx); err == nil {
 		t.Error("Stop returned while a handler still ran")
 	}
 	cancel()
-	_, reg2 := f.start() // the replacement
+	r2 := f.start() // the replacement
 	close(release)
-	f.waitFinal(map[string]float64{Sent: 1, Expired: 0, Failed: 0}, reg1, reg2)
+	f.waitFinal(map[string]float64{Sent: 1, Expired: 0, Failed: 0}, r1.reg, r2.reg)
 	f.settled()
 	if n := f.sentTo("o_stop"); n != 1 {
 		t.Errorf("o_stop got the reply %d times, want 1", n)
 	}
 }
 
-// A retry answered before the service could make its mark (just started)
-// is not answered passively: the late reply carries the reply, once.
-func TestDeliveredBeforeSetupLeavesItToTheLateReply(t *testing.T) {
+// A retry whose reply the store could not mark (its bucket just lost) is
+// not answered as if marked: the late reply carries the reply, once, and
+// the handler ran once (the late sender finds the retry's reply in memory).
+func TestUnmarkedRetryLeavesItToTheLateReply(t *testing.T) {
 	f := newFixture(t, wechatapitest.Options{})
-	s, reg := f.startNoWait(nil)
+	r := f.start()
+	if err := f.js.DeleteKeyValue(context.Background(), dedup.Bucket); err != nil {
+		t.Fatal(err)
+	}
 	m := text("o_early", "hi", 4)
-	if s.Check() == nil {
-		t.Skip("the service was ready at once; the case needs it not to be")
+	body, _, err := r.store.Retry(context.Background(), key(m), func(ctx context.Context) ([]byte, error) { return f.reply(ctx, m) })
+	if !errors.Is(err, dedup.ErrNotMarked) || len(body) == 0 {
+		t.Fatalf("retry with the bucket lost = %q %v, want its reply, unmarked", body, err)
 	}
-	if s.Delivered(context.Background(), m.DedupKey(m.AppendXML(nil))) {
-		t.Fatal("Delivered said to answer passively with no mark made")
-	}
-	wait.For(t, wait.Short, wait.Every, s.Check)
-	f.unanswered(m, time.Now())
-	waitOutcomes(t, map[string]float64{Sent: 1}, reg)
+	wait.For(t, wait.Short, wait.Every, r.store.Check) // set up again
+	f.unanswered(m, time.Now())                        // the ingress's fallback
+	f.waitFinal(map[string]float64{Sent: 1}, r.reg)
 	if n := f.sentTo("o_early"); n != 1 {
 		t.Errorf("o_early got the late reply %d times, want 1", n)
+	}
+	if n := f.runs.Load(); n != 1 {
+		t.Errorf("handler ran %d times, want 1", n)
+	}
+}
+
+// The replies bucket deleted, and JetStream refusing to make it again (a
+// stream holds its subjects), finding N5: the late reply is not sent
+// without its marks, the store's Check says why (for /readyz), and once the
+// bucket can be made again the store sets it up and the late reply goes.
+func TestLostBucketIsReportedAndSetUpAgain(t *testing.T) {
+	f := newFixture(t, wechatapitest.Options{})
+	r := f.start()
+	ctx := context.Background()
+	if err := f.js.DeleteKeyValue(ctx, dedup.Bucket); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.js.CreateStream(ctx, jetstream.StreamConfig{Name: "BLOCKER", Subjects: []string{"$KV." + dedup.Bucket + ".>"}}); err != nil {
+		t.Fatal(err)
+	}
+	m := text("o_lost", "still there?", 7)
+	f.unanswered(m, time.Now())
+	wait.For(t, wait.Short, wait.Every, func() error {
+		if r.store.Check() == nil {
+			return errors.New("the store has not noticed its bucket is gone")
+		}
+		return nil
+	})
+	if n := len(f.fake.Calls().Messages); n != 0 {
+		t.Fatalf("%d messages sent without a mark", n)
+	}
+	if err := f.js.DeleteStream(ctx, "BLOCKER"); err != nil {
+		t.Fatal(err)
+	}
+	f.waitFinal(map[string]float64{Sent: 1}, r.reg)
+	if err := r.store.Check(); err != nil {
+		t.Errorf("store after the repair: %v", err)
+	}
+	if n := f.sentTo("o_lost"); n != 1 {
+		t.Errorf("o_lost got the late reply %d times, want 1", n)
 	}
 }
 
 // A retry answered passively after a late attempt WeChat did not take
 // (busy) wins: the late reply is not sent.
-func TestDeliveredAfterABusyAttemptWins(t *testing.T) {
+func TestPassiveAfterABusyAttemptWins(t *testing.T) {
 	f := newFixture(t, wechatapitest.Options{})
-	s, reg := f.startWith(func(o *Options) { o.RetryBase = time.Hour }) // the event does not come back in the test
+	r := f.startWith(func(o *Options) { o.RetryBase = time.Hour }) // the event does not come back in the test
 	f.unanswered(text("o_warm", "warm", 1), time.Now())
-	waitOutcomes(t, map[string]float64{Sent: 1}, reg)
+	waitOutcomes(t, map[string]float64{Sent: 1}, r.reg)
 	if err := f.fake.Inject(wechatapitest.Fault{API: wechatapitest.CustomSend, Errcode: -1}); err != nil {
 		t.Fatal(err)
 	}
 	m := text("o_busy", "busy?", 5)
 	f.unanswered(m, time.Now())
-	kv := s.bucket()
 	wait.For(t, wait.Short, wait.Every, func() error {
-		e, err := kv.Get(context.Background(), m.DedupKey(m.AppendXML(nil)))
-		if err != nil || string(e.Value()) != markRetry {
-			return fmt.Errorf("no retry mark yet (%v)", err)
+		if s := f.state(m); !strings.HasPrefix(s, dedup.MarkRetry+":") {
+			return fmt.Errorf("no retry mark yet (%s)", s)
 		}
 		return nil
 	})
-	if !s.Delivered(context.Background(), m.DedupKey(m.AppendXML(nil))) {
-		t.Fatal("a retry after an attempt WeChat refused was not answered passively")
+	body, _, err := r.store.Retry(context.Background(), key(m), nil)
+	if err != nil || !strings.Contains(string(body), "re: busy?") {
+		t.Fatalf("a retry after an attempt WeChat refused = %q %v, want the reply", body, err)
 	}
-	if e, err := kv.Get(context.Background(), m.DedupKey(m.AppendXML(nil))); err != nil || string(e.Value()) != markDelivered {
-		t.Fatalf("mark = %v %v, want delivered", e, err)
+	if s := f.state(m); !strings.HasPrefix(s, "passive:") {
+		t.Fatalf("mark = %s, want passive", s)
 	}
 }
 
@@ -479,12 +549,12 @@ func TestDeliveredAfterABusyAttemptWins(t *testing.T) {
 func TestFailingHandlerIsCountedFailed(t *testing.T) {
 	f := newFixture(t, wechatapitest.Options{})
 	var runs atomic.Int32
-	_, reg := f.startWith(func(o *Options) {
-		o.Reply = func(context.Context, *wechat.Message, []byte) ([]byte, error) {
+	reg := f.startWith(func(o *Options) {
+		o.Reply = func(context.Context, *wechat.Message) ([]byte, error) {
 			runs.Add(1)
 			return nil, errors.New("boom")
 		}
-	})
+	}).reg
 	f.unanswered(text("o_fail", "x", 6), time.Now().Add(-time.Second)) // past Settle: every delivery runs the handler
 	f.waitFinal(map[string]float64{Failed: 1, Expired: 0}, reg)
 	f.settled()
@@ -505,7 +575,7 @@ func TestUnreachableWeChatIsCountedFailed(t *testing.T) {
 	}
 	f.url = "http://" + l.Addr().String()
 	l.Close() // connections are refused from now on
-	_, reg := f.startWith(func(o *Options) { o.EventWindow = 2 * time.Second })
+	reg := f.startWith(func(o *Options) { o.EventWindow = 2 * time.Second }).reg
 	for i := 0; i < 12; i++ { // more than the service's 8 senders
 		f.unanswered(text(fmt.Sprint("o_m", i), "m", 10+i), time.Now())
 	}
@@ -518,7 +588,7 @@ func TestUnreachableWeChatIsCountedFailed(t *testing.T) {
 // refused (45047) and counted failed.
 func TestCountUsedUpIsFailed(t *testing.T) {
 	f := newFixture(t, wechatapitest.Options{})
-	_, reg := f.start()
+	reg := f.start().reg
 	if err := f.fake.Interaction("o_many", wechatapitest.KindMessage, time.Now()); err != nil {
 		t.Fatal(err)
 	}

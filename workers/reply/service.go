@@ -25,7 +25,8 @@ type Options struct {
 	Conn    *nats.Conn
 	Decider Decider // the built-in Replier, or an application's own
 	// Dedup, when set, runs each message's handler once across replicas and
-	// answers retries from the store; nil handles every request.
+	// answers retries with its reply, marked so that no late reply sends it
+	// too; nil handles every request.
 	Dedup      *dedup.Store
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
@@ -37,10 +38,11 @@ type Options struct {
 	// HandlerTimeout bounds every handler run, with or without Dedup.
 	// Default 20s.
 	HandlerTimeout time.Duration
-	// Delivered, when set, is asked before a retry is answered with its
-	// reply: false means a late reply was (or is being) sent instead, and
-	// the retry is answered "success" so the person gets it once.
-	Delivered func(ctx context.Context, dedupKey string) bool
+	// LateReplies says a late sender runs here: a retry's reply that could
+	// not be marked is then left to it (answered with an error the ingress
+	// turns into a fallback, recorded for the late reply). Without one it
+	// is answered as it is: a fallback would be silence.
+	LateReplies bool
 }
 
 // Handler is a worker's decision without the bus: raw message in, reply
@@ -61,14 +63,14 @@ func NewHandler(d Decider, now func() time.Time) *Handler {
 // Service answers msg.> and event.> requests in the workers' queue group.
 type Service struct {
 	*Handler
-	svc       micro.Service
-	dedup     *dedup.Store
-	logger    *slog.Logger
-	timeout   time.Duration
-	delivered func(context.Context, string) bool
-	metrics   *metrics
-	slots     chan struct{}  // one per request in hand
-	pending   sync.WaitGroup // requests in hand
+	svc     micro.Service
+	dedup   *dedup.Store
+	logger  *slog.Logger
+	timeout time.Duration
+	late    bool
+	metrics *metrics
+	slots   chan struct{}  // one per request in hand
+	pending sync.WaitGroup // requests in hand
 }
 
 // ErrMalformed is what Handle returns for a payload that is not a message.
@@ -87,7 +89,7 @@ func Start(o Options) (*Service, error) {
 	}
 	s := &Service{
 		Handler: NewHandler(o.Decider, o.Now), dedup: o.Dedup, logger: o.Logger,
-		timeout: o.HandlerTimeout, delivered: o.Delivered, metrics: newMetrics(o.Registerer), slots: make(chan struct{}, o.Concurrency),
+		timeout: o.HandlerTimeout, late: o.LateReplies, metrics: newMetrics(o.Registerer), slots: make(chan struct{}, o.Concurrency),
 	}
 	svc, err := micro.AddService(o.Conn, micro.Config{
 		Name:        bus.ServiceName,
@@ -151,7 +153,8 @@ func (s *Service) Check() error {
 
 // serve runs on the subscription's goroutine: it parses, then hands the
 // request to its own goroutine so that a slow handler, or a retry waiting
-// for another's reply, holds up nothing else.
+// for another's reply, holds up nothing else. A first delivery is in hand
+// from here, slot wait included: a retry's lookup finds it.
 func (s *Service) serve(req micro.Request) {
 	m, err := parse(req.Data())
 	if err != nil {
@@ -160,61 +163,59 @@ func (s *Service) serve(req micro.Request) {
 		return
 	}
 	arrival := time.Now()
+	// Computed here, not taken from the header: anyone on the bus can send
+	// a request, and the key becomes a KV key and a message ID.
+	key := m.DedupKey(req.Data())
+	since, deadline := timing(req.Headers(), arrival)
+	var first *dedup.InHand
+	if s.dedup != nil && req.Headers().Get(bus.HeaderRetry) != "1" {
+		first = s.dedup.Arrived(key, since)
+	}
 	s.slots <- struct{}{}
 	s.pending.Add(1)
 	go func() {
 		defer func() { <-s.slots; s.pending.Done() }()
-		s.answer(req, m, arrival)
+		s.answer(req, m, key, first, deadline)
 	}()
 }
 
-func (s *Service) answer(req micro.Request, m *wechat.Message, arrival time.Time) {
-	h := req.Headers()
+func (s *Service) answer(req micro.Request, m *wechat.Message, key string, first *dedup.InHand, deadline time.Time) {
 	subject := req.Subject()
-	// Computed here, not taken from the header: anyone on the bus can send
-	// a request, and the key becomes a KV key and a message ID.
-	key := m.DedupKey(req.Data())
-	run := func(ctx context.Context) ([]byte, error) { return s.handle(ctx, m, subject) }
-
+	run := func(ctx context.Context) ([]byte, error) { return s.Reply(ctx, m) }
 	var body []byte
 	var err error
 	outcome := dedup.Ran
-	retry := h.Get(bus.HeaderRetry) == "1"
-	since, deadline := timing(h, arrival)
 	switch {
 	case s.dedup == nil:
 		// Bounded like any handler.
 		ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
 		body, err = run(ctx)
 		cancel()
-	case !retry:
-		// A first delivery's handler is bounded by HandlerTimeout alone:
-		// it carries on past the request's deadline for the retry.
-		body, outcome, err = s.dedup.First(key, since, deadline, run)
+	case first != nil:
+		// Bounded by HandlerTimeout alone: it carries on past the
+		// request's deadline for the retry, or the late reply.
+		body, outcome, err = s.dedup.First(first, deadline, run)
 	default:
 		ctx, cancel := context.WithDeadline(context.Background(), deadline)
-		body, outcome, err = s.dedup.Do(ctx, key, run)
-		cancel()
-	}
-	if retry && err == nil && len(body) > 0 && s.delivered != nil {
-		// Marked delivered only while the ingress still waits: a mark
-		// written after it gave up would stop the late reply the person
-		// then needs. Not marked, the late reply carries it.
-		ctx, cancel := context.WithDeadline(context.Background(), deadline)
-		if !s.delivered(ctx, key) {
-			body = nil
-		}
+		body, outcome, err = s.dedup.Retry(ctx, key, run)
 		cancel()
 	}
 	switch {
 	case errors.Is(err, dedup.ErrPending):
 		// The ingress has answered "success" by now; the reply, when the
-		// handler finishes, is stored for WeChat's next retry.
+		// handler finishes, is stored for what comes next.
 		s.logger.Debug("no reply before the deadline", "subject", subject, "dedup_key", key)
+	case errors.Is(err, dedup.ErrNotMarked) && s.late:
+		s.logger.Warn("reply not marked; left to the late reply", "subject", subject, "err", err)
+		_ = req.Error(bus.ErrorCodeNotMarked, err.Error(), nil)
+	case errors.Is(err, dedup.ErrNotMarked):
+		s.logger.Warn("reply not marked; answered all the same (no late sender runs here)", "subject", subject, "err", err)
+		err = nil
 	case err != nil:
 		s.logger.Warn("worker handler failed", "subject", subject, "err", err)
 		_ = req.Error("500", "handler failed", nil)
-	default:
+	}
+	if err == nil {
 		if err := req.Respond(body); err != nil {
 			s.logger.Error("worker respond", "subject", subject, "err", err)
 		}
@@ -224,11 +225,12 @@ func (s *Service) answer(req micro.Request, m *wechat.Message, arrival time.Time
 	}
 }
 
-// handle runs the handler for m, timed in the metrics.
-func (s *Service) handle(ctx context.Context, m *wechat.Message, subject string) ([]byte, error) {
+// Reply runs the handler for m, timed in the metrics: what a first
+// delivery, a retry and a late reply produce a reply with.
+func (s *Service) Reply(ctx context.Context, m *wechat.Message) ([]byte, error) {
 	start := time.Now()
 	body, err := s.decide(ctx, m)
-	s.metrics.observe(subject, time.Since(start))
+	s.metrics.observe(m.Subject(), time.Since(start))
 	return body, err
 }
 
@@ -254,22 +256,6 @@ func timing(h micro.Headers, arrival time.Time) (since, deadline time.Time) {
 		since = received
 	}
 	return since, arrival.Add(min(max(until.Sub(sent)-margin, 0), 5*time.Second))
-}
-
-// ReplyOnce returns the reply to m for a late reply: a reply already stored
-// for it is returned as is, a handler still running is waited for, and
-// otherwise the handler runs, claimed so that it runs once across
-// replicas. ctx bounds the wait (the person's window).
-func (s *Service) ReplyOnce(ctx context.Context, m *wechat.Message, raw []byte) ([]byte, error) {
-	subject := m.Subject()
-	run := func(hctx context.Context) ([]byte, error) { return s.handle(hctx, m, subject) }
-	if s.dedup == nil {
-		rctx, cancel := context.WithTimeout(ctx, s.timeout)
-		defer cancel()
-		return run(rctx)
-	}
-	body, _, err := s.dedup.Do(ctx, m.DedupKey(raw), run)
-	return body, err
 }
 
 // Handle parses a raw message and returns the reply XML, or an empty body

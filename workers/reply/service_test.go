@@ -8,10 +8,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -20,6 +22,7 @@ import (
 	"github.com/wxgate/wxgate/shared/config"
 	"github.com/wxgate/wxgate/shared/testutil/metricstest"
 	"github.com/wxgate/wxgate/shared/testutil/natstest"
+	"github.com/wxgate/wxgate/workers/dedup"
 	"github.com/wxgate/wxgate/workers/reply"
 )
 
@@ -139,4 +142,49 @@ func TestServiceRejectsMalformedAndBoundsLabels(t *testing.T) {
 func counterValue(t *testing.T, reg *prometheus.Registry, subject string) float64 {
 	t.Helper()
 	return metricstest.Value(t, reg, "wxgate_worker_handled_total", "subject", subject)
+}
+
+// A retry whose reply cannot be marked (the replies store out of reach:
+// here, a server without JetStream) is never answered as if it were
+// (finding N1): with a late sender running, the worker answers the error
+// the ingress turns into a fallback and a late reply; without one, where a
+// fallback would be silence, it answers with the reply.
+func TestUnmarkedRetry(t *testing.T) {
+	srv, err := bus.RunEmbedded(bus.EmbeddedOptions{Listen: "127.0.0.1:0", Name: "nojs"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Close)
+	msg := "<xml><ToUserName>gh</ToUserName><FromUserName>o</FromUserName><CreateTime>1</CreateTime><MsgType>text</MsgType><Content>unmarked</Content><MsgId>42</MsgId></xml>"
+	for _, late := range []bool{true, false} {
+		t.Run(fmt.Sprint("late replies ", late), func(t *testing.T) {
+			nc := natstest.Connect(t, srv)
+			js, err := jetstream.New(nc)
+			if err != nil {
+				t.Fatal(err)
+			}
+			store, err := dedup.Open(js, "w", dedup.Options{Logger: quiet, Registerer: prometheus.NewRegistry()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			svc, err := reply.Start(reply.Options{Conn: nc, Dedup: store, LateReplies: late, Decider: reply.NewReplier(config.Defaults().Replies),
+				Logger: quiet, Registerer: prometheus.NewRegistry()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() { _ = svc.Stop(context.Background()) }()
+			req := &nats.Msg{Subject: "msg.text", Data: []byte(msg), Header: nats.Header{bus.HeaderRetry: []string{"1"}}}
+			resp, err := natstest.Connect(t, srv).RequestMsg(req, 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			code := resp.Header.Get(micro.ErrorCodeHeader)
+			switch {
+			case late && (code != bus.ErrorCodeNotMarked || !strings.Contains(resp.Header.Get(micro.ErrorHeader), "reply not marked")):
+				t.Errorf("answer %q, error %q %q; want error %s, reply not marked", resp.Data, code, resp.Header.Get(micro.ErrorHeader), bus.ErrorCodeNotMarked)
+			case !late && (code != "" || !strings.Contains(string(resp.Data), "unmarked")):
+				t.Errorf("answer %q, error %q; want the reply", resp.Data, code)
+			}
+		})
+	}
 }

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -97,29 +96,22 @@ func Start(o Options) (_ *Worker, err error) {
 	if !o.Config.HasRole("replies") {
 		return w, nil
 	}
+	lateOn := o.Config.EffectiveLateReply() == config.LateReplyCustomerService
 	var dstore *dedup.Store
 	if o.Config.DedupTTL > 0 {
 		if dstore, err = openDedup(o); err != nil {
 			return nil, err
 		}
+		o.Health.Add("replies-store", dstore.Check)
+	} else if lateOn {
+		return nil, errors.New("worker: late replies need the replies store (DEDUP_TTL above 0) to go once")
 	}
 	decider := o.Decider
 	if decider == nil {
 		decider = reply.NewReplier(o.Config.Replies)
 	}
-	// The late sender and the reply service know each other: a late
-	// reply comes from the service, and a retry the service answers must
-	// not be sent late as well. The sender is set once it starts, after
-	// the reply service already serves: read by its goroutines.
-	var lateSvc atomic.Pointer[late.Service]
-	lateOn := o.Config.EffectiveLateReply() == config.LateReplyCustomerService
-	var delivered func(ctx context.Context, key string) bool // nil: no late replies, nothing to mark
-	if lateOn {
-		delivered = func(ctx context.Context, key string) bool {
-			l := lateSvc.Load()
-			return l != nil && l.Delivered(ctx, key) // not started yet: leave it to the late reply
-		}
-	}
+	// Every worker marks the replies it answers retries with, whatever its
+	// own LATE_REPLY: another worker's late sender reads the marks.
 	svc, err := reply.Start(reply.Options{
 		Conn:           o.Conn,
 		Dedup:          dstore,
@@ -127,7 +119,7 @@ func Start(o Options) (_ *Worker, err error) {
 		Logger:         o.Logger.With("component", "worker"),
 		Registerer:     o.Registerer,
 		HandlerTimeout: o.Config.HandlerTimeout,
-		Delivered:      delivered,
+		LateReplies:    lateOn,
 	})
 	if err != nil {
 		if dstore != nil {
@@ -145,15 +137,14 @@ func Start(o Options) (_ *Worker, err error) {
 			return nil, errors.Join(err, stopService(svc))
 		}
 		l, err := late.Start(late.Options{
-			Conn: o.Conn, API: api, Reply: svc.ReplyOnce,
-			MessageWindow: o.Config.LateMessageWindow, EventWindow: o.Config.LateEventWindow,
-			Replicas: o.Config.JetStreamReplicas, ID: bus.InstanceID(o.Conn), Outcomes: outcomes,
+			Conn: o.Conn, API: api, Store: dstore, Reply: svc.Reply,
+			MessageWindow: o.Config.LateMessageWindow, EventWindow: o.Config.LateEventWindow, Settle: config.LateSettle,
+			ID: bus.InstanceID(o.Conn), Outcomes: outcomes,
 			Logger: o.Logger.With("component", "late"), Registerer: o.Registerer,
 		})
 		if err != nil {
 			return nil, errors.Join(err, stopService(svc))
 		}
-		lateSvc.Store(l)
 		o.Health.Add("late", l.Check)
 		w.Late = l
 	}
@@ -191,15 +182,14 @@ func stopRole(role *analytics.Role) error {
 	return role.Stop(ctx)
 }
 
-// openDedup opens the claim-and-reply store shared by every worker.
+// openDedup opens the replies store shared by every worker; it sets its
+// bucket up in the background, while the worker already answers.
 func openDedup(o Options) (*dedup.Store, error) {
 	js, err := jetstream.New(o.Conn)
 	if err != nil {
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	return dedup.Open(ctx, js, bus.InstanceID(o.Conn), dedup.Options{
+	return dedup.Open(js, bus.InstanceID(o.Conn), dedup.Options{
 		TTL:            o.Config.DedupTTL,
 		Memory:         o.Config.DedupMemoryMB << 20,
 		Replicas:       o.Config.JetStreamReplicas,
