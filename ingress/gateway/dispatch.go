@@ -137,7 +137,13 @@ func (g *Gateway) request(m *wechat.Message, key string, plain []byte, rc intake
 		return g.fallback(reasonBusDown, subject, err)
 	}
 	if code := resp.Header.Get(micro.ErrorCodeHeader); code != "" {
-		return g.fallback(reasonWorkerError, subject, fmt.Errorf("worker error %s: %s", code, resp.Header.Get(micro.ErrorHeader)))
+		// A reply the worker could not mark (its store out of reach) is the
+		// bus's failure, not the worker's; either way a late reply carries it.
+		reason := reasonWorkerError
+		if code == bus.ErrorCodeNotMarked {
+			reason = reasonBusDown
+		}
+		return g.fallback(reason, subject, fmt.Errorf("worker error %s: %s", code, resp.Header.Get(micro.ErrorHeader)))
 	}
 	if len(resp.Data) == 0 {
 		return nil, outcomeEmpty, ""

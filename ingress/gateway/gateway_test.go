@@ -680,6 +680,57 @@ func TestRetryInFlightJoinsFirstDelivery(t *testing.T) {
 	}
 }
 
+// unanswered records the events the gateway hands to the intake as
+// answered without their reply.
+type unanswered struct {
+	mu      sync.Mutex
+	reasons []string
+}
+
+func (u *unanswered) Publish(*wechat.Message, string, []byte, time.Time) (intake.Receipt, error) {
+	return intake.Receipt{Duplicate: true}, nil
+}
+
+func (u *unanswered) Unanswered(_ *wechat.Message, _ string, _ []byte, _ time.Time, _ intake.Receipt, reason string) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.reasons = append(u.reasons, reason)
+}
+
+// A reply the worker could not mark (its replies store out of reach, code
+// 503) is a fallback as when the bus is down (finding N1): "success" now,
+// counted, and the event recorded for the late reply.
+func TestUnmarkedReplyIsABusDownFallback(t *testing.T) {
+	rec := &unanswered{}
+	h := newHarness(t, opts{noWorker: true, intake: rec})
+	nc := natstest.Connect(t, h.srv)
+	svc, err := micro.AddService(nc, micro.Config{Name: "unmarked", Version: "0.0.1", QueueGroup: bus.QueueGroup,
+		Endpoint: &micro.EndpointConfig{Subject: bus.MessagesSubject, Handler: micro.HandlerFunc(func(r micro.Request) {
+			_ = r.Error(bus.ErrorCodeNotMarked, "reply not marked: replies store unavailable", nil)
+		})}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = svc.Stop() })
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if code, body := h.post(message("text", "<Content>x</Content>")); code != 200 || body != "success" {
+		t.Fatalf("= %d %q", code, body)
+	}
+	if got := h.counter("wxgate_ingress_fallbacks_total", "reason", "bus_down"); got != 1 {
+		t.Errorf("fallbacks{bus_down} = %v, want 1", got)
+	}
+	if got := h.counter("wxgate_ingress_requests_total", "outcome", "fallback"); got != 1 {
+		t.Errorf("requests{fallback} = %v, want 1", got)
+	}
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if len(rec.reasons) != 1 || rec.reasons[0] != "bus_down" {
+		t.Errorf("recorded as unanswered: %v, want once, bus_down", rec.reasons)
+	}
+}
+
 // No byte a sender controls may choose a NATS subject outside msg.* and
 // event.*: hostile MsgType and Event values, seen from a wildcard
 // subscriber on the real server.
