@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -102,6 +103,12 @@ func (g *Gateway) request(m *wechat.Message, key string, plain []byte, rc intake
 		// answer now instead.
 		return g.fallback(reasonBusDown, subject, nats.ErrConnectionReconnecting)
 	}
+	// A timeout rather than a context: a context per request, tied to the
+	// HTTP request's, cost more than the request's own work here.
+	wait := time.Until(deadline)
+	if wait <= 0 {
+		return g.fallback(reasonTimeout, subject, context.DeadlineExceeded)
+	}
 	msg := &nats.Msg{
 		Subject: subject,
 		Data:    plain,
@@ -109,22 +116,16 @@ func (g *Gateway) request(m *wechat.Message, key string, plain []byte, rc intake
 			bus.HeaderAccount:  []string{bus.Account(m.ToUserName)},
 			bus.HeaderDedupKey: []string{key},
 			bus.HeaderReceived: []string{bus.FormatTime(received)},
-			bus.HeaderDeadline: []string{bus.FormatTime(deadline)},
-			bus.HeaderSent:     []string{bus.FormatTime(time.Now())},
+			bus.HeaderTimeout:  []string{strconv.FormatInt(wait.Milliseconds(), 10)},
 		},
 	}
 	if rc.Duplicate || rc.Held || rc.Refused {
 		// The stream had it: a retry, whose first delivery may have run
-		// (or be running) at any worker. Or the stream could not say (the
-		// event is held, or refused): treated as a possible retry, so that
-		// a retry during an outage still gets the first reply, once.
+		// (or be running) at any worker, and whose earlier delivery may
+		// have been answered "success" and recorded for a late reply. Or
+		// the stream could not say (the event is held, or refused): treated
+		// as a possible retry all the same.
 		msg.Header[bus.HeaderRetry] = []string{"1"}
-	}
-	// A timeout rather than a context: a context per request, tied to the
-	// HTTP request's, cost more than the request's own work here.
-	wait := time.Until(deadline)
-	if wait <= 0 {
-		return g.fallback(reasonTimeout, subject, context.DeadlineExceeded)
 	}
 	resp, err := g.o.Conn.RequestMsg(msg, wait)
 	switch {

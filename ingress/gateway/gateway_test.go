@@ -731,6 +731,38 @@ func TestUnmarkedReplyIsABusDownFallback(t *testing.T) {
 	}
 }
 
+// A request carries the account, the dedup key, when the ingress received
+// it, and how long it still waits (Wx-Timeout, in milliseconds: the
+// worker's deadline is its own arrival plus that, no clock compared); a
+// first delivery carries no Wx-Retry.
+func TestRequestHeaders(t *testing.T) {
+	h := newHarness(t, opts{noWorker: true, replyTimeout: 3 * time.Second})
+	nc := natstest.Connect(t, h.srv)
+	got := make(chan nats.Header, 1)
+	if _, err := nc.QueueSubscribe(bus.MessagesSubject, bus.QueueGroup, func(m *nats.Msg) { got <- m.Header; _ = m.Respond(nil) }); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if code, _ := h.post(message("text", "<Content>headers</Content>")); code != 200 {
+		t.Fatalf("status %d", code)
+	}
+	hd := <-got
+	ms, err := strconv.Atoi(hd.Get(bus.HeaderTimeout))
+	if err != nil || ms <= 2000 || ms > 3000 {
+		t.Errorf("%s = %q, want most of the 3s REPLY_TIMEOUT in milliseconds", bus.HeaderTimeout, hd.Get(bus.HeaderTimeout))
+	}
+	if hd.Get(bus.HeaderAccount) != "gh_account" || hd.Get(bus.HeaderDedupKey) == "" || hd.Get(bus.HeaderReceived) == "" || hd.Get(bus.HeaderRetry) != "" {
+		t.Errorf("headers %v", hd)
+	}
+	for _, gone := range []string{"Wx-Deadline", "Wx-Sent"} {
+		if hd.Get(gone) != "" {
+			t.Errorf("%s still sent", gone)
+		}
+	}
+}
+
 // No byte a sender controls may choose a NATS subject outside msg.* and
 // event.*: hostile MsgType and Event values, seen from a wildcard
 // subscriber on the real server.

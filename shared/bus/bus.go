@@ -36,13 +36,10 @@ const (
 	HeaderDedupKey = "Wx-Dedup-Key"
 	// HeaderReceived is when the ingress received the request (Unix nanoseconds).
 	HeaderReceived = "Wx-Received"
-	// HeaderDeadline is when the ingress stops waiting (Unix nanoseconds):
-	// a worker that sees it passed can skip work nobody will read.
-	HeaderDeadline = "Wx-Deadline"
-	// HeaderSent is when the ingress sent the request (Unix nanoseconds):
-	// with HeaderDeadline, by the same clock, the time a worker has left
-	// once the event was stored.
-	HeaderSent = "Wx-Sent"
+	// HeaderTimeout is how long the ingress still waits for the answer, in
+	// milliseconds, from when it sent the request: a worker's deadline is
+	// its own arrival time plus that, so that no two clocks are compared.
+	HeaderTimeout = "Wx-Timeout"
 	// HeaderRetry is "1" when the event stream already held the message: a
 	// retry (or a replay), which a worker answers with the first reply, and
 	// only once marked (docs/reply-once.md); also when the stream could not

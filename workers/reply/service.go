@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
 	"time"
 
@@ -166,16 +167,15 @@ func (s *Service) serve(req micro.Request) {
 	// Computed here, not taken from the header: anyone on the bus can send
 	// a request, and the key becomes a KV key and a message ID.
 	key := m.DedupKey(req.Data())
-	since, deadline := timing(req.Headers(), arrival)
 	var first *dedup.InHand
 	if s.dedup != nil && req.Headers().Get(bus.HeaderRetry) != "1" {
-		first = s.dedup.Arrived(key, since)
+		first = s.dedup.Arrived(key, arrival)
 	}
 	s.slots <- struct{}{}
 	s.pending.Add(1)
 	go func() {
 		defer func() { <-s.slots; s.pending.Done() }()
-		s.answer(req, m, key, first, deadline)
+		s.answer(req, m, key, first, deadline(req.Headers(), arrival))
 	}()
 }
 
@@ -234,28 +234,19 @@ func (s *Service) Reply(ctx context.Context, m *wechat.Message) ([]byte, error) 
 	return body, err
 }
 
-// timing places the request on this worker's clock: since is when the
-// ingress received the event, deadline when it stops waiting. Both count
-// from arrival (when this worker got the request) with the ingress's own
-// durations, so that a clock set apart from the ingress host's does not
-// shorten the wait; since is taken earlier when the clocks say so (the
-// request sat in NATS's queue before it arrived).
-func timing(h micro.Headers, arrival time.Time) (since, deadline time.Time) {
-	const margin = 100 * time.Millisecond // the answer's way back
-	received, ok1 := bus.ParseTime(h.Get(bus.HeaderReceived))
-	until, ok2 := bus.ParseTime(h.Get(bus.HeaderDeadline))
-	sent, ok3 := bus.ParseTime(h.Get(bus.HeaderSent))
-	if !ok1 || !ok2 {
-		return arrival, arrival.Add(5 * time.Second)
+// deadline is when the ingress stops waiting, on this worker's clock: its
+// arrival here plus the wait the ingress still had when it sent the
+// request, less the answer's way back; at most WeChat's 5 s. A request
+// that does not say (an older ingress) gets a second: a retry marked after
+// its ingress gave up would keep the late reply from the person, one
+// given up on too soon only sends it late.
+func deadline(h micro.Headers, arrival time.Time) time.Time {
+	const margin = 100 * time.Millisecond
+	ms, err := strconv.ParseInt(h.Get(bus.HeaderTimeout), 10, 64)
+	if err != nil || ms < 0 {
+		return arrival.Add(time.Second)
 	}
-	if !ok3 {
-		sent = received
-	}
-	since = arrival.Add(-max(sent.Sub(received), 0))
-	if received.Before(since) {
-		since = received
-	}
-	return since, arrival.Add(min(max(until.Sub(sent)-margin, 0), 5*time.Second))
+	return arrival.Add(min(max(time.Duration(ms)*time.Millisecond-margin, 0), 5*time.Second))
 }
 
 // Handle parses a raw message and returns the reply XML, or an empty body

@@ -173,7 +173,7 @@ func TestUnmarkedRetry(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer func() { _ = svc.Stop(context.Background()) }()
-			req := &nats.Msg{Subject: "msg.text", Data: []byte(msg), Header: nats.Header{bus.HeaderRetry: []string{"1"}}}
+			req := &nats.Msg{Subject: "msg.text", Data: []byte(msg), Header: nats.Header{bus.HeaderRetry: []string{"1"}, bus.HeaderTimeout: []string{"3000"}}}
 			resp, err := natstest.Connect(t, srv).RequestMsg(req, 5*time.Second)
 			if err != nil {
 				t.Fatal(err)
