@@ -24,46 +24,6 @@ type Intake interface {
 	Unanswered(m *wechat.Message, key string, raw []byte, received time.Time, r intake.Receipt, reason string)
 }
 
-// flight is one worker request that retries of the same message join
-// instead of publishing again.
-type flight struct {
-	done    chan struct{}
-	reply   []byte
-	outcome string
-}
-
-// once runs request for the message, unless the same message (a WeChat
-// retry, by dedup key) is already in flight here: then it waits for that
-// one's result, within its own deadline, so the handler runs once.
-func (g *Gateway) once(ctx context.Context, m *wechat.Message, plain []byte, received, deadline time.Time) ([]byte, string) {
-	key := m.DedupKey(plain)
-	g.mu.Lock()
-	if f, ok := g.flights[key]; ok {
-		g.mu.Unlock()
-		g.metrics.duplicates.Inc()
-		wait, cancel := context.WithDeadline(ctx, deadline)
-		defer cancel()
-		select {
-		case <-f.done:
-			return f.reply, f.outcome
-		case <-wait.Done():
-			reply, outcome, _ := g.fallback(reasonTimeout, m.Subject(), fmt.Errorf("waiting for the first delivery: %w", wait.Err()))
-			return reply, outcome
-		}
-	}
-	f := &flight{done: make(chan struct{})}
-	g.flights[key] = f
-	g.mu.Unlock()
-	defer func() {
-		g.mu.Lock()
-		delete(g.flights, key)
-		g.mu.Unlock()
-		close(f.done)
-	}()
-	f.reply, f.outcome = g.dispatch(m, key, plain, received, deadline)
-	return f.reply, f.outcome
-}
-
 // dispatch makes the event (key: its dedup key) durable, then asks a
 // worker for the reply; an event answered without its reply is recorded
 // for a late one.

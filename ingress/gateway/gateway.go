@@ -14,7 +14,6 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -59,9 +58,6 @@ type Gateway struct {
 	o       Options
 	metrics *metrics
 	engine  *gin.Engine
-
-	mu      sync.Mutex
-	flights map[string]*flight // requests in flight, by dedup key
 }
 
 // New returns a Gateway; its Handler serves GET and POST on Path.
@@ -92,7 +88,7 @@ func New(o Options) (*Gateway, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	g := &Gateway{o: o, metrics: newMetrics(o.Registerer), flights: map[string]*flight{}}
+	g := &Gateway{o: o, metrics: newMetrics(o.Registerer)}
 
 	e := gin.New()
 	// WeChat connects directly or through a proxy we configure; never trust
@@ -163,8 +159,10 @@ func (g *Gateway) verify(c *gin.Context) {
 	g.answer(c, start, outcomeReply, "text/plain; charset=utf-8", []byte(echo))
 }
 
-// callback handles a message or event POST: admit it, ask a worker once,
-// seal the reply when the request was encrypted, answer.
+// callback handles a message or event POST: admit it, store it and ask a
+// worker, seal the reply when the request was encrypted, answer. A retry
+// of a message still in flight here is asked like any other: the workers
+// make it wait for the first delivery's reply (docs/reply-once.md).
 func (g *Gateway) callback(c *gin.Context) {
 	received := g.o.Now()
 	plain, m, encrypted, err := g.admit(c, received)
@@ -172,7 +170,7 @@ func (g *Gateway) callback(c *gin.Context) {
 		g.reject(c, received, err)
 		return
 	}
-	reply, outcome := g.once(c.Request.Context(), m, plain, received, received.Add(g.o.ReplyTimeout))
+	reply, outcome := g.dispatch(m, m.DedupKey(plain), plain, received, received.Add(g.o.ReplyTimeout))
 	if outcome == outcomeUnavailable {
 		// Not accepted: without a 200, WeChat retries it, by when the bus
 		// may take it again.

@@ -27,6 +27,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -39,6 +40,7 @@ import (
 	"github.com/wxgate/wxgate/shared/testutil/natstest"
 	"github.com/wxgate/wxgate/shared/testutil/wait"
 	"github.com/wxgate/wxgate/shared/wechat"
+	"github.com/wxgate/wxgate/workers/dedup"
 	"github.com/wxgate/wxgate/workers/reply"
 )
 
@@ -627,18 +629,56 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
+// blockOnce blocks its first run until released; every run is counted.
+type blockOnce struct {
+	*reply.Replier
+	runs    atomic.Int32
+	started chan struct{}
+	release chan struct{}
+}
+
+func (d *blockOnce) Decide(ctx context.Context, m *wechat.Message) (*wechat.Reply, error) {
+	if d.runs.Add(1) == 1 {
+		close(d.started)
+		<-d.release
+	}
+	return d.Reply(m), nil
+}
+
 // A retry that arrives while the first delivery is still with the worker
-// joins it: the worker sees one request, both deliveries get its reply.
-func TestRetryInFlightJoinsFirstDelivery(t *testing.T) {
-	h := newHarness(t, opts{noWorker: true, safe: true})
-	nc := natstest.Connect(t, h.srv)
-	held := make(chan *nats.Msg, 4)
-	if _, err := nc.QueueSubscribe(bus.MessagesSubject, bus.QueueGroup, func(m *nats.Msg) { held <- m }); err != nil {
+// is asked for like any request (the ingress keeps no map of requests in
+// flight): the stream flags it a retry, the worker finds the first
+// delivery in hand and waits for its reply. The handler runs once, and
+// both deliveries get its reply.
+func TestRetryInFlightWaitsForFirstDelivery(t *testing.T) {
+	streams := natstest.RunServer(t) // the intake's, which says the second is a retry
+	in, err := intake.New(intake.Options{Conn: natstest.Connect(t, streams), Logger: slog.New(slog.DiscardHandler), Registerer: prometheus.NewRegistry()})
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := nc.Flush(); err != nil {
+	t.Cleanup(func() { _ = in.Close(context.Background()) })
+	h := newHarness(t, opts{noWorker: true, safe: true, intake: in})
+	wnc := natstest.Connect(t, h.srv)
+	js, err := jetstream.New(wnc)
+	if err != nil {
 		t.Fatal(err)
 	}
+	quiet := slog.New(slog.DiscardHandler)
+	store, err := dedup.Open(js, "w", dedup.Options{ClaimAfter: time.Minute, Logger: quiet, Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wait.For(t, wait.Short, wait.Every, store.Check)
+	d := &blockOnce{Replier: reply.NewReplier(config.Defaults().Replies), started: make(chan struct{}), release: make(chan struct{})}
+	svc, err := reply.Start(reply.Options{Conn: wnc, Dedup: store, Decider: d, Logger: quiet, Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = svc.Stop(context.Background()) })
+	var released sync.Once
+	release := func() { released.Do(func() { close(d.release) }) }
+	t.Cleanup(release) // before the service stops, even when the test fails
+
 	msg := message("text", "<Content>once</Content>")
 	type answer struct {
 		code int
@@ -653,30 +693,30 @@ func TestRetryInFlightJoinsFirstDelivery(t *testing.T) {
 		answers <- answer{code, string(body)}
 	}
 	go send("first")
-	first := <-held // the worker has the first delivery
+	<-d.started // the worker runs the first delivery
 	go send("retry")
-	// The retry is counted as joined before anyone answers the first.
-	// Polling a counter: the join has no event of its own.
+	// The retry waits on the message's key (it watches it) before the
+	// first delivery's handler is let go.
 	wait.For(t, wait.Short, wait.Every, func() error {
-		if h.counter("wxgate_ingress_duplicates_total", "", "") < 1 {
-			return fmt.Errorf("the retry never joined the first delivery")
+		s, err := js.Stream(context.Background(), "KV_"+dedup.Bucket)
+		if err != nil {
+			return err
+		}
+		info, err := s.Info(context.Background())
+		if err != nil || info.State.Consumers == 0 {
+			return fmt.Errorf("the retry does not wait for the first delivery yet (%v)", err)
 		}
 		return nil
 	})
-	reply := wechat.TextReply("answered once").AppendXML(nil, "o", "gh_account", 1)
-	if err := first.Respond(reply); err != nil {
-		t.Fatal(err)
-	}
+	release()
 	for i := 0; i < 2; i++ {
 		a := <-answers
-		if a.code != 200 || !strings.Contains(a.body, "answered once") {
+		if a.code != 200 || !strings.Contains(a.body, "once") {
 			t.Errorf("delivery answered %d %q, want the worker's reply", a.code, a.body)
 		}
 	}
-	select {
-	case m := <-held:
-		t.Errorf("the worker got a second request: %s", m.Data)
-	default:
+	if n := d.runs.Load(); n != 1 {
+		t.Errorf("handler ran %d times, want 1", n)
 	}
 }
 

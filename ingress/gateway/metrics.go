@@ -41,8 +41,6 @@ type metrics struct {
 	fallbacks *prometheus.CounterVec
 	rejected  *prometheus.CounterVec
 	panics    prometheus.Counter
-	// duplicates counts retries that joined a request still in flight.
-	duplicates prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -67,10 +65,6 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "wxgate_ingress_rejected_total",
 			Help: "Callbacks refused with a 4xx, by reason.",
 		}, []string{"reason"}),
-		duplicates: f.NewCounter(prometheus.CounterOpts{
-			Name: "wxgate_ingress_duplicates_total",
-			Help: "WeChat retries that arrived while the first delivery was in flight here, and were given its result instead of a second request.",
-		}),
 		panics: f.NewCounter(prometheus.CounterOpts{
 			Name: "wxgate_ingress_panics_total",
 			Help: "Handler panics recovered (a bug: each is logged with its stack).",
