@@ -2,357 +2,93 @@ package worker_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
-	"math/rand/v2"
-	"net/http"
 	"net/http/httptest"
-	"os"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/gin-gonic/gin"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/wxgate/wxgate/ingress/gateway"
-	"github.com/wxgate/wxgate/ingress/intake"
 	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/config"
 	"github.com/wxgate/wxgate/shared/events"
 	"github.com/wxgate/wxgate/shared/health"
-	"github.com/wxgate/wxgate/shared/stats"
 	"github.com/wxgate/wxgate/shared/testutil/metricstest"
 	"github.com/wxgate/wxgate/shared/testutil/natstest"
 	"github.com/wxgate/wxgate/shared/testutil/wait"
 	"github.com/wxgate/wxgate/shared/wechat"
-	"github.com/wxgate/wxgate/workers/reply"
+	"github.com/wxgate/wxgate/shared/wechatapi/wechatapitest"
+	"github.com/wxgate/wxgate/workers/late"
 	"github.com/wxgate/wxgate/workers/worker"
 )
 
-func TestMain(m *testing.M) {
-	gin.SetMode(gin.TestMode)
-	os.Exit(m.Run())
-}
+var quiet = slog.New(slog.DiscardHandler)
 
-const token = "analytics-token"
-
-var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
-
-type cluster struct {
-	t        *testing.T
-	srv      *bus.Embedded
-	ingress  []string // callback URLs
-	workers  []*worker.Worker
-	regs     []*prometheus.Registry
-	apiURL   string
-	sender   wechat.Sender
-	js       jetstream.JetStream
-	received int
-}
-
-// newCluster runs, on one real NATS server, two ingress gateways behind
-// real HTTP listeners and two workers, each on its own connection.
-func newCluster(t *testing.T, maxScenes int, decider ...reply.Decider) *cluster {
-	t.Helper()
-	c := &cluster{t: t, srv: natstest.RunServer(t), sender: wechat.Sender{Token: token}}
-	cfg := config.Defaults()
-	cfg.AnalyticsMaxScenes = maxScenes
-	var d reply.Decider
-	if len(decider) > 0 {
-		d = decider[0]
-	}
-	for i := 0; i < 2; i++ {
-		w, reg := startWorker(t, c.srv, cfg, d)
-		select {
-		case <-w.Analytics.Ready():
-		case <-time.After(30 * time.Second):
-			t.Fatal("analytics consumer did not start")
-		}
-		c.workers, c.regs = append(c.workers, w), append(c.regs, reg)
-	}
-	for i := 0; i < 2; i++ {
-		nc, reg := natstest.Connect(t, c.srv), prometheus.NewRegistry()
-		in, err := intake.New(intake.Options{Conn: nc, Streams: cfg.Streams(), Logger: quiet, Registerer: reg})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = in.Close(context.Background()) })
-		gw, err := gateway.New(gateway.Options{Token: token, Conn: nc, Intake: in, ReplyTimeout: 4 * time.Second,
-			TimestampSkew: 0, Logger: quiet, Registerer: reg})
-		if err != nil {
-			t.Fatal(err)
-		}
-		hs := httptest.NewServer(gw.Handler())
-		t.Cleanup(hs.Close)
-		c.ingress = append(c.ingress, hs.URL+gateway.Path)
-	}
-	api := httptest.NewServer(c.workers[0].API())
-	t.Cleanup(api.Close)
-	c.apiURL = api.URL
-	js, err := jetstream.New(natstest.Connect(t, c.srv))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.js = js
-	return c
-}
-
-// startWorker starts a worker on its own connection to srv (d nil: the
-// built-in replies), stopped with the test.
-func startWorker(t *testing.T, srv *bus.Embedded, cfg config.Config, d reply.Decider) (*worker.Worker, *prometheus.Registry) {
+// start starts a worker on its own connection to srv, stopped with the
+// test, and waits until every part of it is ready.
+func start(t *testing.T, srv *bus.Embedded, cfg config.Config) (*worker.Worker, *prometheus.Registry) {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	hc, err := health.New(reg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	w, err := worker.Start(worker.Options{Conn: natstest.Connect(t, srv), Config: cfg, Logger: quiet, Registerer: reg, Health: hc, Decider: d})
+	w, err := worker.Start(worker.Options{Conn: natstest.Connect(t, srv), Config: cfg, Logger: quiet, Registerer: reg, Health: hc})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = w.Stop(ctx)
-	})
+	t.Cleanup(func() { _ = stop(w) })
+	wait.For(t, wait.Short, wait.Every, hc.Ready)
 	return w, reg
 }
 
-// send posts msg to a random ingress, then repeats it retries more times,
-// as WeChat does when it gets no answer: identical body, fresh query.
-func (c *cluster) send(rng *rand.Rand, msg string, copies int) {
-	c.t.Helper()
-	for i := 0; i < copies; i++ {
-		url := c.ingress[rng.IntN(len(c.ingress))]
-		code, _, err := c.sender.Post(http.DefaultClient, url, []byte(msg), time.Now(), "n"+strconv.Itoa(rng.Int()))
-		if err != nil || code != 200 {
-			c.t.Fatalf("status %d: %v", code, err)
-		}
+func stop(w *worker.Worker) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return w.Stop(ctx)
+}
+
+// LATE_REPLY=off with the API's credentials set: no late-reply sender runs,
+// and none is counted.
+func TestLateReplyOff(t *testing.T) {
+	srv := natstest.RunServer(t)
+	cfg := config.Defaults()
+	cfg.AppID, cfg.AppSecret, cfg.APIBase, cfg.LateReply = "wx_late", "late-secret", "http://127.0.0.1:1", config.LateReplyOff
+	w, reg := start(t, srv, cfg)
+	if w.Late != nil {
+		t.Fatal("a late-reply sender runs with LATE_REPLY=off")
+	}
+	if v, _ := metricstest.Lookup(reg, "wxgate_late_replies_total", map[string]string{"outcome": "sent"}); v != 0 {
+		t.Errorf("sent = %v", v)
 	}
 }
 
-// settle waits until the event stream holds want scene events (a retry
-// stored twice fails the test) and the analytics leader has applied them
-// all and written the totals.
-func (c *cluster) settle(want uint64) {
-	c.t.Helper()
-	// Polling the server's view: there is no event for "all applied".
-	wait.For(c.t, wait.Short, wait.Every, func() error {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		s, err := c.js.Stream(ctx, events.Stream)
-		if err != nil {
-			return err
-		}
-		info, err := s.Info(ctx, jetstream.WithSubjectFilter(events.SubjectPrefix+"event.>"))
-		if err != nil {
-			return err
-		}
-		var msgs, last uint64
-		for _, subj := range events.SceneSubjects {
-			msgs += info.State.Subjects[subj]
-			if m, err := s.GetLastMsgForSubject(ctx, subj); err == nil {
-				last = max(last, m.Sequence)
-			}
-		}
-		if msgs > want {
-			c.t.Fatalf("stream holds %d scene events, want %d: a retry was stored twice", msgs, want)
-		}
-		store, err := c.workers[0].Analytics.Store(ctx)
-		if err != nil {
-			return err
-		}
-		st, _, err := store.Status(ctx)
-		if msgs != want || err != nil || st.AppliedSeq < last {
-			return fmt.Errorf("not settled: stream %d/%d scene events, last %d, applied %d (%v)", msgs, want, last, st.AppliedSeq, err)
-		}
-		return nil
-	})
-}
-
-func (c *cluster) scenes() map[string]stats.Totals {
-	c.t.Helper()
-	resp, err := http.Get(c.apiURL + "/api/scenes?limit=1000")
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var page stats.ScenesPage
-	if err := json.NewDecoder(resp.Body).Decode(&page); err != nil {
-		c.t.Fatal(err)
-	}
-	out := map[string]stats.Totals{}
-	for _, s := range page.Scenes {
-		out[s.Scene] = s
-	}
-	return out
-}
-
-func event(openid, ev, key string, createTime int64) string {
-	return fmt.Sprintf("<xml><ToUserName><![CDATA[gh_acct]]></ToUserName><FromUserName><![CDATA[%s]]></FromUserName>"+
-		"<CreateTime>%d</CreateTime><MsgType><![CDATA[event]]></MsgType><Event><![CDATA[%s]]></Event>"+
-		"<EventKey><![CDATA[%s]]></EventKey><Ticket><![CDATA[T]]></Ticket></xml>", openid, createTime, ev, key)
-}
-
-type want struct{ subscribe, scan, followers, unique, unfollows int64 }
-
-// N distinct scans and follows across several scenes, each sent 1-4 times
-// through two ingress instances to two workers: the API and the metrics of
-// every worker show each exactly once.
-func TestExactCountsThroughRetries(t *testing.T) {
-	c := newCluster(t, 100)
-	rng := rand.New(rand.NewPCG(1, 2))
-	scenes := []string{"poster_a", "counter_b", "123", "ad 4/中文"}
-	expect := map[string]*want{}
-	seen := map[string]bool{}
-	followedVia := map[string]string{}
-	ct := int64(1700000000)
-	records := uint64(0)
-	for i := 0; i < 60; i++ {
-		scene := scenes[rng.IntN(len(scenes))]
-		openid := "person_" + strconv.Itoa(rng.IntN(12))
-		w := expect[scene]
-		if w == nil {
-			w = &want{}
-			expect[scene] = w
-		}
-		ct++
-		if _, follows := followedVia[openid]; follows {
-			c.send(rng, event(openid, "SCAN", scene, ct), 1+rng.IntN(4))
-			w.scan++
-		} else {
-			c.send(rng, event(openid, "subscribe", "qrscene_"+scene, ct), 1+rng.IntN(4))
-			w.subscribe++
-			w.followers++
-			followedVia[openid] = scene
-		}
-		if !seen[scene+"|"+openid] {
-			seen[scene+"|"+openid] = true
-			w.unique++
-		}
-		records++
-	}
-	// Unfollows go after their follows were counted: the stream does not
-	// order one person's records across concurrent publishers.
-	c.settle(records)
-	n := 0
-	for openid, scene := range followedVia {
-		if n++; n%2 == 0 {
-			continue
-		}
-		ct++
-		c.send(rng, event(openid, "unsubscribe", "", ct), 1+rng.IntN(3))
-		expect[scene].unfollows++
-		records++
-	}
-	// Events that are not scans add nothing (a plain follow is still a
-	// scene event in the stream, for unfollow attribution).
-	c.send(rng, event("person_x", "subscribe", "", ct+1), 2)
-	c.send(rng, event("person_x", "CLICK", "menu", ct+2), 1)
-	records++
-	c.settle(records)
-
-	wait.For(t, wait.Short, wait.Every, func() error {
-		got := c.scenes()
-		if len(got) != len(expect) {
-			return fmt.Errorf("API lists %d scenes, want %d", len(got), len(expect))
-		}
-		for scene, w := range expect {
-			g := got[scene]
-			if g.SubscribeScans != w.subscribe || g.ScanScans != w.scan || g.Scans != w.subscribe+w.scan ||
-				g.NewFollowers != w.followers || g.UniquePeople != w.unique || g.Unfollows != w.unfollows {
-				return fmt.Errorf("scene %q: API %+v, want %+v", scene, g, *w)
-			}
-		}
-		return nil
-	})
-	for scene, w := range expect {
-		for i, reg := range c.regs {
-			waitMetric(t, reg, "wechat_scene_scans_total", map[string]string{"scene": scene, "kind": "subscribe"}, float64(w.subscribe), i)
-			waitMetric(t, reg, "wechat_scene_scans_total", map[string]string{"scene": scene, "kind": "scan"}, float64(w.scan), i)
-			waitMetric(t, reg, "wechat_scene_unique_people_total", map[string]string{"scene": scene}, float64(w.unique), i)
-			waitMetric(t, reg, "wechat_scene_unfollows_total", map[string]string{"scene": scene}, float64(w.unfollows), i)
-			waitMetric(t, reg, "wechat_scene_new_followers_total", map[string]string{"scene": scene}, float64(w.followers), i)
-		}
-	}
-	// One scene through the single-scene route, with a path-escaped name.
-	resp, err := http.Get(c.apiURL + "/api/scenes/" + "ad%204%2F%E4%B8%AD%E6%96%87")
+// Late replies without the replies store (DEDUP_TTL=0) could go twice: a
+// worker so configured does not start.
+func TestLateRepliesNeedTheStore(t *testing.T) {
+	srv := natstest.RunServer(t)
+	cfg := config.Defaults()
+	cfg.AppID, cfg.AppSecret, cfg.APIBase, cfg.DedupTTL = "wx_late", "late-secret", "http://127.0.0.1:1", 0
+	reg := prometheus.NewRegistry()
+	hc, err := health.New(reg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var one stats.Totals
-	_ = json.NewDecoder(resp.Body).Decode(&one)
-	resp.Body.Close()
-	if w := expect["ad 4/中文"]; w != nil && (resp.StatusCode != 200 || one.Scans != w.subscribe+w.scan) {
-		t.Errorf("GET /api/scenes/{scene} = %d %+v", resp.StatusCode, one)
+	w, err := worker.Start(worker.Options{Conn: natstest.Connect(t, srv), Config: cfg, Logger: quiet, Registerer: reg, Health: hc})
+	if err == nil {
+		_ = stop(w)
+		t.Fatal("a worker with late replies and DEDUP_TTL=0 started")
+	}
+	if !strings.Contains(err.Error(), "DEDUP_TTL") {
+		t.Errorf("error %v does not name DEDUP_TTL", err)
 	}
 }
 
-// With the label bound at 3 and 5 scenes scanned, 3 scenes get labels and
-// the other two are summed in the overflow series; the totals still add
-// up. A real scene named _other (the old overflow label) is a scene like
-// any other: it gets its own series, and /metrics stays well-formed.
-func TestSceneLabelBound(t *testing.T) {
-	c := newCluster(t, 3)
-	rng := rand.New(rand.NewPCG(3, 4))
-	ct := int64(1700000000)
-	perScene := map[string]int{"s1": 1, "_other": 2, "s3": 3, "s4": 4, "s5": 5}
-	total := 0
-	// In order, so the first three scenes seen are s1, _other and s3.
-	for _, scene := range []string{"s1", "_other", "s3", "s4", "s5"} {
-		for i := 0; i < perScene[scene]; i++ {
-			ct++
-			c.send(rng, event("p"+strconv.Itoa(i), "SCAN", scene, ct), 1)
-			total++
-		}
-		c.settle(uint64(total))
-	}
-	for i, reg := range c.regs {
-		waitMetric(t, reg, "wechat_scene_label_overflow_scenes", nil, 2, i)
-		for _, s := range []string{"s1", "_other", "s3"} {
-			waitMetric(t, reg, "wechat_scene_scans_total", map[string]string{"scene": s, "kind": "scan"}, float64(perScene[s]), i)
-		}
-		waitMetric(t, reg, "wechat_scene_scans_overflow_total", map[string]string{"kind": "scan"}, 9, i)
-		series := metricstest.Series(t, reg, "wechat_scene_scans_total")
-		if len(series) != 6 { // 3 scenes x 2 kinds
-			t.Errorf("worker %d exports %d scan series, want 6: %v", i, len(series), series)
-		}
-		if _, err := reg.Gather(); err != nil {
-			t.Errorf("worker %d: gather: %v", i, err)
-		}
-		sum := 0.0
-		for _, v := range series {
-			sum += v
-		}
-		for _, v := range metricstest.Series(t, reg, "wechat_scene_scans_overflow_total") {
-			sum += v
-		}
-		if sum != float64(total) {
-			t.Errorf("worker %d: scan series add up to %v, want %d", i, sum, total)
-		}
-	}
-}
-
-func waitMetric(t *testing.T, reg prometheus.Gatherer, name string, labels map[string]string, want float64, worker int) {
-	t.Helper()
-	// The exporter mirrors the store through a watch.
-	err := wait.ForErr(wait.Short, wait.Every, func() error {
-		if got, ok := metricstest.Lookup(reg, name, labels); !ok || got != want {
-			return fmt.Errorf("%s%v = %v (present %v), want %v", name, labels, got, ok, want)
-		}
-		return nil
-	})
-	if err != nil {
-		t.Errorf("worker %d: %v", worker, err)
-	}
-}
-
-// With the shared store off (DEDUP_TTL=0) and no JetStream at all, the
+// With the replies store off (DEDUP_TTL=0) and no JetStream at all, the
 // replies need nothing of it: more scans than the service has slots (1024)
 // are each answered, and a text message after them too.
 func TestRepliesWithoutJetStreamAndDedupOff(t *testing.T) {
@@ -363,7 +99,7 @@ func TestRepliesWithoutJetStreamAndDedupOff(t *testing.T) {
 	t.Cleanup(srv.Close)
 	cfg := config.Defaults()
 	cfg.DedupTTL, cfg.WorkerRoles = 0, []string{"replies"}
-	startWorker(t, srv, cfg, nil)
+	start(t, srv, cfg)
 	nc := natstest.Connect(t, srv)
 	ask := func(m *wechat.Message) (string, error) {
 		resp, err := nc.Request(m.Subject(), m.AppendXML(nil), 5*time.Second)
@@ -395,5 +131,102 @@ func TestRepliesWithoutJetStreamAndDedupOff(t *testing.T) {
 	body, err := ask(&wechat.Message{ToUserName: "gh", FromUserName: "o_text", CreateTime: 5000, MsgType: "text", Content: "hi", MsgID: "77"})
 	if err != nil || !strings.Contains(body, "hi") {
 		t.Fatalf("text after the scans = %q %v, want its reply", body, err)
+	}
+}
+
+// Workers that disagree on LATE_REPLY (one with late replies on, one off,
+// as while WECHAT_APPSECRET is rolled out) never reply twice (finding N8):
+// the late-off worker marks the replies it answers retries with, and
+// respects the late sender's marks, as every worker does.
+func TestWorkersThatDisagreeOnLateReplyReplyOnce(t *testing.T) {
+	srv := natstest.RunServer(t)
+	fake := wechatapitest.New(wechatapitest.Options{AppID: "wx_late", Secret: "late-secret"})
+	api := httptest.NewServer(fake)
+	t.Cleanup(api.Close)
+	lateOn := config.Defaults()
+	lateOn.WorkerRoles = []string{"replies"}
+	lateOn.AppID, lateOn.AppSecret, lateOn.APIBase = "wx_late", "late-secret", api.URL
+	lateOff := lateOn
+	lateOff.LateReply = config.LateReplyOff
+	nc := natstest.Connect(t, srv)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := events.Ensure(context.Background(), js, events.Defaults()); err != nil {
+		t.Fatal(err)
+	}
+	// retry asks the workers for m as the ingress asks for a retry.
+	retry := func(m *wechat.Message) string {
+		t.Helper()
+		req := &nats.Msg{Subject: m.Subject(), Data: m.AppendXML(nil), Header: nats.Header{bus.HeaderRetry: []string{"1"}, bus.HeaderTimeout: []string{"4000"}}}
+		resp, err := nc.RequestMsg(req, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(resp.Data)
+	}
+	// unanswered records m as the ingress does when it answered "success"
+	// without the reply (an earlier delivery WeChat did not get).
+	unanswered := func(m *wechat.Message) {
+		t.Helper()
+		if err := fake.Interaction(m.FromUserName, wechatapitest.KindMessage, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		msg := &nats.Msg{Subject: events.UnansweredPrefix + m.Subject(), Data: m.AppendXML(nil), Header: nats.Header{}}
+		msg.Header.Set(bus.HeaderReceived, bus.FormatTime(time.Now().Add(-config.LateSettle)))
+		if _, err := js.PublishMsg(context.Background(), msg, jetstream.WithMsgID("u."+m.DedupKey(m.AppendXML(nil)))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// settled waits until the late sender is done with every event.
+	settled := func() {
+		t.Helper()
+		wait.For(t, wait.Short, wait.Every, func() error {
+			c, err := js.Consumer(context.Background(), events.Unanswered, late.Consumer)
+			if err != nil {
+				return err
+			}
+			info, err := c.Info(context.Background())
+			if err == nil && (info.NumPending != 0 || info.NumAckPending != 0) {
+				err = fmt.Errorf("pending %d, unacknowledged %d", info.NumPending, info.NumAckPending)
+			}
+			return err
+		})
+	}
+	text := func(openid string, id int) *wechat.Message {
+		return &wechat.Message{ToUserName: "gh", FromUserName: openid, CreateTime: time.Now().Unix(), MsgType: "text", Content: "hello " + openid, MsgID: fmt.Sprint(8000 + id)}
+	}
+
+	// The late-off worker answers a retry with the reply; the late-on
+	// worker's sender then finds it answered, and sends nothing.
+	start(t, srv, lateOff)
+	m1 := text("o_passive", 1)
+	if body := retry(m1); !strings.Contains(body, "hello o_passive") {
+		t.Fatalf("retry at the late-off worker = %q, want the reply", body)
+	}
+	on, reg := start(t, srv, lateOn)
+	unanswered(m1)
+	settled()
+	if n := len(fake.Calls().Messages); n != 0 {
+		t.Errorf("%d late replies after the retry was answered, want none", n)
+	}
+
+	// The late-on worker sends a reply late; a retry that then reaches
+	// the late-off worker is answered "success".
+	m2 := text("o_late", 2)
+	unanswered(m2)
+	settled()
+	if v, _ := metricstest.Lookup(reg, "wxgate_late_replies_total", map[string]string{"outcome": "sent"}); v != 1 {
+		t.Fatalf("late replies sent = %v, want 1", v)
+	}
+	if err := stop(on); err != nil { // the retry reaches the late-off worker
+		t.Fatal(err)
+	}
+	if body := retry(m2); body != "" {
+		t.Errorf("retry at the late-off worker after the late reply = %q, want nothing (success)", body)
+	}
+	if msgs := fake.Calls().Messages; len(msgs) != 1 || msgs[0].ToUser != "o_late" {
+		t.Errorf("messages = %+v, want o_late's late reply only", msgs)
 	}
 }
