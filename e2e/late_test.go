@@ -5,10 +5,15 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/wxgate/wxgate/shared/testutil/nettest"
 	"github.com/wxgate/wxgate/shared/testutil/wait"
 	"github.com/wxgate/wxgate/shared/wechat"
 	"github.com/wxgate/wxgate/shared/wechatapi/wechatapitest"
@@ -189,4 +194,72 @@ func TestLateReplyOnceWhenTheSenderIsKilled(t *testing.T) {
 	if len(msgs) != 1 || msgs[0].ToUser != "o_killed" || !strings.Contains(msgs[0].Content, "are you there") {
 		t.Errorf("messages = %+v, want the one reply, once", msgs)
 	}
+}
+
+// JetStream switched off by a configuration reload while core NATS stays up
+// (finding N1, as the review reproduced it): the ingress holds the event
+// and asks as for a possible retry; the worker cannot mark its reply, so it
+// answers the error the ingress turns into a fallback (bus_down) and a
+// record of the unanswered event, never "success" as if delivered. With
+// JetStream back, the late reply reaches the person, once.
+func TestJetStreamReloadedOffLeavesTheReplyToTheLateReply(t *testing.T) {
+	dir, conf := t.TempDir(), filepath.Join(t.TempDir(), "nats.conf")
+	port := nettest.FreePort(t)
+	write := func(jetstream bool) {
+		t.Helper()
+		c := "listen: 127.0.0.1:" + port + "\nhttp: 127.0.0.1:-1\n"
+		if jetstream {
+			c += "jetstream { store_dir: " + strconv.Quote(dir) + " }\n"
+		}
+		if err := os.WriteFile(conf, []byte(c), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(true)
+	ns := start(t, "nats-server", nil, "-c", conf)
+	ns.waitLine(t, "readiness", func(l string) bool { return strings.Contains(l, "Server is ready") })
+	url := "nats://127.0.0.1:" + port
+	fake := startFakeAPI(t)
+	w := startWorker(t, url, fake.env()...)
+	_, callback, admin := startIngress(t, append(fake.env(), "NATS_URL="+url)...)
+	waitReady(t, admin, w.admin)
+
+	write(false)
+	if err := ns.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	ns.waitLine(t, "JetStream off", func(l string) bool { return strings.Contains(l, "Reloaded server configuration") })
+	s := wechat.Sender{Token: token}
+	fake.interaction(t, "o_reload", "message")
+	if code, body := post(t, s, callback, lateText("o_reload", "during the outage", 4)); code != 200 || body != "success" {
+		t.Fatalf("reply during the outage = %d %q, want success (a fallback)", code, body)
+	}
+	if v := metricValue(t, admin, `wxgate_ingress_fallbacks_total{reason="bus_down"}`); v != 1 {
+		t.Errorf("bus_down fallbacks = %v, want 1", v)
+	}
+	if v := metricValue(t, admin, `wxgate_ingress_requests_total{outcome="empty"}`); v != 0 {
+		t.Errorf("empty answers = %v, want 0: a reply was answered as nothing to say", v)
+	}
+
+	write(true)
+	if err := ns.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	msgs := fake.waitMessages(t, 1)
+	if msgs[0].ToUser != "o_reload" || msgs[0].Content != "during the outage" {
+		t.Errorf("late reply = %+v", msgs[0])
+	}
+	wait.For(t, wait.Long, wait.Every, func() error {
+		if v := metricValue(t, admin, "wxgate_intake_unanswered_total"); v != 1 {
+			return fmt.Errorf("events recorded as unanswered = %v, want 1", v)
+		}
+		return nil
+	})
+	if v := metricValue(t, w.admin, `wxgate_late_replies_total{outcome="sent"}`); v != 1 {
+		t.Errorf("late replies sent = %v, want 1", v)
+	}
+	if n := len(fake.calls(t).Messages); n != 1 {
+		t.Errorf("%d customer-service messages, want 1", n)
+	}
+	waitReady(t, w.admin) // the replies store is set up again
 }
