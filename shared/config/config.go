@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	_ "time/tzdata" // ANALYTICS_TIME_ZONE loads on any machine, a distroless image included
 
 	"github.com/wxgate/wxgate/shared/events"
 	"github.com/wxgate/wxgate/shared/wechat"
@@ -35,7 +36,10 @@ type Config struct {
 	LogFormat      string        // LOG_FORMAT: json or text
 	Replies        ReplyTexts
 
-	AnalyticsMaxScenes int // ANALYTICS_MAX_SCENES: scene label values in metrics
+	AnalyticsMaxScenes int // ANALYTICS_MAX_SCENES: scene label values in metrics, per account
+	// AnalyticsZone is the time zone whose days and hours the analytics
+	// count (ANALYTICS_TIME_ZONE, an IANA name).
+	AnalyticsZone *time.Location
 	// EventsMaxAge is how long scene events stay in the event stream, from
 	// which the analytics can be rebuilt (EVENTS_MAX_AGE; 0 keeps them).
 	EventsMaxAge time.Duration
@@ -166,6 +170,17 @@ const (
 	MaxBodyBytesLimit = NATSMaxPayload - NATSHeaderRoom
 )
 
+// DefaultZone is ANALYTICS_TIME_ZONE's default.
+const DefaultZone = "Asia/Shanghai"
+
+func mustZone(name string) *time.Location {
+	loc, err := time.LoadLocation(name)
+	if err != nil {
+		panic(err) // the zone database is built in
+	}
+	return loc
+}
+
 // Defaults returns the documented defaults. AdminAddr is the ingress's; the
 // workers binary overrides it before reading the environment.
 func Defaults() Config {
@@ -182,6 +197,7 @@ func Defaults() Config {
 		LogFormat:      "json",
 
 		AnalyticsMaxScenes: 100,
+		AnalyticsZone:      mustZone(DefaultZone),
 		EventsMaxAge:       events.DefaultMaxAge,
 		MessagesMaxAge:     events.DefaultMessagesMaxAge,
 		IntakeBuffer:       10_000,
@@ -284,6 +300,16 @@ func (c *Config) FromEnv(lookup func(string) (string, bool)) error {
 		}
 	}
 	num("ANALYTICS_MAX_SCENES", 1, 10000, &c.AnalyticsMaxScenes)
+	if v, ok := lookup("ANALYTICS_TIME_ZONE"); ok {
+		// "" and Local would be UTC and this machine's zone: each process
+		// could count other days.
+		loc, err := time.LoadLocation(strings.TrimSpace(v))
+		if err != nil || strings.TrimSpace(v) == "" || loc == time.Local {
+			errs = append(errs, fmt.Errorf("ANALYTICS_TIME_ZONE=%q: want an IANA time zone name, such as %s", v, DefaultZone))
+		} else {
+			c.AnalyticsZone = loc
+		}
+	}
 	num("MAX_CONNECTIONS", 1, 1<<20, &c.MaxConnections)
 	num("JETSTREAM_REPLICAS", 1, 5, &c.JetStreamReplicas)
 	num("DEDUP_MEMORY_MB", 1, 1<<20, &c.DedupMemoryMB)

@@ -143,6 +143,13 @@ func TestFromEnvRefusesWhatCannotWork(t *testing.T) {
 		{"WECHAT_TIMESTAMP_SKEW", "5m", ""},
 		{"WECHAT_TIMESTAMP_SKEW", "0", ""},
 		{"WECHAT_TIMESTAMP_SKEW", "6m", "WECHAT_TIMESTAMP_SKEW=6m: at most 5m, half the event stream's duplicate window"},
+		{"ANALYTICS_TIME_ZONE", "Asia/Shanghai", ""},
+		{"ANALYTICS_TIME_ZONE", "America/New_York", ""},
+		{"ANALYTICS_TIME_ZONE", "UTC", ""},
+		{"ANALYTICS_TIME_ZONE", "Asia/Beijing", `ANALYTICS_TIME_ZONE="Asia/Beijing": want an IANA time zone name, such as Asia/Shanghai`},
+		{"ANALYTICS_TIME_ZONE", "", "ANALYTICS_TIME_ZONE"},
+		{"ANALYTICS_TIME_ZONE", "Local", "ANALYTICS_TIME_ZONE"},
+		{"ANALYTICS_TIME_ZONE", "../../etc/passwd", "ANALYTICS_TIME_ZONE"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.key+"="+tt.value, func(t *testing.T) {
