@@ -154,6 +154,9 @@ func (c *Clients) For(id string) (*Client, error) {
 	return cl, nil
 }
 
+// Accounts are the accounts the clients are made for.
+func (c *Clients) Accounts() *accounts.Registry { return c.o.Accounts }
+
 // sweep drops the clients, and the series, of accounts that are gone or
 // no longer usable; c.mu held.
 func (c *Clients) sweep() {
