@@ -26,6 +26,7 @@ import (
 	"github.com/wxgate/wxgate/shared/config"
 	"github.com/wxgate/wxgate/shared/console"
 	"github.com/wxgate/wxgate/shared/health"
+	"github.com/wxgate/wxgate/shared/reconcile"
 	"github.com/wxgate/wxgate/shared/serve"
 	"github.com/wxgate/wxgate/shared/stats"
 	"github.com/wxgate/wxgate/shared/wechat"
@@ -234,13 +235,17 @@ func (a *App) startAdmin(o Options, cfg config.Config, reg *prometheus.Registry)
 		scenes := stats.OpenOnUse(a.nc)
 		api := stats.API(scenes, cfg.AdminToken)
 		var wx *wechatapi.Clients
+		var rec *reconcile.Reconciler
 		var err error
 		if a.workers != nil {
-			scenes, api, wx = a.workers.Scenes(), a.workers.API(), a.workers.WeChat
+			scenes, api, wx, rec = a.workers.Scenes(), a.workers.API(), a.workers.WeChat, a.workers.Reconcile
 		} else if wx, err = worker.NewWeChat(cfg, a.nc, logger, reg); err != nil {
+			return nil, err
+		} else if rec, err = worker.NewReconciler(cfg, a.nc, wx, logger); err != nil {
 			return nil, err
 		}
 		mux.Handle("/api/", api)
+		mux.Handle(reconcile.Route, rec.Handler(cfg.AdminToken))
 		if _, err := console.Mount(mux, console.MountOptions{Conn: a.nc, Config: cfg, Scenes: scenes, WeChat: wx, Logger: logger}); err != nil {
 			return nil, err
 		}

@@ -20,6 +20,7 @@ import (
 	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/config"
 	"github.com/wxgate/wxgate/shared/health"
+	"github.com/wxgate/wxgate/shared/reconcile"
 	"github.com/wxgate/wxgate/shared/stats"
 	"github.com/wxgate/wxgate/shared/wechatapi"
 	"github.com/wxgate/wxgate/workers/analytics"
@@ -60,8 +61,12 @@ type Worker struct {
 	// WeChat are the process's clients of WeChat's API, one per account
 	// (late replies and the QR codes share them).
 	WeChat *wechatapi.Clients
-	api    http.Handler
-	scenes stats.StoreFunc
+	// Reconcile serves /api/reconciliation; with the analytics role it
+	// completes the rows every day too.
+	Reconcile *reconcile.Reconciler
+	stopDaily func()
+	api       http.Handler
+	scenes    stats.StoreFunc
 }
 
 // Start starts the roles the configuration names.
@@ -73,6 +78,9 @@ func Start(o Options) (_ *Worker, err error) {
 	defer func() {
 		if err != nil && w.Analytics != nil {
 			err = errors.Join(err, stopRole(w.Analytics))
+		}
+		if err != nil && w.stopDaily != nil {
+			w.stopDaily()
 		}
 	}()
 	store := stats.OpenOnUse(o.Conn)
@@ -92,6 +100,12 @@ func Start(o Options) (_ *Worker, err error) {
 	w.api, w.scenes = stats.API(store, o.Config.AdminToken), store
 	if w.WeChat, err = NewWeChat(o.Config, o.Conn, o.Logger, o.Registerer); err != nil {
 		return nil, err
+	}
+	if w.Reconcile, err = NewReconciler(o.Config, o.Conn, w.WeChat, o.Logger); err != nil {
+		return nil, err
+	}
+	if o.Config.HasRole("analytics") {
+		w.stopDaily = w.Reconcile.StartDaily()
 	}
 	if !o.Config.HasRole("replies") {
 		return w, nil
@@ -170,6 +184,13 @@ func NewWeChat(cfg config.Config, nc *nats.Conn, logger *slog.Logger, reg promet
 	return c, nil
 }
 
+// NewReconciler makes the process's reconciliation of WeChat's figures
+// with ours, for its API (the analytics role starts its daily run).
+func NewReconciler(cfg config.Config, nc *nats.Conn, wx *wechatapi.Clients, logger *slog.Logger) (*reconcile.Reconciler, error) {
+	return reconcile.New(reconcile.Options{Conn: nc, Accounts: wx.Accounts(), WeChat: wx, Zone: cfg.AnalyticsZone,
+		Streams: cfg.Streams(), Replicas: cfg.JetStreamReplicas, Logger: logger.With("component", "reconcile")})
+}
+
 func stopService(svc *reply.Service) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -210,6 +231,9 @@ func (w *Worker) API() http.Handler { return w.api }
 // analytics role (a leader writes its totals and a snapshot).
 func (w *Worker) Stop(ctx context.Context) error {
 	var err error
+	if w.stopDaily != nil {
+		w.stopDaily()
+	}
 	if w.Late != nil {
 		err = w.Late.Stop(ctx)
 	}
