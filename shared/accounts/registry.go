@@ -5,10 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
-	"sync"
-	"sync/atomic"
-	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -49,20 +47,12 @@ func (o *Options) validate() error {
 
 // Registry is every account this deployment serves, as this process knows
 // it now: the default, and the bucket's accounts, kept current by a watch.
-// Lookups are lock-free (one map, replaced whole on each change).
 type Registry struct {
 	o      Options
 	sealer *Sealer // nil without ACCOUNTS_SECRET_KEY
 	def    *Account
-
-	all  atomic.Pointer[map[string]*entry]
-	gen  atomic.Uint64 // bumped on every change
-	down atomic.Pointer[error]
-
-	mu     sync.Mutex
-	kv     jetstream.KeyValue
-	cancel context.CancelFunc
-	done   chan struct{}
+	bucket *bus.Bucket
+	view   *bus.View[*entry]
 }
 
 type entry struct {
@@ -84,7 +74,8 @@ func Start(o Options) (*Registry, error) {
 		return nil, err
 	}
 	o.setDefaults()
-	r := &Registry{o: o, def: &o.Default, done: make(chan struct{})}
+	r := &Registry{o: o, def: &o.Default,
+		bucket: bus.NewBucket(o.Conn, Bucket, "wxgate: the Official Accounts kept as data (secrets sealed with ACCOUNTS_SECRET_KEY)", o.Replicas)}
 	if o.SecretKey != "" {
 		s, err := NewSealer(o.SecretKey)
 		if err != nil {
@@ -92,34 +83,41 @@ func Start(o Options) (*Registry, error) {
 		}
 		r.sealer = s
 	}
-	m := map[string]*entry{}
-	r.all.Store(&m)
-	if o.Conn == nil {
-		close(r.done)
-		return r, nil
-	}
-	notYet := errors.New("accounts not read yet")
-	r.down.Store(&notYet)
-	ctx, cancel := context.WithCancel(context.Background())
-	r.cancel = cancel
-	go r.keep(ctx)
+	r.view = bus.StartView(r.bucket, o.Logger, r.decode)
 	return r, nil
 }
 
-// Stop ends the watch.
-func (r *Registry) Stop() {
-	if r.cancel != nil {
-		r.cancel()
+func (r *Registry) decode(id string, b []byte) (*entry, error) {
+	if id == DefaultID {
+		return nil, ErrDefault
 	}
-	<-r.done
+	a, _, err := r.sealer.decode(id, b)
+	if a == nil {
+		return nil, err
+	}
+	if err != nil {
+		r.o.Logger.Error("accounts: cannot open the account's secrets; not served here", "account", id, "err", err)
+	}
+	return &entry{acct: a, problem: err}, nil
 }
+
+// Stop ends the watch.
+func (r *Registry) Stop() { r.view.Stop() }
+
+// Check reports whether the registry is current: the bucket read and
+// watched.
+func (r *Registry) Check() error { return r.view.Check() }
+
+// Generation changes whenever an account is added, changed or removed:
+// a cache keyed by it is current.
+func (r *Registry) Generation() uint64 { return r.view.Generation() }
 
 // Get returns the account with id, if this process can serve it.
 func (r *Registry) Get(id string) (*Account, bool) {
 	if id == DefaultID {
 		return r.def, true
 	}
-	e, ok := (*r.all.Load())[id]
+	e, ok := r.view.Map()[id]
 	if !ok || e.problem != nil {
 		return nil, false
 	}
@@ -132,10 +130,9 @@ func (r *Registry) Default() *Account { return r.def }
 // Accounts returns every account this process can serve, default first,
 // then by id.
 func (r *Registry) Accounts() []*Account {
-	all := *r.all.Load()
-	out := make([]*Account, 0, len(all)+1)
-	out = append(out, r.def)
-	for _, id := range sortedIDs(all) {
+	all := r.view.Map()
+	out := []*Account{r.def}
+	for _, id := range slices.Sorted(maps.Keys(all)) {
 		if e := all[id]; e.problem == nil {
 			out = append(out, e.acct)
 		}
@@ -143,16 +140,12 @@ func (r *Registry) Accounts() []*Account {
 	return out
 }
 
-// Generation changes whenever an account is added, changed or removed:
-// a cache keyed by it is current.
-func (r *Registry) Generation() uint64 { return r.gen.Load() }
-
 // Views returns what the API shows of every account, default first.
 func (r *Registry) Views() []View {
-	all := *r.all.Load()
+	all := r.view.Map()
 	out := []View{r.def.View()}
-	for _, id := range sortedIDs(all) {
-		out = append(out, viewOf(all[id]))
+	for _, id := range slices.Sorted(maps.Keys(all)) {
+		out = append(out, all[id].view())
 	}
 	return out
 }
@@ -162,156 +155,19 @@ func (r *Registry) View(id string) (View, bool) {
 	if id == DefaultID {
 		return r.def.View(), true
 	}
-	e, ok := (*r.all.Load())[id]
+	e, ok := r.view.Map()[id]
 	if !ok {
 		return View{}, false
 	}
-	return viewOf(e), true
+	return e.view(), true
 }
 
-func viewOf(e *entry) View {
+func (e *entry) view() View {
 	v := e.acct.View()
 	if e.problem != nil {
 		v.Usable, v.Problem = false, e.problem.Error()
 	}
 	return v
-}
-
-func sortedIDs(m map[string]*entry) []string {
-	ids := make([]string, 0, len(m))
-	for id := range m {
-		ids = append(ids, id)
-	}
-	slices.Sort(ids)
-	return ids
-}
-
-// Check reports whether the registry is current: the bucket read and
-// watched.
-func (r *Registry) Check() error {
-	if p := r.down.Load(); p != nil {
-		return fmt.Errorf("accounts: %w", *p)
-	}
-	return nil
-}
-
-// keep reads the bucket and follows its changes until ctx ends, setting up
-// again whenever the watch ends (NATS restarted without its data, the
-// bucket deleted).
-func (r *Registry) keep(ctx context.Context) {
-	defer close(r.done)
-	for attempt := 0; ; attempt++ {
-		err := r.watch(ctx)
-		if ctx.Err() != nil {
-			return
-		}
-		r.down.Store(&err)
-		if attempt == 0 || attempt%60 == 0 {
-			r.o.Logger.Warn("accounts: not watching the bucket; retrying", "err", err)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(time.Second):
-		}
-	}
-}
-
-func (r *Registry) bucket(ctx context.Context) (jetstream.KeyValue, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.kv != nil {
-		return r.kv, nil
-	}
-	js, err := jetstream.New(r.o.Conn)
-	if err != nil {
-		return nil, err
-	}
-	kv, err := bus.OpenOrCreateKV(ctx, js, BucketConfig(r.o.Replicas))
-	if err != nil {
-		return nil, fmt.Errorf("kv %s: %w", Bucket, err)
-	}
-	r.kv = kv
-	return kv, nil
-}
-
-func (r *Registry) forgetBucket() {
-	r.mu.Lock()
-	r.kv = nil
-	r.mu.Unlock()
-}
-
-func (r *Registry) watch(ctx context.Context) error {
-	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	kv, err := r.bucket(sctx)
-	cancel()
-	if err != nil {
-		return err
-	}
-	w, err := kv.WatchAll(ctx)
-	if err != nil {
-		r.forgetBucket()
-		return fmt.Errorf("watch %s: %w", Bucket, err)
-	}
-	defer func() { _ = w.Stop() }()
-	next := map[string]*entry{} // until the current values are all read
-	current := false
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case e, ok := <-w.Updates():
-			if !ok {
-				r.forgetBucket()
-				return errors.New("the accounts watch ended")
-			}
-			if e == nil {
-				current = true
-				r.publish(next)
-				r.down.Store(nil)
-				continue
-			}
-			if current {
-				next = r.copyAll()
-			}
-			r.apply(next, e)
-			if current {
-				r.publish(next)
-			}
-		}
-	}
-}
-
-func (r *Registry) copyAll() map[string]*entry {
-	cur := *r.all.Load()
-	next := make(map[string]*entry, len(cur)+1)
-	for k, v := range cur {
-		next[k] = v
-	}
-	return next
-}
-
-func (r *Registry) apply(m map[string]*entry, e jetstream.KeyValueEntry) {
-	id := e.Key()
-	if e.Operation() != jetstream.KeyValuePut || id == DefaultID {
-		delete(m, id)
-		return
-	}
-	a, _, err := r.sealer.decode(id, e.Value())
-	if a == nil {
-		r.o.Logger.Error("accounts: an unreadable value in the bucket; ignored", "key", id, "err", err)
-		delete(m, id)
-		return
-	}
-	if err != nil {
-		r.o.Logger.Error("accounts: cannot open the account's secrets; not served here", "account", id, "err", err)
-	}
-	m[id] = &entry{acct: a, problem: err}
-}
-
-func (r *Registry) publish(m map[string]*entry) {
-	r.all.Store(&m)
-	r.gen.Add(1)
 }
 
 // Create stores a new account.
@@ -325,10 +181,10 @@ func (r *Registry) Create(ctx context.Context, a Account) (View, error) {
 	if r.sealer == nil {
 		return View{}, ErrNoSecretKey
 	}
-	if n := len(*r.all.Load()) + 1; n >= r.o.MaxAccounts {
+	if n := len(r.view.Map()) + 1; n >= r.o.MaxAccounts {
 		return View{}, fmt.Errorf("%w: %d accounts (MAX_ACCOUNTS=%d)", ErrLimit, n, r.o.MaxAccounts)
 	}
-	kv, err := r.bucket(ctx)
+	kv, err := r.bucket.KV(ctx)
 	if err != nil {
 		return View{}, err
 	}
@@ -349,7 +205,7 @@ func (r *Registry) Update(ctx context.Context, id string, p Patch) (View, error)
 	if r.sealer == nil {
 		return View{}, ErrNoSecretKey
 	}
-	kv, err := r.bucket(ctx)
+	kv, err := r.bucket.KV(ctx)
 	if err != nil {
 		return View{}, err
 	}
@@ -371,7 +227,7 @@ func (r *Registry) Delete(ctx context.Context, id string) error {
 	if !ValidID(id) {
 		return ErrNotFound
 	}
-	kv, err := r.bucket(ctx)
+	kv, err := r.bucket.KV(ctx)
 	if err != nil {
 		return err
 	}

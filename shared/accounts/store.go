@@ -31,17 +31,6 @@ type record struct {
 // ErrExists means an account with the id exists already.
 var ErrExists = errors.New("an account with this id exists")
 
-// BucketConfig is the accounts bucket: a value per account, kept for good.
-func BucketConfig(replicas int) jetstream.KeyValueConfig {
-	return jetstream.KeyValueConfig{
-		Bucket:      Bucket,
-		Description: "wxgate: the Official Accounts kept as data (secrets sealed with ACCOUNTS_SECRET_KEY)",
-		History:     1,
-		Storage:     jetstream.FileStorage,
-		Replicas:    max(replicas, 1),
-	}
-}
-
 func (s *Sealer) encode(a *Account, created time.Time) ([]byte, error) {
 	if s == nil {
 		return nil, ErrNoSecretKey

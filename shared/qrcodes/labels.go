@@ -3,12 +3,11 @@ package qrcodes
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
+	"github.com/wxgate/wxgate/shared/bus"
 )
 
 // Label is what an account's newest code of a scene says of it: the
@@ -19,25 +18,24 @@ type Label struct {
 	Group string `json:"group"`
 }
 
-// labels is every account's scene → Label, kept current by a watch on the
-// bucket (started by the first Labels call, ended by Close).
+// labels is a view of the codes, started by the first Labels call and
+// ended by Close, and the maps made from it.
 type labels struct {
-	start  sync.Once
-	ready  chan struct{} // closed once the bucket was read whole
-	cancel context.CancelFunc
-	done   chan struct{}
+	start sync.Once
+	view  *bus.View[labelEntry]
 
-	mu sync.Mutex
-	by map[string]map[string]labelEntry // account → scene
-	// views are the maps handed out, one per account, made on read and
-	// dropped when the account's labels change: callers never see a map
-	// that changes.
-	views map[string]map[string]Label
+	mu  sync.Mutex
+	gen uint64
+	// by are the maps handed out, one per account, made on read and
+	// dropped when the view changes: callers never see a map that changes.
+	by map[string]map[string]Label
 }
 
 type labelEntry struct {
 	Label
-	created time.Time
+	account, scene string
+	created        time.Time
+	pending        bool
 }
 
 // Labels returns the label and group of each of account's scenes that has
@@ -46,101 +44,55 @@ type labelEntry struct {
 func (s *Service) Labels(ctx context.Context, account string) (map[string]Label, error) {
 	l := &s.labels
 	l.start.Do(func() {
-		ctx, cancel := context.WithCancel(context.Background())
-		l.cancel, l.done = cancel, make(chan struct{})
-		go s.followLabels(ctx)
+		l.view = bus.StartView(s.store, s.o.Logger, func(key string, b []byte) (labelEntry, error) {
+			var r record
+			err := json.Unmarshal(b, &r)
+			return labelEntry{Label{r.Label, r.Group}, accountOf(key), r.Scene, r.CreatedAt, r.Pending}, err
+		})
 	})
 	select {
-	case <-l.ready:
+	case <-l.view.Ready():
 	case <-ctx.Done():
 		return nil, fmt.Errorf("%w: labels not read yet: %w", ErrUnavailable, ctx.Err())
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	v, ok := l.views[account]
-	if !ok {
-		v = make(map[string]Label, len(l.by[account]))
-		for scene, e := range l.by[account] {
-			v[scene] = e.Label
-		}
-		l.views[account] = v
+	if gen := l.view.Generation(); gen != l.gen {
+		l.gen, l.by = gen, map[string]map[string]Label{}
 	}
-	return v, nil
+	if _, ok := l.by[account]; !ok {
+		l.by[account] = newest(l.view.Map(), account)
+	}
+	return l.by[account], nil
+}
+
+// newest is the label of each of account's scenes from its newest code
+// (of two made in one millisecond, the one with the greater key).
+func newest(codes map[string]labelEntry, account string) map[string]Label {
+	key := map[string]string{} // scene → its newest code's key
+	for k, e := range codes {
+		if e.account != account || e.pending {
+			continue
+		}
+		if cur, ok := key[e.scene]; ok {
+			if c := e.created.Compare(codes[cur].created); c < 0 || c == 0 && k < cur {
+				continue
+			}
+		}
+		key[e.scene] = k
+	}
+	out := make(map[string]Label, len(key))
+	for scene, k := range key {
+		out[scene] = codes[k].Label
+	}
+	return out
 }
 
 // Close ends the labels' watch, if one started.
 func (s *Service) Close() {
 	l := &s.labels
 	l.start.Do(func() {}) // none will start now
-	if l.cancel != nil {
-		l.cancel()
-		<-l.done
-	}
-}
-
-// followLabels reads the bucket and follows it until ctx ends, reading it
-// whole again whenever the watch ends (NATS restarted without its data).
-func (s *Service) followLabels(ctx context.Context) {
-	defer close(s.labels.done)
-	for {
-		err := s.watchLabels(ctx)
-		if ctx.Err() != nil {
-			return
-		}
-		s.o.Logger.Warn("qr code labels: watch ended; reading the codes again", "err", err)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(time.Second): // NATS away: retry pace
-		}
-	}
-}
-
-func (s *Service) watchLabels(ctx context.Context) error {
-	kv, err := s.bucket(ctx)
-	if err != nil {
-		return err
-	}
-	w, err := kv.WatchAll(ctx, jetstream.IgnoreDeletes())
-	if err != nil {
-		return err
-	}
-	defer func() { _ = w.Stop() }()
-	l := &s.labels
-	fresh := map[string]map[string]labelEntry{} // the bucket as read whole, then live
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case e, ok := <-w.Updates():
-			if !ok {
-				return errors.New("the watch was closed")
-			}
-			if e == nil {
-				l.mu.Lock()
-				l.by, l.views = fresh, map[string]map[string]Label{}
-				l.mu.Unlock()
-				select {
-				case <-l.ready:
-				default:
-					close(l.ready)
-				}
-				continue
-			}
-			var r record
-			if json.Unmarshal(e.Value(), &r) != nil || r.Pending {
-				continue
-			}
-			account := accountOf(e.Key())
-			l.mu.Lock()
-			if fresh[account] == nil {
-				fresh[account] = map[string]labelEntry{}
-			}
-			if cur, ok := fresh[account][r.Scene]; !ok || !r.CreatedAt.Before(cur.created) {
-				fresh[account][r.Scene] = labelEntry{Label{r.Label, r.Group}, r.CreatedAt}
-				delete(l.views, account)
-			}
-			l.mu.Unlock()
-		}
+	if l.view != nil {
+		l.view.Stop()
 	}
 }

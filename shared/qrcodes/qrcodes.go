@@ -17,7 +17,6 @@ import (
 	"net/url"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -107,13 +106,10 @@ func (noTotals) Scene(context.Context, string) (stats.Totals, bool, error) {
 
 // Service creates, stores and lists the codes.
 type Service struct {
-	o  Options
-	id string
-
-	mu sync.Mutex
-	js jetstream.JetStream
-	kv jetstream.KeyValue
-
+	o      Options
+	id     string
+	js     jetstream.JetStream
+	store  *bus.Bucket
 	labels labels
 }
 
@@ -145,7 +141,12 @@ func New(o Options) (*Service, error) {
 	if err := o.validate(); err != nil {
 		return nil, err
 	}
-	return &Service{o: o, id: bus.InstanceID(o.Conn), labels: labels{ready: make(chan struct{})}}, nil
+	js, err := jetstream.New(o.Conn)
+	if err != nil {
+		return nil, err
+	}
+	return &Service{o: o, id: bus.InstanceID(o.Conn), js: js,
+		store: bus.NewBucket(o.Conn, BucketName, "wxgate: parametric QR codes", o.Replicas)}, nil
 }
 
 // Enabled reports whether the account's codes can be made: it has an
@@ -289,23 +290,10 @@ func accountOf(key string) string {
 }
 
 func (s *Service) bucket(ctx context.Context) (jetstream.KeyValue, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.kv != nil {
-		return s.kv, nil
-	}
-	js, err := jetstream.New(s.o.Conn)
+	kv, err := s.store.KV(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
-	kv, err := bus.OpenOrCreateKV(ctx, js, jetstream.KeyValueConfig{
-		Bucket: BucketName, Description: "wxgate: parametric QR codes",
-		History: 1, Storage: jetstream.FileStorage, Replicas: max(s.o.Replicas, 1),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("%w: kv %s: %w", ErrUnavailable, BucketName, err)
-	}
-	s.js, s.kv = js, kv
 	return kv, nil
 }
 
@@ -459,10 +447,7 @@ func (s *Service) purge(ctx context.Context, keys []string) {
 	if len(keys) == 0 {
 		return
 	}
-	s.mu.Lock()
-	js := s.js
-	s.mu.Unlock()
-	st, err := js.Stream(ctx, "KV_"+BucketName)
+	st, err := s.js.Stream(ctx, "KV_"+BucketName)
 	if err == nil {
 		for _, k := range keys {
 			if err = st.Purge(ctx, jetstream.WithPurgeSubject("$KV."+BucketName+"."+k)); err != nil {

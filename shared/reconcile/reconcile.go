@@ -18,7 +18,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -88,12 +87,10 @@ func (o *Options) validate() error {
 // Reconciler completes and serves the rows. Every admin listener has one
 // for the API; the workers' analytics run the daily completion too.
 type Reconciler struct {
-	o  Options
-	js jetstream.JetStream
-	id string // the lease's holder
-
-	mu sync.Mutex
-	kv jetstream.KeyValue // opened on first use
+	o     Options
+	js    jetstream.JetStream
+	id    string // the lease's holder
+	store *bus.Bucket
 }
 
 // New returns a Reconciler; the bucket is opened when first needed.
@@ -108,7 +105,8 @@ func New(o Options) (*Reconciler, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reconcile: %w", err)
 	}
-	return &Reconciler{o: o, js: js, id: bus.InstanceID(o.Conn)}, nil
+	return &Reconciler{o: o, js: js, id: bus.InstanceID(o.Conn),
+		store: bus.NewBucket(o.Conn, Bucket, "wxgate: WeChat's daily figures beside ours, per account and day", o.Replicas)}, nil
 }
 
 // Day is one local day of GET /api/reconciliation, as kept in the bucket
@@ -155,7 +153,7 @@ const unlistedFor = time.Hour
 // view returns the account's rows from..to (local midnights, in order),
 // with our new followers.
 func (r *Reconciler) view(ctx context.Context, account string, from, to time.Time) ([]Day, error) {
-	kv, err := r.bucket(ctx)
+	kv, err := r.store.KV(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -195,7 +193,7 @@ func (r *Reconciler) view(ctx context.Context, account string, from, to time.Tim
 func (r *Reconciler) daily(ctx context.Context) error {
 	today := r.day(r.o.Now(), 0)
 	bctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	_, err := r.bucket(bctx) // NATS away: not once per account
+	_, err := r.store.KV(bctx) // NATS away: not once per account
 	cancel()
 	if err != nil {
 		return err
@@ -252,7 +250,7 @@ func (r *Reconciler) StartDaily() (stop func()) {
 // it is published. After a refusal WeChat is asked again only with retry
 // (the daily run), so a GET does not ask it over and over.
 func (r *Reconciler) complete(ctx context.Context, account string, from, to time.Time, retry bool) error {
-	kv, err := r.bucket(ctx)
+	kv, err := r.store.KV(ctx)
 	if err != nil {
 		return err
 	}
@@ -535,22 +533,4 @@ func (r *Reconciler) write(ctx context.Context, kv jetstream.KeyValue, account s
 func (r *Reconciler) day(t time.Time, n int) time.Time {
 	y, m, d := t.In(r.o.Zone).Date()
 	return time.Date(y, m, d+n, 0, 0, 0, 0, r.o.Zone)
-}
-
-// bucket opens the rows' bucket, creating it if it is missing.
-func (r *Reconciler) bucket(ctx context.Context) (jetstream.KeyValue, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.kv != nil {
-		return r.kv, nil
-	}
-	kv, err := bus.OpenOrCreateKV(ctx, r.js, jetstream.KeyValueConfig{
-		Bucket: Bucket, Description: "wxgate: WeChat's daily figures beside ours, per account and day",
-		History: 1, Storage: jetstream.FileStorage, Replicas: max(r.o.Replicas, 1),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("kv %s: %w", Bucket, err)
-	}
-	r.kv = kv
-	return kv, nil
 }

@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -45,16 +43,9 @@ type Options struct {
 // current by a watch of the bucket, so a change applies at every replica
 // within a moment. An account with no rules stored answers by the defaults.
 type Set struct {
-	o        Options
 	defaults *Engine
-
-	engines atomic.Pointer[map[string]*Engine]
-	down    atomic.Pointer[error]
-
-	mu     sync.Mutex
-	kv     jetstream.KeyValue
-	cancel context.CancelFunc
-	done   chan struct{}
+	bucket   *bus.Bucket
+	engines  *bus.View[*Engine]
 }
 
 // Start compiles the defaults and, with a connection, starts following the
@@ -67,33 +58,27 @@ func Start(o Options) (*Set, error) {
 	if err != nil {
 		return nil, fmt.Errorf("default rules: %w", err)
 	}
-	s := &Set{o: o, defaults: def, done: make(chan struct{})}
-	m := map[string]*Engine{}
-	s.engines.Store(&m)
-	if o.Conn == nil {
-		close(s.done)
-		return s, nil
+	b := bus.NewBucket(o.Conn, Bucket, "wxgate: each account's reply rules (the revision is If-Match's)", o.Replicas)
+	return &Set{defaults: def, bucket: b, engines: bus.StartView(b, o.Logger, decode)}, nil
+}
+
+// decode compiles an account's stored rules; rules that do not compile (a
+// newer version's) leave the account with its last ones.
+func decode(_ string, b []byte) (*Engine, error) {
+	var d doc
+	if err := json.Unmarshal(b, &d); err != nil {
+		return nil, err
 	}
-	notYet := errors.New("rules not read yet")
-	s.down.Store(&notYet)
-	ctx, cancel := context.WithCancel(context.Background())
-	s.cancel = cancel
-	go s.keep(ctx)
-	return s, nil
+	return Compile(d.Rules)
 }
 
 // Stop ends the watch.
-func (s *Set) Stop() {
-	if s.cancel != nil {
-		s.cancel()
-	}
-	<-s.done
-}
+func (s *Set) Stop() { s.engines.Stop() }
 
 // Engine returns the account's compiled rules (the defaults when it has
 // none stored).
 func (s *Set) Engine(account string) *Engine {
-	if e, ok := (*s.engines.Load())[account]; ok {
+	if e, ok := s.engines.Map()[account]; ok {
 		return e
 	}
 	return s.defaults
@@ -103,127 +88,12 @@ func (s *Set) Engine(account string) *Engine {
 func (s *Set) Defaults() *Engine { return s.defaults }
 
 // Check reports whether the rules are current.
-func (s *Set) Check() error {
-	if p := s.down.Load(); p != nil {
-		return fmt.Errorf("rules: %w", *p)
-	}
-	return nil
-}
-
-func (s *Set) bucket(ctx context.Context) (jetstream.KeyValue, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.kv != nil {
-		return s.kv, nil
-	}
-	if s.o.Conn == nil {
-		return nil, errors.New("rules: no NATS connection")
-	}
-	js, err := jetstream.New(s.o.Conn)
-	if err != nil {
-		return nil, err
-	}
-	kv, err := bus.OpenOrCreateKV(ctx, js, jetstream.KeyValueConfig{
-		Bucket:      Bucket,
-		Description: "wxgate: each account's reply rules (the revision is If-Match's)",
-		History:     1,
-		Storage:     jetstream.FileStorage,
-		Replicas:    max(s.o.Replicas, 1),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("kv %s: %w", Bucket, err)
-	}
-	s.kv = kv
-	return kv, nil
-}
-
-func (s *Set) keep(ctx context.Context) {
-	defer close(s.done)
-	for attempt := 0; ; attempt++ {
-		err := s.watch(ctx)
-		if ctx.Err() != nil {
-			return
-		}
-		s.down.Store(&err)
-		s.mu.Lock()
-		s.kv = nil
-		s.mu.Unlock()
-		if attempt == 0 || attempt%60 == 0 {
-			s.o.Logger.Warn("rules: not watching the bucket; retrying", "err", err)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(time.Second):
-		}
-	}
-}
-
-func (s *Set) watch(ctx context.Context) error {
-	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	kv, err := s.bucket(sctx)
-	cancel()
-	if err != nil {
-		return err
-	}
-	w, err := kv.WatchAll(ctx)
-	if err != nil {
-		return fmt.Errorf("watch %s: %w", Bucket, err)
-	}
-	defer func() { _ = w.Stop() }()
-	next := map[string]*Engine{}
-	current := false
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case e, ok := <-w.Updates():
-			if !ok {
-				return errors.New("the rules watch ended")
-			}
-			if e == nil {
-				current = true
-				s.engines.Store(&next)
-				s.down.Store(nil)
-				continue
-			}
-			if current {
-				cur := *s.engines.Load()
-				next = make(map[string]*Engine, len(cur)+1)
-				for k, v := range cur {
-					next[k] = v
-				}
-			}
-			s.apply(next, e)
-			if current {
-				s.engines.Store(&next)
-			}
-		}
-	}
-}
-
-func (s *Set) apply(m map[string]*Engine, e jetstream.KeyValueEntry) {
-	if e.Operation() != jetstream.KeyValuePut {
-		delete(m, e.Key())
-		return
-	}
-	var d doc
-	if err := json.Unmarshal(e.Value(), &d); err != nil {
-		s.o.Logger.Error("rules: an unreadable value; the account keeps its last rules", "account", e.Key(), "err", err)
-		return
-	}
-	eng, err := Compile(d.Rules)
-	if err != nil {
-		s.o.Logger.Error("rules: stored rules that do not compile; the account keeps its last rules", "account", e.Key(), "err", err)
-		return
-	}
-	m[e.Key()] = eng
-}
+func (s *Set) Check() error { return s.engines.Check() }
 
 // Get reads an account's stored rules: stored is false (and rev 0) when it
 // has none, and the defaults answer it.
 func (s *Set) Get(ctx context.Context, account string) (rules []Rule, rev uint64, stored bool, err error) {
-	kv, err := s.bucket(ctx)
+	kv, err := s.bucket.KV(ctx)
 	if err != nil {
 		return nil, 0, false, err
 	}
@@ -257,7 +127,7 @@ func (s *Set) Put(ctx context.Context, account string, rules []Rule, ifMatch uin
 	if len(b) > MaxDocBytes {
 		return 0, &Error{Index: -1, Field: "rules", Msg: fmt.Sprintf("%d bytes of JSON, more than %d", len(b), MaxDocBytes)}
 	}
-	kv, err := s.bucket(ctx)
+	kv, err := s.bucket.KV(ctx)
 	if err != nil {
 		return 0, err
 	}

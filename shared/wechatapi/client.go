@@ -27,6 +27,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wxgate/wxgate/shared/accounts"
+	"github.com/wxgate/wxgate/shared/bus"
 )
 
 // The APIs, as the metric's api label names them.
@@ -87,8 +88,10 @@ func (o *Options) validate() error {
 // not hold up another's calls. Two accounts with one AppID share its
 // token through the bucket, as two processes do.
 type Clients struct {
-	o     Options
-	calls *prometheus.CounterVec
+	o      Options
+	calls  *prometheus.CounterVec
+	tokens *bus.Bucket
+	id     string // this process, in the tokens' leases
 
 	mu   sync.Mutex
 	gen  uint64 // the registry's generation last swept
@@ -109,7 +112,8 @@ func NewClients(o Options) (*Clients, error) {
 		return nil, err
 	}
 	o.setDefaults()
-	c := &Clients{o: o, byID: map[string]*Client{}}
+	c := &Clients{o: o, byID: map[string]*Client{}, id: bus.InstanceID(o.Conn),
+		tokens: bus.NewBucket(o.Conn, BucketName, "wxgate: the WeChat access_token shared by every process", o.Replicas)}
 	c.calls = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "wxgate_wechat_api_calls_total",
 		Help: "Calls of WeChat's API by account, api and outcome: ok, the errcode WeChat answered, or error (no answer).",
@@ -149,7 +153,7 @@ func (c *Clients) For(id string) (*Client, error) {
 		cl.calls.WithLabelValues(api, OutcomeOK)
 		cl.calls.WithLabelValues(api, OutcomeError)
 	}
-	cl.tokens = newTokens(c.o.Conn, a.AppID, c.o.Replicas, c.o.Token, cl.fetchToken, cl.logger)
+	cl.tokens = newTokens(c.tokens, c.id, a.AppID, c.o.Token, cl.fetchToken, cl.logger)
 	c.byID[id] = cl
 	return cl, nil
 }

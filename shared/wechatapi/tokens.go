@@ -10,7 +10,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/sync/singleflight"
 
@@ -66,8 +65,7 @@ func (o *TokenOptions) setDefaults() {
 // lookup (singleflight), and a token before its refresh time is served
 // from memory.
 type Tokens struct {
-	nc       *nats.Conn
-	replicas int
+	store    *bus.Bucket
 	o        TokenOptions
 	fetch    func(context.Context) (string, time.Duration, error)
 	logger   *slog.Logger
@@ -77,7 +75,6 @@ type Tokens struct {
 	sf       singleflight.Group
 
 	mu  sync.Mutex
-	kv  jetstream.KeyValue
 	mem tokenRecord // the last token this process used
 	// refusal is the revision of the last refusal this process met in the
 	// lease key, and when it first met it: a refusal's age is judged on
@@ -111,12 +108,9 @@ type leaseValue struct {
 	Errmsg  string `json:"errmsg,omitempty"`
 }
 
-func newTokens(nc *nats.Conn, appID string, replicas int, o TokenOptions, fetch func(context.Context) (string, time.Duration, error), logger *slog.Logger) *Tokens {
+func newTokens(store *bus.Bucket, id, appID string, o TokenOptions, fetch func(context.Context) (string, time.Duration, error), logger *slog.Logger) *Tokens {
 	o.setDefaults()
-	return &Tokens{
-		nc: nc, replicas: max(replicas, 1), o: o, fetch: fetch, logger: logger,
-		id: bus.InstanceID(nc), tokenKey: "token." + appID, leaseKey: "lease." + appID,
-	}
+	return &Tokens{store: store, o: o, fetch: fetch, logger: logger, id: id, tokenKey: "token." + appID, leaseKey: "lease." + appID}
 }
 
 // ErrStoreUnavailable wraps failures of the token bucket (NATS away):
@@ -128,26 +122,11 @@ var ErrStoreUnavailable = errors.New("access_token store unavailable")
 // WeChat that did not answer.
 var ErrTokenWait = errors.New("timed out waiting for another process to refresh the access_token")
 
-// bucket opens the token bucket, creating it if it does not exist (never
-// changing one that does).
 func (t *Tokens) bucket(ctx context.Context) (jetstream.KeyValue, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.kv != nil {
-		return t.kv, nil
-	}
-	js, err := jetstream.New(t.nc)
+	kv, err := t.store.KV(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrStoreUnavailable, err)
 	}
-	kv, err := bus.OpenOrCreateKV(ctx, js, jetstream.KeyValueConfig{
-		Bucket: BucketName, Description: "wxgate: the WeChat access_token shared by every process",
-		History: 1, Storage: jetstream.FileStorage, Replicas: t.replicas,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("%w: kv %s: %w", ErrStoreUnavailable, BucketName, err)
-	}
-	t.kv = kv
 	return kv, nil
 }
 
