@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"unicode/utf8"
 
+	"github.com/wxgate/wxgate/shared/admin"
 	"github.com/wxgate/wxgate/shared/wechat"
 )
 
@@ -55,16 +56,8 @@ var (
 // Only such an id reaches a subject, a KV key or a metric label.
 func ValidID(id string) bool { return idRE.MatchString(id) }
 
-// FieldError names the field of an account document that is wrong.
-type FieldError struct {
-	Field string
-	Msg   string
-}
-
-func (e *FieldError) Error() string { return e.Field + ": " + e.Msg }
-
 func fieldErr(field, format string, args ...any) error {
-	return &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)}
+	return &admin.FieldError{Field: field, Msg: fmt.Sprintf(format, args...)}
 }
 
 // EffectiveMode is the account's mode, or its default: safe with an AES
@@ -81,8 +74,8 @@ func (a *Account) EffectiveMode() string {
 	}
 }
 
-// Validate checks the document; the error names the first bad field. The
-// secrets' values are never echoed.
+// Validate checks the document; the error, an *admin.FieldError, names the
+// first bad field. The secrets' values are never echoed.
 func (a *Account) Validate() error {
 	switch {
 	case !ValidID(a.ID):
@@ -170,7 +163,8 @@ func (a *Account) View() View {
 }
 
 // Patch is a PATCH body: the fields given change, the others stay. A
-// secret field set to "" removes it (the AppSecret, the previous key).
+// secret field set to "" removes it (the AppSecret, the previous key). With
+// the id, it is a POST body too.
 type Patch struct {
 	Name                   *string `json:"name"`
 	AppID                  *string `json:"appid"`
@@ -198,25 +192,6 @@ func (p Patch) Apply(a Account) Account {
 	set(&a.PreviousEncodingAESKey, p.PreviousEncodingAESKey)
 	set(&a.AppSecret, p.AppSecret)
 	return a
-}
-
-// New is a POST body: the whole account, secrets included.
-type New struct {
-	ID                     string `json:"id"`
-	Name                   string `json:"name"`
-	AppID                  string `json:"appid"`
-	OriginalID             string `json:"original_id"`
-	Mode                   string `json:"mode"`
-	Token                  string `json:"token"`
-	EncodingAESKey         string `json:"encoding_aes_key"`
-	PreviousEncodingAESKey string `json:"previous_encoding_aes_key"`
-	AppSecret              string `json:"appsecret"`
-}
-
-// Account returns the account n describes.
-func (n New) Account() Account {
-	return Account{ID: n.ID, Name: n.Name, AppID: n.AppID, OriginalID: n.OriginalID, Mode: n.Mode, Token: n.Token,
-		EncodingAESKey: n.EncodingAESKey, PreviousEncodingAESKey: n.PreviousEncodingAESKey, AppSecret: n.AppSecret}
 }
 
 // ErrNotFound is an unknown account id.

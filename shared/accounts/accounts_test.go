@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/wxgate/wxgate/shared/accounts"
+	"github.com/wxgate/wxgate/shared/admin"
 	"github.com/wxgate/wxgate/shared/testutil/natstest"
 	"github.com/wxgate/wxgate/shared/testutil/wait"
 )
@@ -49,17 +50,11 @@ func TestValidate(t *testing.T) {
 		a := good
 		change(&a)
 		err := a.Validate()
-		var fe *accounts.FieldError
-		if err == nil || !asField(err, &fe) || fe.Field != strings.TrimSpace(field) {
+		var fe *admin.FieldError
+		if !errors.As(err, &fe) || fe.Field != strings.TrimSpace(field) {
 			t.Errorf("%s: Validate = %v, want an error naming %q", field, err, strings.TrimSpace(field))
 		}
 	}
-}
-
-func asField(err error, fe **accounts.FieldError) bool {
-	f, ok := err.(*accounts.FieldError)
-	*fe = f
-	return ok
 }
 
 type env struct {

@@ -1,13 +1,11 @@
 package accounts
 
 import (
+	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/wxgate/wxgate/shared/admin"
@@ -34,7 +32,21 @@ func API(r *Registry) http.Handler {
 	return mux
 }
 
+// FromQuery is the account ?account= names (default: default). For one
+// this process does not serve it answers 404 itself, and ok is false: an id
+// that is not ValidID never reaches a key or a label.
+func (r *Registry) FromQuery(w http.ResponseWriter, req *http.Request) (id string, ok bool) {
+	id = cmp.Or(req.URL.Query().Get("account"), DefaultID)
+	if _, ok = r.Get(id); !ok {
+		admin.WriteError(w, http.StatusNotFound, "no such account")
+	}
+	return id, ok
+}
+
 type api struct{ r *Registry }
+
+// maxBody bounds an account document.
+const maxBody = 64 << 10
 
 func (a api) list(w http.ResponseWriter, _ *http.Request) {
 	admin.WriteJSON(w, http.StatusOK, map[string]any{"accounts": a.r.Views()})
@@ -43,21 +55,24 @@ func (a api) list(w http.ResponseWriter, _ *http.Request) {
 func (a api) get(w http.ResponseWriter, req *http.Request) {
 	v, ok := a.r.View(req.PathValue("id"))
 	if !ok {
-		writeError(w, http.StatusNotFound, "no such account")
+		admin.WriteError(w, http.StatusNotFound, "no such account")
 		return
 	}
 	admin.WriteJSON(w, http.StatusOK, v)
 }
 
 func (a api) create(w http.ResponseWriter, req *http.Request) {
-	var n New
-	if err := decode(req, &n); err != nil {
-		badBody(w, err)
+	var n struct {
+		ID string `json:"id"`
+		Patch
+	}
+	if err := admin.DecodeJSON(io.LimitReader(req.Body, maxBody), &n); err != nil {
+		admin.BadRequest(w, err)
 		return
 	}
 	ctx, cancel := context.WithTimeout(req.Context(), 10*time.Second)
 	defer cancel()
-	v, err := a.r.Create(ctx, n.Account())
+	v, err := a.r.Create(ctx, n.Apply(Account{ID: n.ID}))
 	if err != nil {
 		a.fail(w, err)
 		return
@@ -68,12 +83,12 @@ func (a api) create(w http.ResponseWriter, req *http.Request) {
 func (a api) patch(w http.ResponseWriter, req *http.Request) {
 	id := req.PathValue("id")
 	if _, ok := a.r.View(id); !ok {
-		writeError(w, http.StatusNotFound, "no such account")
+		admin.WriteError(w, http.StatusNotFound, "no such account")
 		return
 	}
 	var p Patch
-	if err := decode(req, &p); err != nil {
-		badBody(w, err)
+	if err := admin.DecodeJSON(io.LimitReader(req.Body, maxBody), &p); err != nil {
+		admin.BadRequest(w, err)
 		return
 	}
 	ctx, cancel := context.WithTimeout(req.Context(), 10*time.Second)
@@ -97,57 +112,17 @@ func (a api) remove(w http.ResponseWriter, req *http.Request) {
 }
 
 func (a api) fail(w http.ResponseWriter, err error) {
-	var fe *FieldError
+	var fe *admin.FieldError
 	switch {
 	case errors.As(err, &fe):
-		badBody(w, err)
-	case errors.Is(err, ErrExists):
-		writeError(w, http.StatusConflict, err.Error())
-	case errors.Is(err, ErrDefault), errors.Is(err, ErrLimit):
-		writeError(w, http.StatusConflict, err.Error())
+		admin.BadRequest(w, err)
+	case errors.Is(err, ErrExists), errors.Is(err, ErrDefault), errors.Is(err, ErrLimit), errors.Is(err, ErrSealed):
+		admin.WriteError(w, http.StatusConflict, err.Error())
 	case errors.Is(err, ErrNotFound):
-		writeError(w, http.StatusNotFound, "no such account")
+		admin.WriteError(w, http.StatusNotFound, "no such account")
 	case errors.Is(err, ErrNoSecretKey):
-		writeError(w, http.StatusServiceUnavailable, err.Error())
-	case errors.Is(err, ErrSealed):
-		writeError(w, http.StatusConflict, err.Error())
+		admin.WriteError(w, http.StatusServiceUnavailable, err.Error())
 	default:
-		writeError(w, http.StatusServiceUnavailable, "accounts store unavailable")
+		admin.WriteError(w, http.StatusServiceUnavailable, "accounts store unavailable")
 	}
-}
-
-// decode reads one JSON object, refusing unknown fields (naming them) and
-// anything after it.
-func decode(req *http.Request, v any) error {
-	d := json.NewDecoder(io.LimitReader(req.Body, 64<<10))
-	d.DisallowUnknownFields()
-	if err := d.Decode(v); err != nil {
-		if f, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
-			return &FieldError{Field: strings.Trim(f, `"`), Msg: "unknown field"}
-		}
-		var te *json.UnmarshalTypeError
-		if errors.As(err, &te) && te.Field != "" {
-			return &FieldError{Field: te.Field, Msg: "want a " + te.Type.String()}
-		}
-		return fmt.Errorf("want one JSON object: %w", err)
-	}
-	if d.More() {
-		return errors.New("want one JSON object, nothing after it")
-	}
-	return nil
-}
-
-func writeError(w http.ResponseWriter, code int, msg string) {
-	admin.WriteJSON(w, code, map[string]string{"error": msg})
-}
-
-// badBody answers 400 for a body that is not an account document, naming
-// the field when one is to blame.
-func badBody(w http.ResponseWriter, err error) {
-	var fe *FieldError
-	if errors.As(err, &fe) {
-		admin.WriteJSON(w, http.StatusBadRequest, map[string]string{"error": fe.Error(), "field": fe.Field})
-		return
-	}
-	writeError(w, http.StatusBadRequest, err.Error())
 }

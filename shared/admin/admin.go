@@ -86,7 +86,7 @@ func (m *Mux) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if code, why := m.refusal(r); code != 0 {
 			m.logger.Warn("admin: request refused", "status", code, "why", why, "method", r.Method,
 				"path", clip(r.URL.Path), "host", clip(r.Host), "remote", r.RemoteAddr)
-			WriteJSON(w, code, map[string]string{"error": why})
+			WriteError(w, code, why)
 			return
 		}
 	}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -40,18 +39,9 @@ const maxBody = 8 << 10
 // ParseRequest reads and checks a create request. Its errors are the
 // caller's mistakes (ErrBadRequest), and say which field is wrong.
 func ParseRequest(r io.Reader) (Request, error) {
-	b, err := io.ReadAll(io.LimitReader(r, maxBody+1))
+	b, err := readBody(r, maxBody)
 	if err != nil {
-		return Request{}, fmt.Errorf("%w: reading the body: %v", ErrBadRequest, err)
-	}
-	if len(b) > maxBody {
-		// A bad body like any other: the contract's 400.
-		return Request{}, fmt.Errorf("%w: the body is over %d bytes", ErrBadRequest, maxBody)
-	}
-	if !utf8.Valid(b) {
-		// The decoder would turn the bad bytes into U+FFFD: a scene the
-		// caller never wrote.
-		return Request{}, fmt.Errorf("%w: the body must be UTF-8", ErrBadRequest)
+		return Request{}, err
 	}
 	var in struct {
 		Scene         *string `json:"scene"`
@@ -60,13 +50,8 @@ func ParseRequest(r io.Reader) (Request, error) {
 		Label         string  `json:"label"`
 		Group         string  `json:"group"`
 	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields() // a misspelt field must not pass as a default
-	if err := dec.Decode(&in); err != nil {
+	if err := admin.DecodeJSON(bytes.NewReader(b), &in); err != nil {
 		return Request{}, fmt.Errorf("%w: want a JSON object {\"scene\",\"permanent\",\"expire_seconds\",\"label\",\"group\"}: %v", ErrBadRequest, err)
-	}
-	if dec.More() {
-		return Request{}, fmt.Errorf("%w: one JSON object only", ErrBadRequest)
 	}
 	req := Request{Permanent: in.Permanent, Label: in.Label, Group: in.Group, ExpireSeconds: DefaultExpireSeconds}
 	if in.Scene == nil {
@@ -92,6 +77,21 @@ func ParseRequest(r io.Reader) (Request, error) {
 		return Request{}, err
 	}
 	return req, nil
+}
+
+// readBody reads a body of at most limit bytes of UTF-8: the JSON decoder
+// would turn bad bytes into U+FFFD, a scene the caller never wrote.
+func readBody(r io.Reader, limit int) ([]byte, error) {
+	b, err := io.ReadAll(io.LimitReader(r, int64(limit)+1))
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("%w: reading the body: %v", ErrBadRequest, err)
+	case len(b) > limit:
+		return nil, fmt.Errorf("%w: the body is over %d bytes", ErrBadRequest, limit)
+	case !utf8.Valid(b):
+		return nil, fmt.Errorf("%w: the body must be UTF-8", ErrBadRequest)
+	}
+	return b, nil
 }
 
 // checkText checks a label or a group: UTF-8, at most most characters, no
@@ -208,13 +208,11 @@ func (s *Service) scene(w http.ResponseWriter, r *http.Request, account, rest st
 	}
 }
 
-func notFound(w http.ResponseWriter, msg string) {
-	admin.WriteJSON(w, http.StatusNotFound, map[string]string{"error": msg})
-}
+func notFound(w http.ResponseWriter, msg string) { admin.WriteError(w, http.StatusNotFound, msg) }
 
 func methodNotAllowed(w http.ResponseWriter, allow string) {
 	w.Header().Set("Allow", allow)
-	admin.WriteJSON(w, http.StatusMethodNotAllowed, map[string]string{"error": "method not allowed; allowed: " + allow})
+	admin.WriteError(w, http.StatusMethodNotAllowed, "method not allowed; allowed: "+allow)
 }
 
 func (s *Service) create(w http.ResponseWriter, r *http.Request, account string) {

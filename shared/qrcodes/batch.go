@@ -15,7 +15,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"unicode/utf8"
 
 	"github.com/wxgate/wxgate/shared/admin"
 	"github.com/wxgate/wxgate/shared/wechatapi"
@@ -57,14 +56,9 @@ var csvColumns = []string{"scene", "label", "group", "permanent", "expire_second
 // bad one is an item with its error, the others stand. An error is the
 // whole body's (400).
 func ParseBatch(r io.Reader, contentType string) ([]item, error) {
-	b, err := io.ReadAll(io.LimitReader(r, maxBatchBody+1))
-	switch {
-	case err != nil:
-		return nil, fmt.Errorf("%w: reading the body: %v", ErrBadRequest, err)
-	case len(b) > maxBatchBody:
-		return nil, fmt.Errorf("%w: the body is over %d bytes", ErrBadRequest, maxBatchBody)
-	case !utf8.Valid(b):
-		return nil, fmt.Errorf("%w: the body must be UTF-8", ErrBadRequest)
+	b, err := readBody(r, maxBatchBody)
+	if err != nil {
+		return nil, err
 	}
 	var items []item
 	if mt, _, _ := mime.ParseMediaType(contentType); mt == "text/csv" {
@@ -87,9 +81,7 @@ func parseJSONBatch(b []byte) ([]item, error) {
 	var in struct {
 		Codes []json.RawMessage `json:"codes"`
 	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&in); err != nil || dec.More() {
+	if admin.DecodeJSON(bytes.NewReader(b), &in) != nil {
 		return nil, fmt.Errorf("%w: want one JSON object {\"codes\":[…]} or a CSV body with Content-Type: text/csv", ErrBadRequest)
 	}
 	items := make([]item, len(in.Codes))

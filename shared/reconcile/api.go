@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/wxgate/wxgate/shared/accounts"
 	"github.com/wxgate/wxgate/shared/admin"
 )
 
@@ -38,23 +37,18 @@ func (r *Reconciler) Handler(token string) http.Handler {
 }
 
 func (r *Reconciler) serve(w http.ResponseWriter, req *http.Request) {
+	account, ok := r.o.Accounts.FromQuery(w, req)
+	if !ok {
+		return
+	}
 	q := req.URL.Query()
-	account := cmp.Or(q.Get("account"), accounts.DefaultID)
-	if !accounts.ValidID(account) {
-		apiError(w, http.StatusNotFound, "no such account") // before it reaches a key
-		return
-	}
-	if _, ok := r.o.Accounts.Get(account); !ok {
-		apiError(w, http.StatusNotFound, "no such account")
-		return
-	}
 	from, to, err := r.period(q.Get("from"), q.Get("to"))
 	if f := q.Get("format"); err == nil && f != "" && f != "json" && f != "csv" {
 		err = fmt.Errorf("format=%q: want json or csv", f)
 	}
 	if err != nil {
 		r.o.Logger.Info("reconciliation request refused", "err", err)
-		apiError(w, http.StatusBadRequest, err.Error())
+		admin.WriteError(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	ctx, cancel := context.WithTimeout(req.Context(), onDemand)
@@ -67,7 +61,7 @@ func (r *Reconciler) serve(w http.ResponseWriter, req *http.Request) {
 	days, err := r.view(ctx, account, from, to)
 	if err != nil {
 		r.o.Logger.Warn("reconciliation: rows not read", "account", account, "err", err)
-		apiError(w, http.StatusServiceUnavailable, "reconciliation store unavailable")
+		admin.WriteError(w, http.StatusServiceUnavailable, "reconciliation store unavailable")
 		return
 	}
 	if q.Get("format") == "csv" {
@@ -126,8 +120,4 @@ func cell(v *int64) string {
 		return ""
 	}
 	return strconv.FormatInt(*v, 10)
-}
-
-func apiError(w http.ResponseWriter, code int, msg string) {
-	admin.WriteJSON(w, code, map[string]string{"error": msg})
 }

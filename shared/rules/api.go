@@ -58,7 +58,7 @@ func (a *api) get(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	rules, rev, stored, err := a.o.Set.Get(ctx, account)
 	if err != nil {
-		writeError(w, http.StatusServiceUnavailable, "rules store unavailable")
+		admin.WriteError(w, http.StatusServiceUnavailable, "rules store unavailable")
 		return
 	}
 	w.Header().Set("ETag", strconv.FormatUint(rev, 10))
@@ -72,19 +72,19 @@ func (a *api) put(w http.ResponseWriter, r *http.Request) {
 	}
 	match := strings.Trim(strings.TrimSpace(r.Header.Get("If-Match")), `"`)
 	if match == "" {
-		writeError(w, http.StatusPreconditionRequired, "If-Match: <revision> is required (GET /api/rules gives it; 0 when none are stored)")
+		admin.WriteError(w, http.StatusPreconditionRequired, "If-Match: <revision> is required (GET /api/rules gives it; 0 when none are stored)")
 		return
 	}
 	rev, err := strconv.ParseUint(match, 10, 64)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, "If-Match: want the revision, a whole number")
+		admin.WriteError(w, http.StatusBadRequest, "If-Match: want the revision, a whole number")
 		return
 	}
 	var body struct {
 		Rules []json.RawMessage `json:"rules"`
 	}
-	if err := decodeJSON(r, &body, MaxDocBytes+1<<10); err != nil {
-		writeRuleError(w, err)
+	if err := admin.DecodeJSON(io.LimitReader(r.Body, MaxDocBytes+1<<10), &body); err != nil {
+		admin.BadRequest(w, err)
 		return
 	}
 	rules, err := DecodeRules(body.Rules)
@@ -101,7 +101,7 @@ func (a *api) put(w http.ResponseWriter, r *http.Request) {
 	next, err := a.o.Set.Put(ctx, account, rules, rev)
 	switch {
 	case errors.Is(err, ErrRevision):
-		writeError(w, http.StatusPreconditionFailed, "the rules changed since revision "+match+": GET them again")
+		admin.WriteError(w, http.StatusPreconditionFailed, "the rules changed since revision "+match+": GET them again")
 	case err != nil:
 		writeRuleError(w, err)
 	default:
@@ -127,13 +127,13 @@ func (a *api) test(w http.ResponseWriter, r *http.Request) {
 		XML   string             `json:"xml"`
 		Rules *[]json.RawMessage `json:"rules"` // a draft to try instead of the stored rules
 	}
-	if err := decodeJSON(r, &body, MaxDocBytes+64<<10); err != nil {
-		writeRuleError(w, err)
+	if err := admin.DecodeJSON(io.LimitReader(r.Body, MaxDocBytes+64<<10), &body); err != nil {
+		admin.BadRequest(w, err)
 		return
 	}
 	m, err := wechat.Parse([]byte(body.XML))
 	if err != nil {
-		writeError(w, http.StatusBadRequest, "xml: "+err.Error())
+		admin.WriteError(w, http.StatusBadRequest, "xml: "+err.Error())
 		return
 	}
 	e := a.o.Set.Engine(account)
@@ -185,68 +185,32 @@ func (a *api) importRules(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if a.o.Import == nil {
-		writeError(w, http.StatusServiceUnavailable, "importing needs WeChat's API: set the account's AppSecret")
+		admin.WriteError(w, http.StatusServiceUnavailable, "importing needs WeChat's API: set the account's AppSecret")
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 20*time.Second)
 	defer cancel()
 	rules, err := a.o.Import(ctx, account)
 	if err != nil {
-		writeError(w, http.StatusBadGateway, "import: "+err.Error())
+		admin.WriteError(w, http.StatusBadGateway, "import: "+err.Error())
 		return
 	}
 	admin.WriteJSON(w, http.StatusOK, map[string]any{"rules": rules, "applied": false})
 }
 
-func writeError(w http.ResponseWriter, code int, msg string) {
-	admin.WriteJSON(w, code, map[string]string{"error": msg})
-}
-
 // writeRuleError answers 400 naming the rule and field when an Error says
-// them.
+// them, 503 otherwise (the store).
 func writeRuleError(w http.ResponseWriter, err error) {
 	var re *Error
-	if errors.As(err, &re) {
-		v := map[string]any{"error": re.Error(), "field": re.Field}
-		if re.Index >= 0 {
-			v["index"] = re.Index
-		}
-		admin.WriteJSON(w, http.StatusBadRequest, v)
+	if !errors.As(err, &re) {
+		admin.WriteError(w, http.StatusServiceUnavailable, "rules store unavailable")
 		return
 	}
-	if errors.Is(err, errBody) {
-		writeError(w, http.StatusBadRequest, err.Error())
-		return
+	v := map[string]any{"error": re.Error(), "field": re.Field}
+	if re.Index >= 0 {
+		v["index"] = re.Index
 	}
-	writeError(w, http.StatusServiceUnavailable, "rules store unavailable")
-}
-
-var errBody = errors.New("bad body")
-
-// decodeJSON reads one JSON object, refusing unknown fields: an unknown
-// field inside a rule is named with the rule's index.
-func decodeJSON(r *http.Request, v any, limit int64) error {
-	d := json.NewDecoder(io.LimitReader(r.Body, limit))
-	d.DisallowUnknownFields()
-	if err := d.Decode(v); err != nil {
-		return unknownField(err)
-	}
-	if d.More() {
-		return fmt.Errorf("%w: want one JSON object, nothing after it", errBody)
-	}
-	return nil
-}
-
-// unknownField turns encoding/json's errors into ones naming the field.
-func unknownField(err error) error {
-	var te *json.UnmarshalTypeError
-	if errors.As(err, &te) && te.Field != "" {
-		return &Error{Index: -1, Field: te.Field, Msg: "want a " + te.Type.String()}
-	}
-	if f, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
-		return &Error{Index: -1, Field: strings.Trim(f, `"`), Msg: "unknown field"}
-	}
-	return fmt.Errorf("%w: want one JSON object: %v", errBody, err)
+	admin.WriteJSON(w, http.StatusBadRequest, v)
 }
 
 // fields are the names a rule's objects may have: anything else is named
@@ -273,12 +237,11 @@ func DecodeRules(raw []json.RawMessage) ([]Rule, error) {
 			return nil, err
 		}
 		if err := json.Unmarshal(b, &out[i]); err != nil {
-			e := unknownField(err)
-			if re, ok := e.(*Error); ok {
-				re.Index = i
-				return nil, re
+			re := &Error{Index: i, Field: "(rule)", Msg: "want a JSON object"}
+			if te := (*json.UnmarshalTypeError)(nil); errors.As(err, &te) && te.Field != "" {
+				re.Field, re.Msg = te.Field, "want a "+te.Type.String()
 			}
-			return nil, &Error{Index: i, Field: "(rule)", Msg: "want a JSON object"}
+			return nil, re
 		}
 	}
 	return out, nil

@@ -29,6 +29,8 @@ import (
 	"sync"
 	"time"
 	"unicode/utf8"
+
+	"github.com/wxgate/wxgate/shared/admin"
 )
 
 // The APIs the fake serves, by the names wxgate's metrics use.
@@ -353,9 +355,7 @@ const errBadFault = faultError("bad fault: delay must be a Go duration up to 10m
 
 func (s *Server) fault(w http.ResponseWriter, r *http.Request) {
 	var f Fault
-	dec := json.NewDecoder(io.LimitReader(r.Body, 4<<10))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&f); err != nil {
+	if err := admin.DecodeJSON(io.LimitReader(r.Body, 4<<10), &f); err != nil {
 		http.Error(w, "bad fault: "+err.Error(), http.StatusBadRequest)
 		return
 	}

@@ -11,6 +11,8 @@ import (
 	"net/http"
 	"slices"
 	"time"
+
+	"github.com/wxgate/wxgate/shared/admin"
 )
 
 // The APIs of this file, by the names wxgate's metrics use.
@@ -104,14 +106,14 @@ func (s *Server) routeData() {
 	s.mux.HandleFunc("/cgi-bin/get_current_autoreply_info", s.api(AutoreplyInfo, http.MethodGet, s.withToken(s.autoreplyInfo)))
 	s.mux.HandleFunc("POST /wxsim/datacube", s.control(func(body []byte) error {
 		var f DatacubeFigures
-		if err := decodeStrict(body, &f); err != nil {
+		if err := admin.DecodeJSON(bytes.NewReader(body), &f); err != nil {
 			return err
 		}
 		return s.SetDatacube(f)
 	}))
 	s.mux.HandleFunc("POST /wxsim/autoreply", s.control(func(body []byte) error {
 		var a AutoreplySetting
-		if err := decodeStrict(body, &a); err != nil {
+		if err := admin.DecodeJSON(bytes.NewReader(body), &a); err != nil {
 			return err
 		}
 		return s.SetAutoreply(a.AppID, a.Info)
@@ -131,18 +133,6 @@ func (s *Server) control(set func([]byte) error) http.HandlerFunc {
 		}
 		writeJSON(w, map[string]bool{"ok": true})
 	}
-}
-
-func decodeStrict(body []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return fmt.Errorf("bad body: %w", err)
-	}
-	if dec.More() {
-		return errors.New("bad body: one JSON object only")
-	}
-	return nil
 }
 
 // app returns the app appid ("" the default); s.mu held.

@@ -4,14 +4,14 @@ import (
 	"bytes"
 	"cmp"
 	"container/list"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/wxgate/wxgate/shared/admin"
 )
 
 // Interaction kinds, as POST /wxsim/interaction and Server.Interaction
@@ -71,13 +71,8 @@ const maxOpenID = 64
 // empty one), a known kind.
 func ParseInteraction(body []byte) (InteractionRequest, error) {
 	var req InteractionRequest
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
+	if err := admin.DecodeJSON(bytes.NewReader(body), &req); err != nil {
 		return req, fmt.Errorf("bad interaction: %w", err)
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return req, errors.New("bad interaction: data after the JSON object")
 	}
 	return req, checkInteraction(req.OpenID, req.Kind)
 }
