@@ -419,6 +419,11 @@ func TestTokenAndSession(t *testing.T) {
 	}
 }
 
+// PNG renders a QR code of text as a size×size PNG without a caption.
+func PNG(text string, size int) ([]byte, error) {
+	return (*Fonts)(nil).Render(text, Image{Format: FormatPNG, Size: size})
+}
+
 func TestPNG(t *testing.T) {
 	urls := []string{"http://weixin.qq.com/q/02abcdEfGh1e31000000007s", "http://weixin.qq.com/q/" + strings.Repeat("x", 120)}
 	for _, u := range urls {

@@ -56,6 +56,14 @@ type Image struct {
 }
 
 // Render draws a QR code of text as o says.
+//
+// Why piglig/go-qr, of the QR libraries the module proxy serves: it alone
+// has a decoder (pure Go), so the tests read every PNG served back to the
+// code's url; it exposes the module grid, so the image is drawn at exactly
+// the size asked; it has no dependencies. skip2/go-qrcode has had no
+// release since 2020 and no decoder, yeqown/go-qrcode/v2 needs a PNG writer
+// module that is not served here, and rsc.io/qr is frozen and skips a mask
+// pattern.
 func (f *Fonts) Render(text string, o Image) ([]byte, error) {
 	code, err := qr.EncodeText(text, qr.Medium)
 	if err != nil {
@@ -65,19 +73,6 @@ func (f *Fonts) Render(text string, o Image) ([]byte, error) {
 		return svg(code, o), nil
 	}
 	return f.png(code, o)
-}
-
-// PNG renders a QR code of text as a size×size PNG without a caption.
-//
-// Why piglig/go-qr, of the QR libraries the module proxy serves: it alone
-// has a decoder (pure Go), so the tests read every PNG served back to the
-// code's url; it exposes the module grid, so the image is drawn at exactly
-// the size asked; it has no dependencies. skip2/go-qrcode has had no
-// release since 2020 and no decoder, yeqown/go-qrcode/v2 needs a PNG writer
-// module that is not served here, and rsc.io/qr is frozen and skips a mask
-// pattern.
-func PNG(text string, size int) ([]byte, error) {
-	return (*Fonts)(nil).Render(text, Image{Format: FormatPNG, Size: size})
 }
 
 // png draws black modules on white, each module a whole number of pixels

@@ -55,9 +55,6 @@ func NewCipher(encodingAESKey, appID string) (*Cipher, error) {
 	return &Cipher{block: block, iv: key[:aes.BlockSize], appID: appID, random: rand.Reader}, nil
 }
 
-// AppID is the account the cipher checks decrypted messages against.
-func (c *Cipher) AppID() string { return c.appID }
-
 // Decrypt opens the base64 Encrypt field of a safe-mode message and returns
 // the message XML. It checks the padding, the length field and the AppID.
 func (c *Cipher) Decrypt(encrypt string) ([]byte, error) {

@@ -14,12 +14,14 @@
 package wechatapitest
 
 import (
+	"bytes"
 	"cmp"
 	"container/list"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"maps"
@@ -237,8 +239,20 @@ func New(o Options) *Server {
 	s.mux.HandleFunc("/cgi-bin/qrcode/create", s.api(QRCodeCreate, http.MethodPost, s.withToken(s.qrcodeCreate)))
 	s.mux.HandleFunc("/cgi-bin/message/custom/send", s.api(CustomSend, http.MethodPost, s.withToken(s.customSend)))
 	s.routeData()
-	s.mux.HandleFunc("POST /wxsim/fault", s.fault)
-	s.mux.HandleFunc("POST /wxsim/interaction", s.interaction)
+	s.mux.HandleFunc("POST /wxsim/fault", s.control(func(body []byte) error {
+		var f Fault
+		if err := admin.DecodeJSON(bytes.NewReader(body), &f); err != nil {
+			return fmt.Errorf("bad fault: %w", err)
+		}
+		return s.Inject(f)
+	}))
+	s.mux.HandleFunc("POST /wxsim/interaction", s.control(func(body []byte) error {
+		req, err := ParseInteraction(body)
+		if err == nil {
+			err = s.AppInteraction(req.AppID, req.OpenID, req.Kind, req.At)
+		}
+		return err
+	}))
 	s.mux.HandleFunc("GET /wxsim/calls", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, s.Calls()) })
 	s.mux.HandleFunc("POST /wxsim/reset", func(w http.ResponseWriter, _ *http.Request) {
 		s.mu.Lock()
@@ -246,7 +260,8 @@ func New(o Options) *Server {
 		s.mu.Unlock()
 		writeJSON(w, map[string]bool{"ok": true})
 	})
-	s.mux.HandleFunc("GET /wxsim/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	// What -healthcheck asks, as of every wxgate process.
+	s.mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ready\n") })
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		// WeChat answers unknown paths with a JSON errcode, not a 404 page.
 		answer(w, 48001, "api unauthorized (the fake does not serve "+strconv.Quote(r.URL.Path)+")")
@@ -352,19 +367,6 @@ type faultError string
 func (e faultError) Error() string { return string(e) }
 
 const errBadFault = faultError("bad fault: delay must be a Go duration up to 10m")
-
-func (s *Server) fault(w http.ResponseWriter, r *http.Request) {
-	var f Fault
-	if err := admin.DecodeJSON(io.LimitReader(r.Body, 4<<10), &f); err != nil {
-		http.Error(w, "bad fault: "+err.Error(), http.StatusBadRequest)
-		return
-	}
-	if err := s.Inject(f); err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
-	}
-	writeJSON(w, map[string]bool{"ok": true})
-}
 
 // answerFunc handles one API call of app a (nil: the fake cannot tell
 // which, a wrong AppID or token) and returns the JSON answer. It is called

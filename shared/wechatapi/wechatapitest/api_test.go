@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/wxgate/wxgate/shared/testutil/clocktest"
+	"github.com/wxgate/wxgate/shared/testutil/nettest"
 	"github.com/wxgate/wxgate/shared/testutil/wait"
 )
 
@@ -188,6 +189,12 @@ func TestHelpHidesTheSecret(t *testing.T) {
 	for secret, want := range map[string]int{"env-secret-value-42": 0, FakeSecret: 40125} {
 		if m := call(t, base, "/cgi-bin/stable_token", map[string]any{"grant_type": "client_credential", "appid": "wx1", "secret": secret}); errcode(m) != want {
 			t.Errorf("secret %q: %v, want errcode %d", secret, m, want)
+		}
+	}
+	// -healthcheck asks a running fake, and fails where none runs.
+	for addr, want := range map[string]int{strings.TrimPrefix(base, "http://"): 0, "127.0.0.1:" + nettest.FreePort(t): 1} {
+		if code := Main(ctx, []string{"-addr", addr, "-healthcheck"}, io.Discard, io.Discard); code != want {
+			t.Errorf("-healthcheck of %s exited %d, want %d", addr, code, want)
 		}
 	}
 	if secretOr("flag-secret", "env") != "flag-secret" || secretOr("", "") != FakeSecret {

@@ -8,12 +8,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"strings"
 	"time"
 
+	"github.com/wxgate/wxgate/shared/admin"
 	"github.com/wxgate/wxgate/shared/serve"
 )
 
@@ -51,7 +51,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	if *healthcheck {
-		return probe(*addr, stderr)
+		return admin.Healthcheck(*addr, stderr)
 	}
 	o.Secret = secretOr(o.Secret, os.Getenv("WECHAT_APPSECRET"))
 	var err error
@@ -112,25 +112,3 @@ func ParseApps(v string) (map[string]string, error) {
 // secretOr is the AppSecret the fake accepts: the flag's, else the
 // environment's, else the quick start's.
 func secretOr(flagValue, env string) string { return cmp.Or(flagValue, env, FakeSecret) }
-
-func probe(addr string, stderr io.Writer) int {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		fmt.Fprintln(stderr, "unhealthy:", err)
-		return 1
-	}
-	if host == "" || host == "0.0.0.0" || host == "::" {
-		host = "127.0.0.1"
-	}
-	c := &http.Client{Timeout: 3 * time.Second}
-	resp, err := c.Get("http://" + net.JoinHostPort(host, port) + "/wxsim/healthz")
-	if err == nil {
-		resp.Body.Close()
-		if resp.StatusCode == http.StatusOK {
-			return 0
-		}
-		err = fmt.Errorf("status %s", resp.Status)
-	}
-	fmt.Fprintln(stderr, "unhealthy:", err)
-	return 1
-}

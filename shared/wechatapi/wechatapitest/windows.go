@@ -5,8 +5,6 @@ import (
 	"cmp"
 	"container/list"
 	"fmt"
-	"io"
-	"net/http"
 	"slices"
 	"strings"
 	"time"
@@ -194,22 +192,4 @@ func (a *app) useWindow(openid string, now time.Time) int {
 		return 0
 	}
 	return 45015
-}
-
-func (s *Server) interaction(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(io.LimitReader(r.Body, 4<<10))
-	if err != nil {
-		http.Error(w, "reading the interaction: "+err.Error(), http.StatusBadRequest)
-		return
-	}
-	req, err := ParseInteraction(body)
-	if err == nil {
-		err = s.AppInteraction(req.AppID, req.OpenID, req.Kind, req.At)
-	}
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
-	}
-	s.o.Logger.Info("interaction", "openid", req.OpenID, "kind", req.Kind)
-	writeJSON(w, map[string]bool{"ok": true})
 }
