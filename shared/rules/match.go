@@ -1,6 +1,7 @@
 package rules
 
 import (
+	"cmp"
 	"regexp"
 	"regexp/syntax"
 	"slices"
@@ -31,21 +32,13 @@ type Engine struct {
 
 type compiled struct {
 	Rule
-	event        string // "" any
-	scene        *string
-	prefix       *string
-	keyword      string // folded (exact, contains)
-	hasKeyword   bool
-	match        string
-	re           *regexp.Regexp
-	literal      string // a string every match of re contains ("" none known)
-	key          *string
-	needsScene   bool
-	needsText    bool
-	needsMenuKey bool
+	keyword string // folded (exact, contains)
+	match   string
+	re      *regexp.Regexp
+	literal string // a string every match of re contains ("" none known)
 }
 
-// Compile compiles a valid rule list (Validate it first).
+// Compile validates and compiles a rule list.
 func Compile(rules []Rule) (*Engine, error) {
 	if err := Validate(rules); err != nil {
 		return nil, err
@@ -53,14 +46,8 @@ func Compile(rules []Rule) (*Engine, error) {
 	e := &Engine{rules: make([]compiled, len(rules)), byScene: map[string][]int32{}, byKey: map[string][]int32{},
 		byKeyword: map[string][]int32{}, contains: map[rune][]int32{}, literals: map[rune][]int32{}}
 	for i, r := range rules {
-		c := compiled{Rule: r, event: r.When.Event, scene: r.When.Scene, prefix: r.When.ScenePrefix, key: r.When.Key, match: r.When.Match}
-		c.needsScene = c.scene != nil || c.prefix != nil
-		c.needsMenuKey = c.key != nil
+		c := compiled{Rule: r, match: cmp.Or(r.When.Match, MatchExact)}
 		if r.When.Keyword != nil {
-			c.hasKeyword, c.needsText = true, true
-			if c.match == "" {
-				c.match = MatchExact
-			}
 			if c.match == MatchRegex {
 				c.re = regexp.MustCompile(*r.When.Keyword)
 				c.literal = requiredLiteral(*r.When.Keyword)
@@ -69,26 +56,26 @@ func Compile(rules []Rule) (*Engine, error) {
 			}
 		}
 		e.rules[i] = c
-		idx := int32(i)
+		idx, w := int32(i), r.When
 		switch {
-		case c.scene != nil:
-			e.byScene[*c.scene] = append(e.byScene[*c.scene], idx)
-		case c.key != nil:
-			e.byKey[*c.key] = append(e.byKey[*c.key], idx)
-		case c.hasKeyword && c.match == MatchExact:
+		case w.Scene != nil:
+			e.byScene[*w.Scene] = append(e.byScene[*w.Scene], idx)
+		case w.Key != nil:
+			e.byKey[*w.Key] = append(e.byKey[*w.Key], idx)
+		case w.ScenePrefix != nil:
+			e.prefixes = append(e.prefixes, idx)
+		case w.Keyword == nil:
+			e.general = append(e.general, idx)
+		case c.match == MatchExact:
 			e.byKeyword[c.keyword] = append(e.byKeyword[c.keyword], idx)
-		case c.hasKeyword && c.match == MatchContains:
+		case c.match == MatchContains:
 			r, _ := utf8.DecodeRuneInString(c.keyword)
 			e.contains[r] = append(e.contains[r], idx)
-		case c.hasKeyword && c.literal != "":
+		case c.literal != "":
 			r, _ := utf8.DecodeRuneInString(c.literal)
 			e.literals[r] = append(e.literals[r], idx)
-		case c.hasKeyword:
-			e.anyRegex = append(e.anyRegex, idx)
-		case c.prefix != nil:
-			e.prefixes = append(e.prefixes, idx)
 		default:
-			e.general = append(e.general, idx)
+			e.anyRegex = append(e.anyRegex, idx)
 		}
 	}
 	return e, nil
@@ -192,19 +179,16 @@ func (m *matcher) first(list []int32) {
 func (e *Engine) Rule(i int) *Rule { return &e.rules[i].Rule }
 
 func (c *compiled) holds(in *Input) bool {
+	w := &c.When
 	switch {
-	case c.event != "" && c.event != in.Event && !(c.event == "message" && !in.IsEvent):
+	case w.Event != "" && w.Event != in.Event && !(w.Event == "message" && !in.IsEvent):
 		return false
-	case c.needsScene && !in.HasScene,
-		c.needsText && !in.HasText,
-		c.needsMenuKey && !in.HasKey:
+	case w.Scene != nil && (!in.HasScene || *w.Scene != in.Scene),
+		w.ScenePrefix != nil && (!in.HasScene || !strings.HasPrefix(in.Scene, *w.ScenePrefix)),
+		w.Key != nil && (!in.HasKey || *w.Key != in.Key),
+		w.Keyword != nil && !in.HasText:
 		return false
-	case c.scene != nil && *c.scene != in.Scene,
-		c.prefix != nil && !strings.HasPrefix(in.Scene, *c.prefix),
-		c.key != nil && *c.key != in.Key:
-		return false
-	}
-	if !c.hasKeyword {
+	case w.Keyword == nil:
 		return true
 	}
 	switch c.match {

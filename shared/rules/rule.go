@@ -12,6 +12,8 @@ import (
 	"regexp"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/wxgate/wxgate/shared/wechat"
 )
 
 // Rule is one rule.
@@ -152,7 +154,7 @@ func bad(field, format string, args ...any) error {
 }
 
 func (r *Rule) validate() error {
-	if !utf8.ValidString(r.Name) || utf8.RuneCountInString(r.Name) > MaxName {
+	if !chars(r.Name, MaxName) {
 		return bad("name", "at most %d characters of UTF-8", MaxName)
 	}
 	if err := r.When.validate(); err != nil {
@@ -184,12 +186,12 @@ func (w *When) validate() error {
 		return bad("when.scene_prefix", "give scene or scene_prefix, not both")
 	}
 	if w.Scene != nil {
-		if *w.Scene == "" || !utf8.ValidString(*w.Scene) || utf8.RuneCountInString(*w.Scene) > 64 {
-			return bad("when.scene", "a scene: 1 to 64 characters of UTF-8")
+		if wechat.SceneProblem(*w.Scene) != "" {
+			return bad("when.scene", "a scene: 1 to %d characters of UTF-8", wechat.MaxSceneChars)
 		}
 	}
-	if w.ScenePrefix != nil && (!utf8.ValidString(*w.ScenePrefix) || utf8.RuneCountInString(*w.ScenePrefix) > 64) {
-		return bad("when.scene_prefix", "at most 64 characters of UTF-8")
+	if w.ScenePrefix != nil && !chars(*w.ScenePrefix, wechat.MaxSceneChars) {
+		return bad("when.scene_prefix", "at most %d characters of UTF-8", wechat.MaxSceneChars)
 	}
 	if (w.Scene != nil || w.ScenePrefix != nil) && w.Event != "" && w.Event != "subscribe" && w.Event != "scan" {
 		return bad("when.event", "a scene is only in subscribe and scan events")
@@ -204,7 +206,7 @@ func (w *When) validate() error {
 	}
 	if w.Keyword != nil {
 		k := *w.Keyword
-		if !utf8.ValidString(k) || utf8.RuneCountInString(k) > MaxKeyword {
+		if !chars(k, MaxKeyword) {
 			return bad("when.keyword", "at most %d characters of UTF-8", MaxKeyword)
 		}
 		if w.Match == MatchRegex {
@@ -246,13 +248,13 @@ func (r *Reply) validate() error {
 		for i, a := range r.Articles {
 			f := fmt.Sprintf("reply.articles[%d].", i)
 			switch {
-			case a.Title == "" || !utf8.ValidString(a.Title) || utf8.RuneCountInString(a.Title) > MaxTitle:
+			case a.Title == "" || !chars(a.Title, MaxTitle):
 				return bad(f+"title", "1 to %d characters", MaxTitle)
-			case !utf8.ValidString(a.Description) || utf8.RuneCountInString(a.Description) > MaxDescription:
+			case !chars(a.Description, MaxDescription):
 				return bad(f+"description", "at most %d characters", MaxDescription)
-			case !webURL(a.URL, true):
+			case !webURL(a.URL):
 				return bad(f+"url", "an http or https URL of at most %d bytes", MaxURL)
-			case !webURL(a.PicURL, true):
+			case !webURL(a.PicURL):
 				return bad(f+"pic_url", "an http or https URL of at most %d bytes", MaxURL)
 			}
 		}
@@ -286,16 +288,17 @@ func isEventName(e string) bool {
 	return true
 }
 
-func webURL(s string, optional bool) bool {
+// webURL reports an http or https URL, or none.
+func webURL(s string) bool {
 	if s == "" {
-		return optional
-	}
-	if len(s) > MaxURL {
-		return false
+		return true
 	}
 	u, err := url.Parse(s)
-	return err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != ""
+	return len(s) <= MaxURL && err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != ""
 }
+
+// chars reports whether s is at most most characters of UTF-8.
+func chars(s string, most int) bool { return utf8.ValidString(s) && utf8.RuneCountInString(s) <= most }
 
 func printable(s string) bool {
 	for i := 0; i < len(s); i++ {
