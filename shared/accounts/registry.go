@@ -124,9 +124,6 @@ func (r *Registry) Get(id string) (*Account, bool) {
 	return e.acct, true
 }
 
-// Default is the account the WECHAT_* variables define.
-func (r *Registry) Default() *Account { return r.def }
-
 // Accounts returns every account this process can serve, default first,
 // then by id.
 func (r *Registry) Accounts() []*Account {

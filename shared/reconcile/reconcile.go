@@ -506,7 +506,6 @@ func (r *Reconciler) read(ctx context.Context, kv jetstream.KeyValue, account st
 		case err != nil:
 			return nil, fmt.Errorf("read %s: %w", Bucket, err)
 		case json.Unmarshal(e.Value(), &day) != nil:
-			// Made again as if it were missing.
 			r.o.Logger.Warn("reconciliation: a row this version cannot read; made again", "key", e.Key())
 			day = row{Day: Day{Date: d.Format(time.DateOnly)}}
 		}

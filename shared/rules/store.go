@@ -84,9 +84,6 @@ func (s *Set) Engine(account string) *Engine {
 	return s.defaults
 }
 
-// Defaults is the default rules' engine.
-func (s *Set) Defaults() *Engine { return s.defaults }
-
 // Check reports whether the rules are current.
 func (s *Set) Check() error { return s.engines.Check() }
 
