@@ -52,27 +52,24 @@ func ParseMix(s string) (Mix, error) {
 
 // Message returns request i of a run: its kind follows the mix, and every
 // message is distinct (own OpenID and MsgId), so none is a retry of another.
-// replyExpected tells whether "success" would mean a fallback.
-func (m Mix) Message(run string, i, scenes int, now time.Time) (msg *wechat.Message, replyExpected bool) {
+// Each kind is answered with a reply: "success" is a fallback.
+func (m Mix) Message(run string, i, scenes int, now time.Time) *wechat.Message {
 	total := m.Text + m.Scan + m.Subscribe + m.Other
 	// Spread kinds evenly over consecutive requests.
 	slot := int((uint64(i) * 2654435761) % uint64(total))
-	msg = &wechat.Message{ToUserName: "gh_wxsim", FromUserName: "o_" + run + "_" + strconv.Itoa(i), CreateTime: now.Unix()}
+	msg := &wechat.Message{ToUserName: "gh_wxsim", FromUserName: "o_" + run + "_" + strconv.Itoa(i), CreateTime: now.Unix()}
 	scene := "scene_" + strconv.Itoa(i%max(scenes, 1))
 	switch {
 	case slot < m.Text:
 		msg.MsgType, msg.Content, msg.MsgID = wechat.MsgText, "load "+strconv.Itoa(i), strconv.Itoa(1_000_000_000+i)
-		return msg, true
 	case slot < m.Text+m.Scan:
 		msg.MsgType, msg.Event, msg.EventKey, msg.Ticket = wechat.MsgEvent, wechat.EventScan, scene, "load_ticket"
-		return msg, true
 	case slot < m.Text+m.Scan+m.Subscribe:
 		msg.MsgType, msg.Event, msg.EventKey, msg.Ticket = wechat.MsgEvent, wechat.EventSubscribe, wechat.ScenePrefix+scene, "load_ticket"
-		return msg, true
+	default: // an image, answered with the default text
+		msg.MsgType, msg.PicURL, msg.MediaID, msg.MsgID = wechat.MsgImage, "http://mmbiz.qpic.cn/load.jpg", "media_"+strconv.Itoa(i), strconv.Itoa(1_000_000_000+i)
 	}
-	// Other: an image, answered with the default text.
-	msg.MsgType, msg.PicURL, msg.MediaID, msg.MsgID = wechat.MsgImage, "http://mmbiz.qpic.cn/load.jpg", "media_"+strconv.Itoa(i), strconv.Itoa(1_000_000_000+i)
-	return msg, true
+	return msg
 }
 
 // Target is where requests go: an account's callback URL and how its
@@ -93,18 +90,15 @@ func (m Mix) Requests(s wechat.Sender, c *http.Client, url string, scenes int) f
 func (m Mix) RequestsTo(targets []Target, c *http.Client, scenes int) func(context.Context, int) loadgen.Outcome {
 	run := strconv.FormatUint(rand.Uint64()%1e8, 36) // distinct messages across runs too
 	return func(_ context.Context, i int) loadgen.Outcome {
-		msg, replyExpected := m.Message(run, i, scenes, time.Now())
 		t := targets[i%len(targets)]
-		code, reply, err := t.Sender.Post(c, t.URL, msg.AppendXML(nil), time.Now(), strconv.Itoa(i))
+		code, reply, err := t.Sender.Post(c, t.URL, m.Message(run, i, scenes, time.Now()).AppendXML(nil), time.Now(), strconv.Itoa(i))
 		switch {
 		case err != nil || code != http.StatusOK:
 			return loadgen.Error
 		case len(reply) > 0 && string(reply) != "success":
 			return loadgen.Reply
-		case replyExpected:
-			return loadgen.Fallback
 		}
-		return loadgen.Empty
+		return loadgen.Fallback
 	}
 }
 
