@@ -43,9 +43,9 @@ func main() {
 	flag.Parse()
 	o.Env = strings.FieldsFunc(env, func(r rune) bool { return r == ',' })
 	var err error
-	if o.Rates, err = floats(rates); err == nil {
-		if o.Scaling, err = ints(scaling); err == nil {
-			o.RecordSets, err = ints(sets)
+	if o.Rates, err = list[float64](rates); err == nil {
+		if o.Scaling, err = list[int](scaling); err == nil {
+			o.RecordSets, err = list[int](sets)
 		}
 	}
 	if err != nil {
@@ -60,26 +60,15 @@ func main() {
 	}
 }
 
-func ints(s string) ([]int, error) {
-	var out []int
-	for _, f := range strings.FieldsFunc(s, func(r rune) bool { return r == ',' }) {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n <= 0 {
-			return nil, fmt.Errorf("%q: want positive whole numbers", s)
-		}
-		out = append(out, n)
-	}
-	return out, nil
-}
-
-func floats(s string) ([]float64, error) {
-	var out []float64
+// list reads comma-separated positive numbers (whole ones for an int).
+func list[T int | float64](s string) ([]T, error) {
+	var out []T
 	for _, f := range strings.FieldsFunc(s, func(r rune) bool { return r == ',' }) {
 		n, err := strconv.ParseFloat(strings.TrimSpace(f), 64)
-		if err != nil || n <= 0 {
-			return nil, fmt.Errorf("%q: want positive numbers", s)
+		if err != nil || n <= 0 || float64(T(n)) != n {
+			return nil, fmt.Errorf("%q: want positive numbers (whole ones where counted)", s)
 		}
-		out = append(out, n)
+		out = append(out, T(n))
 	}
 	return out, nil
 }
