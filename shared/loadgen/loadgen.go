@@ -61,7 +61,7 @@ func Run(ctx context.Context, o Options) (Report, error) {
 		ctx, cancel = context.WithTimeout(ctx, o.Duration)
 		defer cancel()
 	}
-	// due carries each request's number and the time it was due.
+	// job is a request: its number and when it was due.
 	type job struct {
 		i   int
 		due time.Time

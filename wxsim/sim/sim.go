@@ -167,7 +167,7 @@ type creds struct{ token, aesKey, appID string }
 
 func (c *client) commonFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.url, "url", "http://127.0.0.1:8080/wechat", "the wxgate callback URL")
-	fs.StringVar(&c.token, "token", envOr("WECHAT_TOKEN", "wxgate-dev-token"), "the Token (default $WECHAT_TOKEN, else standalone's dev token)")
+	fs.StringVar(&c.token, "token", cmp.Or(os.Getenv("WECHAT_TOKEN"), "wxgate-dev-token"), "the Token (default $WECHAT_TOKEN, else standalone's dev token)")
 	fs.StringVar(&c.aesKey, "aeskey", os.Getenv("WECHAT_ENCODING_AES_KEY"), "the EncodingAESKey: given, messages go in safe mode")
 	fs.StringVar(&c.appID, "appid", os.Getenv("WECHAT_APPID"), "the AppID (safe mode)")
 	fs.StringVar(&c.to, "to", "gh_wxsim", "ToUserName: the account's original ID (gh_…)")
@@ -399,11 +399,4 @@ func printReply(w io.Writer, reply []byte) {
 		return
 	}
 	fmt.Fprintf(w, "reply: %s: %s\n", r.MsgType, reply)
-}
-
-func envOr(key, def string) string {
-	if v := os.Getenv(key); v != "" {
-		return v
-	}
-	return def
 }
