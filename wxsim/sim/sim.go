@@ -184,7 +184,7 @@ func (c *client) commonFlags(fs *flag.FlagSet) {
 func (c *client) setup() error {
 	c.creds = map[string]creds{}
 	for flag, v := range map[string]string{"-tokens": c.tokens, "-aeskeys": c.aesKeys, "-appids": c.appIDs} {
-		m, err := parseByAccount(v)
+		m, err := wechatapitest.ParsePairs(v, "=")
 		if err != nil {
 			return fmt.Errorf("%s: %w", flag, err)
 		}
@@ -238,23 +238,6 @@ func (c *client) senderFor(account string) (wechat.Sender, error) {
 
 // accountURL is the callback URL of account: base/<account>.
 func accountURL(base, account string) string { return strings.TrimSuffix(base, "/") + "/" + account }
-
-// parseByAccount reads "id=value,id2=value2". Errors never echo a value
-// (tokens and keys are secrets).
-func parseByAccount(v string) (map[string]string, error) {
-	m := map[string]string{}
-	if v == "" {
-		return m, nil
-	}
-	for i, part := range strings.Split(v, ",") {
-		id, val, ok := strings.Cut(strings.TrimSpace(part), "=")
-		if !ok || id == "" || val == "" {
-			return nil, fmt.Errorf("item %d: want id=value", i+1)
-		}
-		m[id] = val
-	}
-	return m, nil
-}
 
 func nonce() string { return strconv.FormatUint(rand.Uint64()%1e10, 10) }
 

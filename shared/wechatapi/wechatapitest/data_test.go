@@ -79,12 +79,12 @@ func TestSeveralApps(t *testing.T) {
 	}
 }
 
-func TestParseApps(t *testing.T) {
-	if m, err := ParseApps("a:s1, b:s:2"); err != nil || len(m) != 2 || m["b"] != "s:2" {
+func TestParsePairs(t *testing.T) {
+	if m, err := ParsePairs("a:s1, b:s:2", ":"); err != nil || len(m) != 2 || m["b"] != "s:2" {
 		t.Errorf("= %v %v", m, err)
 	}
 	for _, bad := range []string{"a", "a:", ":S3CR3T", "a:S3CR3T,a:S3CR3T", "a:S3CR3T,,b:S3CR3T"} {
-		if _, err := ParseApps(bad); err == nil {
+		if _, err := ParsePairs(bad, ":"); err == nil {
 			t.Errorf("%q accepted", bad)
 		} else if strings.Contains(err.Error(), "S3CR3T") {
 			t.Errorf("%q: the error echoes a secret: %v", bad, err)

@@ -55,7 +55,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	o.Secret = secretOr(o.Secret, os.Getenv("WECHAT_APPSECRET"))
 	var err error
-	if o.Apps, err = ParseApps(*apps); err != nil {
+	if o.Apps, err = ParsePairs(*apps, ":"); err != nil {
 		fmt.Fprintln(stderr, "wxsim api: -apps:", err)
 		return 2
 	}
@@ -89,24 +89,24 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// ParseApps reads "appid:secret,appid2:secret2". The error never echoes
-// a secret.
-func ParseApps(v string) (map[string]string, error) {
+// ParsePairs reads "key<sep>value,key2<sep>value2" (-apps: appid:secret).
+// The error never echoes a value: they are secrets.
+func ParsePairs(v, sep string) (map[string]string, error) {
 	if v == "" {
 		return nil, nil
 	}
-	apps := map[string]string{}
+	m := map[string]string{}
 	for i, part := range strings.Split(v, ",") {
-		id, secret, ok := strings.Cut(strings.TrimSpace(part), ":")
+		k, val, ok := strings.Cut(strings.TrimSpace(part), sep)
 		switch {
-		case !ok || id == "" || secret == "":
-			return nil, fmt.Errorf("item %d: want appid:secret", i+1)
-		case apps[id] != "":
-			return nil, fmt.Errorf("appid %q given twice", id)
+		case !ok || k == "" || val == "":
+			return nil, fmt.Errorf("item %d: want key%svalue", i+1, sep)
+		case m[k] != "":
+			return nil, fmt.Errorf("%q given twice", k)
 		}
-		apps[id] = secret
+		m[k] = val
 	}
-	return apps, nil
+	return m, nil
 }
 
 // secretOr is the AppSecret the fake accepts: the flag's, else the
