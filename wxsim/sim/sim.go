@@ -153,17 +153,15 @@ type client struct {
 	account            string // the wxgate account: -url/<account>; empty: -url as given
 	tokens, aesKeys    string // per account: id=value,…
 	appIDs             string
+	tokenOf, aesKeyOf  map[string]string // -tokens, -aeskeys, -appids, read
+	appIDOf            map[string]string
 	openID             string
 	api                string // the fake WeChat API to tell of interactions; empty: none
 	retries            int
 	timeout, wait      time.Duration
 	sender             wechat.Sender
 	http               *http.Client
-	creds              map[string]creds // -tokens, -aeskeys, -appids by account
 }
-
-// creds are what an account's callbacks are signed and encrypted with.
-type creds struct{ token, aesKey, appID string }
 
 func (c *client) commonFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.url, "url", "http://127.0.0.1:8080/wechat", "the wxgate callback URL")
@@ -182,31 +180,20 @@ func (c *client) commonFlags(fs *flag.FlagSet) {
 }
 
 func (c *client) setup() error {
-	c.creds = map[string]creds{}
-	for flag, v := range map[string]string{"-tokens": c.tokens, "-aeskeys": c.aesKeys, "-appids": c.appIDs} {
-		m, err := wechatapitest.ParsePairs(v, "=")
-		if err != nil {
+	var err error
+	for flag, f := range map[string]struct {
+		v string
+		m *map[string]string
+	}{"-tokens": {c.tokens, &c.tokenOf}, "-aeskeys": {c.aesKeys, &c.aesKeyOf}, "-appids": {c.appIDs, &c.appIDOf}} {
+		if *f.m, err = wechatapitest.ParsePairs(f.v, "="); err != nil {
 			return fmt.Errorf("%s: %w", flag, err)
 		}
-		for id, val := range m {
-			cr := c.creds[id]
-			switch flag {
-			case "-tokens":
-				cr.token = val
-			case "-aeskeys":
-				cr.aesKey = val
-			default:
-				cr.appID = val
-			}
-			c.creds[id] = cr
-		}
 	}
-	var err error
 	if c.sender, err = c.senderFor(c.account); err != nil {
 		return err
 	}
 	if c.account != "" {
-		c.appID = cmp.Or(c.creds[c.account].appID, c.appID)
+		c.appID = cmp.Or(c.appIDOf[c.account], c.appID)
 		c.url = accountURL(c.url, c.account)
 	}
 	if c.openID == "" {
@@ -219,9 +206,8 @@ func (c *client) setup() error {
 // senderFor signs (and in safe mode encrypts) as the account expects:
 // its own -tokens, -aeskeys and -appids, else the common flags.
 func (c *client) senderFor(account string) (wechat.Sender, error) {
-	cr := c.creds[account]
-	s := wechat.Sender{Token: cmp.Or(cr.token, c.token)}
-	key, appID := cmp.Or(cr.aesKey, c.aesKey), cmp.Or(cr.appID, c.appID)
+	s := wechat.Sender{Token: cmp.Or(c.tokenOf[account], c.token)}
+	key, appID := cmp.Or(c.aesKeyOf[account], c.aesKey), cmp.Or(c.appIDOf[account], c.appID)
 	if key == "" {
 		return s, nil
 	}
