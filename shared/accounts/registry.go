@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -185,13 +186,21 @@ func (r *Registry) Create(ctx context.Context, a Account) (View, error) {
 	if err != nil {
 		return View{}, err
 	}
-	if err := r.sealer.create(ctx, kv, &a); err != nil {
-		return View{}, err
+	b, err := r.sealer.encode(&a, time.Time{})
+	if err == nil {
+		_, err = kv.Create(ctx, a.ID, b)
+	}
+	switch {
+	case bus.IsKVConflict(err):
+		return View{}, ErrExists
+	case err != nil:
+		return View{}, fmt.Errorf("store account: %w", err)
 	}
 	return a.View(), nil
 }
 
-// Update changes the fields p gives.
+// Update changes the fields p gives, by compare-and-set: a concurrent
+// change is read again and p applied to it.
 func (r *Registry) Update(ctx context.Context, id string, p Patch) (View, error) {
 	if id == DefaultID {
 		return View{}, ErrDefault
@@ -206,14 +215,30 @@ func (r *Registry) Update(ctx context.Context, id string, p Patch) (View, error)
 	if err != nil {
 		return View{}, err
 	}
-	a, err := r.sealer.update(ctx, kv, id, func(cur Account) (Account, error) {
-		next := p.Apply(cur)
-		return next, next.Validate()
-	})
-	if err != nil {
-		return View{}, err
+	for {
+		e, err := kv.Get(ctx, id)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			return View{}, ErrNotFound
+		}
+		if err != nil {
+			return View{}, fmt.Errorf("read account: %w", err)
+		}
+		cur, created, err := r.sealer.decode(id, e.Value())
+		if err != nil {
+			return View{}, err
+		}
+		next := p.Apply(*cur)
+		if err := next.Validate(); err != nil {
+			return View{}, err
+		}
+		if b, err := r.sealer.encode(&next, created); err != nil {
+			return View{}, err
+		} else if _, err := kv.Update(ctx, id, b, e.Revision()); err == nil {
+			return next.View(), nil
+		} else if !bus.IsKVConflict(err) {
+			return View{}, fmt.Errorf("store account: %w", err)
+		}
 	}
-	return a.View(), nil
 }
 
 // Delete removes an account.

@@ -1,15 +1,10 @@
 package accounts
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
-
-	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/wxgate/wxgate/shared/bus"
 )
 
 // Bucket is the KV bucket of the accounts kept as data, one value per
@@ -32,9 +27,6 @@ type record struct {
 var ErrExists = errors.New("an account with this id exists")
 
 func (s *Sealer) encode(a *Account, created time.Time) ([]byte, error) {
-	if s == nil {
-		return nil, ErrNoSecretKey
-	}
 	sealed, err := s.seal(a)
 	if err != nil {
 		return nil, err
@@ -56,53 +48,4 @@ func (s *Sealer) decode(key string, b []byte) (*Account, time.Time, error) {
 	}
 	a := &Account{ID: r.ID, Name: r.Name, AppID: r.AppID, OriginalID: r.OriginalID, Mode: r.Mode}
 	return a, r.Created, s.open(a, r.Sealed)
-}
-
-// create stores a new account: ErrExists when the id is taken.
-func (s *Sealer) create(ctx context.Context, kv jetstream.KeyValue, a *Account) error {
-	b, err := s.encode(a, time.Time{})
-	if err != nil {
-		return err
-	}
-	if _, err := kv.Create(ctx, a.ID, b); err != nil {
-		if bus.IsKVConflict(err) {
-			return ErrExists
-		}
-		return fmt.Errorf("store account: %w", err)
-	}
-	return nil
-}
-
-// update changes a stored account with change, by compare-and-set; a
-// concurrent change is read again and change applied to it.
-func (s *Sealer) update(ctx context.Context, kv jetstream.KeyValue, id string, change func(Account) (Account, error)) (*Account, error) {
-	if s == nil {
-		return nil, ErrNoSecretKey
-	}
-	for {
-		e, err := kv.Get(ctx, id)
-		if errors.Is(err, jetstream.ErrKeyNotFound) {
-			return nil, ErrNotFound
-		}
-		if err != nil {
-			return nil, fmt.Errorf("read account: %w", err)
-		}
-		cur, created, err := s.decode(id, e.Value())
-		if err != nil {
-			return nil, err
-		}
-		next, err := change(*cur)
-		if err != nil {
-			return nil, err
-		}
-		b, err := s.encode(&next, created)
-		if err != nil {
-			return nil, err
-		}
-		if _, err := kv.Update(ctx, id, b, e.Revision()); err == nil {
-			return &next, nil
-		} else if !bus.IsKVConflict(err) {
-			return nil, fmt.Errorf("store account: %w", err)
-		}
-	}
 }
