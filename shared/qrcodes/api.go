@@ -43,32 +43,17 @@ func ParseRequest(r io.Reader) (Request, error) {
 	if err != nil {
 		return Request{}, err
 	}
-	var in struct {
-		Scene         *string `json:"scene"`
-		Permanent     bool    `json:"permanent"`
-		ExpireSeconds *int64  `json:"expire_seconds"`
-		Label         string  `json:"label"`
-		Group         string  `json:"group"`
-	}
-	if err := admin.DecodeJSON(bytes.NewReader(b), &in); err != nil {
+	req := Request{ExpireSeconds: DefaultExpireSeconds}
+	if err := admin.DecodeJSON(bytes.NewReader(b), &req); err != nil {
 		return Request{}, fmt.Errorf("%w: want a JSON object {\"scene\",\"permanent\",\"expire_seconds\",\"label\",\"group\"}: %v", ErrBadRequest, err)
 	}
-	req := Request{Permanent: in.Permanent, Label: in.Label, Group: in.Group, ExpireSeconds: DefaultExpireSeconds}
-	if in.Scene == nil {
-		return Request{}, fmt.Errorf("%w: scene is required", ErrBadRequest)
-	}
-	req.Scene = *in.Scene
 	if p := wechat.SceneProblem(req.Scene); p != "" {
 		return Request{}, fmt.Errorf("%w: scene must be 1 to 64 characters of UTF-8 (%s)", ErrBadRequest, p)
 	}
-	if in.ExpireSeconds != nil && !in.Permanent {
-		if *in.ExpireSeconds < MinExpireSeconds || *in.ExpireSeconds > MaxExpireSeconds {
-			return Request{}, fmt.Errorf("%w: expire_seconds must be %d to %d", ErrBadRequest, MinExpireSeconds, MaxExpireSeconds)
-		}
-		req.ExpireSeconds = *in.ExpireSeconds
-	}
 	if req.Permanent {
 		req.ExpireSeconds = 0
+	} else if req.ExpireSeconds < MinExpireSeconds || req.ExpireSeconds > MaxExpireSeconds {
+		return Request{}, fmt.Errorf("%w: expire_seconds must be %d to %d", ErrBadRequest, MinExpireSeconds, MaxExpireSeconds)
 	}
 	if err := checkText("label", req.Label, MaxLabelChars); err != nil {
 		return Request{}, err
