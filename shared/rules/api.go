@@ -19,7 +19,8 @@ import (
 type APIOptions struct {
 	Set *Set
 	// Account resolves ?account= (default "default"): false, after it has
-	// answered (404), when there is no such account.
+	// answered (404), when there is no such account. (*accounts.Registry).
+	// FromQuery is one.
 	Account func(w http.ResponseWriter, r *http.Request) (id string, ok bool)
 	// Labels tells an account's code label and group for a scene ({label},
 	// {group}); nil: none.
