@@ -35,9 +35,6 @@ func NewBucket(nc *nats.Conn, name, description string, replicas int) *Bucket {
 		History: 1, Storage: jetstream.FileStorage, Replicas: max(replicas, 1)}}
 }
 
-// Name is the bucket's name.
-func (b *Bucket) Name() string { return b.cfg.Bucket }
-
 // KV opens the bucket, or creates it.
 func (b *Bucket) KV(ctx context.Context) (jetstream.KeyValue, error) {
 	b.mu.Lock()

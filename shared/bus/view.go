@@ -76,7 +76,7 @@ func (v *View[T]) Ready() <-chan struct{} { return v.ready }
 // Check reports whether the view is current: the bucket read and watched.
 func (v *View[T]) Check() error {
 	if p := v.down.Load(); p != nil {
-		return fmt.Errorf("%s: %w", v.b.Name(), *p)
+		return fmt.Errorf("%s: %w", v.b.cfg.Bucket, *p)
 	}
 	return nil
 }
@@ -91,7 +91,7 @@ func (v *View[T]) keep(ctx context.Context) {
 		wasCurrent := v.down.Swap(&err) == nil
 		v.b.Forget()
 		if wasCurrent || attempt%60 == 0 {
-			v.logger.Warn("not watching a KV bucket; retrying", "bucket", v.b.Name(), "err", err)
+			v.logger.Warn("not watching a KV bucket; retrying", "bucket", v.b.cfg.Bucket, "err", err)
 		}
 		select {
 		case <-ctx.Done():
@@ -184,7 +184,7 @@ func (v *View[T]) apply(m map[string]T, e jetstream.KeyValueEntry) {
 	}
 	val, err := v.decode(key, e.Value())
 	if err != nil {
-		v.logger.Error("a KV value that cannot be read; its key keeps its last value", "bucket", v.b.Name(), "key", key, "err", err)
+		v.logger.Error("a KV value that cannot be read; its key keeps its last value", "bucket", v.b.cfg.Bucket, "key", key, "err", err)
 		if last, ok := v.Map()[key]; ok {
 			m[key] = last
 		} else {

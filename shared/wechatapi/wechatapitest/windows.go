@@ -2,7 +2,6 @@ package wechatapitest
 
 import (
 	"bytes"
-	"cmp"
 	"container/list"
 	"fmt"
 	"slices"
@@ -116,9 +115,9 @@ func (s *Server) AppInteraction(appid, openid, kind string, at time.Time) error 
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	a := s.apps[cmp.Or(appid, s.first)]
-	if a == nil {
-		return fmt.Errorf("bad interaction: no app %q", appid)
+	a, err := s.app(appid)
+	if err != nil {
+		return fmt.Errorf("bad interaction: %w", err)
 	}
 	a.interactions[kind]++
 	p := a.people[openid]
