@@ -11,6 +11,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -115,7 +116,7 @@ func parseCSV(b []byte) ([]item, error) {
 	for i, h := range header {
 		h = strings.ToLower(strings.TrimSpace(h))
 		switch {
-		case !strings.Contains(","+strings.Join(csvColumns, ",")+",", ","+h+","):
+		case !slices.Contains(csvColumns, h):
 			return nil, fmt.Errorf("%w: CSV: unknown column %q (the columns are %s)", ErrBadRequest, h, strings.Join(csvColumns, ","))
 		case at[h] != 0:
 			return nil, fmt.Errorf("%w: CSV: column %q given twice", ErrBadRequest, h)
