@@ -218,7 +218,12 @@ var errScansStream = errors.New("the stream " + scansStream + " of an earlier bu
 // setup makes sure the streams and buckets exist (the analytics own them)
 // and starts the exporter.
 func (r *Role) setup(ctx context.Context) (jetstream.JetStream, *stats.Store, jetstream.KeyValue, *Exporter, error) {
-	js, err := jetstream.New(r.o.Conn)
+	// A write of the totals not acknowledged within a lease is given up,
+	// and the leader starts again: in a cluster, one lost with the node
+	// leading the bucket is never answered, and nats.go fails it only when
+	// this connection drops. Waiting on it would stall the leader for ever
+	// while its lease is renewed, no standby taking over.
+	js, err := jetstream.New(r.o.Conn, jetstream.WithPublishAsyncTimeout(r.o.Lease))
 	if err != nil {
 		return nil, nil, nil, nil, err
 	}

@@ -314,6 +314,36 @@ func TestDeletedConsumerIsReplaced(t *testing.T) {
 	f.totals(r, "poster", want("poster", 0, 3, 0, 2, 0))
 }
 
+// A write of the totals whose acknowledgement never comes is given up
+// after a lease, and the leader starts again: in a cluster, a write lost
+// with the node leading the bucket is never answered, and nats.go fails it
+// only when the leader's own connection drops. Here the bucket's stream
+// stores writes without acknowledging them for a while.
+func TestUnacknowledgedWriteIsGivenUp(t *testing.T) {
+	f := newFixture(t)
+	r, _ := f.role(RoleOptions{})
+	f.event("SCAN", "alice", "poster")
+	f.totals(r, "poster", want("poster", 0, 1, 0, 1, 0))
+	noAck := func(on bool) {
+		t.Helper()
+		s, err := f.js.Stream(context.Background(), "KV_"+stats.BucketName)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := s.CachedInfo().Config
+		cfg.NoAck = on
+		if _, err := f.js.UpdateStream(context.Background(), cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	noAck(true)
+	f.event("SCAN", "bob", "poster")
+	f.totals(r, "poster", want("poster", 0, 2, 0, 2, 0)) // stored, never acknowledged
+	noAck(false)
+	f.event("SCAN", "carol", "poster")
+	f.totals(r, "poster", want("poster", 0, 3, 0, 3, 0))
+}
+
 // status waits for r's leader to report, and returns what it said.
 func status(t *testing.T, r *Role) stats.Status {
 	t.Helper()
