@@ -28,12 +28,12 @@ const (
 	windowMask = 1<<windowDays - 1
 )
 
-func (t trace) date() int { return int(t & 0xffff) }
+func (t trace) date() int     { return int(t & 0xffff) }
 func (t trace) hours() uint64 { return uint64(t>>16) & hoursMask }
 
 // days has bit j set for each day D−j they scanned on (j = 0..14).
 func (t trace) days() uint64 { return 1 | (uint64(t>>41)&windowMask)<<1 }
-func (t trace) gap() int    { return int(t >> 55) }
+func (t trace) gap() int     { return int(t >> 55) }
 
 func newTrace(date int, hours, days uint64, gap int) trace {
 	return trace(uint64(date)&0xffff | (hours&hoursMask)<<16 | (days>>1&windowMask)<<41 | uint64(min(gap, gapUnknown))<<55)
