@@ -233,10 +233,13 @@ func (a *App) startAdmin(o Options, cfg config.Config, reg *prometheus.Registry)
 		// client of WeChat's API in the process: standalone, the
 		// workers' (their late replies use it too).
 		scenes := stats.OpenOnUse(a.nc)
-		api := stats.API(scenes, cfg.AdminToken)
+		api, err := stats.API(stats.APIOptions{Store: scenes, Token: cfg.AdminToken, Zone: cfg.AnalyticsZone,
+			Logger: logger.With("component", "stats")})
+		if err != nil {
+			return nil, err
+		}
 		var wx *wechatapi.Clients
 		var rec *reconcile.Reconciler
-		var err error
 		if a.workers != nil {
 			scenes, api, wx, rec = a.workers.Scenes(), a.workers.API(), a.workers.WeChat, a.workers.Reconcile
 		} else if wx, err = worker.NewWeChat(cfg, a.nc, logger, reg); err != nil {

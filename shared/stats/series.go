@@ -109,6 +109,11 @@ func GroupUID(group string) string { return "g" + b64(group) }
 
 func b64(s string) string { return base64.RawURLEncoding.EncodeToString([]byte(s)) }
 
+func b64Decode(s string) (string, error) {
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	return string(b), err
+}
+
 // DayKey is the key of a universe's day value in the series bucket. Only
 // an accounts.ValidID account may reach it.
 func DayKey(account string, d Date, uid string) string {

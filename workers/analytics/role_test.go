@@ -2,6 +2,7 @@ package analytics
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -95,17 +96,29 @@ func startRole(t *testing.T, nc *nats.Conn, o RoleOptions) (*Role, *prometheus.R
 	return r, reg
 }
 
-// publish stores raw data as an event, as any version or publisher could.
-func (f *fixture) publish(requestSubject string, data []byte) {
+// publish stores raw data as an event of account, as any version or
+// publisher could (account "": on the subject of the version before
+// accounts, wxgate.events.<request subject>).
+func (f *fixture) publish(account, requestSubject string, data []byte) {
 	f.t.Helper()
-	msg := &nats.Msg{Subject: events.Subject(requestSubject), Data: data, Header: nats.Header{}}
+	subject := events.SubjectPrefix + requestSubject
+	if account != "" {
+		subject = events.SubjectPrefix + account + "." + requestSubject
+	}
+	msg := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}
 	if _, err := f.js.PublishMsg(context.Background(), msg, jetstream.WithMsgID(fmt.Sprint("test.", f.n.Add(1)))); err != nil {
 		f.t.Fatal(err)
 	}
 }
 
-// event stores a scene event: kind is subscribe, SCAN or unsubscribe.
+// event stores a scene event of the default account: kind is subscribe,
+// SCAN or unsubscribe.
 func (f *fixture) event(ev, openid, scene string) {
+	f.t.Helper()
+	f.eventOf("default", ev, openid, scene)
+}
+
+func (f *fixture) eventOf(account, ev, openid, scene string) {
 	f.t.Helper()
 	m := &wechat.Message{ToUserName: "gh", FromUserName: openid, CreateTime: 1700000000 + f.n.Load(), MsgType: wechat.MsgEvent, Event: ev}
 	switch ev {
@@ -116,7 +129,7 @@ func (f *fixture) event(ev, openid, scene string) {
 	case wechat.EventScan:
 		m.EventKey = scene
 	}
-	f.publish(m.Subject(), m.AppendXML(nil))
+	f.publish(account, m.Subject(), m.AppendXML(nil))
 }
 
 // totals waits until the store shows want for scene.
@@ -141,7 +154,7 @@ func (f *fixture) totals(r *Role, scene string, want stats.Totals) {
 
 func want(scene string, subscribe, scan, followers, unique, unfollows int64) stats.Totals {
 	return stats.Totals{Scene: scene, Scans: subscribe + scan, SubscribeScans: subscribe, ScanScans: scan,
-		NewFollowers: followers, UniquePeople: unique, Unfollows: unfollows}
+		NewFollowers: followers, UniquePeople: unique, Unfollows: unfollows, NetFollowers: followers - unfollows}
 }
 
 // Two processes: one leads, one stands by. The leader stops (its lease
@@ -184,7 +197,7 @@ func TestPoisonEventsAreQuarantined(t *testing.T) {
 	f := newFixture(t)
 	r, reg := f.role(RoleOptions{})
 	f.event("SCAN", "alice", "poster")
-	f.publish("event.scan", []byte("{not xml"))
+	f.publish("default", "event.scan", []byte("{not xml"))
 	f.event("SCAN", "zed", strings.Repeat("z", 5000))
 	f.event("SCAN", "zed", strings.Repeat("场", 1000))
 	f.event("subscribe", "bob", "poster")
@@ -341,7 +354,7 @@ func rebuildDroppingAGhost(t *testing.T, r *Role) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.KV.Put(context.Background(), stats.SceneKey("ghost"), []byte(`{"scene":"ghost","scans":7}`)); err != nil {
+	if _, err := s.KV.Put(context.Background(), stats.TotalsKey("default", "ghost"), []byte(`{"scene":"ghost","scans":7}`)); err != nil {
 		t.Fatal(err)
 	}
 	before := status(t, r)
@@ -401,10 +414,14 @@ func TestRebuildOverHTTP(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.KV.Put(context.Background(), stats.SceneKey("poster"), []byte(`{"scene":"poster","scans":99}`)); err != nil {
+	if _, err := s.KV.Put(context.Background(), stats.TotalsKey("default", "poster"), []byte(`{"scene":"poster","scans":99}`)); err != nil {
 		t.Fatal(err)
 	}
-	api := httptest.NewServer(stats.API(r.Store, "admin-token"))
+	h, err := stats.API(stats.APIOptions{Store: r.Store, Token: "admin-token", Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	api := httptest.NewServer(h)
 	t.Cleanup(api.Close)
 	post := func(token string) int {
 		t.Helper()
@@ -578,7 +595,7 @@ func TestRefusesTheScansStreamsTotals(t *testing.T) {
 		t.Fatal(err)
 	}
 	for scene, v := range map[string]string{"poster": `{"scene":"poster","scans":40,"scan_scans":40}`, "old": `{"scene":"old","scans":7,"scan_scans":7}`} {
-		if _, err := kv.Put(ctx, stats.SceneKey(scene), []byte(v)); err != nil {
+		if _, err := kv.Put(ctx, oldTotalsKey(scene), []byte(v)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -615,7 +632,7 @@ func TestRefusesTheScansStreamsTotals(t *testing.T) {
 	if n := strings.Count(logs.String(), todo); n != 1 {
 		t.Errorf("what to do was logged %d times, want once (once a minute):\n%s", n, logs.String())
 	}
-	if got, _ := kv.Get(ctx, stats.SceneKey("poster")); got == nil || !strings.Contains(string(got.Value()), `"scans":40`) {
+	if got, _ := kv.Get(ctx, oldTotalsKey("poster")); got == nil || !strings.Contains(string(got.Value()), `"scans":40`) {
 		t.Errorf("poster was written beside WXGATE_SCANS: %v", got)
 	}
 
@@ -643,4 +660,10 @@ func TestRefusesTheScansStreamsTotals(t *testing.T) {
 		return nil
 	})
 	f.totals(r, "poster", want("poster", 0, 1, 0, 1, 0))
+}
+
+// oldTotalsKey is where the versions before accounts kept a scene's
+// totals.
+func oldTotalsKey(scene string) string {
+	return "s." + base64.RawURLEncoding.EncodeToString([]byte(scene))
 }

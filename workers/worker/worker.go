@@ -89,6 +89,7 @@ func Start(o Options) (_ *Worker, err error) {
 			Conn: o.Conn, Logger: o.Logger.With("component", "analytics"), Registerer: o.Registerer,
 			Streams:   o.Config.Streams(),
 			MaxScenes: o.Config.AnalyticsMaxScenes,
+			Zone:      o.Config.AnalyticsZone,
 			Fatal:     o.Health.Fatal,
 			GiveUp:    o.GiveUp,
 		}); err != nil {
@@ -97,7 +98,11 @@ func Start(o Options) (_ *Worker, err error) {
 		o.Health.Add("analytics", w.Analytics.Check)
 		store = w.Analytics.Store
 	}
-	w.api, w.scenes = stats.API(store, o.Config.AdminToken), store
+	if w.api, err = stats.API(stats.APIOptions{Store: store, Token: o.Config.AdminToken, Zone: o.Config.AnalyticsZone,
+		Logger: o.Logger.With("component", "stats")}); err != nil {
+		return nil, err
+	}
+	w.scenes = store
 	if w.WeChat, err = NewWeChat(o.Config, o.Conn, o.Logger, o.Registerer); err != nil {
 		return nil, err
 	}

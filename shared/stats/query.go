@@ -1,0 +1,130 @@
+package stats
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// totals are the account's scenes' totals, from the view.
+func (v *view) totals(account string) []Totals {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	out := make([]Totals, 0, len(v.tot[account]))
+	for _, t := range v.tot[account] {
+		out = append(out, t)
+	}
+	return out
+}
+
+// hasAccount reports whether the view holds any totals of account.
+func (v *view) hasAccount(account string) bool {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	return len(v.tot[account]) > 0
+}
+
+// daySet is the day values of one account over a period: the view's, and
+// those read for days outside it.
+type daySet struct {
+	lo, hi     Date
+	view, read map[Date]map[string]*Day
+}
+
+// at is the values of day d, by universe.
+func (ds daySet) at(d Date) map[string]*Day {
+	if d >= ds.lo && d <= ds.hi {
+		return ds.view[d]
+	}
+	return ds.read[d]
+}
+
+// get is universe uid's value on day d; nil: no scans.
+func (ds daySet) get(d Date, uid string) *Day { return ds.at(d)[uid] }
+
+// withDays calls f with the account's day values on from..to, of
+// universe uid or of every one (uid ""): the view's, and the others read
+// now. f runs under the view's read lock: it must not block.
+func (s *Store) withDays(ctx context.Context, account string, from, to Date, uid string, f func(daySet)) error {
+	v, err := s.readView(ctx)
+	if err != nil {
+		return err
+	}
+	v.mu.RLock()
+	lo, hi := v.lo, v.hi
+	v.mu.RUnlock()
+	var filters []string
+	for d := from; d <= to; d++ {
+		if d < lo || d > hi {
+			filters = append(filters, "d."+account+"."+d.key()+"."+cmpOr(uid, "*"))
+		}
+	}
+	read := map[string]map[Date]map[string]*Day{account: {}}
+	if len(filters) > 0 {
+		entries, err := readAll(ctx, s.Series, filters)
+		if err != nil {
+			return err
+		}
+		for _, e := range entries {
+			putDay(read, e)
+		}
+	}
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	f(daySet{v.lo, v.hi, v.days[account], read[account]})
+	return nil
+}
+
+func cmpOr(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+// hours reads a universe's hour values on from..to.
+func (s *Store) hours(ctx context.Context, account string, from, to Date, uid string) (map[Date]*Hours, error) {
+	var filters []string
+	for d := from; d <= to; d++ {
+		filters = append(filters, HourKey(account, d, uid))
+	}
+	entries, err := readAll(ctx, s.Series, filters)
+	if err != nil {
+		return nil, err
+	}
+	out := map[Date]*Hours{}
+	for _, e := range entries {
+		if _, date, _, ok := dayOfKey(e.Key()); ok {
+			if h, err := DecodeHours(e.Value()); err == nil {
+				out[date] = h
+			}
+		}
+	}
+	return out, nil
+}
+
+// readAll reads the current values of the keys that match filters.
+func readAll(ctx context.Context, kv jetstream.KeyValue, filters []string) ([]jetstream.KeyValueEntry, error) {
+	w, err := kv.WatchFiltered(ctx, filters, jetstream.IgnoreDeletes())
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", kv.Bucket(), err)
+	}
+	defer w.Stop()
+	var out []jetstream.KeyValueEntry
+	for {
+		select {
+		case e, ok := <-w.Updates():
+			if !ok {
+				return nil, errors.New("read: the watch ended")
+			}
+			if e == nil {
+				return out, nil
+			}
+			out = append(out, e)
+		case <-ctx.Done():
+			return nil, fmt.Errorf("read %s: %w", kv.Bucket(), ctx.Err())
+		}
+	}
+}
