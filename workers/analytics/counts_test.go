@@ -23,6 +23,7 @@ import (
 	"github.com/wxgate/wxgate/shared/events"
 	"github.com/wxgate/wxgate/shared/stats"
 	"github.com/wxgate/wxgate/shared/stats/statstest"
+	"github.com/wxgate/wxgate/shared/testutil/metricstest"
 	"github.com/wxgate/wxgate/shared/testutil/wait"
 	"github.com/wxgate/wxgate/shared/wechat"
 )
@@ -224,7 +225,7 @@ func csvRows(t *testing.T, base, path string) [][]string {
 func TestCountsByDayHourAndGroup(t *testing.T) {
 	f := newFixture(t)
 	codes, m, old := countsRun(11, 1500)
-	r, _ := f.role(RoleOptions{Zone: shanghai, Labels: codes})
+	r, reg := f.role(RoleOptions{Zone: shanghai, Labels: codes, MaxScenes: 3})
 	for i, e := range m.Events {
 		f.publishAt(e, old[i])
 	}
@@ -259,6 +260,25 @@ func TestCountsByDayHourAndGroup(t *testing.T) {
 	}
 	settled(0)
 	checkCounts(t, api.URL, m, codes)
+	// Each account's scenes are exported under its label, the busiest 3 by
+	// name, the rest in the account's overflow.
+	wait.For(t, wait.Short, wait.Every, func() error { // the exporters follow the totals by a watch
+		for _, account := range []string{"default", "second"} {
+			var sum float64
+			for _, scene := range m.Scenes(account) {
+				v, ok := metricstest.Lookup(reg, "wechat_scene_scans_total", map[string]string{"account": account, "scene": scene, "kind": "scan"})
+				if want := float64(m.All(account, stats.SceneUID(scene)).ScanScans); ok && v != want {
+					return fmt.Errorf("%s %s: %v scans exported, want %v", account, scene, v, want)
+				}
+				sum += v
+			}
+			overflow, _ := metricstest.Lookup(reg, "wechat_scene_scans_overflow_total", map[string]string{"account": account, "kind": "scan"})
+			if want := float64(m.All(account, stats.AccountUID).ScanScans); sum+overflow != want || overflow == 0 {
+				return fmt.Errorf("%s: %v scans by scene and %v in the overflow, want %v in all", account, sum, overflow, want)
+			}
+		}
+		return nil
+	})
 
 	// The CSV read back equals the JSON.
 	today, _ := stats.DateHour(time.Now(), shanghai)

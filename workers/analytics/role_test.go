@@ -21,6 +21,7 @@ import (
 	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/events"
 	"github.com/wxgate/wxgate/shared/stats"
+	"github.com/wxgate/wxgate/shared/stats/statstest"
 	"github.com/wxgate/wxgate/shared/testutil/metricstest"
 	"github.com/wxgate/wxgate/shared/testutil/natstest"
 	"github.com/wxgate/wxgate/shared/testutil/wait"
@@ -666,4 +667,74 @@ func TestRefusesTheScansStreamsTotals(t *testing.T) {
 // totals.
 func oldTotalsKey(scene string) string {
 	return "s." + base64.RawURLEncoding.EncodeToString([]byte(scene))
+}
+
+// What the version before accounts and series (8af83c1) left: events on
+// wxgate.events.event.<type>, a snapshot of format 1 and totals under
+// s.<scene>. This version rebuilds from the stream in the epoch after the
+// snapshot's, counting those events as the default account's: every count
+// comes out the same, with days and hours besides, and the old keys go
+// once the rebuild has caught up.
+func TestUpgradeFromTheVersionBeforeAccounts(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	at := time.Now().Add(-50 * time.Hour)
+	for i, e := range []struct{ kind, person, scene string }{
+		{"subscribe", "alice", "poster"}, {"scan", "alice", "poster"}, {"scan", "bob", "poster"},
+		{"subscribe", "carol", "counter"}, {"unsubscribe", "alice", ""}, {"scan", "bob", "counter"},
+	} {
+		f.publishAt(statstest.Event{Account: "default", Kind: e.kind, Person: e.person, Scene: e.scene, At: at.Add(time.Duration(i) * 5 * time.Hour)}, true)
+	}
+	obj, err := f.js.CreateObjectStore(ctx, jetstream.ObjectStoreConfig{Bucket: stats.AnalyticsName})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := obj.PutBytes(ctx, snapshotName, []byte{1, 3, 0, 6, 0, 0, 0}); err != nil { // format 1, epoch 3, seq 6
+		t.Fatal(err)
+	}
+	kv, err := f.js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: stats.BucketName, History: 1, Storage: jetstream.FileStorage})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for scene, v := range map[string]string{
+		"poster":  `{"scene":"poster","scans":3,"subscribe_scans":1,"scan_scans":2,"new_followers":1,"unique_people":2,"unfollows":1,"first_seq":1,"epoch":3,"seq":6}`,
+		"counter": `{"scene":"counter","scans":2,"subscribe_scans":1,"scan_scans":1,"new_followers":1,"unique_people":2,"unfollows":0,"first_seq":4,"epoch":3,"seq":6}`,
+	} {
+		if _, err := kv.Put(ctx, oldTotalsKey(scene), []byte(v)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r, reg := f.role(RoleOptions{})
+	f.totals(r, "poster", want("poster", 1, 2, 1, 2, 1))
+	f.totals(r, "counter", want("counter", 1, 1, 1, 2, 0))
+	wait.For(t, wait.Short, wait.Every, func() error {
+		st := status(t, r)
+		if st.Epoch != 4 || st.Rebuilding {
+			return fmt.Errorf("status %+v, want epoch 4, caught up", st)
+		}
+		for _, scene := range []string{"poster", "counter"} {
+			if _, err := kv.Get(ctx, oldTotalsKey(scene)); err == nil {
+				return fmt.Errorf("old key of %s still there", scene)
+			}
+		}
+		return nil
+	})
+	s, err := r.Store(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var days int64
+	for _, d := range []time.Time{at, at.Add(24 * time.Hour), at.Add(48 * time.Hour)} {
+		date, _ := stats.DateHour(d, shanghai)
+		if e, err := s.Series.Get(ctx, stats.DayKey("default", date, stats.AccountUID)); err == nil {
+			v, _ := stats.DecodeDay(e.Value())
+			days += v.Subscribe + v.Scan
+		}
+	}
+	if days != 5 {
+		t.Errorf("%d scans in the account's days, want 5", days)
+	}
+	if v, _ := metricstest.Lookup(reg, "wechat_scene_scans_total", map[string]string{"account": "default", "scene": "poster", "kind": "scan"}); v != 2 {
+		t.Errorf("poster's scans exported: %v", v)
+	}
 }
