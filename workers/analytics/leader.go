@@ -70,7 +70,15 @@ func (r *Role) lead(ctx context.Context, js jetstream.JetStream, store *stats.St
 	a.st.touchAll()
 	a.labels(sctx)
 	cancel()
-	defer func() { r.last = a.st }()
+	defer func() {
+		// The state carries on in this process only when every change it
+		// made to the values was written; otherwise the next leader
+		// replays from the snapshot.
+		r.last = nil
+		if len(a.series.changed) == 0 {
+			r.last = a.st
+		}
+	}()
 	for {
 		err := a.run(ctx)
 		if !errors.Is(err, errRebuild) && !errors.Is(err, errStreamChanged) {
