@@ -278,27 +278,41 @@ func DecodeDay(b []byte) (*Day, error) {
 	return d, r.done()
 }
 
-// Append appends the stored form of h: the hours with any count, by a
-// bit mask.
+// Append appends the stored form of h: by column (new followers, scans
+// by followers, repeated people, unfollows), each the mask of the hours
+// where it is not zero and their values. Most hours' repeats are zero
+// (unique people = scans), and most hours have one kind of scan.
 func (h *Hours) Append(b []byte) []byte {
 	b = append(b, hourFormat)
 	b = binary.AppendUvarint(b, h.Epoch)
 	b = binary.AppendUvarint(b, h.Seq)
-	var mask uint64
-	for i, v := range h.H {
-		if v != (Hour{}) {
-			mask |= 1 << i
+	for _, col := range hourColumns {
+		var mask uint64
+		for i, v := range h.H {
+			if col.get(v) != 0 {
+				mask |= 1 << i
+			}
 		}
-	}
-	b = binary.AppendUvarint(b, mask)
-	for _, v := range h.H {
-		if v != (Hour{}) {
-			for _, n := range []int64{v.Subscribe, v.Scan, v.Unique, v.Unfollows} {
-				b = binary.AppendVarint(b, n)
+		b = binary.AppendUvarint(b, mask)
+		for i, v := range h.H {
+			if mask&(1<<i) != 0 {
+				b = binary.AppendVarint(b, col.get(v))
 			}
 		}
 	}
 	return b
+}
+
+// hourColumns are how an hour is stored: its counts, less what the others
+// imply.
+var hourColumns = []struct {
+	get func(Hour) int64
+	set func(*Hour, int64)
+}{
+	{func(h Hour) int64 { return h.Subscribe }, func(h *Hour, n int64) { h.Subscribe = n }},
+	{func(h Hour) int64 { return h.Scan }, func(h *Hour, n int64) { h.Scan = n }},
+	{func(h Hour) int64 { return h.Subscribe + h.Scan - h.Unique }, func(h *Hour, n int64) { h.Unique = h.Subscribe + h.Scan - n }},
+	{func(h Hour) int64 { return h.Unfollows }, func(h *Hour, n int64) { h.Unfollows = n }},
 }
 
 // DecodeHours reads a stored hour value.
@@ -308,14 +322,22 @@ func DecodeHours(b []byte) (*Hours, error) {
 		return nil, fmt.Errorf("%w: hour format", errValue)
 	}
 	h := &Hours{Epoch: r.uvarint(), Seq: r.uvarint()}
-	mask := r.uvarint()
-	if mask >= 1<<MaxHours {
-		r.fail("hour out of range")
-	}
-	for i := 0; mask>>i != 0 && r.err == nil; i++ {
-		if mask&(1<<i) != 0 {
-			*h.At(i) = Hour{r.varint(), r.varint(), r.varint(), r.varint()}
+	for _, col := range hourColumns {
+		mask := r.uvarint()
+		if mask >= 1<<MaxHours {
+			r.fail("hour out of range")
 		}
+		for i := 0; (mask>>i != 0 || i < len(h.H)) && r.err == nil; i++ {
+			v := h.At(i)
+			if mask&(1<<i) != 0 {
+				col.set(v, r.varint())
+			} else {
+				col.set(v, 0)
+			}
+		}
+	}
+	for len(h.H) > 0 && h.H[len(h.H)-1] == (Hour{}) { // as written: no trailing empty hours
+		h.H = h.H[:len(h.H)-1]
 	}
 	return h, r.done()
 }

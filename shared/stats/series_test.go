@@ -148,7 +148,9 @@ func TestValuesRoundTrip(t *testing.T) {
 	}
 	h := &Hours{Epoch: 1, Seq: 9}
 	h.At(0).Scan = 3
-	h.At(24).Unique = 1
+	*h.At(5) = Hour{Subscribe: 2, Scan: 1, Unique: 2, Unfollows: 1}
+	*h.At(20) = Hour{Subscribe: 4, Unique: 4}
+	h.At(22).Unfollows = 1
 	hb, err := DecodeHours(h.Append(nil))
 	if err != nil || !reflect.DeepEqual(hb, h) {
 		t.Fatalf("hours: %+v %v, want %+v", hb, err, h)

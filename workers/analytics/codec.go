@@ -79,19 +79,38 @@ func (a *account) encode(b []byte) []byte {
 		rec  uint32
 	}
 	order := make([]entry, 0, len(a.people))
-	latest := 0
+	latest, oldest := 0, 0xffff
+	span := func(t trace) {
+		if t != 0 {
+			latest, oldest = max(latest, t.date()), min(oldest, t.date())
+		}
+	}
 	for p, i := range a.people {
 		order = append(order, entry{p, i})
-		latest = max(latest, a.recs[i].all.date())
+		r := a.recs[i]
+		span(r.all)
+		span(r.scene)
+		span(r.group)
+	}
+	for _, t := range a.more {
+		span(t)
 	}
 	slices.SortFunc(order, func(x, y entry) int { return cmp.Compare(x.hash, y.hash) })
+	k := riceK(len(order))
+	dates := dates{latest, idBits(max(latest-oldest+1, 1))}
 	b = binary.AppendUvarint(b, uint64(len(order)))
 	b = binary.AppendUvarint(b, uint64(latest))
+	b = binary.AppendUvarint(b, uint64(dates.width))
+	b = binary.AppendUvarint(b, uint64(len(a.more)))
+	// The people, bit by bit: most are a hash's distance to the one before
+	// (Rice code), one bit of flags, a trace in two dozen bits and a scene.
+	w := bitWriter{b: make([]byte, 0, len(order)*9)}
+	sceneBits, groupBits := idBits(len(a.scenes)), idBits(len(a.groups))
 	index := make(map[uint32]uint32, len(a.more)) // a record → its place in order, for more
-	last := uint64(0)
+	last, lastFlags := uint64(0), byte(0)
 	for n, e := range order {
 		r := a.recs[e.rec]
-		b = binary.AppendUvarint(b, e.hash-last)
+		w.rice(e.hash-last, k)
 		last = e.hash
 		var f byte
 		if r.all != 0 {
@@ -118,26 +137,29 @@ func (a *account) encode(b []byte) []byte {
 				f |= fFollowScene
 			}
 		}
-		b = append(b, f)
+		if w.bit(f == lastFlags); f != lastFlags {
+			w.write(uint64(f), 8)
+			lastFlags = f
+		}
 		if f&fAll != 0 {
-			b = r.all.append(b, latest)
+			r.all.write(&w, dates)
 		}
 		if f&fScene != 0 {
-			b = binary.AppendUvarint(b, uint64(r.sceneID-1))
+			w.write(uint64(r.sceneID-1), sceneBits)
 			if f&fSceneSame == 0 {
-				b = r.scene.append(b, latest)
+				r.scene.write(&w, dates)
 			}
 		}
 		if f&fGroup != 0 {
 			if f&fGroupScenes == 0 {
-				b = binary.AppendUvarint(b, uint64(r.groupID-1))
+				w.write(uint64(r.groupID-1), groupBits)
 			}
 			if f&fGroupSame == 0 {
-				b = r.group.append(b, latest)
+				r.group.write(&w, dates)
 			}
 		}
 		if f&fFollow != 0 && f&fFollowScene == 0 {
-			b = binary.AppendUvarint(b, uint64(r.follow-1))
+			w.write(uint64(r.follow-1), sceneBits)
 		}
 		if len(a.more) > 0 {
 			index[e.rec] = uint32(n)
@@ -150,54 +172,63 @@ func (a *account) encode(b []byte) []byte {
 	slices.SortFunc(more, func(x, y moreKey) int {
 		return cmp.Or(cmp.Compare(index[x.rec], index[y.rec]), cmp.Compare(x.uni, y.uni))
 	})
-	b = binary.AppendUvarint(b, uint64(len(more)))
-	for _, k := range more {
-		b = binary.AppendUvarint(b, uint64(index[k.rec]))
-		b = binary.AppendUvarint(b, uint64(k.uni))
-		b = a.more[k].append(b, latest)
+	at := uint32(0)
+	for _, m := range more {
+		w.gamma(uint64(index[m.rec] - at))
+		at = index[m.rec]
+		if w.bit(m.uni&groupBit != 0); m.uni&groupBit != 0 {
+			w.write(uint64(m.uni&^groupBit), groupBits)
+		} else {
+			w.write(uint64(m.uni), sceneBits)
+		}
+		a.more[m].write(&w, dates)
 	}
-	return b
+	people := w.bytes()
+	b = binary.AppendUvarint(b, uint64(len(people)))
+	return append(b, people...)
 }
 
-// append writes t relative to the latest date: two bytes for a person
-// seen in one hour of one day, most of the time.
-func (t trace) append(b []byte, latest int) []byte {
+// riceK is the Rice parameter of n hashes' distances: about the log of
+// their mean, 2⁶⁴/n.
+func riceK(n int) uint { return uint(64 - bits.Len64(uint64(max(n, 1)))) }
+
+// idBits is the width of an id among n.
+func idBits(n int) uint { return uint(bits.Len64(uint64(max(n-1, 0)))) }
+
+// dates are how an account's traces write their dates: days before the
+// latest, in a fixed width (the span of the account's dates).
+type dates struct {
+	latest int
+	width  uint
+}
+
+// write writes t: two dozen bits for a person seen in one hour of one
+// day, most of the time.
+func (t trace) write(w *bitWriter, d dates) {
 	h := t.hours()
 	single := h != 0 && h&(h-1) == 0
 	extra := !single || t.days() != 1 || t.gap() != 0
-	x := uint64(latest-t.date()) << 1
-	if extra {
-		x |= 1
+	w.write(uint64(d.latest-t.date()), d.width)
+	if w.bit(extra); !extra {
+		w.write(uint64(bits.TrailingZeros64(h)), 5)
+		return
 	}
-	b = binary.AppendUvarint(b, x)
-	if !extra {
-		return append(b, byte(bits.TrailingZeros64(h)))
-	}
-	b = binary.AppendUvarint(b, h)
-	b = binary.AppendUvarint(b, t.days())
-	return binary.AppendUvarint(b, uint64(t.gap()))
+	w.write(h, stats.MaxHours)
+	w.write(t.days(), windowDays+1)
+	w.write(uint64(t.gap()), 9)
 }
 
-func (r *reader) trace(latest int) trace {
-	x := r.uvarint()
-	d := latest - int(x>>1)
-	if x>>1 > 0xffff || d < 0 {
-		r.fail("date out of range")
-		return 0
+func readTrace(r *bitReader, d dates) (trace, bool) {
+	date := d.latest - int(r.read(d.width))
+	if date < 0 {
+		return 0, false
 	}
-	if x&1 == 0 {
-		h := r.byte()
-		if h >= stats.MaxHours {
-			r.fail("hour out of range")
-		}
-		return newTrace(d, 1<<h, 1, 0)
+	if !r.bit() {
+		h := r.read(5)
+		return newTrace(date, 1<<h, 1, 0), h < stats.MaxHours
 	}
-	h, days, g := r.uvarint(), r.uvarint(), r.uvarint()
-	if h == 0 || h > hoursMask || days&1 == 0 || days>>(windowDays+1) != 0 || g > gapUnknown {
-		r.fail("trace out of range")
-		return 0
-	}
-	return newTrace(d, h, days, int(g))
+	h, days, g := r.read(stats.MaxHours), r.read(windowDays+1), r.read(9)
+	return newTrace(date, h, days, int(g)), h != 0 && days&1 == 1
 }
 
 // decodeState reads a snapshot; loc is the zone it must have been taken
@@ -263,64 +294,90 @@ func (r *reader) account(s *state) {
 		sc.FirstSeen, sc.LastSeen = time.Unix(0, r.varint()).UTC(), time.Unix(0, r.varint()).UTC()
 		sc.FirstSeq = r.uvarint()
 	}
-	np := r.count(2)
-	latest := int(r.uvarint())
-	a.recs = make([]person, 0, np)
-	hash := uint64(0)
-	ref := func(n uint64, of int) uint32 { // an id, checked
+	n, last, width, m := r.uvarint(), r.uvarint(), r.uvarint(), r.uvarint()
+	blob := r.bytes(r.count(1))
+	if r.err != nil || n > 8*uint64(len(blob)) || m > 8*uint64(len(blob)) || last > 0xffff || width > 16 {
+		r.fail("people beyond the data")
+		return
+	}
+	np, nm, latest := int(n), int(m), dates{int(last), uint(width)}
+	br := &bitReader{b: blob}
+	k := riceK(np)
+	sceneBits, groupBits := idBits(len(a.scenes)), idBits(len(a.groups))
+	ok := true
+	ref := func(width uint, of int) uint32 { // an id, checked
+		n := br.read(width)
 		if n >= uint64(of) {
-			r.fail("reference out of range")
+			ok = false
 			return 0
 		}
 		return uint32(n)
 	}
-	for i := 0; i < np && r.err == nil; i++ {
-		d := r.uvarint()
+	trace := func() trace {
+		t, good := readTrace(br, latest)
+		ok = ok && good
+		return t
+	}
+	a.recs = make([]person, 0, np)
+	hash, f := uint64(0), byte(0)
+	for i := 0; i < np && ok && !br.bad; i++ {
+		d := br.rice(k)
 		if i > 0 && (d == 0 || hash+d < hash) {
 			r.fail("people out of order")
 			return
 		}
 		hash += d
-		f := r.byte()
+		if !br.bit() {
+			f = byte(br.read(8))
+		}
 		var p person
 		if f&fAll != 0 {
-			p.all = r.trace(latest)
+			p.all = trace()
 		}
 		if f&fScene != 0 {
-			p.sceneID = ref(r.uvarint(), len(a.scenes)) + 1
+			p.sceneID = ref(sceneBits, len(a.scenes)) + 1
 			if p.scene = p.all; f&fSceneSame == 0 {
-				p.scene = r.trace(latest)
+				p.scene = trace()
 			}
 		}
 		if f&fGroup != 0 {
 			switch {
 			case f&fGroupScenes == 0:
-				p.groupID = ref(r.uvarint(), len(a.groups)) + 1
-			case f&fScene != 0 && r.err == nil:
+				p.groupID = ref(groupBits, len(a.groups)) + 1
+			case f&fScene != 0 && ok:
 				p.groupID = a.scenes[p.sceneID-1].group + 1
 			default:
-				r.fail("group of no scene")
+				ok = false
 			}
 			if p.group = p.all; f&fGroupSame == 0 {
-				p.group = r.trace(latest)
+				p.group = trace()
 			}
 		}
 		if f&fFollow != 0 {
 			if p.follow = p.sceneID; f&fFollowScene == 0 {
-				p.follow = ref(r.uvarint(), len(a.scenes)) + 1
+				p.follow = ref(sceneBits, len(a.scenes)) + 1
 			}
 		}
 		a.people[hash] = uint32(len(a.recs))
 		a.recs = append(a.recs, p)
 	}
-	nm := r.count(3)
-	for i := 0; i < nm && r.err == nil; i++ {
-		rec := ref(r.uvarint(), len(a.recs))
-		uni := r.uvarint()
-		if id := uni &^ groupBit; (uni&groupBit == 0 && id >= uint64(len(a.scenes))) || (uni&groupBit != 0 && id >= uint64(len(a.groups))) || uni > 1<<32-1 {
-			r.fail("universe out of range")
+	at := uint64(0)
+	for i := 0; i < nm && ok && !br.bad; i++ {
+		at += br.gamma()
+		if at >= uint64(len(a.recs)) {
+			ok = false
+			break
 		}
-		a.more[moreKey{rec, uint32(uni)}] = r.trace(latest)
+		var uni uint32
+		if br.bit() {
+			uni = ref(groupBits, len(a.groups)) | groupBit
+		} else {
+			uni = ref(sceneBits, len(a.scenes))
+		}
+		a.more[moreKey{uint32(at), uni}] = trace()
+	}
+	if !ok || br.bad || len(a.recs) != np || len(a.more) != nm {
+		r.fail("people unreadable")
 	}
 }
 
@@ -385,14 +442,16 @@ func (r *reader) varint() int64 {
 	return v
 }
 
-func (r *reader) string() string {
-	n := r.count(1)
-	if r.err != nil {
-		return ""
+func (r *reader) string() string { return string(r.bytes(r.count(1))) }
+
+func (r *reader) bytes(n int) []byte {
+	if r.err != nil || n > len(r.b) {
+		r.fail("short")
+		return nil
 	}
-	s := string(r.b[:n])
+	b := r.b[:n]
 	r.b = r.b[n:]
-	return s
+	return b
 }
 
 // count reads a length whose items take at least min bytes each: a count
