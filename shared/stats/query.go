@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"sync"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/sync/errgroup"
 )
 
 // totals are the account's scenes' totals, from the view.
@@ -55,20 +58,45 @@ func (s *Store) withDays(ctx context.Context, account string, from, to Date, uid
 	v.mu.RLock()
 	lo, hi := v.lo, v.hi
 	v.mu.RUnlock()
-	var filters []string
+	var missing []Date
 	for d := from; d <= to; d++ {
 		if d < lo || d > hi {
-			filters = append(filters, "d."+account+"."+d.key()+"."+cmpOr(uid, "*"))
+			missing = append(missing, d)
 		}
 	}
+	// Days outside the view: a universe's are one read of its every day;
+	// every universe's, one read a day, a few at a time.
 	read := map[string]map[Date]map[string]*Day{account: {}}
-	if len(filters) > 0 {
-		entries, err := readAll(ctx, s.Series, filters)
+	var mu sync.Mutex
+	keep := func(entries []jetstream.KeyValueEntry) {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, e := range entries {
+			if _, date, _, ok := dayOfKey(e.Key()); ok && slices.Contains(missing, date) {
+				putDay(read, e)
+			}
+		}
+	}
+	switch {
+	case len(missing) == 0:
+	case uid != "":
+		entries, err := readAll(ctx, s.Series, "d."+account+".*."+uid)
 		if err != nil {
 			return err
 		}
-		for _, e := range entries {
-			putDay(read, e)
+		keep(entries)
+	default:
+		g, gctx := errgroup.WithContext(ctx)
+		g.SetLimit(8)
+		for _, d := range missing {
+			g.Go(func() error {
+				entries, err := readAll(gctx, s.Series, "d."+account+"."+d.key()+".*")
+				keep(entries)
+				return err
+			})
+		}
+		if err := g.Wait(); err != nil {
+			return err
 		}
 	}
 	v.mu.RLock()
@@ -77,26 +105,15 @@ func (s *Store) withDays(ctx context.Context, account string, from, to Date, uid
 	return nil
 }
 
-func cmpOr(s, def string) string {
-	if s == "" {
-		return def
-	}
-	return s
-}
-
 // hours reads a universe's hour values on from..to.
 func (s *Store) hours(ctx context.Context, account string, from, to Date, uid string) (map[Date]*Hours, error) {
-	var filters []string
-	for d := from; d <= to; d++ {
-		filters = append(filters, HourKey(account, d, uid))
-	}
-	entries, err := readAll(ctx, s.Series, filters)
+	entries, err := readAll(ctx, s.Series, "h."+account+".*."+uid)
 	if err != nil {
 		return nil, err
 	}
 	out := map[Date]*Hours{}
 	for _, e := range entries {
-		if _, date, _, ok := dayOfKey(e.Key()); ok {
+		if _, date, _, ok := dayOfKey(e.Key()); ok && date >= from && date <= to {
 			if h, err := DecodeHours(e.Value()); err == nil {
 				out[date] = h
 			}
@@ -105,9 +122,10 @@ func (s *Store) hours(ctx context.Context, account string, from, to Date, uid st
 	return out, nil
 }
 
-// readAll reads the current values of the keys that match filters.
-func readAll(ctx context.Context, kv jetstream.KeyValue, filters []string) ([]jetstream.KeyValueEntry, error) {
-	w, err := kv.WatchFiltered(ctx, filters, jetstream.IgnoreDeletes())
+// readAll reads the current values of the keys that match filter (one
+// filter: see view.follow).
+func readAll(ctx context.Context, kv jetstream.KeyValue, filter string) ([]jetstream.KeyValueEntry, error) {
+	w, err := kv.Watch(ctx, filter, jetstream.IgnoreDeletes())
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", kv.Bucket(), err)
 	}

@@ -138,6 +138,7 @@ type Day struct {
 	Scan       int64  // scans by followers
 	Unfollows  int64  // of people who followed through the scene (group, account)
 	Gaps       []Gap  // by Days, ascending; no zero N
+	rev        uint64 // the KV revision it was read at, in a view
 }
 
 // Gap is how many of a day's people last scanned the universe Days days
