@@ -54,12 +54,19 @@ func (a *applier) run(ctx context.Context) error {
 				a.logger.Warn("analytics: starting the consumer again", "err", err)
 				return err
 			}
-			if a.series.ops >= maxOps {
-				if err := a.flush(ctx); err != nil {
+			if a.series.ops >= maxOps { // read their values, to apply the changes at once from now on
+				if _, err := a.flushSeries(ctx, false); err != nil {
 					return err
 				}
 			}
 		case <-tick.C:
+			// Catching up with a backlog (a rebuild, a leader that was
+			// away, an import), values are written once it is applied (or
+			// every catchUpFlush), not at every tick: a day's value once,
+			// not once a tick while its events go by.
+			if a.pending > 0 && time.Since(a.flushed) < catchUpFlush {
+				continue
+			}
 			if err := a.flush(ctx); err != nil {
 				return err
 			}
@@ -283,9 +290,13 @@ func (a *applier) applyMsg(ctx context.Context, m jetstream.Msg) error {
 	return nil
 }
 
-// maxOps is how many changes to day and hour values may wait before a
-// flush writes them, whatever the tick: a bound on a replay's memory.
-const maxOps = 200000
+// maxOps is how many changes may wait for their values to be read before
+// they are (a bound on a replay's memory); catchUpFlush is how long
+// values may wait to be written while a backlog is applied.
+const (
+	maxOps       = 200000
+	catchUpFlush = 30 * time.Second
+)
 
 // streamChanged reports whether the stream is no longer the one the state
 // counts (by its creation time); err when the server cannot tell.

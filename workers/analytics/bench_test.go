@@ -21,7 +21,7 @@ func BenchmarkApply(b *testing.B) {
 	at := time.Date(2025, 3, 1, 12, 0, 0, 0, shanghai)
 	for _, kind := range []string{KindScan, KindSubscribe} {
 		b.Run(kind, func(b *testing.B) {
-			s, out := newState(shanghai), newSeries()
+			s, out := newState(shanghai), newSeries(nil)
 			b.ReportAllocs()
 			i := uint64(0)
 			for b.Loop() {

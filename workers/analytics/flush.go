@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -16,7 +17,8 @@ import (
 // and the scenes' totals. Each write is a compare-and-set that never
 // moves a value back (see flushSeries and flushTotals).
 func (a *applier) flush(ctx context.Context) error {
-	series, err := a.flushSeries(ctx)
+	a.flushed = time.Now()
+	series, err := a.flushSeries(ctx, true)
 	if err != nil {
 		return err
 	}

@@ -31,14 +31,15 @@ type applier struct {
 	// consumer is the name of the ordered consumer the last event came
 	// from: nats.go makes it again under a new name after a reset.
 	consumer string
-	lastSnap uint64 // st.seq at the last snapshot
+	lastSnap uint64    // st.seq at the last snapshot
+	flushed  time.Time // the last flush
 	logger   *slog.Logger
 }
 
 // lead applies the event stream while ctx (the lease) lasts. It returns
 // why it stopped; the role then stands by, or tries again.
 func (r *Role) lead(ctx context.Context, js jetstream.JetStream, store *stats.Store, kv jetstream.KeyValue) error {
-	a := &applier{r: r, js: js, store: store, kv: kv, series: newSeries(), known: map[string]stats.DocRev{}, logger: r.o.Logger}
+	a := &applier{r: r, js: js, store: store, kv: kv, known: map[string]stats.DocRev{}, logger: r.o.Logger}
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	obj, err := js.CreateOrUpdateObjectStore(sctx, jetstream.ObjectStoreConfig{
@@ -67,6 +68,7 @@ func (r *Role) lead(ctx context.Context, js jetstream.JetStream, store *stats.St
 	if err := a.load(sctx, newest, len(docs) > 0); err != nil {
 		return err
 	}
+	a.series = newSeries(a.st)
 	a.st.touchAll()
 	a.labels(sctx)
 	cancel()
@@ -143,7 +145,7 @@ func (a *applier) load(ctx context.Context, newest uint64, values bool) error {
 func (a *applier) restart(epoch, request uint64) {
 	st := newState(a.r.o.Zone)
 	st.epoch, st.base, st.rebuilt, st.rebuilding, st.stream = epoch, epoch, max(request, a.st.rebuilt), true, a.st.stream
-	a.st, a.series, a.lastSnap = st, newSeries(), ^uint64(0)
+	a.st, a.series, a.lastSnap = st, newSeries(st), ^uint64(0)
 }
 
 // labels takes the codes' labels of every account the state counts:

@@ -68,14 +68,18 @@ func (v *val) point() (epoch, seq uint64) {
 
 // series holds the values the leader changed and has not let go of.
 type series struct {
+	st      *state // whose changes they are; nil: merged only by flush
 	vals    map[valueID]*val
 	changed []*val // with ops or not yet written
-	ops     int    // ops waiting, to flush early when many
+	ops     int    // ops waiting for their value to be read
 	round   int
 }
 
-func newSeries() *series { return &series{vals: map[valueID]*val{}} }
+func newSeries(st *state) *series { return &series{st: st, vals: map[valueID]*val{}} }
 
+// add applies o to its value: at once when the value was read, or once
+// it is (an op waits with its sequence, to be skipped if the stored value
+// holds it already).
 func (s *series) add(id valueID, uid string, o op) {
 	v := s.vals[id]
 	if v == nil {
@@ -86,6 +90,10 @@ func (s *series) add(id valueID, uid string, o op) {
 		s.changed = append(s.changed, v)
 	}
 	v.ops = append(v.ops, o)
+	if v.read && !v.recheck && s.st != nil {
+		v.merge(s.st)
+		return
+	}
 	s.ops++
 }
 
@@ -136,11 +144,11 @@ func (v *val) merge(st *state) (foreign bool) {
 // readConcurrency bounds the reads of one flush.
 const readConcurrency = 16
 
-// flushSeries writes every changed value: it reads those it never read
-// (in parallel), merges, and writes them pipelined, each expecting the
-// revision it read. conflicts counts the values found written meanwhile
-// by another (read again at the next flush).
-func (a *applier) flushSeries(ctx context.Context) (conflicts int, err error) {
+// flushSeries reads the changed values it never read (in parallel) and
+// merges their changes, then, andWrite, writes them pipelined, each
+// expecting the revision it read. conflicts counts the values found
+// written meanwhile by another (read again at the next flush).
+func (a *applier) flushSeries(ctx context.Context, andWrite bool) (conflicts int, err error) {
 	s := a.series
 	s.round++
 	changed := s.changed
@@ -168,6 +176,7 @@ func (a *applier) flushSeries(ctx context.Context) (conflicts int, err error) {
 		f jetstream.PubAckFuture
 	}
 	var writes []write
+	s.ops = 0
 	for _, v := range changed {
 		v.used = s.round
 		if len(v.ops) > 0 && v.merge(a.st) {
@@ -175,7 +184,7 @@ func (a *applier) flushSeries(ctx context.Context) (conflicts int, err error) {
 			a.logger.Warn("analytics: a value was written at a later epoch by another leader; left alone", "key", v.key())
 			continue
 		}
-		if !v.dirty {
+		if !v.dirty || !andWrite {
 			continue
 		}
 		var b []byte
@@ -217,7 +226,6 @@ func (a *applier) flushSeries(ctx context.Context) (conflicts int, err error) {
 			return conflicts, context.Cause(ctx)
 		}
 	}
-	s.ops = 0
 	a.evict()
 	return conflicts, nil
 }
