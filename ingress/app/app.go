@@ -243,12 +243,12 @@ func (a *App) startAdmin(o Options, cfg config.Config, reg *prometheus.Registry)
 			if err != nil {
 				return nil, err
 			}
-			rec, err := worker.NewReconciler(cfg, a.nc, wx, logger)
+			scenes := stats.OpenOnUse(a.nc)
+			rec, err := worker.NewReconciler(cfg, a.nc, wx, scenes, logger)
 			if err != nil {
 				return nil, err
 			}
 			mux.Handle(reconcile.Route, rec.Handler(cfg.AdminToken))
-			scenes := stats.OpenOnUse(a.nc)
 			qr, err := console.Mount(mux, console.MountOptions{Conn: a.nc, Config: cfg, Scenes: scenes, WeChat: wx, Logger: logger})
 			if err != nil {
 				return nil, err

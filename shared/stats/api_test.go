@@ -117,3 +117,27 @@ func TestSeriesPoints(t *testing.T) {
 		t.Fatalf("%d %s", code, body)
 	}
 }
+
+// The new followers of each day, beside WeChat's (reconcile.Followers),
+// are the account's day values', zero where it has none.
+func TestFollowersPerDay(t *testing.T) {
+	_, store := apiServer(t)
+	ctx := context.Background()
+	first, _ := ParseDate("2025-03-01")
+	for i, n := range []int64{3, 0, 5} {
+		if n == 0 {
+			continue
+		}
+		d := &Day{Subscribe: n, Scan: 9}
+		if _, err := store.Series.Put(ctx, DayKey("second", first+Date(i), AccountUID), d.Append(nil)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := Followers(func(context.Context) (*Store, error) { return store, nil }).NewFollowers(ctx, "second", "2025-03-01", "2025-03-04")
+	if err != nil || len(got) != 4 || got[0] != 3 || got[1] != 0 || got[2] != 5 || got[3] != 0 {
+		t.Fatalf("%v %v", got, err)
+	}
+	if _, err := Followers(func(context.Context) (*Store, error) { return store, nil }).NewFollowers(ctx, "second", "2025-03-04", "2025-03-01"); err == nil {
+		t.Error("a period backwards was read")
+	}
+}

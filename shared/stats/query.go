@@ -146,3 +146,35 @@ func readAll(ctx context.Context, kv jetstream.KeyValue, filter string) ([]jetst
 		}
 	}
 }
+
+// Followers read an account's new followers through its codes, per local
+// day, from the day values: reconcile.Followers, beside WeChat's figures.
+type Followers StoreFunc
+
+// NewFollowers are the account's new followers on each day from..to
+// (YYYY-MM-DD, inclusive), in order.
+func (f Followers) NewFollowers(ctx context.Context, account, from, to string) ([]int64, error) {
+	first, err := ParseDate(from)
+	if err != nil {
+		return nil, err
+	}
+	last, err := ParseDate(to)
+	if err != nil || last < first || last-first >= MaxDays {
+		return nil, fmt.Errorf("new followers: %s..%s is not a period", from, to)
+	}
+	s, err := f(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]int64, 0, last-first+1)
+	err = s.withDays(ctx, account, first, last, AccountUID, func(ds daySet) {
+		for d := first; d <= last; d++ {
+			var n int64
+			if v := ds.get(d, AccountUID); v != nil {
+				n = v.Subscribe
+			}
+			out = append(out, n)
+		}
+	})
+	return out, err
+}

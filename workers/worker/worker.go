@@ -119,7 +119,7 @@ func Start(o Options) (_ *Worker, err error) {
 		Labels: w.QR, Logger: o.Logger.With("component", "stats")}); err != nil {
 		return nil, err
 	}
-	if w.Reconcile, err = NewReconciler(o.Config, o.Conn, w.WeChat, o.Logger); err != nil {
+	if w.Reconcile, err = NewReconciler(o.Config, o.Conn, w.WeChat, w.scenes, o.Logger); err != nil {
 		return nil, err
 	}
 	if o.Config.HasRole("analytics") {
@@ -204,8 +204,8 @@ func NewWeChat(cfg config.Config, nc *nats.Conn, logger *slog.Logger, reg promet
 
 // NewReconciler makes the process's reconciliation of WeChat's figures
 // with ours, for its API (the analytics role starts its daily run).
-func NewReconciler(cfg config.Config, nc *nats.Conn, wx *wechatapi.Clients, logger *slog.Logger) (*reconcile.Reconciler, error) {
-	return reconcile.New(reconcile.Options{Conn: nc, Accounts: wx.Accounts(), WeChat: wx, Zone: cfg.AnalyticsZone,
+func NewReconciler(cfg config.Config, nc *nats.Conn, wx *wechatapi.Clients, scenes stats.StoreFunc, logger *slog.Logger) (*reconcile.Reconciler, error) {
+	return reconcile.New(reconcile.Options{Conn: nc, Accounts: wx.Accounts(), WeChat: wx, Followers: stats.Followers(scenes), Zone: cfg.AnalyticsZone,
 		Streams: cfg.Streams(), Replicas: cfg.JetStreamReplicas, Logger: logger.With("component", "reconcile")})
 }
 
