@@ -3,6 +3,7 @@
 //
 //	go run ./benchmark                  # the full run the README reports
 //	go run ./benchmark -duration 2s -rates '' -scaling '' -records 2000   # a quick look
+//	go run ./benchmark -duration 0 -rates '' -scaling '' -record-scenes '' -peer=false -growth 100000   # the growth mode alone
 package main
 
 import (
@@ -38,8 +39,11 @@ func main() {
 	flag.StringVar(&env, "env", "", "KEY=value,... added to every wxgate process's environment, to compare settings")
 	flag.BoolVar(&o.Peer, "peer", true, "measure the peer too: a silenceper/wechat server (benchmark/peer), and check the goals against it")
 	flag.BoolVar(&o.Wrk, "wrk", true, "measure every configuration with wrk as well (when installed)")
-	flag.IntVar(&o.Growth, "growth", 0, "send this many distinct people's scans through standalone and report memory and disk per person (0: skip)")
-	flag.DurationVar(&o.GrowthSettle, "growth-settle", 11*time.Minute, "growth: how long to wait after the burst before the settled figures (the duplicate window is 10m)")
+	flag.IntVar(&o.Growth, "growth", 0, "growth mode: this many people a day, stored with past Wx-Received, for -growth-days over -growth-scenes; memory, disk per person-day and the API's latency (0: skip)")
+	flag.IntVar(&o.GrowthDays, "growth-days", 30, "growth: days of history")
+	flag.IntVar(&o.GrowthScenes, "growth-scenes", 1000, "growth: scenes")
+	flag.StringVar(&o.GrowthModel, "growth-model", "", "growth: same (the same people every day), new (new people each day), or both (empty)")
+	flag.DurationVar(&o.GrowthSettle, "growth-settle", 40*time.Second, "growth: how long to wait after the last day before the settled figures (a snapshot is written every 30s)")
 	flag.Parse()
 	o.Env = strings.FieldsFunc(env, func(r rune) bool { return r == ',' })
 	var err error

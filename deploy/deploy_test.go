@@ -210,7 +210,8 @@ scrape_configs:
 	byTitle := map[string]string{}
 	for _, p := range d.Panels {
 		for _, tg := range p.Targets {
-			expr := strings.NewReplacer("$__rate_interval", "1m", "$__interval", "15s", "$__range", "1h").Replace(tg.Expr)
+			// $account is every account, as the variable's "All" sends it.
+			expr := strings.NewReplacer("$__rate_interval", "1m", "$__interval", "15s", "$__range", "1h", "$account", ".*").Replace(tg.Expr)
 			if _, err := query(base, expr); err != nil {
 				t.Errorf("panel %q: %s: %v", p.Title, expr, err)
 			}
@@ -222,10 +223,10 @@ scrape_configs:
 		panel string
 		want  map[string]float64 // by the series' scene or kind label; "" for a single value
 	}{
-		{"Total scans", map[string]float64{"": 6}},
-		{"Scans by kind", map[string]float64{"subscribe": 2, "scan": 4}},
+		{"Total scans (all time)", map[string]float64{"": 6}},
+		{"Scans by kind (all time)", map[string]float64{"subscribe": 2, "scan": 4}},
 		{"Top scenes by scans", map[string]float64{"poster": 3, "counter": 2, "ad": 1}},
-		{"New followers", map[string]float64{"": 2}},
+		{"New followers (all time)", map[string]float64{"": 2}},
 	}
 	for _, c := range checks {
 		res, err := query(base, byTitle[c.panel])

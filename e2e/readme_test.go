@@ -91,7 +91,7 @@ func TestReadmeQuickStart(t *testing.T) {
 		"attempt 3/3",
 		"场景值:poster_a",
 		`"scene":"poster_a"`,
-		`wechat_scene_scans_total{kind="scan",scene="poster_a"} 1`,
+		`wechat_scene_scans_total{account="default",kind="scan",scene="poster_a"} 1`,
 		// The code, made against the fake WeChat API, then with its counts.
 		`"label":"Spring posters","permanent":false,"ticket":"gQ`,
 		`"url":"http://weixin.qq.com/q/`,

@@ -51,12 +51,15 @@ type Options struct {
 	// Wrk measures every configuration with wrk as well, when it is
 	// installed.
 	Wrk bool
-	// Growth, when set, sends this many distinct people's scans through
-	// standalone and reports memory and disk per person, at the burst's
-	// peak, caught up, and after GrowthSettle.
-	Growth       int
-	GrowthSettle time.Duration
-	Out          io.Writer
+	// Growth, when set, is the growth mode: this many people a day for
+	// GrowthDays days over GrowthScenes scenes, stored with past
+	// Wx-Received, for each population model (GrowthModel "same", "new",
+	// or "" for both); memory, disk and the API's latency, settled
+	// GrowthSettle after the last day.
+	Growth, GrowthDays, GrowthScenes int
+	GrowthModel                      string
+	GrowthSettle                     time.Duration
+	Out                              io.Writer
 }
 
 const token = "bench-token"
@@ -76,6 +79,7 @@ type Result struct {
 	Scaling []Measurement // (c) with each worker count
 	Drains  []Drain       // the analytics applying a pre-filled stream, per scene count
 	Soak    *Measurement  // (c) at SoakRate, when Soak is set
+	Growth  []Growth      // the growth mode, per population model
 }
 
 // Measurement is one closed- or open-loop measurement.
@@ -114,24 +118,8 @@ func Run(ctx context.Context, o Options) (Result, error) {
 		return res, err
 	}
 	fmt.Fprintf(o.Out, "machine: %s\n", machine())
-	fmt.Fprintf(o.Out, "closed loop: %d connections, %s each, mix %s, %d scenes, load generator in this process\n\n",
-		o.Connections, o.Duration, "text=60,scan=20,subscribe=15,other=5", o.Scenes)
-	configs := []config{
-		{"(a) floor: no bus", e.floor},
-		{"(b) standalone", e.standalone},
-		{fmt.Sprintf("(c) distributed, %d workers", o.Workers), func() (*setup, error) { return e.distributed(o.Workers) }},
-	}
-	if o.Peer {
-		if err := buildPeer(ctx, e.bin); err != nil {
-			return res, err
-		}
-		configs = append(configs, config{"(p) peer: silenceper/wechat", e.peer})
-	}
-	if res.Closed, err = e.closedLoop(ctx, configs); err != nil {
-		return res, err
-	}
-	if o.Wrk {
-		if err := e.wrkAll(ctx, configs); err != nil {
+	if o.Duration > 0 { // -duration 0: no closed loop (the growth mode alone, say)
+		if err := e.closedAndWrk(ctx, &res); err != nil {
 			return res, err
 		}
 	}
@@ -154,11 +142,38 @@ func Run(ctx context.Context, o Options) (Result, error) {
 		}
 	}
 	if o.Growth > 0 {
-		if err := e.growth(ctx, o.Growth, o.GrowthSettle); err != nil {
+		if res.Growth, err = e.growth(ctx); err != nil {
 			return res, err
 		}
 	}
 	return res, nil
+}
+
+// closedAndWrk measures (a), (b), (c) and the peer closed loop, and with
+// wrk.
+func (e *env) closedAndWrk(ctx context.Context, res *Result) error {
+	o := e.o
+	fmt.Fprintf(o.Out, "closed loop: %d connections, %s each, mix %s, %d scenes, load generator in this process\n\n",
+		o.Connections, o.Duration, "text=60,scan=20,subscribe=15,other=5", o.Scenes)
+	configs := []config{
+		{"(a) floor: no bus", e.floor},
+		{"(b) standalone", e.standalone},
+		{fmt.Sprintf("(c) distributed, %d workers", o.Workers), func() (*setup, error) { return e.distributed(o.Workers) }},
+	}
+	if o.Peer {
+		if err := buildPeer(ctx, e.bin); err != nil {
+			return err
+		}
+		configs = append(configs, config{"(p) peer: silenceper/wechat", e.peer})
+	}
+	var err error
+	if res.Closed, err = e.closedLoop(ctx, configs); err != nil {
+		return err
+	}
+	if o.Wrk {
+		return e.wrkAll(ctx, configs)
+	}
+	return nil
 }
 
 // config is a configuration under test, started afresh for each
@@ -330,9 +345,11 @@ func (e *env) standalone() (*setup, error) {
 
 var natsListenRE = regexp.MustCompile(`Listening for client connections on (\S+)`)
 
-func (e *env) natsServer() (*proc, string, error) {
+func (e *env) natsServer() (*proc, string, error) { return e.natsServerAt(e.tempDir("nats")) }
+
+func (e *env) natsServerAt(storeDir string) (*proc, string, error) {
 	p, err := startProc("nats-server", filepath.Join(e.bin, "nats-server"), nil,
-		"-a", "127.0.0.1", "-p", "-1", "-js", "-sd", e.tempDir("nats"))
+		"-a", "127.0.0.1", "-p", "-1", "-js", "-sd", storeDir)
 	if err != nil {
 		return nil, "", err
 	}

@@ -21,6 +21,7 @@ func TestTinyRun(t *testing.T) {
 		Workers: 1, Scaling: []int{1}, Scenes: 3,
 		Records: 300, RecordSets: []int{5},
 		Soak: 600 * time.Millisecond, SoakRate: 50,
+		Growth: 300, GrowthDays: 3, GrowthScenes: 7, GrowthSettle: time.Millisecond,
 		Out: &out,
 	})
 	if err != nil {
@@ -60,6 +61,14 @@ func TestTinyRun(t *testing.T) {
 		}
 		if procs[len(procs)-1] != "loadgen" || (strings.HasPrefix(m.Name, "(c)") || m.Name == "soak") && !slices.Contains(procs, "nats-server") {
 			t.Errorf("%s: processes %q, want the configuration's and the load generator", m.Name, procs)
+		}
+	}
+	if len(res.Growth) != 2 || res.Growth[0].Model != "same" || res.Growth[1].Model != "new" {
+		t.Fatalf("growth %+v, want both models", res.Growth)
+	}
+	for _, g := range res.Growth {
+		if g.RSSKB == 0 || g.DiskBytes == 0 || g.ScenesP50 == 0 || g.SeriesP99 == 0 {
+			t.Errorf("growth %s measured %+v", g.Model, g)
 		}
 	}
 	if len(res.Drains) != 1 || res.Drains[0] != (Drain{Records: 300, Scenes: 5, Elapsed: res.Drains[0].Elapsed, Exact: true}) {

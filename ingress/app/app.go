@@ -30,7 +30,6 @@ import (
 	"github.com/wxgate/wxgate/shared/serve"
 	"github.com/wxgate/wxgate/shared/stats"
 	"github.com/wxgate/wxgate/shared/wechat"
-	"github.com/wxgate/wxgate/shared/wechatapi"
 	"github.com/wxgate/wxgate/workers/reply"
 	"github.com/wxgate/wxgate/workers/worker"
 )
@@ -231,23 +230,35 @@ func (a *App) startAdmin(o Options, cfg config.Config, reg *prometheus.Registry)
 	if !o.NoBus {
 		// The totals API, and the QR-code API and /ui/ beside it. One
 		// client of WeChat's API in the process: standalone, the
-		// workers' (their late replies use it too).
-		scenes := stats.OpenOnUse(a.nc)
-		api := stats.API(scenes, cfg.AdminToken)
-		var wx *wechatapi.Clients
-		var rec *reconcile.Reconciler
-		var err error
-		if a.workers != nil {
-			scenes, api, wx, rec = a.workers.Scenes(), a.workers.API(), a.workers.WeChat, a.workers.Reconcile
-		} else if wx, err = worker.NewWeChat(cfg, a.nc, logger, reg); err != nil {
-			return nil, err
-		} else if rec, err = worker.NewReconciler(cfg, a.nc, wx, logger); err != nil {
-			return nil, err
-		}
-		mux.Handle("/api/", api)
-		mux.Handle(reconcile.Route, rec.Handler(cfg.AdminToken))
-		if _, err := console.Mount(mux, console.MountOptions{Conn: a.nc, Config: cfg, Scenes: scenes, WeChat: wx, Logger: logger}); err != nil {
-			return nil, err
+		// workers' (their late replies use it too), their QR-code
+		// service, API and reconciliation.
+		if w := a.workers; w != nil {
+			mux.Handle("/api/", w.API())
+			mux.Handle(reconcile.Route, w.Reconcile.Handler(cfg.AdminToken))
+			if _, err := console.Mount(mux, console.MountOptions{Conn: a.nc, Config: cfg, Scenes: w.Scenes(), WeChat: w.WeChat, QR: w.QR, Logger: logger}); err != nil {
+				return nil, err
+			}
+		} else {
+			wx, err := worker.NewWeChat(cfg, a.nc, logger, reg)
+			if err != nil {
+				return nil, err
+			}
+			scenes := stats.OpenOnUse(a.nc)
+			rec, err := worker.NewReconciler(cfg, a.nc, wx, scenes, logger)
+			if err != nil {
+				return nil, err
+			}
+			mux.Handle(reconcile.Route, rec.Handler(cfg.AdminToken))
+			qr, err := console.Mount(mux, console.MountOptions{Conn: a.nc, Config: cfg, Scenes: scenes, WeChat: wx, Logger: logger})
+			if err != nil {
+				return nil, err
+			}
+			api, err := stats.API(stats.APIOptions{Store: scenes, Token: cfg.AdminToken, Zone: cfg.AnalyticsZone, Labels: qr,
+				Logger: logger.With("component", "stats")})
+			if err != nil {
+				return nil, err
+			}
+			mux.Handle("/api/", api)
 		}
 	}
 	srv, err := serve.Start("admin", admin.Server(cfg.AdminAddr, mux), logger)

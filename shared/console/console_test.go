@@ -54,7 +54,7 @@ func withScenes(t *testing.T, nc *nats.Conn) stats.StoreFunc {
 	}
 	for _, tot := range []stats.Totals{{Scene: "<b>bold</b>", Scans: 3}, {Scene: "poster_a", Scans: 12, NewFollowers: 4}} {
 		b, _ := json.Marshal(stats.SceneDoc{Totals: tot})
-		if _, err := store.KV.Put(ctx, stats.SceneKey(tot.Scene), b); err != nil {
+		if _, err := store.KV.Put(ctx, stats.TotalsKey("default", tot.Scene), b); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -276,8 +276,12 @@ func mounted(t *testing.T, token string) string {
 	fake := httptest.NewServer(wechatapitest.New(wechatapitest.Options{AppID: "wx_m", Secret: "m-secret"}))
 	t.Cleanup(fake.Close)
 	mux := admin.NewMux(admin.Options{Gatherer: prometheus.NewRegistry(), Token: token})
-	mux.Handle("/api/", stats.API(stats.OpenOnUse(nc), token))
 	logger := slog.New(slog.DiscardHandler)
+	api, err := stats.API(stats.APIOptions{Store: stats.OpenOnUse(nc), Token: token, Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux.Handle("/api/", api)
 	client := newClients(t, nc, fake.URL, "wx_m", "m-secret")
 	cfg := config.Config{AdminToken: token, AppSecret: "m-secret"}
 	if _, err := Mount(mux, MountOptions{Conn: nc, Config: cfg, Scenes: stats.OpenOnUse(nc), WeChat: client, Logger: logger}); err != nil {

@@ -20,6 +20,9 @@ type MountOptions struct {
 	Scenes stats.StoreFunc // the totals /api/scenes reads
 	// WeChat are the process's clients of WeChat's API.
 	WeChat *wechatapi.Clients
+	// QR is the process's QR-code service when it has one already (the
+	// workers': the analytics read its labels); nil: Mount makes one.
+	QR     *qrcodes.Service
 	Logger *slog.Logger
 }
 
@@ -35,10 +38,13 @@ func Mount(mux *admin.Mux, o MountOptions) (*qrcodes.Service, error) {
 	if cfg.AppSecret == "" {
 		logger.Info("QR codes are off for the default account: WECHAT_APPSECRET is not set")
 	}
-	qr, err := qrcodes.New(qrcodes.Options{Conn: o.Conn, Clients: o.WeChat.For, Scenes: qrcodes.FromStore(o.Scenes),
-		Replicas: cfg.JetStreamReplicas, Fonts: qrcodes.NewFonts(cfg.QRCaptionFont), Logger: logger})
-	if err != nil {
-		return nil, err
+	qr := o.QR
+	if qr == nil {
+		var err error
+		if qr, err = qrcodes.New(qrcodes.Options{Conn: o.Conn, Clients: o.WeChat.For, Scenes: qrcodes.FromStore(o.Scenes),
+			Replicas: cfg.JetStreamReplicas, Fonts: qrcodes.NewFonts(cfg.QRCaptionFont), Logger: logger}); err != nil {
+			return nil, err
+		}
 	}
 	// Ahead of the ServeMux, which would clean "/api/qrcodes/./image" (a
 	// scene may be ".") into another route.

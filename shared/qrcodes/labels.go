@@ -8,15 +8,15 @@ import (
 	"time"
 
 	"github.com/wxgate/wxgate/shared/bus"
+
+	"github.com/wxgate/wxgate/shared/stats"
 )
 
 // Label is what an account's newest code of a scene says of it: the
 // analytics put it beside the scene and count the group's scenes
-// together, and a rule's reply may quote it ({label}, {group}).
-type Label struct {
-	Label string `json:"label"`
-	Group string `json:"group"`
-}
+// together, and a rule's reply may quote it ({label}, {group}). It is the
+// analytics' own type, so that a Service is their stats.Labeler.
+type Label = stats.Label
 
 // labels is a view of the codes, started by the first Labels call and
 // ended by Close, and the maps made from it.
@@ -47,7 +47,7 @@ func (s *Service) Labels(ctx context.Context, account string) (map[string]Label,
 		l.view = bus.StartView(s.store, s.o.Logger, func(key string, b []byte) (labelEntry, error) {
 			var r record
 			err := json.Unmarshal(b, &r)
-			return labelEntry{Label{r.Label, r.Group}, accountOf(key), r.Scene, r.CreatedAt, r.Pending}, err
+			return labelEntry{Label{Label: r.Label, Group: r.Group}, accountOf(key), r.Scene, r.CreatedAt, r.Pending}, err
 		})
 	})
 	select {

@@ -146,7 +146,7 @@ func TestGroupsAndLabels(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if labels["bj"] != (Label{"北京朝阳", "门店"}) || labels["metro"] != (Label{"地铁", "地铁"}) || labels["plain"] != (Label{}) || len(labels) != 4 {
+	if labels["bj"] != (Label{Label: "北京朝阳", Group: "门店"}) || labels["metro"] != (Label{Label: "地铁", Group: "地铁"}) || labels["plain"] != (Label{}) || len(labels) != 4 {
 		t.Errorf("labels %v", labels)
 	}
 	// A newer code of a scene, another account's code: followed, apart.
@@ -156,11 +156,11 @@ func TestGroupsAndLabels(t *testing.T) {
 	until(t, func() bool {
 		l, _ := p.Labels(ctx, accounts.DefaultID)
 		s, _ := p.Labels(ctx, "shop")
-		return l["bj"] == Label{"北京朝阳 新", "门店二"} && s["bj"] == Label{"shop", "g"} && len(s) == 1
+		return l["bj"] == Label{Label: "北京朝阳 新", Group: "门店二"} && s["bj"] == Label{Label: "shop", Group: "g"} && len(s) == 1
 	})
 	// Another process reads the same labels.
 	q := e.service(t, "q", false)
-	if l, err := q.Labels(ctx, accounts.DefaultID); err != nil || l["sh"] != (Label{"上海徐汇", "门店"}) {
+	if l, err := q.Labels(ctx, accounts.DefaultID); err != nil || l["sh"] != (Label{Label: "上海徐汇", Group: "门店"}) {
 		t.Errorf("another process: %v %v", l, err)
 	}
 }

@@ -79,29 +79,19 @@ type Totals interface {
 	Scene(ctx context.Context, scene string) (t stats.Totals, ok bool, err error)
 }
 
-// FromStore adapts the analytics' StoreFunc (what /api/scenes reads).
-// Its totals are the default account's: another account's codes show zero
-// counts until the totals are kept per account.
+// FromStore adapts the analytics' StoreFunc (what /api/scenes reads):
+// each account's totals.
 func FromStore(f stats.StoreFunc) func(context.Context, string) (Totals, error) {
 	if f == nil {
 		return nil
 	}
 	return func(ctx context.Context, account string) (Totals, error) {
-		if account != accounts.DefaultID {
-			return noTotals{}, nil
-		}
 		s, err := f(ctx)
 		if err != nil {
 			return nil, err
 		}
-		return s, nil
+		return s.For(account), nil
 	}
-}
-
-type noTotals struct{}
-
-func (noTotals) Scene(context.Context, string) (stats.Totals, bool, error) {
-	return stats.Totals{}, false, nil
 }
 
 // Service creates, stores and lists the codes.

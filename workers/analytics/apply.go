@@ -29,13 +29,11 @@ func (a *applier) run(ctx context.Context) error {
 	defer a.r.m.leader.Set(0)
 	a.r.markAlive()
 
-	// Totals are written every FlushEvery while events flow, and a moment
-	// after they stop: at a campaign's rate one write per scene per tick,
-	// for a lone scan (the quick start) at once.
+	// What changed is written every FlushEvery: one write per value per
+	// tick, whatever the rate (a write per event would churn the file
+	// store), and sooner when many events wait.
 	tick := time.NewTicker(a.r.o.FlushEvery)
 	defer tick.Stop()
-	quiet := time.NewTimer(time.Hour)
-	defer quiet.Stop()
 	snap := time.NewTicker(a.r.o.SnapshotEvery)
 	defer snap.Stop()
 	check := time.NewTicker(a.r.o.CheckEvery)
@@ -56,12 +54,19 @@ func (a *applier) run(ctx context.Context) error {
 				a.logger.Warn("analytics: starting the consumer again", "err", err)
 				return err
 			}
-			quiet.Reset(5 * time.Millisecond)
-		case <-tick.C:
-			if err := a.flush(ctx); err != nil {
-				return err
+			if a.series.ops >= maxOps { // read their values, to apply the changes at once from now on
+				if _, err := a.flushSeries(ctx, false); err != nil {
+					return err
+				}
 			}
-		case <-quiet.C:
+		case <-tick.C:
+			// Catching up with a backlog (a rebuild, a leader that was
+			// away, an import), values are written once it is applied (or
+			// every catchUpFlush), not at every tick: a day's value once,
+			// not once a tick while its events go by.
+			if a.pending > 0 && time.Since(a.flushed) < catchUpFlush {
+				continue
+			}
 			if err := a.flush(ctx); err != nil {
 				return err
 			}
@@ -105,7 +110,7 @@ func (a *applier) open(ctx context.Context) (*feed, error) {
 		return nil, err
 	}
 	a.follow(info)
-	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: events.SceneSubjects, DeliverPolicy: jetstream.DeliverAllPolicy}
+	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: sceneFilters, DeliverPolicy: jetstream.DeliverAllPolicy}
 	if a.st.seq > 0 {
 		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, a.st.seq+1
 	}
@@ -244,23 +249,54 @@ func (a *applier) applyMsg(ctx context.Context, m jetstream.Msg) error {
 	}
 	ev, err := decode(m)
 	if err != nil {
-		a.r.quarantine(a.js, m, a.st.stream, seq, PoisonUndecodable, err)
+		reason := PoisonUndecodable
+		switch {
+		case errors.Is(err, errAccount):
+			reason = PoisonAccount
+		case errors.Is(err, errTime):
+			reason = PoisonTime
+		}
+		a.r.quarantine(a.js, m, a.st.stream, seq, reason, err)
 		a.st.seq = seq
 		return nil
 	}
-	if a.st.apply(seq, ev) {
+	if ev.kind != "" && a.st.accounts[ev.account] == nil {
+		// An account's first event: its codes' groups count from it on.
+		acct := a.st.account(ev.account)
+		if a.r.o.Labels != nil {
+			lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			if l, err := a.r.o.Labels.Labels(lctx, ev.account); err == nil {
+				acct.setLabels(l)
+			}
+			cancel()
+		}
+	}
+	unattributed, inexact := a.st.apply(seq, ev, a.series)
+	if unattributed {
 		a.r.m.unattributed.Inc()
+	}
+	if inexact {
+		a.st.inexact++
+		a.r.m.inexact.Inc()
 	}
 	kind := ev.kind
 	if kind == "" {
 		kind = "other"
 	}
 	a.r.m.events.WithLabelValues(kind).Inc()
-	if a.rebuilding && a.pending == 0 {
-		a.rebuilding = false
+	if a.st.rebuilding && a.pending == 0 {
+		a.st.rebuilding = false
 	}
 	return nil
 }
+
+// maxOps is how many changes may wait for their values to be read before
+// they are (a bound on a replay's memory); catchUpFlush is how long
+// values may wait to be written while a backlog is applied.
+const (
+	maxOps       = 200000
+	catchUpFlush = 30 * time.Second
+)
 
 // streamChanged reports whether the stream is no longer the one the state
 // counts (by its creation time); err when the server cannot tell.
@@ -285,6 +321,7 @@ func (a *applier) check(ctx context.Context, stalled *stall) error {
 	if changed, _ := a.streamChanged(ctx); changed {
 		return errStreamChanged
 	}
+	a.labels(ctx)
 	pending, infoErr := a.writeStatus(ctx)
 	if err := stalled.check(pending, infoErr, a.st.seq); err != nil {
 		return err
@@ -326,9 +363,7 @@ func (a *applier) rebuild(e jetstream.KeyValueEntry) bool {
 		return false
 	}
 	a.logger.Info("analytics rebuild from the event stream", "request", e.Revision())
-	st := newState()
-	st.epoch, st.stream, st.rebuilt = a.st.epoch+1, a.st.stream, e.Revision()
-	a.st, a.rebuilding, a.lastSnap = st, true, ^uint64(0)
+	a.restart(a.st.epoch+1, e.Revision())
 	a.r.m.rebuilds.Inc()
 	return true
 }

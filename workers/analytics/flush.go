@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -12,11 +13,37 @@ import (
 	"github.com/wxgate/wxgate/shared/stats"
 )
 
-// flush writes the totals of every scene changed since the last flush,
-// pipelined, each a compare-and-set that never moves a value back: a
-// value already at a later (epoch, sequence) is left alone, since
-// applying is deterministic and it is at least as right.
+// flush writes what changed since the last flush: the day and hour values
+// and the scenes' totals. Each write is a compare-and-set that never
+// moves a value back (see flushSeries and flushTotals).
 func (a *applier) flush(ctx context.Context) error {
+	a.flushed = time.Now()
+	series, err := a.flushSeries(ctx, true)
+	if err != nil {
+		return err
+	}
+	totals, err := a.flushTotals(ctx)
+	if err != nil {
+		return err
+	}
+	if conflicts := series + totals; conflicts > 0 {
+		a.r.m.conflicts.Add(float64(conflicts))
+		a.logger.Debug("analytics: values written meanwhile by another; read again at the next flush", "values", conflicts)
+		// Not now: a value whose write failed still holds one of the
+		// epoch before, which dropStale would take for one to drop.
+		return nil
+	}
+	if !a.st.rebuilding && a.st.base != 0 {
+		a.dropStale(ctx)
+	}
+	return nil
+}
+
+// flushTotals writes the totals of every scene changed since the last
+// flush, pipelined, each expecting the revision last known: a value
+// already at a later (epoch, sequence) is left alone, since applying is
+// deterministic and it is at least as right.
+func (a *applier) flushTotals(ctx context.Context) (int, error) {
 	dirty := a.st.dirtyScenes()
 	// Whatever is not written now stays marked, for the next flush.
 	defer func() {
@@ -28,23 +55,10 @@ func (a *applier) flush(ctx context.Context) error {
 	}()
 	writes, conflicts, err := a.publish(ctx, dirty)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	n, err := a.await(ctx, writes)
-	if err != nil {
-		return err
-	}
-	if conflicts += n; conflicts > 0 {
-		a.r.m.conflicts.Add(float64(conflicts))
-		a.logger.Debug("analytics: totals written meanwhile by another; read again at the next flush", "scenes", conflicts)
-		// Not now: a scene whose write failed still holds a value of the
-		// epoch before, which dropStale would take for one to drop.
-		return nil
-	}
-	if !a.rebuilding && a.st.epoch != 0 {
-		a.dropStale(ctx)
-	}
-	return nil
+	return conflicts + n, err
 }
 
 // write is a scene's totals on their way to the bucket.
@@ -60,7 +74,7 @@ type write struct {
 // scenes found written meanwhile.
 func (a *applier) publish(ctx context.Context, scenes []*sceneState) (writes []write, conflicts int, err error) {
 	for _, sc := range scenes {
-		key := stats.SceneKey(sc.Scene)
+		key := stats.TotalsKey(sc.account.id, sc.Scene)
 		k, absent, err := a.stored(ctx, key)
 		if err != nil {
 			return nil, 0, err
@@ -69,6 +83,7 @@ func (a *applier) publish(ctx context.Context, scenes []*sceneState) (writes []w
 			continue // catching up: that value is ahead of us still
 		}
 		doc := stats.SceneDoc{Totals: sc.Totals, Epoch: a.st.epoch, Seq: a.st.seq}
+		doc.NetFollowers = doc.NewFollowers - doc.Unfollows
 		b, _ := json.Marshal(doc)
 		if absent {
 			created, err := a.create(ctx, key, doc, b)
@@ -155,11 +170,12 @@ func newer(d stats.SceneDoc, st *state) bool {
 	return d.Epoch > st.epoch || (d.Epoch == st.epoch && d.Seq > st.seq)
 }
 
-// dropStale deletes, after a rebuild caught up, the values of scenes the
-// rebuilt state does not have (their events expired, or none explains
-// them).
+// dropStale deletes, once a rebuild caught up, the values of an epoch
+// before it: totals of scenes the rebuilt counts do not have (their
+// events expired, or none explains them, or an older version's keys), and
+// day and hour values no event in the stream explains.
 func (a *applier) dropStale(ctx context.Context) {
-	if a.st.epoch == 0 || a.r.dropped.Load() == a.st.epoch {
+	if a.r.dropped.Load() == a.st.base {
 		return
 	}
 	docs, err := a.store.Docs(ctx)
@@ -167,13 +183,36 @@ func (a *applier) dropStale(ctx context.Context) {
 		return
 	}
 	for key, d := range docs {
-		if d.Doc.Epoch < a.st.epoch {
+		if d.Doc.Epoch < a.st.base {
 			if err := a.store.KV.Delete(ctx, key, jetstream.LastRevision(d.Rev)); err == nil {
 				delete(a.known, key)
 			}
 		}
 	}
-	a.r.dropped.Store(a.st.epoch)
+	w, err := a.store.Series.WatchAll(ctx, jetstream.IgnoreDeletes())
+	if err != nil {
+		return
+	}
+	defer w.Stop()
+	for e := range w.Updates() {
+		if e == nil {
+			break
+		}
+		if epoch, ok := valueEpoch(e.Value()); !ok || epoch < a.st.base {
+			_ = a.store.Series.Delete(ctx, e.Key(), jetstream.LastRevision(e.Revision()))
+		}
+	}
+	a.r.dropped.Store(a.st.base)
+}
+
+// valueEpoch is the epoch a day or hour value was written at.
+func valueEpoch(b []byte) (uint64, bool) {
+	if len(b) < 2 {
+		return 0, false
+	}
+	r := reader{b: b[1:]}
+	epoch := r.uvarint()
+	return epoch, r.err == nil
 }
 
 func isWrongLastSequence(err error) bool {

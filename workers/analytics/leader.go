@@ -16,24 +16,23 @@ const snapshotName = "state" // the object holding the snapshot
 
 // applier is the leader's work: the state, the stream and the stores.
 type applier struct {
-	r     *Role
-	js    jetstream.JetStream
-	store *stats.Store
-	kv    jetstream.KeyValue // the analytics bucket
-	obj   jetstream.ObjectStore
-	st    *state
-	// known holds the scene values this leader last read or wrote: their
-	// point (epoch, sequence) and KV revision.
-	known map[string]stats.DocRev
-	// rebuilding is true from a rebuild's start until it has caught up
-	// with the stream (the request's revision is kept in the state).
-	rebuilding bool
-	pending    uint64
-	cons       jetstream.Consumer
+	r      *Role
+	js     jetstream.JetStream
+	store  *stats.Store
+	kv     jetstream.KeyValue // the analytics bucket
+	obj    jetstream.ObjectStore
+	st     *state
+	series *series
+	// known holds the totals this leader last read or wrote: their point
+	// (epoch, sequence) and KV revision.
+	known   map[string]stats.DocRev
+	pending uint64
+	cons    jetstream.Consumer
 	// consumer is the name of the ordered consumer the last event came
 	// from: nats.go makes it again under a new name after a reset.
 	consumer string
-	lastSnap uint64 // st.seq at the last snapshot
+	lastSnap uint64    // st.seq at the last snapshot
+	flushed  time.Time // the last flush
 	logger   *slog.Logger
 }
 
@@ -53,22 +52,35 @@ func (r *Role) lead(ctx context.Context, js jetstream.JetStream, store *stats.St
 		return fmt.Errorf("object store %s: %w", stats.AnalyticsName, err)
 	}
 	a.obj = obj
-	if err := a.load(sctx); err != nil {
-		return err
-	}
-	// Every scene is written once more at the first flush where its value
-	// is behind the state (a bucket lost and made again, a leader that
-	// died between its writes), with the revisions read in one pass.
+	// Every scene's totals are written once more at the first flush where
+	// their value is behind the state (a bucket lost and made again, a
+	// leader that died between its writes), with the revisions read in
+	// one pass.
 	docs, err := store.Docs(sctx)
 	if err != nil {
 		return err
 	}
+	var newest uint64
 	for key, d := range docs {
 		a.known[key] = d
+		newest = max(newest, d.Doc.Epoch)
 	}
+	if err := a.load(sctx, newest, len(docs) > 0); err != nil {
+		return err
+	}
+	a.series = newSeries(a.st)
 	a.st.touchAll()
+	a.labels(sctx)
 	cancel()
-	defer func() { r.last = a.st }()
+	defer func() {
+		// The state carries on in this process only when every change it
+		// made to the values was written; otherwise the next leader
+		// replays from the snapshot.
+		r.last = nil
+		if len(a.series.changed) == 0 {
+			r.last = a.st
+		}
+	}()
 	for {
 		err := a.run(ctx)
 		if !errors.Is(err, errRebuild) && !errors.Is(err, errStreamChanged) {
@@ -83,44 +95,72 @@ var (
 )
 
 // load reads the snapshot, or starts afresh. A state this process held
-// when it last led is taken instead when it is further along (the snapshot
-// behind it, or lost with NATS's data).
-func (a *applier) load(ctx context.Context) error {
+// when it last led is taken instead when it is further along (the
+// snapshot behind it, or lost with NATS's data). With no snapshot it can
+// use while values exist (newest is their latest epoch), the counts are
+// rebuilt from the stream in a new epoch: a snapshot of the version
+// before accounts and series (8af83c1), one of another time zone, or one
+// lost.
+func (a *applier) load(ctx context.Context, newest uint64, values bool) error {
 	b, err := a.obj.GetBytes(ctx, snapshotName)
-	if last := a.r.last; last != nil {
-		if err == nil {
-			if st, derr := decodeState(b); derr == nil && !ahead(last, st) {
-				a.st, a.lastSnap = st, st.seq
-				return nil
-			}
-		}
-		if err == nil || errors.Is(err, jetstream.ErrObjectNotFound) {
-			a.st = last
-			a.logger.Info("analytics: carrying on from the state held here", "seq", last.seq, "scenes", len(last.scenes))
-			return nil
-		}
+	if err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
+		return fmt.Errorf("read the analytics snapshot: %w", err)
+	}
+	var st *state
+	var derr error
+	if err == nil {
+		st, derr = decodeState(b, a.r.o.Zone)
+	}
+	if last := a.r.last; last != nil && (st == nil || derr != nil || ahead(last, st)) {
+		a.st = last
+		a.logger.Info("analytics: carrying on from the state held here", "seq", last.seq)
+		return nil
 	}
 	switch {
-	case err == nil:
-		st, err := decodeState(b)
-		if err != nil {
-			// A snapshot this version cannot read: the stream is the
-			// truth, so rebuild from it rather than stop.
-			a.logger.Error("analytics snapshot unreadable; rebuilding from the stream", "err", err)
-			a.st = newState()
-			a.st.epoch = 1
-			a.rebuilding = true
-			return nil
+	case err == nil && derr == nil:
+		a.st, a.lastSnap = st, st.seq
+		people, _, scenes := st.size()
+		a.logger.Info("analytics snapshot loaded", "seq", st.seq, "scenes", scenes, "people", people)
+	case err == nil || values:
+		// The stream is the truth: rebuild from it rather than stop.
+		if derr != nil {
+			a.logger.Warn("analytics: the snapshot cannot be used; rebuilding the counts from the event stream", "err", derr)
+			if old := (&reader{b: b}); old.uvarint() == 1 { // the version before series: its epoch follows
+				newest = max(newest, old.uvarint())
+			}
+		} else {
+			a.logger.Warn("analytics: counts stored without a snapshot; rebuilding them from the event stream")
 		}
-		a.st = st
-		a.lastSnap = st.seq
-		a.logger.Info("analytics snapshot loaded", "seq", st.seq, "scenes", len(st.scenes))
-		return nil
-	case errors.Is(err, jetstream.ErrObjectNotFound):
-		a.st = newState()
-		return nil
+		a.st = newState(a.r.o.Zone)
+		a.restart(newest+1, 0)
 	default:
-		return fmt.Errorf("read the analytics snapshot: %w", err)
+		a.st = newState(a.r.o.Zone)
+	}
+	return nil
+}
+
+// restart starts the counts again at epoch, from the stream's first
+// event: a rebuild (request is its revision, 0 for one the leader
+// decided).
+func (a *applier) restart(epoch, request uint64) {
+	st := newState(a.r.o.Zone)
+	st.epoch, st.base, st.rebuilt, st.rebuilding, st.stream = epoch, epoch, max(request, a.st.rebuilt), true, a.st.stream
+	a.st, a.series, a.lastSnap = st, newSeries(st), ^uint64(0)
+}
+
+// labels takes the codes' labels of every account the state counts:
+// a scene's group counts from now on.
+func (a *applier) labels(ctx context.Context) {
+	if a.r.o.Labels == nil {
+		return
+	}
+	for id, acct := range a.st.accounts {
+		l, err := a.r.o.Labels.Labels(ctx, id)
+		if err != nil {
+			a.logger.Debug("analytics: labels not read", "account", id, "err", err)
+			continue
+		}
+		acct.setLabels(l)
 	}
 }
 

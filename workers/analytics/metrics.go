@@ -9,6 +9,7 @@ type roleMetrics struct {
 	events        *prometheus.CounterVec
 	poison        *prometheus.CounterVec
 	unattributed  prometheus.Counter
+	inexact       prometheus.Counter
 	rebuilds      prometheus.Counter
 	pending       prometheus.Gauge
 	infoTime      prometheus.Gauge
@@ -31,6 +32,8 @@ func newRoleMetrics(reg prometheus.Registerer) *roleMetrics {
 			[]string{"reason"}),
 		unattributed: f.NewCounter(prometheus.CounterOpts{Name: "wxgate_analytics_unattributed_unfollows_total",
 			Help: "Unfollows of people with no recorded scene (followed another way, or before wxgate)."}),
+		inexact: f.NewCounter(prometheus.CounterOpts{Name: "wxgate_analytics_inexact_scans_total",
+			Help: "Late scans the leader could not place exactly (more than 14 days late, or in an hour of a day already counted): counted in scans, not in unique people."}),
 		rebuilds: f.NewCounter(prometheus.CounterOpts{Name: "wxgate_analytics_consumer_rebuilds_total",
 			Help: "Times the analytics were set up again (a bucket lost or replaced, a watch ended) or rebuilt from the stream on request."}),
 		pending: f.NewGauge(prometheus.GaugeOpts{Name: "wxgate_analytics_consumer_pending",

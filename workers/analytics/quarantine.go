@@ -35,9 +35,11 @@ const (
 // wxgate_analytics_poison_total).
 const (
 	PoisonUndecodable = "undecodable" // not a WeChat message
+	PoisonAccount     = "account"     // a subject whose account is not an account id
+	PoisonTime        = "time"        // received outside 2000-2100
 )
 
-var poisonReasons = []string{PoisonUndecodable}
+var poisonReasons = []string{PoisonUndecodable, PoisonAccount, PoisonTime}
 
 // ensureDeadLetter creates or updates the dead-letter stream. It is bounded
 // in age and size: it is for looking at, not a second archive.

@@ -25,8 +25,15 @@ type RoleOptions struct {
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 	Streams    events.Options
-	// MaxScenes bounds the scene label values in the metrics. Default 100.
+	// MaxScenes bounds the scene label values in the metrics, per account.
+	// Default 100.
 	MaxScenes int
+	// Zone is ANALYTICS_TIME_ZONE, whose days and hours are counted.
+	// Default Asia/Shanghai.
+	Zone *time.Location
+	// Labels gives the scenes' groups (shared/qrcodes); nil: every scene
+	// in the group "".
+	Labels stats.Labeler
 	// Fatal is told when the role cannot be set up for GiveUp while NATS is
 	// connected and JetStream answers: something a fresh process may get
 	// past, so the process should end. JetStream away (disabled, no quorum)
@@ -39,8 +46,8 @@ type RoleOptions struct {
 	// Lease is how long a leader may go without renewing its lease before
 	// a standby takes over. Default 6s.
 	Lease time.Duration
-	// FlushEvery is how often the leader writes changed totals while
-	// events flow (and 5 ms after they stop); default 250ms. SnapshotEvery
+	// FlushEvery is how often the leader writes what changed; default
+	// 2s (each write is a message in the file store). SnapshotEvery
 	// is how often it snapshots its state; default 30s: what a new leader
 	// replays. CheckEvery is how often the leader looks at what no event
 	// tells (its stream replaced, its consumer stalled) and writes its
@@ -66,7 +73,10 @@ func (o *RoleOptions) setDefaults() {
 		o.Lease = 6 * time.Second
 	}
 	if o.FlushEvery <= 0 {
-		o.FlushEvery = 250 * time.Millisecond
+		o.FlushEvery = 2 * time.Second
+	}
+	if o.Zone == nil {
+		o.Zone, _ = time.LoadLocation(stats.DefaultZone) // nil without tzdata: validate says so
 	}
 	if o.SnapshotEvery <= 0 {
 		o.SnapshotEvery = 30 * time.Second
@@ -82,6 +92,9 @@ func (o *RoleOptions) setDefaults() {
 func (o *RoleOptions) validate() error {
 	if o.Conn == nil || o.Logger == nil || o.Registerer == nil {
 		return errors.New("analytics: RoleOptions.Conn, Logger and Registerer are required")
+	}
+	if o.Zone == nil {
+		return errors.New("analytics: no time zone (the default, " + stats.DefaultZone + ", does not load)")
 	}
 	return nil
 }
@@ -118,10 +131,10 @@ type Role struct {
 
 // StartRole starts the analytics role.
 func StartRole(o RoleOptions) (*Role, error) {
+	o.setDefaults()
 	if err := o.validate(); err != nil {
 		return nil, err
 	}
-	o.setDefaults()
 	r := &Role{o: o, m: newRoleMetrics(o.Registerer), ready: make(chan struct{}), done: make(chan struct{}),
 		down: errors.New("not started yet")}
 	// The scene metrics go through the role, which hands them to whichever
@@ -180,6 +193,7 @@ func (r *Role) supervise(ctx context.Context) {
 		lost := r.work(ctx, js, store, kv, exp)
 		r.setDown(lost)
 		exp.Stop()
+		store.Close()
 		r.mu.Lock()
 		r.store, r.exp = nil, nil
 		r.mu.Unlock()
@@ -286,7 +300,7 @@ func (r *Role) work(ctx context.Context, js jetstream.JetStream, store *stats.St
 				err := store.CheckBucket(cctx)
 				ccancel()
 				if errors.Is(err, stats.ErrBucketReplaced) || errors.Is(err, jetstream.ErrBucketNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) {
-					cancel(fmt.Errorf("totals bucket: %w", err))
+					cancel(fmt.Errorf("analytics buckets: %w", err))
 					return
 				}
 			}

@@ -2,6 +2,7 @@ package analytics
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -20,6 +21,7 @@ import (
 	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/events"
 	"github.com/wxgate/wxgate/shared/stats"
+	"github.com/wxgate/wxgate/shared/stats/statstest"
 	"github.com/wxgate/wxgate/shared/testutil/metricstest"
 	"github.com/wxgate/wxgate/shared/testutil/natstest"
 	"github.com/wxgate/wxgate/shared/testutil/wait"
@@ -95,17 +97,29 @@ func startRole(t *testing.T, nc *nats.Conn, o RoleOptions) (*Role, *prometheus.R
 	return r, reg
 }
 
-// publish stores raw data as an event, as any version or publisher could.
-func (f *fixture) publish(requestSubject string, data []byte) {
+// publish stores raw data as an event of account, as any version or
+// publisher could (account "": on the subject of the version before
+// accounts, wxgate.events.<request subject>).
+func (f *fixture) publish(account, requestSubject string, data []byte) {
 	f.t.Helper()
-	msg := &nats.Msg{Subject: events.Subject(requestSubject), Data: data, Header: nats.Header{}}
+	subject := events.SubjectPrefix + requestSubject
+	if account != "" {
+		subject = events.SubjectPrefix + account + "." + requestSubject
+	}
+	msg := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}
 	if _, err := f.js.PublishMsg(context.Background(), msg, jetstream.WithMsgID(fmt.Sprint("test.", f.n.Add(1)))); err != nil {
 		f.t.Fatal(err)
 	}
 }
 
-// event stores a scene event: kind is subscribe, SCAN or unsubscribe.
+// event stores a scene event of the default account: kind is subscribe,
+// SCAN or unsubscribe.
 func (f *fixture) event(ev, openid, scene string) {
+	f.t.Helper()
+	f.eventOf("default", ev, openid, scene)
+}
+
+func (f *fixture) eventOf(account, ev, openid, scene string) {
 	f.t.Helper()
 	m := &wechat.Message{ToUserName: "gh", FromUserName: openid, CreateTime: 1700000000 + f.n.Load(), MsgType: wechat.MsgEvent, Event: ev}
 	switch ev {
@@ -116,7 +130,7 @@ func (f *fixture) event(ev, openid, scene string) {
 	case wechat.EventScan:
 		m.EventKey = scene
 	}
-	f.publish(m.Subject(), m.AppendXML(nil))
+	f.publish(account, m.Subject(), m.AppendXML(nil))
 }
 
 // totals waits until the store shows want for scene.
@@ -141,7 +155,7 @@ func (f *fixture) totals(r *Role, scene string, want stats.Totals) {
 
 func want(scene string, subscribe, scan, followers, unique, unfollows int64) stats.Totals {
 	return stats.Totals{Scene: scene, Scans: subscribe + scan, SubscribeScans: subscribe, ScanScans: scan,
-		NewFollowers: followers, UniquePeople: unique, Unfollows: unfollows}
+		NewFollowers: followers, UniquePeople: unique, Unfollows: unfollows, NetFollowers: followers - unfollows}
 }
 
 // Two processes: one leads, one stands by. The leader stops (its lease
@@ -184,7 +198,7 @@ func TestPoisonEventsAreQuarantined(t *testing.T) {
 	f := newFixture(t)
 	r, reg := f.role(RoleOptions{})
 	f.event("SCAN", "alice", "poster")
-	f.publish("event.scan", []byte("{not xml"))
+	f.publish("default", "event.scan", []byte("{not xml"))
 	f.event("SCAN", "zed", strings.Repeat("z", 5000))
 	f.event("SCAN", "zed", strings.Repeat("场", 1000))
 	f.event("subscribe", "bob", "poster")
@@ -371,7 +385,7 @@ func rebuildDroppingAGhost(t *testing.T, r *Role) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.KV.Put(context.Background(), stats.SceneKey("ghost"), []byte(`{"scene":"ghost","scans":7}`)); err != nil {
+	if _, err := s.KV.Put(context.Background(), stats.TotalsKey("default", "ghost"), []byte(`{"scene":"ghost","scans":7}`)); err != nil {
 		t.Fatal(err)
 	}
 	before := status(t, r)
@@ -431,10 +445,14 @@ func TestRebuildOverHTTP(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.KV.Put(context.Background(), stats.SceneKey("poster"), []byte(`{"scene":"poster","scans":99}`)); err != nil {
+	if _, err := s.KV.Put(context.Background(), stats.TotalsKey("default", "poster"), []byte(`{"scene":"poster","scans":99}`)); err != nil {
 		t.Fatal(err)
 	}
-	api := httptest.NewServer(stats.API(r.Store, "admin-token"))
+	h, err := stats.API(stats.APIOptions{Store: r.Store, Token: "admin-token", Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	api := httptest.NewServer(h)
 	t.Cleanup(api.Close)
 	post := func(token string) int {
 		t.Helper()
@@ -608,7 +626,7 @@ func TestRefusesTheScansStreamsTotals(t *testing.T) {
 		t.Fatal(err)
 	}
 	for scene, v := range map[string]string{"poster": `{"scene":"poster","scans":40,"scan_scans":40}`, "old": `{"scene":"old","scans":7,"scan_scans":7}`} {
-		if _, err := kv.Put(ctx, stats.SceneKey(scene), []byte(v)); err != nil {
+		if _, err := kv.Put(ctx, oldTotalsKey(scene), []byte(v)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -645,7 +663,7 @@ func TestRefusesTheScansStreamsTotals(t *testing.T) {
 	if n := strings.Count(logs.String(), todo); n != 1 {
 		t.Errorf("what to do was logged %d times, want once (once a minute):\n%s", n, logs.String())
 	}
-	if got, _ := kv.Get(ctx, stats.SceneKey("poster")); got == nil || !strings.Contains(string(got.Value()), `"scans":40`) {
+	if got, _ := kv.Get(ctx, oldTotalsKey("poster")); got == nil || !strings.Contains(string(got.Value()), `"scans":40`) {
 		t.Errorf("poster was written beside WXGATE_SCANS: %v", got)
 	}
 
@@ -673,4 +691,80 @@ func TestRefusesTheScansStreamsTotals(t *testing.T) {
 		return nil
 	})
 	f.totals(r, "poster", want("poster", 0, 1, 0, 1, 0))
+}
+
+// oldTotalsKey is where the versions before accounts kept a scene's
+// totals.
+func oldTotalsKey(scene string) string {
+	return "s." + base64.RawURLEncoding.EncodeToString([]byte(scene))
+}
+
+// What the version before accounts and series (8af83c1) left: events on
+// wxgate.events.event.<type>, a snapshot of format 1 and totals under
+// s.<scene>. This version rebuilds from the stream in the epoch after the
+// snapshot's, counting those events as the default account's: every count
+// comes out the same, with days and hours besides, and the old keys go
+// once the rebuild has caught up.
+func TestUpgradeFromTheVersionBeforeAccounts(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	at := time.Now().Add(-50 * time.Hour)
+	for i, e := range []struct{ kind, person, scene string }{
+		{"subscribe", "alice", "poster"}, {"scan", "alice", "poster"}, {"scan", "bob", "poster"},
+		{"subscribe", "carol", "counter"}, {"unsubscribe", "alice", ""}, {"scan", "bob", "counter"},
+	} {
+		f.publishAt(statstest.Event{Account: "default", Kind: e.kind, Person: e.person, Scene: e.scene, At: at.Add(time.Duration(i) * 5 * time.Hour)}, true)
+	}
+	obj, err := f.js.CreateObjectStore(ctx, jetstream.ObjectStoreConfig{Bucket: stats.AnalyticsName})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := obj.PutBytes(ctx, snapshotName, []byte{1, 3, 0, 6, 0, 0, 0}); err != nil { // format 1, epoch 3, seq 6
+		t.Fatal(err)
+	}
+	kv, err := f.js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: stats.BucketName, History: 1, Storage: jetstream.FileStorage})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for scene, v := range map[string]string{
+		"poster":  `{"scene":"poster","scans":3,"subscribe_scans":1,"scan_scans":2,"new_followers":1,"unique_people":2,"unfollows":1,"first_seq":1,"epoch":3,"seq":6}`,
+		"counter": `{"scene":"counter","scans":2,"subscribe_scans":1,"scan_scans":1,"new_followers":1,"unique_people":2,"unfollows":0,"first_seq":4,"epoch":3,"seq":6}`,
+	} {
+		if _, err := kv.Put(ctx, oldTotalsKey(scene), []byte(v)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r, reg := f.role(RoleOptions{})
+	f.totals(r, "poster", want("poster", 1, 2, 1, 2, 1))
+	f.totals(r, "counter", want("counter", 1, 1, 1, 2, 0))
+	wait.For(t, wait.Short, wait.Every, func() error {
+		st := status(t, r)
+		if st.Epoch != 4 || st.Rebuilding {
+			return fmt.Errorf("status %+v, want epoch 4, caught up", st)
+		}
+		for _, scene := range []string{"poster", "counter"} {
+			if _, err := kv.Get(ctx, oldTotalsKey(scene)); err == nil {
+				return fmt.Errorf("old key of %s still there", scene)
+			}
+		}
+		return nil
+	})
+	s, err := r.Store(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var days int64
+	for _, d := range []time.Time{at, at.Add(24 * time.Hour), at.Add(48 * time.Hour)} {
+		date, _ := stats.DateHour(d, shanghai)
+		if e, err := s.Series.Get(ctx, stats.DayKey("default", date, stats.AccountUID)); err == nil {
+			v, _ := stats.DecodeDay(e.Value())
+			days += v.Subscribe + v.Scan
+		}
+	}
+	if days != 5 {
+		t.Errorf("%d scans in the account's days, want 5", days)
+	}
+	if v, _ := metricstest.Lookup(reg, "wechat_scene_scans_total", map[string]string{"account": "default", "scene": "poster", "kind": "scan"}); v != 2 {
+		t.Errorf("poster's scans exported: %v", v)
+	}
 }

@@ -3,28 +3,37 @@ package analytics
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"time"
 
 	"github.com/wxgate/wxgate/shared/stats"
 )
 
 // snapshot writes the state, when it moved, pruned of people older than
-// the retention.
+// the retention. Every value is written first: a leader that replays from
+// the snapshot applies the events after it, and finds those before it in
+// the values.
 func (a *applier) snapshot(ctx context.Context) error {
 	if a.st.seq == a.lastSnap {
 		return nil
 	}
+	if err := a.flush(ctx); err != nil {
+		return err
+	}
+	if len(a.series.changed) > 0 || len(a.st.dirty) > 0 {
+		return errors.New("values not all written yet")
+	}
 	if n := a.st.prune(time.Now(), a.r.o.Streams.MaxAge); n > 0 {
-		a.logger.Info("analytics: people past the retention forgotten", "pairs", n)
+		a.logger.Info("analytics: people past the retention forgotten", "people", n)
 	}
 	b := a.st.encode()
 	if _, err := a.obj.PutBytes(ctx, snapshotName, b); err != nil {
 		return err
 	}
 	a.lastSnap = a.st.seq
-	pairs, followers := a.st.size()
+	people, followers, _ := a.st.size()
 	a.r.m.snapshotBytes.Set(float64(len(b)))
-	a.r.m.people.Set(float64(pairs))
+	a.r.m.people.Set(float64(people))
 	a.r.m.followers.Set(float64(followers))
 	return nil
 }
@@ -34,10 +43,10 @@ func (a *applier) finish() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := a.flush(ctx); err != nil {
-		a.logger.Warn("analytics: last totals not written", "err", err)
+		a.logger.Warn("analytics: last values not written", "err", err)
 	}
 	if err := a.snapshot(ctx); err != nil {
-		a.logger.Warn("analytics: last snapshot not written", "err", err)
+		a.logger.Warn("analytics: last values or snapshot not written", "err", err)
 	}
 }
 
@@ -51,14 +60,19 @@ func (a *applier) writeStatus(ctx context.Context) (uint64, error) {
 		// Idle, no message tells the lag: the server does.
 		a.pending = info.NumPending
 		a.r.m.pending.Set(float64(info.NumPending))
-		if a.rebuilding && info.NumPending == 0 {
-			a.rebuilding = false
+		if a.st.rebuilding && info.NumPending == 0 {
+			a.st.rebuilding = false
 		}
 	}
-	pairs, followers := a.st.size()
+	people, followers, scenes := a.st.size()
+	var unattributed int64
+	for _, acct := range a.st.accounts {
+		unattributed += acct.unattributed
+	}
 	b, _ := json.Marshal(stats.Status{
-		Leader: a.r.o.ID, Epoch: a.st.epoch, AppliedSeq: a.st.seq, Pending: a.pending, Rebuilding: a.rebuilding,
-		Scenes: len(a.st.scenes), People: pairs, Followers: followers, Unattributed: a.st.unattributed, Updated: time.Now().UTC(),
+		Leader: a.r.o.ID, Epoch: a.st.epoch, AppliedSeq: a.st.seq, Pending: a.pending, Rebuilding: a.st.rebuilding,
+		TimeZone: a.r.o.Zone.String(), Accounts: len(a.st.accounts), Scenes: scenes, People: people, Followers: followers,
+		Unattributed: unattributed, Inexact: a.st.inexact, Updated: time.Now().UTC(),
 	})
 	if _, err := a.kv.Put(ctx, stats.StatusKey, b); err != nil {
 		a.logger.Debug("analytics status", "err", err)

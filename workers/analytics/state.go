@@ -1,9 +1,6 @@
 package analytics
 
 import (
-	"encoding/binary"
-	"errors"
-	"fmt"
 	"time"
 
 	"github.com/wxgate/wxgate/shared/stats"
@@ -11,85 +8,251 @@ import (
 
 // state is everything the analytics know, as of stream sequence seq.
 type state struct {
-	epoch        uint64 // bumped by a rebuild: its totals start again
-	rebuilt      uint64 // the revision of the rebuild request that made this epoch
-	seq          uint64 // the last stream sequence applied
-	stream       int64  // the event stream's creation time (Unix ns): a new stream starts at sequence 1 again
-	scenes       []*sceneState
-	byName       map[string]uint32
-	follows      map[uint64]uint32 // a follower's person hash → the scene they followed through
-	unattributed int64             // unfollows of people with no recorded follow
-	dirty        []*sceneState     // changed since their totals were last written
+	// epoch is the generation of what is written: bumped by a rebuild,
+	// whose counts start again, and by a replaced stream, whose sequences
+	// start again while the counts carry on. base is the epoch the counts
+	// started in: a value of an older one is stale.
+	epoch, base uint64
+	rebuilt     uint64 // the revision of the rebuild request that made base
+	rebuilding  bool   // a rebuild that has not caught up with the stream
+	seq         uint64 // the last stream sequence applied
+	stream      int64  // the event stream's creation time (Unix ns): a new stream starts at sequence 1 again
+	zone        zone
+	inexact     int64 // late scans not placed exactly (see trace)
+	accounts    map[string]*account
+	dirty       []*sceneState // totals changed since they were last written
+}
+
+// account is one account's part of the state.
+type account struct {
+	id     string
+	scenes []*sceneState
+	byName map[string]uint32
+	groups []*group
+	byGrp  map[string]uint32
+	// people maps a person (hash) to their record; free are records
+	// of people forgotten, for reuse.
+	people map[uint64]uint32
+	recs   []person
+	free   []uint32
+	// more holds a person's traces beyond their first scene and group.
+	more         map[moreKey]trace
+	unattributed int64 // unfollows of people with no recorded follow
+	labels       map[string]stats.Label
 }
 
 type sceneState struct {
 	stats.Totals
-	// people maps each person seen on the scene to the day (since the Unix
-	// epoch) of their last scan there: uniques are exact, and a person
-	// silent for longer than the retention is forgotten with their events.
-	people map[uint64]uint16
-	dirty  bool // changed since the totals were last written
+	account *account
+	id      uint32
+	group   uint32 // the group the scene counts in now
+	uid     string
+	dirty   bool // changed since the totals were last written
 }
 
-func newState() *state {
-	return &state{byName: map[string]uint32{}, follows: map[uint64]uint32{}}
+type group struct {
+	name, uid string
 }
 
-func day(t time.Time) uint16 { return uint16(t.Unix() / 86400) }
+// person is what the state keeps of one person in an account: their
+// trace in the account, in their first scene and group (most people have
+// one), and the scene they followed through.
+type person struct {
+	all, scene, group trace
+	// sceneID and groupID are the id+1 of the first scene and group
+	// (0: none), follow the id+1 of the scene of the follow.
+	sceneID, groupID, follow uint32
+}
 
-func (s *state) scene(name string, seq uint64, at time.Time) *sceneState {
-	if id, ok := s.byName[name]; ok {
-		return s.scenes[id]
+type moreKey struct {
+	rec, uni uint32 // uni: a scene id, or a group id | groupBit
+}
+
+const groupBit = 1 << 31
+
+func newState(loc *time.Location) *state {
+	return &state{zone: zone{loc: loc}, accounts: map[string]*account{}}
+}
+
+func (s *state) account(id string) *account {
+	a := s.accounts[id]
+	if a == nil {
+		a = &account{id: id, byName: map[string]uint32{}, byGrp: map[string]uint32{}, people: map[uint64]uint32{}, more: map[moreKey]trace{}}
+		a.group("")
+		s.accounts[id] = a
 	}
-	sc := &sceneState{Totals: stats.Totals{Scene: name, FirstSeq: seq, FirstSeen: at, LastSeen: at}, people: map[uint64]uint16{}}
-	s.byName[name] = uint32(len(s.scenes))
-	s.scenes = append(s.scenes, sc)
+	return a
+}
+
+func (a *account) group(name string) uint32 {
+	if id, ok := a.byGrp[name]; ok {
+		return id
+	}
+	a.byGrp[name] = uint32(len(a.groups))
+	a.groups = append(a.groups, &group{name: name, uid: stats.GroupUID(name)})
+	return uint32(len(a.groups) - 1)
+}
+
+func (a *account) scene(name string, seq uint64, at time.Time) *sceneState {
+	if id, ok := a.byName[name]; ok {
+		return a.scenes[id]
+	}
+	sc := &sceneState{Totals: stats.Totals{Scene: name, FirstSeq: seq, FirstSeen: at, LastSeen: at},
+		account: a, id: uint32(len(a.scenes)), group: a.group(a.labels[name].Group), uid: stats.SceneUID(name)}
+	a.byName[name] = sc.id
+	a.scenes = append(a.scenes, sc)
 	return sc
 }
 
-// apply folds the event at stream sequence seq in. It is deterministic:
-// the same events in the same order give the same state, which is what
-// makes a replay from a snapshot exact.
-func (s *state) apply(seq uint64, ev event) (unattributed bool) {
+// person is the record of p, made when new.
+func (a *account) person(p uint64) uint32 {
+	if i, ok := a.people[p]; ok {
+		return i
+	}
+	var i uint32
+	if n := len(a.free); n > 0 {
+		i, a.free = a.free[n-1], a.free[:n-1]
+	} else {
+		i = uint32(len(a.recs))
+		a.recs = append(a.recs, person{})
+	}
+	a.people[p] = i
+	return i
+}
+
+// trace is a pointer to the trace of record i in universe uni (a scene
+// id, or a group id | groupBit): the record's own first scene or group,
+// or an entry of more. A zero trace is none.
+func (a *account) trace(i, uni uint32) (t trace, set func(trace)) {
+	r := &a.recs[i]
+	id, tr := &r.sceneID, &r.scene
+	if uni&groupBit != 0 {
+		id, tr = &r.groupID, &r.group
+	}
+	if *id == uni&^groupBit+1 {
+		return *tr, func(t trace) { *tr = t }
+	}
+	k := moreKey{i, uni}
+	if t, ok := a.more[k]; ok || (*id != 0 && *tr != 0) {
+		return t, func(t trace) { a.more[k] = t }
+	}
+	// The record's own slot is free (never used, or its trace forgotten).
+	return 0, func(t trace) { *id, *tr = uni&^groupBit+1, t }
+}
+
+// setLabels takes the account's codes' labels: a scene's group counts from
+// now on.
+func (a *account) setLabels(labels map[string]stats.Label) {
+	a.labels = labels
+	for _, sc := range a.scenes {
+		sc.group = a.group(labels[sc.Scene].Group)
+	}
+}
+
+// apply folds the event at stream sequence seq in, and adds what it
+// changes in the day and hour values to out. It is deterministic: the same
+// events in the same order give the same state and values, which is what
+// makes a replay from a snapshot exact. It reports an unfollow of someone
+// with no recorded follow, and a late scan it could not place exactly.
+func (s *state) apply(seq uint64, ev event, out *series) (unattributed, inexact bool) {
 	s.seq = seq
-	ev.received = ev.received.UTC()
+	if ev.kind == "" {
+		return false, false
+	}
+	a := s.account(ev.account)
+	at := ev.received.UTC()
+	date, hour := s.zone.at(at)
 	switch ev.kind {
 	case KindSubscribe, KindScan:
-		sc := s.scene(ev.scene, seq, ev.received)
-		sc.Scans++
+		sc := a.scene(ev.scene, seq, at)
+		sub, scan := int8(0), int8(1)
 		if ev.kind == KindSubscribe {
+			sub, scan = 1, 0
 			sc.SubscribeScans++
 			sc.NewFollowers++
-			s.follows[ev.person] = s.byName[ev.scene]
 		} else {
 			sc.ScanScans++
 		}
-		if _, seen := sc.people[ev.person]; !seen {
-			sc.UniquePeople++
-		}
-		sc.people[ev.person] = day(ev.received)
-		if ev.received.Before(sc.FirstSeen) {
-			sc.FirstSeen = ev.received
-		}
-		if ev.received.After(sc.LastSeen) {
-			sc.LastSeen = ev.received
-		}
+		sc.Scans++
+		sc.FirstSeen, sc.LastSeen = minTime(sc.FirstSeen, at), maxTime(sc.LastSeen, at)
 		s.touch(sc)
-	case KindUnsubscribe:
-		id, ok := s.follows[ev.person]
-		if !ok {
-			s.unattributed++
-			return true
+		i := a.person(ev.person)
+		if ev.kind == KindSubscribe {
+			a.recs[i].follow = sc.id + 1
 		}
-		delete(s.follows, ev.person)
-		sc := s.scenes[id]
+		for _, u := range []struct {
+			uni    uint32
+			uid    string
+			hourly bool
+		}{{sc.id, sc.uid, true}, {sc.group | groupBit, a.groups[sc.group].uid, false}, {allUni, stats.AccountUID, true}} {
+			var t trace
+			var set func(trace)
+			if u.uni == allUni {
+				t, set = a.recs[i].all, func(t trace) { a.recs[i].all = t }
+			} else {
+				t, set = a.trace(i, u.uni)
+			}
+			if t == 0 && u.uni == sc.id {
+				sc.UniquePeople++
+			}
+			t2, c := t.scan(int(date), hour)
+			set(t2)
+			inexact = inexact || c.inexact
+			day := op{seq: seq, hour: -1, sub: sub, scan: scan}
+			if c.day {
+				day.gaps[0] = gapChange{int32(c.gap), 1}
+			}
+			out.add(valueID{a, date, u.uni, false}, u.uid, day)
+			if c.moved {
+				out.add(valueID{a, stats.Date(c.next), u.uni, false}, u.uid,
+					op{seq: seq, hour: -1, gaps: [2]gapChange{{int32(c.was), -1}, {int32(c.is), 1}}})
+			}
+			if u.hourly {
+				h := op{seq: seq, hour: int8(hour), sub: sub, scan: scan}
+				if c.hour {
+					h.unique = 1
+				}
+				out.add(valueID{a, date, u.uni, true}, u.uid, h)
+			}
+		}
+	case KindUnsubscribe:
+		i, ok := a.people[ev.person]
+		if !ok || a.recs[i].follow == 0 {
+			a.unattributed++
+			return true, false
+		}
+		sc := a.scenes[a.recs[i].follow-1]
+		a.recs[i].follow = 0
 		sc.Unfollows++
 		s.touch(sc)
+		day, h := op{seq: seq, hour: -1, unfollow: 1}, op{seq: seq, hour: int8(hour), unfollow: 1}
+		out.add(valueID{a, date, sc.id, false}, sc.uid, day)
+		out.add(valueID{a, date, sc.id, true}, sc.uid, h)
+		out.add(valueID{a, date, sc.group | groupBit, false}, a.groups[sc.group].uid, day)
+		out.add(valueID{a, date, allUni, false}, stats.AccountUID, day)
+		out.add(valueID{a, date, allUni, true}, stats.AccountUID, h)
 	}
-	return false
+	return false, inexact
 }
 
-// touch marks a scene changed since its totals were written.
+// allUni is the universe of the whole account.
+const allUni = ^uint32(0)
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
+
+// touch marks a scene's totals changed since they were written.
 func (s *state) touch(sc *sceneState) {
 	if !sc.dirty {
 		sc.dirty = true
@@ -99,8 +262,10 @@ func (s *state) touch(sc *sceneState) {
 
 // touchAll marks every scene, to write them all again.
 func (s *state) touchAll() {
-	for _, sc := range s.scenes {
-		s.touch(sc)
+	for _, a := range s.accounts {
+		for _, sc := range a.scenes {
+			s.touch(sc)
+		}
 	}
 }
 
@@ -112,172 +277,73 @@ func (s *state) dirtyScenes() []*sceneState {
 	return out
 }
 
-// prune forgets people whose last scan on a scene is older than maxAge:
-// their events have left the stream, so the state keeps no more of them
-// than the stream does. A person who scans again later counts as new.
+// prune forgets traces whose latest scan is older than maxAge, and the
+// people left with none and no follow: their events have left the stream,
+// so the state keeps no more of them than the stream does. A person who
+// scans again later counts as new.
 func (s *state) prune(now time.Time, maxAge time.Duration) int {
 	if maxAge <= 0 {
 		return 0
 	}
-	oldest := day(now.Add(-maxAge))
+	oldest, _ := s.zone.at(now.Add(-maxAge))
+	old := func(t trace) bool { return t != 0 && t.date() < int(oldest) }
 	n := 0
-	for _, sc := range s.scenes {
-		for p, d := range sc.people {
-			if d < oldest {
-				delete(sc.people, p)
+	for _, a := range s.accounts {
+		for p, i := range a.people {
+			r := &a.recs[i]
+			for _, t := range []*trace{&r.all, &r.scene, &r.group} {
+				if old(*t) {
+					*t = 0
+				}
+			}
+			if r.all == 0 && r.follow == 0 {
+				*r = person{}
+				delete(a.people, p)
+				a.free = append(a.free, i)
 				n++
+			}
+		}
+		for k, t := range a.more {
+			if old(t) || a.recs[k.rec].all == 0 {
+				delete(a.more, k)
 			}
 		}
 	}
 	return n
 }
 
-// people is how many (scene, person) pairs and followers the state holds.
-func (s *state) size() (pairs, followers int) {
-	for _, sc := range s.scenes {
-		pairs += len(sc.people)
-	}
-	return pairs, len(s.follows)
-}
-
-// The snapshot format: a version, then varints, strings as length and
-// bytes, hashes as 8 bytes. Small and dependency-free; a new version is a
-// new number.
-const snapshotVersion = 1
-
-var errSnapshot = errors.New("analytics snapshot unreadable")
-
-func (s *state) encode() []byte {
-	pairs, followers := s.size()
-	b := make([]byte, 0, 64+len(s.scenes)*96+pairs*11+followers*11)
-	b = binary.AppendUvarint(b, snapshotVersion)
-	b = binary.AppendUvarint(b, s.epoch)
-	b = binary.AppendUvarint(b, s.rebuilt)
-	b = binary.AppendUvarint(b, s.seq)
-	b = binary.AppendVarint(b, s.stream)
-	b = binary.AppendVarint(b, s.unattributed)
-	b = binary.AppendUvarint(b, uint64(len(s.scenes)))
-	for _, sc := range s.scenes {
-		b = appendString(b, sc.Scene)
-		for _, v := range []int64{sc.Scans, sc.SubscribeScans, sc.ScanScans, sc.NewFollowers, sc.UniquePeople, sc.Unfollows,
-			sc.FirstSeen.UnixNano(), sc.LastSeen.UnixNano()} {
-			b = binary.AppendVarint(b, v)
-		}
-		b = binary.AppendUvarint(b, sc.FirstSeq)
-		b = binary.AppendUvarint(b, uint64(len(sc.people)))
-		for p, d := range sc.people {
-			b = binary.BigEndian.AppendUint64(b, p)
-			b = binary.AppendUvarint(b, uint64(d))
+// size is how many people (with a trace or a follow) and followers the
+// state holds, and its scenes.
+func (s *state) size() (people, followers, scenes int) {
+	for _, a := range s.accounts {
+		people += len(a.people)
+		scenes += len(a.scenes)
+		for _, i := range a.people {
+			if a.recs[i].follow != 0 {
+				followers++
+			}
 		}
 	}
-	b = binary.AppendUvarint(b, uint64(len(s.follows)))
-	for p, id := range s.follows {
-		b = binary.BigEndian.AppendUint64(b, p)
-		b = binary.AppendUvarint(b, uint64(id))
-	}
-	return b
+	return people, followers, scenes
 }
 
-func decodeState(b []byte) (*state, error) {
-	r := reader{b: b}
-	if v := r.uvarint(); v != snapshotVersion {
-		return nil, fmt.Errorf("%w: version %d", errSnapshot, v)
-	}
-	s := newState()
-	s.epoch, s.rebuilt, s.seq, s.stream, s.unattributed = r.uvarint(), r.uvarint(), r.uvarint(), r.varint(), r.varint()
-	n := r.count(8)
-	for i := 0; i < n && r.err == nil; i++ {
-		sc := &sceneState{Totals: stats.Totals{Scene: r.string()}}
-		sc.Scans, sc.SubscribeScans, sc.ScanScans, sc.NewFollowers, sc.UniquePeople, sc.Unfollows = r.varint(), r.varint(), r.varint(), r.varint(), r.varint(), r.varint()
-		sc.FirstSeen, sc.LastSeen = time.Unix(0, r.varint()).UTC(), time.Unix(0, r.varint()).UTC()
-		sc.FirstSeq = r.uvarint()
-		np := r.count(9)
-		sc.people = make(map[uint64]uint16, np)
-		for j := 0; j < np && r.err == nil; j++ {
-			sc.people[r.uint64()] = uint16(r.uvarint())
+// zone turns times into local dates and hours, quickly while they fall on
+// the day it last saw.
+type zone struct {
+	loc        *time.Location
+	date       stats.Date
+	start, end int64 // the date's bounds, Unix ns
+}
+
+func (z *zone) at(t time.Time) (stats.Date, int) {
+	ns := t.UnixNano()
+	if ns < z.start || ns >= z.end {
+		d, _ := stats.DateHour(t, z.loc)
+		z.date, z.start, z.end = d, d.Start(z.loc).UnixNano(), (d + 1).Start(z.loc).UnixNano()
+		if ns < z.start || ns >= z.end { // a day that starts oddly (a zone's jump at midnight)
+			z.end = z.start
+			return stats.DateHour(t, z.loc)
 		}
-		s.byName[sc.Scene] = uint32(len(s.scenes))
-		s.scenes = append(s.scenes, sc)
 	}
-	nf := r.count(9)
-	for i := 0; i < nf && r.err == nil; i++ {
-		p, id := r.uint64(), r.uvarint()
-		if id >= uint64(len(s.scenes)) {
-			r.fail("follow of an unknown scene")
-			break
-		}
-		s.follows[p] = uint32(id)
-	}
-	if r.err == nil && len(r.b) != 0 {
-		r.fail("trailing bytes")
-	}
-	return s, r.err
-}
-
-func appendString(b []byte, s string) []byte {
-	return append(binary.AppendUvarint(b, uint64(len(s))), s...)
-}
-
-// reader reads a snapshot, remembering the first error.
-type reader struct {
-	b   []byte
-	err error
-}
-
-func (r *reader) fail(what string) {
-	if r.err == nil {
-		r.err = fmt.Errorf("%w: %s", errSnapshot, what)
-	}
-	r.b = nil
-}
-
-func (r *reader) uvarint() uint64 {
-	v, n := binary.Uvarint(r.b)
-	if n <= 0 {
-		r.fail("bad number")
-		return 0
-	}
-	r.b = r.b[n:]
-	return v
-}
-
-func (r *reader) varint() int64 {
-	v, n := binary.Varint(r.b)
-	if n <= 0 {
-		r.fail("bad number")
-		return 0
-	}
-	r.b = r.b[n:]
-	return v
-}
-
-func (r *reader) uint64() uint64 {
-	if len(r.b) < 8 {
-		r.fail("short")
-		return 0
-	}
-	v := binary.BigEndian.Uint64(r.b)
-	r.b = r.b[8:]
-	return v
-}
-
-func (r *reader) string() string {
-	n := r.count(1)
-	if r.err != nil {
-		return ""
-	}
-	s := string(r.b[:n])
-	r.b = r.b[n:]
-	return s
-}
-
-// count reads a length whose items take at least min bytes each: a count
-// the remaining bytes cannot hold is refused before anything is allocated.
-func (r *reader) count(min int) int {
-	n := r.uvarint()
-	if r.err == nil && n > uint64(len(r.b)/min) {
-		r.fail("count beyond the data")
-		return 0
-	}
-	return int(n)
+	return z.date, int((ns - z.start) / int64(time.Hour))
 }

@@ -47,7 +47,7 @@ func Run(ctx context.Context, o RunOptions) error {
 	mux := admin.NewMux(admin.Options{Gatherer: reg, Ready: hc.Ready, Pprof: cfg.Pprof, Token: cfg.AdminToken, Logger: logger})
 	mux.Handle("/api/", w.API())
 	mux.Handle(reconcile.Route, w.Reconcile.Handler(cfg.AdminToken))
-	if _, err := console.Mount(mux, console.MountOptions{Conn: nc, Config: cfg, Scenes: w.Scenes(), WeChat: w.WeChat, Logger: logger}); err != nil {
+	if _, err := console.Mount(mux, console.MountOptions{Conn: nc, Config: cfg, Scenes: w.Scenes(), WeChat: w.WeChat, QR: w.QR, Logger: logger}); err != nil {
 		nc.Close()
 		return err
 	}

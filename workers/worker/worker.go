@@ -20,6 +20,7 @@ import (
 	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/config"
 	"github.com/wxgate/wxgate/shared/health"
+	"github.com/wxgate/wxgate/shared/qrcodes"
 	"github.com/wxgate/wxgate/shared/reconcile"
 	"github.com/wxgate/wxgate/shared/stats"
 	"github.com/wxgate/wxgate/shared/wechatapi"
@@ -61,6 +62,9 @@ type Worker struct {
 	// WeChat are the process's clients of WeChat's API, one per account
 	// (late replies and the QR codes share them).
 	WeChat *wechatapi.Clients
+	// QR is the process's QR-code service: the codes' labels and groups
+	// are the analytics' too.
+	QR *qrcodes.Service
 	// Reconcile serves /api/reconciliation; with the analytics role it
 	// completes the rows every day too.
 	Reconcile *reconcile.Reconciler
@@ -83,25 +87,39 @@ func Start(o Options) (_ *Worker, err error) {
 			w.stopDaily()
 		}
 	}()
-	store := stats.OpenOnUse(o.Conn)
+	if w.WeChat, err = NewWeChat(o.Config, o.Conn, o.Logger, o.Registerer); err != nil {
+		return nil, err
+	}
+	// The codes' counts come from w.scenes, set below: the analytics' own
+	// store when they run here (they read the codes' groups), the bucket
+	// opened on first use otherwise.
+	store := func(ctx context.Context) (*stats.Store, error) { return w.scenes(ctx) }
+	if w.QR, err = qrcodes.New(qrcodes.Options{Conn: o.Conn, Clients: w.WeChat.For, Scenes: qrcodes.FromStore(store),
+		Replicas: o.Config.JetStreamReplicas, Fonts: qrcodes.NewFonts(o.Config.QRCaptionFont),
+		Logger: o.Logger.With("component", "qrcodes")}); err != nil {
+		return nil, err
+	}
+	w.scenes = stats.OpenOnUse(o.Conn)
 	if o.Config.HasRole("analytics") {
 		if w.Analytics, err = analytics.StartRole(analytics.RoleOptions{
 			Conn: o.Conn, Logger: o.Logger.With("component", "analytics"), Registerer: o.Registerer,
 			Streams:   o.Config.Streams(),
 			MaxScenes: o.Config.AnalyticsMaxScenes,
+			Zone:      o.Config.AnalyticsZone,
+			Labels:    w.QR,
 			Fatal:     o.Health.Fatal,
 			GiveUp:    o.GiveUp,
 		}); err != nil {
 			return nil, err
 		}
 		o.Health.Add("analytics", w.Analytics.Check)
-		store = w.Analytics.Store
+		w.scenes = w.Analytics.Store
 	}
-	w.api, w.scenes = stats.API(store, o.Config.AdminToken), store
-	if w.WeChat, err = NewWeChat(o.Config, o.Conn, o.Logger, o.Registerer); err != nil {
+	if w.api, err = stats.API(stats.APIOptions{Store: w.scenes, Token: o.Config.AdminToken, Zone: o.Config.AnalyticsZone,
+		Labels: w.QR, Logger: o.Logger.With("component", "stats")}); err != nil {
 		return nil, err
 	}
-	if w.Reconcile, err = NewReconciler(o.Config, o.Conn, w.WeChat, o.Logger); err != nil {
+	if w.Reconcile, err = NewReconciler(o.Config, o.Conn, w.WeChat, w.scenes, o.Logger); err != nil {
 		return nil, err
 	}
 	if o.Config.HasRole("analytics") {
@@ -186,8 +204,8 @@ func NewWeChat(cfg config.Config, nc *nats.Conn, logger *slog.Logger, reg promet
 
 // NewReconciler makes the process's reconciliation of WeChat's figures
 // with ours, for its API (the analytics role starts its daily run).
-func NewReconciler(cfg config.Config, nc *nats.Conn, wx *wechatapi.Clients, logger *slog.Logger) (*reconcile.Reconciler, error) {
-	return reconcile.New(reconcile.Options{Conn: nc, Accounts: wx.Accounts(), WeChat: wx, Zone: cfg.AnalyticsZone,
+func NewReconciler(cfg config.Config, nc *nats.Conn, wx *wechatapi.Clients, scenes stats.StoreFunc, logger *slog.Logger) (*reconcile.Reconciler, error) {
+	return reconcile.New(reconcile.Options{Conn: nc, Accounts: wx.Accounts(), WeChat: wx, Followers: stats.Followers(scenes), Zone: cfg.AnalyticsZone,
 		Streams: cfg.Streams(), Replicas: cfg.JetStreamReplicas, Logger: logger.With("component", "reconcile")})
 }
 
