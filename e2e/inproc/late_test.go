@@ -38,7 +38,7 @@ type slowOnce struct {
 	release chan struct{}
 }
 
-func (d *slowOnce) Decide(ctx context.Context, m *wechat.Message) (*wechat.Reply, error) {
+func (d *slowOnce) Decide(ctx context.Context, _ string, m *wechat.Message, _ []byte) (*wechat.Reply, error) {
 	if d.runs.Add(1) == 1 {
 		select {
 		case <-d.release:

@@ -188,7 +188,7 @@ func (a *App) startBus(o Options, cfg config.Config, reg prometheus.Registerer) 
 // startWeChat starts the WeChat-facing listener: the gateway, asking the
 // workers over the bus, or (NoBus) answering with their logic in process.
 func (a *App) startWeChat(o Options, cfg config.Config, cipher *wechat.Cipher, in gateway.Intake, reg prometheus.Registerer) error {
-	var local func([]byte) ([]byte, error)
+	var local func(string, []byte) ([]byte, error)
 	if o.NoBus {
 		local = reply.NewHandler(reply.NewReplier(cfg.Replies), nil).Handle
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/micro"
 
 	"github.com/wxgate/wxgate/ingress/intake"
+	"github.com/wxgate/wxgate/shared/accounts"
 	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/wechat"
 )
@@ -49,7 +50,7 @@ func (g *Gateway) dispatch(m *wechat.Message, key string, plain []byte, received
 func (g *Gateway) request(m *wechat.Message, key string, plain []byte, rc intake.Receipt, received, deadline time.Time) ([]byte, string, string) {
 	subject := m.Subject()
 	if g.o.Local != nil {
-		reply, err := g.o.Local(plain)
+		reply, err := g.o.Local(accounts.DefaultID, plain)
 		if err != nil {
 			return g.fallback(reasonWorkerError, subject, err)
 		}

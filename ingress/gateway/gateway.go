@@ -47,7 +47,7 @@ type Options struct {
 	Now           func() time.Time // time.Now when nil
 	// Local, when set instead of Conn, answers in process with no bus: the
 	// floor the load benchmark measures the bus against.
-	Local func(msg []byte) ([]byte, error)
+	Local func(account string, msg []byte) ([]byte, error)
 	// Intake makes each event durable before it is answered; nil stores
 	// nothing (Local, and tests of the request path alone).
 	Intake Intake

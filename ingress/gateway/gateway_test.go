@@ -369,7 +369,7 @@ func TestModes(t *testing.T) {
 func TestNewRefusesModeWithoutCipher(t *testing.T) {
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	for _, m := range []wechat.Mode{wechat.ModeCompat, wechat.ModeSafe, "aes", "SAFE"} {
-		_, err := gateway.New(gateway.Options{Token: token, Mode: m, Local: func([]byte) ([]byte, error) { return nil, nil },
+		_, err := gateway.New(gateway.Options{Token: token, Mode: m, Local: func(string, []byte) ([]byte, error) { return nil, nil },
 			ReplyTimeout: time.Second, Logger: quiet, Registerer: prometheus.NewRegistry()})
 		if err == nil || !strings.Contains(err.Error(), "Mode") {
 			t.Errorf("Mode %q without a Cipher: %v, want an error naming Mode", m, err)
@@ -637,7 +637,7 @@ type blockOnce struct {
 	release chan struct{}
 }
 
-func (d *blockOnce) Decide(ctx context.Context, m *wechat.Message) (*wechat.Reply, error) {
+func (d *blockOnce) Decide(ctx context.Context, _ string, m *wechat.Message, _ []byte) (*wechat.Reply, error) {
 	if d.runs.Add(1) == 1 {
 		close(d.started)
 		<-d.release

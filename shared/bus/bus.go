@@ -32,6 +32,10 @@ const (
 const (
 	// HeaderAccount is the account (ToUserName) the message was sent to.
 	HeaderAccount = "Wx-Account"
+	// HeaderAccountID is the id of the account whose URL (/wechat/{id})
+	// the callback came to: an accounts.ValidID. Absent (an older
+	// ingress, a tool of one's own): the account default.
+	HeaderAccountID = "Wx-Account-Id"
 	// HeaderDedupKey is what WeChat's retries of the message share.
 	HeaderDedupKey = "Wx-Dedup-Key"
 	// HeaderReceived is when the ingress received the request (Unix nanoseconds).

@@ -27,6 +27,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/wxgate/wxgate/shared/accounts"
 	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/wechat"
 )
@@ -111,6 +112,22 @@ func Received(h nats.Header, m *wechat.Message) time.Time {
 
 // Subject is where an event with request subject subject is stored.
 func Subject(requestSubject string) string { return SubjectPrefix + requestSubject }
+
+// AccountOf is the account of an event stored on subject, under prefix
+// (SubjectPrefix or UnansweredPrefix): <prefix><account>.<request
+// subject>; what an older version stored, <prefix><request subject>, is
+// the default account's. ok is false when the token is no account id.
+func AccountOf(prefix, subject string) (account string, ok bool) {
+	rest, found := strings.CutPrefix(subject, prefix)
+	if !found {
+		return "", false
+	}
+	if strings.Count(rest, ".") == 1 { // msg.<type>, event.<type>
+		return accounts.DefaultID, true
+	}
+	id, _, _ := strings.Cut(rest, ".")
+	return id, accounts.ValidID(id)
+}
 
 // SceneSubjects are the subjects of the events the scene analytics read.
 var SceneSubjects = []string{

@@ -60,9 +60,10 @@ type Options struct {
 	// Store holds what became of each reply: the late sender finds the
 	// reply there and marks its send there.
 	Store *dedup.Store
-	// Reply runs the handler for m (the store runs it once across
-	// replicas, when no reply exists); empty means nothing to say.
-	Reply func(ctx context.Context, m *wechat.Message) ([]byte, error)
+	// Reply runs the handler for m, read from raw and sent to account (the
+	// store runs it once across replicas, when no reply exists); empty
+	// means nothing to say.
+	Reply func(ctx context.Context, account string, m *wechat.Message, raw []byte) ([]byte, error)
 	// MessageWindow and EventWindow are how long after a person's message,
 	// and after their subscribe, SCAN or menu click, WeChat takes a
 	// customer-service message to them. Defaults 48h and 60s.
@@ -315,8 +316,9 @@ func (s *Service) window(m *wechat.Message) (time.Duration, bool) {
 
 func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 	m, err := wechat.Parse(msg.Data())
-	if err != nil {
-		s.o.Logger.Error("late replies: an unanswered event that is not a message; dropped", "subject", msg.Subject(), "err", err)
+	account, ok := events.AccountOf(events.UnansweredPrefix, msg.Subject())
+	if err != nil || !ok {
+		s.o.Logger.Error("late replies: an unanswered event that is not a message of an account; dropped", "subject", msg.Subject(), "err", err)
 		_ = msg.Term()
 		return
 	}
@@ -341,7 +343,7 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 	var run dedup.Handler
 	until := s.o.Now().Add(5 * time.Second) // past the window: time to read the key
 	if s.o.Now().Before(deadline) {
-		run = func(hctx context.Context) ([]byte, error) { return s.o.Reply(hctx, m) }
+		run = func(hctx context.Context) ([]byte, error) { return s.o.Reply(hctx, account, m, msg.Data()) }
 		until = deadline
 	}
 	rctx, cancel := context.WithDeadline(context.Background(), until)

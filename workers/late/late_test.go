@@ -112,7 +112,7 @@ func (f *fixture) startWith(mod func(*Options)) replica {
 	return replica{s, store, reg}
 }
 
-func (f *fixture) reply(_ context.Context, m *wechat.Message) ([]byte, error) {
+func (f *fixture) reply(_ context.Context, _ string, m *wechat.Message, _ []byte) ([]byte, error) {
 	f.runs.Add(1)
 	text := "re: " + m.Content
 	if m.IsEvent() {
@@ -288,7 +288,7 @@ func TestPassiveAndLateNeverBoth(t *testing.T) {
 	f := newFixture(t, wechatapitest.Options{})
 	r := f.start()
 	first := text("o_p", "passive", 1)
-	body, _, err := r.store.Retry(context.Background(), key(first), func(ctx context.Context) ([]byte, error) { return f.reply(ctx, first) })
+	body, _, err := r.store.Retry(context.Background(), key(first), func(ctx context.Context) ([]byte, error) { return f.reply(ctx, accounts.DefaultID, first, nil) })
 	if err != nil || len(body) == 0 {
 		t.Fatalf("a retry before any late reply = %q %v, want its reply", body, err)
 	}
@@ -396,7 +396,7 @@ func TestCustomMessages(t *testing.T) {
 func TestUnsupportedIsCounted(t *testing.T) {
 	f := newFixture(t, wechatapitest.Options{})
 	reg := f.startWith(func(o *Options) {
-		o.Reply = func(_ context.Context, m *wechat.Message) ([]byte, error) {
+		o.Reply = func(_ context.Context, _ string, m *wechat.Message, _ []byte) ([]byte, error) {
 			return (&wechat.Reply{Type: wechat.ReplyTransfer}).ReplyTo(m, 1), nil
 		}
 	}).reg
@@ -433,7 +433,7 @@ func TestStopLosesNoLateReply(t *testing.T) {
 	f := newFixture(t, wechatapitest.Options{})
 	entered, release := make(chan struct{}), make(chan struct{})
 	r1 := f.startWith(func(o *Options) {
-		o.Reply = func(_ context.Context, m *wechat.Message) ([]byte, error) {
+		o.Reply = func(_ context.Context, _ string, m *wechat.Message, _ []byte) ([]byte, error) {
 			close(entered)
 			<-release
 			return wechat.TextReply("re: "+m.Content).ReplyTo(m, 1), nil
@@ -465,7 +465,7 @@ func TestUnmarkedRetryLeavesItToTheLateReply(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := text("o_early", "hi", 4)
-	body, _, err := r.store.Retry(context.Background(), key(m), func(ctx context.Context) ([]byte, error) { return f.reply(ctx, m) })
+	body, _, err := r.store.Retry(context.Background(), key(m), func(ctx context.Context) ([]byte, error) { return f.reply(ctx, accounts.DefaultID, m, nil) })
 	if !errors.Is(err, dedup.ErrNotMarked) || len(body) == 0 {
 		t.Fatalf("retry with the bucket lost = %q %v, want its reply, unmarked", body, err)
 	}
@@ -550,7 +550,7 @@ func TestFailingHandlerIsCountedFailed(t *testing.T) {
 	f := newFixture(t, wechatapitest.Options{})
 	var runs atomic.Int32
 	reg := f.startWith(func(o *Options) {
-		o.Reply = func(context.Context, *wechat.Message) ([]byte, error) {
+		o.Reply = func(context.Context, string, *wechat.Message, []byte) ([]byte, error) {
 			runs.Add(1)
 			return nil, errors.New("boom")
 		}

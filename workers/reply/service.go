@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/micro"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/wxgate/wxgate/shared/accounts"
 	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/wechat"
 	"github.com/wxgate/wxgate/workers/dedup"
@@ -158,7 +159,8 @@ func (s *Service) Check() error {
 // from here, slot wait included: a retry's lookup finds it.
 func (s *Service) serve(req micro.Request) {
 	m, err := parse(req.Data())
-	if err != nil {
+	account, aerr := accountOf(req.Headers())
+	if err = errors.Join(err, aerr); err != nil {
 		s.logger.Warn("worker rejected request", "subject", req.Subject(), "err", err)
 		_ = req.Error("400", err.Error(), nil)
 		return
@@ -175,13 +177,26 @@ func (s *Service) serve(req micro.Request) {
 	s.pending.Add(1)
 	go func() {
 		defer func() { <-s.slots; s.pending.Done() }()
-		s.answer(req, m, key, first, deadline(req.Headers(), arrival))
+		s.answer(req, account, m, key, first, deadline(req.Headers(), arrival))
 	}()
 }
 
-func (s *Service) answer(req micro.Request, m *wechat.Message, key string, first *dedup.InHand, deadline time.Time) {
+// accountOf is the id of the account a request is for: its
+// Wx-Account-Id, or the default without one (an older ingress).
+func accountOf(h micro.Headers) (string, error) {
+	switch id := h.Get(bus.HeaderAccountID); {
+	case id == "":
+		return accounts.DefaultID, nil
+	case !accounts.ValidID(id):
+		return "", fmt.Errorf("%s: not an account id", bus.HeaderAccountID)
+	default:
+		return id, nil
+	}
+}
+
+func (s *Service) answer(req micro.Request, account string, m *wechat.Message, key string, first *dedup.InHand, deadline time.Time) {
 	subject := req.Subject()
-	run := func(ctx context.Context) ([]byte, error) { return s.Reply(ctx, m) }
+	run := func(ctx context.Context) ([]byte, error) { return s.Reply(ctx, account, m, req.Data()) }
 	var body []byte
 	var err error
 	outcome := dedup.Ran
@@ -225,11 +240,12 @@ func (s *Service) answer(req micro.Request, m *wechat.Message, key string, first
 	}
 }
 
-// Reply runs the handler for m, timed in the metrics: what a first
-// delivery, a retry and a late reply produce a reply with.
-func (s *Service) Reply(ctx context.Context, m *wechat.Message) ([]byte, error) {
+// Reply runs the handler for m (read from raw), sent to account, timed in
+// the metrics: what a first delivery, a retry and a late reply produce a
+// reply with.
+func (s *Service) Reply(ctx context.Context, account string, m *wechat.Message, raw []byte) ([]byte, error) {
 	start := time.Now()
-	body, err := s.decide(ctx, m)
+	body, err := s.decide(ctx, account, m, raw)
 	s.metrics.observe(m.Subject(), time.Since(start))
 	return body, err
 }
@@ -249,15 +265,15 @@ func deadline(h micro.Headers, arrival time.Time) time.Time {
 	return arrival.Add(min(max(time.Duration(ms)*time.Millisecond-margin, 0), 5*time.Second))
 }
 
-// Handle parses a raw message and returns the reply XML, or an empty body
-// when there is nothing to say. It is the whole of a worker's decision, so
-// it can also run without a bus.
-func (s *Handler) Handle(data []byte) ([]byte, error) {
+// Handle parses a raw message sent to account and returns the reply XML,
+// or an empty body when there is nothing to say. It is the whole of a
+// worker's decision, so it can also run without a bus.
+func (s *Handler) Handle(account string, data []byte) ([]byte, error) {
 	m, err := parse(data)
 	if err != nil {
 		return nil, err
 	}
-	return s.decide(context.Background(), m)
+	return s.decide(context.Background(), account, m, data)
 }
 
 func parse(data []byte) (*wechat.Message, error) {
@@ -268,8 +284,8 @@ func parse(data []byte) (*wechat.Message, error) {
 	return m, nil
 }
 
-func (s *Handler) decide(ctx context.Context, m *wechat.Message) ([]byte, error) {
-	r, err := s.decider.Decide(ctx, m)
+func (s *Handler) decide(ctx context.Context, account string, m *wechat.Message, raw []byte) ([]byte, error) {
+	r, err := s.decider.Decide(ctx, account, m, raw)
 	if err != nil || r == nil {
 		return nil, err
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/wxgate/wxgate/shared/config"
 	"github.com/wxgate/wxgate/shared/testutil/metricstest"
 	"github.com/wxgate/wxgate/shared/testutil/natstest"
+	"github.com/wxgate/wxgate/shared/wechat"
 	"github.com/wxgate/wxgate/workers/dedup"
 	"github.com/wxgate/wxgate/workers/reply"
 )
@@ -123,7 +124,7 @@ func TestServiceRejectsMalformedAndBoundsLabels(t *testing.T) {
 	if resp.Header.Get(micro.ErrorCodeHeader) != "400" {
 		t.Errorf("malformed payload: headers %v, want error code 400", resp.Header)
 	}
-	if _, err := svc.Handle([]byte("<nope")); !errors.Is(err, reply.ErrMalformed) {
+	if _, err := svc.Handle("default", []byte("<nope")); !errors.Is(err, reply.ErrMalformed) {
 		t.Errorf("Handle error = %v", err)
 	}
 	// An invented event type is served, but counted under event.other.
@@ -186,5 +187,46 @@ func TestUnmarkedRetry(t *testing.T) {
 				t.Errorf("answer %q, error %q; want the reply", resp.Data, code)
 			}
 		})
+	}
+}
+
+// accountEcho answers with the account it was asked for, and what it read.
+type accountEcho struct{}
+
+func (accountEcho) Decide(_ context.Context, account string, m *wechat.Message, raw []byte) (*wechat.Reply, error) {
+	return wechat.TextReply(account + ":" + m.Content + ":" + fmt.Sprint(len(raw))), nil
+}
+
+// The Decider is told the account of each request, its Wx-Account-Id (the
+// default without one: an older ingress), and the raw XML; an id that is
+// no account id is refused 400 before any handler runs.
+func TestDeciderGetsTheAccount(t *testing.T) {
+	srv := natstest.RunServer(t)
+	nc := natstest.Connect(t, srv)
+	svc, err := reply.Start(reply.Options{Conn: nc, Decider: accountEcho{}, Logger: quiet, Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = svc.Stop(context.Background()) })
+	msg := "<xml><ToUserName>gh</ToUserName><FromUserName>o</FromUserName><CreateTime>1</CreateTime><MsgType>text</MsgType><Content>hi</Content></xml>"
+	client := natstest.Connect(t, srv)
+	for _, c := range []struct{ header, want, code string }{
+		{"", "default:hi:" + fmt.Sprint(len(msg)), ""},
+		{"shop-2", "shop-2:hi:" + fmt.Sprint(len(msg)), ""},
+		{"../x", "", "400"},
+		{strings.Repeat("a", 33), "", "400"},
+	} {
+		req := &nats.Msg{Subject: "msg.text", Data: []byte(msg), Header: nats.Header{}}
+		if c.header != "" {
+			req.Header.Set(bus.HeaderAccountID, c.header)
+		}
+		resp, err := client.RequestMsg(req, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		code := resp.Header.Get(micro.ErrorCodeHeader)
+		if code != c.code || (c.want != "" && !strings.Contains(string(resp.Data), "<![CDATA["+c.want+"]]>")) {
+			t.Errorf("Wx-Account-Id %q: answer %q, error code %q; want %q, code %q", c.header, resp.Data, code, c.want, c.code)
+		}
 	}
 }
