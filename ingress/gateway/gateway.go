@@ -20,6 +20,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/wxgate/wxgate/shared/accounts"
 	"github.com/wxgate/wxgate/shared/wechat"
 )
 
@@ -170,7 +171,7 @@ func (g *Gateway) callback(c *gin.Context) {
 		g.reject(c, received, err)
 		return
 	}
-	reply, outcome := g.dispatch(m, m.DedupKey(plain), plain, received, received.Add(g.o.ReplyTimeout))
+	reply, outcome := g.dispatch(m, m.DedupKey(accounts.DefaultID, plain), plain, received, received.Add(g.o.ReplyTimeout))
 	if outcome == outcomeUnavailable {
 		// Not accepted: without a 200, WeChat retries it, by when the bus
 		// may take it again.

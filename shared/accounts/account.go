@@ -18,7 +18,7 @@ import (
 
 // DefaultID is the account the WECHAT_* variables define; /wechat is
 // /wechat/default.
-const DefaultID = "default"
+const DefaultID = wechat.DefaultAccount
 
 // The callback modes: the WeChat console's 明文, 兼容 and 安全 message
 // encryption modes.

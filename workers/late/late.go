@@ -332,7 +332,7 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	deadline := received.Add(window)
-	key := m.DedupKey(msg.Data())
+	key := m.DedupKey(account, msg.Data())
 	if early := received.Add(s.o.Settle).Sub(s.o.Now()); early > 0 {
 		_ = msg.NakWithDelay(early)
 		return

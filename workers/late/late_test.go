@@ -135,7 +135,7 @@ func (f *fixture) state(m *wechat.Message) string {
 	return string(e.Value())
 }
 
-func key(m *wechat.Message) string { return m.DedupKey(m.AppendXML(nil)) }
+func key(m *wechat.Message) string { return m.DedupKey("default", m.AppendXML(nil)) }
 
 // settled waits until the late-reply consumer has nothing pending and
 // nothing unacknowledged: every event is done with, none will come back.

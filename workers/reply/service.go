@@ -168,7 +168,7 @@ func (s *Service) serve(req micro.Request) {
 	arrival := time.Now()
 	// Computed here, not taken from the header: anyone on the bus can send
 	// a request, and the key becomes a KV key and a message ID.
-	key := m.DedupKey(req.Data())
+	key := m.DedupKey(account, req.Data())
 	var first *dedup.InHand
 	if s.dedup != nil && req.Headers().Get(bus.HeaderRetry) != "1" {
 		first = s.dedup.Arrived(key, arrival)
