@@ -55,9 +55,10 @@ type Registry struct {
 	sealer *Sealer // nil without ACCOUNTS_SECRET_KEY
 	def    *Account
 
-	all  atomic.Pointer[map[string]*entry]
-	gen  atomic.Uint64 // bumped on every change
-	down atomic.Pointer[error]
+	all     atomic.Pointer[map[string]*entry]
+	gen     atomic.Uint64                 // bumped on every change
+	changed atomic.Pointer[chan struct{}] // closed at the next change
+	down    atomic.Pointer[error]
 
 	mu     sync.Mutex
 	kv     jetstream.KeyValue
@@ -94,6 +95,8 @@ func Start(o Options) (*Registry, error) {
 	}
 	m := map[string]*entry{}
 	r.all.Store(&m)
+	ch := make(chan struct{})
+	r.changed.Store(&ch)
 	if o.Conn == nil {
 		close(r.done)
 		return r, nil
@@ -312,6 +315,53 @@ func (r *Registry) apply(m map[string]*entry, e jetstream.KeyValueEntry) {
 func (r *Registry) publish(m map[string]*entry) {
 	r.all.Store(&m)
 	r.gen.Add(1)
+	next := make(chan struct{})
+	close(*r.changed.Swap(&next))
+}
+
+// Len is how many accounts there are, the default and those this process
+// cannot serve included.
+func (r *Registry) Len() int { return len(*r.all.Load()) + 1 }
+
+// Follow calls add with the id of every account this process serves now,
+// then of each that appears, and drop with the id of each that goes (or
+// that this process can no longer serve), on one goroutine of its own,
+// until the registry stops or stop is called: for what is kept per
+// account (a metric's series).
+func (r *Registry) Follow(add, drop func(id string)) (stop func()) {
+	quit := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		known := map[string]bool{}
+		for {
+			changed := *r.changed.Load() // before reading: no change is missed
+			now := map[string]bool{}
+			for _, a := range r.Accounts() {
+				now[a.ID] = true
+				if !known[a.ID] {
+					add(a.ID)
+				}
+			}
+			for id := range known {
+				if !now[id] {
+					drop(id)
+				}
+			}
+			known = now
+			select {
+			case <-changed:
+			case <-quit:
+				return
+			case <-r.done:
+				return
+			}
+		}
+	}()
+	return func() {
+		close(quit)
+		<-done
+	}
 }
 
 // Create stores a new account.
