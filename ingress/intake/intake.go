@@ -177,11 +177,12 @@ func (in *Intake) watch() {
 	}
 }
 
-// message is the stream message for an event.
-func (in *Intake) message(m *wechat.Message, key string, raw []byte, received time.Time) *nats.Msg {
+// message is the stream message for an event of account.
+func (in *Intake) message(account string, m *wechat.Message, key string, raw []byte, received time.Time) *nats.Msg {
 	subject := m.Subject()
-	msg := &nats.Msg{Subject: events.Subject(subject), Data: raw, Header: make(nats.Header, 4)}
+	msg := &nats.Msg{Subject: events.Subject(account, subject), Data: raw, Header: make(nats.Header, 5)}
 	msg.Header[jetstream.MsgIDHeader] = []string{key}
+	msg.Header[bus.HeaderAccountID] = []string{account}
 	msg.Header[bus.HeaderAccount] = []string{bus.Account(m.ToUserName)}
 	msg.Header[bus.HeaderReceived] = []string{bus.FormatTime(received)}
 	if !events.IsSceneEvent(subject) {
@@ -192,12 +193,12 @@ func (in *Intake) message(m *wechat.Message, key string, raw []byte, received ti
 	return msg
 }
 
-// Publish stores the event (m, parsed from raw, with dedup key key,
-// received at received) in the stream, waiting at most Timeout for it, or
-// holds it when JetStream cannot take it now. A scan whose scene is not a
-// scene is counted here, once per event.
-func (in *Intake) Publish(m *wechat.Message, key string, raw []byte, received time.Time) (Receipt, error) {
-	msg := in.message(m, key, raw, received)
+// Publish stores the event of account (m, parsed from raw, with dedup key
+// key, received at received) in the stream, waiting at most Timeout for
+// it, or holds it when JetStream cannot take it now. A scan whose scene is
+// not a scene is counted here, once per event.
+func (in *Intake) Publish(account string, m *wechat.Message, key string, raw []byte, received time.Time) (Receipt, error) {
+	msg := in.message(account, m, key, raw, received)
 	r, err := in.publish(msg)
 	if err == nil && !r.Duplicate {
 		if scene, _, scan := m.SceneCandidate(); scan {
@@ -461,9 +462,9 @@ func (in *Intake) sendAll(batch []*nats.Msg) (int, error) {
 
 // Unanswered records that the event was answered "success" without its
 // reply, for a late reply. It does not wait: the answer to WeChat must not.
-func (in *Intake) Unanswered(m *wechat.Message, key string, raw []byte, received time.Time, r Receipt, reason string) {
-	msg := in.message(m, "u."+key, raw, received)
-	msg.Subject = events.UnansweredPrefix + m.Subject()
+func (in *Intake) Unanswered(account string, m *wechat.Message, key string, raw []byte, received time.Time, r Receipt, reason string) {
+	msg := in.message(account, m, "u."+key, raw, received)
+	msg.Subject = events.UnansweredSubject(account, m.Subject())
 	msg.Header.Del(jetstream.MsgTTLHeader)
 	msg.Header[events.HeaderReason] = []string{reason}
 	if r.Seq != 0 {

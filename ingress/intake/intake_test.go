@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/events"
 	"github.com/wxgate/wxgate/shared/testutil/natstest"
 	"github.com/wxgate/wxgate/shared/testutil/wait"
@@ -72,7 +73,7 @@ func TestHeldWhileNATSIsDownThenFlushed(t *testing.T) {
 		mustHold(t, in, scanEvent(i))
 	}
 	m := scanEvent(300)
-	if _, err := in.Publish(m, m.DedupKey("default", m.AppendXML(nil)), m.AppendXML(nil), time.Now()); !errors.Is(err, ErrFull) {
+	if _, err := in.Publish("default", m, m.DedupKey("default", m.AppendXML(nil)), m.AppendXML(nil), time.Now()); !errors.Is(err, ErrFull) {
 		t.Fatalf("past the buffer = %v, want ErrFull", err)
 	}
 	if in.Check() == nil {
@@ -116,12 +117,12 @@ func TestRefusedEventDoesNotBlockTheQueue(t *testing.T) {
 	}
 	long := textEvent(2)
 	long.Content = strings.Repeat("x", 1024)
-	rc, err := in.Publish(long, long.DedupKey("default", long.AppendXML(nil)), long.AppendXML(nil), time.Now())
+	rc, err := in.Publish("default", long, long.DedupKey("default", long.AppendXML(nil)), long.AppendXML(nil), time.Now())
 	if err != nil || !rc.Refused || rc.Held {
 		t.Fatalf("an event over the stream's size limit = %+v %v, want refused, not held", rc, err)
 	}
 	m := scanEvent(3)
-	if rc, err := in.Publish(m, m.DedupKey("default", m.AppendXML(nil)), m.AppendXML(nil), time.Now()); err != nil || rc.Held || rc.Seq == 0 {
+	if rc, err := in.Publish("default", m, m.DedupKey("default", m.AppendXML(nil)), m.AppendXML(nil), time.Now()); err != nil || rc.Held || rc.Seq == 0 {
 		t.Fatalf("the event after it = %+v %v, want stored", rc, err)
 	}
 	if got := testutil.ToFloat64(in.metrics.dropped.WithLabelValues("event", "refused")); got != 1 {
@@ -152,7 +153,7 @@ func TestStreamWithoutMessageTTL(t *testing.T) {
 	createStreamWithoutTTL(t, nc)
 	in, _ := newIntake(t, nc, 100)
 	for i, m := range []*wechat.Message{textEvent(1), scanEvent(2)} {
-		if rc, err := in.Publish(m, m.DedupKey("default", m.AppendXML(nil)), m.AppendXML(nil), time.Now()); err != nil || rc.Held || rc.Refused || rc.Seq != uint64(i+1) {
+		if rc, err := in.Publish("default", m, m.DedupKey("default", m.AppendXML(nil)), m.AppendXML(nil), time.Now()); err != nil || rc.Held || rc.Refused || rc.Seq != uint64(i+1) {
 			t.Fatalf("event %d = %+v %v, want stored", i, rc, err)
 		}
 	}
@@ -181,7 +182,7 @@ func TestCloseFlushesThenCountsWhatIsLeft(t *testing.T) {
 // mustHold publishes m, which the intake must hold (JetStream away).
 func mustHold(t *testing.T, in *Intake, m *wechat.Message) {
 	t.Helper()
-	if rc, err := in.Publish(m, m.DedupKey("default", m.AppendXML(nil)), m.AppendXML(nil), time.Now()); err != nil || !rc.Held {
+	if rc, err := in.Publish("default", m, m.DedupKey("default", m.AppendXML(nil)), m.AppendXML(nil), time.Now()); err != nil || !rc.Held {
 		t.Fatalf("%s from %s = %+v %v, want held", m.MsgType, m.FromUserName, rc, err)
 	}
 }
@@ -289,7 +290,7 @@ func TestMessagesCarryATTLSceneEventsDoNot(t *testing.T) {
 		m       *wechat.Message
 		wantTTL bool
 	}{{textEvent(1), true}, {scanEvent(2), false}} {
-		rc, err := in.Publish(c.m, c.m.DedupKey("default", c.m.AppendXML(nil)), c.m.AppendXML(nil), time.Now())
+		rc, err := in.Publish("default", c.m, c.m.DedupKey("default", c.m.AppendXML(nil)), c.m.AppendXML(nil), time.Now())
 		if err != nil || rc.Seq == 0 {
 			t.Fatalf("%s = %+v %v", c.m.MsgType, rc, err)
 		}
@@ -305,17 +306,19 @@ func TestMessagesCarryATTLSceneEventsDoNot(t *testing.T) {
 
 // An event answered without its reply is marked so, for the late reply:
 // a copy in WXGATE_UNANSWERED with the reason and the event's sequence.
+// Both are stored under their account: its id in the subject and the
+// header.
 func TestUnansweredCopyIsMarked(t *testing.T) {
 	r := natstest.NewRestartable(t)
 	nc := r.Connect()
 	in, _ := newIntake(t, nc, 100)
 	m := textEvent(7)
 	raw := m.AppendXML(nil)
-	rc, err := in.Publish(m, m.DedupKey("default", m.AppendXML(nil)), raw, time.Now())
+	rc, err := in.Publish("shop", m, m.DedupKey("shop", m.AppendXML(nil)), raw, time.Now())
 	if err != nil || rc.Seq == 0 {
 		t.Fatalf("publish = %+v %v", rc, err)
 	}
-	in.Unanswered(m, m.DedupKey("default", m.AppendXML(nil)), raw, time.Now(), rc, "timeout")
+	in.Unanswered("shop", m, m.DedupKey("shop", m.AppendXML(nil)), raw, time.Now(), rc, "timeout")
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
@@ -329,8 +332,15 @@ func TestUnansweredCopyIsMarked(t *testing.T) {
 		stored, err = s.GetMsg(context.Background(), 1)
 		return err
 	})
-	if stored.Subject != events.UnansweredPrefix+m.Subject() || string(stored.Data) != string(raw) {
-		t.Errorf("copy = %s %q", stored.Subject, stored.Data)
+	if stored.Subject != "wxgate.unanswered.shop.msg.text" || string(stored.Data) != string(raw) || stored.Header.Get(bus.HeaderAccountID) != "shop" {
+		t.Errorf("copy = %s %v %q", stored.Subject, stored.Header, stored.Data)
+	}
+	s, err := js.Stream(context.Background(), events.Stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if event, err := s.GetMsg(context.Background(), rc.Seq); err != nil || event.Subject != "wxgate.events.shop.msg.text" || event.Header.Get(bus.HeaderAccountID) != "shop" {
+		t.Errorf("event = %+v %v, want it on wxgate.events.shop.msg.text with Wx-Account-Id shop", event, err)
 	}
 	if got := stored.Header.Get(events.HeaderReason); got != "timeout" {
 		t.Errorf("%s = %q, want timeout", events.HeaderReason, got)
@@ -352,11 +362,11 @@ func TestDuplicateAndMissingStream(t *testing.T) {
 	nc := natstest.Connect(t, natstest.RunServer(t))
 	in, _ := newIntake(t, nc, 100)
 	m := textEvent(1)
-	first, err := in.Publish(m, m.DedupKey("default", m.AppendXML(nil)), m.AppendXML(nil), time.Now())
+	first, err := in.Publish("default", m, m.DedupKey("default", m.AppendXML(nil)), m.AppendXML(nil), time.Now())
 	if err != nil || first.Duplicate || first.Held || first.Seq == 0 {
 		t.Fatalf("first = %+v, %v", first, err)
 	}
-	again, err := in.Publish(m, m.DedupKey("default", m.AppendXML(nil)), m.AppendXML(nil), time.Now())
+	again, err := in.Publish("default", m, m.DedupKey("default", m.AppendXML(nil)), m.AppendXML(nil), time.Now())
 	if err != nil || !again.Duplicate || again.Seq != first.Seq {
 		t.Fatalf("again = %+v, %v; want a duplicate of seq %d", again, err, first.Seq)
 	}
@@ -368,7 +378,7 @@ func TestDuplicateAndMissingStream(t *testing.T) {
 		t.Fatal(err)
 	}
 	m.MsgID = "2"
-	r, err := in.Publish(m, m.DedupKey("default", m.AppendXML(nil)), m.AppendXML(nil), time.Now())
+	r, err := in.Publish("default", m, m.DedupKey("default", m.AppendXML(nil)), m.AppendXML(nil), time.Now())
 	if err != nil || r.Duplicate || r.Held || r.Seq != 1 {
 		t.Fatalf("with the stream gone = %+v, %v; want it recreated and the event stored first", r, err)
 	}
@@ -377,7 +387,7 @@ func TestDuplicateAndMissingStream(t *testing.T) {
 // publish publishes m through in and returns the receipt.
 func publish(t *testing.T, in *Intake, m *wechat.Message) Receipt {
 	t.Helper()
-	rc, err := in.Publish(m, m.DedupKey("default", m.AppendXML(nil)), m.AppendXML(nil), time.Now())
+	rc, err := in.Publish("default", m, m.DedupKey("default", m.AppendXML(nil)), m.AppendXML(nil), time.Now())
 	if err != nil {
 		t.Fatalf("%s from %s: %v", m.MsgType, m.FromUserName, err)
 	}
@@ -429,9 +439,9 @@ func TestLargerThanMaxPayloadStopsNothing(t *testing.T) {
 	}
 
 	// Its unanswered copy is refused too, and the one behind it recorded.
-	in.Unanswered(big, big.DedupKey("default", big.AppendXML(nil)), big.AppendXML(nil), time.Now(), Receipt{Refused: true}, "bus_down")
+	in.Unanswered("default", big, big.DedupKey("default", big.AppendXML(nil)), big.AppendXML(nil), time.Now(), Receipt{Refused: true}, "bus_down")
 	small := textEvent(7)
-	in.Unanswered(small, small.DedupKey("default", small.AppendXML(nil)), small.AppendXML(nil), time.Now(), Receipt{}, "timeout")
+	in.Unanswered("default", small, small.DedupKey("default", small.AppendXML(nil)), small.AppendXML(nil), time.Now(), Receipt{}, "timeout")
 	wait.For(t, wait.Long, wait.Every, func() error {
 		if got := testutil.ToFloat64(in.metrics.unanswered); got != 1 {
 			return fmt.Errorf("unanswered recorded = %v, want 1", got)

@@ -189,8 +189,11 @@ func sortedIDs(m map[string]*entry) []string {
 	return ids
 }
 
-// Check reports whether the registry is current: the bucket read and
-// watched.
+// Check reports whether the registry has read the bucket, for readiness:
+// until it has, it knows the default alone. Once read, a watch that fails
+// (JetStream away, the bucket lost) keeps the accounts as last read and
+// says so in the log, not here: an ingress that rides out JetStream's
+// absence (its intake holds the events) stays in its balancer's rotation.
 func (r *Registry) Check() error {
 	if p := r.down.Load(); p != nil {
 		return fmt.Errorf("accounts: %w", *p)
@@ -208,7 +211,9 @@ func (r *Registry) keep(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		r.down.Store(&err)
+		if r.down.Load() != nil { // not read yet
+			r.down.Store(&err)
+		}
 		if attempt == 0 || attempt%60 == 0 {
 			r.o.Logger.Warn("accounts: not watching the bucket; retrying", "err", err)
 		}

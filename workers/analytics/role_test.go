@@ -98,7 +98,7 @@ func startRole(t *testing.T, nc *nats.Conn, o RoleOptions) (*Role, *prometheus.R
 // publish stores raw data as an event, as any version or publisher could.
 func (f *fixture) publish(requestSubject string, data []byte) {
 	f.t.Helper()
-	msg := &nats.Msg{Subject: events.Subject(requestSubject), Data: data, Header: nats.Header{}}
+	msg := &nats.Msg{Subject: events.SubjectPrefix + requestSubject, Data: data, Header: nats.Header{}}
 	if _, err := f.js.PublishMsg(context.Background(), msg, jetstream.WithMsgID(fmt.Sprint("test.", f.n.Add(1)))); err != nil {
 		f.t.Fatal(err)
 	}

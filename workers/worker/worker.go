@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wxgate/wxgate/shared/accounts"
+	"github.com/wxgate/wxgate/shared/admin"
 	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/config"
 	"github.com/wxgate/wxgate/shared/health"
@@ -31,8 +32,11 @@ import (
 
 // Options wire a Worker. Conn, Logger, Registerer and Health are required.
 type Options struct {
-	Conn       *nats.Conn
-	Config     config.Config
+	Conn   *nats.Conn
+	Config config.Config
+	// Accounts are the process's accounts (StartAccounts); nil: the
+	// worker starts its own on Conn, and stops it with itself.
+	Accounts   *accounts.Registry
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 	// Health gets the worker's parts ("replies", "analytics") for
@@ -67,6 +71,7 @@ type Worker struct {
 	stopDaily func()
 	api       http.Handler
 	scenes    stats.StoreFunc
+	owned     *accounts.Registry // started here, stopped by Stop
 }
 
 // Start starts the roles the configuration names.
@@ -82,7 +87,16 @@ func Start(o Options) (_ *Worker, err error) {
 		if err != nil && w.stopDaily != nil {
 			w.stopDaily()
 		}
+		if err != nil && w.owned != nil {
+			w.owned.Stop()
+		}
 	}()
+	if o.Accounts == nil {
+		if w.owned, err = StartAccounts(o.Config, o.Conn, o.Logger); err != nil {
+			return nil, err
+		}
+		o.Accounts = w.owned
+	}
 	store := stats.OpenOnUse(o.Conn)
 	if o.Config.HasRole("analytics") {
 		if w.Analytics, err = analytics.StartRole(analytics.RoleOptions{
@@ -98,7 +112,7 @@ func Start(o Options) (_ *Worker, err error) {
 		store = w.Analytics.Store
 	}
 	w.api, w.scenes = stats.API(store, o.Config.AdminToken), store
-	if w.WeChat, err = NewWeChat(o.Config, o.Conn, o.Logger, o.Registerer); err != nil {
+	if w.WeChat, err = NewWeChat(o.Config, o.Accounts, o.Conn, o.Logger, o.Registerer); err != nil {
 		return nil, err
 	}
 	if w.Reconcile, err = NewReconciler(o.Config, o.Conn, w.WeChat, o.Logger); err != nil {
@@ -165,14 +179,31 @@ func Start(o Options) (_ *Worker, err error) {
 	return w, nil
 }
 
-// NewWeChat makes the process's clients of WeChat's API, for late
-// replies and QR codes alike (one token cache per AppID, one metric). The
-// accounts are the default's alone until the accounts registry is wired.
-func NewWeChat(cfg config.Config, nc *nats.Conn, logger *slog.Logger, reg prometheus.Registerer) (*wechatapi.Clients, error) {
-	accts, err := accounts.Start(accounts.Options{Default: accounts.Account{AppID: cfg.AppID, AppSecret: cfg.AppSecret}, Logger: logger})
+// StartAccounts starts the process's registry of accounts on nc (nil: the
+// default alone): the one the WECHAT_* variables define, and those kept in
+// wxgate_accounts, current within a moment of each change. Every part of
+// the process is given this one.
+func StartAccounts(cfg config.Config, nc *nats.Conn, logger *slog.Logger) (*accounts.Registry, error) {
+	r, err := accounts.Start(accounts.Options{Conn: nc, Default: cfg.DefaultAccount(), SecretKey: cfg.AccountsSecretKey,
+		MaxAccounts: cfg.MaxAccounts, Replicas: cfg.JetStreamReplicas, Logger: logger.With("component", "accounts")})
 	if err != nil {
-		return nil, fmt.Errorf("wechat api: %w", err)
+		return nil, fmt.Errorf("accounts: %w", err)
 	}
+	return r, nil
+}
+
+// MountAccounts serves /api/accounts on an admin listener, under its
+// ADMIN_TOKEN rule as the other /api/ routes.
+func MountAccounts(mux *admin.Mux, r *accounts.Registry, token string) {
+	h := admin.RequireToken(token, accounts.API(r))
+	mux.Handle("/api/accounts", h)
+	mux.Handle("/api/accounts/", h)
+}
+
+// NewWeChat makes the process's clients of WeChat's API, for late
+// replies and QR codes alike (one token cache per AppID, one metric), for
+// the accounts of accts.
+func NewWeChat(cfg config.Config, accts *accounts.Registry, nc *nats.Conn, logger *slog.Logger, reg prometheus.Registerer) (*wechatapi.Clients, error) {
 	c, err := wechatapi.NewClients(wechatapi.Options{
 		Base: cfg.APIBase, Accounts: accts,
 		Conn: nc, Replicas: cfg.JetStreamReplicas,
@@ -242,6 +273,9 @@ func (w *Worker) Stop(ctx context.Context) error {
 	}
 	if w.Analytics != nil {
 		err = errors.Join(err, w.Analytics.Stop(ctx))
+	}
+	if w.owned != nil {
+		w.owned.Stop()
 	}
 	return err
 }
