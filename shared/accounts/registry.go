@@ -12,6 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wxgate/wxgate/shared/bus"
 )
@@ -322,6 +323,32 @@ func (r *Registry) publish(m map[string]*entry) {
 	r.gen.Add(1)
 	next := make(chan struct{})
 	close(*r.changed.Swap(&next))
+}
+
+// Label is id as the value of a metric's account label: id when this
+// process serves such an account, Unknown otherwise (a request anyone on
+// the bus may send), so that the label stays bounded by MAX_ACCOUNTS.
+func (r *Registry) Label(id string) string {
+	if _, ok := r.Get(id); ok {
+		return id
+	}
+	return Unknown
+}
+
+// A Vec is a metric vector with an account label.
+type Vec interface {
+	DeletePartialMatch(prometheus.Labels) int
+}
+
+// Series keeps metric vectors in step with the accounts: add makes an
+// account's series when it appears, so that rate() sees no gap; when it
+// goes, every series of vecs with its id as the account label goes too.
+func (r *Registry) Series(add func(id string), vecs ...Vec) {
+	r.Follow(add, func(id string) {
+		for _, v := range vecs {
+			v.DeletePartialMatch(prometheus.Labels{"account": id})
+		}
+	})
 }
 
 // Len is how many accounts there are, the default and those this process

@@ -57,6 +57,11 @@ const (
 // as when the bus is down, and records the event for a late reply.
 const ErrorCodeNotMarked = "503"
 
+// ErrorCodeBusy is the micro error code of a request a worker did not take:
+// its account held its share of the worker. The ingress falls back
+// (worker_error) and records the event for a late reply.
+const ErrorCodeBusy = "429"
+
 // maxAccount bounds the account header: an account is "gh_" and 12 hex
 // digits, but ToUserName comes from the sender.
 const maxAccount = 64

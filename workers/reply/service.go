@@ -26,6 +26,10 @@ const Version = "0.1.0"
 type Options struct {
 	Conn    *nats.Conn
 	Decider Decider // the built-in Replier, or an application's own
+	// Accounts bound the account label of the metrics (an id this process
+	// does not serve is "unknown"), and say whether other accounts share
+	// the worker; nil: the default alone.
+	Accounts *accounts.Registry
 	// Dedup, when set, runs each message's handler once across replicas and
 	// answers retries with its reply, marked so that no late reply sends it
 	// too; nil handles every request.
@@ -35,7 +39,11 @@ type Options struct {
 	// Now stamps replies' CreateTime; time.Now when nil.
 	Now func() time.Time
 	// Concurrency bounds the requests one worker holds at once (waiting
-	// retries included); past it the subscription backs up. Default 1024.
+	// retries included); past it the subscription backs up. While several
+	// accounts exist, one account may hold at most half of them: past
+	// that its requests are answered at once with the error ErrorCodeBusy
+	// (a fallback, and a late reply), so that a burst on it, or a handler
+	// of its that hangs, leaves the others room. Default 1024.
 	Concurrency int
 	// HandlerTimeout bounds every handler run, with or without Dedup.
 	// Default 20s.
@@ -65,14 +73,18 @@ func NewHandler(d Decider, now func() time.Time) *Handler {
 // Service answers msg.> and event.> requests in the workers' queue group.
 type Service struct {
 	*Handler
-	svc     micro.Service
-	dedup   *dedup.Store
-	logger  *slog.Logger
-	timeout time.Duration
-	late    bool
-	metrics *metrics
-	slots   chan struct{}  // one per request in hand
-	pending sync.WaitGroup // requests in hand
+	svc      micro.Service
+	dedup    *dedup.Store
+	accounts *accounts.Registry
+	logger   *slog.Logger
+	timeout  time.Duration
+	late     bool
+	metrics  *metrics
+	slots    chan struct{}  // one per request in hand
+	pending  sync.WaitGroup // requests in hand
+
+	mu     sync.Mutex
+	inHand map[string]int // requests in hand by account
 }
 
 // ErrMalformed is what Handle returns for a payload that is not a message.
@@ -89,9 +101,16 @@ func Start(o Options) (*Service, error) {
 	if o.HandlerTimeout <= 0 {
 		o.HandlerTimeout = 20 * time.Second
 	}
+	if o.Accounts == nil {
+		var err error
+		if o.Accounts, err = accounts.Start(accounts.Options{Logger: o.Logger}); err != nil {
+			return nil, err
+		}
+	}
 	s := &Service{
-		Handler: NewHandler(o.Decider, o.Now), dedup: o.Dedup, logger: o.Logger,
-		timeout: o.HandlerTimeout, late: o.LateReplies, metrics: newMetrics(o.Registerer), slots: make(chan struct{}, o.Concurrency),
+		Handler: NewHandler(o.Decider, o.Now), dedup: o.Dedup, accounts: o.Accounts, logger: o.Logger,
+		timeout: o.HandlerTimeout, late: o.LateReplies, metrics: newMetrics(o.Registerer, o.Accounts),
+		slots: make(chan struct{}, o.Concurrency), inHand: map[string]int{},
 	}
 	svc, err := micro.AddService(o.Conn, micro.Config{
 		Name:        bus.ServiceName,
@@ -166,6 +185,11 @@ func (s *Service) serve(req micro.Request) {
 		return
 	}
 	arrival := time.Now()
+	if !s.take(account) {
+		s.logger.Warn("an account's share of this worker is in use; answered busy", "account", s.accounts.Label(account), "subject", req.Subject())
+		_ = req.Error(bus.ErrorCodeBusy, "the account's share of this worker is in use", nil)
+		return
+	}
 	// Computed here, not taken from the header: anyone on the bus can send
 	// a request, and the key becomes a KV key and a message ID.
 	key := m.DedupKey(account, req.Data())
@@ -176,9 +200,34 @@ func (s *Service) serve(req micro.Request) {
 	s.slots <- struct{}{}
 	s.pending.Add(1)
 	go func() {
-		defer func() { <-s.slots; s.pending.Done() }()
+		defer func() { <-s.slots; s.put(account); s.pending.Done() }()
 		s.answer(req, account, m, key, first, deadline(req.Headers(), arrival))
 	}()
+}
+
+// take counts a request of account in hand, unless the account holds its
+// share already: all the slots while it is the only account, half of them
+// while there are others.
+func (s *Service) take(account string) bool {
+	share := cap(s.slots)
+	if s.accounts.Len() > 1 {
+		share /= 2
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.inHand[account] >= share {
+		return false
+	}
+	s.inHand[account]++
+	return true
+}
+
+func (s *Service) put(account string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.inHand[account]--; s.inHand[account] <= 0 {
+		delete(s.inHand, account)
+	}
 }
 
 // accountOf is the id of the account a request is for: its
@@ -246,7 +295,7 @@ func (s *Service) answer(req micro.Request, account string, m *wechat.Message, k
 func (s *Service) Reply(ctx context.Context, account string, m *wechat.Message, raw []byte) ([]byte, error) {
 	start := time.Now()
 	body, err := s.decide(ctx, account, m, raw)
-	s.metrics.observe(m.Subject(), time.Since(start))
+	s.metrics.observe(s.accounts.Label(account), m.Subject(), time.Since(start))
 	return body, err
 }
 

@@ -2,6 +2,7 @@ package reply_test
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"encoding/xml"
 	"errors"
@@ -18,10 +19,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/wxgate/wxgate/shared/accounts"
 	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/config"
 	"github.com/wxgate/wxgate/shared/testutil/metricstest"
 	"github.com/wxgate/wxgate/shared/testutil/natstest"
+	"github.com/wxgate/wxgate/shared/testutil/wait"
 	"github.com/wxgate/wxgate/shared/wechat"
 	"github.com/wxgate/wxgate/workers/dedup"
 	"github.com/wxgate/wxgate/workers/reply"
@@ -228,5 +231,104 @@ func TestDeciderGetsTheAccount(t *testing.T) {
 		if code != c.code || (c.want != "" && !strings.Contains(string(resp.Data), "<![CDATA["+c.want+"]]>")) {
 			t.Errorf("Wx-Account-Id %q: answer %q, error code %q; want %q, code %q", c.header, resp.Data, code, c.want, c.code)
 		}
+	}
+}
+
+// twoAccounts is a registry of the default and "burst", kept in srv's
+// wxgate_accounts.
+func twoAccounts(t *testing.T, srv *bus.Embedded) *accounts.Registry {
+	t.Helper()
+	r, err := accounts.Start(accounts.Options{Conn: natstest.Connect(t, srv), SecretKey: base64.StdEncoding.EncodeToString(make([]byte, 32)),
+		Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.Stop)
+	wait.For(t, wait.Short, wait.Every, r.Check)
+	if _, err := r.Create(context.Background(), accounts.Account{ID: "burst", Token: "BurstToken"}); err != nil {
+		t.Fatal(err)
+	}
+	wait.For(t, wait.Short, wait.Every, func() error {
+		if r.Len() != 2 {
+			return errors.New("burst not read yet")
+		}
+		return nil
+	})
+	return r
+}
+
+// blockAccount holds every request of one account until released.
+type blockAccount struct {
+	account string
+	release chan struct{}
+}
+
+func (b blockAccount) Decide(ctx context.Context, account string, m *wechat.Message, _ []byte) (*wechat.Reply, error) {
+	if account == b.account {
+		select {
+		case <-b.release:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return wechat.TextReply(account + ":" + m.Content), nil
+}
+
+// One account cannot starve another: a burst of requests whose handler
+// hangs takes at most half the worker's slots, the rest of it is answered
+// busy at once (the ingress's fallback, then a late reply), and another
+// account's request is answered at once meanwhile. The metrics carry each
+// request's account, "unknown" for an id the worker does not serve.
+func TestOneAccountCannotStarveAnother(t *testing.T) {
+	srv := natstest.RunServer(t)
+	accts := twoAccounts(t, srv)
+	block := blockAccount{account: "burst", release: make(chan struct{})}
+	reg := prometheus.NewRegistry()
+	svc, err := reply.Start(reply.Options{Conn: natstest.Connect(t, srv), Accounts: accts, Decider: block, Concurrency: 4, Logger: quiet, Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = svc.Stop(context.Background()) })
+	t.Cleanup(func() { close(block.release) })
+	client := natstest.Connect(t, srv)
+	ask := func(account, content string, timeout time.Duration) (*nats.Msg, error) {
+		msg := "<xml><ToUserName>gh</ToUserName><FromUserName>o</FromUserName><CreateTime>1</CreateTime><MsgType>text</MsgType><Content>" + content + "</Content></xml>"
+		return client.RequestMsg(&nats.Msg{Subject: "msg.text", Data: []byte(msg), Header: nats.Header{bus.HeaderAccountID: []string{account}}}, timeout)
+	}
+	const burst = 10
+	busy := make(chan string, burst)
+	for i := 0; i < burst; i++ {
+		go func() {
+			resp, err := ask("burst", fmt.Sprint("b", i), 30*time.Second)
+			if err != nil {
+				busy <- err.Error()
+				return
+			}
+			busy <- resp.Header.Get(micro.ErrorCodeHeader)
+		}()
+	}
+	for i := 0; i < burst-2; i++ { // two in hand (half of 4), the rest answered busy
+		if code := <-busy; code != bus.ErrorCodeBusy {
+			t.Fatalf("a burst request past the account's share answered %q, want error %s", code, bus.ErrorCodeBusy)
+		}
+	}
+	start := time.Now()
+	resp, err := ask("default", "calm", 2*time.Second)
+	if err != nil || !strings.Contains(string(resp.Data), "default:calm") {
+		t.Fatalf("another account's request during the burst = %v, %v; want its reply at once", resp, err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("another account's request took %v during the burst", d)
+	}
+	if _, err := ask("stranger", "s", 2*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	for account, want := range map[string]float64{"default": 1, "unknown": 1} {
+		if v, _ := metricstest.Lookup(reg, "wxgate_worker_handled_total", map[string]string{"account": account, "subject": "msg.text"}); v != want {
+			t.Errorf("handled{%s,msg.text} = %v, want %v", account, v, want)
+		}
+	}
+	if _, ok := metricstest.Lookup(reg, "wxgate_worker_handled_total", map[string]string{"account": "burst", "subject": "event.scan"}); !ok {
+		t.Error("burst's series were not made when it appeared")
 	}
 }

@@ -142,6 +142,7 @@ func Start(o Options) (_ *Worker, err error) {
 	// own LATE_REPLY: another worker's late sender reads the marks.
 	svc, err := reply.Start(reply.Options{
 		Conn:           o.Conn,
+		Accounts:       o.Accounts,
 		Dedup:          dstore,
 		Decider:        decider,
 		Logger:         o.Logger.With("component", "worker"),
@@ -157,15 +158,12 @@ func Start(o Options) (_ *Worker, err error) {
 	}
 	o.Health.Add("replies", svc.Check)
 	w.Service = svc
-	outcomes := late.NewOutcomes(o.Registerer)
+	outcomes := late.NewOutcomes(o.Registerer, o.Accounts)
 	if lateOn {
-		// Late replies are the default account's until they are per account.
-		api, err := w.WeChat.For(accounts.DefaultID)
-		if err != nil {
-			return nil, errors.Join(err, stopService(svc))
-		}
+		// Each account's late replies through its own AppID.
+		api := func(id string) (late.Sender, error) { return w.WeChat.For(id) }
 		l, err := late.Start(late.Options{
-			Conn: o.Conn, API: api, Store: dstore, Reply: svc.Reply,
+			Conn: o.Conn, API: api, Accounts: o.Accounts, Store: dstore, Reply: svc.Reply,
 			MessageWindow: o.Config.LateMessageWindow, EventWindow: o.Config.LateEventWindow, Settle: config.LateSettle,
 			ID: bus.InstanceID(o.Conn), Outcomes: outcomes,
 			Logger: o.Logger.With("component", "late"), Registerer: o.Registerer,
