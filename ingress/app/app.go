@@ -185,7 +185,7 @@ func (a *App) startBus(o Options, cfg config.Config, reg prometheus.Registerer) 
 		a.health.Add("accounts", a.accounts.Check)
 	}
 	if a.intake, err = intake.New(intake.Options{
-		Conn: a.nc, Streams: cfg.Streams(), Buffer: cfg.IntakeBuffer, MaxBody: cfg.MaxBodyBytes,
+		Conn: a.nc, Streams: cfg.Streams(), Buffer: cfg.IntakeBuffer, Accounts: a.accounts, MaxBody: cfg.MaxBodyBytes,
 		Logger: logger.With("component", "intake"), Registerer: reg,
 	}); err != nil {
 		return nil, err

@@ -2,6 +2,7 @@ package intake
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -14,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/wxgate/wxgate/shared/accounts"
 	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/events"
 	"github.com/wxgate/wxgate/shared/testutil/natstest"
@@ -494,5 +496,62 @@ func TestNotReadyWhileMaxPayloadIsTooSmall(t *testing.T) {
 		case !c.ready && (err == nil || !strings.Contains(err.Error(), "MAX_BODY_BYTES=65536") || !strings.Contains(err.Error(), fmt.Sprintf("max_payload (%d)", c.maxPayload))):
 			t.Errorf("max_payload %d: Check = %v, want not ready, naming MAX_BODY_BYTES and max_payload", c.maxPayload, err)
 		}
+	}
+}
+
+// While several accounts exist, one account holds at most half the buffer
+// with JetStream away: a burst on it leaves the others room, and each
+// held event is stored once it is back.
+func TestAnAccountHoldsHalfTheBuffer(t *testing.T) {
+	r := natstest.NewRestartable(t)
+	nc := r.Connect()
+	accts, err := accounts.Start(accounts.Options{Conn: r.Connect(), SecretKey: base64.StdEncoding.EncodeToString(make([]byte, 32)), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(accts.Stop)
+	wait.For(t, wait.Short, wait.Every, accts.Check)
+	if _, err := accts.Create(context.Background(), accounts.Account{ID: "burst", Token: "BurstToken"}); err != nil {
+		t.Fatal(err)
+	}
+	wait.For(t, wait.Short, wait.Every, func() error {
+		if accts.Len() != 2 {
+			return errors.New("burst not read yet")
+		}
+		return nil
+	})
+	in, err := New(Options{Conn: nc, Streams: events.Defaults(), Buffer: 10, Accounts: accts, Logger: slog.New(slog.DiscardHandler), Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = in.Close(context.Background()) })
+	disconnect(t, r, nc)
+	publish := func(account string, i int) (Receipt, error) {
+		m := scanEvent(i)
+		return in.Publish(account, m, m.DedupKey(account, m.AppendXML(nil)), m.AppendXML(nil), time.Now())
+	}
+	for i := 0; i < 5; i++ {
+		if rc, err := publish("burst", i); err != nil || !rc.Held {
+			t.Fatalf("burst's event %d = %+v %v, want held", i, rc, err)
+		}
+	}
+	if _, err := publish("burst", 5); !errors.Is(err, ErrFull) {
+		t.Fatalf("burst's event past half the buffer = %v, want ErrFull", err)
+	}
+	for i := 0; i < 5; i++ {
+		if rc, err := publish("default", 100+i); err != nil || !rc.Held {
+			t.Fatalf("the default's event %d during the burst = %+v %v, want held", i, rc, err)
+		}
+	}
+	if got := testutil.ToFloat64(in.metrics.dropped.WithLabelValues("event", "share")); got != 1 {
+		t.Errorf("dropped{share} = %v, want 1", got)
+	}
+	r.Start()
+	waitFlushed(t, in)
+	if n := streamMsgs(t, nc); n != 10 {
+		t.Errorf("stream holds %d events, want 10", n)
+	}
+	if rc, err := publish("burst", 6); err != nil || rc.Held {
+		t.Errorf("burst's event after the flush = %+v %v, want stored", rc, err)
 	}
 }
