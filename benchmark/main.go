@@ -3,6 +3,7 @@
 //
 //	go run ./benchmark                  # the full run the README reports
 //	go run ./benchmark -duration 2s -rates '' -scaling '' -records 2000   # a quick look
+//	go run ./benchmark -accounts 100 -rates '' -scaling '' -record-scenes '' -peer=false -wrk=false   # the closed loop, then accounts
 package main
 
 import (
@@ -38,6 +39,7 @@ func main() {
 	flag.StringVar(&env, "env", "", "KEY=value,... added to every wxgate process's environment, to compare settings")
 	flag.BoolVar(&o.Peer, "peer", true, "measure the peer too: a silenceper/wechat server (benchmark/peer), and check the goals against it")
 	flag.BoolVar(&o.Wrk, "wrk", true, "measure every configuration with wrk as well (when installed)")
+	flag.IntVar(&o.Accounts, "accounts", 0, "measure the mix spread over this many accounts (made through /api/accounts) against one, and the memory of so many configured accounts (0: skip)")
 	flag.IntVar(&o.Growth, "growth", 0, "send this many distinct people's scans through standalone and report memory and disk per person (0: skip)")
 	flag.DurationVar(&o.GrowthSettle, "growth-settle", 11*time.Minute, "growth: how long to wait after the burst before the settled figures (the duplicate window is 10m)")
 	flag.Parse()
