@@ -69,6 +69,19 @@ func TestPromtoolRules(t *testing.T) {
 	}
 }
 
+// The rule tests (promtool test rules): the alerts fire by account where a
+// sum over the accounts would hide one account's trouble.
+func TestPromtoolRuleTests(t *testing.T) {
+	files, _ := filepath.Glob("prometheus/tests/*.yml")
+	if len(files) == 0 {
+		t.Fatal("no rule tests")
+	}
+	out, err := exec.Command(requireBinary(t, "promtool"), append([]string{"test", "rules"}, files...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("promtool test rules: %v\n%s", err, out)
+	}
+}
+
 type dashboard struct {
 	UID    string `json:"uid"`
 	Panels []struct {

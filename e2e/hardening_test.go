@@ -114,7 +114,7 @@ func TestPoisonEventsInTheStream(t *testing.T) {
 		"中文 scene":   scanXML("o_old", longScenes[1], 1700000001),
 	}
 	for name, data := range poison {
-		if _, err := js.Publish(ctx, events.Subject("event.scan"), data, jetstream.WithMsgID("poison."+name)); err != nil {
+		if _, err := js.Publish(ctx, events.Subject("default", "event.scan"), data, jetstream.WithMsgID("poison."+name)); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -61,7 +61,7 @@ func (e *env) analytics(ctx context.Context, records, scenes int) (d Drain, err 
 		m := &wechat.Message{ToUserName: "gh_bench", FromUserName: "o" + strconv.Itoa(i%people), CreateTime: 1700000000 + int64(i),
 			MsgType: wechat.MsgEvent, Event: wechat.EventScan, EventKey: "scene_" + strconv.Itoa(i%scenes)}
 		data := m.AppendXML(nil)
-		f, err := js.PublishMsgAsync(&nats.Msg{Subject: events.Subject(m.Subject()), Data: data}, jetstream.WithMsgID(m.DedupKey(data)))
+		f, err := js.PublishMsgAsync(&nats.Msg{Subject: events.Subject("default", m.Subject()), Data: data}, jetstream.WithMsgID(m.DedupKey("default", data)))
 		if err != nil {
 			return d, err
 		}

@@ -51,6 +51,10 @@ type Options struct {
 	// Wrk measures every configuration with wrk as well, when it is
 	// installed.
 	Wrk bool
+	// Accounts, when set, measures the mix spread over this many accounts
+	// against the default account alone, and what so many configured
+	// accounts cost a standalone process's memory.
+	Accounts int
 	// Growth, when set, is the growth mode: this many people a day for
 	// GrowthDays days over GrowthScenes scenes, stored with past
 	// Wx-Received, for each population model (GrowthModel "same", "new",
@@ -80,6 +84,9 @@ type Result struct {
 	Drains  []Drain       // the analytics applying a pre-filled stream, per scene count
 	Soak    *Measurement  // (c) at SoakRate, when Soak is set
 	Growth  []Growth      // the growth mode, per population model
+	// Accounts are (b) and (c), each with the default account alone, then
+	// with the mix over Options.Accounts accounts.
+	Accounts []Measurement
 }
 
 // Measurement is one closed- or open-loop measurement.
@@ -138,6 +145,14 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	}
 	if o.Soak > 0 {
 		if res.Soak, err = e.soak(ctx); err != nil {
+			return res, err
+		}
+	}
+	if o.Accounts > 0 {
+		if res.Accounts, err = e.accounts(ctx, o.Accounts); err != nil {
+			return res, err
+		}
+		if err := e.accountsMemory(ctx, o.Accounts); err != nil {
 			return res, err
 		}
 	}
@@ -284,13 +299,16 @@ func (e *env) measureEach(ctx context.Context, configs []config, rates []float64
 // setup is a running configuration: its URL and its processes.
 type setup struct {
 	url     string
+	admin   string // the ingress's admin listener
 	natsURL string // distributed only
 	procs   []*proc
+	// targets are where the mix goes; nil: url, the default account.
+	targets []sim.Target
 }
 
 // worker starts a workers process and waits until it serves.
-func (e *env) worker(name, natsURL string) (*proc, error) {
-	w, err := startProc(name, filepath.Join(e.bin, "workers"), append([]string{"NATS_URL=" + natsURL, "ADMIN_ADDR=127.0.0.1:0"}, e.o.Env...))
+func (e *env) worker(name, natsURL string, envs ...string) (*proc, error) {
+	w, err := startProc(name, filepath.Join(e.bin, "workers"), append(append([]string{"NATS_URL=" + natsURL, "ADMIN_ADDR=127.0.0.1:0"}, envs...), e.o.Env...))
 	if err != nil {
 		return nil, err
 	}
@@ -335,12 +353,19 @@ func (e *env) floor() (*setup, error) {
 	return &setup{url: url, procs: []*proc{p}}, nil
 }
 
-func (e *env) standalone() (*setup, error) {
-	p, url, err := e.ingress([]string{"-standalone", "-nats-listen", ""})
+func (e *env) standalone() (*setup, error) { return e.standaloneWith() }
+
+func (e *env) standaloneWith(envs ...string) (*setup, error) {
+	p, url, err := e.ingress([]string{"-standalone", "-nats-listen", ""}, envs...)
 	if err != nil {
 		return nil, err
 	}
-	return &setup{url: url, procs: []*proc{p}}, nil
+	admin, err := p.listen("admin")
+	if err != nil {
+		p.stop()
+		return nil, err
+	}
+	return &setup{url: url, admin: admin, procs: []*proc{p}}, nil
 }
 
 var natsListenRE = regexp.MustCompile(`Listening for client connections on (\S+)`)
@@ -361,7 +386,11 @@ func (e *env) natsServerAt(storeDir string) (*proc, string, error) {
 	return p, "nats://" + m[1], nil
 }
 
-func (e *env) distributed(workers int) (*setup, error) {
+func (e *env) distributed(workers int) (*setup, error) { return e.distributedWith(workers) }
+
+// distributedWith is distributed with envs added to every wxgate
+// process's environment.
+func (e *env) distributedWith(workers int, envs ...string) (*setup, error) {
 	s := &setup{}
 	ns, url, err := e.natsServer()
 	if err != nil {
@@ -370,20 +399,24 @@ func (e *env) distributed(workers int) (*setup, error) {
 	s.procs = append(s.procs, ns)
 	s.natsURL = url
 	for i := 0; i < workers; i++ {
-		w, err := e.worker(fmt.Sprintf("worker%d", i+1), url)
+		w, err := e.worker(fmt.Sprintf("worker%d", i+1), url, envs...)
 		if err != nil {
 			s.stop()
 			return nil, err
 		}
 		s.procs = append(s.procs, w)
 	}
-	in, u, err := e.ingress(nil, "NATS_URL="+url)
+	in, u, err := e.ingress(nil, append([]string{"NATS_URL=" + url}, envs...)...)
 	if err != nil {
 		s.stop()
 		return nil, err
 	}
 	s.procs = append(s.procs, in)
 	if _, err := in.waitLine(regexp.MustCompile(`"msg":"nats connected"`)); err != nil {
+		s.stop()
+		return nil, err
+	}
+	if s.admin, err = in.listen("admin"); err != nil {
 		s.stop()
 		return nil, err
 	}
@@ -397,13 +430,17 @@ func (e *env) measure(ctx context.Context, name string, s *setup, rate float64, 
 	// The warm-up sends messages of its own: request i of a run is the
 	// same message each time, and the measurement's would otherwise be
 	// retries of the warm-up's (a different, rarer path).
+	targets := s.targets
+	if targets == nil {
+		targets = []sim.Target{{Sender: wechat.Sender{Token: token}, URL: s.url}}
+	}
 	if e.o.Warmup > 0 {
-		warm := sim.DefaultMix.Requests(wechat.Sender{Token: token}, client, s.url, e.o.Scenes)
+		warm := sim.DefaultMix.RequestsTo(targets, client, e.o.Scenes)
 		if _, err := loadgen.Run(ctx, loadgen.Options{Concurrency: e.o.Connections, Duration: e.o.Warmup, Do: warm}); err != nil {
 			return Measurement{}, err
 		}
 	}
-	do := sim.DefaultMix.Requests(wechat.Sender{Token: token}, client, s.url, e.o.Scenes)
+	do := sim.DefaultMix.RequestsTo(targets, client, e.o.Scenes)
 	before := make([]usage, len(s.procs))
 	for i, p := range s.procs {
 		before[i] = p.usage()

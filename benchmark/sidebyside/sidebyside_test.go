@@ -22,7 +22,7 @@ func TestTinyRun(t *testing.T) {
 		Records: 300, RecordSets: []int{5},
 		Soak: 600 * time.Millisecond, SoakRate: 50,
 		Growth: 300, GrowthDays: 3, GrowthScenes: 7, GrowthSettle: time.Millisecond,
-		Out: &out,
+		Accounts: 3, Out: &out,
 	})
 	if err != nil {
 		t.Fatalf("benchmark: %v\n%s", err, out.String())
@@ -41,6 +41,7 @@ func TestTinyRun(t *testing.T) {
 		{"closed loop", names(res.Closed), []string{"(a) floor: no bus", "(b) standalone", "(c) distributed, 1 workers"}},
 		{"open loop", names(res.Open), []string{"(a) at 100/s", "(b) at 100/s", "(c) at 100/s"}},
 		{"scaling", names(res.Scaling), []string{"(c) 1 workers"}},
+		{"accounts", names(res.Accounts), []string{"(b) 1 account", "(b) 3 accounts", "(c) 1 account", "(c) 3 accounts"}},
 	} {
 		if !slices.Equal(c.got, c.want) {
 			t.Errorf("%s measured %q, want %q", c.what, c.got, c.want)
@@ -49,7 +50,7 @@ func TestTinyRun(t *testing.T) {
 	if res.Soak == nil {
 		t.Fatal("no soak")
 	}
-	all := append(append(append(res.Closed, res.Open...), res.Scaling...), *res.Soak)
+	all := append(append(append(append(res.Closed, res.Open...), res.Scaling...), res.Accounts...), *res.Soak)
 	for _, m := range all {
 		r := m.Report
 		if r.Sent == 0 || r.Err != 0 || r.Fallbacks != 0 || r.Replies == 0 {

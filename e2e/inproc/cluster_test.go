@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -21,6 +22,7 @@ import (
 
 	"github.com/wxgate/wxgate/ingress/gateway"
 	"github.com/wxgate/wxgate/ingress/intake"
+	"github.com/wxgate/wxgate/shared/accounts"
 	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/config"
 	"github.com/wxgate/wxgate/shared/events"
@@ -131,7 +133,12 @@ func startIngress(t *testing.T, nc *nats.Conn, cfg config.Config, replyTimeout t
 	if wrap != nil {
 		gi = wrap(in)
 	}
-	gw, err := gateway.New(gateway.Options{Token: token, Conn: nc, Intake: gi, ReplyTimeout: replyTimeout, Logger: quiet, Registerer: reg})
+	accts, err := accounts.Start(accounts.Options{Conn: nc, Default: accounts.Account{Token: token}, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(accts.Stop)
+	gw, err := gateway.New(gateway.Options{Accounts: accts, Conn: nc, Intake: gi, ReplyTimeout: replyTimeout, Logger: quiet, Registerer: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,13 +173,16 @@ func (c *cluster) settle(want uint64) {
 		if err != nil {
 			return err
 		}
-		info, err := s.Info(ctx, jetstream.WithSubjectFilter(events.SubjectPrefix+"event.>"))
+		info, err := s.Info(ctx, jetstream.WithSubjectFilter(events.StreamSubjects))
 		if err != nil {
 			return err
 		}
 		var msgs, last uint64
-		for _, subj := range events.SceneSubjects {
-			msgs += info.State.Subjects[subj]
+		for subj, n := range info.State.Subjects {
+			if _, rest, _ := strings.Cut(strings.TrimPrefix(subj, events.SubjectPrefix), "."); !events.IsSceneEvent(rest) {
+				continue
+			}
+			msgs += n
 			if m, err := s.GetLastMsgForSubject(ctx, subj); err == nil {
 				last = max(last, m.Sequence)
 			}

@@ -38,7 +38,7 @@ type slowOnce struct {
 	release chan struct{}
 }
 
-func (d *slowOnce) Decide(ctx context.Context, m *wechat.Message) (*wechat.Reply, error) {
+func (d *slowOnce) Decide(ctx context.Context, _ string, m *wechat.Message, _ []byte) (*wechat.Reply, error) {
 	if d.runs.Add(1) == 1 {
 		select {
 		case <-d.release:
@@ -57,9 +57,9 @@ type heldAfterFirst struct {
 	n atomic.Int32
 }
 
-func (h *heldAfterFirst) Publish(m *wechat.Message, key string, raw []byte, received time.Time) (intake.Receipt, error) {
+func (h *heldAfterFirst) Publish(account string, m *wechat.Message, key string, raw []byte, received time.Time) (intake.Receipt, error) {
 	if h.n.Add(1) == 1 {
-		return h.Intake.Publish(m, key, raw, received)
+		return h.Intake.Publish(account, m, key, raw, received)
 	}
 	return intake.Receipt{Held: true}, nil
 }

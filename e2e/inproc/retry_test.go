@@ -28,7 +28,7 @@ type slowDecider struct {
 	release chan struct{}
 }
 
-func (d *slowDecider) Decide(ctx context.Context, m *wechat.Message) (*wechat.Reply, error) {
+func (d *slowDecider) Decide(ctx context.Context, _ string, m *wechat.Message, _ []byte) (*wechat.Reply, error) {
 	d.runs.Add(1)
 	if m.Content == "slow" {
 		select {

@@ -26,7 +26,7 @@ type slow struct {
 	delay time.Duration
 }
 
-func (s slow) Decide(ctx context.Context, m *wechat.Message) (*wechat.Reply, error) {
+func (s slow) Decide(ctx context.Context, _ string, m *wechat.Message, _ []byte) (*wechat.Reply, error) {
 	scene, _, _ := m.SceneCandidate()
 	if strings.HasPrefix(m.Content, "slow") || strings.HasPrefix(scene, "slow") {
 		select {

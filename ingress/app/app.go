@@ -21,6 +21,7 @@ import (
 
 	"github.com/wxgate/wxgate/ingress/gateway"
 	"github.com/wxgate/wxgate/ingress/intake"
+	"github.com/wxgate/wxgate/shared/accounts"
 	"github.com/wxgate/wxgate/shared/admin"
 	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/config"
@@ -71,6 +72,9 @@ type App struct {
 	admin    *serve.Server
 	nc       *nats.Conn
 	intake   *intake.Intake
+	// accounts are the accounts this process serves, kept current from
+	// wxgate_accounts: one registry, for every part of the process.
+	accounts *accounts.Registry
 	*standalone
 }
 
@@ -85,7 +89,7 @@ func Start(o Options) (_ *App, err error) {
 			_ = a.Shutdown(ctx)
 		}
 	}()
-	cfg, cipher, err := checkConfig(o)
+	cfg, err := checkConfig(o)
 	if err != nil {
 		return nil, err
 	}
@@ -103,7 +107,7 @@ func Start(o Options) (_ *App, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := a.startWeChat(o, cfg, cipher, in, reg); err != nil {
+	if err := a.startWeChat(o, cfg, in, reg); err != nil {
 		return nil, err
 	}
 	if a.admin, err = a.startAdmin(o, cfg, reg); err != nil {
@@ -127,10 +131,9 @@ func shutdownDelay(o Options) time.Duration {
 }
 
 // checkConfig refuses a configuration the ingress cannot serve WeChat
-// with, and returns it with the account's cipher (nil without an AES key);
-// standalone without WECHAT_TOKEN gets the development token, on loopback
-// only.
-func checkConfig(o Options) (config.Config, *wechat.Cipher, error) {
+// with; standalone without WECHAT_TOKEN gets the development token, on
+// loopback only.
+func checkConfig(o Options) (config.Config, error) {
 	cfg := o.Config
 	if o.Standalone && cfg.Token == "" {
 		cfg.Token = DevToken
@@ -141,16 +144,14 @@ func checkConfig(o Options) (config.Config, *wechat.Cipher, error) {
 			"token", DevToken, "http_addr", cfg.HTTPAddr, "admin_addr", cfg.AdminAddr)
 	}
 	if err := errors.Join(checkExposure(cfg), cfg.ValidateIngress()); err != nil {
-		return cfg, nil, fmt.Errorf("config: %w", err)
+		return cfg, fmt.Errorf("config: %w", err)
 	}
-	if cfg.EncodingAESKey == "" {
-		return cfg, nil, nil
+	for name, key := range map[string]string{"WECHAT_ENCODING_AES_KEY": cfg.EncodingAESKey, "WECHAT_ENCODING_AES_KEY_PREVIOUS": cfg.PreviousEncodingAESKey} {
+		if _, err := wechat.NewCipher(key, cfg.AppID); key != "" && err != nil {
+			return cfg, fmt.Errorf("%s: %w", name, err)
+		}
 	}
-	cipher, err := wechat.NewCipher(cfg.EncodingAESKey, cfg.AppID)
-	if err != nil {
-		return cfg, nil, fmt.Errorf("WECHAT_ENCODING_AES_KEY: %w", err)
-	}
-	return cfg, cipher, nil
+	return cfg, nil
 }
 
 // startBus connects to NATS (in standalone mode, to the embedded server it
@@ -167,15 +168,23 @@ func (a *App) startBus(o Options, cfg config.Config, reg prometheus.Registerer) 
 	}
 	if o.NoBus {
 		logger.Warn("no-bus mode: replies computed in process, no NATS, no analytics (for benchmarks)")
-		return nil, nil
+		var err error
+		a.accounts, err = worker.StartAccounts(cfg, nil, logger) // the default alone
+		return nil, err
 	}
 	var err error
 	if a.nc, err = bus.Connect(url, "wxgate-ingress", logger.With("component", "nats"), a.health.Fatal, connOpts...); err != nil {
 		return nil, err
 	}
 	a.health.Add("nats", func() error { return bus.Ready(a.nc) })
+	if a.accounts == nil { // standalone made it for its workers
+		if a.accounts, err = worker.StartAccounts(cfg, a.nc, logger); err != nil {
+			return nil, err
+		}
+		a.health.Add("accounts", a.accounts.Check)
+	}
 	if a.intake, err = intake.New(intake.Options{
-		Conn: a.nc, Streams: cfg.Streams(), Buffer: cfg.IntakeBuffer, MaxBody: cfg.MaxBodyBytes,
+		Conn: a.nc, Streams: cfg.Streams(), Buffer: cfg.IntakeBuffer, Accounts: a.accounts, MaxBody: cfg.MaxBodyBytes,
 		Logger: logger.With("component", "intake"), Registerer: reg,
 	}); err != nil {
 		return nil, err
@@ -186,15 +195,13 @@ func (a *App) startBus(o Options, cfg config.Config, reg prometheus.Registerer) 
 
 // startWeChat starts the WeChat-facing listener: the gateway, asking the
 // workers over the bus, or (NoBus) answering with their logic in process.
-func (a *App) startWeChat(o Options, cfg config.Config, cipher *wechat.Cipher, in gateway.Intake, reg prometheus.Registerer) error {
-	var local func([]byte) ([]byte, error)
+func (a *App) startWeChat(o Options, cfg config.Config, in gateway.Intake, reg prometheus.Registerer) error {
+	var local func(string, []byte) ([]byte, error)
 	if o.NoBus {
 		local = reply.NewHandler(reply.NewReplier(cfg.Replies), nil).Handle
 	}
 	gw, err := gateway.New(gateway.Options{
-		Token:         cfg.Token,
-		Cipher:        cipher,
-		Mode:          cfg.EffectiveMode(),
+		Accounts:      a.accounts,
 		Conn:          a.nc,
 		Local:         local,
 		Intake:        in,
@@ -239,7 +246,7 @@ func (a *App) startAdmin(o Options, cfg config.Config, reg *prometheus.Registry)
 				return nil, err
 			}
 		} else {
-			wx, err := worker.NewWeChat(cfg, a.nc, logger, reg)
+			wx, err := worker.NewWeChat(cfg, a.accounts, a.nc, logger, reg)
 			if err != nil {
 				return nil, err
 			}
@@ -260,6 +267,7 @@ func (a *App) startAdmin(o Options, cfg config.Config, reg *prometheus.Registry)
 			}
 			mux.Handle("/api/", api)
 		}
+		worker.MountAccounts(mux, a.accounts, cfg.AdminToken)
 	}
 	srv, err := serve.Start("admin", admin.Server(cfg.AdminAddr, mux), logger)
 	if err != nil {
@@ -349,7 +357,11 @@ func (a *App) Shutdown(ctx context.Context) error {
 		// Held events go out before the connection does.
 		errs = append(errs, a.intake.Close(ctx))
 	}
-	errs = append(errs, a.stopWorkers(ctx), bus.Drain(ctx, a.nc), bus.Drain(ctx, a.workerNC))
+	errs = append(errs, a.stopWorkers(ctx))
+	if a.accounts != nil {
+		a.accounts.Stop()
+	}
+	errs = append(errs, bus.Drain(ctx, a.nc), bus.Drain(ctx, a.workerNC))
 	if a.admin != nil {
 		errs = append(errs, a.admin.Shutdown(ctx))
 	}

@@ -66,9 +66,13 @@ func (a *App) startStandalone(o Options, cfg config.Config, reg prometheus.Regis
 		return err
 	}
 	a.health.Add("worker-nats", func() error { return bus.Ready(a.workerNC) })
+	if a.accounts, err = worker.StartAccounts(cfg, a.workerNC, logger); err != nil {
+		return err
+	}
+	a.health.Add("accounts", a.accounts.Check)
 	wcfg := cfg
 	wcfg.WorkerRoles = []string{"replies", "analytics"} // one process does it all
-	if a.workers, err = worker.Start(worker.Options{Conn: a.workerNC, Config: wcfg, Logger: logger, Registerer: reg, Health: a.health}); err != nil {
+	if a.workers, err = worker.Start(worker.Options{Conn: a.workerNC, Config: wcfg, Accounts: a.accounts, Logger: logger, Registerer: reg, Health: a.health}); err != nil {
 		return err
 	}
 	// JetStream is in this process: the analytics consumer starts at

@@ -18,6 +18,7 @@ import (
 
 	"github.com/wxgate/wxgate/ingress/gateway"
 	"github.com/wxgate/wxgate/ingress/intake"
+	"github.com/wxgate/wxgate/shared/accounts"
 	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/config"
 	"github.com/wxgate/wxgate/shared/events"
@@ -66,7 +67,7 @@ func BenchmarkCallback(b *testing.B) {
 
 	for _, mode := range []string{"local", "bus", "bus+intake"} {
 		b.Run(mode, func(b *testing.B) {
-			o := gateway.Options{Token: token, ReplyTimeout: 4 * time.Second, Logger: quiet, Registerer: prometheus.NewRegistry()}
+			o := gateway.Options{Accounts: defaultOnly(b, accounts.Account{Token: token}), ReplyTimeout: 4 * time.Second, Logger: quiet, Registerer: prometheus.NewRegistry()}
 			switch mode {
 			case "local":
 				o.Local = svc.Handle

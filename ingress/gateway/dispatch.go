@@ -17,28 +17,28 @@ import (
 
 // Intake makes an event durable before it is answered (ingress/intake).
 type Intake interface {
-	// Publish stores the event (key: m's dedup key), or holds it while
-	// JetStream cannot take it; intake.ErrFull when neither.
-	Publish(m *wechat.Message, key string, raw []byte, received time.Time) (intake.Receipt, error)
+	// Publish stores the event of account (key: m's dedup key), or holds
+	// it while JetStream cannot take it; intake.ErrFull when neither.
+	Publish(account string, m *wechat.Message, key string, raw []byte, received time.Time) (intake.Receipt, error)
 	// Unanswered records an event answered "success" without its reply.
-	Unanswered(m *wechat.Message, key string, raw []byte, received time.Time, r intake.Receipt, reason string)
+	Unanswered(account string, m *wechat.Message, key string, raw []byte, received time.Time, r intake.Receipt, reason string)
 }
 
-// dispatch makes the event (key: its dedup key) durable, then asks a
+// dispatch makes the event of a (key: its dedup key) durable, then asks a
 // worker for the reply; an event answered without its reply is recorded
 // for a late one.
-func (g *Gateway) dispatch(m *wechat.Message, key string, plain []byte, received, deadline time.Time) ([]byte, string) {
+func (g *Gateway) dispatch(a *account, m *wechat.Message, key string, plain []byte, received, deadline time.Time) ([]byte, string) {
 	var rc intake.Receipt
 	if g.o.Intake != nil {
 		var err error
-		if rc, err = g.o.Intake.Publish(m, key, plain, received); err != nil {
-			g.o.Logger.Error("event not accepted: the intake buffer is full", "subject", m.Subject(), "err", err)
+		if rc, err = g.o.Intake.Publish(a.id, m, key, plain, received); err != nil {
+			g.o.Logger.Error("event not accepted: the intake buffer (or the account's share of it) is full", "account", a.id, "subject", m.Subject(), "err", err)
 			return nil, outcomeUnavailable
 		}
 	}
-	reply, outcome, reason := g.request(m, key, plain, rc, received, deadline)
+	reply, outcome, reason := g.request(a, m, key, plain, rc, received, deadline)
 	if outcome == outcomeFallback && g.o.Intake != nil {
-		g.o.Intake.Unanswered(m, key, plain, received, rc, reason)
+		g.o.Intake.Unanswered(a.id, m, key, plain, received, rc, reason)
 	}
 	return reply, outcome
 }
@@ -46,12 +46,12 @@ func (g *Gateway) dispatch(m *wechat.Message, key string, plain []byte, received
 // request asks a worker for the reply. It returns the reply XML (nil for
 // "success"), the outcome and, for a fallback, its reason; it never waits
 // past deadline.
-func (g *Gateway) request(m *wechat.Message, key string, plain []byte, rc intake.Receipt, received, deadline time.Time) ([]byte, string, string) {
+func (g *Gateway) request(a *account, m *wechat.Message, key string, plain []byte, rc intake.Receipt, received, deadline time.Time) ([]byte, string, string) {
 	subject := m.Subject()
 	if g.o.Local != nil {
-		reply, err := g.o.Local(plain)
+		reply, err := g.o.Local(a.id, plain)
 		if err != nil {
-			return g.fallback(reasonWorkerError, subject, err)
+			return g.fallback(a, reasonWorkerError, subject, err)
 		}
 		if len(reply) == 0 {
 			return nil, outcomeEmpty, ""
@@ -61,22 +61,23 @@ func (g *Gateway) request(m *wechat.Message, key string, plain []byte, rc intake
 	if !g.o.Conn.IsConnected() {
 		// Requests would sit in the reconnect buffer until the deadline;
 		// answer now instead.
-		return g.fallback(reasonBusDown, subject, nats.ErrConnectionReconnecting)
+		return g.fallback(a, reasonBusDown, subject, nats.ErrConnectionReconnecting)
 	}
 	// A timeout rather than a context: a context per request, tied to the
 	// HTTP request's, cost more than the request's own work here.
 	wait := time.Until(deadline)
 	if wait <= 0 {
-		return g.fallback(reasonTimeout, subject, context.DeadlineExceeded)
+		return g.fallback(a, reasonTimeout, subject, context.DeadlineExceeded)
 	}
 	msg := &nats.Msg{
 		Subject: subject,
 		Data:    plain,
 		Header: nats.Header{
-			bus.HeaderAccount:  []string{bus.Account(m.ToUserName)},
-			bus.HeaderDedupKey: []string{key},
-			bus.HeaderReceived: []string{bus.FormatTime(received)},
-			bus.HeaderTimeout:  []string{strconv.FormatInt(wait.Milliseconds(), 10)},
+			bus.HeaderAccountID: []string{a.id},
+			bus.HeaderAccount:   []string{bus.Account(m.ToUserName)},
+			bus.HeaderDedupKey:  []string{key},
+			bus.HeaderReceived:  []string{bus.FormatTime(received)},
+			bus.HeaderTimeout:   []string{strconv.FormatInt(wait.Milliseconds(), 10)},
 		},
 	}
 	if rc.Duplicate || rc.Held || rc.Refused {
@@ -91,11 +92,11 @@ func (g *Gateway) request(m *wechat.Message, key string, plain []byte, rc intake
 	switch {
 	case err == nil:
 	case errors.Is(err, nats.ErrNoResponders):
-		return g.fallback(reasonNoResponders, subject, err)
+		return g.fallback(a, reasonNoResponders, subject, err)
 	case errors.Is(err, nats.ErrTimeout):
-		return g.fallback(reasonTimeout, subject, err)
+		return g.fallback(a, reasonTimeout, subject, err)
 	default:
-		return g.fallback(reasonBusDown, subject, err)
+		return g.fallback(a, reasonBusDown, subject, err)
 	}
 	if code := resp.Header.Get(micro.ErrorCodeHeader); code != "" {
 		// A reply the worker could not mark (its store out of reach) is the
@@ -104,7 +105,7 @@ func (g *Gateway) request(m *wechat.Message, key string, plain []byte, rc intake
 		if code == bus.ErrorCodeNotMarked {
 			reason = reasonBusDown
 		}
-		return g.fallback(reason, subject, fmt.Errorf("worker error %s: %s", code, resp.Header.Get(micro.ErrorHeader)))
+		return g.fallback(a, reason, subject, fmt.Errorf("worker error %s: %s", code, resp.Header.Get(micro.ErrorHeader)))
 	}
 	if len(resp.Data) == 0 {
 		return nil, outcomeEmpty, ""
@@ -112,8 +113,8 @@ func (g *Gateway) request(m *wechat.Message, key string, plain []byte, rc intake
 	return resp.Data, outcomeReply, ""
 }
 
-func (g *Gateway) fallback(reason, subject string, err error) ([]byte, string, string) {
-	g.metrics.fallbacks.WithLabelValues(reason).Inc()
-	g.o.Logger.Warn("answering success without a worker reply", "reason", reason, "subject", subject, "err", err)
+func (g *Gateway) fallback(a *account, reason, subject string, err error) ([]byte, string, string) {
+	a.m.fallbacks[reason].Inc()
+	g.o.Logger.Warn("answering success without a worker reply", "account", a.id, "reason", reason, "subject", subject, "err", err)
 	return nil, outcomeFallback, reason
 }

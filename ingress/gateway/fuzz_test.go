@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/wxgate/wxgate/shared/accounts"
 	"github.com/wxgate/wxgate/shared/config"
 	"github.com/wxgate/wxgate/shared/wechat"
 	"github.com/wxgate/wxgate/workers/reply"
@@ -38,19 +39,24 @@ func FuzzCallback(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	newGateway := func(c *wechat.Cipher, m wechat.Mode) *Gateway {
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	newGateway := func(key string, m wechat.Mode) *Gateway {
+		accts, err := accounts.Start(accounts.Options{Default: accounts.Account{Token: token, AppID: appID, EncodingAESKey: key, Mode: string(m)}, Logger: quiet})
+		if err != nil {
+			f.Fatal(err)
+		}
 		g, err := New(Options{
-			Token: token, Cipher: c, Mode: m, ReplyTimeout: time.Second, TimestampSkew: time.Minute,
+			Accounts: accts, ReplyTimeout: time.Second, TimestampSkew: time.Minute,
 			Local:  reply.NewHandler(reply.NewReplier(config.Defaults().Replies), nil).Handle,
-			Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Registerer: prometheus.NewRegistry(),
+			Logger: quiet, Registerer: prometheus.NewRegistry(),
 		})
 		if err != nil {
 			f.Fatal(err)
 		}
 		return g
 	}
-	plain, safe := newGateway(nil, ""), newGateway(cipher, "")
-	gateways := [4]*Gateway{nil, newGateway(cipher, wechat.ModePlain), newGateway(cipher, wechat.ModeCompat), newGateway(cipher, wechat.ModeSafe)}
+	plain, safe := newGateway("", ""), newGateway(key, "")
+	gateways := [4]*Gateway{nil, newGateway(key, wechat.ModePlain), newGateway(key, wechat.ModeCompat), newGateway(key, wechat.ModeSafe)}
 
 	samples, _ := filepath.Glob("../../shared/wechat/testdata/*.xml")
 	for _, s := range samples {
@@ -104,10 +110,10 @@ func FuzzCallback(f *testing.F) {
 		if w.Code >= 400 && w.Header().Get("Connection") != "close" {
 			t.Fatalf("mode %d: a %d without Connection: close", mode, w.Code)
 		}
-		switch {
-		case g.o.Mode == wechat.ModeSafe && kind == 0 && w.Code != http.StatusForbidden:
+		switch gwMode := g.table.Load().byID[accounts.DefaultID].mode; {
+		case gwMode == wechat.ModeSafe && kind == 0 && w.Code != http.StatusForbidden:
 			t.Fatalf("mode %d: plaintext to a safe gateway answered %d, want 403", mode, w.Code)
-		case g.o.Mode == wechat.ModePlain && kind != 0 && w.Code != http.StatusBadRequest:
+		case gwMode == wechat.ModePlain && kind != 0 && w.Code != http.StatusBadRequest:
 			t.Fatalf("mode %d: encrypted to a plain gateway answered %d, want 400", mode, w.Code)
 		}
 	})

@@ -1,7 +1,8 @@
 // Package gateway is the WeChat-facing HTTP handler: it verifies each
-// callback (signature, timestamp, safe-mode crypto), publishes it as a NATS
-// request on its subject, and answers WeChat with the worker's reply or
-// "success" within the reply deadline.
+// callback to /wechat/{id} with that account's token, key(s) and mode
+// (signature, timestamp, safe-mode crypto), publishes it as a NATS request
+// on its subject, and answers WeChat with the worker's reply or "success"
+// within the reply deadline.
 package gateway
 
 import (
@@ -14,30 +15,31 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gin-gonic/gin"
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/wxgate/wxgate/shared/accounts"
 	"github.com/wxgate/wxgate/shared/wechat"
 )
 
-// Path is the callback route.
+// Path is the callback route of the account default; another account's is
+// Path/<id>.
 const Path = "/wechat"
 
 // success is what WeChat takes as "received, no reply".
 var success = []byte("success")
 
-// Options wire a Gateway. Token, Conn, Logger and Registerer are required.
+// Options wire a Gateway. Accounts, Logger, Registerer and one of Conn and
+// Local are required.
 type Options struct {
-	Token string
-	// Cipher decrypts encrypted requests and seals their replies; compat
-	// and safe need it, plain does not use it.
-	Cipher *wechat.Cipher
-	// Mode is which callbacks the gateway accepts; empty for the default:
-	// wechat.ModeSafe with a Cipher, wechat.ModePlain without.
-	Mode          wechat.Mode
+	// Accounts are the accounts served: each one's token, AES keys and
+	// mode, current as the registry is.
+	Accounts      *accounts.Registry
 	Conn          *nats.Conn
 	ReplyTimeout  time.Duration // counted from when the request arrived
 	TimestampSkew time.Duration // 0 disables the check
@@ -47,7 +49,7 @@ type Options struct {
 	Now           func() time.Time // time.Now when nil
 	// Local, when set instead of Conn, answers in process with no bus: the
 	// floor the load benchmark measures the bus against.
-	Local func(msg []byte) ([]byte, error)
+	Local func(account string, msg []byte) ([]byte, error)
 	// Intake makes each event durable before it is answered; nil stores
 	// nothing (Local, and tests of the request path alone).
 	Intake Intake
@@ -58,29 +60,19 @@ type Gateway struct {
 	o       Options
 	metrics *metrics
 	engine  *gin.Engine
+	unknown *account // what came for no account: counted, refused 404
+	table   atomic.Pointer[table]
+	mu      sync.Mutex // one refresh at a time
 }
 
-// New returns a Gateway; its Handler serves GET and POST on Path.
+// New returns a Gateway; its Handler serves GET and POST on Path and
+// Path/{id}.
 func New(o Options) (*Gateway, error) {
-	if o.Token == "" || (o.Conn == nil) == (o.Local == nil) || o.Logger == nil || o.Registerer == nil {
-		return nil, errors.New("gateway: Token, Logger, Registerer and one of Conn and Local are required")
+	if o.Accounts == nil || (o.Conn == nil) == (o.Local == nil) || o.Logger == nil || o.Registerer == nil {
+		return nil, errors.New("gateway: Accounts, Logger, Registerer and one of Conn and Local are required")
 	}
 	if o.ReplyTimeout <= 0 {
 		return nil, errors.New("gateway: ReplyTimeout must be positive")
-	}
-	switch o.Mode {
-	case "":
-		o.Mode = wechat.ModePlain
-		if o.Cipher != nil {
-			o.Mode = wechat.ModeSafe
-		}
-	case wechat.ModePlain:
-	case wechat.ModeCompat, wechat.ModeSafe:
-		if o.Cipher == nil {
-			return nil, fmt.Errorf("gateway: Mode %s needs a Cipher", o.Mode)
-		}
-	default:
-		return nil, fmt.Errorf("gateway: unknown Mode %q (want plain, compat or safe)", o.Mode)
 	}
 	if o.MaxBodyBytes <= 0 {
 		o.MaxBodyBytes = 64 << 10
@@ -89,6 +81,17 @@ func New(o Options) (*Gateway, error) {
 		o.Now = time.Now
 	}
 	g := &Gateway{o: o, metrics: newMetrics(o.Registerer)}
+	g.unknown = &account{id: accounts.Unknown, m: g.metrics.of(accounts.Unknown)}
+	g.table.Store(&table{})
+	// The default account is the WECHAT_* variables': one that cannot
+	// serve is refused at start.
+	if _, err := compile(o.Accounts.Default()); err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	g.refresh()
+	// Every account's series exist from when it appears, traffic or not,
+	// and go with it.
+	o.Accounts.Follow(func(string) { g.refresh() }, func(string) { g.refresh() })
 
 	e := gin.New()
 	// WeChat connects directly or through a proxy we configure; never trust
@@ -96,9 +99,14 @@ func New(o Options) (*Gateway, error) {
 	if err := e.SetTrustedProxies(nil); err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
+	// A callback URL is exact: /wechat/shop/ (or /wechat/shop%2f) is no
+	// route, not a redirect to one.
+	e.RedirectTrailingSlash = false
 	e.Use(g.recover, g.logRequest)
 	e.GET(Path, g.verify)
 	e.POST(Path, g.callback)
+	e.GET(Path+"/:id", g.verify)
+	e.POST(Path+"/:id", g.callback)
 	// Any other route gets gin's 404, on a connection closed like any
 	// rejection's.
 	e.NoRoute(closeConnection)
@@ -143,20 +151,24 @@ func (g *Gateway) logRequest(c *gin.Context) {
 // verify answers WeChat's URL check: the echostr when the signature is good.
 func (g *Gateway) verify(c *gin.Context) {
 	start := g.o.Now()
-	sig, ts, nonce, echo := c.Query("signature"), c.Query("timestamp"), c.Query("nonce"), c.Query("echostr")
-	if sig == "" || ts == "" || nonce == "" || echo == "" {
-		g.reject(c, start, malformed(errors.New("missing signature, timestamp, nonce or echostr")))
+	a := g.account(c, start)
+	if a == nil {
 		return
 	}
-	if !wechat.VerifySignature(g.o.Token, ts, nonce, sig) {
-		g.reject(c, start, refuse(http.StatusForbidden, rejectSignature, errors.New("bad signature")))
+	sig, ts, nonce, echo := c.Query("signature"), c.Query("timestamp"), c.Query("nonce"), c.Query("echostr")
+	if sig == "" || ts == "" || nonce == "" || echo == "" {
+		g.reject(c, a, start, malformed(errors.New("missing signature, timestamp, nonce or echostr")))
+		return
+	}
+	if !wechat.VerifySignature(a.token, ts, nonce, sig) {
+		g.reject(c, a, start, refuse(http.StatusForbidden, rejectSignature, errors.New("bad signature")))
 		return
 	}
 	if err := g.checkTimestamp(ts, start); err != nil {
-		g.reject(c, start, err)
+		g.reject(c, a, start, err)
 		return
 	}
-	g.answer(c, start, outcomeReply, "text/plain; charset=utf-8", []byte(echo))
+	g.answer(c, a, start, outcomeReply, "text/plain; charset=utf-8", []byte(echo))
 }
 
 // callback handles a message or event POST: admit it, store it and ask a
@@ -165,96 +177,113 @@ func (g *Gateway) verify(c *gin.Context) {
 // make it wait for the first delivery's reply (docs/reply-once.md).
 func (g *Gateway) callback(c *gin.Context) {
 	received := g.o.Now()
-	plain, m, encrypted, err := g.admit(c, received)
-	if err != nil {
-		g.reject(c, received, err)
+	a := g.account(c, received)
+	if a == nil {
 		return
 	}
-	reply, outcome := g.dispatch(m, m.DedupKey(plain), plain, received, received.Add(g.o.ReplyTimeout))
+	plain, m, cipher, err := g.admit(c, a, received)
+	if err != nil {
+		g.reject(c, a, received, err)
+		return
+	}
+	reply, outcome := g.dispatch(a, m, m.DedupKey(a.id, plain), plain, received, received.Add(g.o.ReplyTimeout))
 	if outcome == outcomeUnavailable {
 		// Not accepted: without a 200, WeChat retries it, by when the bus
 		// may take it again.
-		g.refused(c, received, http.StatusServiceUnavailable, "events cannot be stored now")
+		g.refused(c, a, received, http.StatusServiceUnavailable, "events cannot be stored now")
 		return
 	}
 	if len(reply) == 0 {
-		g.answer(c, received, outcome, "text/plain; charset=utf-8", success)
+		g.answer(c, a, received, outcome, "text/plain; charset=utf-8", success)
 		return
 	}
-	if encrypted {
-		sealed, err := g.o.Cipher.Seal(g.o.Token, reply, strconv.FormatInt(g.o.Now().Unix(), 10), c.Query("nonce"))
+	if cipher != nil { // under the key the request came in
+		sealed, err := cipher.Seal(a.token, reply, strconv.FormatInt(g.o.Now().Unix(), 10), c.Query("nonce"))
 		if err != nil {
 			// crypto/rand failing: nothing the sender did; still answer.
-			g.o.Logger.Error("encrypt reply", "err", err)
-			g.metrics.fallbacks.WithLabelValues(reasonWorkerError).Inc()
-			g.answer(c, received, outcomeFallback, "text/plain; charset=utf-8", success)
+			g.o.Logger.Error("encrypt reply", "account", a.id, "err", err)
+			a.m.fallbacks[reasonWorkerError].Inc()
+			g.answer(c, a, received, outcomeFallback, "text/plain; charset=utf-8", success)
 			return
 		}
 		reply = sealed
 	}
-	g.answer(c, received, outcome, "application/xml; charset=utf-8", reply)
+	g.answer(c, a, received, outcome, "application/xml; charset=utf-8", reply)
 }
 
-// admit checks a callback POST (parameters, signatures, timestamp, size,
-// decryption) and returns the message it carries: the plaintext XML, its
-// routing fields and whether it came encrypted. Its errors are rejections.
-func (g *Gateway) admit(c *gin.Context, now time.Time) (plain []byte, m *wechat.Message, encrypted bool, err error) {
+// admit checks a callback POST to account a (parameters, signatures,
+// timestamp, size, decryption) and returns the message it carries: the
+// plaintext XML, its routing fields and, when it came encrypted, the
+// cipher of the key that opened it. Its errors are rejections.
+func (g *Gateway) admit(c *gin.Context, a *account, now time.Time) (plain []byte, m *wechat.Message, cipher *wechat.Cipher, err error) {
 	sig, ts, nonce := c.Query("signature"), c.Query("timestamp"), c.Query("nonce")
-	encrypted = strings.EqualFold(c.Query("encrypt_type"), "aes")
+	encrypted := strings.EqualFold(c.Query("encrypt_type"), "aes")
 	msgSig := c.Query("msg_signature")
 
 	switch {
 	case ts == "" || nonce == "":
-		return nil, nil, false, malformed(errors.New("missing timestamp or nonce"))
-	case !encrypted && g.o.Mode == wechat.ModeSafe:
+		return nil, nil, nil, malformed(errors.New("missing timestamp or nonce"))
+	case !encrypted && a.mode == wechat.ModeSafe:
 		// Before anything else: a plaintext body is covered by no
 		// signature, whatever the query carries.
-		return nil, nil, false, refuse(http.StatusForbidden, rejectSignature, errors.New("plaintext POST in safe mode"))
+		return nil, nil, nil, refuse(http.StatusForbidden, rejectSignature, errors.New("plaintext POST in safe mode"))
 	case !encrypted && sig == "":
-		return nil, nil, false, malformed(errors.New("missing signature"))
+		return nil, nil, nil, malformed(errors.New("missing signature"))
 	case encrypted && msgSig == "":
-		return nil, nil, false, malformed(errors.New("missing msg_signature"))
+		return nil, nil, nil, malformed(errors.New("missing msg_signature"))
 	}
 	// msg_signature covers an encrypted body; signature, when present, is
 	// checked too. Checking before reading the body spends nothing on
-	// unsigned traffic.
-	if sig != "" && !wechat.VerifySignature(g.o.Token, ts, nonce, sig) {
-		return nil, nil, false, refuse(http.StatusForbidden, rejectSignature, errors.New("bad signature"))
+	// unsigned traffic. Each account has its own token: a request signed
+	// with another's is refused here.
+	if sig != "" && !wechat.VerifySignature(a.token, ts, nonce, sig) {
+		return nil, nil, nil, refuse(http.StatusForbidden, rejectSignature, errors.New("bad signature"))
 	}
 	if err := g.checkTimestamp(ts, now); err != nil {
-		return nil, nil, false, err
+		return nil, nil, nil, err
 	}
-	if encrypted && g.o.Mode == wechat.ModePlain {
+	if encrypted && a.mode == wechat.ModePlain {
 		detail := "encrypted POST in plain mode"
-		if g.o.Cipher == nil {
-			detail += ": WECHAT_ENCODING_AES_KEY is not set"
+		if len(a.ciphers) == 0 {
+			detail += ": the account has no EncodingAESKey"
 		}
-		return nil, nil, false, refuse(http.StatusBadRequest, rejectDecrypt, errors.New(detail))
+		return nil, nil, nil, refuse(http.StatusBadRequest, rejectDecrypt, errors.New(detail))
 	}
 	body, err := g.readBody(c)
 	if err != nil {
-		return nil, nil, false, err
+		return nil, nil, nil, err
 	}
 
 	plain = body
-	if encrypted { // compat or safe: New saw to the Cipher
+	if encrypted { // compat or safe: compile saw to the ciphers
 		env, err := classify(body)
 		if err != nil || env.Encrypt == "" {
-			return nil, nil, false, malformed(errors.New("safe-mode envelope without Encrypt"))
+			return nil, nil, nil, malformed(errors.New("safe-mode envelope without Encrypt"))
 		}
 		// Signature before decryption: padding errors must not be an
 		// oracle for anyone without the token.
-		if !wechat.VerifyMsgSignature(g.o.Token, ts, nonce, env.Encrypt, msgSig) {
-			return nil, nil, false, refuse(http.StatusForbidden, rejectSignature, errors.New("bad msg_signature"))
+		if !wechat.VerifyMsgSignature(a.token, ts, nonce, env.Encrypt, msgSig) {
+			return nil, nil, nil, refuse(http.StatusForbidden, rejectSignature, errors.New("bad msg_signature"))
 		}
-		if plain, err = g.o.Cipher.Decrypt(env.Encrypt); err != nil {
-			return nil, nil, false, refuse(http.StatusBadRequest, rejectDecrypt, fmt.Errorf("decrypt: %w", err))
+		// During a key change, the current key first, then the previous.
+		for i, ci := range a.ciphers {
+			if plain, err = ci.Decrypt(env.Encrypt); err == nil {
+				a.m.decrypt[i].Inc()
+				cipher = ci
+				break
+			}
+		}
+		if cipher == nil {
+			return nil, nil, nil, refuse(http.StatusBadRequest, rejectDecrypt, fmt.Errorf("decrypt: %w", err))
 		}
 	}
 	if m, err = classify(plain); err != nil {
-		return nil, nil, false, malformed(err)
+		return nil, nil, nil, malformed(err)
 	}
-	return plain, m, encrypted, nil
+	if a.originalID != "" && m.ToUserName != a.originalID {
+		return nil, nil, nil, refuse(http.StatusBadRequest, rejectAccount, errors.New("ToUserName is not the account's original_id"))
+	}
+	return plain, m, cipher, nil
 }
 
 // classify reads the routing fields by the fast path, falling back to the
@@ -339,20 +368,20 @@ func (g *Gateway) readBody(c *gin.Context) ([]byte, error) {
 	return body, nil
 }
 
-// reject answers a refused request with its status and reason. An error
-// that is not a rejection is the sender's too: a 400, never a 5xx.
-func (g *Gateway) reject(c *gin.Context, start time.Time, err error) {
+// reject answers a refused request to a with its status and reason. An
+// error that is not a rejection is the sender's too: a 400, never a 5xx.
+func (g *Gateway) reject(c *gin.Context, a *account, start time.Time, err error) {
 	r := &rejection{status: http.StatusBadRequest, reason: rejectMalformed, err: err}
 	errors.As(err, &r)
-	g.metrics.rejected.WithLabelValues(r.reason).Inc()
-	g.o.Logger.Warn("rejected", "reason", r.reason, "status", r.status, "detail", r.err.Error(), "method", c.Request.Method, "remote", c.ClientIP())
-	g.refused(c, start, r.status, r.reason)
+	a.m.rejected[r.reason].Inc()
+	g.o.Logger.Warn("rejected", "account", a.id, "reason", r.reason, "status", r.status, "detail", r.err.Error(), "method", c.Request.Method, "remote", c.ClientIP())
+	g.refused(c, a, start, r.status, r.reason)
 }
 
 // refused answers a request not accepted (outcome rejected) with status
 // and why, and closes the connection after it.
-func (g *Gateway) refused(c *gin.Context, start time.Time, status int, why string) {
-	g.observe(outcomeRejected, start)
+func (g *Gateway) refused(c *gin.Context, a *account, start time.Time, status int, why string) {
+	g.observe(a, outcomeRejected, start)
 	closeConnection(c)
 	c.Data(status, "text/plain; charset=utf-8", []byte(http.StatusText(status)+": "+why+"\n"))
 }
@@ -363,12 +392,12 @@ func (g *Gateway) refused(c *gin.Context, start time.Time, status int, why strin
 // requests are answered 200, keeps its keep-alive connections.
 func closeConnection(c *gin.Context) { c.Header("Connection", "close") }
 
-func (g *Gateway) answer(c *gin.Context, start time.Time, outcome, contentType string, body []byte) {
-	g.observe(outcome, start)
+func (g *Gateway) answer(c *gin.Context, a *account, start time.Time, outcome, contentType string, body []byte) {
+	g.observe(a, outcome, start)
 	c.Data(http.StatusOK, contentType, body)
 }
 
-func (g *Gateway) observe(outcome string, start time.Time) {
-	g.metrics.requests.WithLabelValues(outcome).Inc()
-	g.metrics.duration.WithLabelValues(outcome).Observe(g.o.Now().Sub(start).Seconds())
+func (g *Gateway) observe(a *account, outcome string, start time.Time) {
+	a.m.requests[outcome].Inc()
+	a.m.duration[outcome].Observe(g.o.Now().Sub(start).Seconds())
 }

@@ -34,6 +34,7 @@ import (
 
 	"github.com/wxgate/wxgate/ingress/gateway"
 	"github.com/wxgate/wxgate/ingress/intake"
+	"github.com/wxgate/wxgate/shared/accounts"
 	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/config"
 	"github.com/wxgate/wxgate/shared/testutil/metricstest"
@@ -66,6 +67,20 @@ type opts struct {
 	replyTimeout time.Duration
 	conn         *nats.Conn
 	intake       gateway.Intake
+	// accounts, when set, are served instead of the default alone (made
+	// of token, safe and mode).
+	accounts func(h *harness) *accounts.Registry
+}
+
+// defaultOnly is a registry of the default account a alone, as a process
+// with no bus has.
+func defaultOnly(t testing.TB, a accounts.Account) *accounts.Registry {
+	t.Helper()
+	r, err := accounts.Start(accounts.Options{Default: a, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
 }
 
 var seq atomic.Int64
@@ -86,13 +101,18 @@ func newHarness(t *testing.T, o opts) *harness {
 			t.Fatal(err)
 		}
 	}
-	var cipher *wechat.Cipher
+	def := accounts.Account{Token: token, Mode: string(o.mode), AppID: appID}
 	if o.safe {
-		var err error
-		if cipher, err = wechat.NewCipher(aesKey, appID); err != nil {
+		cipher, err := wechat.NewCipher(aesKey, appID)
+		if err != nil {
 			t.Fatal(err)
 		}
 		h.sender.Cipher = cipher
+		def.EncodingAESKey = aesKey
+	}
+	accts := defaultOnly(t, def)
+	if o.accounts != nil {
+		accts = o.accounts(h)
 	}
 	if o.replyTimeout == 0 {
 		o.replyTimeout = 4 * time.Second
@@ -102,7 +122,7 @@ func newHarness(t *testing.T, o opts) *harness {
 		nc = natstest.Connect(t, h.srv)
 	}
 	gw, err := gateway.New(gateway.Options{
-		Token: token, Cipher: cipher, Mode: o.mode, Conn: nc, Intake: o.intake, ReplyTimeout: o.replyTimeout,
+		Accounts: accts, Conn: nc, Intake: o.intake, ReplyTimeout: o.replyTimeout,
 		TimestampSkew: 5 * time.Minute, MaxBodyBytes: 64 << 10, Logger: logger, Registerer: h.reg,
 	})
 	if err != nil {
@@ -157,9 +177,19 @@ func do(t *testing.T, req *http.Request) (int, []byte) {
 	return resp.StatusCode, b
 }
 
+// counter is the default account's series name{label=value}.
 func (h *harness) counter(name, label, value string) float64 {
 	h.t.Helper()
-	return metricstest.Value(h.t, h.reg, name, label, value)
+	return h.accountCounter(name, "default", label, value)
+}
+
+func (h *harness) accountCounter(name, account, label, value string) float64 {
+	h.t.Helper()
+	v, ok := metricstest.Lookup(h.reg, name, map[string]string{"account": account, label: value})
+	if !ok {
+		h.t.Fatalf("no series %s{account=%q,%s=%q}", name, account, label, value)
+	}
+	return v
 }
 
 func message(msgType, extra string) string {
@@ -369,10 +399,10 @@ func TestModes(t *testing.T) {
 func TestNewRefusesModeWithoutCipher(t *testing.T) {
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	for _, m := range []wechat.Mode{wechat.ModeCompat, wechat.ModeSafe, "aes", "SAFE"} {
-		_, err := gateway.New(gateway.Options{Token: token, Mode: m, Local: func([]byte) ([]byte, error) { return nil, nil },
-			ReplyTimeout: time.Second, Logger: quiet, Registerer: prometheus.NewRegistry()})
-		if err == nil || !strings.Contains(err.Error(), "Mode") {
-			t.Errorf("Mode %q without a Cipher: %v, want an error naming Mode", m, err)
+		_, err := gateway.New(gateway.Options{Accounts: defaultOnly(t, accounts.Account{Token: token, Mode: string(m)}),
+			Local: func(string, []byte) ([]byte, error) { return nil, nil }, ReplyTimeout: time.Second, Logger: quiet, Registerer: prometheus.NewRegistry()})
+		if err == nil || !strings.Contains(err.Error(), "mode") {
+			t.Errorf("Mode %q without a Cipher: %v, want an error naming the mode", m, err)
 		}
 	}
 }
@@ -637,7 +667,7 @@ type blockOnce struct {
 	release chan struct{}
 }
 
-func (d *blockOnce) Decide(ctx context.Context, m *wechat.Message) (*wechat.Reply, error) {
+func (d *blockOnce) Decide(ctx context.Context, _ string, m *wechat.Message, _ []byte) (*wechat.Reply, error) {
 	if d.runs.Add(1) == 1 {
 		close(d.started)
 		<-d.release
@@ -727,11 +757,11 @@ type unanswered struct {
 	reasons []string
 }
 
-func (u *unanswered) Publish(*wechat.Message, string, []byte, time.Time) (intake.Receipt, error) {
+func (u *unanswered) Publish(string, *wechat.Message, string, []byte, time.Time) (intake.Receipt, error) {
 	return intake.Receipt{Duplicate: true}, nil
 }
 
-func (u *unanswered) Unanswered(_ *wechat.Message, _ string, _ []byte, _ time.Time, _ intake.Receipt, reason string) {
+func (u *unanswered) Unanswered(_ string, _ *wechat.Message, _ string, _ []byte, _ time.Time, _ intake.Receipt, reason string) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	u.reasons = append(u.reasons, reason)
@@ -771,7 +801,7 @@ func TestUnmarkedReplyIsABusDownFallback(t *testing.T) {
 	}
 }
 
-// A request carries the account, the dedup key, when the ingress received
+// A request carries the account (its id, and the ToUserName), the dedup key, when the ingress received
 // it, and how long it still waits (Wx-Timeout, in milliseconds: the
 // worker's deadline is its own arrival plus that, no clock compared); a
 // first delivery carries no Wx-Retry.
@@ -793,7 +823,7 @@ func TestRequestHeaders(t *testing.T) {
 	if err != nil || ms <= 2000 || ms > 3000 {
 		t.Errorf("%s = %q, want most of the 3s REPLY_TIMEOUT in milliseconds", bus.HeaderTimeout, hd.Get(bus.HeaderTimeout))
 	}
-	if hd.Get(bus.HeaderAccount) != "gh_account" || hd.Get(bus.HeaderDedupKey) == "" || hd.Get(bus.HeaderReceived) == "" || hd.Get(bus.HeaderRetry) != "" {
+	if hd.Get(bus.HeaderAccountID) != "default" || hd.Get(bus.HeaderAccount) != "gh_account" || hd.Get(bus.HeaderDedupKey) == "" || hd.Get(bus.HeaderReceived) == "" || hd.Get(bus.HeaderRetry) != "" {
 		t.Errorf("headers %v", hd)
 	}
 	for _, gone := range []string{"Wx-Deadline", "Wx-Sent"} {

@@ -13,6 +13,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/wxgate/wxgate/shared/accounts"
 )
 
 // A bug of ours that panics must still answer WeChat "success", logged with
@@ -20,8 +22,12 @@ import (
 func TestRecoverAnswersSuccess(t *testing.T) {
 	gin.SetMode(gin.TestMode)
 	var logs strings.Builder
+	accts, err := accounts.Start(accounts.Options{Default: accounts.Account{Token: "t"}, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
 	g, err := New(Options{
-		Token: "t", Conn: &nats.Conn{}, ReplyTimeout: time.Second,
+		Accounts: accts, Conn: &nats.Conn{}, ReplyTimeout: time.Second,
 		Logger: slog.New(slog.NewTextHandler(&logs, nil)), Registerer: prometheus.NewRegistry(),
 	})
 	if err != nil {

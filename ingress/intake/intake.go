@@ -21,6 +21,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/wxgate/wxgate/shared/accounts"
 	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/config"
 	"github.com/wxgate/wxgate/shared/events"
@@ -47,8 +48,12 @@ type Options struct {
 	Conn    *nats.Conn
 	Streams events.Options
 	// Buffer is how many events may be held while JetStream cannot take
-	// them (INTAKE_BUFFER). Default 10 000.
+	// them (INTAKE_BUFFER). Default 10 000. While several accounts exist,
+	// one account may hold at most half of it: a burst on one leaves room
+	// for the others' callbacks.
 	Buffer int
+	// Accounts say whether several accounts share the buffer; nil: one.
+	Accounts *accounts.Registry
 	// Timeout bounds one publish's wait for its acknowledgement; past it,
 	// the event is held. Default 1s, well inside WeChat's 5.
 	Timeout time.Duration
@@ -85,7 +90,8 @@ type Intake struct {
 	metrics *metrics
 
 	mu     sync.Mutex
-	queue  []*nats.Msg // held events, oldest first
+	queue  []*nats.Msg    // held events, oldest first
+	heldBy map[string]int // held events by account
 	closed bool
 	wake   chan struct{} // the flusher has work
 
@@ -135,7 +141,7 @@ func New(o Options) (*Intake, error) {
 		return nil, fmt.Errorf("intake: %w", err)
 	}
 	in := &Intake{
-		o: o, js: js, metrics: newMetrics(o.Registerer), ttl: o.Streams.MessagesTTL(),
+		o: o, js: js, metrics: newMetrics(o.Registerer), ttl: o.Streams.MessagesTTL(), heldBy: map[string]int{},
 		wake: make(chan struct{}, 1), unanswered: make(chan *nats.Msg, o.Buffer),
 		closing: make(chan struct{}), stop: make(chan struct{}),
 		connected: o.Conn.StatusChanged(nats.CONNECTED),
@@ -177,11 +183,12 @@ func (in *Intake) watch() {
 	}
 }
 
-// message is the stream message for an event.
-func (in *Intake) message(m *wechat.Message, key string, raw []byte, received time.Time) *nats.Msg {
+// message is the stream message for an event of account.
+func (in *Intake) message(account string, m *wechat.Message, key string, raw []byte, received time.Time) *nats.Msg {
 	subject := m.Subject()
-	msg := &nats.Msg{Subject: events.Subject(subject), Data: raw, Header: make(nats.Header, 4)}
+	msg := &nats.Msg{Subject: events.Subject(account, subject), Data: raw, Header: make(nats.Header, 5)}
 	msg.Header[jetstream.MsgIDHeader] = []string{key}
+	msg.Header[bus.HeaderAccountID] = []string{account}
 	msg.Header[bus.HeaderAccount] = []string{bus.Account(m.ToUserName)}
 	msg.Header[bus.HeaderReceived] = []string{bus.FormatTime(received)}
 	if !events.IsSceneEvent(subject) {
@@ -192,12 +199,12 @@ func (in *Intake) message(m *wechat.Message, key string, raw []byte, received ti
 	return msg
 }
 
-// Publish stores the event (m, parsed from raw, with dedup key key,
-// received at received) in the stream, waiting at most Timeout for it, or
-// holds it when JetStream cannot take it now. A scan whose scene is not a
-// scene is counted here, once per event.
-func (in *Intake) Publish(m *wechat.Message, key string, raw []byte, received time.Time) (Receipt, error) {
-	msg := in.message(m, key, raw, received)
+// Publish stores the event of account (m, parsed from raw, with dedup key
+// key, received at received) in the stream, waiting at most Timeout for
+// it, or holds it when JetStream cannot take it now. A scan whose scene is
+// not a scene is counted here, once per event.
+func (in *Intake) Publish(account string, m *wechat.Message, key string, raw []byte, received time.Time) (Receipt, error) {
+	msg := in.message(account, m, key, raw, received)
 	r, err := in.publish(msg)
 	if err == nil && !r.Duplicate {
 		if scene, _, scan := m.SceneCandidate(); scan {
@@ -349,6 +356,16 @@ func (in *Intake) hold(msg *nats.Msg) (Receipt, error) {
 		in.metrics.dropped.WithLabelValues("event", "full").Inc()
 		return Receipt{}, ErrFull
 	}
+	account := msg.Header.Get(bus.HeaderAccountID)
+	share := in.o.Buffer
+	if in.o.Accounts != nil && in.o.Accounts.Len() > 1 {
+		share = max(share/2, 1)
+	}
+	if in.heldBy[account] >= share {
+		in.metrics.dropped.WithLabelValues("event", "share").Inc()
+		return Receipt{}, ErrFull
+	}
+	in.heldBy[account]++
 	in.queue = append(in.queue, msg)
 	in.metrics.held.Inc()
 	select {
@@ -403,6 +420,12 @@ func (in *Intake) flush() {
 		done, err := in.sendAll(batch)
 		if done > 0 {
 			in.mu.Lock()
+			for _, msg := range in.queue[:done] {
+				account := msg.Header.Get(bus.HeaderAccountID)
+				if in.heldBy[account]--; in.heldBy[account] <= 0 {
+					delete(in.heldBy, account)
+				}
+			}
 			clear(in.queue[:done])
 			in.queue = in.queue[done:]
 			if len(in.queue) == 0 {
@@ -461,9 +484,9 @@ func (in *Intake) sendAll(batch []*nats.Msg) (int, error) {
 
 // Unanswered records that the event was answered "success" without its
 // reply, for a late reply. It does not wait: the answer to WeChat must not.
-func (in *Intake) Unanswered(m *wechat.Message, key string, raw []byte, received time.Time, r Receipt, reason string) {
-	msg := in.message(m, "u."+key, raw, received)
-	msg.Subject = events.UnansweredPrefix + m.Subject()
+func (in *Intake) Unanswered(account string, m *wechat.Message, key string, raw []byte, received time.Time, r Receipt, reason string) {
+	msg := in.message(account, m, "u."+key, raw, received)
+	msg.Subject = events.UnansweredSubject(account, m.Subject())
 	msg.Header.Del(jetstream.MsgTTLHeader)
 	msg.Header[events.HeaderReason] = []string{reason}
 	if r.Seq != 0 {

@@ -2,6 +2,7 @@ package intake
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -14,6 +15,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/wxgate/wxgate/shared/accounts"
+	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/events"
 	"github.com/wxgate/wxgate/shared/testutil/natstest"
 	"github.com/wxgate/wxgate/shared/testutil/wait"
@@ -72,7 +75,7 @@ func TestHeldWhileNATSIsDownThenFlushed(t *testing.T) {
 		mustHold(t, in, scanEvent(i))
 	}
 	m := scanEvent(300)
-	if _, err := in.Publish(m, m.DedupKey(m.AppendXML(nil)), m.AppendXML(nil), time.Now()); !errors.Is(err, ErrFull) {
+	if _, err := in.Publish("default", m, m.DedupKey("default", m.AppendXML(nil)), m.AppendXML(nil), time.Now()); !errors.Is(err, ErrFull) {
 		t.Fatalf("past the buffer = %v, want ErrFull", err)
 	}
 	if in.Check() == nil {
@@ -116,12 +119,12 @@ func TestRefusedEventDoesNotBlockTheQueue(t *testing.T) {
 	}
 	long := textEvent(2)
 	long.Content = strings.Repeat("x", 1024)
-	rc, err := in.Publish(long, long.DedupKey(long.AppendXML(nil)), long.AppendXML(nil), time.Now())
+	rc, err := in.Publish("default", long, long.DedupKey("default", long.AppendXML(nil)), long.AppendXML(nil), time.Now())
 	if err != nil || !rc.Refused || rc.Held {
 		t.Fatalf("an event over the stream's size limit = %+v %v, want refused, not held", rc, err)
 	}
 	m := scanEvent(3)
-	if rc, err := in.Publish(m, m.DedupKey(m.AppendXML(nil)), m.AppendXML(nil), time.Now()); err != nil || rc.Held || rc.Seq == 0 {
+	if rc, err := in.Publish("default", m, m.DedupKey("default", m.AppendXML(nil)), m.AppendXML(nil), time.Now()); err != nil || rc.Held || rc.Seq == 0 {
 		t.Fatalf("the event after it = %+v %v, want stored", rc, err)
 	}
 	if got := testutil.ToFloat64(in.metrics.dropped.WithLabelValues("event", "refused")); got != 1 {
@@ -152,7 +155,7 @@ func TestStreamWithoutMessageTTL(t *testing.T) {
 	createStreamWithoutTTL(t, nc)
 	in, _ := newIntake(t, nc, 100)
 	for i, m := range []*wechat.Message{textEvent(1), scanEvent(2)} {
-		if rc, err := in.Publish(m, m.DedupKey(m.AppendXML(nil)), m.AppendXML(nil), time.Now()); err != nil || rc.Held || rc.Refused || rc.Seq != uint64(i+1) {
+		if rc, err := in.Publish("default", m, m.DedupKey("default", m.AppendXML(nil)), m.AppendXML(nil), time.Now()); err != nil || rc.Held || rc.Refused || rc.Seq != uint64(i+1) {
 			t.Fatalf("event %d = %+v %v, want stored", i, rc, err)
 		}
 	}
@@ -181,7 +184,7 @@ func TestCloseFlushesThenCountsWhatIsLeft(t *testing.T) {
 // mustHold publishes m, which the intake must hold (JetStream away).
 func mustHold(t *testing.T, in *Intake, m *wechat.Message) {
 	t.Helper()
-	if rc, err := in.Publish(m, m.DedupKey(m.AppendXML(nil)), m.AppendXML(nil), time.Now()); err != nil || !rc.Held {
+	if rc, err := in.Publish("default", m, m.DedupKey("default", m.AppendXML(nil)), m.AppendXML(nil), time.Now()); err != nil || !rc.Held {
 		t.Fatalf("%s from %s = %+v %v, want held", m.MsgType, m.FromUserName, rc, err)
 	}
 }
@@ -289,7 +292,7 @@ func TestMessagesCarryATTLSceneEventsDoNot(t *testing.T) {
 		m       *wechat.Message
 		wantTTL bool
 	}{{textEvent(1), true}, {scanEvent(2), false}} {
-		rc, err := in.Publish(c.m, c.m.DedupKey(c.m.AppendXML(nil)), c.m.AppendXML(nil), time.Now())
+		rc, err := in.Publish("default", c.m, c.m.DedupKey("default", c.m.AppendXML(nil)), c.m.AppendXML(nil), time.Now())
 		if err != nil || rc.Seq == 0 {
 			t.Fatalf("%s = %+v %v", c.m.MsgType, rc, err)
 		}
@@ -305,17 +308,19 @@ func TestMessagesCarryATTLSceneEventsDoNot(t *testing.T) {
 
 // An event answered without its reply is marked so, for the late reply:
 // a copy in WXGATE_UNANSWERED with the reason and the event's sequence.
+// Both are stored under their account: its id in the subject and the
+// header.
 func TestUnansweredCopyIsMarked(t *testing.T) {
 	r := natstest.NewRestartable(t)
 	nc := r.Connect()
 	in, _ := newIntake(t, nc, 100)
 	m := textEvent(7)
 	raw := m.AppendXML(nil)
-	rc, err := in.Publish(m, m.DedupKey(m.AppendXML(nil)), raw, time.Now())
+	rc, err := in.Publish("shop", m, m.DedupKey("shop", m.AppendXML(nil)), raw, time.Now())
 	if err != nil || rc.Seq == 0 {
 		t.Fatalf("publish = %+v %v", rc, err)
 	}
-	in.Unanswered(m, m.DedupKey(m.AppendXML(nil)), raw, time.Now(), rc, "timeout")
+	in.Unanswered("shop", m, m.DedupKey("shop", m.AppendXML(nil)), raw, time.Now(), rc, "timeout")
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
@@ -329,8 +334,15 @@ func TestUnansweredCopyIsMarked(t *testing.T) {
 		stored, err = s.GetMsg(context.Background(), 1)
 		return err
 	})
-	if stored.Subject != events.UnansweredPrefix+m.Subject() || string(stored.Data) != string(raw) {
-		t.Errorf("copy = %s %q", stored.Subject, stored.Data)
+	if stored.Subject != "wxgate.unanswered.shop.msg.text" || string(stored.Data) != string(raw) || stored.Header.Get(bus.HeaderAccountID) != "shop" {
+		t.Errorf("copy = %s %v %q", stored.Subject, stored.Header, stored.Data)
+	}
+	s, err := js.Stream(context.Background(), events.Stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if event, err := s.GetMsg(context.Background(), rc.Seq); err != nil || event.Subject != "wxgate.events.shop.msg.text" || event.Header.Get(bus.HeaderAccountID) != "shop" {
+		t.Errorf("event = %+v %v, want it on wxgate.events.shop.msg.text with Wx-Account-Id shop", event, err)
 	}
 	if got := stored.Header.Get(events.HeaderReason); got != "timeout" {
 		t.Errorf("%s = %q, want timeout", events.HeaderReason, got)
@@ -352,11 +364,11 @@ func TestDuplicateAndMissingStream(t *testing.T) {
 	nc := natstest.Connect(t, natstest.RunServer(t))
 	in, _ := newIntake(t, nc, 100)
 	m := textEvent(1)
-	first, err := in.Publish(m, m.DedupKey(m.AppendXML(nil)), m.AppendXML(nil), time.Now())
+	first, err := in.Publish("default", m, m.DedupKey("default", m.AppendXML(nil)), m.AppendXML(nil), time.Now())
 	if err != nil || first.Duplicate || first.Held || first.Seq == 0 {
 		t.Fatalf("first = %+v, %v", first, err)
 	}
-	again, err := in.Publish(m, m.DedupKey(m.AppendXML(nil)), m.AppendXML(nil), time.Now())
+	again, err := in.Publish("default", m, m.DedupKey("default", m.AppendXML(nil)), m.AppendXML(nil), time.Now())
 	if err != nil || !again.Duplicate || again.Seq != first.Seq {
 		t.Fatalf("again = %+v, %v; want a duplicate of seq %d", again, err, first.Seq)
 	}
@@ -368,7 +380,7 @@ func TestDuplicateAndMissingStream(t *testing.T) {
 		t.Fatal(err)
 	}
 	m.MsgID = "2"
-	r, err := in.Publish(m, m.DedupKey(m.AppendXML(nil)), m.AppendXML(nil), time.Now())
+	r, err := in.Publish("default", m, m.DedupKey("default", m.AppendXML(nil)), m.AppendXML(nil), time.Now())
 	if err != nil || r.Duplicate || r.Held || r.Seq != 1 {
 		t.Fatalf("with the stream gone = %+v, %v; want it recreated and the event stored first", r, err)
 	}
@@ -377,7 +389,7 @@ func TestDuplicateAndMissingStream(t *testing.T) {
 // publish publishes m through in and returns the receipt.
 func publish(t *testing.T, in *Intake, m *wechat.Message) Receipt {
 	t.Helper()
-	rc, err := in.Publish(m, m.DedupKey(m.AppendXML(nil)), m.AppendXML(nil), time.Now())
+	rc, err := in.Publish("default", m, m.DedupKey("default", m.AppendXML(nil)), m.AppendXML(nil), time.Now())
 	if err != nil {
 		t.Fatalf("%s from %s: %v", m.MsgType, m.FromUserName, err)
 	}
@@ -429,9 +441,9 @@ func TestLargerThanMaxPayloadStopsNothing(t *testing.T) {
 	}
 
 	// Its unanswered copy is refused too, and the one behind it recorded.
-	in.Unanswered(big, big.DedupKey(big.AppendXML(nil)), big.AppendXML(nil), time.Now(), Receipt{Refused: true}, "bus_down")
+	in.Unanswered("default", big, big.DedupKey("default", big.AppendXML(nil)), big.AppendXML(nil), time.Now(), Receipt{Refused: true}, "bus_down")
 	small := textEvent(7)
-	in.Unanswered(small, small.DedupKey(small.AppendXML(nil)), small.AppendXML(nil), time.Now(), Receipt{}, "timeout")
+	in.Unanswered("default", small, small.DedupKey("default", small.AppendXML(nil)), small.AppendXML(nil), time.Now(), Receipt{}, "timeout")
 	wait.For(t, wait.Long, wait.Every, func() error {
 		if got := testutil.ToFloat64(in.metrics.unanswered); got != 1 {
 			return fmt.Errorf("unanswered recorded = %v, want 1", got)
@@ -484,5 +496,62 @@ func TestNotReadyWhileMaxPayloadIsTooSmall(t *testing.T) {
 		case !c.ready && (err == nil || !strings.Contains(err.Error(), "MAX_BODY_BYTES=65536") || !strings.Contains(err.Error(), fmt.Sprintf("max_payload (%d)", c.maxPayload))):
 			t.Errorf("max_payload %d: Check = %v, want not ready, naming MAX_BODY_BYTES and max_payload", c.maxPayload, err)
 		}
+	}
+}
+
+// While several accounts exist, one account holds at most half the buffer
+// with JetStream away: a burst on it leaves the others room, and each
+// held event is stored once it is back.
+func TestAnAccountHoldsHalfTheBuffer(t *testing.T) {
+	r := natstest.NewRestartable(t)
+	nc := r.Connect()
+	accts, err := accounts.Start(accounts.Options{Conn: r.Connect(), SecretKey: base64.StdEncoding.EncodeToString(make([]byte, 32)), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(accts.Stop)
+	wait.For(t, wait.Short, wait.Every, accts.Check)
+	if _, err := accts.Create(context.Background(), accounts.Account{ID: "burst", Token: "BurstToken"}); err != nil {
+		t.Fatal(err)
+	}
+	wait.For(t, wait.Short, wait.Every, func() error {
+		if accts.Len() != 2 {
+			return errors.New("burst not read yet")
+		}
+		return nil
+	})
+	in, err := New(Options{Conn: nc, Streams: events.Defaults(), Buffer: 10, Accounts: accts, Logger: slog.New(slog.DiscardHandler), Registerer: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = in.Close(context.Background()) })
+	disconnect(t, r, nc)
+	publish := func(account string, i int) (Receipt, error) {
+		m := scanEvent(i)
+		return in.Publish(account, m, m.DedupKey(account, m.AppendXML(nil)), m.AppendXML(nil), time.Now())
+	}
+	for i := 0; i < 5; i++ {
+		if rc, err := publish("burst", i); err != nil || !rc.Held {
+			t.Fatalf("burst's event %d = %+v %v, want held", i, rc, err)
+		}
+	}
+	if _, err := publish("burst", 5); !errors.Is(err, ErrFull) {
+		t.Fatalf("burst's event past half the buffer = %v, want ErrFull", err)
+	}
+	for i := 0; i < 5; i++ {
+		if rc, err := publish("default", 100+i); err != nil || !rc.Held {
+			t.Fatalf("the default's event %d during the burst = %+v %v, want held", i, rc, err)
+		}
+	}
+	if got := testutil.ToFloat64(in.metrics.dropped.WithLabelValues("event", "share")); got != 1 {
+		t.Errorf("dropped{share} = %v, want 1", got)
+	}
+	r.Start()
+	waitFlushed(t, in)
+	if n := streamMsgs(t, nc); n != 10 {
+		t.Errorf("stream holds %d events, want 10", n)
+	}
+	if rc, err := publish("burst", 6); err != nil || rc.Held {
+		t.Errorf("burst's event after the flush = %+v %v, want stored", rc, err)
 	}
 }

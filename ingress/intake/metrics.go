@@ -28,14 +28,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		dropped: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "wxgate_intake_dropped_total",
-			Help: "What the intake could not keep, by kind (event, unanswered) and reason: full (past the buffer; an event is answered 503, so WeChat retries it), shutdown (still held at exit), refused (JetStream will not take it as it is: answered, not stored).",
+			Help: "What the intake could not keep, by kind (event, unanswered) and reason: full (past the buffer; an event is answered 503, so WeChat retries it), share (its account holds half the buffer, while there are other accounts: answered 503 too), shutdown (still held at exit), refused (JetStream will not take it as it is: answered, not stored).",
 		}, []string{"kind", "reason"}),
 		sceneRejected: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "wxgate_scene_rejected_total",
 			Help: "Scans answered but not counted, because their scene is empty, longer than 64 characters or not UTF-8, by reason.",
 		}, []string{"reason"}),
 	}
-	for _, k := range [][2]string{{"event", "full"}, {"event", "shutdown"}, {"event", "refused"}, {"unanswered", "full"}, {"unanswered", "shutdown"}, {"unanswered", "refused"}} {
+	for _, k := range [][2]string{{"event", "full"}, {"event", "share"}, {"event", "shutdown"}, {"event", "refused"}, {"unanswered", "full"}, {"unanswered", "shutdown"}, {"unanswered", "refused"}} {
 		m.dropped.WithLabelValues(k[0], k[1])
 	}
 	for _, r := range wechat.SceneReasons {

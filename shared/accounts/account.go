@@ -19,7 +19,7 @@ import (
 
 // DefaultID is the account the WECHAT_* variables define; /wechat is
 // /wechat/default.
-const DefaultID = "default"
+const DefaultID = wechat.DefaultAccount
 
 // The callback modes: the WeChat console's 明文, 兼容 and 安全 message
 // encryption modes.
@@ -56,6 +56,10 @@ var (
 // Only such an id reaches a subject, a KV key or a metric label.
 func ValidID(id string) bool { return idRE.MatchString(id) }
 
+// Unknown is the account label of what came for no account (an unknown
+// id, a path trick): no account may take it.
+const Unknown = "unknown"
+
 func fieldErr(field, format string, args ...any) error {
 	return &admin.FieldError{Field: field, Msg: fmt.Sprintf(format, args...)}
 }
@@ -80,6 +84,8 @@ func (a *Account) Validate() error {
 	switch {
 	case !ValidID(a.ID):
 		return fieldErr("id", "want 1 to 32 of a-z, 0-9, '_' and '-', starting with a letter or digit")
+	case a.ID == Unknown:
+		return fieldErr("id", "%q is taken: the metrics count requests for no account under it", Unknown)
 	case utf8.RuneCountInString(a.Name) > 64 || !utf8.ValidString(a.Name):
 		return fieldErr("name", "at most 64 characters of UTF-8")
 	case len(a.AppID) > 64 || !printable(a.AppID):

@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -46,6 +47,7 @@ func TestValidate(t *testing.T) {
 		"previous_encoding_aes_key": func(a *accounts.Account) { a.PreviousEncodingAESKey = "short" },
 		"appid":                     func(a *accounts.Account) { a.AppID = "" },
 		"name":                      func(a *accounts.Account) { a.Name = strings.Repeat("名", 65) },
+		"id     ":                   func(a *accounts.Account) { a.ID = accounts.Unknown },
 	} {
 		a := good
 		change(&a)
@@ -221,4 +223,39 @@ func until(t *testing.T, cond func() bool) {
 		}
 		return nil
 	})
+}
+
+// Follow tells what is kept per account of every account there, then of
+// each that appears and each that goes, and Len counts them.
+func TestFollow(t *testing.T) {
+	e := newEnv(t, secretKey, 0)
+	events := make(chan string, 16)
+	stop := e.reg.Follow(func(id string) { events <- "+" + id }, func(id string) { events <- "-" + id })
+	t.Cleanup(stop)
+	next := func(want string) {
+		t.Helper()
+		select {
+		case got := <-events:
+			if got != want {
+				t.Fatalf("Follow told %q, want %q", got, want)
+			}
+		case <-time.After(wait.Short):
+			t.Fatalf("Follow told nothing, want %q", want)
+		}
+	}
+	next("+default")
+	if code, v := e.do("POST", "/api/accounts", shop); code != 201 {
+		t.Fatalf("POST = %d %v", code, v)
+	}
+	next("+shop")
+	if n := e.reg.Len(); n != 2 {
+		t.Errorf("Len = %d, want 2", n)
+	}
+	if code, _ := e.do("PATCH", "/api/accounts/shop", `{"name":"x"}`); code != 200 {
+		t.Fatal(code)
+	}
+	if code, _ := e.do("DELETE", "/api/accounts/shop", ""); code != 204 {
+		t.Fatal(code)
+	}
+	next("-shop") // the change in between told nothing
 }

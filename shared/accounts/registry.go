@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wxgate/wxgate/shared/bus"
 )
@@ -105,9 +106,19 @@ func (r *Registry) decode(id string, b []byte) (*entry, error) {
 // Stop ends the watch.
 func (r *Registry) Stop() { r.view.Stop() }
 
-// Check reports whether the registry is current: the bucket read and
-// watched.
-func (r *Registry) Check() error { return r.view.Check() }
+// Check reports whether the registry has read the bucket, for readiness:
+// until it has, it knows the default alone. Once read, a watch that fails
+// (JetStream away, the bucket lost) keeps the accounts as last read and
+// says so in the log, not here: an ingress that rides out JetStream's
+// absence (its intake holds the events) stays in its balancer's rotation.
+func (r *Registry) Check() error {
+	select {
+	case <-r.view.Ready():
+		return nil
+	default:
+		return r.view.Check()
+	}
+}
 
 // Generation changes whenever an account is added, changed or removed:
 // a cache keyed by it is current.
@@ -263,3 +274,77 @@ func (r *Registry) Delete(ctx context.Context, id string) error {
 	}
 	return nil
 }
+
+// Label is id as the value of a metric's account label: id when this
+// process serves such an account, Unknown otherwise (a request anyone on
+// the bus may send), so that the label stays bounded by MAX_ACCOUNTS.
+func (r *Registry) Label(id string) string {
+	if _, ok := r.Get(id); ok {
+		return id
+	}
+	return Unknown
+}
+
+// A Vec is a metric vector with an account label.
+type Vec interface {
+	DeletePartialMatch(prometheus.Labels) int
+}
+
+// Series keeps metric vectors in step with the accounts: add makes an
+// account's series when it appears, so that rate() sees no gap; when it
+// goes, every series of vecs with its id as the account label goes too.
+func (r *Registry) Series(add func(id string), vecs ...Vec) {
+	r.Follow(add, func(id string) {
+		for _, v := range vecs {
+			v.DeletePartialMatch(prometheus.Labels{"account": id})
+		}
+	})
+}
+
+// Len is how many accounts there are, the default and those this process
+// cannot serve included.
+func (r *Registry) Len() int { return len(r.view.Map()) + 1 }
+
+// Follow calls add with the id of every account this process serves now,
+// then of each that appears, and drop with the id of each that goes (or
+// that this process can no longer serve), on one goroutine of its own,
+// until the registry stops or stop is called: for what is kept per
+// account (a metric's series).
+func (r *Registry) Follow(add, drop func(id string)) (stop func()) {
+	quit := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		known := map[string]bool{}
+		for {
+			changed := r.view.Changed() // before reading: no change is missed
+			now := map[string]bool{}
+			for _, a := range r.Accounts() {
+				now[a.ID] = true
+				if !known[a.ID] {
+					add(a.ID)
+				}
+			}
+			for id := range known {
+				if !now[id] {
+					drop(id)
+				}
+			}
+			known = now
+			select {
+			case <-changed:
+			case <-quit:
+				return
+			case <-r.view.Done():
+				return
+			}
+		}
+	}()
+	return func() {
+		close(quit)
+		<-done
+	}
+}
+
+// Default is the account the WECHAT_* variables define.
+func (r *Registry) Default() *Account { return r.def }

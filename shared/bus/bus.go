@@ -32,6 +32,10 @@ const (
 const (
 	// HeaderAccount is the account (ToUserName) the message was sent to.
 	HeaderAccount = "Wx-Account"
+	// HeaderAccountID is the id of the account whose URL (/wechat/{id})
+	// the callback came to: an accounts.ValidID. Absent (an older
+	// ingress, a tool of one's own): the account default.
+	HeaderAccountID = "Wx-Account-Id"
 	// HeaderDedupKey is what WeChat's retries of the message share.
 	HeaderDedupKey = "Wx-Dedup-Key"
 	// HeaderReceived is when the ingress received the request (Unix nanoseconds).
@@ -52,6 +56,11 @@ const (
 // mark as answered (the replies store out of reach): the ingress falls back
 // as when the bus is down, and records the event for a late reply.
 const ErrorCodeNotMarked = "503"
+
+// ErrorCodeBusy is the micro error code of a request a worker did not take:
+// its account held its share of the worker. The ingress falls back
+// (worker_error) and records the event for a late reply.
+const ErrorCodeBusy = "429"
 
 // maxAccount bounds the account header: an account is "gh_" and 12 hex
 // digits, but ToUserName comes from the sender.

@@ -26,11 +26,13 @@ type View[T any] struct {
 	decode func(key string, value []byte) (T, error)
 	logger *slog.Logger
 
-	m     atomic.Pointer[map[string]T]
-	gen   atomic.Uint64
-	down  atomic.Pointer[error]
-	ready chan struct{}
-	once  sync.Once
+	m   atomic.Pointer[map[string]T]
+	gen atomic.Uint64
+	// changed is closed at the next change, and replaced.
+	changed atomic.Pointer[chan struct{}]
+	down    atomic.Pointer[error]
+	ready   chan struct{}
+	once    sync.Once
 
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -42,6 +44,8 @@ type View[T any] struct {
 func StartView[T any](b *Bucket, logger *slog.Logger, decode func(key string, value []byte) (T, error)) *View[T] {
 	v := &View[T]{b: b, decode: decode, logger: logger, ready: make(chan struct{}), done: make(chan struct{})}
 	v.m.Store(&map[string]T{})
+	changed := make(chan struct{})
+	v.changed.Store(&changed)
 	if b.nc == nil {
 		close(v.ready)
 		close(v.done)
@@ -69,6 +73,13 @@ func (v *View[T]) Map() map[string]T { return *v.m.Load() }
 // Generation changes whenever the map does: a cache keyed by it is
 // current.
 func (v *View[T]) Generation() uint64 { return v.gen.Load() }
+
+// Changed is closed at the next change of the map: read it before the
+// map, and no change is missed.
+func (v *View[T]) Changed() <-chan struct{} { return *v.changed.Load() }
+
+// Done is closed once the view has stopped.
+func (v *View[T]) Done() <-chan struct{} { return v.done }
 
 // Ready is closed once the bucket has been read whole.
 func (v *View[T]) Ready() <-chan struct{} { return v.ready }
@@ -172,6 +183,8 @@ func bucketCreated(ctx context.Context, kv jetstream.KeyValue) (time.Time, error
 func (v *View[T]) publish(m map[string]T) {
 	v.m.Store(&m)
 	v.gen.Add(1)
+	next := make(chan struct{})
+	close(*v.changed.Swap(&next))
 	v.down.Store(nil)
 	v.once.Do(func() { close(v.ready) })
 }

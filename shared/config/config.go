@@ -12,6 +12,7 @@ import (
 	"time"
 	_ "time/tzdata" // ANALYTICS_TIME_ZONE loads on any machine, a distroless image included
 
+	"github.com/wxgate/wxgate/shared/accounts"
 	"github.com/wxgate/wxgate/shared/events"
 	"github.com/wxgate/wxgate/shared/wechat"
 )
@@ -19,22 +20,25 @@ import (
 // Config is the configuration shared by the ingress and the workers; each
 // uses the part it needs.
 type Config struct {
-	Token          string        // WECHAT_TOKEN
-	AppID          string        // WECHAT_APPID
-	EncodingAESKey string        // WECHAT_ENCODING_AES_KEY; empty: plain mode only
-	Mode           wechat.Mode   // WECHAT_MODE as given; empty: the default, see EffectiveMode
-	TimestampSkew  time.Duration // WECHAT_TIMESTAMP_SKEW; 0 disables the check
-	NATSURL        string        // NATS_URL, comma-separated
-	ReplyTimeout   time.Duration // REPLY_TIMEOUT
-	HTTPAddr       string        // HTTP_ADDR
-	AdminAddr      string        // ADMIN_ADDR
-	DataDir        string        // DATA_DIR (standalone)
-	AdminToken     string        // ADMIN_TOKEN
-	MaxBodyBytes   int64         // MAX_BODY_BYTES
-	MaxConnections int           // MAX_CONNECTIONS: open connections on the WeChat listener; past it, 503
-	LogLevel       string        // LOG_LEVEL: debug, info, warn, error
-	LogFormat      string        // LOG_FORMAT: json or text
-	Replies        ReplyTexts
+	Token          string // WECHAT_TOKEN
+	AppID          string // WECHAT_APPID
+	EncodingAESKey string // WECHAT_ENCODING_AES_KEY; empty: plain mode only
+	// PreviousEncodingAESKey is WECHAT_ENCODING_AES_KEY_PREVIOUS: during a
+	// key change, tried when the current key does not decrypt.
+	PreviousEncodingAESKey string
+	Mode                   wechat.Mode   // WECHAT_MODE as given; empty: the default, see EffectiveMode
+	TimestampSkew          time.Duration // WECHAT_TIMESTAMP_SKEW; 0 disables the check
+	NATSURL                string        // NATS_URL, comma-separated
+	ReplyTimeout           time.Duration // REPLY_TIMEOUT
+	HTTPAddr               string        // HTTP_ADDR
+	AdminAddr              string        // ADMIN_ADDR
+	DataDir                string        // DATA_DIR (standalone)
+	AdminToken             string        // ADMIN_TOKEN
+	MaxBodyBytes           int64         // MAX_BODY_BYTES
+	MaxConnections         int           // MAX_CONNECTIONS: open connections on the WeChat listener; past it, 503
+	LogLevel               string        // LOG_LEVEL: debug, info, warn, error
+	LogFormat              string        // LOG_FORMAT: json or text
+	Replies                ReplyTexts
 
 	AnalyticsMaxScenes int // ANALYTICS_MAX_SCENES: scene label values in metrics, per account
 	// AnalyticsZone is the time zone whose days and hours the analytics
@@ -72,6 +76,14 @@ type Config struct {
 	ShutdownDelay time.Duration
 	// Pprof serves /debug/pprof/ on the admin listener: PPROF=true.
 	Pprof bool
+
+	// AccountsSecretKey is ACCOUNTS_SECRET_KEY (32 bytes, base64): it seals
+	// the secrets of the accounts kept in wxgate_accounts. A secret, never
+	// logged or echoed; empty: accounts can be listed, not made or changed.
+	AccountsSecretKey string
+	// MaxAccounts bounds the accounts, the default included (MAX_ACCOUNTS),
+	// and so every metric's account label.
+	MaxAccounts int
 
 	// AppSecret is WECHAT_APPSECRET: a secret, never logged or echoed. It
 	// enables WeChat's API (QR codes, late replies); empty, those are off.
@@ -201,6 +213,7 @@ func Defaults() Config {
 		EventsMaxAge:       events.DefaultMaxAge,
 		MessagesMaxAge:     events.DefaultMessagesMaxAge,
 		IntakeBuffer:       10_000,
+		MaxAccounts:        1000,
 		LateMessageWindow:  48 * time.Hour,
 		LateEventWindow:    time.Minute,
 		JetStreamReplicas:  1,
@@ -254,6 +267,13 @@ func (c *Config) FromEnv(lookup func(string) (string, bool)) error {
 	sent("WECHAT_TOKEN", &c.Token)
 	sent("WECHAT_APPID", &c.AppID)
 	str("WECHAT_ENCODING_AES_KEY", &c.EncodingAESKey)
+	str("WECHAT_ENCODING_AES_KEY_PREVIOUS", &c.PreviousEncodingAESKey)
+	if v, ok := lookup("ACCOUNTS_SECRET_KEY"); ok {
+		c.AccountsSecretKey = strings.TrimSpace(v)
+		if _, err := accounts.NewSealer(c.AccountsSecretKey); c.AccountsSecretKey != "" && err != nil {
+			errs = append(errs, err) // names the variable, never the value
+		}
+	}
 	if v, ok := lookup("WECHAT_MODE"); ok {
 		if m := wechat.Mode(strings.ToLower(strings.TrimSpace(v))); m == "" || m.Known() {
 			c.Mode = m
@@ -322,6 +342,7 @@ func (c *Config) FromEnv(lookup func(string) (string, bool)) error {
 		errs = append(errs, fmt.Errorf("MESSAGES_MAX_AGE=%s: must be at least %s, the duplicate window", shortDuration(r), shortDuration(events.Duplicates)))
 	}
 	num("INTAKE_BUFFER", 1, 10_000_000, &c.IntakeBuffer)
+	num("MAX_ACCOUNTS", 1, 100_000, &c.MaxAccounts)
 	dur("DEDUP_TTL", &c.DedupTTL)
 	if c.DedupTTL > 0 && c.DedupTTL < WeChatRetrySpan {
 		errs = append(errs, fmt.Errorf("DEDUP_TTL=%s: at least %s, the span of WeChat's retries (0 turns the replies store off)", shortDuration(c.DedupTTL), shortDuration(WeChatRetrySpan)))
@@ -431,6 +452,9 @@ func (c *Config) ValidateIngress() error {
 	case c.AppID == "":
 		errs = append(errs, fmt.Errorf("WECHAT_APPID is required in %s mode (WECHAT_ENCODING_AES_KEY is set)", mode))
 	}
+	if c.PreviousEncodingAESKey != "" && c.EncodingAESKey == "" {
+		errs = append(errs, errors.New("WECHAT_ENCODING_AES_KEY_PREVIOUS needs WECHAT_ENCODING_AES_KEY, the current key"))
+	}
 	if c.ReplyTimeout <= 0 {
 		errs = append(errs, errors.New("REPLY_TIMEOUT must be positive"))
 	} else if c.ReplyTimeout >= 5*time.Second {
@@ -460,6 +484,12 @@ func shortDuration(d time.Duration) string {
 		s = s[:len(s)-2]
 	}
 	return s
+}
+
+// DefaultAccount is the account the WECHAT_* variables define.
+func (c *Config) DefaultAccount() accounts.Account {
+	return accounts.Account{ID: accounts.DefaultID, AppID: c.AppID, Mode: string(c.Mode), Token: c.Token,
+		EncodingAESKey: c.EncodingAESKey, PreviousEncodingAESKey: c.PreviousEncodingAESKey, AppSecret: c.AppSecret}
 }
 
 // Streams are the event streams' settings.

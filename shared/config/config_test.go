@@ -51,6 +51,37 @@ func TestFromEnvErrors(t *testing.T) {
 	}
 }
 
+// ACCOUNTS_SECRET_KEY is 32 bytes of base64, refused otherwise without
+// echoing it; MAX_ACCOUNTS is a count from 1.
+func TestAccountsFromEnv(t *testing.T) {
+	const good = "q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJASM="
+	c := Defaults()
+	if err := c.FromEnv(env(map[string]string{"ACCOUNTS_SECRET_KEY": good, "MAX_ACCOUNTS": "20"})); err != nil || c.AccountsSecretKey != good || c.MaxAccounts != 20 {
+		t.Fatalf("FromEnv = %v: key set %v, MAX_ACCOUNTS %d", err, c.AccountsSecretKey == good, c.MaxAccounts)
+	}
+	if Defaults().MaxAccounts != 1000 {
+		t.Errorf("MAX_ACCOUNTS defaults to %d, want 1000", Defaults().MaxAccounts)
+	}
+	for _, bad := range []map[string]string{
+		{"ACCOUNTS_SECRET_KEY": "c2VjcmV0LXNob3J0"}, // 12 bytes
+		{"ACCOUNTS_SECRET_KEY": "not base64 at all!!"},
+		{"MAX_ACCOUNTS": "0"},
+	} {
+		c := Defaults()
+		err := c.FromEnv(env(bad))
+		for k, v := range bad {
+			if err == nil || !strings.Contains(err.Error(), k) || (k == "ACCOUNTS_SECRET_KEY" && strings.Contains(err.Error(), v)) {
+				t.Errorf("%s=%q: error %v, want one naming the variable (and not a secret's value)", k, v, err)
+			}
+		}
+	}
+	c = Defaults()
+	c.Token, c.AppID, c.EncodingAESKey, c.PreviousEncodingAESKey, c.AppSecret = "tok", "wx1", "cur", "prev", "sec"
+	if a := c.DefaultAccount(); a.ID != "default" || a.Token != "tok" || a.PreviousEncodingAESKey != "prev" || a.AppSecret != "sec" || a.EffectiveMode() != "safe" {
+		t.Errorf("DefaultAccount = %+v", a)
+	}
+}
+
 func TestValidateIngress(t *testing.T) {
 	tests := []struct {
 		name string
@@ -69,6 +100,8 @@ func TestValidateIngress(t *testing.T) {
 		{"compat", func(c *Config) { c.Mode, c.EncodingAESKey, c.AppID = wechat.ModeCompat, "k", "wx" }, ""},
 		{"unknown mode", func(c *Config) { c.Mode = "strict" }, "WECHAT_MODE"},
 		{"timeout past wechat deadline", func(c *Config) { c.ReplyTimeout = 5 * time.Second }, "REPLY_TIMEOUT"},
+		{"previous key without a current one", func(c *Config) { c.PreviousEncodingAESKey = "k" }, "WECHAT_ENCODING_AES_KEY_PREVIOUS"},
+		{"previous key beside the current", func(c *Config) { c.EncodingAESKey, c.PreviousEncodingAESKey, c.AppID = "k", "p", "wx" }, ""},
 	}
 	for _, tt := range tests {
 		c := Defaults()

@@ -2,11 +2,13 @@
 // once by the ingress before WeChat is answered, for the analytics, for
 // late replies and for any other consumer that attaches to it.
 //
-// Each event is the raw decrypted message XML, on wxgate.events.<request
-// subject> (wxgate.events.msg.text, wxgate.events.event.scan, ...), with
-// Nats-Msg-Id set to the message's dedup key: WeChat's retries of one
-// message, at any ingress replica, are stored once, and the PubAck says
-// which delivery was a retry. The subjects are apart from msg.> and event.>:
+// Each event is the raw decrypted message XML, on
+// wxgate.events.<account>.<request subject> (wxgate.events.default.msg.text,
+// wxgate.events.shop.event.scan, ...), so that a consumer can take one
+// account, with Nats-Msg-Id set to the message's dedup key: WeChat's
+// retries of one message, at any ingress replica, are stored once, and the
+// PubAck says which delivery was a retry. What a version before accounts
+// stored, on wxgate.events.<request subject>, is the default account's. The subjects are apart from msg.> and event.>:
 // a stream that captured the request subjects would answer requests with
 // its own PubAck.
 //
@@ -27,6 +29,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/wxgate/wxgate/shared/accounts"
 	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/wechat"
 )
@@ -47,7 +50,7 @@ const (
 )
 
 // Headers on a stored event, besides Nats-Msg-Id (the dedup key) and the
-// request's bus.HeaderAccount and bus.HeaderReceived.
+// request's bus.HeaderAccountID, bus.HeaderAccount and bus.HeaderReceived.
 const (
 	// HeaderReason, on an unanswered copy, is why no reply was given (the
 	// fallback reason), and HeaderEventSeq the event's sequence in Stream
@@ -109,21 +112,57 @@ func Received(h nats.Header, m *wechat.Message) time.Time {
 	return time.Unix(m.CreateTime, 0)
 }
 
-// Subject is where an event with request subject subject is stored.
-func Subject(requestSubject string) string { return SubjectPrefix + requestSubject }
-
-// SceneSubjects are the subjects of the events the scene analytics read.
-var SceneSubjects = []string{
-	Subject(wechat.SubjectFor(wechat.MsgEvent, wechat.EventSubscribe)),
-	Subject(wechat.SubjectFor(wechat.MsgEvent, wechat.EventScan)),
-	Subject(wechat.SubjectFor(wechat.MsgEvent, wechat.EventUnsubscribe)),
+// Subject is where an event of account with request subject
+// requestSubject is stored.
+func Subject(account, requestSubject string) string {
+	return SubjectPrefix + account + "." + requestSubject
 }
+
+// UnansweredSubject is where the copy of such an event goes when it was
+// answered without its reply.
+func UnansweredSubject(account, requestSubject string) string {
+	return UnansweredPrefix + account + "." + requestSubject
+}
+
+// AccountOf is the account of an event stored on subject, under prefix
+// (SubjectPrefix or UnansweredPrefix): <prefix><account>.<request
+// subject>; what an older version stored, <prefix><request subject>, is
+// the default account's. ok is false when the token is no account id.
+func AccountOf(prefix, subject string) (account string, ok bool) {
+	rest, found := strings.CutPrefix(subject, prefix)
+	if !found {
+		return "", false
+	}
+	if strings.Count(rest, ".") == 1 { // msg.<type>, event.<type>
+		return accounts.DefaultID, true
+	}
+	id, _, _ := strings.Cut(rest, ".")
+	return id, accounts.ValidID(id)
+}
+
+// sceneEvents are the request subjects of the events the scene analytics
+// read.
+var sceneEvents = []string{
+	wechat.SubjectFor(wechat.MsgEvent, wechat.EventSubscribe),
+	wechat.SubjectFor(wechat.MsgEvent, wechat.EventScan),
+	wechat.SubjectFor(wechat.MsgEvent, wechat.EventUnsubscribe),
+}
+
+// SceneSubjects are the subjects of the scene events of every account, and
+// of those a version before accounts stored (the default's).
+var SceneSubjects = func() []string {
+	var out []string
+	for _, s := range sceneEvents {
+		out = append(out, Subject("*", s), SubjectPrefix+s)
+	}
+	return out
+}()
 
 // IsSceneEvent reports whether a request subject is one the analytics keep
 // for MaxAge; the rest are kept MessagesMaxAge.
 func IsSceneEvent(requestSubject string) bool {
-	for _, s := range SceneSubjects {
-		if strings.TrimPrefix(s, SubjectPrefix) == requestSubject {
+	for _, s := range sceneEvents {
+		if s == requestSubject {
 			return true
 		}
 	}

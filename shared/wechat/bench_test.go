@@ -52,7 +52,7 @@ func BenchmarkClassify(b *testing.B) {
 				if !Classify(data, &m) {
 					b.Fatal("not classified")
 				}
-				_, _ = m.Subject(), m.DedupKey(m.AppendXML(nil))
+				_, _ = m.Subject(), m.DedupKey(DefaultAccount, m.AppendXML(nil))
 			}
 		})
 		b.Run(name+"/parse", func(b *testing.B) {
@@ -62,7 +62,7 @@ func BenchmarkClassify(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				_, _ = m.Subject(), m.DedupKey(m.AppendXML(nil))
+				_, _ = m.Subject(), m.DedupKey(DefaultAccount, m.AppendXML(nil))
 			}
 		})
 	}

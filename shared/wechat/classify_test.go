@@ -40,7 +40,7 @@ func TestClassifySamples(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if header(full) != header(&m) || m.Subject() != full.Subject() || m.DedupKey(data) != full.DedupKey(data) {
+		if header(full) != header(&m) || m.Subject() != full.Subject() || m.DedupKey(DefaultAccount, data) != full.DedupKey(DefaultAccount, data) {
 			t.Errorf("%s: Classify = %+v\nParse    = %+v", f, m, header(full))
 		}
 	}

@@ -38,8 +38,10 @@ func FuzzParse(f *testing.F) {
 		if s := m.Subject(); !subjectRE.MatchString(s) {
 			t.Fatalf("subject %q escapes msg.*/event.*", s)
 		}
-		if k := m.DedupKey(data); !dedupKeyRE.MatchString(k) {
-			t.Fatalf("dedup key %q is not a safe key", k)
+		for _, account := range []string{DefaultAccount, "shop-2"} {
+			if k := m.DedupKey(account, data); !dedupKeyRE.MatchString(k) {
+				t.Fatalf("dedup key %q is not a safe key", k)
+			}
 		}
 		if scene, kind, ok := m.SceneScan(); ok && (scene == "" || (kind != KindScan && kind != KindSubscribe)) {
 			t.Fatalf("SceneScan = %q, %q", scene, kind)

@@ -67,7 +67,7 @@ func TestParseSamples(t *testing.T) {
 			if scene != tt.scene || kind != tt.kind || ok != (tt.scene != "") {
 				t.Errorf("SceneScan = %q, %q, %v; want %q, %q", scene, kind, ok, tt.scene, tt.kind)
 			}
-			if got := m.DedupKey(readSample(t, tt.file)); !strings.HasPrefix(got, tt.dedupPrefix) {
+			if got := m.DedupKey(DefaultAccount, readSample(t, tt.file)); !strings.HasPrefix(got, tt.dedupPrefix) {
 				t.Errorf("DedupKey = %q, want prefix %q", got, tt.dedupPrefix)
 			}
 			if tt.check != nil && !tt.check(m) {

@@ -75,9 +75,14 @@ func equalFoldASCII(a, b string) bool {
 	return true
 }
 
-// DedupKey returns what WeChat's retries of this message share, and nothing
-// else does; body is the plaintext XML the message was read from. A retry is
-// the identical body again, so:
+// DefaultAccount is the id of the account the WECHAT_* variables define
+// (accounts.DefaultID).
+const DefaultAccount = "default"
+
+// DedupKey returns what WeChat's retries of this message, sent to the
+// account with id account, share, and nothing else does; body is the
+// plaintext XML the message was read from. A retry is the identical body
+// again, to the same account, so:
 //   - a message with a MsgId is "msg.<MsgId>.<digest>", the digest binding the
 //     MsgId to the account and the sender: a MsgId alone is chosen by whoever
 //     signs the request, and must not hand one person's stored reply to
@@ -90,19 +95,28 @@ func equalFoldASCII(a, b string) bool {
 //     differ in any field are two events. WeChat's own advice,
 //     FromUserName+CreateTime, would merge them.
 //
+// The account id is in every digest but the default account's, whose keys
+// are those of the versions before accounts: a retry that spans an upgrade
+// is still known as one. Two accounts that get the same body (the same
+// OpenIDs, the same ToUserName) get two keys.
+//
 // The key uses only [a-z0-9.] and is at most 53 bytes, whatever the sender
 // sent, so it is valid as a Nats-Msg-Id header and as a JetStream KV key, and
 // it carries no OpenID in the clear.
-func (m *Message) DedupKey(body []byte) string {
+func (m *Message) DedupKey(account string, body []byte) string {
 	var key [64]byte
 	out := key[:0]
+	// Hashed from a buffer on the stack; the key is built in one
+	// allocation: every callback computes it.
+	var buf [512]byte
+	in := buf[:0]
+	if account != DefaultAccount {
+		in = append(append(in, account...), 0)
+	}
 	if isDigits(m.MsgID) {
-		// Hashed from a buffer on the stack; the key is built in one
-		// allocation: every callback computes it.
-		var buf [512]byte
 		// Each field ends in a NUL, as the key of every earlier version
 		// did: a message retry keeps its key across an upgrade.
-		in := append(append(append(append(buf[:0], m.ToUserName...), 0), m.FromUserName...), 0)
+		in = append(append(append(append(in, m.ToUserName...), 0), m.FromUserName...), 0)
 		prefix := "msg."
 		if m.IsEvent() {
 			prefix = "evm."
@@ -112,7 +126,15 @@ func (m *Message) DedupKey(body []byte) string {
 		out = append(append(append(out, prefix...), m.MsgID...), '.')
 		return string(hex.AppendEncode(out, sum[:8]))
 	}
-	sum := sha256.Sum256(body)
+	var sum [sha256.Size]byte
+	if len(in) == 0 {
+		sum = sha256.Sum256(body)
+	} else {
+		h := sha256.New()
+		h.Write(in)
+		h.Write(body)
+		h.Sum(sum[:0])
+	}
 	return string(hex.AppendEncode(append(out, "evt."...), sum[:16]))
 }
 

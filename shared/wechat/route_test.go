@@ -37,7 +37,7 @@ func TestSubjectFor(t *testing.T) {
 var dedupKeyRE = regexp.MustCompile(`^((msg|evm)\.[0-9]{1,20}\.[0-9a-f]{16}|evt\.[0-9a-f]{32})$`)
 
 func TestDedupKey(t *testing.T) {
-	key := func(m *Message) string { return m.DedupKey(m.AppendXML(nil)) }
+	key := func(m *Message) string { return m.DedupKey(DefaultAccount, m.AppendXML(nil)) }
 	ev := func(from string, ct int64, event, key string) *Message {
 		return &Message{MsgType: "event", FromUserName: from, CreateTime: ct, Event: event, EventKey: key}
 	}
@@ -97,6 +97,34 @@ func TestDedupKey(t *testing.T) {
 	}
 }
 
+// Two accounts that get the same body (the same OpenIDs, even the same
+// ToUserName) get two keys, of every kind: their retries, reply-once
+// records and late replies stay apart. The default account's keys are
+// the ones of the versions before accounts (TestDedupKey).
+func TestDedupKeyPerAccount(t *testing.T) {
+	for _, m := range []*Message{
+		{MsgType: "text", ToUserName: "gh_a", FromUserName: "o1", MsgID: "1234"},
+		{MsgType: "event", ToUserName: "gh_a", FromUserName: "o1", Event: "TEMPLATESENDJOBFINISH", MsgID: "1234"},
+		{MsgType: "event", ToUserName: "gh_a", FromUserName: "o1", CreateTime: 100, Event: "SCAN", EventKey: "poster"},
+	} {
+		body := m.AppendXML(nil)
+		seen := map[string]string{}
+		for _, account := range []string{DefaultAccount, "shop", "shop-2", "defaul", "t"} {
+			k := m.DedupKey(account, body)
+			if !dedupKeyRE.MatchString(k) {
+				t.Errorf("%s: key %q is not a safe key", account, k)
+			}
+			if other, dup := seen[k]; dup {
+				t.Errorf("%s: accounts %s and %s share the key %q", m.Subject(), other, account, k)
+			}
+			seen[k] = account
+			if again := m.DedupKey(account, append([]byte(nil), body...)); again != k {
+				t.Errorf("%s: the same body again got another key", account)
+			}
+		}
+	}
+}
+
 // TestSameSecondEventsAreTwo: events that share account, sender,
 // CreateTime, Event and EventKey but differ elsewhere (job reports with
 // another MsgID, cards taken or used, LOCATION reports, subscription
@@ -112,11 +140,11 @@ func TestSameSecondEventsAreTwo(t *testing.T) {
 					t.Fatal(err)
 				}
 				var fast Message
-				if Classify(body, &fast) && fast.DedupKey(body) != m.DedupKey(body) {
+				if Classify(body, &fast) && fast.DedupKey(DefaultAccount, body) != m.DedupKey(DefaultAccount, body) {
 					t.Errorf("%s: Classify and Parse give different keys", side)
 				}
-				keys[i] = m.DedupKey(body)
-				if again := m.DedupKey(append([]byte(nil), body...)); again != keys[i] {
+				keys[i] = m.DedupKey(DefaultAccount, body)
+				if again := m.DedupKey(DefaultAccount, append([]byte(nil), body...)); again != keys[i] {
 					t.Errorf("%s: the same body again (a retry) got another key", side)
 				}
 			}

@@ -29,6 +29,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 
+	"github.com/wxgate/wxgate/shared/accounts"
 	"github.com/wxgate/wxgate/shared/events"
 	"github.com/wxgate/wxgate/shared/wechat"
 	"github.com/wxgate/wxgate/shared/wechatapi"
@@ -56,13 +57,19 @@ type Sender interface {
 // Registerer are required.
 type Options struct {
 	Conn *nats.Conn
-	API  Sender
+	// API is the customer-service sender of an account (wechatapi.Clients'
+	// For): each account's late replies go through its own AppID.
+	API func(account string) (Sender, error)
+	// Accounts bound the account label of wxgate_late_replies_total, and
+	// say whether other accounts share the senders; nil: the default alone.
+	Accounts *accounts.Registry
 	// Store holds what became of each reply: the late sender finds the
 	// reply there and marks its send there.
 	Store *dedup.Store
-	// Reply runs the handler for m (the store runs it once across
-	// replicas, when no reply exists); empty means nothing to say.
-	Reply func(ctx context.Context, m *wechat.Message) ([]byte, error)
+	// Reply runs the handler for m, read from raw and sent to account (the
+	// store runs it once across replicas, when no reply exists); empty
+	// means nothing to say.
+	Reply func(ctx context.Context, account string, m *wechat.Message, raw []byte) ([]byte, error)
 	// MessageWindow and EventWindow are how long after a person's message,
 	// and after their subscribe, SCAN or menu click, WeChat takes a
 	// customer-service message to them. Defaults 48h and 60s.
@@ -88,8 +95,8 @@ type Options struct {
 	Backlog time.Duration
 	// ID names this process in the marks.
 	ID string
-	// Outcomes counts late replies (NewOutcomes); nil makes one on
-	// Registerer.
+	// Outcomes counts late replies (NewOutcomes, with Accounts); nil makes
+	// one on Registerer.
 	Outcomes   *prometheus.CounterVec
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
@@ -124,6 +131,10 @@ func (o *Options) validate() error {
 	return nil
 }
 
+// senders is how many late replies are worked on at once: sends wait on
+// WeChat.
+const senders = 8
+
 // Service sends late replies.
 type Service struct {
 	o        Options
@@ -135,6 +146,7 @@ type Service struct {
 	down error
 	work chan jetstream.Msg
 	wg   sync.WaitGroup
+	busy map[string]int // late replies worked on, by account
 
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -151,14 +163,19 @@ func Start(o Options) (*Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("late: %w", err)
 	}
+	if o.Accounts == nil {
+		if o.Accounts, err = accounts.Start(accounts.Options{Logger: o.Logger}); err != nil {
+			return nil, err
+		}
+	}
 	if o.Outcomes == nil {
-		o.Outcomes = NewOutcomes(o.Registerer)
+		o.Outcomes = NewOutcomes(o.Registerer, o.Accounts)
 	}
 	s := &Service{o: o, js: js, down: errors.New("not started yet"), work: make(chan jetstream.Msg, 64), done: make(chan struct{}),
-		outcomes: o.Outcomes}
+		outcomes: o.Outcomes, busy: map[string]int{}}
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
-	for i := 0; i < 8; i++ { // sends wait on WeChat: a few at once
+	for i := 0; i < senders; i++ {
 		s.wg.Add(1)
 		go s.worker(ctx)
 	}
@@ -166,17 +183,20 @@ func Start(o Options) (*Service, error) {
 	return s, nil
 }
 
-// NewOutcomes registers wxgate_late_replies_total, every outcome at zero:
-// a worker registers it whether late replies are on or not, so that the
-// dashboard's series exist either way.
-func NewOutcomes(reg prometheus.Registerer) *prometheus.CounterVec {
+// NewOutcomes registers wxgate_late_replies_total, every account's
+// outcomes at zero from when it appears: a worker registers it whether
+// late replies are on or not, so that the dashboard's series exist either
+// way.
+func NewOutcomes(reg prometheus.Registerer, accts *accounts.Registry) *prometheus.CounterVec {
 	v := promauto.With(reg).NewCounterVec(prometheus.CounterOpts{
 		Name: "wxgate_late_replies_total",
-		Help: "Replies WeChat was answered without, sent later through the customer-service API, by outcome: sent, expired (the person's window closed), failed (WeChat refused), unsupported (no customer-service form).",
-	}, []string{"outcome"})
-	for _, out := range []string{Sent, Expired, Failed, Unsupported} {
-		v.WithLabelValues(out)
-	}
+		Help: "Replies WeChat was answered without, sent later through the customer-service API, by account and outcome: sent, expired (the person's window closed), failed (WeChat refused), unsupported (no customer-service form).",
+	}, []string{"account", "outcome"})
+	accts.Series(func(id string) {
+		for _, out := range []string{Sent, Expired, Failed, Unsupported} {
+			v.WithLabelValues(id, out)
+		}
+	}, v)
 	return v
 }
 
@@ -286,7 +306,10 @@ func (s *Service) Check() error {
 	return nil
 }
 
-// worker handles unanswered events until ctx ends.
+// worker handles unanswered events until ctx ends. An account that holds
+// its share of the senders already (half of them, while there are other
+// accounts) has its event back a second later: one whose WeChat hangs, or
+// whose handler is slow, leaves the others' late replies room.
 func (s *Service) worker(ctx context.Context) {
 	defer s.wg.Done()
 	for {
@@ -294,8 +317,36 @@ func (s *Service) worker(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case m := <-s.work:
+			account, _ := events.AccountOf(events.UnansweredPrefix, m.Subject())
+			if !s.take(account) {
+				_ = m.NakWithDelay(time.Second)
+				continue
+			}
 			s.handle(ctx, m)
+			s.put(account)
 		}
+	}
+}
+
+func (s *Service) take(account string) bool {
+	share := senders
+	if s.o.Accounts.Len() > 1 {
+		share /= 2
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.busy[account] >= share {
+		return false
+	}
+	s.busy[account]++
+	return true
+}
+
+func (s *Service) put(account string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.busy[account]--; s.busy[account] <= 0 {
+		delete(s.busy, account)
 	}
 }
 
@@ -315,8 +366,9 @@ func (s *Service) window(m *wechat.Message) (time.Duration, bool) {
 
 func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 	m, err := wechat.Parse(msg.Data())
-	if err != nil {
-		s.o.Logger.Error("late replies: an unanswered event that is not a message; dropped", "subject", msg.Subject(), "err", err)
+	account, ok := events.AccountOf(events.UnansweredPrefix, msg.Subject())
+	if err != nil || !ok {
+		s.o.Logger.Error("late replies: an unanswered event that is not a message of an account; dropped", "subject", msg.Subject(), "err", err)
 		_ = msg.Term()
 		return
 	}
@@ -330,7 +382,8 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	deadline := received.Add(window)
-	key := m.DedupKey(msg.Data())
+	key := m.DedupKey(account, msg.Data())
+	ev := event{account, key}
 	if early := received.Add(s.o.Settle).Sub(s.o.Now()); early > 0 {
 		_ = msg.NakWithDelay(early)
 		return
@@ -341,7 +394,7 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 	var run dedup.Handler
 	until := s.o.Now().Add(5 * time.Second) // past the window: time to read the key
 	if s.o.Now().Before(deadline) {
-		run = func(hctx context.Context) ([]byte, error) { return s.o.Reply(hctx, m) }
+		run = func(hctx context.Context) ([]byte, error) { return s.o.Reply(hctx, account, m, msg.Data()) }
 		until = deadline
 	}
 	rctx, cancel := context.WithDeadline(context.Background(), until)
@@ -360,12 +413,12 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.NakWithDelay(time.Second)
 		return
 	case err != nil && rctx.Err() != nil:
-		s.settle(msg, nil, key, Expired, nil)
+		s.settle(msg, nil, ev, Expired, nil)
 		return
 	case err != nil:
 		attempt := deliveries(msg)
 		if attempt >= maxHandlerAttempts {
-			s.settle(msg, nil, key, Failed, fmt.Errorf("the handler failed %d times: %w", attempt, err))
+			s.settle(msg, nil, ev, Failed, fmt.Errorf("the handler failed %d times: %w", attempt, err))
 			return
 		}
 		s.o.Logger.Warn("late reply: the handler failed; will retry", "dedup_key", key, "attempt", attempt, "err", err)
@@ -374,10 +427,10 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 	case run == nil && t.Tried:
 		// Tried inside the window and refused for reasons that pass
 		// (WeChat busy, out of reach): a failure, for the alert.
-		s.settle(msg, t, key, Failed, errors.New("WeChat busy or out of reach until the window closed"))
+		s.settle(msg, t, ev, Failed, errors.New("WeChat busy or out of reach until the window closed"))
 		return
 	case run == nil:
-		s.settle(msg, t, key, Expired, nil)
+		s.settle(msg, t, ev, Expired, nil)
 		return
 	case len(t.Body) == 0:
 		_ = msg.Ack() // nothing to say
@@ -385,10 +438,10 @@ func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 	cm, ok := customMessage(m.FromUserName, t.Body)
 	if !ok {
-		s.settle(msg, t, key, Unsupported, nil)
+		s.settle(msg, t, ev, Unsupported, nil)
 		return
 	}
-	s.send(ctx, msg, t, key, cm, deadline)
+	s.send(ctx, msg, t, ev, cm, deadline)
 }
 
 // maxHandlerAttempts bounds the runs of a handler that fails: after it, the
@@ -438,7 +491,12 @@ func (s *Service) inProgress(msg jetstream.Msg) (stop func()) {
 // turns the mark to "retry" and the event comes back after a back-off; a
 // failure that leaves unknown whether WeChat has it (a timeout, a
 // connection lost while waiting for the answer) is not tried again.
-func (s *Service) send(ctx context.Context, msg jetstream.Msg, t *dedup.Ticket, key string, cm wechatapi.CustomMessage, deadline time.Time) {
+func (s *Service) send(ctx context.Context, msg jetstream.Msg, t *dedup.Ticket, ev event, cm wechatapi.CustomMessage, deadline time.Time) {
+	api, err := s.o.API(ev.account)
+	if err != nil { // no AppSecret, or the account went: nothing can send it
+		s.settle(msg, t, ev, Failed, err)
+		return
+	}
 	if err := t.Mark(ctx, dedup.MarkSending, []byte(s.o.ID)); err != nil {
 		if errors.Is(err, dedup.ErrSettled) {
 			_ = msg.Ack() // another worker, or a retry, got there first
@@ -450,7 +508,7 @@ func (s *Service) send(ctx context.Context, msg jetstream.Msg, t *dedup.Ticket, 
 	// Not cut by a stop: once asked, WeChat's answer decides the mark.
 	sctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
-	sendErr := s.o.API.CustomSend(sctx, cm)
+	sendErr := api.CustomSend(sctx, cm)
 	outcome, again := classify(sendErr)
 	mark, payload := dedup.MarkDone, t.Body
 	switch {
@@ -466,15 +524,15 @@ func (s *Service) send(ctx context.Context, msg jetstream.Msg, t *dedup.Ticket, 
 	uctx, ucancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer ucancel()
 	if err := t.Mark(uctx, mark, payload); err != nil {
-		s.o.Logger.Warn("late reply: mark not updated", "dedup_key", key, "err", err)
+		s.o.Logger.Warn("late reply: mark not updated", "dedup_key", ev.key, "err", err)
 	}
 	if mark == dedup.MarkRetry {
 		attempt := deliveries(msg)
-		s.o.Logger.Info("late reply not sent yet; will try again", "dedup_key", key, "attempt", attempt, "err", sendErr)
+		s.o.Logger.Info("late reply not sent yet; will try again", "account", ev.account, "dedup_key", ev.key, "attempt", attempt, "err", sendErr)
 		_ = msg.NakWithDelay(s.backoff(attempt))
 		return
 	}
-	s.count(outcome, key, sendErr)
+	s.count(ev, outcome, sendErr)
 	_ = msg.Ack()
 }
 
@@ -504,28 +562,33 @@ func isAnswer(err error) bool {
 	return errors.As(err, &apiErr)
 }
 
+// event is the unanswered event a late reply is for: its account and its
+// message's dedup key.
+type event struct{ account, key string }
+
 // settle records a late reply that will not be sent (marked done, with its
 // reply for a retry that may still answer with it, when there is a ticket),
 // counts it, and acks.
-func (s *Service) settle(msg jetstream.Msg, t *dedup.Ticket, key, outcome string, cause error) {
+func (s *Service) settle(msg jetstream.Msg, t *dedup.Ticket, ev event, outcome string, cause error) {
 	if t != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		_ = t.Mark(ctx, dedup.MarkDone, t.Body)
 		cancel()
 	}
-	s.count(outcome, key, cause)
+	s.count(ev, outcome, cause)
 	_ = msg.Ack()
 }
 
-func (s *Service) count(outcome, key string, cause error) {
-	s.outcomes.WithLabelValues(outcome).Inc()
+func (s *Service) count(ev event, outcome string, cause error) {
+	account := s.o.Accounts.Label(ev.account)
+	s.outcomes.WithLabelValues(account, outcome).Inc()
 	switch outcome {
 	case Sent:
-		s.o.Logger.Info("late reply sent", "dedup_key", key)
+		s.o.Logger.Info("late reply sent", "account", account, "dedup_key", ev.key)
 	case Expired:
-		s.o.Logger.Info("late reply expired: the person's window closed", "dedup_key", key, "err", cause)
+		s.o.Logger.Info("late reply expired: the person's window closed", "account", account, "dedup_key", ev.key, "err", cause)
 	default:
-		s.o.Logger.Warn("late reply not sent", "outcome", outcome, "dedup_key", key, "err", cause)
+		s.o.Logger.Warn("late reply not sent", "account", account, "outcome", outcome, "dedup_key", ev.key, "err", cause)
 	}
 }
 

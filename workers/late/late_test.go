@@ -2,6 +2,7 @@ package late
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -38,6 +39,8 @@ type fixture struct {
 	url      string
 	runs     atomic.Int32 // replies produced
 	replicas atomic.Int32
+	// accounts, when set, are served instead of the default alone.
+	accounts *accounts.Registry
 }
 
 func newFixture(t *testing.T, o wechatapitest.Options) *fixture {
@@ -95,11 +98,18 @@ func (f *fixture) startWith(mod func(*Options)) replica {
 		f.t.Fatal(err)
 	}
 	f.t.Cleanup(store.Close)
-	client, err := lateClient(f.url, nc, reg)
+	accts := f.accounts
+	if accts == nil {
+		if accts, err = accounts.Start(accounts.Options{Default: accounts.Account{AppID: "wx_late", AppSecret: "late-secret"}, Logger: quiet}); err != nil {
+			f.t.Fatal(err)
+		}
+	}
+	clients, err := wechatapi.NewClients(wechatapi.Options{Base: f.url, Accounts: accts, Conn: nc, Logger: quiet, Registerer: reg})
 	if err != nil {
 		f.t.Fatal(err)
 	}
-	o := Options{Conn: nc, API: client, Store: store, Logger: quiet, Registerer: reg, ID: id, RetryBase: 20 * time.Millisecond, Reply: f.reply}
+	api := func(id string) (Sender, error) { return clients.For(id) }
+	o := Options{Conn: nc, API: api, Accounts: accts, Store: store, Logger: quiet, Registerer: reg, ID: id, RetryBase: 20 * time.Millisecond, Reply: f.reply}
 	if mod != nil {
 		mod(&o)
 	}
@@ -112,7 +122,7 @@ func (f *fixture) startWith(mod func(*Options)) replica {
 	return replica{s, store, reg}
 }
 
-func (f *fixture) reply(_ context.Context, m *wechat.Message) ([]byte, error) {
+func (f *fixture) reply(_ context.Context, _ string, m *wechat.Message, _ []byte) ([]byte, error) {
 	f.runs.Add(1)
 	text := "re: " + m.Content
 	if m.IsEvent() {
@@ -135,7 +145,7 @@ func (f *fixture) state(m *wechat.Message) string {
 	return string(e.Value())
 }
 
-func key(m *wechat.Message) string { return m.DedupKey(m.AppendXML(nil)) }
+func key(m *wechat.Message) string { return m.DedupKey("default", m.AppendXML(nil)) }
 
 // settled waits until the late-reply consumer has nothing pending and
 // nothing unacknowledged: every event is done with, none will come back.
@@ -288,7 +298,7 @@ func TestPassiveAndLateNeverBoth(t *testing.T) {
 	f := newFixture(t, wechatapitest.Options{})
 	r := f.start()
 	first := text("o_p", "passive", 1)
-	body, _, err := r.store.Retry(context.Background(), key(first), func(ctx context.Context) ([]byte, error) { return f.reply(ctx, first) })
+	body, _, err := r.store.Retry(context.Background(), key(first), func(ctx context.Context) ([]byte, error) { return f.reply(ctx, accounts.DefaultID, first, nil) })
 	if err != nil || len(body) == 0 {
 		t.Fatalf("a retry before any late reply = %q %v, want its reply", body, err)
 	}
@@ -396,7 +406,7 @@ func TestCustomMessages(t *testing.T) {
 func TestUnsupportedIsCounted(t *testing.T) {
 	f := newFixture(t, wechatapitest.Options{})
 	reg := f.startWith(func(o *Options) {
-		o.Reply = func(_ context.Context, m *wechat.Message) ([]byte, error) {
+		o.Reply = func(_ context.Context, _ string, m *wechat.Message, _ []byte) ([]byte, error) {
 			return (&wechat.Reply{Type: wechat.ReplyTransfer}).ReplyTo(m, 1), nil
 		}
 	}).reg
@@ -433,7 +443,7 @@ func TestStopLosesNoLateReply(t *testing.T) {
 	f := newFixture(t, wechatapitest.Options{})
 	entered, release := make(chan struct{}), make(chan struct{})
 	r1 := f.startWith(func(o *Options) {
-		o.Reply = func(_ context.Context, m *wechat.Message) ([]byte, error) {
+		o.Reply = func(_ context.Context, _ string, m *wechat.Message, _ []byte) ([]byte, error) {
 			close(entered)
 			<-release
 			return wechat.TextReply("re: "+m.Content).ReplyTo(m, 1), nil
@@ -465,7 +475,7 @@ func TestUnmarkedRetryLeavesItToTheLateReply(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := text("o_early", "hi", 4)
-	body, _, err := r.store.Retry(context.Background(), key(m), func(ctx context.Context) ([]byte, error) { return f.reply(ctx, m) })
+	body, _, err := r.store.Retry(context.Background(), key(m), func(ctx context.Context) ([]byte, error) { return f.reply(ctx, accounts.DefaultID, m, nil) })
 	if !errors.Is(err, dedup.ErrNotMarked) || len(body) == 0 {
 		t.Fatalf("retry with the bucket lost = %q %v, want its reply, unmarked", body, err)
 	}
@@ -550,7 +560,7 @@ func TestFailingHandlerIsCountedFailed(t *testing.T) {
 	f := newFixture(t, wechatapitest.Options{})
 	var runs atomic.Int32
 	reg := f.startWith(func(o *Options) {
-		o.Reply = func(context.Context, *wechat.Message) ([]byte, error) {
+		o.Reply = func(context.Context, string, *wechat.Message, []byte) ([]byte, error) {
 			runs.Add(1)
 			return nil, errors.New("boom")
 		}
@@ -601,15 +611,125 @@ func TestCountUsedUpIsFailed(t *testing.T) {
 	}
 }
 
-// lateClient is the default account's client of the fake at base.
-func lateClient(base string, nc *nats.Conn, reg prometheus.Registerer) (*wechatapi.Client, error) {
-	accts, err := accounts.Start(accounts.Options{Default: accounts.Account{AppID: "wx_late", AppSecret: "late-secret"}, Logger: quiet})
+// withAccounts serves, beside the default (wx_late), the accounts of apps
+// (id → AppID and AppSecret), kept in the fixture server's
+// wxgate_accounts.
+func (f *fixture) withAccounts(apps map[string][2]string) {
+	f.t.Helper()
+	r, err := accounts.Start(accounts.Options{Conn: natstest.Connect(f.t, f.srv), SecretKey: base64.StdEncoding.EncodeToString(make([]byte, 32)),
+		Default: accounts.Account{AppID: "wx_late", AppSecret: "late-secret"}, Logger: quiet})
 	if err != nil {
-		return nil, err
+		f.t.Fatal(err)
 	}
-	cs, err := wechatapi.NewClients(wechatapi.Options{Base: base, Accounts: accts, Conn: nc, Logger: quiet, Registerer: reg})
+	f.t.Cleanup(r.Stop)
+	wait.For(f.t, wait.Short, wait.Every, r.Check)
+	for id, app := range apps {
+		if _, err := r.Create(context.Background(), accounts.Account{ID: id, Token: "Token" + strings.TrimPrefix(app[0], "wx_"), AppID: app[0], AppSecret: app[1]}); err != nil {
+			f.t.Fatal(err)
+		}
+	}
+	wait.For(f.t, wait.Short, wait.Every, func() error {
+		if r.Len() != 1+len(apps) {
+			return errors.New("accounts not read yet")
+		}
+		return nil
+	})
+	f.accounts = r
+}
+
+// recordFor stores an unanswered event of account, as the ingress does.
+func (f *fixture) recordFor(account string, m *wechat.Message, received time.Time) {
+	f.t.Helper()
+	msg := &nats.Msg{Subject: events.UnansweredSubject(account, m.Subject()), Data: m.AppendXML(nil), Header: nats.Header{}}
+	msg.Header.Set(bus.HeaderAccountID, account)
+	msg.Header.Set(bus.HeaderReceived, bus.FormatTime(received))
+	if _, err := f.js.PublishMsg(context.Background(), msg, jetstream.WithMsgID("u."+m.DedupKey(account, m.AppendXML(nil)))); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+// byAccount answers with the account and the content.
+func byAccount(_ context.Context, account string, m *wechat.Message, _ []byte) ([]byte, error) {
+	return wechat.TextReply(account+": "+m.Content).ReplyTo(m, 1), nil
+}
+
+func outcomeOf(reg prometheus.Gatherer, account, outcome string) float64 {
+	v, _ := metricstest.Lookup(reg, "wxgate_late_replies_total", map[string]string{"account": account, "outcome": outcome})
+	return v
+}
+
+// Two accounts get the same message (the same ToUserName, OpenID, MsgId
+// and content): each has its own reply-once record and its own late reply,
+// sent through its own AppID, counted under its account.
+func TestLateRepliesPerAccount(t *testing.T) {
+	f := newFixture(t, wechatapitest.Options{Apps: map[string]string{"wx_shop": "shop-secret"}})
+	f.withAccounts(map[string][2]string{"shop": {"wx_shop", "shop-secret"}})
+	reg := f.startWith(func(o *Options) { o.Reply = byAccount }).reg
+	m := text("o_same", "hi", 1)
+	for account, appid := range map[string]string{"default": "wx_late", "shop": "wx_shop"} {
+		if err := f.fake.AppInteraction(appid, m.FromUserName, wechatapitest.KindMessage, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		f.recordFor(account, m, time.Now())
+	}
+	wait.For(t, wait.Short, wait.Every, func() error {
+		if outcomeOf(reg, "default", Sent) != 1 || outcomeOf(reg, "shop", Sent) != 1 {
+			return fmt.Errorf("sent: default %v, shop %v", outcomeOf(reg, "default", Sent), outcomeOf(reg, "shop", Sent))
+		}
+		return nil
+	})
+	got := map[string]string{}
+	for _, msg := range f.fake.Calls().Messages {
+		got[msg.AppID] += msg.Content
+	}
+	if got["wx_late"] != "default: hi" || got["wx_shop"] != "shop: hi" || len(got) != 2 {
+		t.Errorf("messages by AppID = %v, want each account's reply through its own", got)
+	}
+	kv, err := f.js.KeyValue(context.Background(), dedup.Bucket)
 	if err != nil {
-		return nil, err
+		t.Fatal(err)
 	}
-	return cs.For(accounts.DefaultID)
+	for _, account := range []string{"default", "shop"} {
+		if e, err := kv.Get(context.Background(), m.DedupKey(account, m.AppendXML(nil))); err != nil || !strings.HasPrefix(string(e.Value()), dedup.MarkSent) {
+			t.Errorf("%s's reply-once record: %v %v, want its own, sent", account, e, err)
+		}
+	}
+}
+
+// One account cannot starve another's late replies: one whose WeChat
+// hangs holds at most half the senders, one whose AppSecret WeChat
+// refuses fails at once; the default's late reply goes meanwhile.
+func TestLateRepliesOneAccountCannotStarveAnother(t *testing.T) {
+	f := newFixture(t, wechatapitest.Options{Apps: map[string]string{"wx_shop": "shop-secret", "wx_bad": "the-real-secret"}})
+	f.withAccounts(map[string][2]string{"shop": {"wx_shop", "shop-secret"}, "bad": {"wx_bad", "a-wrong-secret"}})
+	if err := f.fake.Inject(wechatapitest.Fault{API: wechatapitest.CustomSend, AppID: "wx_shop", Delay: "5s", Count: 100}); err != nil {
+		t.Fatal(err)
+	}
+	reg := f.startWith(func(o *Options) { o.Reply = byAccount }).reg
+	now := time.Now()
+	for i := 0; i < 12; i++ {
+		m := text(fmt.Sprint("o_shop", i), "slow", 100+i)
+		if err := f.fake.AppInteraction("wx_shop", m.FromUserName, wechatapitest.KindMessage, now); err != nil {
+			t.Fatal(err)
+		}
+		f.recordFor("shop", m, now)
+	}
+	f.recordFor("bad", text("o_bad", "refused", 200), now)
+	calm := text("o_calm", "calm", 300)
+	if err := f.fake.Interaction(calm.FromUserName, wechatapitest.KindMessage, now); err != nil {
+		t.Fatal(err)
+	}
+	f.recordFor("default", calm, now)
+	// Well inside the 5 s a send of shop's takes: no sender was free
+	// for the default's before the first of them ended, were shop's
+	// events given every sender.
+	wait.For(t, 3*time.Second, wait.Every, func() error {
+		if outcomeOf(reg, "default", Sent) != 1 || outcomeOf(reg, "bad", Failed) != 1 {
+			return fmt.Errorf("default sent %v, bad failed %v", outcomeOf(reg, "default", Sent), outcomeOf(reg, "bad", Failed))
+		}
+		return nil
+	})
+	if v := outcomeOf(reg, "shop", Sent); v != 0 {
+		t.Errorf("shop sent %v while its WeChat hangs", v)
+	}
 }

@@ -32,7 +32,7 @@ func BenchmarkHandle(b *testing.B) {
 			data := []byte(msg)
 			b.ReportAllocs()
 			for b.Loop() {
-				if body, err := svc.Handle(data); err != nil || len(body) == 0 {
+				if body, err := svc.Handle("default", data); err != nil || len(body) == 0 {
 					b.Fatal(err)
 				}
 			}

@@ -6,6 +6,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
+
+	"github.com/wxgate/wxgate/shared/accounts"
 )
 
 // knownSubjects get their own label value; a sender can invent any
@@ -22,29 +24,37 @@ type metrics struct {
 	known    map[string]bool
 }
 
-func newMetrics(reg prometheus.Registerer) *metrics {
+// newMetrics registers the worker's metrics, by account (accts.Label) and
+// subject. Each account's counters exist from when it appears; its
+// histograms from its first request of each subject (17 subjects' worth
+// of buckets for each of MAX_ACCOUNTS accounts, idle ones included, would
+// be most of a scrape).
+func newMetrics(reg prometheus.Registerer, accts *accounts.Registry) *metrics {
 	f := promauto.With(reg)
 	m := &metrics{
 		handled: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "wxgate_worker_handled_total",
-			Help: "Requests a worker's handler ran for, by subject.",
-		}, []string{"subject"}),
+			Help: "Requests a worker's handler ran for, by account and subject.",
+		}, []string{"account", "subject"}),
 		duration: f.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "wxgate_worker_handle_duration_seconds",
-			Help:    "Time a worker's handler took, by subject.",
+			Help:    "Time a worker's handler took, by account and subject.",
 			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
-		}, []string{"subject"}),
+		}, []string{"account", "subject"}),
 		known: make(map[string]bool, len(knownSubjects)),
 	}
 	for _, s := range knownSubjects {
 		m.known[s] = true
-		m.handled.WithLabelValues(s)
-		m.duration.WithLabelValues(s)
 	}
+	accts.Series(func(id string) {
+		for _, s := range knownSubjects {
+			m.handled.WithLabelValues(id, s)
+		}
+	}, m.handled, m.duration)
 	return m
 }
 
-func (m *metrics) observe(subject string, d time.Duration) {
+func (m *metrics) observe(account, subject string, d time.Duration) {
 	label := subject
 	if !m.known[label] {
 		label = "msg.other"
@@ -52,6 +62,6 @@ func (m *metrics) observe(subject string, d time.Duration) {
 			label = "event.other"
 		}
 	}
-	m.handled.WithLabelValues(label).Inc()
-	m.duration.WithLabelValues(label).Observe(d.Seconds())
+	m.handled.WithLabelValues(account, label).Inc()
+	m.duration.WithLabelValues(account, label).Observe(d.Seconds())
 }

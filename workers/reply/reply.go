@@ -10,11 +10,13 @@ import (
 	"github.com/wxgate/wxgate/shared/wechat"
 )
 
-// A Decider decides the reply to a message: nil when there is nothing to
-// say. It may be slow (call other systems): ctx ends at the handler
-// timeout, which outlasts WeChat's retries, not at one request's deadline.
+// A Decider decides the reply to a message sent to the account with id
+// account (an accounts.ValidID; raw is the plaintext XML m was read from):
+// nil when there is nothing to say. It may be slow (call other systems):
+// ctx ends at the handler timeout, which outlasts WeChat's retries, not at
+// one request's deadline.
 type Decider interface {
-	Decide(ctx context.Context, m *wechat.Message) (*wechat.Reply, error)
+	Decide(ctx context.Context, account string, m *wechat.Message, raw []byte) (*wechat.Reply, error)
 }
 
 // Replier holds the reply texts; it is safe for concurrent use.
@@ -61,8 +63,8 @@ func (r *Replier) Reply(m *wechat.Message) *wechat.Reply {
 	return textOrNil(r.texts.Default)
 }
 
-// Decide is Reply as a Decider.
-func (r *Replier) Decide(_ context.Context, m *wechat.Message) (*wechat.Reply, error) {
+// Decide is Reply as a Decider: the same texts for every account.
+func (r *Replier) Decide(_ context.Context, _ string, m *wechat.Message, _ []byte) (*wechat.Reply, error) {
 	return r.Reply(m), nil
 }
 

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/micro"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/wxgate/wxgate/shared/accounts"
 	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/wechat"
 	"github.com/wxgate/wxgate/workers/dedup"
@@ -25,6 +26,10 @@ const Version = "0.1.0"
 type Options struct {
 	Conn    *nats.Conn
 	Decider Decider // the built-in Replier, or an application's own
+	// Accounts bound the account label of the metrics (an id this process
+	// does not serve is "unknown"), and say whether other accounts share
+	// the worker; nil: the default alone.
+	Accounts *accounts.Registry
 	// Dedup, when set, runs each message's handler once across replicas and
 	// answers retries with its reply, marked so that no late reply sends it
 	// too; nil handles every request.
@@ -34,7 +39,11 @@ type Options struct {
 	// Now stamps replies' CreateTime; time.Now when nil.
 	Now func() time.Time
 	// Concurrency bounds the requests one worker holds at once (waiting
-	// retries included); past it the subscription backs up. Default 1024.
+	// retries included); past it the subscription backs up. While several
+	// accounts exist, one account may hold at most half of them: past
+	// that its requests are answered at once with the error ErrorCodeBusy
+	// (a fallback, and a late reply), so that a burst on it, or a handler
+	// of its that hangs, leaves the others room. Default 1024.
 	Concurrency int
 	// HandlerTimeout bounds every handler run, with or without Dedup.
 	// Default 20s.
@@ -64,14 +73,18 @@ func NewHandler(d Decider, now func() time.Time) *Handler {
 // Service answers msg.> and event.> requests in the workers' queue group.
 type Service struct {
 	*Handler
-	svc     micro.Service
-	dedup   *dedup.Store
-	logger  *slog.Logger
-	timeout time.Duration
-	late    bool
-	metrics *metrics
-	slots   chan struct{}  // one per request in hand
-	pending sync.WaitGroup // requests in hand
+	svc      micro.Service
+	dedup    *dedup.Store
+	accounts *accounts.Registry
+	logger   *slog.Logger
+	timeout  time.Duration
+	late     bool
+	metrics  *metrics
+	slots    chan struct{}  // one per request in hand
+	pending  sync.WaitGroup // requests in hand
+
+	mu     sync.Mutex
+	inHand map[string]int // requests in hand by account
 }
 
 // ErrMalformed is what Handle returns for a payload that is not a message.
@@ -88,9 +101,16 @@ func Start(o Options) (*Service, error) {
 	if o.HandlerTimeout <= 0 {
 		o.HandlerTimeout = 20 * time.Second
 	}
+	if o.Accounts == nil {
+		var err error
+		if o.Accounts, err = accounts.Start(accounts.Options{Logger: o.Logger}); err != nil {
+			return nil, err
+		}
+	}
 	s := &Service{
-		Handler: NewHandler(o.Decider, o.Now), dedup: o.Dedup, logger: o.Logger,
-		timeout: o.HandlerTimeout, late: o.LateReplies, metrics: newMetrics(o.Registerer), slots: make(chan struct{}, o.Concurrency),
+		Handler: NewHandler(o.Decider, o.Now), dedup: o.Dedup, accounts: o.Accounts, logger: o.Logger,
+		timeout: o.HandlerTimeout, late: o.LateReplies, metrics: newMetrics(o.Registerer, o.Accounts),
+		slots: make(chan struct{}, o.Concurrency), inHand: map[string]int{},
 	}
 	svc, err := micro.AddService(o.Conn, micro.Config{
 		Name:        bus.ServiceName,
@@ -158,15 +178,21 @@ func (s *Service) Check() error {
 // from here, slot wait included: a retry's lookup finds it.
 func (s *Service) serve(req micro.Request) {
 	m, err := parse(req.Data())
-	if err != nil {
+	account, aerr := accountOf(req.Headers())
+	if err = errors.Join(err, aerr); err != nil {
 		s.logger.Warn("worker rejected request", "subject", req.Subject(), "err", err)
 		_ = req.Error("400", err.Error(), nil)
 		return
 	}
 	arrival := time.Now()
+	if !s.take(account) {
+		s.logger.Warn("an account's share of this worker is in use; answered busy", "account", s.accounts.Label(account), "subject", req.Subject())
+		_ = req.Error(bus.ErrorCodeBusy, "the account's share of this worker is in use", nil)
+		return
+	}
 	// Computed here, not taken from the header: anyone on the bus can send
 	// a request, and the key becomes a KV key and a message ID.
-	key := m.DedupKey(req.Data())
+	key := m.DedupKey(account, req.Data())
 	var first *dedup.InHand
 	if s.dedup != nil && req.Headers().Get(bus.HeaderRetry) != "1" {
 		first = s.dedup.Arrived(key, arrival)
@@ -174,14 +200,52 @@ func (s *Service) serve(req micro.Request) {
 	s.slots <- struct{}{}
 	s.pending.Add(1)
 	go func() {
-		defer func() { <-s.slots; s.pending.Done() }()
-		s.answer(req, m, key, first, deadline(req.Headers(), arrival))
+		defer func() { <-s.slots; s.put(account); s.pending.Done() }()
+		s.answer(req, account, m, key, first, deadline(req.Headers(), arrival))
 	}()
 }
 
-func (s *Service) answer(req micro.Request, m *wechat.Message, key string, first *dedup.InHand, deadline time.Time) {
+// take counts a request of account in hand, unless the account holds its
+// share already: all the slots while it is the only account, half of them
+// while there are others.
+func (s *Service) take(account string) bool {
+	share := cap(s.slots)
+	if s.accounts.Len() > 1 {
+		share /= 2
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.inHand[account] >= share {
+		return false
+	}
+	s.inHand[account]++
+	return true
+}
+
+func (s *Service) put(account string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.inHand[account]--; s.inHand[account] <= 0 {
+		delete(s.inHand, account)
+	}
+}
+
+// accountOf is the id of the account a request is for: its
+// Wx-Account-Id, or the default without one (an older ingress).
+func accountOf(h micro.Headers) (string, error) {
+	switch id := h.Get(bus.HeaderAccountID); {
+	case id == "":
+		return accounts.DefaultID, nil
+	case !accounts.ValidID(id):
+		return "", fmt.Errorf("%s: not an account id", bus.HeaderAccountID)
+	default:
+		return id, nil
+	}
+}
+
+func (s *Service) answer(req micro.Request, account string, m *wechat.Message, key string, first *dedup.InHand, deadline time.Time) {
 	subject := req.Subject()
-	run := func(ctx context.Context) ([]byte, error) { return s.Reply(ctx, m) }
+	run := func(ctx context.Context) ([]byte, error) { return s.Reply(ctx, account, m, req.Data()) }
 	var body []byte
 	var err error
 	outcome := dedup.Ran
@@ -225,12 +289,13 @@ func (s *Service) answer(req micro.Request, m *wechat.Message, key string, first
 	}
 }
 
-// Reply runs the handler for m, timed in the metrics: what a first
-// delivery, a retry and a late reply produce a reply with.
-func (s *Service) Reply(ctx context.Context, m *wechat.Message) ([]byte, error) {
+// Reply runs the handler for m (read from raw), sent to account, timed in
+// the metrics: what a first delivery, a retry and a late reply produce a
+// reply with.
+func (s *Service) Reply(ctx context.Context, account string, m *wechat.Message, raw []byte) ([]byte, error) {
 	start := time.Now()
-	body, err := s.decide(ctx, m)
-	s.metrics.observe(m.Subject(), time.Since(start))
+	body, err := s.decide(ctx, account, m, raw)
+	s.metrics.observe(s.accounts.Label(account), m.Subject(), time.Since(start))
 	return body, err
 }
 
@@ -249,15 +314,15 @@ func deadline(h micro.Headers, arrival time.Time) time.Time {
 	return arrival.Add(min(max(time.Duration(ms)*time.Millisecond-margin, 0), 5*time.Second))
 }
 
-// Handle parses a raw message and returns the reply XML, or an empty body
-// when there is nothing to say. It is the whole of a worker's decision, so
-// it can also run without a bus.
-func (s *Handler) Handle(data []byte) ([]byte, error) {
+// Handle parses a raw message sent to account and returns the reply XML,
+// or an empty body when there is nothing to say. It is the whole of a
+// worker's decision, so it can also run without a bus.
+func (s *Handler) Handle(account string, data []byte) ([]byte, error) {
 	m, err := parse(data)
 	if err != nil {
 		return nil, err
 	}
-	return s.decide(context.Background(), m)
+	return s.decide(context.Background(), account, m, data)
 }
 
 func parse(data []byte) (*wechat.Message, error) {
@@ -268,8 +333,8 @@ func parse(data []byte) (*wechat.Message, error) {
 	return m, nil
 }
 
-func (s *Handler) decide(ctx context.Context, m *wechat.Message) ([]byte, error) {
-	r, err := s.decider.Decide(ctx, m)
+func (s *Handler) decide(ctx context.Context, account string, m *wechat.Message, raw []byte) ([]byte, error) {
+	r, err := s.decider.Decide(ctx, account, m, raw)
 	if err != nil || r == nil {
 		return nil, err
 	}

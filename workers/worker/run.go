@@ -39,13 +39,22 @@ func Run(ctx context.Context, o RunOptions) error {
 		return err
 	}
 	hc.Add("nats", func() error { return bus.Ready(nc) })
-	w, err := Start(Options{Conn: nc, Config: cfg, Logger: logger, Registerer: reg, Health: hc, Decider: o.Decider})
+	accts, err := StartAccounts(cfg, nc, logger)
+	if err != nil {
+		nc.Close()
+		return err
+	}
+	// Not part of the workers' readiness: their replies need no account
+	// (the Decider is told the request's), and answer with JetStream away.
+	defer accts.Stop()
+	w, err := Start(Options{Conn: nc, Config: cfg, Accounts: accts, Logger: logger, Registerer: reg, Health: hc, Decider: o.Decider})
 	if err != nil {
 		nc.Close()
 		return err
 	}
 	mux := admin.NewMux(admin.Options{Gatherer: reg, Ready: hc.Ready, Pprof: cfg.Pprof, Token: cfg.AdminToken, Logger: logger})
 	mux.Handle("/api/", w.API())
+	MountAccounts(mux, accts, cfg.AdminToken)
 	mux.Handle(reconcile.Route, w.Reconcile.Handler(cfg.AdminToken))
 	if _, err := console.Mount(mux, console.MountOptions{Conn: nc, Config: cfg, Scenes: w.Scenes(), WeChat: w.WeChat, QR: w.QR, Logger: logger}); err != nil {
 		nc.Close()

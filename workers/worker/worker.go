@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wxgate/wxgate/shared/accounts"
+	"github.com/wxgate/wxgate/shared/admin"
 	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/config"
 	"github.com/wxgate/wxgate/shared/health"
@@ -32,8 +33,11 @@ import (
 
 // Options wire a Worker. Conn, Logger, Registerer and Health are required.
 type Options struct {
-	Conn       *nats.Conn
-	Config     config.Config
+	Conn   *nats.Conn
+	Config config.Config
+	// Accounts are the process's accounts (StartAccounts); nil: the
+	// worker starts its own on Conn, and stops it with itself.
+	Accounts   *accounts.Registry
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 	// Health gets the worker's parts ("replies", "analytics") for
@@ -71,6 +75,7 @@ type Worker struct {
 	stopDaily func()
 	api       http.Handler
 	scenes    stats.StoreFunc
+	owned     *accounts.Registry // started here, stopped by Stop
 }
 
 // Start starts the roles the configuration names.
@@ -86,8 +91,17 @@ func Start(o Options) (_ *Worker, err error) {
 		if err != nil && w.stopDaily != nil {
 			w.stopDaily()
 		}
+		if err != nil && w.owned != nil {
+			w.owned.Stop()
+		}
 	}()
-	if w.WeChat, err = NewWeChat(o.Config, o.Conn, o.Logger, o.Registerer); err != nil {
+	if o.Accounts == nil {
+		if w.owned, err = StartAccounts(o.Config, o.Conn, o.Logger); err != nil {
+			return nil, err
+		}
+		o.Accounts = w.owned
+	}
+	if w.WeChat, err = NewWeChat(o.Config, o.Accounts, o.Conn, o.Logger, o.Registerer); err != nil {
 		return nil, err
 	}
 	// The codes' counts come from w.scenes, set below: the analytics' own
@@ -146,6 +160,7 @@ func Start(o Options) (_ *Worker, err error) {
 	// own LATE_REPLY: another worker's late sender reads the marks.
 	svc, err := reply.Start(reply.Options{
 		Conn:           o.Conn,
+		Accounts:       o.Accounts,
 		Dedup:          dstore,
 		Decider:        decider,
 		Logger:         o.Logger.With("component", "worker"),
@@ -161,15 +176,12 @@ func Start(o Options) (_ *Worker, err error) {
 	}
 	o.Health.Add("replies", svc.Check)
 	w.Service = svc
-	outcomes := late.NewOutcomes(o.Registerer)
+	outcomes := late.NewOutcomes(o.Registerer, o.Accounts)
 	if lateOn {
-		// Late replies are the default account's until they are per account.
-		api, err := w.WeChat.For(accounts.DefaultID)
-		if err != nil {
-			return nil, errors.Join(err, stopService(svc))
-		}
+		// Each account's late replies through its own AppID.
+		api := func(id string) (late.Sender, error) { return w.WeChat.For(id) }
 		l, err := late.Start(late.Options{
-			Conn: o.Conn, API: api, Store: dstore, Reply: svc.Reply,
+			Conn: o.Conn, API: api, Accounts: o.Accounts, Store: dstore, Reply: svc.Reply,
 			MessageWindow: o.Config.LateMessageWindow, EventWindow: o.Config.LateEventWindow, Settle: config.LateSettle,
 			ID: bus.InstanceID(o.Conn), Outcomes: outcomes,
 			Logger: o.Logger.With("component", "late"), Registerer: o.Registerer,
@@ -183,14 +195,31 @@ func Start(o Options) (_ *Worker, err error) {
 	return w, nil
 }
 
-// NewWeChat makes the process's clients of WeChat's API, for late
-// replies and QR codes alike (one token cache per AppID, one metric). The
-// accounts are the default's alone until the accounts registry is wired.
-func NewWeChat(cfg config.Config, nc *nats.Conn, logger *slog.Logger, reg prometheus.Registerer) (*wechatapi.Clients, error) {
-	accts, err := accounts.Start(accounts.Options{Default: accounts.Account{AppID: cfg.AppID, AppSecret: cfg.AppSecret}, Logger: logger})
+// StartAccounts starts the process's registry of accounts on nc (nil: the
+// default alone): the one the WECHAT_* variables define, and those kept in
+// wxgate_accounts, current within a moment of each change. Every part of
+// the process is given this one.
+func StartAccounts(cfg config.Config, nc *nats.Conn, logger *slog.Logger) (*accounts.Registry, error) {
+	r, err := accounts.Start(accounts.Options{Conn: nc, Default: cfg.DefaultAccount(), SecretKey: cfg.AccountsSecretKey,
+		MaxAccounts: cfg.MaxAccounts, Replicas: cfg.JetStreamReplicas, Logger: logger.With("component", "accounts")})
 	if err != nil {
-		return nil, fmt.Errorf("wechat api: %w", err)
+		return nil, fmt.Errorf("accounts: %w", err)
 	}
+	return r, nil
+}
+
+// MountAccounts serves /api/accounts on an admin listener, under its
+// ADMIN_TOKEN rule as the other /api/ routes.
+func MountAccounts(mux *admin.Mux, r *accounts.Registry, token string) {
+	h := admin.RequireToken(token, accounts.API(r))
+	mux.Handle("/api/accounts", h)
+	mux.Handle("/api/accounts/", h)
+}
+
+// NewWeChat makes the process's clients of WeChat's API, for late
+// replies and QR codes alike (one token cache per AppID, one metric), for
+// the accounts of accts.
+func NewWeChat(cfg config.Config, accts *accounts.Registry, nc *nats.Conn, logger *slog.Logger, reg prometheus.Registerer) (*wechatapi.Clients, error) {
 	c, err := wechatapi.NewClients(wechatapi.Options{
 		Base: cfg.APIBase, Accounts: accts,
 		Conn: nc, Replicas: cfg.JetStreamReplicas,
@@ -260,6 +289,9 @@ func (w *Worker) Stop(ctx context.Context) error {
 	}
 	if w.Analytics != nil {
 		err = errors.Join(err, w.Analytics.Stop(ctx))
+	}
+	if w.owned != nil {
+		w.owned.Stop()
 	}
 	return err
 }

@@ -175,7 +175,7 @@ func TestWorkersThatDisagreeOnLateReplyReplyOnce(t *testing.T) {
 		}
 		msg := &nats.Msg{Subject: events.UnansweredPrefix + m.Subject(), Data: m.AppendXML(nil), Header: nats.Header{}}
 		msg.Header.Set(bus.HeaderReceived, bus.FormatTime(time.Now().Add(-config.LateSettle)))
-		if _, err := js.PublishMsg(context.Background(), msg, jetstream.WithMsgID("u."+m.DedupKey(m.AppendXML(nil)))); err != nil {
+		if _, err := js.PublishMsg(context.Background(), msg, jetstream.WithMsgID("u."+m.DedupKey("default", m.AppendXML(nil)))); err != nil {
 			t.Fatal(err)
 		}
 	}
