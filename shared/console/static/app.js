@@ -42,12 +42,13 @@
     sort: Q.get('sort') || 'scans',
     order: Q.get('order') === 'asc' ? 'asc' : 'desc',
     page: Math.max(0, parseInt(Q.get('page'), 10) || 0),
+    group: Q.has('group') ? Q.get('group') : null, // the scenes of one group
     focus: null, // {kind: 'scene' | 'group', id}
   };
   function saveState() {
     const p = new URLSearchParams();
-    for (const k of ['account', 'period', 'from', 'to', 'view', 'q', 'sort', 'order', 'page']) {
-      const def = { account: 'default', period: '7d', view: 'scenes', sort: 'scans', order: 'desc', page: 0 }[k] ?? '';
+    for (const k of ['account', 'period', 'from', 'to', 'view', 'group', 'q', 'sort', 'order', 'page']) {
+      const def = { account: 'default', period: '7d', view: 'scenes', group: null, sort: 'scans', order: 'desc', page: 0 }[k] ?? '';
       if (S[k] !== def && !(S.period !== 'custom' && (k === 'from' || k === 'to'))) p.set(k, S[k]);
     }
     const other = new URLSearchParams(p);
@@ -262,7 +263,8 @@
         return h('tr', { dataset: { kind, id } },
           h('th', { scope: 'row', cls: 'name' },
             h('button', { type: 'button', cls: 'link', title: t('show_trend'), onclick: () => focus(kind, id, name) }, name),
-            kind === 'scene' && (r.label || r.group) ? h('small', {}, r.label ? t('scene_is', { scene: id }) : null, r.group ? h('span', { cls: 'chip' }, r.group) : null) : null),
+            kind === 'scene' && (r.label || r.group) ? h('small', {}, r.label ? t('scene_is', { scene: id }) : null, r.group ? h('span', { cls: 'chip' }, r.group) : null) : null,
+            kind === 'group' ? h('small', {}, h('button', { type: 'button', cls: 'link', onclick: () => { S.view = 'scenes'; S.group = id; S.page = 0; refresh(); } }, t('group_scenes'))) : null),
           COLS.map((c) => h('td', { cls: 'num', dataset: { label: t('col_' + c), col: c } }, h('span', {}, num(r[c])), delta(c, r[c] ?? 0, r.previous?.[c]))));
       })));
   }
@@ -276,13 +278,6 @@
       h('button', { type: 'button', disabled: page >= last, onclick: () => go(page + 1) }, t('next')));
   }
 
-  // csv turns rows into a file Excel opens (a BOM, and no cell it would
-  // read as a formula).
-  function csv(rows) {
-    const cell = (v) => { v = String(v ?? ''); if (/^[=+\-@\t\r]/.test(v)) v = "'" + v; return /[",\r\n]/.test(v) ? '"' + v.replace(/"/g, '""') + '"' : v; };
-    return URL.createObjectURL(new Blob(['\ufeff' + rows.map((r) => r.map(cell).join(',')).join('\r\n') + '\r\n'], { type: 'text/csv' }));
-  }
-
   let rankSeq = 0;
   async function loadRank() {
     const seq = ++rankSeq;
@@ -292,13 +287,7 @@
     box.setAttribute('aria-busy', 'true');
     try {
       let out;
-      if (S.view === 'scenes') {
-        const p = { from, to, compare: 'previous', sort: S.sort, order: S.order, q: S.q };
-        const body = await api('/api/scenes', { ...p, limit: PAGE, offset: S.page * PAGE });
-        link.href = url('/api/scenes', { ...p, format: 'csv' });
-        out = body.scenes.length ? [rankTable(body.scenes, 'scene'), pager(body.total, S.page, (n) => { S.page = n; saveState(); loadRank(); })]
-          : [h('p', { cls: 'hint' }, S.q ? t('no_match') : t('no_scans'))];
-      } else if (S.view === 'groups') {
+      if (S.view === 'groups') {
         const body = await api('/api/groups', { from, to, compare: 'previous' });
         link.href = url('/api/groups', { from, to, compare: 'previous', format: 'csv' });
         const q = S.q.toLowerCase();
@@ -307,42 +296,31 @@
           .sort((a, b) => (S.order === 'desc' ? -1 : 1) * (key ? (a[key] ?? 0) - (b[key] ?? 0) : a.group.localeCompare(b.group, LANG)));
         out = rows.length ? [rankTable(rows, 'group')] : [h('p', { cls: 'hint' }, t('no_match'))];
       } else {
-        out = await idleView(from, to, link);
+        // The idle view is the scenes by scans, fewest first, while
+        // they have none: the API lists every code's scene, scanned or not.
+        const idle = S.view === 'idle';
+        const p = { from, to, compare: 'previous', sort: idle ? 'scans' : S.sort, order: idle ? 'asc' : S.order, q: S.q, group: S.group };
+        const body = await api('/api/scenes', { ...p, limit: PAGE + (idle ? 1 : 0), offset: S.page * PAGE });
+        link.href = url('/api/scenes', { ...p, format: 'csv' });
+        let rows = body.scenes;
+        let total = body.total;
+        if (idle) {
+          rows = rows.filter((r) => !r.scans);
+          total = S.page * PAGE + rows.length;
+          rows = rows.slice(0, PAGE);
+        }
+        const go = (n) => { S.page = n; saveState(); loadRank(); };
+        out = [S.group != null ? h('p', {}, h('span', { cls: 'chip' }, t('group_is', { group: S.group || t('no_group') }), ' ',
+          h('button', { type: 'button', cls: 'link', 'aria-label': t('all_groups'), onclick: () => { S.group = null; S.page = 0; refresh(); } }, '✕'))) : null,
+        rows.length ? [rankTable(rows, 'scene'), pager(total, S.page, go)]
+          : h('p', { cls: 'hint' }, idle ? t('idle_none') : S.q || S.group != null ? t('no_match') : t('no_scans'))];
       }
-      if (seq === rankSeq) box.replaceChildren(...out);
+      if (seq === rankSeq) box.replaceChildren(...out.flat().filter(Boolean));
     } catch (e) {
       if (seq === rankSeq) box.replaceChildren(errorBox(e));
     }
     box.removeAttribute('aria-busy');
     markFocus();
-  }
-
-  // idleView lists the codes whose scene had no scan in the period: the
-  // printed codes nobody scans.
-  async function idleView(from, to, link) {
-    const codes = await loadCodes();
-    if (!codes) return [h('p', { cls: 'hint' }, t('codes_off'))];
-    const scanned = new Set();
-    for (let off = 0; ; off += 1000) {
-      const b = await api('/api/scenes', { from, to, sort: 'scans', order: 'desc', limit: 1000, offset: off });
-      b.scenes.forEach((r) => r.scans > 0 && scanned.add(r.scene));
-      if (b.scenes.length < 1000 || !b.scenes[b.scenes.length - 1].scans) break;
-    }
-    const q = S.q.toLowerCase();
-    const seen = new Set();
-    const idle = codes.filter((c) => !c.expired && !scanned.has(c.scene) && !seen.has(c.scene) && seen.add(c.scene) &&
-      (!q || (c.scene + ' ' + c.label).toLowerCase().includes(q)));
-    const head = ['col_channel', 'f_scene', 'f_group', 'col_kind', 'col_created', 'col_all_scans'].map((k) => t(k));
-    const row = (c) => [c.label, c.scene, c.group, c.permanent ? t('kind_permanent') : t('kind_temporary'), when(c.created_at), c.scans];
-    link.href = csv([head, ...idle.map(row)]);
-    link.download = t('idle_file', { from, to }) + '.csv';
-    if (!idle.length) return [h('p', { cls: 'hint' }, t('idle_none'))];
-    const page = Math.min(S.page, Math.ceil(idle.length / PAGE) - 1);
-    return [h('p', { cls: 'hint' }, t('idle_count', { n: num(idle.length) })),
-      h('table', { cls: 'rank idle' }, h('thead', {}, h('tr', {}, head.map((x) => h('th', { scope: 'col' }, x)))),
-        h('tbody', {}, idle.slice(page * PAGE, (page + 1) * PAGE).map((c) =>
-          h('tr', { dataset: { kind: 'scene', id: c.scene } }, row(c).map((v, i) => h(i ? 'td' : 'th', { dataset: { label: head[i] }, scope: i ? null : 'row' }, i ? v : v || c.scene)))))),
-      pager(idle.length, page, (n) => { S.page = n; saveState(); loadRank(); })];
   }
 
   let asOf;
@@ -566,24 +544,34 @@
   const keywordRule = (r) => typeof r.when.keyword === 'string' && r.when.keyword !== '' && r.when.scene == null && r.when.scene_prefix == null;
   const clip = (s, n) => [...s].slice(0, n).join('');
 
+  // toast says something that outlives the part of the page it is about.
+  function toast(msg, cls = 'notice') {
+    const el = h('p', { id: 'toast', cls, role: cls === 'error' ? 'alert' : 'status' }, msg);
+    $('#toast')?.remove();
+    document.body.append(el);
+    clearTimeout(toast.timer);
+    toast.timer = setTimeout(() => el.remove(), 10000);
+  }
+
   // putRules stores rules if nobody changed them since they were read; if
-  // somebody did, it reloads theirs and says so.
+  // somebody did, it shows theirs, says so, and returns false.
   async function putRules(rules) {
     try {
       const b = await send('PUT', '/api/rules', { rules }, 'application/json', { 'If-Match': String(RULES.revision) });
       RULES = { revision: b.revision, rules: b.rules };
+      return true;
     } catch (e) {
       if (e.status !== 412) throw e;
       await loadRules();
       showRules();
       showCodes();
-      throw Object.assign(new Error(t('rules_conflict')), { status: 412, body: { error: t('rules_conflict') } });
+      toast(t('rules_conflict'), 'error');
+      return false;
     }
   }
 
   function replyEditor(scene) {
-    const i = RULES.rules.findIndex((r) => sceneRule(r, scene));
-    const rule = RULES.rules[i];
+    const rule = RULES.rules.find((r) => sceneRule(r, scene));
     const msg = h('span', { role: 'status' });
     if (rule && rule.reply.type !== 'text') return h('p', { cls: 'hint' }, t('reply_other', { name: rule.name }));
     const box = h('textarea', { rows: 3, value: rule ? rule.reply.content : '', placeholder: t('reply_default'), 'aria-label': t('reply') });
@@ -593,11 +581,11 @@
       h('button', { type: 'button', onclick: async (e) => {
         e.target.disabled = true;
         const content = box.value.trim();
-        const rules = structuredClone(RULES.rules).filter((r) => !sceneRule(r, scene));
+        const i = RULES.rules.findIndex((r) => sceneRule(r, scene));
+        const rules = RULES.rules.filter((r) => !sceneRule(r, scene));
         if (content) rules.splice(Math.max(0, i), 0, { name: clip(t('rule_scene', { scene }), 64), when: { scene }, reply: { type: 'text', content } });
         try {
-          await putRules(rules);
-          msg.replaceChildren(h('span', { cls: 'saved' }, t('saved')));
+          if (await putRules(rules)) msg.replaceChildren(h('span', { cls: 'saved' }, t('saved')));
         } catch (err) {
           msg.replaceChildren(errorBox(err));
         } finally {
@@ -642,9 +630,10 @@
     const save = h('button', { type: 'button', onclick: async () => {
       save.disabled = true;
       try {
-        await putRules(merged());
-        msg.replaceChildren(h('p', { cls: 'notice' }, t('saved')));
-        showRules();
+        if (await putRules(merged())) {
+          showRules();
+          toast(t('saved'));
+        }
       } catch (e) {
         msg.replaceChildren(errorBox(e));
       } finally {
