@@ -699,11 +699,13 @@
 
   async function start() {
     $('#app').append(channels(), codes(), h('section', { cls: 'card', id: 'rules' }));
-    const first = refresh();
     accounts();
+    // The numbers first; the codes (with 10 000 of them, the heaviest
+    // answer) after them.
+    await refresh();
     await loadRules().catch(() => { RULES = null; });
     showRules();
-    await Promise.all([first, showCodes()]);
+    await showCodes();
     document.body.dataset.ready = '1';
   }
   start();
