@@ -107,7 +107,7 @@
       case 'today': return [d, d];
       case 'yesterday': return [addDays(d, -1), addDays(d, -1)];
       case '30d': return [addDays(d, -29), d];
-      case 'custom': if (isDay(S.from) && isDay(S.to) && S.from <= S.to) return [S.from, S.to];
+      case 'custom': if (isDay(S.from) && isDay(S.to) && S.from <= S.to && days(S.from, S.to) <= 731) return [S.from, S.to];
     }
     return [addDays(d, -6), d];
   }
@@ -136,6 +136,7 @@
         ['today', 'yesterday', '7d', '30d', 'custom'].map((p) =>
           h('button', { type: 'button', 'aria-pressed': String(S.period === p), dataset: { period: p }, onclick: pick(p) }, t('period_' + p)))),
       S.period === 'custom' ? h('span', { cls: 'custom' }, date('from'), '–', date('to')) : null,
+      S.period === 'custom' && (S.from > S.to || days(S.from, S.to) > 731) ? h('p', { cls: 'error' }, t('period_bad')) : null,
       h('p', { cls: 'hint' }, t('period_range', { from, to, zone: zone() }), ' · ',
         t('compare_with', { from: addDays(from, -n), to: addDays(from, -1) })));
   }
@@ -269,12 +270,15 @@
       })));
   }
 
-  function pager(total, page, go) {
-    if (total <= PAGE) return null;
+  // pager pages through total rows; open: total is only known to be more
+  // than this page.
+  function pager(total, page, go, open) {
+    if (total <= PAGE && !page) return null;
     const last = Math.ceil(total / PAGE) - 1;
+    const range = { a: num(page * PAGE + 1), b: num(Math.min(total, (page + 1) * PAGE)), n: num(total) };
     return h('nav', { cls: 'pager', 'aria-label': t('pages') },
       h('button', { type: 'button', disabled: page <= 0, onclick: () => go(page - 1) }, t('prev')),
-      h('span', {}, t('page_of', { a: num(page * PAGE + 1), b: num(Math.min(total, (page + 1) * PAGE)), n: num(total) })),
+      h('span', {}, t(open ? 'page_open' : 'page_of', range)),
       h('button', { type: 'button', disabled: page >= last, onclick: () => go(page + 1) }, t('next')));
   }
 
@@ -312,7 +316,7 @@
         const go = (n) => { S.page = n; saveState(); loadRank(); };
         out = [S.group != null ? h('p', {}, h('span', { cls: 'chip' }, t('group_is', { group: S.group || t('no_group') }), ' ',
           h('button', { type: 'button', cls: 'link', 'aria-label': t('all_groups'), onclick: () => { S.group = null; S.page = 0; refresh(); } }, '✕'))) : null,
-        rows.length ? [rankTable(rows, 'scene'), pager(total, S.page, go)]
+        rows.length ? [rankTable(rows, 'scene'), pager(total, S.page, go, idle)]
           : h('p', { cls: 'hint' }, idle ? t('idle_none') : S.q || S.group != null ? t('no_match') : t('no_scans'))];
       }
       if (seq === rankSeq) box.replaceChildren(...out.flat().filter(Boolean));
