@@ -118,7 +118,7 @@ func (p *page) open(path string) {
 // directory, so that a run leaves the repository as it was.
 func (p *page) shot(name string) {
 	p.t.Helper()
-	b, err := chromedp.Run(p.ctx, chromedp.FullScreenshot(90))
+	b, err := chromedp.Run(p.ctx, chromedp.FullScreenshot(100))
 	if err != nil {
 		p.t.Fatal(err)
 	}
@@ -374,6 +374,12 @@ func TestUIInBrowser(t *testing.T) {
 		rulesOnPage(t, p, wechatURL)
 	}
 
+	p.open("/ui/?period=today")
+	var bj qrCode
+	apiJSON(t, "GET", base+"/api/qrcodes/store_bj", nil, &bj)
+	if card, want := p.text(`li.code[data-scene="store_bj"] .counts`), fmt.Sprintf("累计扫码 %d 次 · 新增关注 %d", bj.Scans, bj.NewFollowers); card != want || bj.Scans < 6 {
+		t.Errorf("store_bj's card shows %q, want %q (the API's)", card, want)
+	}
 	p.shot("ui.png")
 	p.open("/ui/?lang=en&period=today")
 	if lang, h2 := js[string](p, `document.documentElement.lang`), p.text("#channels h2"); lang != "en" || h2 != "Channels" {

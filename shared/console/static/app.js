@@ -341,7 +341,7 @@
     let typing;
     asOf = h('span', { cls: 'hint' });
     return h('section', { cls: 'card', id: 'channels' },
-      h('div', { cls: 'head' }, h('h2', {}, t('channels')), asOf, h('button', { type: 'button', cls: 'link', onclick: refresh }, t('reload'))),
+      h('div', { cls: 'head' }, h('h2', {}, t('channels')), asOf, h('button', { type: 'button', cls: 'link', onclick: () => { refresh(); showCodes(true); } }, t('reload'))),
       h('div', { id: 'periods' }),
       h('div', { id: 'trend' }),
       h('div', { cls: 'tabs', id: 'views', role: 'tablist' }, ['scenes', 'groups', 'idle'].map((v) =>
@@ -512,13 +512,13 @@
       h('label', { cls: 'check' }, h('input', { type: 'checkbox', checked: CF.caption, onchange: (e) => { CF.caption = e.target.checked; showCodes(); } }), t('caption')),
       h('a', { href: url('/api/qrcodes/archive.zip', { group: CF.group }), download: '' }, CF.group == null ? t('zip_all') : t('zip_group', { group: CF.group || t('no_group') })));
     // Rebuilt filters lose focus: keep the caret where the reader types.
-    box.replaceChildren(filters,
+    box.replaceChildren(...[filters,
       h('p', { cls: 'hint' }, t('codes_count', { n: num(list.length) })),
       h('ul', { cls: 'codes' }, list.slice(page * CARDS, (page + 1) * CARDS).map(card)),
-      list.length > CARDS ? h('nav', { cls: 'pager' },
+      list.length > CARDS && h('nav', { cls: 'pager' },
         h('button', { type: 'button', disabled: page <= 0, onclick: () => go(page - 1) }, t('prev')),
         h('span', {}, t('page_n', { n: page + 1, of: Math.ceil(list.length / CARDS) })),
-        h('button', { type: 'button', disabled: (page + 1) * CARDS >= list.length, onclick: () => go(page + 1) }, t('next'))) : null);
+        h('button', { type: 'button', disabled: (page + 1) * CARDS >= list.length, onclick: () => go(page + 1) }, t('next')))].filter(Boolean));
   }
 
   function codes() {
