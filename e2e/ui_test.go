@@ -560,6 +560,14 @@ func TestUIWith10000Scenes(t *testing.T) {
 	p.until("every scene again", `document.querySelector('.pager span')?.textContent.includes('10,000')`)
 	p.do("the next page", chromedp.Click(chromedp.CSS(`.pager button:last-child`)))
 	p.until("the second page", `document.querySelector('.pager span').textContent.startsWith('第 21–40 个')`)
+	// A group's 30-day trend: the API has no series per group, so the page
+	// asks for each day's groups (60 days with the period before).
+	p.do("the groups", chromedp.Click(chromedp.CSS(`button[data-view="groups"]`)))
+	p.until("20 groups", `document.querySelectorAll('table.rank tbody tr').length === 20`)
+	start = time.Now()
+	p.do("a group's trend", chromedp.Click(chromedp.CSS(`tr[data-id="门店0"] th button`)))
+	p.until("the group's trend", `document.querySelector('#trend h3').textContent.includes('门店0') && document.querySelector('.tile[data-col="scans"] strong')?.textContent === '500'`)
+	t.Logf("a group's 30-day trend in %v", time.Since(start).Round(time.Millisecond))
 	if n := js[int](p, `document.querySelectorAll('li.code').length`); n != 24 {
 		t.Errorf("%d code cards on the page, want a page of 24", n)
 	}
