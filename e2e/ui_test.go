@@ -389,7 +389,7 @@ func TestUIInBrowser(t *testing.T) {
 	p.shot("ui-en.png")
 
 	// A phone: nothing scrolls sideways; the cards are one column.
-	p.do("390 px", chromedp.EmulateViewport(390, 844, chromedp.EmulateScale(2), chromedp.EmulateMobile))
+	p.do("390 px", chromedp.EmulateViewport(390, 844, chromedp.EmulateScale(1), chromedp.EmulateMobile))
 	for _, lang := range []string{"", "&lang=en"} {
 		p.open("/ui/?period=today" + lang)
 		if w := js[[]int](p, `[document.documentElement.scrollWidth, window.innerWidth]`); w[0] > w[1] || w[1] != 390 {
