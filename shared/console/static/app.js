@@ -380,7 +380,7 @@
     const out = h('div', { role: 'status' });
     const warn = h('p', { cls: 'alert', hidden: true }, t('temp_warning'));
     const life = h('select', { name: 'expire_seconds', disabled: true, 'aria-label': t('f_valid') },
-      [[1, 86400], [7, 604800], [30, 2592000]].map(([d, s]) => h('option', { value: s, selected: d === 30 }, t('days', { n: d }))));
+      [[1, 86400], [7, 604800], [30, 2592000]].map(([d, s]) => h('option', { value: s, selected: d === 30 }, t('valid_' + d))));
     const kind = (v, checked) => h('label', { cls: 'radio' }, h('input', { type: 'radio', name: 'kind', value: v, checked,
       onchange: () => { const temp = v === 'temporary'; warn.hidden = !temp; life.disabled = !temp; } }), t('kind_' + v));
     const form = h('form', { cls: 'create', onsubmit: async (e) => {
@@ -461,7 +461,7 @@
     if (c.expired) return h('p', { cls: 'kind warn' }, t('expired_at', { time: when(c.expires_at), zone: zone() }));
     const hours = Math.max(1, Math.ceil((Date.parse(c.expires_at) - Date.now()) / 36e5));
     return h('p', { cls: 'kind' + (c.expiring_soon ? ' warn' : '') }, t('until', { time: when(c.expires_at), zone: zone() }),
-      c.expiring_soon ? h('strong', {}, ' ', hours < 24 ? t('expiring_hours', { n: hours }) : t('expiring', { n: Math.ceil(hours / 24) })) : null);
+      c.expiring_soon ? h('strong', {}, ' ', hours <= 24 ? t('expiring_hours', { n: hours }) : t('expiring', { n: Math.ceil(hours / 24) })) : null);
   }
 
   function downloads(c) {
