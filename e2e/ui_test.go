@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -205,7 +206,8 @@ func startUI(t *testing.T, env ...string) (wechatURL, base string) {
 	t.Helper()
 	fake := startFakeAPI(t)
 	p := start(t, "ingress", append(append([]string{"WECHAT_TOKEN=" + token, "HTTP_ADDR=127.0.0.1:0", "ADMIN_ADDR=127.0.0.1:0",
-		"DATA_DIR=" + t.TempDir(), "ADMIN_TOKEN=" + adminToken}, fake.env()...), env...), "-standalone", "-nats-listen", "")
+		"DATA_DIR=" + t.TempDir(), "ADMIN_TOKEN=" + adminToken, "ACCOUNTS_SECRET_KEY=" + base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{7}, 32))},
+		fake.env()...), env...), "-standalone", "-nats-listen", "")
 	admin := p.listenAddr(t, "admin")
 	waitReady(t, admin)
 	return "http://" + p.listenAddr(t, "http") + "/wechat", "http://" + admin
@@ -374,6 +376,8 @@ func TestUIInBrowser(t *testing.T) {
 		rulesOnPage(t, p, wechatURL)
 	}
 
+	accountsOnPage(t, p)
+
 	p.open("/ui/?period=today")
 	var bj qrCode
 	apiJSON(t, "GET", base+"/api/qrcodes/store_bj", nil, &bj)
@@ -460,6 +464,30 @@ func rulesOnPage(t *testing.T, p *page, wechatURL string) {
 		t.Errorf("the conflict: %q", msg)
 	}
 	p.until("their rule on the page", `[...document.querySelectorAll('#rules .keyword input')].some((i) => i.value === '优惠')`)
+}
+
+// accountsOnPage adds a second account; the page then offers both, and
+// the other one's page has its own numbers (none) and no codes (it has
+// no AppSecret).
+func accountsOnPage(t *testing.T, p *page) {
+	t.Helper()
+	// The accounts API comes with issue 19's wiring.
+	if code := apiJSON(t, "GET", p.base+"/api/accounts", nil, nil); code == http.StatusNotFound {
+		t.Log("GET /api/accounts is 404 on this build: the account selector is not tested")
+		return
+	}
+	if code := apiJSON(t, "POST", p.base+"/api/accounts", map[string]string{"id": "shop", "name": "门店服务号", "token": "shoptoken1"}, nil); code != 201 {
+		t.Fatalf("POST /api/accounts: %d", code)
+	}
+	p.open("/ui/?period=today")
+	if opts := js[[]string](p, `[...document.querySelectorAll('#account option')].map((o) => o.textContent)`); len(opts) != 2 || opts[1] != "门店服务号 (shop)" {
+		t.Fatalf("the account selector offers %q", opts)
+	}
+	js[any](p, `(() => { const s = document.querySelector('#account'); s.value = 'shop'; s.dispatchEvent(new Event('change')); })()`)
+	p.until("the shop's page", `location.search.includes('account=shop') && document.body.dataset.ready === '1'`)
+	if rank, codes := p.text("#rank"), p.text("#codelist"); !strings.Contains(rank, "这个时间段还没有扫码") || !strings.Contains(codes, "AppSecret") {
+		t.Errorf("the shop's page: %q, %q", rank, codes)
+	}
 }
 
 func mustJSON(v any) string {
