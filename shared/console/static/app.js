@@ -453,7 +453,7 @@
     return h('div', {}, h('h3', {}, t('batch')), h('p', { cls: 'hint' }, t('batch_hint')), h('pre', { cls: 'sample' }, t('batch_sample')), form, out);
   }
 
-  const CF = { q: '', group: null, status: '', caption: true, page: 0 };
+  const CF = { q: '', group: '', status: '', caption: true, page: 0 };
   const CARDS = 24;
 
   function kindText(c) {
@@ -498,22 +498,31 @@
     }
     const groups = [...new Set(codes.map((c) => c.group))].sort((a, b) => a.localeCompare(b, LANG));
     $('#groups').replaceChildren(...groups.filter(Boolean).map((g) => h('option', { value: g })));
-    const q = CF.q.toLowerCase();
-    const list = codes.filter((c) => (!q || (c.scene + ' ' + c.label).toLowerCase().includes(q)) && (CF.group == null || c.group === CF.group) &&
-      (!CF.status || (CF.status === 'expired' ? c.expired : CF.status === 'soon' ? c.expiring_soon : !c.expired)));
-    const page = Math.max(0, Math.min(CF.page, Math.ceil(list.length / CARDS) - 1));
-    const go = (n) => { CF.page = n; showCodes(); };
-    const filters = h('div', { cls: 'tools' },
-      h('input', { type: 'search', value: CF.q, placeholder: t('search'), 'aria-label': t('search'), oninput: (e) => { CF.q = e.target.value; CF.page = 0; showCodes().then(() => $('#codelist input[type=search]').focus()); } }),
-      h('select', { 'aria-label': t('f_group'), onchange: (e) => { CF.group = e.target.value ? JSON.parse(e.target.value) : null; CF.page = 0; showCodes(); } },
-        h('option', { value: '' }, t('all_groups')), groups.map((g) => h('option', { value: JSON.stringify(g), selected: CF.group === g }, g || t('no_group')))),
-      h('select', { 'aria-label': t('status'), onchange: (e) => { CF.status = e.target.value; CF.page = 0; showCodes(); } },
+    const set = (k) => (e) => { CF[k] = e.target.type === 'checkbox' ? e.target.checked : e.target.value; CF.page = 0; drawCards(); };
+    box.replaceChildren(h('div', { cls: 'tools' },
+      h('input', { type: 'search', value: CF.q, placeholder: t('search'), 'aria-label': t('search'), oninput: set('q') }),
+      h('select', { 'aria-label': t('f_group'), onchange: set('group') },
+        h('option', { value: '' }, t('all_groups')), groups.map((g) => h('option', { value: '=' + g, selected: CF.group === '=' + g }, g || t('no_group')))),
+      h('select', { 'aria-label': t('status'), onchange: set('status') },
         ['', 'active', 'soon', 'expired'].map((s) => h('option', { value: s, selected: CF.status === s }, t('status_' + (s || 'all'))))),
-      h('label', { cls: 'check' }, h('input', { type: 'checkbox', checked: CF.caption, onchange: (e) => { CF.caption = e.target.checked; showCodes(); } }), t('caption')),
-      h('a', { href: url('/api/qrcodes/archive.zip', { group: CF.group }), download: '' }, CF.group == null ? t('zip_all') : t('zip_group', { group: CF.group || t('no_group') })));
-    // Rebuilt filters lose focus: keep the caret where the reader types.
-    box.replaceChildren(...[filters,
-      h('p', { cls: 'hint' }, t('codes_count', { n: num(list.length) })),
+      h('label', { cls: 'check' }, h('input', { type: 'checkbox', checked: CF.caption, onchange: set('caption') }), t('caption')),
+      h('a', { id: 'zip', download: '' })), h('div', { id: 'cards' }));
+    drawCards();
+  }
+
+  // drawCards shows the page of codes the filters leave (CF.group is '' for
+  // every group, else '=' and the group).
+  function drawCards() {
+    const q = CF.q.toLowerCase();
+    const group = CF.group ? CF.group.slice(1) : null;
+    const list = CODES.filter((c) => (!q || (c.scene + ' ' + c.label).toLowerCase().includes(q)) && (group == null || c.group === group) &&
+      (!CF.status || (CF.status === 'expired' ? c.expired : CF.status === 'soon' ? c.expiring_soon : !c.expired)));
+    const zip = $('#zip');
+    zip.href = url('/api/qrcodes/archive.zip', { group });
+    zip.textContent = group == null ? t('zip_all') : t('zip_group', { group: group || t('no_group') });
+    const page = Math.max(0, Math.min(CF.page, Math.ceil(list.length / CARDS) - 1));
+    const go = (n) => { CF.page = n; drawCards(); };
+    $('#cards').replaceChildren(...[h('p', { cls: 'hint' }, t('codes_count', { n: num(list.length) })),
       h('ul', { cls: 'codes' }, list.slice(page * CARDS, (page + 1) * CARDS).map(card)),
       list.length > CARDS && h('nav', { cls: 'pager' },
         h('button', { type: 'button', disabled: page <= 0, onclick: () => go(page - 1) }, t('prev')),
