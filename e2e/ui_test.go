@@ -385,7 +385,9 @@ func TestUIInBrowser(t *testing.T) {
 		t.Errorf("store_bj's card shows %q, want %q (the API's)", card, want)
 	}
 	p.shot("ui.png")
-	p.open("/ui/?lang=en&period=today")
+	// The language link keeps the period.
+	p.do("switch to English", chromedp.Click(chromedp.CSS(`#lang`)))
+	p.until("the English page", `document.documentElement.lang === 'en' && location.search.includes('period=today') && document.body.dataset.ready === '1'`)
 	if lang, h2 := js[string](p, `document.documentElement.lang`), p.text("#channels h2"); lang != "en" || h2 != "Channels" {
 		t.Errorf("English: lang %q, %q", lang, h2)
 	}
