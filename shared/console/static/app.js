@@ -47,9 +47,9 @@
   };
   function saveState() {
     const p = new URLSearchParams();
-    for (const k of ['account', 'period', 'from', 'to', 'view', 'group', 'q', 'sort', 'order', 'page']) {
-      const def = { account: 'default', period: '7d', view: 'scenes', group: null, sort: 'scans', order: 'desc', page: 0 }[k] ?? '';
-      if (S[k] !== def && !(S.period !== 'custom' && (k === 'from' || k === 'to'))) p.set(k, S[k]);
+    const defaults = { account: 'default', period: '7d', from: '', to: '', view: 'scenes', group: null, q: '', sort: 'scans', order: 'desc', page: 0 };
+    for (const [k, def] of Object.entries(defaults)) {
+      if (S[k] !== def && S[k] != null && !(S.period !== 'custom' && (k === 'from' || k === 'to'))) p.set(k, S[k]);
     }
     const other = new URLSearchParams(p);
     if (LANG === 'en') p.set('lang', 'en');
