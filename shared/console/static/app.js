@@ -185,7 +185,7 @@
     const title = f ? t(f.kind === 'scene' ? 'trend_scene' : 'trend_group', { name: f.label || f.id || t('no_group') }) : t('trend_all');
     const head = h('div', { cls: 'head' }, h('h3', {}, title),
       f ? h('button', { type: 'button', cls: 'link', onclick: () => { S.focus = null; loadTrend(); markFocus(); } }, t('trend_back')) : null,
-      f?.kind !== 'group' ? h('a', { href: url(path, { from, to, step, format: 'csv' }), download: '' }, t('csv_trend')) : null);
+      f?.kind !== 'group' ? h('a', { href: url(path, { from, to, step, format: 'csv' }), download: `${title}_${from}_${to}.csv` }, t('csv_trend')) : null);
     try {
       let pts;
       if (f?.kind === 'group') {
@@ -294,6 +294,7 @@
       if (S.view === 'groups') {
         const body = await api('/api/groups', { from, to, compare: 'previous' });
         link.href = url('/api/groups', { from, to, compare: 'previous', format: 'csv' });
+        link.download = `${t('view_groups')}_${from}_${to}.csv`;
         const q = S.q.toLowerCase();
         const key = COLS.includes(S.sort) ? S.sort : null;
         const rows = body.groups.filter((g) => !q || (g.group || t('no_group')).toLowerCase().includes(q))
@@ -306,6 +307,7 @@
         const p = { from, to, compare: 'previous', sort: idle ? 'scans' : S.sort, order: idle ? 'asc' : S.order, q: S.q, group: S.group };
         const body = await api('/api/scenes', { ...p, limit: PAGE + (idle ? 1 : 0), offset: S.page * PAGE });
         link.href = url('/api/scenes', { ...p, format: 'csv' });
+        link.download = `${t('view_' + S.view)}_${from}_${to}.csv`;
         let rows = body.scenes;
         let total = body.total;
         if (idle) {
