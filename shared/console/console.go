@@ -16,6 +16,7 @@ import (
 	"crypto/subtle"
 	"embed"
 	"encoding/json"
+	"errors"
 	"html/template"
 	"log/slog"
 	"net/http"
@@ -64,11 +65,25 @@ type Options struct {
 	Now func() time.Time
 }
 
-// Handler serves /ui/ (the page, or the sign-in form), its script and
-// style, and the posts /ui/login and /ui/logout.
-func Handler(o Options) http.Handler {
+func (o *Options) setDefaults() {
 	if o.Now == nil {
 		o.Now = time.Now
+	}
+}
+
+func (o *Options) validate() error {
+	if o.Logger == nil {
+		return errors.New("console: Options.Logger is required")
+	}
+	return nil
+}
+
+// Handler serves /ui/ (the page, or the sign-in form), its script and
+// style, and the posts /ui/login and /ui/logout.
+func Handler(o Options) (http.Handler, error) {
+	o.setDefaults()
+	if err := o.validate(); err != nil {
+		return nil, err
 	}
 	u := &ui{o: o, fails: map[netip.Prefix]*failures{}}
 	mux := http.NewServeMux()
@@ -85,7 +100,7 @@ func Handler(o Options) http.Handler {
 	// Cross-origin posts (Sec-Fetch-Site, else Origin against Host) are
 	// refused: no other site can sign a browser in or out.
 	mux.Handle("POST /ui/", http.NewCrossOriginProtection().Handler(posts))
-	return secureHeaders(mux)
+	return secureHeaders(mux), nil
 }
 
 // secureHeaders keeps the page to itself: its own script, styles, images

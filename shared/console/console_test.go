@@ -157,7 +157,13 @@ func TestSignInAndTheAPI(t *testing.T) {
 // language.
 func TestSignInThrottled(t *testing.T) {
 	now := time.Unix(1_800_000_000, 0)
-	h := Handler(Options{Token: "admin-token", Logger: slog.New(slog.DiscardHandler), Now: func() time.Time { return now }})
+	h, err := Handler(Options{Token: "admin-token", Logger: slog.New(slog.DiscardHandler), Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Handler(Options{}); err == nil {
+		t.Error("a Handler without a Logger")
+	}
 	try := func(addr, token, lang string) *httptest.ResponseRecorder {
 		r := httptest.NewRequest("POST", "/ui/login", strings.NewReader(url.Values{"token": {token}, "lang": {lang}}.Encode()))
 		r.Header.Set("Content-Type", "application/x-www-form-urlencoded")

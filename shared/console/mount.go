@@ -43,6 +43,10 @@ func Mount(mux *admin.Mux, o MountOptions) (*qrcodes.Service, error) {
 	// Ahead of the ServeMux, which would clean "/api/qrcodes/./image" (a
 	// scene may be ".") into another route.
 	mux.HandleUncleaned(qrcodes.Prefix, qr.Handler(cfg.AdminToken))
-	mux.Handle("/ui/", Handler(Options{Token: cfg.AdminToken, Logger: o.Logger.With("component", "ui")}))
+	ui, err := Handler(Options{Token: cfg.AdminToken, Logger: o.Logger.With("component", "ui")})
+	if err != nil {
+		return nil, err
+	}
+	mux.Handle("/ui/", ui)
 	return qr, nil
 }
