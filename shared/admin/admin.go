@@ -227,9 +227,7 @@ func RequireToken(token string, h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 && !(pageRequest(r) && HasSession(r, token)) {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="wxgate"`)
-			w.Header().Set("Content-Type", "application/json; charset=utf-8")
-			w.WriteHeader(http.StatusUnauthorized)
-			_, _ = w.Write([]byte(`{"error":"bearer token required"}` + "\n"))
+			WriteError(w, http.StatusUnauthorized, "bearer token required (or, for the /ui/ page's own requests, its sign-in)")
 			return
 		}
 		h.ServeHTTP(w, r)
