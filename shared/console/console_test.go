@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httptest"
+	"net/netip"
 	"net/url"
 	"regexp"
 	"slices"
@@ -203,6 +204,24 @@ func TestSignInThrottled(t *testing.T) {
 	}
 	if w := try("[2001:db8:1:3::1]:443", "admin-token", ""); w.Code != 303 {
 		t.Errorf("another /64: %d, want 303", w.Code)
+	}
+}
+
+// The throttle remembers at most maxTracked addresses: while that many
+// failed within the minute, a new address waits too (a flood of addresses
+// buys no guesses); once the minute has passed, they are forgotten.
+func TestThrottleBounded(t *testing.T) {
+	u := &ui{fails: map[netip.Prefix]*failures{}}
+	now := time.Unix(1_800_000_000, 0)
+	for i := range maxTracked {
+		u.failed(netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), 32), now)
+	}
+	newcomer := netip.MustParsePrefix("192.0.2.1/32")
+	if d := u.wait(newcomer, now.Add(30*time.Second)); d <= 0 {
+		t.Errorf("a new address while %d are remembered: may try at once", maxTracked)
+	}
+	if d := u.wait(newcomer, now.Add(failWindow)); d != 0 || len(u.fails) != 0 {
+		t.Errorf("after the minute: wait %v, %d addresses remembered", d, len(u.fails))
 	}
 }
 
