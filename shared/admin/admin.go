@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"net/netip"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -214,23 +215,44 @@ func NewMux(o Options) *Mux {
 }
 
 // RequireToken wraps h so that, when token is not empty, every request
-// needs "Authorization: Bearer <token>" (compared in constant time), and
-// gets 401 with a JSON error otherwise.
+// needs "Authorization: Bearer <token>" (compared in constant time) or the
+// /ui/ page's session cookie, and gets 401 with a JSON error otherwise. The
+// cookie stands for the token only where the page is the one asking (see
+// pageRequest): its images and downloads, and its scripts' calls.
 func RequireToken(token string, h http.Handler) http.Handler {
 	if token == "" {
 		return h
 	}
 	want := []byte("Bearer " + token)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
+		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 && !(pageRequest(r) && HasSession(r, token)) {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="wxgate"`)
-			w.Header().Set("Content-Type", "application/json; charset=utf-8")
-			w.WriteHeader(http.StatusUnauthorized)
-			_, _ = w.Write([]byte(`{"error":"bearer token required"}` + "\n"))
+			WriteError(w, http.StatusUnauthorized, "bearer token required (or, for the /ui/ page's own requests, its sign-in)")
 			return
 		}
 		h.ServeHTTP(w, r)
 	})
+}
+
+// pageRequest reports a request the session cookie may authorize: a read,
+// or a change the page's own script sends: same-origin (Fetch metadata, or
+// an Origin naming this Host) with a JSON or CSV body, types another site
+// cannot send without a preflight, which is never granted. The cookie is
+// SameSite=Strict too, and the admin Mux refuses cross-origin changes:
+// this check holds wherever the handler is mounted.
+func pageRequest(r *http.Request) bool {
+	if r.Method == http.MethodGet || r.Method == http.MethodHead {
+		return true
+	}
+	site := r.Header.Get("Sec-Fetch-Site")
+	if site == "" {
+		u, err := url.Parse(r.Header.Get("Origin"))
+		if err == nil && u.Host != "" && u.Host == r.Host {
+			site = "same-origin"
+		}
+	}
+	t, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	return site == "same-origin" && (t == "application/json" || t == "text/csv")
 }
 
 // WriteJSON answers with v as JSON and status code.
@@ -355,22 +377,4 @@ func HasSession(r *http.Request, token string) bool {
 	}
 	secs, err := strconv.ParseInt(exp, 10, 64)
 	return err == nil && time.Now().Before(time.Unix(secs, 0))
-}
-
-// RequireTokenOrSession is RequireToken that also takes the session cookie
-// on GET and HEAD (the page's images and downloads). A request that changes
-// something still needs the bearer token; the page's own form posts check
-// the cookie and cross-origin requests themselves.
-func RequireTokenOrSession(token string, h http.Handler) http.Handler {
-	if token == "" {
-		return h
-	}
-	bearer := RequireToken(token, h)
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if (r.Method == http.MethodGet || r.Method == http.MethodHead) && HasSession(r, token) {
-			h.ServeHTTP(w, r)
-			return
-		}
-		bearer.ServeHTTP(w, r)
-	})
 }

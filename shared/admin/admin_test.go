@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -88,8 +89,11 @@ func TestPprofOnlyWhenAsked(t *testing.T) {
 	}
 }
 
-func TestRequireTokenOrSession(t *testing.T) {
-	h := RequireTokenOrSession("s3cret", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(204) }))
+// RequireToken takes the bearer token, or the page's session cookie on a
+// read or on a change the page's own script sends (same-origin, a JSON or
+// CSV body); a cross-site request carrying the cookie is refused.
+func TestRequireToken(t *testing.T) {
+	h := RequireToken("s3cret", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(204) }))
 	now := time.Now()
 	valid, expires := NewSession("s3cret", now)
 	if d := expires.Sub(now); d < SessionTTL-time.Second || d > SessionTTL {
@@ -100,32 +104,52 @@ func TestRequireTokenOrSession(t *testing.T) {
 	// The v1 cookie: a constant HMAC of the token, valid forever.
 	v1 := hmac.New(sha256.New, []byte("s3cret"))
 	v1.Write([]byte("wxgate admin session v1"))
+	jsonType, csv, text := "application/json; charset=utf-8", "text/csv", "text/plain"
+	same := map[string]string{"Sec-Fetch-Site": "same-origin"}
 	tests := []struct {
 		name, method string
 		bearer       string
 		cookie       *http.Cookie
+		contentType  string
+		headers      map[string]string
 		want         int
 	}{
-		{"bearer", "POST", "s3cret", nil, 204},
-		{"cookie on GET", "GET", "", cookie(valid), 204},
-		{"cookie on HEAD", "HEAD", "", cookie(valid), 204},
-		{"cookie on POST", "POST", "", cookie(valid), 401},
-		{"wrong token's cookie", "GET", "", cookie(SessionValue("other", expires)), 401},
-		{"the token as cookie", "GET", "", cookie("s3cret"), 401},
-		{"expired a second ago", "GET", "", cookie(SessionValue("s3cret", now.Add(-time.Second))), 401},
-		{"expiry moved later, same MAC", "GET", "", cookie(strconv.FormatInt(now.Add(48*time.Hour).Unix(), 10) + "." + mac), 401},
-		{"MAC of another expiry", "GET", "", cookie(exp + "." + sessionMAC("s3cret", "1")), 401},
-		{"no expiry", "GET", "", cookie(mac), 401},
-		{"the old constant cookie", "GET", "", cookie(hex.EncodeToString(v1.Sum(nil))), 401},
-		{"nothing", "GET", "", nil, 401},
+		{"bearer", "POST", "s3cret", nil, text, nil, 204},
+		{"cookie on GET", "GET", "", cookie(valid), "", nil, 204},
+		{"cookie on HEAD", "HEAD", "", cookie(valid), "", nil, 204},
+		{"cookie on a POST that says nothing of its origin", "POST", "", cookie(valid), jsonType, nil, 401},
+		{"cookie on the page's JSON POST", "POST", "", cookie(valid), jsonType, same, 204},
+		{"cookie on the page's JSON PUT, by Origin", "PUT", "", cookie(valid), jsonType, map[string]string{"Origin": "http://example.com"}, 204},
+		{"cookie on the page's CSV POST", "POST", "", cookie(valid), csv, same, 204},
+		{"cookie on a same-origin text/plain POST", "POST", "", cookie(valid), text, same, 401},
+		{"cookie on a same-origin form POST", "POST", "", cookie(valid), "application/x-www-form-urlencoded", same, 401},
+		{"cookie on a cross-site JSON POST", "POST", "", cookie(valid), jsonType, map[string]string{"Sec-Fetch-Site": "cross-site", "Origin": "https://evil.example"}, 401},
+		{"cookie on a same-site JSON POST (another origin)", "POST", "", cookie(valid), jsonType, map[string]string{"Sec-Fetch-Site": "same-site"}, 401},
+		{"cookie with another Origin", "POST", "", cookie(valid), jsonType, map[string]string{"Origin": "http://evil.example"}, 401},
+		{"cookie, Fetch metadata cross-site but Origin faked", "POST", "", cookie(valid), jsonType, map[string]string{"Sec-Fetch-Site": "cross-site", "Origin": "http://example.com"}, 401},
+		{"wrong token's cookie", "GET", "", cookie(SessionValue("other", expires)), "", nil, 401},
+		{"wrong token's cookie on the page's POST", "POST", "", cookie(SessionValue("other", expires)), jsonType, same, 401},
+		{"the token as cookie", "GET", "", cookie("s3cret"), "", nil, 401},
+		{"expired a second ago", "GET", "", cookie(SessionValue("s3cret", now.Add(-time.Second))), "", nil, 401},
+		{"expiry moved later, same MAC", "GET", "", cookie(strconv.FormatInt(now.Add(48*time.Hour).Unix(), 10) + "." + mac), "", nil, 401},
+		{"MAC of another expiry", "GET", "", cookie(exp + "." + sessionMAC("s3cret", "1")), "", nil, 401},
+		{"no expiry", "GET", "", cookie(mac), "", nil, 401},
+		{"the old constant cookie", "GET", "", cookie(hex.EncodeToString(v1.Sum(nil))), "", nil, 401},
+		{"nothing", "GET", "", nil, "", nil, 401},
 	}
 	for _, tt := range tests {
-		r := httptest.NewRequest(tt.method, "/api/qrcodes", nil)
+		r := httptest.NewRequest(tt.method, "http://example.com/api/qrcodes", strings.NewReader("{}"))
 		if tt.bearer != "" {
 			r.Header.Set("Authorization", "Bearer "+tt.bearer)
 		}
 		if tt.cookie != nil {
 			r.AddCookie(tt.cookie)
+		}
+		if tt.contentType != "" {
+			r.Header.Set("Content-Type", tt.contentType)
+		}
+		for k, v := range tt.headers {
+			r.Header.Set(k, v)
 		}
 		w := httptest.NewRecorder()
 		h.ServeHTTP(w, r)
@@ -222,6 +246,12 @@ func TestGuardedRoutes(t *testing.T) {
 	}
 	const self = "127.0.0.1:8081"
 	crossSite := map[string]string{"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}
+	session, _ := NewSession("s3cret", time.Now())
+	withCookie := func(h map[string]string) map[string]string {
+		out := map[string]string{"Cookie": SessionCookie + "=" + session}
+		maps.Copy(out, h)
+		return out
+	}
 	sameOrigin := map[string]string{"Origin": "http://" + self, "Sec-Fetch-Site": "same-origin"}
 	type req struct {
 		name, method, path, host, body, contentType string
@@ -267,6 +297,11 @@ func TestGuardedRoutes(t *testing.T) {
 		{"curl POST with the token, text/plain", "POST", "/api/qrcodes", self, `{"scene":"a"}`, "text/plain", nil, true, 201},
 		{"a browser with the token, text/plain", "POST", "/api/qrcodes", self, `{"scene":"a"}`, "text/plain", map[string]string{"User-Agent": "Mozilla/5.0"}, true, 415},
 		{"cross-site POST even with the token", "POST", "/api/analytics/rebuild", self, "", "", crossSite, true, 403},
+		{"the page's JSON POST with its cookie", "POST", "/api/qrcodes", self, `{"scene":"a"}`, "application/json", withCookie(sameOrigin), false, 201},
+		{"the page's cookie, cross-site JSON POST", "POST", "/api/qrcodes", self, `{"scene":"a"}`, "application/json", withCookie(crossSite), false, 403},
+		{"the page's cookie, same-origin text/plain", "POST", "/api/analytics/rebuild", self, `x`, "text/plain", withCookie(sameOrigin), false, 415},
+		{"the page's cookie, a script's POST", "POST", "/api/analytics/rebuild", self, "", "", withCookie(nil), false, 401},
+		{"the page's cookie on a read", "GET", "/api/scenes", self, "", "", withCookie(nil), false, 200},
 	}
 	for token, cases := range map[string][]req{"": open, "s3cret": withToken} {
 		mux := routes(token)

@@ -1,17 +1,18 @@
 // Package console is the /ui/ page of the admin listener, for the people
-// who print the codes: the scenes with their counts (a bar chart), the
-// codes with their images and expiry, a form that creates one, and the PNG
-// to download. It is server-rendered from embedded templates: no script, no
-// build step, nothing fetched from elsewhere. With ADMIN_TOKEN set, a login
-// form sets a session cookie (HttpOnly, SameSite=Strict), because a browser
-// cannot add a bearer header to an <img> or a form; form posts are also
-// refused when they come from another origin.
+// who print the codes: which channel brings scans and followers in a
+// period, against the period before; the codes, made one by one or from a
+// CSV file, downloaded ready to print; the reply each code gives and the
+// keyword replies. The server sends a shell (the language's strings) and a
+// script that reads the JSON API the page is a client of: nothing is
+// fetched from elsewhere (it must work on an intranet in China), and the
+// Content-Security-Policy allows this origin only. With ADMIN_TOKEN set, a
+// sign-in form sets a session cookie (HttpOnly, SameSite=Strict), which
+// admin.RequireToken takes for the page's reads and its own same-origin
+// JSON and CSV requests; wrong tokens are throttled per address.
 package console
 
 import (
 	"bytes"
-	"cmp"
-	"context"
 	"crypto/subtle"
 	"embed"
 	"encoding/json"
@@ -19,121 +20,123 @@ import (
 	"html/template"
 	"log/slog"
 	"net/http"
-	"net/url"
-	"slices"
+	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
-	"github.com/wxgate/wxgate/shared/accounts"
 	"github.com/wxgate/wxgate/shared/admin"
-	"github.com/wxgate/wxgate/shared/qrcodes"
-	"github.com/wxgate/wxgate/shared/stats"
-	"github.com/wxgate/wxgate/shared/wechatapi"
 )
 
 //go:embed static
 var static embed.FS
 
-var page = template.Must(template.New("page.html").Funcs(template.FuncMap{
-	"fmtTime": func(t *time.Time) string {
-		if t == nil {
-			return ""
-		}
-		return t.UTC().Format("2006-01-02 15:04 UTC")
-	},
-	// withQuery adds parameters to a code's image_url, which has a query
-	// (its ticket) already, or may not.
-	"withQuery": func(u, params string) string {
-		if strings.Contains(u, "?") {
-			return u + "&" + params
-		}
-		return u + "?" + params
-	},
-}).ParseFS(static, "static/page.html"))
+// langs are the page's languages, each one table of strings; the first is
+// the default.
+var langs = []string{"zh-CN", "en"}
 
-// Options configure the page. QR, Scenes and Logger are required.
+// texts holds each language's table (static/<lang>.json), read once: the
+// shell's words and, as JSON in the page, the script's.
+var texts = func() map[string]map[string]string {
+	out := map[string]map[string]string{}
+	for _, l := range langs {
+		var t map[string]string
+		b, err := static.ReadFile("static/" + l + ".json")
+		if err == nil {
+			err = json.Unmarshal(b, &t)
+		}
+		if err != nil {
+			panic("console: static/" + l + ".json: " + err.Error())
+		}
+		out[l] = t
+	}
+	return out
+}()
+
+var page = template.Must(template.New("page.html").ParseFS(static, "static/page.html"))
+
+// Options configure the page. Logger is required.
 type Options struct {
-	QR *qrcodes.Service
-	// Scenes opens the totals store the chart reads (what /api/scenes
-	// serves).
-	Scenes stats.StoreFunc
 	// Token is ADMIN_TOKEN; empty, the page is open like the API.
 	Token  string
 	Logger *slog.Logger
+	// Now is the clock of the sign-in throttle; nil: time.Now.
+	Now func() time.Time
 }
 
-// Handler serves /ui/ (the page), /ui/style.css, and the posts
-// /ui/login, /ui/logout and /ui/qrcodes.
-func Handler(o Options) http.Handler {
-	u := &ui{o: o}
+func (o *Options) setDefaults() {
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+}
+
+func (o *Options) validate() error {
+	if o.Logger == nil {
+		return errors.New("console: Options.Logger is required")
+	}
+	return nil
+}
+
+// Handler serves /ui/ (the page, or the sign-in form), its script and
+// style, and the posts /ui/login and /ui/logout.
+func Handler(o Options) (http.Handler, error) {
+	o.setDefaults()
+	if err := o.validate(); err != nil {
+		return nil, err
+	}
+	u := &ui{o: o, fails: map[netip.Prefix]*failures{}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /ui/{$}", u.show)
-	mux.HandleFunc("GET /ui/style.css", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Cache-Control", "public, max-age=300")
-		http.ServeFileFS(w, r, static, "static/style.css")
-	})
+	for _, f := range []string{"app.js", "style.css"} {
+		mux.HandleFunc("GET /ui/"+f, func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Cache-Control", "no-cache") // revalidated: a new binary's script at once
+			http.ServeFileFS(w, r, static, "static/"+f)
+		})
+	}
 	posts := http.NewServeMux()
 	posts.HandleFunc("POST /ui/login", u.login)
 	posts.HandleFunc("POST /ui/logout", u.logout)
-	posts.HandleFunc("POST /ui/qrcodes", u.create)
-	// Cross-origin form posts (Sec-Fetch-Site, else Origin against Host)
-	// are refused: with SameSite=Strict on the cookie, no other site can
-	// make a signed-in browser create codes or sign it in as someone else.
+	// Cross-origin posts (Sec-Fetch-Site, else Origin against Host) are
+	// refused: no other site can sign a browser in or out.
 	mux.Handle("POST /ui/", http.NewCrossOriginProtection().Handler(posts))
-	return secureHeaders(mux)
+	return secureHeaders(mux), nil
 }
 
-// secureHeaders keeps the page to itself: its own styles and images only,
-// no framing, no referrer to WeChat's URLs.
+// secureHeaders keeps the page to itself: its own script, styles, images
+// and API only, no framing, no referrer to WeChat's URLs.
 func secureHeaders(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		hd := w.Header()
-		hd.Set("Content-Security-Policy", "default-src 'none'; img-src 'self'; style-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+		hd.Set("Content-Security-Policy", "default-src 'none'; script-src 'self'; connect-src 'self'; img-src 'self'; style-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 		hd.Set("X-Content-Type-Options", "nosniff")
 		hd.Set("Referrer-Policy", "same-origin")
 		h.ServeHTTP(w, r)
 	})
 }
 
-type ui struct{ o Options }
+type ui struct {
+	o     Options
+	mu    sync.Mutex
+	fails map[netip.Prefix]*failures
+}
 
 // view is what the template renders.
 type view struct {
-	Login, LoggedIn, Enabled bool
-	Notice, Error            string
-	Form                     form
-	Lifetimes                []lifetime
-	Scenes                   []sceneBar
-	ScenesError              string
-	BarWidth                 int
-	Codes                    []qrcodes.Listed
-	CodesError               string
-	// MoreCodes is how many codes exist beyond those shown.
-	MoreCodes, MaxCodes int
+	Lang, Other string            // this language and the other one
+	T           map[string]string // this language's strings
+	Login       bool
+	SignOut     bool
+	Error       string
 }
 
-type form struct {
-	Scene, Label  string
-	Permanent     bool
-	ExpireSeconds int64
+// lang is the language a request asks for: ?lang=en, else Chinese.
+func lang(r *http.Request) string {
+	if l := r.FormValue("lang"); l == "en" {
+		return "en"
+	}
+	return langs[0]
 }
-
-type lifetime struct {
-	Name    string
-	Seconds int64
-}
-
-var lifetimes = []lifetime{{"1 hour", 3600}, {"1 day", 86400}, {"7 days", 7 * 86400}, {"30 days (the most)", qrcodes.MaxExpireSeconds}}
-
-type sceneBar struct {
-	Scene                  string
-	Scans, NewFollowers    int64
-	ScansBar, FollowersBar int
-}
-
-// barWidth is the longest bar, in pixels.
-const barWidth = 240
 
 func (u *ui) authed(r *http.Request) bool {
 	return u.o.Token == "" || admin.HasSession(r, u.o.Token)
@@ -144,40 +147,14 @@ func (u *ui) show(w http.ResponseWriter, r *http.Request) {
 		u.render(w, r, http.StatusUnauthorized, view{Login: true})
 		return
 	}
-	v := view{}
-	if s := r.URL.Query().Get("created"); s != "" {
-		v.Notice = "The code for scene “" + s + "” is ready: print it from the list below."
-	}
-	u.render(w, r, http.StatusOK, v)
+	u.render(w, r, http.StatusOK, view{SignOut: u.o.Token != ""})
 }
 
-// render fills in the lists and writes the page with status code.
 func (u *ui) render(w http.ResponseWriter, r *http.Request, code int, v view) {
-	v.LoggedIn = !v.Login && u.o.Token != ""
-	v.Enabled = u.o.QR.Enabled(accounts.DefaultID)
-	v.Lifetimes, v.BarWidth = lifetimes, barWidth
-	if v.Form.ExpireSeconds == 0 {
-		v.Form.ExpireSeconds = qrcodes.DefaultExpireSeconds
-	}
-	if !v.Login {
-		ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
-		defer cancel()
-		var err error
-		if v.Scenes, err = u.scenes(ctx); err != nil {
-			u.o.Logger.Warn("ui: scene totals unavailable", "err", err)
-			v.ScenesError = "The scene totals are unavailable right now."
-		}
-		if v.Enabled {
-			if v.Codes, err = u.o.QR.List(ctx, accounts.DefaultID, nil); err != nil {
-				u.o.Logger.Warn("ui: codes unavailable", "err", err)
-				v.CodesError = "The codes are unavailable right now."
-			}
-			// The newest first: one image each, so the page stays a page.
-			v.MaxCodes = MaxCodes
-			if n := len(v.Codes); n > MaxCodes {
-				v.Codes, v.MoreCodes = v.Codes[:MaxCodes], n-MaxCodes
-			}
-		}
+	v.Lang = lang(r)
+	v.Other = map[string]string{"en": langs[0], langs[0]: "en"}[v.Lang]
+	if v.T == nil {
+		v.T = texts[v.Lang]
 	}
 	var buf bytes.Buffer
 	if err := page.Execute(&buf, v); err != nil {
@@ -191,60 +168,108 @@ func (u *ui) render(w http.ResponseWriter, r *http.Request, code int, v view) {
 	_, _ = w.Write(buf.Bytes())
 }
 
-// MaxCodes is how many codes the page shows, the newest; GET /api/qrcodes
-// lists them all.
-const MaxCodes = 200
+// maxForm bounds a sign-in post: a token and a language.
+const maxForm = 8 << 10
 
-// maxBars is how many scenes the chart shows: the most scanned.
-const maxBars = 20
+// The sign-in throttle: after maxFails wrong tokens from one address (an
+// IPv6 /64) within failWindow, every try from it, right or wrong, is
+// answered 429 until the window has passed. At most maxTracked addresses
+// are remembered; while that many failed within the window, a new address
+// is refused too (a flood of addresses cannot buy more guesses).
+const (
+	maxFails   = 5
+	failWindow = time.Minute
+	maxTracked = 10000
+)
 
-// scenes reads the most scanned scenes from the totals store.
-func (u *ui) scenes(ctx context.Context) ([]sceneBar, error) {
-	store, err := u.o.Scenes(ctx)
-	if err != nil {
-		return nil, err
-	}
-	all, err := store.Scenes(ctx)
-	if err != nil {
-		return nil, err
-	}
-	// The order of GET /api/scenes?sort=scans&order=desc.
-	slices.SortFunc(all, func(a, b stats.Totals) int {
-		return cmp.Or(cmp.Compare(b.Scans, a.Scans), strings.Compare(b.Scene, a.Scene))
-	})
-	all = all[:min(len(all), maxBars)]
-	var top int64 = 1
-	for _, s := range all {
-		top = max(top, s.Scans)
-	}
-	out := make([]sceneBar, 0, len(all))
-	for _, s := range all {
-		out = append(out, sceneBar{Scene: s.Scene, Scans: s.Scans, NewFollowers: s.NewFollowers,
-			ScansBar: int(s.Scans * barWidth / top), FollowersBar: int(min(s.NewFollowers, s.Scans) * barWidth / top)})
-	}
-	return out, nil
+type failures struct {
+	since time.Time // the window's start
+	n     int
 }
 
-// maxForm bounds a form post: a token, or a scene and a label.
-const maxForm = 8 << 10
+// client is the address a throttle counts: RemoteAddr, whose IPv6 /64 is
+// one client (one host's share). Behind a proxy, every browser is the
+// proxy's address: throttled together, never let through by a header.
+func client(r *http.Request) netip.Prefix {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return netip.Prefix{}
+	}
+	a := ap.Addr().Unmap()
+	bits := 32
+	if a.Is6() {
+		bits = 64
+	}
+	p, _ := a.Prefix(bits)
+	return p
+}
+
+// wait is how long addr must wait before its next try; 0: it may try.
+func (u *ui) wait(addr netip.Prefix, now time.Time) time.Duration {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	f := u.fails[addr]
+	if f == nil && len(u.fails) >= maxTracked {
+		for a, f := range u.fails {
+			if now.Sub(f.since) >= failWindow {
+				delete(u.fails, a)
+			}
+		}
+		if len(u.fails) >= maxTracked {
+			return failWindow
+		}
+	}
+	if f == nil || f.n < maxFails {
+		return 0
+	}
+	return max(0, f.since.Add(failWindow).Sub(now))
+}
+
+// failed counts a wrong token from addr.
+func (u *ui) failed(addr netip.Prefix, now time.Time) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	f := u.fails[addr]
+	if f == nil || now.Sub(f.since) >= failWindow {
+		f = &failures{since: now}
+		u.fails[addr] = f
+	}
+	f.n++
+}
 
 func (u *ui) login(w http.ResponseWriter, r *http.Request) {
 	r.Body = http.MaxBytesReader(w, r.Body, maxForm)
+	home := "/ui/"
+	if lang(r) == "en" {
+		home += "?lang=en"
+	}
 	if u.o.Token == "" {
-		http.Redirect(w, r, "/ui/", http.StatusSeeOther)
+		http.Redirect(w, r, home, http.StatusSeeOther)
+		return
+	}
+	addr, now := client(r), u.o.Now()
+	if d := u.wait(addr, now); d > 0 {
+		secs := int((d + time.Second - 1) / time.Second)
+		u.o.Logger.Warn("ui: sign-in throttled", "remote", addr.String(), "retry_after_seconds", secs)
+		w.Header().Set("Retry-After", strconv.Itoa(secs))
+		u.render(w, r, http.StatusTooManyRequests, view{Login: true, Error: strings.ReplaceAll(texts[lang(r)]["login_throttled"], "{n}", strconv.Itoa(secs))})
 		return
 	}
 	if subtle.ConstantTimeCompare([]byte(r.PostFormValue("token")), []byte(u.o.Token)) != 1 {
-		u.o.Logger.Info("ui: sign-in refused: wrong token")
-		u.render(w, r, http.StatusUnauthorized, view{Login: true, Error: "That is not the admin token."})
+		u.failed(addr, now)
+		u.o.Logger.Info("ui: sign-in refused: wrong token", "remote", addr.String())
+		u.render(w, r, http.StatusUnauthorized, view{Login: true, Error: texts[lang(r)]["login_wrong"]})
 		return
 	}
+	u.mu.Lock()
+	delete(u.fails, addr)
+	u.mu.Unlock()
 	// The expiry is in the value and its MAC, and checked by the server;
 	// Max-Age only tells the browser when to drop it.
 	value, expires := admin.NewSession(u.o.Token, time.Now())
 	http.SetCookie(w, &http.Cookie{Name: admin.SessionCookie, Value: value, Path: "/", Expires: expires,
 		MaxAge: int(admin.SessionTTL.Seconds()), HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: viaHTTPS(r)})
-	http.Redirect(w, r, "/ui/", http.StatusSeeOther)
+	http.Redirect(w, r, home, http.StatusSeeOther)
 }
 
 // viaHTTPS reports whether the browser reached the page over TLS: here, or
@@ -256,38 +281,9 @@ func viaHTTPS(r *http.Request) bool {
 
 func (u *ui) logout(w http.ResponseWriter, r *http.Request) {
 	http.SetCookie(w, &http.Cookie{Name: admin.SessionCookie, Value: "", Path: "/", MaxAge: -1, HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: viaHTTPS(r)})
-	http.Redirect(w, r, "/ui/", http.StatusSeeOther)
-}
-
-func (u *ui) create(w http.ResponseWriter, r *http.Request) {
-	if !u.authed(r) {
-		u.render(w, r, http.StatusUnauthorized, view{Login: true})
-		return
+	home := "/ui/"
+	if lang(r) == "en" {
+		home += "?lang=en"
 	}
-	r.Body = http.MaxBytesReader(w, r.Body, maxForm)
-	f := form{Scene: r.PostFormValue("scene"), Label: r.PostFormValue("label"), Permanent: r.PostFormValue("kind") == "permanent"}
-	f.ExpireSeconds, _ = strconv.ParseInt(r.PostFormValue("expire_seconds"), 10, 64)
-	// The same checks as the API's: the form is one more client of it.
-	body, _ := json.Marshal(map[string]any{"scene": f.Scene, "label": f.Label, "permanent": f.Permanent, "expire_seconds": f.ExpireSeconds})
-	req, err := qrcodes.ParseRequest(bytes.NewReader(body))
-	if err != nil {
-		u.o.Logger.Info("ui: code refused", "err", err)
-		u.render(w, r, http.StatusBadRequest, view{Form: f, Error: strings.TrimPrefix(err.Error(), qrcodes.ErrBadRequest.Error()+": ")})
-		return
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), 20*time.Second)
-	defer cancel()
-	if _, _, err := u.o.QR.Create(ctx, accounts.DefaultID, req); err != nil {
-		// The API's status and error, in words for the page.
-		code, body := qrcodes.Problem(err)
-		msg, _ := body["error"].(string)
-		var we *wechatapi.Error
-		if errors.As(err, &we) {
-			msg = "WeChat refused: " + we.Error()
-		}
-		u.o.Logger.Warn("ui: code not created", "status", code, "err", err)
-		u.render(w, r, code, view{Form: f, Error: msg})
-		return
-	}
-	http.Redirect(w, r, "/ui/?created="+url.QueryEscape(req.Scene), http.StatusSeeOther)
+	http.Redirect(w, r, home, http.StatusSeeOther)
 }

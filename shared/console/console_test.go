@@ -1,7 +1,6 @@
 package console
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"html"
@@ -11,8 +10,10 @@ import (
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httptest"
+	"net/netip"
 	"net/url"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -20,7 +21,6 @@ import (
 	qr "github.com/piglig/go-qr"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wxgate/wxgate/shared/accounts"
@@ -32,62 +32,6 @@ import (
 	"github.com/wxgate/wxgate/shared/wechatapi"
 	"github.com/wxgate/wxgate/shared/wechatapi/wechatapitest"
 )
-
-type noCounts struct{}
-
-func (noCounts) Scene(context.Context, string) (stats.Totals, bool, error) {
-	return stats.Totals{}, false, nil
-}
-
-// withScenes stores two scenes' totals, as the analytics leader writes
-// them, and returns the store.
-func withScenes(t *testing.T, nc *nats.Conn) stats.StoreFunc {
-	t.Helper()
-	ctx := context.Background()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	store, err := stats.OpenStore(ctx, js, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, tot := range []stats.Totals{{Scene: "<b>bold</b>", Scans: 3}, {Scene: "poster_a", Scans: 12, NewFollowers: 4}} {
-		b, _ := json.Marshal(stats.SceneDoc{Totals: tot})
-		if _, err := store.KV.Put(ctx, stats.TotalsKey("default", tot.Scene), b); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return func(context.Context) (*stats.Store, error) { return store, nil }
-}
-
-// server is the page on a real listener, with its QR API beside it as the
-// admin mux has them; off leaves WECHAT_APPSECRET unset.
-func server(t *testing.T, off bool) string {
-	t.Helper()
-	ns := natstest.RunServer(t)
-	nc := natstest.Connect(t, ns, nats.Name("console-test"))
-	fake := wechatapitest.New(wechatapitest.Options{AppID: "wx_c", Secret: "c-secret"})
-	fs := httptest.NewServer(fake)
-	t.Cleanup(fs.Close)
-	logger := slog.New(slog.DiscardHandler)
-	secret := "c-secret"
-	if off {
-		secret = ""
-	}
-	clients := newClients(t, nc, fs.URL, "wx_c", secret)
-	qr, err := qrcodes.New(qrcodes.Options{Conn: nc, Clients: clients.For, Logger: logger,
-		Scenes: func(context.Context, string) (qrcodes.Totals, error) { return noCounts{}, nil }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	mux := http.NewServeMux()
-	mux.Handle("/api/qrcodes/", qr.Handler("admin-token"))
-	mux.Handle("/ui/", Handler(Options{QR: qr, Scenes: withScenes(t, nc), Token: "admin-token", Logger: logger}))
-	ts := httptest.NewServer(mux)
-	t.Cleanup(ts.Close)
-	return ts.URL
-}
 
 // newClients are a process's clients of the fake at base, for a default
 // account of appid and secret ("" : QR codes off).
@@ -111,7 +55,7 @@ func session() *http.Cookie {
 	return &http.Cookie{Name: admin.SessionCookie, Value: v}
 }
 
-func browser(t *testing.T) *http.Client {
+func browser() *http.Client {
 	jar, _ := cookiejar.New(nil)
 	return &http.Client{Jar: jar}
 }
@@ -129,114 +73,273 @@ func reader(t *testing.T) func(*http.Response, error) (int, string) {
 	}
 }
 
-func TestLoginCreateAndShow(t *testing.T) {
+// strings_ is the string table a page carries for its script.
+var stringsJSON = regexp.MustCompile(`(?s)<script type="application/json" id="strings">(.*?)</script>`)
+
+func pageStrings(t *testing.T, page string) map[string]string {
+	t.Helper()
+	m := stringsJSON.FindStringSubmatch(page)
+	if m == nil {
+		t.Fatalf("no string table in the page:\n%s", page)
+	}
+	var out map[string]string
+	if err := json.Unmarshal([]byte(m[1]), &out); err != nil {
+		t.Fatalf("the string table is not JSON: %v\n%s", err, m[1])
+	}
+	return out
+}
+
+// Signing in through the form: the page (a shell and its script) only with
+// the session; with it, the script's reads and its own same-origin JSON
+// requests pass the API's token check, a cross-site one carrying the
+// cookie does not, and signing out ends it.
+func TestSignInAndTheAPI(t *testing.T) {
 	read := reader(t)
-	base := server(t, false)
-	c := browser(t)
+	base := mounted(t, "admin-token")
+	c := browser()
 
 	code, body := read(c.Get(base + "/ui/"))
-	if code != 401 || !strings.Contains(body, `name="token"`) {
-		t.Fatalf("signed out: %d, want the login form", code)
+	if code != 401 || !strings.Contains(body, `name="token"`) || strings.Contains(body, "app.js") {
+		t.Fatalf("signed out: %d, want the sign-in form and no script:\n%s", code, body)
+	}
+	if code, _ := read(c.Get(base + "/api/qrcodes")); code != 401 {
+		t.Errorf("the API signed out: %d", code)
 	}
 	code, body = read(c.PostForm(base+"/ui/login", url.Values{"token": {"wrong"}}))
-	if code != 401 || !strings.Contains(body, "not the admin token") {
-		t.Fatalf("wrong token: %d", code)
+	if code != 401 || !strings.Contains(body, texts["zh-CN"]["login_wrong"]) {
+		t.Fatalf("wrong token: %d\n%s", code, body)
 	}
-	resp, err := c.PostForm(base+"/ui/login", url.Values{"token": {"admin-token"}})
-	code, body = read(resp, err)
-	if code != 200 || !strings.Contains(body, "New QR code") {
-		t.Fatalf("signed in: %d %s", code, body)
+	code, body = read(c.PostForm(base+"/ui/login", url.Values{"token": {"admin-token"}}))
+	if code != 200 || !strings.Contains(body, `<script src="/ui/app.js" defer></script>`) || !strings.Contains(body, `action="/ui/logout"`) {
+		t.Fatalf("signed in: %d\n%s", code, body)
 	}
 	u, _ := url.Parse(base)
-	var session *http.Cookie
-	for _, ck := range c.Jar.Cookies(u) {
-		if ck.Name == admin.SessionCookie {
-			session = ck
-		}
-	}
-	if session == nil || session.Value == "admin-token" {
-		t.Fatalf("session cookie %v", session)
-	}
-	// The chart: scenes escaped, bars drawn.
-	if !strings.Contains(body, "&lt;b&gt;bold&lt;/b&gt;") || strings.Contains(body, "<b>bold</b>") || !strings.Contains(body, `<rect width="240"`) {
-		t.Errorf("chart not rendered or not escaped:\n%s", body)
-	}
-	if a, b := strings.Index(body, `<td class="scene">poster_a<`), strings.Index(body, `<td class="scene">&lt;b&gt;bold`); a < 0 || a > b {
-		t.Errorf("the chart does not show the most scanned scene first:\n%s", body)
+	i := slices.IndexFunc(c.Jar.Cookies(u), func(ck *http.Cookie) bool { return ck.Name == admin.SessionCookie })
+	if i < 0 || c.Jar.Cookies(u)[i].Value == "admin-token" {
+		t.Fatalf("session cookie %v", c.Jar.Cookies(u))
 	}
 
-	scene := `<script>alert("x")</script>`
-	code, body = read(c.PostForm(base+"/ui/qrcodes", url.Values{"scene": {scene}, "label": {"Spring & <posters>"}, "kind": {"temporary"}, "expire_seconds": {"86400"}}))
-	if code != 200 || strings.Contains(body, scene) || !strings.Contains(body, "&lt;script&gt;") || !strings.Contains(body, "Spring &amp; &lt;posters&gt;") {
-		t.Fatalf("after create: %d\n%s", code, body)
+	// What the page's script sends: reads, and same-origin JSON.
+	if code, body := read(c.Get(base + "/api/qrcodes")); code != 200 || !strings.Contains(body, `"qrcodes"`) {
+		t.Errorf("the script's read with the cookie: %d %s", code, body)
 	}
-	srcs := imgSrcs(body)
-	if len(srcs) != 1 || !strings.HasPrefix(srcs[0], "/api/qrcodes/%3Cscript%3Ealert%28%22x%22%29%3C%2Fscript%3E/image?ticket=") || !strings.HasSuffix(srcs[0], "&size=160&expired=1") {
-		t.Errorf("no image for the code: %q\n%s", srcs, body)
+	post := func(origin, site, scene string) int {
+		req, _ := http.NewRequest("POST", base+"/api/qrcodes", strings.NewReader(`{"scene":"`+scene+`"}`))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Origin", origin)
+		req.Header.Set("Sec-Fetch-Site", site)
+		code, _ := read(c.Do(req))
+		return code
 	}
-	// The image loads with the cookie, as the browser's <img> would.
-	resp, err = c.Get(base + srcs[0])
-	if code, _ := read(resp, err); code != 200 || resp.Header.Get("Content-Type") != "image/png" {
-		t.Errorf("image with the session: %d", code)
+	if code := post(base, "same-origin", "from_the_page"); code != 201 {
+		t.Errorf("the page's own POST with the cookie: %d, want 201", code)
+	}
+	if code := post("https://evil.example", "cross-site", "from_elsewhere"); code != 403 {
+		t.Errorf("a cross-site POST carrying the cookie: %d, want 403", code)
+	}
+	_, list := read(c.Get(base + "/api/qrcodes"))
+	if !strings.Contains(list, "from_the_page") || strings.Contains(list, "from_elsewhere") {
+		t.Errorf("codes after the two posts: %s", list)
 	}
 
-	code, body = read(c.PostForm(base+"/ui/qrcodes", url.Values{"scene": {strings.Repeat("x", 65)}}))
-	if code != 400 || !strings.Contains(body, "1 to 64 characters") {
-		t.Errorf("a long scene: %d", code)
-	}
-
-	// Signed out, the form does nothing.
 	read(c.PostForm(base+"/ui/logout", nil))
-	code, _ = read(c.PostForm(base+"/ui/qrcodes", url.Values{"scene": {"sneaky"}}))
-	if code != 401 {
-		t.Errorf("create signed out: %d", code)
+	if code, _ := read(c.Get(base + "/api/qrcodes")); code != 401 {
+		t.Errorf("the API after signing out: %d", code)
+	}
+	if code := post(base, "same-origin", "after_logout"); code != 401 {
+		t.Errorf("the page's POST after signing out: %d", code)
 	}
 }
 
-// A form posted from another site is refused, even with the cookie.
+// Wrong tokens are throttled per address: the sixth wrong try within a
+// minute, and every try after it (the right token too), gets 429 with
+// Retry-After, until the minute has passed; another address is not
+// slowed, an IPv6 /64 is one address, and the refusal is in the page's
+// language.
+func TestSignInThrottled(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	h, err := Handler(Options{Token: "admin-token", Logger: slog.New(slog.DiscardHandler), Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Handler(Options{}); err == nil {
+		t.Error("a Handler without a Logger")
+	}
+	try := func(addr, token, lang string) *httptest.ResponseRecorder {
+		r := httptest.NewRequest("POST", "/ui/login", strings.NewReader(url.Values{"token": {token}, "lang": {lang}}.Encode()))
+		r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		r.RemoteAddr = addr
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		return w
+	}
+	const a, b = "198.51.100.7:50000", "203.0.113.9:40000"
+	for i := range maxFails {
+		if w := try(a, fmt.Sprint("guess", i), ""); w.Code != 401 {
+			t.Fatalf("wrong try %d: %d, want 401", i+1, w.Code)
+		}
+	}
+	now = now.Add(10 * time.Second)
+	w := try(a, "guess-again", "")
+	if w.Code != 429 || w.Header().Get("Retry-After") != "50" || !strings.Contains(w.Body.String(), "50 秒后再试") {
+		t.Fatalf("the sixth wrong try: %d Retry-After %q\n%s", w.Code, w.Header().Get("Retry-After"), w.Body)
+	}
+	if w := try(a, "admin-token", "en"); w.Code != 429 || !strings.Contains(w.Body.String(), "Try again in 50 seconds") || len(w.Result().Cookies()) != 0 {
+		t.Errorf("the right token while throttled: %d %v, want 429 and no cookie", w.Code, w.Result().Cookies())
+	}
+	if w := try(b, "admin-token", ""); w.Code != 303 {
+		t.Errorf("another address: %d, want 303", w.Code)
+	}
+	now = now.Add(50 * time.Second)
+	if w := try(a, "admin-token", "en"); w.Code != 303 || w.Header().Get("Location") != "/ui/?lang=en" {
+		t.Errorf("after the minute: %d %q, want 303 to the English page", w.Code, w.Header().Get("Location"))
+	}
+
+	const v6 = "[2001:db8:1:2::1]:443"
+	for i := range maxFails {
+		try(fmt.Sprintf("[2001:db8:1:2::%x]:443", i+10), "guess", "")
+	}
+	if w := try(v6, "admin-token", ""); w.Code != 429 {
+		t.Errorf("another address of the same IPv6 /64: %d, want 429", w.Code)
+	}
+	if w := try("[2001:db8:1:3::1]:443", "admin-token", ""); w.Code != 303 {
+		t.Errorf("another /64: %d, want 303", w.Code)
+	}
+}
+
+// The throttle remembers at most maxTracked addresses: while that many
+// failed within the minute, a new address waits too (a flood of addresses
+// buys no guesses); once the minute has passed, they are forgotten.
+func TestThrottleBounded(t *testing.T) {
+	u := &ui{fails: map[netip.Prefix]*failures{}}
+	now := time.Unix(1_800_000_000, 0)
+	for i := range maxTracked {
+		u.failed(netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), 32), now)
+	}
+	newcomer := netip.MustParsePrefix("192.0.2.1/32")
+	if d := u.wait(newcomer, now.Add(30*time.Second)); d <= 0 {
+		t.Errorf("a new address while %d are remembered: may try at once", maxTracked)
+	}
+	if d := u.wait(newcomer, now.Add(failWindow)); d != 0 || len(u.fails) != 0 {
+		t.Errorf("after the minute: wait %v, %d addresses remembered", d, len(u.fails))
+	}
+}
+
+// The page speaks Chinese unless asked for English (?lang=en), from one
+// table of strings per language: both tables have the same keys, and
+// every string the script names is in them.
+func TestLanguage(t *testing.T) {
+	read := reader(t)
+	base := mounted(t, "")
+	_, zh := read(http.Get(base + "/ui/"))
+	_, en := read(http.Get(base + "/ui/?lang=en"))
+	if !strings.Contains(zh, `<html lang="zh-CN">`) || !strings.Contains(zh, "<title>wxgate · 渠道二维码</title>") || !strings.Contains(zh, `href="/ui/?lang=en"`) {
+		t.Errorf("the default page is not Chinese, or has no way to English:\n%s", zh)
+	}
+	if !strings.Contains(en, `<html lang="en">`) || !strings.Contains(en, `href="/ui/"`) {
+		t.Errorf("?lang=en is not English, or has no way back:\n%s", en)
+	}
+	if s := pageStrings(t, zh); s["period_7d"] != "近7天" || s["kind_permanent"] != "永久码" {
+		t.Errorf("the Chinese page carries %q, %q", s["period_7d"], s["kind_permanent"])
+	}
+	if s := pageStrings(t, en); s["period_7d"] != "Last 7 days" {
+		t.Errorf("the English page carries %q", s["period_7d"])
+	}
+	for k := range texts["zh-CN"] {
+		if _, ok := texts["en"][k]; !ok {
+			t.Errorf("%q is Chinese only", k)
+		}
+	}
+	for k := range texts["en"] {
+		if _, ok := texts["zh-CN"][k]; !ok {
+			t.Errorf("%q is English only", k)
+		}
+	}
+	js, err := static.ReadFile("static/app.js")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range regexp.MustCompile(`\bt\('([a-z0-9_]+)'[,)]`).FindAllStringSubmatch(string(js), -1) {
+		if _, ok := texts["zh-CN"][m[1]]; !ok {
+			t.Errorf("app.js names %q, which no table has", m[1])
+		}
+	}
+	// The sign-in form in English keeps its language through the post.
+	base = mounted(t, "admin-token")
+	_, login := read(http.Get(base + "/ui/?lang=en"))
+	if !strings.Contains(login, "Access code") || !strings.Contains(login, `name="lang" value="en"`) {
+		t.Errorf("the English sign-in form:\n%s", login)
+	}
+}
+
+// The template escapes what it shows: a string of the table that holds
+// markup stays text, in the page and in the JSON the script reads.
+func TestTemplateEscapes(t *testing.T) {
+	evil := `</script><script>alert(1)</script><b onload="x">&`
+	u := &ui{o: Options{Logger: slog.New(slog.DiscardHandler)}}
+	tt := map[string]string{}
+	for k := range texts["en"] {
+		tt[k] = evil
+	}
+	for _, v := range []view{{Login: true, Error: evil, T: tt}, {T: tt}} {
+		w := httptest.NewRecorder()
+		u.render(w, httptest.NewRequest("GET", "/ui/?lang=en", nil), 200, v)
+		body := w.Body.String()
+		if strings.Contains(body, "<script>alert") || strings.Contains(body, "<b onload") {
+			t.Errorf("markup from a string reached the page:\n%s", body)
+		}
+		if !v.Login {
+			if s := pageStrings(t, body); s["title"] != evil {
+				t.Errorf("the script's table reads %q, want %q", s["title"], evil)
+			}
+		} else if !strings.Contains(body, html.EscapeString(evil)) {
+			t.Errorf("the error is not shown as text:\n%s", body)
+		}
+	}
+}
+
+// A sign-in form posted from another site is refused.
 func TestCrossOriginPostRefused(t *testing.T) {
 	read := reader(t)
-	base := server(t, false)
+	base := mounted(t, "admin-token")
 	for _, h := range []map[string]string{{"Sec-Fetch-Site": "cross-site"}, {"Origin": "https://evil.example"}} {
-		req, _ := http.NewRequest("POST", base+"/ui/qrcodes", strings.NewReader("scene=x"))
+		req, _ := http.NewRequest("POST", base+"/ui/login", strings.NewReader("token=admin-token"))
 		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-		req.AddCookie(session())
 		for k, v := range h {
 			req.Header.Set(k, v)
 		}
-		if code, _ := read(http.DefaultClient.Do(req)); code != 403 {
-			t.Errorf("%v: %d, want 403", h, code)
+		resp, err := noRedirects.Do(req)
+		if code, _ := read(resp, err); code != 403 || len(resp.Cookies()) != 0 {
+			t.Errorf("%v: %d, want 403 and no cookie", h, code)
 		}
 	}
 }
 
-func TestHeadersAndOff(t *testing.T) {
+// The page keeps to itself: scripts, styles, images and requests of this
+// origin only, and no inline script.
+func TestHeadersAndFiles(t *testing.T) {
 	read := reader(t)
-	base := server(t, true)
-	req, _ := http.NewRequest("GET", base+"/ui/", nil)
-	req.AddCookie(session())
-	resp, err := http.DefaultClient.Do(req)
-	code, body := read(resp, err)
-	if code != 200 || !strings.Contains(body, "Creating codes is off") || !strings.Contains(body, "poster_a") {
-		t.Errorf("off: %d\n%s", code, body)
+	base := mounted(t, "")
+	resp, err := http.Get(base + "/ui/")
+	if code, _ := read(resp, err); code != 200 {
+		t.Fatalf("/ui/: %d", code)
 	}
-	if csp := resp.Header.Get("Content-Security-Policy"); !strings.Contains(csp, "default-src 'none'") {
-		t.Errorf("CSP %q", csp)
+	csp := resp.Header.Get("Content-Security-Policy")
+	for _, want := range []string{"default-src 'none'", "script-src 'self';", "connect-src 'self';", "img-src 'self';"} {
+		if !strings.Contains(csp, want) {
+			t.Errorf("CSP %q lacks %q", csp, want)
+		}
 	}
-	if code, css := read(http.Get(base + "/ui/style.css")); code != 200 || !strings.Contains(css, "body") {
-		t.Errorf("style.css: %d", code)
+	if strings.Contains(csp, "unsafe") || resp.Header.Get("Cache-Control") != "no-store" {
+		t.Errorf("CSP %q, Cache-Control %q", csp, resp.Header.Get("Cache-Control"))
 	}
-}
-
-var imgSrc = regexp.MustCompile(`<img src="([^"]*)"`)
-
-// imgSrcs returns the page's image URLs, unescaped as a browser reads them.
-func imgSrcs(page string) []string {
-	var out []string
-	for _, m := range imgSrc.FindAllStringSubmatch(page, -1) {
-		out = append(out, html.UnescapeString(m[1]))
+	for file, typ := range map[string]string{"app.js": "text/javascript", "style.css": "text/css"} {
+		resp, err := http.Get(base + "/ui/" + file)
+		code, body := read(resp, err)
+		if code != 200 || !strings.HasPrefix(resp.Header.Get("Content-Type"), typ) || len(body) < 1000 {
+			t.Errorf("%s: %d %q, %d bytes", file, code, resp.Header.Get("Content-Type"), len(body))
+		}
 	}
-	return out
 }
 
 // noRedirects is a client that reports a redirect rather than follows it.
@@ -330,74 +433,11 @@ func TestEveryScenePath(t *testing.T) {
 	}
 }
 
-// Each row of the page shows its own code's image, not the scene's latest.
-func TestRowsShowTheirOwnCode(t *testing.T) {
-	read := reader(t)
-	base := mounted(t, "")
-	var made []qrcodes.Code
-	for _, body := range []string{`{"scene":"poster_a"}`, `{"scene":"poster_a","expire_seconds":3600}`, `{"scene":"poster_b"}`} {
-		resp, err := http.Post(base+"/api/qrcodes", "application/json", strings.NewReader(body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		var c qrcodes.Code
-		_ = json.NewDecoder(resp.Body).Decode(&c)
-		resp.Body.Close()
-		made = append(made, c)
-	}
-	_, page := read(http.Get(base + "/ui/"))
-	srcs := imgSrcs(page)
-	if len(srcs) != 3 {
-		t.Fatalf("%d images, want 3: %q", len(srcs), srcs)
-	}
-	got := map[string]bool{}
-	for _, src := range srcs {
-		got[pngURL(t, http.DefaultClient, base+src)] = true
-	}
-	for _, c := range made {
-		if !got[c.URL] {
-			t.Errorf("no row shows the code %s (%s); the rows show %v", c.Ticket, c.URL, got)
-		}
-	}
-}
-
-// The page shows the newest 200 codes and says how many more there are;
-// the API lists them all.
-func TestPageBounded(t *testing.T) {
-	if testing.Short() {
-		t.Skip("creates 203 codes")
-	}
-	read := reader(t)
-	base := mounted(t, "")
-	for i := 0; i < MaxCodes+3; i++ {
-		resp, err := http.Post(base+"/api/qrcodes", "application/json", strings.NewReader(fmt.Sprintf(`{"scene":"s%d"}`, i)))
-		if err != nil || resp.StatusCode != 201 {
-			t.Fatalf("create %d: %v %v", i, resp, err)
-		}
-		resp.Body.Close()
-	}
-	_, page := read(http.Get(base + "/ui/"))
-	if n := len(imgSrcs(page)); n != MaxCodes {
-		t.Errorf("%d images on the page, want %d", n, MaxCodes)
-	}
-	if !strings.Contains(page, "The newest 200 codes are shown; 3 older ones are not") {
-		t.Errorf("the page does not say more codes exist")
-	}
-	if strings.Contains(page, `data-scene="s0"`) || !strings.Contains(page, fmt.Sprintf(`data-scene="s%d"`, MaxCodes+2)) {
-		t.Errorf("not the newest shown")
-	}
-	var list struct{ QRCodes []qrcodes.Listed }
-	_, all := read(http.Get(base + "/api/qrcodes"))
-	if err := json.Unmarshal([]byte(all), &list); err != nil || len(list.QRCodes) != MaxCodes+3 {
-		t.Errorf("the API lists %d codes (%v), want %d", len(list.QRCodes), err, MaxCodes+3)
-	}
-}
-
 // The login cookie carries its expiry, 12 hours on, under its MAC; the
 // server refuses it once that is past, and it is Secure behind an HTTPS
 // proxy.
 func TestSessionCookie(t *testing.T) {
-	base := server(t, false)
+	base := mounted(t, "admin-token")
 	login := func(proto string) *http.Cookie {
 		req, _ := http.NewRequest("POST", base+"/ui/login", strings.NewReader("token=admin-token"))
 		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
@@ -441,6 +481,6 @@ func TestSessionCookie(t *testing.T) {
 	}
 	expired := &http.Cookie{Name: admin.SessionCookie, Value: admin.SessionValue("admin-token", time.Now().Add(-time.Minute))}
 	if code := page(expired); code != 401 {
-		t.Errorf("with an expired cookie: %d, want the login page (401)", code)
+		t.Errorf("with an expired cookie: %d, want the sign-in page (401)", code)
 	}
 }

@@ -29,7 +29,7 @@ type MountOptions struct {
 // Mount adds the QR-code API (/api/qrcodes…) and the /ui/ page to an admin
 // mux that serves /api/scenes: the same listener, the same ADMIN_TOKEN
 // rule. Without WECHAT_APPSECRET the QR routes answer 503 and the page
-// shows the scenes only. Nothing here is part of readiness: a token store
+// shows the channels only. Nothing here is part of readiness: a token store
 // or WeChat out of reach makes these routes answer 503 or 502, and the
 // process goes on serving WeChat.
 func Mount(mux *admin.Mux, o MountOptions) (*qrcodes.Service, error) {
@@ -49,6 +49,10 @@ func Mount(mux *admin.Mux, o MountOptions) (*qrcodes.Service, error) {
 	// Ahead of the ServeMux, which would clean "/api/qrcodes/./image" (a
 	// scene may be ".") into another route.
 	mux.HandleUncleaned(qrcodes.Prefix, qr.Handler(cfg.AdminToken))
-	mux.Handle("/ui/", Handler(Options{QR: qr, Scenes: o.Scenes, Token: cfg.AdminToken, Logger: o.Logger.With("component", "ui")}))
+	ui, err := Handler(Options{Token: cfg.AdminToken, Logger: o.Logger.With("component", "ui")})
+	if err != nil {
+		return nil, err
+	}
+	mux.Handle("/ui/", ui)
 	return qr, nil
 }

@@ -113,10 +113,9 @@ func checkText(field, v string, most int) error {
 // the scene "archive.zip" is /api/qrcodes/archive%2Ezip, never the ZIP.
 // An account without an AppSecret answers 503 on every route before its
 // request is looked at. With token set, every route needs the bearer
-// token; the GET routes also take the /ui/ page's session cookie (for its
-// <img> tags and downloads).
+// token or the /ui/ page's session cookie (admin.RequireToken).
 func (s *Service) Handler(token string) http.Handler {
-	return admin.RequireTokenOrSession(token, http.HandlerFunc(s.route))
+	return admin.RequireToken(token, http.HandlerFunc(s.route))
 }
 
 // Prefix is the path the handler serves, and everything under it.

@@ -33,7 +33,7 @@ const onDemand = 10 * time.Second
 func (r *Reconciler) Handler(token string) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+Route, r.serve)
-	return admin.RequireTokenOrSession(token, mux)
+	return admin.RequireToken(token, mux)
 }
 
 func (r *Reconciler) serve(w http.ResponseWriter, req *http.Request) {
