@@ -81,7 +81,7 @@ type Options struct {
 	// Linger is how long a fetch waits to fill its batches. Default 1s.
 	Linger time.Duration
 	// AckWait is how long a request may be held, unreported, before
-	// another worker gets it. Default 30s.
+	// another worker gets it. Default 10s.
 	AckWait time.Duration
 	// Lease is how long a record may go unrenewed before another worker
 	// takes it over; a call runs at most half of it. Default 15s.
@@ -97,7 +97,7 @@ func (o *Options) setDefaults() {
 		o.Linger = time.Second
 	}
 	if o.AckWait <= 0 {
-		o.AckWait = 30 * time.Second
+		o.AckWait = 10 * time.Second
 	}
 	if o.Lease <= 0 {
 		o.Lease = 15 * time.Second
@@ -213,12 +213,20 @@ func (t *Tagger) Enqueue(ctx context.Context, account, openid, tag string) error
 		}
 		return fmt.Errorf("tag %q: %w", tag, err)
 	}
-	b, _ := json.Marshal(request{Account: account, Tag: tag, OpenID: openid})
-	if _, err := t.js.Publish(ctx, SubjectPrefix+account+".tag", b, jetstream.WithMsgID(digest(account, tag, openid))); err != nil {
+	if _, err := t.js.PublishMsg(ctx, Request(account, openid, tag)); err != nil {
 		t.outcomes.WithLabelValues(account, Failed).Inc()
 		return fmt.Errorf("tag %q: enqueue: %w", tag, err)
 	}
 	return nil
+}
+
+// Request is the message Enqueue stores, for a tool or a test that asks
+// for a tag without a Tagger; its arguments are not checked.
+func Request(account, openid, tag string) *nats.Msg {
+	m := nats.NewMsg(SubjectPrefix + account + ".tag")
+	m.Data, _ = json.Marshal(request{Account: account, Tag: tag, OpenID: openid})
+	m.Header.Set(jetstream.MsgIDHeader, digest(account, tag, openid))
+	return m
 }
 
 // digest names a (account, tag, person) without the OpenID.

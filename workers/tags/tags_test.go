@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wxgate/wxgate/shared/accounts"
@@ -335,8 +336,9 @@ func TestTwoTaggers(t *testing.T) {
 	}
 	// The same request stored again, as after the duplicate window.
 	for _, o := range all[:100] {
-		data := fmt.Sprintf(`{"account":"default","tag":%q,"openid":%q}`, store, o)
-		if _, err := b.js.Publish(context.Background(), SubjectPrefix+"default.tag", []byte(data)); err != nil {
+		m := Request(accounts.DefaultID, o, store)
+		m.Header.Del(jetstream.MsgIDHeader)
+		if _, err := b.js.PublishMsg(context.Background(), m); err != nil {
 			t.Fatal(err)
 		}
 	}
