@@ -199,13 +199,8 @@ var openIDPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 // counted why not. It never waits on WeChat; ctx bounds the wait for
 // JetStream. An account without an AppSecret, or unknown, is refused.
 func (t *Tagger) Enqueue(ctx context.Context, account, openid, tag string) error {
-	switch {
-	case !accounts.ValidID(account):
-		return fmt.Errorf("%w: account %q", ErrBadRequest, account)
-	case !openIDPattern.MatchString(openid):
-		return fmt.Errorf("%w: the OpenID is not 1 to 64 letters, digits, _ or -", ErrBadRequest)
-	case tag == "" || len(tag) > wechatapi.MaxTagNameBytes || !utf8.ValidString(tag):
-		return fmt.Errorf("%w: a tag name is 1 to %d bytes of UTF-8", ErrBadRequest, wechatapi.MaxTagNameBytes)
+	if err := (request{account, tag, openid}).check(); err != nil {
+		return err
 	}
 	if _, err := t.o.WeChat.For(account); err != nil {
 		if !errors.Is(err, wechatapi.ErrUnknownAccount) {
@@ -216,6 +211,18 @@ func (t *Tagger) Enqueue(ctx context.Context, account, openid, tag string) error
 	if _, err := t.js.PublishMsg(ctx, Request(account, openid, tag)); err != nil {
 		t.outcomes.WithLabelValues(account, Failed).Inc()
 		return fmt.Errorf("tag %q: enqueue: %w", tag, err)
+	}
+	return nil
+}
+
+func (r request) check() error {
+	switch {
+	case !accounts.ValidID(r.Account):
+		return fmt.Errorf("%w: account %q", ErrBadRequest, r.Account)
+	case !openIDPattern.MatchString(r.OpenID):
+		return fmt.Errorf("%w: the OpenID is not 1 to 64 letters, digits, _ or -", ErrBadRequest)
+	case r.Tag == "" || len(r.Tag) > wechatapi.MaxTagNameBytes || !utf8.ValidString(r.Tag):
+		return fmt.Errorf("%w: a tag name is 1 to %d bytes of UTF-8", ErrBadRequest, wechatapi.MaxTagNameBytes)
 	}
 	return nil
 }
@@ -372,7 +379,11 @@ func (t *Tagger) process(kv jetstream.KeyValue, msgs []jetstream.Msg) {
 	groups := map[[2]string][]*item{}
 	for _, m := range msgs {
 		var r request
-		if err := json.Unmarshal(m.Data(), &r); err != nil || !accounts.ValidID(r.Account) {
+		err := json.Unmarshal(m.Data(), &r)
+		if err == nil {
+			err = r.check()
+		}
+		if err != nil {
 			t.o.Logger.Error("tagging: a request that is not one; dropped", "subject", m.Subject(), "err", err)
 			_ = m.Term()
 			continue

@@ -401,6 +401,19 @@ func TestEnqueueAndReadiness(t *testing.T) {
 	if err := a.Enqueue(ctx, "other", "o1", store); !errors.Is(err, wechatapi.ErrUnknownAccount) {
 		t.Errorf("unknown account: %v", err)
 	}
+	// One stored by a tool, unchecked, is dropped, not tried for ever.
+	if _, err := a.js.PublishMsg(ctx, Request(accounts.DefaultID, "o1", "一二三四五六七八九十一")); err != nil {
+		t.Fatal(err)
+	}
+	wait.For(t, wait.Short, wait.Every, func() error {
+		if n := a.queued(t); n != 0 {
+			return fmt.Errorf("%d requests queued", n)
+		}
+		return nil
+	})
+	if n := f.fake.Calls().Apps[appID].Calls[wechatapitest.TagsCreate]; n != 0 {
+		t.Errorf("tags/create called %d times for a bad name", n)
+	}
 
 	r := natstest.NewRestartable(t)
 	nc := r.Connect()
