@@ -312,6 +312,8 @@ func (t *Tagger) run(ctx context.Context) {
 }
 
 // fetch takes the requests that come within Linger and works them off.
+// (FetchContext would end a wait at once on a stop, but its deadline drops
+// what arrives after it, delivered and unread until the ack wait.)
 func (t *Tagger) fetch(kv jetstream.KeyValue, cons jetstream.Consumer) error {
 	batch, err := cons.Fetch(fetchSize, jetstream.FetchMaxWait(t.o.Linger))
 	if err != nil {

@@ -363,8 +363,8 @@ func TestTwoTaggers(t *testing.T) {
 	}
 	more := people(30, "k")
 	a.enqueue(t, more...)
-	_ = f.fake.Inject(wechatapitest.Fault{API: wechatapitest.TagsBatchTagging, After: true, Delay: "3s"})
-	d := f.start(func(o *Options) { o.Lease = 10 * time.Second }) // its call waits out the 3 s
+	_ = f.fake.Inject(wechatapitest.Fault{API: wechatapitest.TagsBatchTagging, After: true, Delay: "8s"})
+	d := f.start(func(o *Options) { o.Lease = 20 * time.Second }) // its call waits out the 8 s
 	f.waitTagged(430)
 	d.nc.Close()
 	calls := f.tagging().Calls
