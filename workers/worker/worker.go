@@ -29,6 +29,7 @@ import (
 	"github.com/wxgate/wxgate/workers/dedup"
 	"github.com/wxgate/wxgate/workers/late"
 	"github.com/wxgate/wxgate/workers/reply"
+	"github.com/wxgate/wxgate/workers/tags"
 )
 
 // Options wire a Worker. Conn, Logger, Registerer and Health are required.
@@ -63,6 +64,9 @@ type Worker struct {
 	Analytics *analytics.Role // nil without the analytics role
 	Service   *reply.Service  // nil without the replies role
 	Late      *late.Service   // nil without the replies role or LATE_REPLY
+	// Tags gives people the user tags of the rules' tag actions; nil
+	// without the replies role.
+	Tags *tags.Tagger
 	// WeChat are the process's clients of WeChat's API, one per account
 	// (late replies and the QR codes share them).
 	WeChat *wechatapi.Clients
@@ -192,6 +196,18 @@ func Start(o Options) (_ *Worker, err error) {
 		o.Health.Add("late", l.Check)
 		w.Late = l
 	}
+	if w.Tags, err = tags.Start(tags.Options{Conn: o.Conn, WeChat: w.WeChat, Replicas: o.Config.JetStreamReplicas,
+		Logger: o.Logger.With("component", "tags"), Registerer: o.Registerer}); err != nil {
+		if w.Late != nil {
+			err = errors.Join(err, w.Late.Stop(context.Background()))
+		}
+		return nil, errors.Join(err, stopService(svc))
+	}
+	if dstore != nil {
+		// It needs JetStream, as the replies store does; a worker told to
+		// reply without it (DEDUP_TTL=0) is ready without it.
+		o.Health.Add("tags", w.Tags.Check)
+	}
 	return w, nil
 }
 
@@ -286,6 +302,9 @@ func (w *Worker) Stop(ctx context.Context) error {
 	}
 	if w.Service != nil {
 		err = errors.Join(err, w.Service.Stop(ctx))
+	}
+	if w.Tags != nil {
+		err = errors.Join(err, w.Tags.Stop(ctx))
 	}
 	if w.Analytics != nil {
 		err = errors.Join(err, w.Analytics.Stop(ctx))

@@ -230,3 +230,32 @@ func TestWorkersThatDisagreeOnLateReplyReplyOnce(t *testing.T) {
 		t.Errorf("messages = %+v, want o_late's late reply only", msgs)
 	}
 }
+
+// A worker with the replies role runs the tagger, ready with the rest, on
+// the process's WeChat clients: a tag asked for is given; one with the
+// analytics role only runs none.
+func TestTagger(t *testing.T) {
+	srv := natstest.RunServer(t)
+	fake := wechatapitest.New(wechatapitest.Options{AppID: "wx_tags", Secret: "tags-secret"})
+	api := httptest.NewServer(fake)
+	t.Cleanup(api.Close)
+	cfg := config.Defaults()
+	cfg.AppID, cfg.AppSecret, cfg.APIBase = "wx_tags", "tags-secret", api.URL
+	w, reg := start(t, srv, cfg)
+	if v, _ := metricstest.Lookup(reg, "wxgate_component_ready", map[string]string{"component": "tags"}); v != 1 {
+		t.Errorf("the tagger's readiness: %v", v)
+	}
+	if err := w.Tags.Enqueue(context.Background(), "default", "o1", "门店"); err != nil {
+		t.Fatal(err)
+	}
+	wait.For(t, wait.Short, wait.Every, func() error {
+		if got := fake.TagsOf("wx_tags", "o1"); len(got) != 1 {
+			return fmt.Errorf("o1 has tags %v", got)
+		}
+		return nil
+	})
+	cfg.WorkerRoles = []string{"analytics"}
+	if w, _ := start(t, srv, cfg); w.Tags != nil {
+		t.Error("a tagger without the replies role")
+	}
+}

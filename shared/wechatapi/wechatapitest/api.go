@@ -228,6 +228,8 @@ type AppCalls struct {
 	Tokens       int `json:"tokens"` // access_tokens issued (live ones only, per app)
 	// Interactions are those the fake was told of, by kind.
 	Interactions map[string]int `json:"interactions"`
+	// Tagging is what batchtagging did (per app only).
+	Tagging *Tagging `json:"tagging,omitempty"`
 }
 
 // New returns the fake.
@@ -309,7 +311,10 @@ func (s *Server) Calls() Calls {
 	c := Calls{AppCalls: countsOf(s.calls, s.errcodes, s.forced, 0, nil), Apps: map[string]AppCalls{},
 		QRCodes: append([]QRCode{}, s.codes...), Messages: append([]Message{}, s.messages...)}
 	for id, a := range s.apps {
-		c.Apps[id] = countsOf(a.calls, a.errcodes, a.forced, len(a.tokens), a.interactions)
+		ac := countsOf(a.calls, a.errcodes, a.forced, len(a.tokens), a.interactions)
+		tg := a.data.taggingOf()
+		ac.Tagging = &tg
+		c.Apps[id] = ac
 		c.Tokens += len(a.tokens)
 		for k, n := range a.interactions {
 			c.Interactions[k] += n

@@ -46,12 +46,25 @@ type appData struct {
 	tagNames  map[int]string
 	nextTag   int
 	tagsOf    map[string]map[int]bool // by OpenID
+	tagging   Tagging
 	users     map[string]map[int]UserRow
 	callbacks map[string]InterfaceRow
 	// unauthorized makes every datacube call 48001, as for an account
 	// without the permission (an uncertified one).
 	unauthorized bool
 	autoreply    json.RawMessage
+}
+
+// Tagging is what batchtagging did for an app, in GET /wxsim/calls: what
+// a test of a tagger checks (nobody tagged twice, batches within WeChat's
+// limit, everybody tagged).
+type Tagging struct {
+	Calls    int `json:"calls"`     // calls that tagged (answered 0)
+	MaxBatch int `json:"max_batch"` // the longest openid_list received, refused calls included
+	// Retagged counts the OpenIDs that a call tagged with a tag they
+	// already had: a tagger's duplicates, which WeChat accepts silently.
+	Retagged int            `json:"retagged"`
+	People   map[string]int `json:"people"` // people with each tag, by its name
 }
 
 // UserRow is one getusersummary row: a day's follows and unfollows by one
@@ -338,12 +351,13 @@ func (s *Server) batchTagging(_ *http.Request, a *app, body []byte) any {
 	if json.Unmarshal(body, &req) != nil {
 		return refuse(47001)
 	}
-	if len(req.OpenIDs) == 0 || len(req.OpenIDs) > MaxTagBatch {
-		return refuse(40032)
-	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	d := &a.data
+	d.tagging.MaxBatch = max(d.tagging.MaxBatch, len(req.OpenIDs))
+	if len(req.OpenIDs) == 0 || len(req.OpenIDs) > MaxTagBatch {
+		return refuse(40032)
+	}
 	for _, o := range req.OpenIDs {
 		if o == "" || len(o) > maxOpenID {
 			return refuse(40003)
@@ -357,9 +371,13 @@ func (s *Server) batchTagging(_ *http.Request, a *app, body []byte) any {
 			return refuse(45059)
 		}
 	}
+	d.tagging.Calls++
 	for _, o := range req.OpenIDs {
 		if d.tagsOf[o] == nil {
 			d.tagsOf[o] = map[int]bool{}
+		}
+		if d.tagsOf[o][req.TagID] {
+			d.tagging.Retagged++
 		}
 		d.tagsOf[o][req.TagID] = true
 	}
@@ -385,6 +403,18 @@ func (s *Server) autoreplyInfo(_ *http.Request, a *app, _ []byte) any {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return a.data.autoreply
+}
+
+// taggingOf is the app's Tagging, its people counted now; s.mu held.
+func (d *appData) taggingOf() Tagging {
+	t := d.tagging
+	t.People = map[string]int{}
+	for _, tags := range d.tagsOf {
+		for id := range tags {
+			t.People[d.tagNames[id]]++
+		}
+	}
+	return t
 }
 
 // TagsOf returns the tags of openid with app appid ("" the default): for

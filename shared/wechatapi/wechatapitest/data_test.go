@@ -224,6 +224,19 @@ func TestTags(t *testing.T) {
 	if a, b, c := tagging(tag, "o9"), tagging(tag, "o9"), tagging(tag, "o9"); a != 45159 || b != 45159 || c != 0 {
 		t.Errorf("fault: %d %d %d", a, b, c)
 	}
+	// What a tagger's test reads: the calls that tagged, the longest list
+	// (the refused 51 included), the one OpenID tagged again (o1 at 20),
+	// and the people per tag.
+	var calls Calls
+	resp, err := http.Get(base + "/wxsim/calls")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&calls)
+	resp.Body.Close()
+	if tg := calls.Apps["wx1"].Tagging; tg == nil || tg.Calls != 23 || tg.MaxBatch != 51 || tg.Retagged != 1 || tg.People["门店"] != 53 || tg.People["extra"] != 0 {
+		t.Errorf("tagging in /wxsim/calls: %+v", tg)
+	}
 	if m := call(t, base, "/cgi-bin/tags/get?access_token="+tok, nil); errcode(m) != 43001 {
 		t.Errorf("POST tags/get: %v", m)
 	}
