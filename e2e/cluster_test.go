@@ -118,7 +118,7 @@ func TestFaultClusterNodeLoss(t *testing.T) {
 	handledSum := func(series string) float64 {
 		return metricValue(t, w1.admin, series) + metricValue(t, w2.admin, series)
 	}
-	handledBefore := handledSum(`wxgate_worker_handled_total{subject="event.scan"}`)
+	handledBefore := handledSum(`wxgate_worker_handled_total{account="default",subject="event.scan"}`)
 	storedBefore := handledSum("wxgate_worker_replies_from_store_total")
 	for n := int64(1); n <= 20; n++ {
 		msg, scene := scanMessage(n)
@@ -127,7 +127,7 @@ func TestFaultClusterNodeLoss(t *testing.T) {
 			t.Fatalf("retry of message %d: %d %q", n, code, body)
 		}
 	}
-	if h := handledSum(`wxgate_worker_handled_total{subject="event.scan"}`); h != handledBefore {
+	if h := handledSum(`wxgate_worker_handled_total{account="default",subject="event.scan"}`); h != handledBefore {
 		t.Fatalf("retries ran handlers: handled %v -> %v", handledBefore, h)
 	}
 	if s := handledSum("wxgate_worker_replies_from_store_total"); s != storedBefore+20 {

@@ -65,7 +65,7 @@ func metricValue(t *testing.T, admin, series string) float64 {
 // handled is how many text messages a worker has handled.
 func handled(t *testing.T, admin string) float64 {
 	t.Helper()
-	return metricValue(t, admin, `wxgate_worker_handled_total{subject="msg.text"}`)
+	return metricValue(t, admin, `wxgate_worker_handled_total{account="default",subject="msg.text"}`)
 }
 
 // waitReady waits until every admin listener's /readyz answers 200.

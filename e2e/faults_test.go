@@ -38,9 +38,9 @@ func TestFaultWorkersKilledAndBack(t *testing.T) {
 	tr.waitReplies("one worker left", 200)
 
 	w2.kill(t)
-	before := metricValue(t, admin, `wxgate_ingress_fallbacks_total{reason="no_responders"}`)
+	before := metricValue(t, admin, `wxgate_ingress_fallbacks_total{account="default",reason="no_responders"}`)
 	tr.waitFallbacks("no workers: success", 50)
-	if after := metricValue(t, admin, `wxgate_ingress_fallbacks_total{reason="no_responders"}`); after <= before {
+	if after := metricValue(t, admin, `wxgate_ingress_fallbacks_total{account="default",reason="no_responders"}`); after <= before {
 		t.Fatalf("no workers, yet no no_responders fallbacks (%v -> %v)", before, after)
 	}
 	if nettest.Status("http://"+admin+"/readyz") != 200 {
@@ -71,7 +71,7 @@ func TestFaultNATSRestart(t *testing.T) {
 	}
 	waitNotReady(t, admin)
 	tr.waitFallbacks("NATS down: success", 50)
-	if v := metricValue(t, admin, `wxgate_ingress_fallbacks_total{reason="bus_down"}`); v == 0 {
+	if v := metricValue(t, admin, `wxgate_ingress_fallbacks_total{account="default",reason="bus_down"}`); v == 0 {
 		t.Fatal("NATS down, yet no bus_down fallbacks")
 	}
 	time.Sleep(time.Until(down.Add(outage))) // the outage's length is the case under test

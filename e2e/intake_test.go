@@ -25,7 +25,7 @@ func TestScansAnsweredWithoutWorkersAreCounted(t *testing.T) {
 		}
 		want[scene]++
 	}
-	if v := metricValue(t, admin, `wxgate_ingress_fallbacks_total{reason="no_responders"}`); v != 40 {
+	if v := metricValue(t, admin, `wxgate_ingress_fallbacks_total{account="default",reason="no_responders"}`); v != 40 {
 		t.Errorf("no_responders fallbacks = %v, want 40", v)
 	}
 	w := startWorker(t, ns.url)

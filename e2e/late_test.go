@@ -88,7 +88,7 @@ func TestLateRepliesWhenWorkersReturn(t *testing.T) {
 		}
 	}
 	wait.For(t, wait.Long, wait.Every, func() error {
-		if v := metricValue(t, w.admin, `wxgate_late_replies_total{outcome="sent"}`); v != 2 {
+		if v := metricValue(t, w.admin, `wxgate_late_replies_total{account="default",outcome="sent"}`); v != 2 {
 			return fmt.Errorf("sent = %v, want 2", v)
 		}
 		return nil
@@ -113,7 +113,7 @@ func TestLateReplyPastTheWindowExpires(t *testing.T) {
 	time.Sleep(3500 * time.Millisecond) // the window closing is what is under test
 	w := startWorker(t, ns.url, append(fake.env(), "LATE_EVENT_WINDOW=3s")...)
 	wait.For(t, wait.Long, wait.Every, func() error {
-		if v := metricValue(t, w.admin, `wxgate_late_replies_total{outcome="expired"}`); v != 1 {
+		if v := metricValue(t, w.admin, `wxgate_late_replies_total{account="default",outcome="expired"}`); v != 1 {
 			return fmt.Errorf("expired = %v, want 1", v)
 		}
 		return nil
@@ -161,7 +161,7 @@ func TestSlowHandlerReplyArrivesLate(t *testing.T) {
 	if h := handled(t, w.admin); h != 1 {
 		t.Errorf("text handler ran %v times, want 1", h)
 	}
-	if h := metricValue(t, w.admin, `wxgate_worker_handled_total{subject="event.scan"}`); h != 1 {
+	if h := metricValue(t, w.admin, `wxgate_worker_handled_total{account="default",subject="event.scan"}`); h != 1 {
 		t.Errorf("scan handler ran %v times, want 1", h)
 	}
 	if n := len(fake.calls(t).Messages); n != 2 {
@@ -234,10 +234,10 @@ func TestJetStreamReloadedOffLeavesTheReplyToTheLateReply(t *testing.T) {
 	if code, body := post(t, s, callback, lateText("o_reload", "during the outage", 4)); code != 200 || body != "success" {
 		t.Fatalf("reply during the outage = %d %q, want success (a fallback)", code, body)
 	}
-	if v := metricValue(t, admin, `wxgate_ingress_fallbacks_total{reason="bus_down"}`); v != 1 {
+	if v := metricValue(t, admin, `wxgate_ingress_fallbacks_total{account="default",reason="bus_down"}`); v != 1 {
 		t.Errorf("bus_down fallbacks = %v, want 1", v)
 	}
-	if v := metricValue(t, admin, `wxgate_ingress_requests_total{outcome="empty"}`); v != 0 {
+	if v := metricValue(t, admin, `wxgate_ingress_requests_total{account="default",outcome="empty"}`); v != 0 {
 		t.Errorf("empty answers = %v, want 0: a reply was answered as nothing to say", v)
 	}
 
@@ -255,7 +255,7 @@ func TestJetStreamReloadedOffLeavesTheReplyToTheLateReply(t *testing.T) {
 		}
 		return nil
 	})
-	if v := metricValue(t, w.admin, `wxgate_late_replies_total{outcome="sent"}`); v != 1 {
+	if v := metricValue(t, w.admin, `wxgate_late_replies_total{account="default",outcome="sent"}`); v != 1 {
 		t.Errorf("late replies sent = %v, want 1", v)
 	}
 	if n := len(fake.calls(t).Messages); n != 1 {

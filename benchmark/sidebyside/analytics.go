@@ -2,6 +2,7 @@ package sidebyside
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"runtime"
@@ -98,21 +99,17 @@ func (e *env) analytics(ctx context.Context, records, scenes int) (d Drain, err 
 	d.Elapsed = time.Since(start)
 	u := w.usage()
 
+	// The API reads its process's copy of the buckets, kept by a watch: it
+	// may trail the leader's status by a moment.
 	var total int64
-	listed := 0
-	for offset := 0; ; offset += 1000 {
-		var page stats.ScenesPage
-		if err := nettest.FetchJSON(fmt.Sprintf("http://%s/api/scenes?limit=1000&offset=%d", admin, offset), &page); err != nil {
-			return d, err
+	var listed int
+	_ = wait.ForErr(time.Minute, 20*time.Millisecond, func() (err error) {
+		total, listed, err = sceneTotals(admin)
+		if err == nil && (total != int64(records) || listed != scenes) {
+			err = errors.New("not exact yet")
 		}
-		for _, s := range page.Scenes {
-			total += s.Scans
-		}
-		listed += len(page.Scenes)
-		if len(page.Scenes) < 1000 {
-			break
-		}
-	}
+		return err
+	})
 	d.Exact = total == int64(records) && listed == scenes
 	fmt.Fprintf(e.o.Out, "\nanalytics: %d scans over %d scenes applied in %s: %.0f events/s; counts exact: %v (%d scans in %d scenes); worker RSS %.1f MiB\n",
 		records, scenes, d.Elapsed.Round(time.Millisecond), float64(records)/d.Elapsed.Seconds(), d.Exact, total, listed, float64(u.rssKB)/1024)
@@ -250,4 +247,21 @@ func mean(xs []int64) float64 {
 		return 0
 	}
 	return float64(s) / float64(n)
+}
+
+// sceneTotals sums the scans of every scene the API lists.
+func sceneTotals(admin string) (total int64, listed int, err error) {
+	for offset := 0; ; offset += 1000 {
+		var page stats.ScenesPage
+		if err := nettest.FetchJSON(fmt.Sprintf("http://%s/api/scenes?limit=1000&offset=%d", admin, offset), &page); err != nil {
+			return 0, 0, err
+		}
+		for _, s := range page.Scenes {
+			total += s.Scans
+		}
+		listed += len(page.Scenes)
+		if len(page.Scenes) < 1000 {
+			return total, listed, nil
+		}
+	}
 }

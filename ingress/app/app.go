@@ -260,7 +260,7 @@ func (a *App) startAdmin(o Options, cfg config.Config, reg *prometheus.Registry)
 			if err != nil {
 				return nil, err
 			}
-			api, err := stats.API(stats.APIOptions{Store: scenes, Token: cfg.AdminToken, Zone: cfg.AnalyticsZone, Labels: qr,
+			api, err := stats.API(stats.APIOptions{Store: scenes, Token: cfg.AdminToken, Zone: cfg.AnalyticsZone, Labels: qr, Known: a.accounts.Has,
 				Logger: logger.With("component", "stats")})
 			if err != nil {
 				return nil, err

@@ -348,3 +348,9 @@ func (r *Registry) Follow(add, drop func(id string)) (stop func()) {
 
 // Default is the account the WECHAT_* variables define.
 func (r *Registry) Default() *Account { return r.def }
+
+// Has reports whether an account with id exists, served here or not.
+func (r *Registry) Has(id string) bool {
+	_, ok := r.View(id)
+	return ok
+}

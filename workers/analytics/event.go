@@ -24,12 +24,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/wxgate/wxgate/shared/accounts"
 	"github.com/wxgate/wxgate/shared/events"
 	"github.com/wxgate/wxgate/shared/wechat"
 )
@@ -71,13 +69,9 @@ var sceneFilters = func() []string {
 
 // accountOf is the account of a stored event, from its subject.
 func accountOf(subject string) (string, error) {
-	rest := strings.TrimPrefix(subject, events.SubjectPrefix)
-	if strings.Count(rest, ".") == 1 { // event.<type>: an older version's
-		return accounts.DefaultID, nil
-	}
-	id, _, _ := strings.Cut(rest, ".")
-	if !accounts.ValidID(id) {
-		return "", fmt.Errorf("%w: %.40q", errAccount, id)
+	id, ok := events.AccountOf(events.SubjectPrefix, subject)
+	if !ok {
+		return "", fmt.Errorf("%w: %.40q", errAccount, subject)
 	}
 	return id, nil
 }

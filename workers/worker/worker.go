@@ -133,7 +133,7 @@ func Start(o Options) (_ *Worker, err error) {
 		o.Health.Add("analytics", w.Analytics.Check)
 		w.scenes = w.Analytics.Store
 	}
-	if w.api, err = stats.API(stats.APIOptions{Store: w.scenes, Token: o.Config.AdminToken, Zone: o.Config.AnalyticsZone,
+	if w.api, err = stats.API(stats.APIOptions{Store: w.scenes, Token: o.Config.AdminToken, Zone: o.Config.AnalyticsZone, Known: o.Accounts.Has,
 		Labels: w.QR, Logger: o.Logger.With("component", "stats")}); err != nil {
 		return nil, err
 	}
