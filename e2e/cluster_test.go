@@ -59,8 +59,13 @@ func TestFaultClusterNodeLoss(t *testing.T) {
 	natsURL := strings.Join(urls, ",")
 	env := []string{"JETSTREAM_REPLICAS=3", "DEDUP_TTL=5m"}
 	w1, w2 := startWorker(t, natsURL, env...), startWorker(t, natsURL, env...)
-	w1.waitLog(t, "analytics started", nil)
-	w2.waitLog(t, "analytics started", nil)
+	// Three nodes make a dozen replicated streams and buckets for three
+	// processes at once: on a loaded 2-core machine that takes a while.
+	for _, w := range []worker{w1, w2} {
+		if _, err := w.WaitLog("analytics started", nil, 3*wait.Long); err != nil {
+			t.Fatal(err)
+		}
+	}
 	_, url, admin := startIngress(t, "NATS_URL="+natsURL)
 	waitReady(t, admin, w1.admin, w2.admin)
 
