@@ -241,10 +241,10 @@ func (r *Role) setup(ctx context.Context) (jetstream.JetStream, *stats.Store, je
 	if err != nil {
 		return nil, nil, nil, nil, err
 	}
-	// A replicated stream or bucket takes a cluster a while to create when
-	// every process creates its own at once: a short bound would give up on
-	// each, and start over, while the cluster still makes them.
-	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	// Short: in a cluster, of several processes creating the same stream at
+	// once only one is answered (nats-io/nats-server#3677); the others wait
+	// out this bound, then find it made.
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if _, err := js.Stream(sctx, scansStream); err == nil {
 		return nil, nil, nil, nil, errScansStream
