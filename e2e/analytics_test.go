@@ -76,7 +76,9 @@ func startRole(t *testing.T, natsURL, role string) worker {
 // any count goes past it.
 func waitCounts(t *testing.T, admin string, want map[string]int) {
 	t.Helper()
-	wait.For(t, wait.Long, wait.Every, func() error {
+	// Two minutes: a leader stuck in a cluster gives up its lease after
+	// 45 s of not turning.
+	wait.For(t, 2*wait.Long, wait.Every, func() error {
 		var page struct {
 			Scenes []struct {
 				Scene string `json:"scene"`

@@ -47,6 +47,7 @@ type Held struct {
 	stop    chan struct{}
 	done    chan struct{}
 	once    sync.Once
+	ending  sync.Once
 }
 
 // Create takes the lease when the key is absent (or deleted), writing
@@ -233,11 +234,7 @@ func (h *Held) Context(ctx context.Context) (context.Context, context.CancelFunc
 
 // end stops the renewals and returns the last revision held.
 func (h *Held) end() uint64 {
-	select {
-	case <-h.stop:
-	default:
-		close(h.stop)
-	}
+	h.ending.Do(func() { close(h.stop) })
 	<-h.done
 	h.mu.Lock()
 	defer h.mu.Unlock()

@@ -320,6 +320,7 @@ func (r *Role) work(ctx context.Context, js jetstream.JetStream, store *stats.St
 		r.markAlive()
 		r.leading.Store(true)
 		held, cancelHeld := h.Context(wctx)
+		go r.watch(held, h, cancelHeld)
 		err = r.lead(held, js, store, kv)
 		cancelHeld()
 		// Let a standby take over now rather than after a whole lease.
@@ -340,6 +341,32 @@ func (r *Role) work(ctx context.Context, js jetstream.JetStream, store *stats.St
 }
 
 func (r *Role) markAlive() { r.alive.Store(time.Now().UnixNano()) }
+
+// watch gives up the lease of a leader whose loop has not turned for
+// stuckAfter: one blocked in a call that never returns (a JetStream
+// answer lost with a cluster node) would otherwise keep renewing it, and
+// no standby would take over while the counts stood still.
+func (r *Role) watch(held context.Context, h *bus.Held, cancel context.CancelFunc) {
+	// Past the 30 s a new leader may take to load its snapshot.
+	stuckAfter := max(4*r.o.Lease, 45*time.Second)
+	t := time.NewTicker(r.o.CheckEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-held.Done():
+			return
+		case <-t.C:
+		}
+		if age := time.Since(time.Unix(0, r.alive.Load())); age > stuckAfter {
+			r.o.Logger.Error("analytics: the leader has not applied or written for too long; giving up the lease to a standby", "age", age.Round(time.Second))
+			cancel()
+			ctx, c := context.WithTimeout(context.Background(), time.Second)
+			_ = h.Release(ctx)
+			c()
+			return
+		}
+	}
+}
 
 func (r *Role) setDown(err error) {
 	r.mu.Lock()
