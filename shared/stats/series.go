@@ -261,22 +261,22 @@ func (d *Day) Append(b []byte) []byte {
 
 // DecodeDay reads a stored day value.
 func DecodeDay(b []byte) (*Day, error) {
-	r := reader{b: b}
-	if r.byte() != dayFormat {
+	r := Reader{B: b, Kind: errValue}
+	if r.Byte() != dayFormat {
 		return nil, fmt.Errorf("%w: day format", errValue)
 	}
-	d := &Day{Epoch: r.uvarint(), Seq: r.uvarint(), Subscribe: r.varint(), Scan: r.varint(), Unfollows: r.varint()}
-	n := r.count(2)
+	d := &Day{Epoch: r.Uvarint(), Seq: r.Uvarint(), Subscribe: r.Varint(), Scan: r.Varint(), Unfollows: r.Varint()}
+	n := r.Count(2)
 	d.Gaps = make([]Gap, 0, n)
 	last := uint64(0)
-	for i := 0; i < n && r.err == nil; i++ {
-		last += r.uvarint()
+	for i := 0; i < n && r.Err == nil; i++ {
+		last += r.Uvarint()
 		if last > 1<<31 || (i > 0 && last == uint64(d.Gaps[i-1].Days)) {
-			r.fail("gaps out of order")
+			r.Fail("gaps out of order")
 		}
-		d.Gaps = append(d.Gaps, Gap{uint32(last), r.varint()})
+		d.Gaps = append(d.Gaps, Gap{uint32(last), r.Varint()})
 	}
-	return d, r.done()
+	return d, r.Done()
 }
 
 // Append appends the stored form of h: by column (new followers, scans
@@ -318,20 +318,20 @@ var hourColumns = []struct {
 
 // DecodeHours reads a stored hour value.
 func DecodeHours(b []byte) (*Hours, error) {
-	r := reader{b: b}
-	if r.byte() != hourFormat {
+	r := Reader{B: b, Kind: errValue}
+	if r.Byte() != hourFormat {
 		return nil, fmt.Errorf("%w: hour format", errValue)
 	}
-	h := &Hours{Epoch: r.uvarint(), Seq: r.uvarint()}
+	h := &Hours{Epoch: r.Uvarint(), Seq: r.Uvarint()}
 	for _, col := range hourColumns {
-		mask := r.uvarint()
+		mask := r.Uvarint()
 		if mask >= 1<<MaxHours {
-			r.fail("hour out of range")
+			r.Fail("hour out of range")
 		}
-		for i := 0; (mask>>i != 0 || i < len(h.H)) && r.err == nil; i++ {
+		for i := 0; (mask>>i != 0 || i < len(h.H)) && r.Err == nil; i++ {
 			v := h.At(i)
 			if mask&(1<<i) != 0 {
-				col.set(v, r.varint())
+				col.set(v, r.Varint())
 			} else {
 				col.set(v, 0)
 			}
@@ -340,65 +340,78 @@ func DecodeHours(b []byte) (*Hours, error) {
 	for len(h.H) > 0 && h.H[len(h.H)-1] == (Hour{}) { // as written: no trailing empty hours
 		h.H = h.H[:len(h.H)-1]
 	}
-	return h, r.done()
+	return h, r.Done()
 }
 
-// reader reads a binary value, remembering the first error.
-type reader struct {
-	b   []byte
-	err error
+// Reader reads a binary value, remembering the first error, which wraps
+// Kind: the series values here, the analytics' snapshot.
+type Reader struct {
+	B    []byte
+	Kind error
+	Err  error
 }
 
-func (r *reader) fail(what string) {
-	if r.err == nil {
-		r.err = fmt.Errorf("%w: %s", errValue, what)
+func (r *Reader) Fail(what string) {
+	if r.Err == nil {
+		r.Err = fmt.Errorf("%w: %s", r.Kind, what)
 	}
-	r.b = nil
+	r.B = nil
 }
 
-func (r *reader) done() error {
-	if r.err == nil && len(r.b) != 0 {
-		r.fail("trailing bytes")
+// Done is the first error, or one for bytes left unread.
+func (r *Reader) Done() error {
+	if r.Err == nil && len(r.B) != 0 {
+		r.Fail("trailing bytes")
 	}
-	return r.err
+	return r.Err
 }
 
-func (r *reader) byte() byte {
-	if len(r.b) == 0 {
-		r.fail("short")
+func (r *Reader) Byte() byte {
+	if len(r.B) == 0 {
+		r.Fail("short")
 		return 0
 	}
-	c := r.b[0]
-	r.b = r.b[1:]
+	c := r.B[0]
+	r.B = r.B[1:]
 	return c
 }
 
-func (r *reader) uvarint() uint64 {
-	v, n := binary.Uvarint(r.b)
+func (r *Reader) Uvarint() uint64 {
+	v, n := binary.Uvarint(r.B)
 	if n <= 0 {
-		r.fail("bad number")
+		r.Fail("bad number")
 		return 0
 	}
-	r.b = r.b[n:]
+	r.B = r.B[n:]
 	return v
 }
 
-func (r *reader) varint() int64 {
-	v, n := binary.Varint(r.b)
+func (r *Reader) Varint() int64 {
+	v, n := binary.Varint(r.B)
 	if n <= 0 {
-		r.fail("bad number")
+		r.Fail("bad number")
 		return 0
 	}
-	r.b = r.b[n:]
+	r.B = r.B[n:]
 	return v
 }
 
-// count reads a length whose items take at least min bytes each: a count
+func (r *Reader) Bytes(n int) []byte {
+	if r.Err != nil || n > len(r.B) {
+		r.Fail("short")
+		return nil
+	}
+	b := r.B[:n]
+	r.B = r.B[n:]
+	return b
+}
+
+// Count reads a length whose items take at least min bytes each: a count
 // the remaining bytes cannot hold is refused before anything is allocated.
-func (r *reader) count(min int) int {
-	n := r.uvarint()
-	if r.err == nil && n > uint64(len(r.b)/min) {
-		r.fail("count beyond the data")
+func (r *Reader) Count(min int) int {
+	n := r.Uvarint()
+	if r.Err == nil && n > uint64(len(r.B)/min) {
+		r.Fail("count beyond the data")
 		return 0
 	}
 	return int(n)

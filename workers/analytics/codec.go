@@ -234,22 +234,22 @@ func readTrace(r *bitReader, d dates) (trace, bool) {
 // decodeState reads a snapshot; loc is the zone it must have been taken
 // in (another: errZone).
 func decodeState(b []byte, loc *time.Location) (*state, error) {
-	r := reader{b: b}
-	if v := r.uvarint(); v != snapshotVersion {
+	r := reader{stats.Reader{B: b, Kind: errSnapshot}}
+	if v := r.Uvarint(); v != snapshotVersion {
 		return nil, fmt.Errorf("%w: version %d", errSnapshot, v)
 	}
 	s := newState(loc)
-	s.epoch, s.base, s.rebuilt, s.seq, s.stream = r.uvarint(), r.uvarint(), r.uvarint(), r.uvarint(), r.varint()
-	s.rebuilding = r.byte() != 0
-	if zone := r.string(); r.err == nil && zone != loc.String() {
+	s.epoch, s.base, s.rebuilt, s.seq, s.stream = r.Uvarint(), r.Uvarint(), r.Uvarint(), r.Uvarint(), r.Varint()
+	s.rebuilding = r.Byte() != 0
+	if zone := r.string(); r.Err == nil && zone != loc.String() {
 		return s, fmt.Errorf("%w: counted in %s, not %s", errZone, zone, loc)
 	}
-	s.inexact = r.varint()
-	n := r.count(4)
-	for i := 0; i < n && r.err == nil; i++ {
+	s.inexact = r.Varint()
+	n := r.Count(4)
+	for i := 0; i < n && r.Err == nil; i++ {
 		r.account(s)
 	}
-	return s, r.done()
+	return s, r.Done()
 }
 
 // errZone is a snapshot counted in another time zone: the days are not
@@ -258,46 +258,46 @@ var errZone = errors.New("the time zone changed")
 
 func (r *reader) account(s *state) {
 	id := r.string()
-	if r.err != nil {
+	if r.Err != nil {
 		return
 	}
 	if _, dup := s.accounts[id]; dup {
-		r.fail("account twice")
+		r.Fail("account twice")
 		return
 	}
 	a := s.account(id)
 	a.groups, a.byGrp = nil, map[string]uint32{}
-	a.unattributed = r.varint()
-	ng := r.count(1)
-	for i := 0; i < ng && r.err == nil; i++ {
+	a.unattributed = r.Varint()
+	ng := r.Count(1)
+	for i := 0; i < ng && r.Err == nil; i++ {
 		if name := r.string(); a.group(name) != uint32(i) {
-			r.fail("group twice")
+			r.Fail("group twice")
 		}
 	}
 	if len(a.groups) == 0 {
 		a.group("")
 	}
-	ns := r.count(11)
-	for i := 0; i < ns && r.err == nil; i++ {
+	ns := r.Count(11)
+	for i := 0; i < ns && r.Err == nil; i++ {
 		name := r.string()
 		if _, dup := a.byName[name]; dup {
-			r.fail("scene twice")
+			r.Fail("scene twice")
 			return
 		}
 		sc := a.scene(name, 0, time.Time{})
-		if g := r.uvarint(); g < uint64(len(a.groups)) {
+		if g := r.Uvarint(); g < uint64(len(a.groups)) {
 			sc.group = uint32(g)
 		} else {
-			r.fail("group out of range")
+			r.Fail("group out of range")
 		}
-		sc.Scans, sc.SubscribeScans, sc.ScanScans, sc.NewFollowers, sc.UniquePeople, sc.Unfollows = r.varint(), r.varint(), r.varint(), r.varint(), r.varint(), r.varint()
-		sc.FirstSeen, sc.LastSeen = time.Unix(0, r.varint()).UTC(), time.Unix(0, r.varint()).UTC()
-		sc.FirstSeq = r.uvarint()
+		sc.Scans, sc.SubscribeScans, sc.ScanScans, sc.NewFollowers, sc.UniquePeople, sc.Unfollows = r.Varint(), r.Varint(), r.Varint(), r.Varint(), r.Varint(), r.Varint()
+		sc.FirstSeen, sc.LastSeen = time.Unix(0, r.Varint()).UTC(), time.Unix(0, r.Varint()).UTC()
+		sc.FirstSeq = r.Uvarint()
 	}
-	n, last, width, m := r.uvarint(), r.uvarint(), r.uvarint(), r.uvarint()
-	blob := r.bytes(r.count(1))
-	if r.err != nil || n > 8*uint64(len(blob)) || m > 8*uint64(len(blob)) || last > 0xffff || width > 16 {
-		r.fail("people beyond the data")
+	n, last, width, m := r.Uvarint(), r.Uvarint(), r.Uvarint(), r.Uvarint()
+	blob := r.Bytes(r.Count(1))
+	if r.Err != nil || n > 8*uint64(len(blob)) || m > 8*uint64(len(blob)) || last > 0xffff || width > 16 {
+		r.Fail("people beyond the data")
 		return
 	}
 	np, nm, latest := int(n), int(m), dates{int(last), uint(width)}
@@ -323,7 +323,7 @@ func (r *reader) account(s *state) {
 	for i := 0; i < np && ok && !br.bad; i++ {
 		d := br.rice(k)
 		if i > 0 && (d == 0 || hash+d < hash) {
-			r.fail("people out of order")
+			r.Fail("people out of order")
 			return
 		}
 		hash += d
@@ -377,7 +377,7 @@ func (r *reader) account(s *state) {
 		a.more[moreKey{uint32(at), uni}] = trace()
 	}
 	if !ok || br.bad || len(a.recs) != np || len(a.more) != nm {
-		r.fail("people unreadable")
+		r.Fail("people unreadable")
 	}
 }
 
@@ -393,74 +393,6 @@ func appendBool(b []byte, v bool) []byte {
 }
 
 // reader reads a snapshot, remembering the first error.
-type reader struct {
-	b   []byte
-	err error
-}
+type reader struct{ stats.Reader }
 
-func (r *reader) fail(what string) {
-	if r.err == nil {
-		r.err = fmt.Errorf("%w: %s", errSnapshot, what)
-	}
-	r.b = nil
-}
-
-func (r *reader) done() error {
-	if r.err == nil && len(r.b) != 0 {
-		r.fail("trailing bytes")
-	}
-	return r.err
-}
-
-func (r *reader) byte() byte {
-	if len(r.b) == 0 {
-		r.fail("short")
-		return 0
-	}
-	c := r.b[0]
-	r.b = r.b[1:]
-	return c
-}
-
-func (r *reader) uvarint() uint64 {
-	v, n := binary.Uvarint(r.b)
-	if n <= 0 {
-		r.fail("bad number")
-		return 0
-	}
-	r.b = r.b[n:]
-	return v
-}
-
-func (r *reader) varint() int64 {
-	v, n := binary.Varint(r.b)
-	if n <= 0 {
-		r.fail("bad number")
-		return 0
-	}
-	r.b = r.b[n:]
-	return v
-}
-
-func (r *reader) string() string { return string(r.bytes(r.count(1))) }
-
-func (r *reader) bytes(n int) []byte {
-	if r.err != nil || n > len(r.b) {
-		r.fail("short")
-		return nil
-	}
-	b := r.b[:n]
-	r.b = r.b[n:]
-	return b
-}
-
-// count reads a length whose items take at least min bytes each: a count
-// the remaining bytes cannot hold is refused before anything is allocated.
-func (r *reader) count(min int) int {
-	n := r.uvarint()
-	if r.err == nil && n > uint64(len(r.b)/min) {
-		r.fail("count beyond the data")
-		return 0
-	}
-	return int(n)
-}
+func (r *reader) string() string { return string(r.Bytes(r.Count(1))) }

@@ -210,9 +210,9 @@ func valueEpoch(b []byte) (uint64, bool) {
 	if len(b) < 2 {
 		return 0, false
 	}
-	r := reader{b: b[1:]}
-	epoch := r.uvarint()
-	return epoch, r.err == nil
+	r := reader{stats.Reader{B: b[1:], Kind: errSnapshot}}
+	epoch := r.Uvarint()
+	return epoch, r.Err == nil
 }
 
 func isWrongLastSequence(err error) bool {

@@ -125,8 +125,8 @@ func (a *applier) load(ctx context.Context, newest uint64, values bool) error {
 		// The stream is the truth: rebuild from it rather than stop.
 		if derr != nil {
 			a.logger.Warn("analytics: the snapshot cannot be used; rebuilding the counts from the event stream", "err", derr)
-			if old := (&reader{b: b}); old.uvarint() == 1 { // the version before series: its epoch follows
-				newest = max(newest, old.uvarint())
+			if old := (&reader{stats.Reader{B: b, Kind: errSnapshot}}); old.Uvarint() == 1 { // the version before series: its epoch follows
+				newest = max(newest, old.Uvarint())
 			}
 		} else {
 			a.logger.Warn("analytics: counts stored without a snapshot; rebuilding them from the event stream")
