@@ -28,6 +28,7 @@ import (
 	"github.com/wxgate/wxgate/shared/console"
 	"github.com/wxgate/wxgate/shared/health"
 	"github.com/wxgate/wxgate/shared/reconcile"
+	"github.com/wxgate/wxgate/shared/rules"
 	"github.com/wxgate/wxgate/shared/serve"
 	"github.com/wxgate/wxgate/shared/stats"
 	"github.com/wxgate/wxgate/shared/wechat"
@@ -75,6 +76,7 @@ type App struct {
 	// accounts are the accounts this process serves, kept current from
 	// wxgate_accounts: one registry, for every part of the process.
 	accounts *accounts.Registry
+	rules    *rules.Set // the distributed ingress's, for /api/rules
 	*standalone
 }
 
@@ -245,6 +247,7 @@ func (a *App) startAdmin(o Options, cfg config.Config, reg *prometheus.Registry)
 			if _, err := console.Mount(mux, console.MountOptions{Conn: a.nc, Config: cfg, Scenes: w.Scenes(), WeChat: w.WeChat, QR: w.QR, Logger: logger}); err != nil {
 				return nil, err
 			}
+			worker.MountRules(mux, w.Rules, w.WeChat, w.QR, cfg.AdminToken)
 		} else {
 			wx, err := worker.NewWeChat(cfg, a.accounts, a.nc, logger, reg)
 			if err != nil {
@@ -266,6 +269,10 @@ func (a *App) startAdmin(o Options, cfg config.Config, reg *prometheus.Registry)
 				return nil, err
 			}
 			mux.Handle("/api/", api)
+			if a.rules, err = worker.StartRules(cfg, a.nc, logger); err != nil {
+				return nil, err
+			}
+			worker.MountRules(mux, a.rules, wx, qr, cfg.AdminToken)
 		}
 		worker.MountAccounts(mux, a.accounts, cfg.AdminToken)
 	}
@@ -360,6 +367,9 @@ func (a *App) Shutdown(ctx context.Context) error {
 	errs = append(errs, a.stopWorkers(ctx))
 	if a.accounts != nil {
 		a.accounts.Stop()
+	}
+	if a.rules != nil {
+		a.rules.Stop()
 	}
 	errs = append(errs, bus.Drain(ctx, a.nc), bus.Drain(ctx, a.workerNC))
 	if a.admin != nil {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/wxgate/wxgate/shared/admin"
 	"github.com/wxgate/wxgate/shared/wechat"
+	"github.com/wxgate/wxgate/shared/wechatapi"
 )
 
 // APIOptions wire the rules API.
@@ -192,7 +193,11 @@ func (a *api) importRules(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 20*time.Second)
 	defer cancel()
 	rules, err := a.o.Import(ctx, account)
-	if err != nil {
+	switch {
+	case errors.Is(err, wechatapi.ErrOff):
+		admin.WriteError(w, http.StatusServiceUnavailable, "importing needs WeChat's API: set the account's AppSecret")
+		return
+	case err != nil:
 		admin.WriteError(w, http.StatusBadGateway, "import: "+err.Error())
 		return
 	}

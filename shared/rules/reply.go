@@ -49,7 +49,9 @@ func Render(r *Reply, in Input, labels Labels) *wechat.Reply {
 		content := r.Content
 		if strings.IndexByte(content, '{') >= 0 {
 			var label, group string
-			if in.HasScene && labels != nil {
+			// Labels are read only for a text that quotes them: the
+			// seed's {scene} texts never wait on the codes' bucket.
+			if in.HasScene && labels != nil && (strings.Contains(content, "{label}") || strings.Contains(content, "{group}")) {
 				label, group = labels(in.Scene)
 			}
 			// One pass over the template: what a person wrote is never

@@ -55,6 +55,7 @@ func Run(ctx context.Context, o RunOptions) error {
 	mux := admin.NewMux(admin.Options{Gatherer: reg, Ready: hc.Ready, Pprof: cfg.Pprof, Token: cfg.AdminToken, Logger: logger})
 	mux.Handle("/api/", w.API())
 	MountAccounts(mux, accts, cfg.AdminToken)
+	MountRules(mux, w.Rules, w.WeChat, w.QR, cfg.AdminToken)
 	mux.Handle(reconcile.Route, w.Reconcile.Handler(cfg.AdminToken))
 	if _, err := console.Mount(mux, console.MountOptions{Conn: nc, Config: cfg, Scenes: w.Scenes(), WeChat: w.WeChat, QR: w.QR, Logger: logger}); err != nil {
 		nc.Close()

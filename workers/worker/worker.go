@@ -23,6 +23,7 @@ import (
 	"github.com/wxgate/wxgate/shared/health"
 	"github.com/wxgate/wxgate/shared/qrcodes"
 	"github.com/wxgate/wxgate/shared/reconcile"
+	"github.com/wxgate/wxgate/shared/rules"
 	"github.com/wxgate/wxgate/shared/stats"
 	"github.com/wxgate/wxgate/shared/wechatapi"
 	"github.com/wxgate/wxgate/workers/analytics"
@@ -44,7 +45,8 @@ type Options struct {
 	// Health gets the worker's parts ("replies", "analytics") for
 	// readiness, and a part lost for good as fatal.
 	Health *health.Checker
-	// Decider decides replies; nil uses the built-in texts (Config.Replies).
+	// Decider decides replies; nil answers with each account's rules
+	// (Rules; with none stored, the built-in texts of Config.Replies).
 	Decider reply.Decider
 	// GiveUp is how long the analytics consumer may fail to be rebuilt,
 	// with NATS connected, before the process is told to end. Default 1m.
@@ -71,8 +73,10 @@ type Worker struct {
 	// (late replies and the QR codes share them).
 	WeChat *wechatapi.Clients
 	// QR is the process's QR-code service: the codes' labels and groups
-	// are the analytics' too.
+	// are the analytics' and the rules' too.
 	QR *qrcodes.Service
+	// Rules are every account's rules, current by a watch.
+	Rules *rules.Set
 	// Reconcile serves /api/reconciliation; with the analytics role it
 	// completes the rows every day too.
 	Reconcile *reconcile.Reconciler
@@ -94,6 +98,12 @@ func Start(o Options) (_ *Worker, err error) {
 		}
 		if err != nil && w.stopDaily != nil {
 			w.stopDaily()
+		}
+		if err != nil && w.Tags != nil {
+			err = errors.Join(err, w.Tags.Stop(context.Background()))
+		}
+		if err != nil && w.Rules != nil {
+			w.Rules.Stop()
 		}
 		if err != nil && w.owned != nil {
 			w.owned.Stop()
@@ -118,6 +128,9 @@ func Start(o Options) (_ *Worker, err error) {
 		return nil, err
 	}
 	w.scenes = stats.OpenOnUse(o.Conn)
+	if w.Rules, err = StartRules(o.Config, o.Conn, o.Logger); err != nil {
+		return nil, err
+	}
 	if o.Config.HasRole("analytics") {
 		if w.Analytics, err = analytics.StartRole(analytics.RoleOptions{
 			Conn: o.Conn, Logger: o.Logger.With("component", "analytics"), Registerer: o.Registerer,
@@ -156,9 +169,20 @@ func Start(o Options) (_ *Worker, err error) {
 	} else if lateOn {
 		return nil, errors.New("worker: late replies need the replies store (DEDUP_TTL above 0) to go once")
 	}
+	// Started before the replies, whose rules' tag actions it takes.
+	if w.Tags, err = tags.Start(tags.Options{Conn: o.Conn, WeChat: w.WeChat, Replicas: o.Config.JetStreamReplicas,
+		Logger: o.Logger.With("component", "tags"), Registerer: o.Registerer}); err != nil {
+		if dstore != nil {
+			dstore.Close()
+		}
+		return nil, err
+	}
 	decider := o.Decider
 	if decider == nil {
-		decider = reply.NewReplier(o.Config.Replies)
+		if decider, err = reply.NewRules(reply.RulesOptions{Set: w.Rules, Conn: o.Conn, Labels: Labels(w.QR), Tag: w.Tags.Enqueue,
+			Accounts: o.Accounts, Logger: o.Logger.With("component", "rules"), Registerer: o.Registerer}); err != nil {
+			return nil, err
+		}
 	}
 	// Every worker marks the replies it answers retries with, whatever its
 	// own LATE_REPLY: another worker's late sender reads the marks.
@@ -196,13 +220,6 @@ func Start(o Options) (_ *Worker, err error) {
 		o.Health.Add("late", l.Check)
 		w.Late = l
 	}
-	if w.Tags, err = tags.Start(tags.Options{Conn: o.Conn, WeChat: w.WeChat, Replicas: o.Config.JetStreamReplicas,
-		Logger: o.Logger.With("component", "tags"), Registerer: o.Registerer}); err != nil {
-		if w.Late != nil {
-			err = errors.Join(err, w.Late.Stop(context.Background()))
-		}
-		return nil, errors.Join(err, stopService(svc))
-	}
 	if dstore != nil {
 		// It needs JetStream, as the replies store does; a worker told to
 		// reply without it (DEDUP_TTL=0) is ready without it.
@@ -222,6 +239,44 @@ func StartAccounts(cfg config.Config, nc *nats.Conn, logger *slog.Logger) (*acco
 		return nil, fmt.Errorf("accounts: %w", err)
 	}
 	return r, nil
+}
+
+// StartRules starts the process's view of every account's rules, the
+// defaults made from the REPLY_* texts.
+func StartRules(cfg config.Config, nc *nats.Conn, logger *slog.Logger) (*rules.Set, error) {
+	t := cfg.Replies
+	s, err := rules.Start(rules.Options{Conn: nc, Replicas: cfg.JetStreamReplicas, Logger: logger.With("component", "rules"),
+		Defaults: rules.Defaults(rules.Texts{Subscribe: t.Subscribe, SubscribeScene: t.SubscribeScene, Scan: t.Scan,
+			VoiceUnrecognised: t.VoiceUnrecognised, Default: t.Default})})
+	if err != nil {
+		return nil, fmt.Errorf("rules: %w", err)
+	}
+	return s, nil
+}
+
+// MountRules serves /api/rules on an admin listener, under its
+// ADMIN_TOKEN rule as the other /api/ routes: accounts as /api/accounts
+// knows them, labels from the QR codes, imports through WeChat's API.
+func MountRules(mux *admin.Mux, set *rules.Set, wx *wechatapi.Clients, qr *qrcodes.Service, token string) {
+	h := admin.RequireToken(token, rules.API(rules.APIOptions{Set: set, Account: wx.Accounts().FromQuery,
+		Labels: Labels(qr), Import: rules.ImportFrom(wx)}))
+	mux.Handle("/api/rules", h)
+	mux.Handle("/api/rules/", h)
+}
+
+// Labels tells an account's code label and group for a scene, as a rule's
+// {label} and {group}: "" when the codes cannot be read within a moment.
+func Labels(qr *qrcodes.Service) func(account, scene string) (label, group string) {
+	return func(account, scene string) (string, string) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		m, err := qr.Labels(ctx, account)
+		if err != nil {
+			return "", ""
+		}
+		l := m[scene]
+		return l.Label, l.Group
+	}
 }
 
 // MountAccounts serves /api/accounts on an admin listener, under its
@@ -309,6 +364,7 @@ func (w *Worker) Stop(ctx context.Context) error {
 	if w.Analytics != nil {
 		err = errors.Join(err, w.Analytics.Stop(ctx))
 	}
+	w.Rules.Stop()
 	if w.owned != nil {
 		w.owned.Stop()
 	}
