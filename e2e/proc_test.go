@@ -58,11 +58,16 @@ type proc struct{ *child.Process }
 // of a test: an ingress draining for its shutdown delay, then finishing.
 const stopGrace = 15 * time.Second
 
-// start runs a built binary with env added to a minimal environment; the
-// process is stopped (SIGTERM, then SIGKILL) when the test ends.
+// start runs a built binary (or another program, by its absolute path)
+// with env added to a minimal environment; the process is stopped
+// (SIGTERM, then SIGKILL) when the test ends.
 func start(t *testing.T, name string, env []string, args ...string) *proc {
 	t.Helper()
-	c, err := child.Start(name, filepath.Join(binDir, name), append([]string{"HOME=" + t.TempDir()}, env...), args...)
+	path := name
+	if !filepath.IsAbs(path) {
+		path = filepath.Join(binDir, name)
+	}
+	c, err := child.Start(name, path, append([]string{"HOME=" + t.TempDir()}, env...), args...)
 	if err != nil {
 		t.Fatal(err)
 	}

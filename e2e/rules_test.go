@@ -5,6 +5,9 @@ import (
 	"encoding/xml"
 	"fmt"
 	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -346,5 +349,60 @@ func TestHandlerRules(t *testing.T) {
 	}
 	if n := len(fake.calls(t).Messages); n != 1 {
 		t.Errorf("%d customer-service messages after the bad handlers, want 1", n)
+	}
+}
+
+// nodeTools finds node and npm (Debian's nodejs and npm, what .ci/run
+// installs), or skips the test with the reason; with E2E_REQUIRE=1 (CI) it
+// fails instead.
+func nodeTools(t *testing.T) (node, npm string) {
+	t.Helper()
+	node, err := exec.LookPath("node")
+	if err == nil {
+		npm, err = exec.LookPath("npm")
+	}
+	if err != nil {
+		msg := "no node or npm on this machine: the Node.js handler's test needs Debian's nodejs and npm (apt-get install nodejs npm; .ci/run installs them)"
+		if os.Getenv("E2E_REQUIRE") == "1" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	return node, npm
+}
+
+// The Node.js example (examples/handler-node, npm's nats) answers through a
+// real ingress and worker: a rule hands texts and voice messages to its
+// subject, and its reply is the passive reply.
+func TestNodeHandlerExample(t *testing.T) {
+	node, npm := nodeTools(t)
+	dir, err := filepath.Abs(filepath.Join("..", "examples", "handler-node"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ci := exec.Command(npm, "ci", "--no-audit", "--no-fund")
+	ci.Dir = dir
+	if out, err := ci.CombinedOutput(); err != nil {
+		t.Fatalf("npm ci in %s: %v\n%s", dir, err, out)
+	}
+	ns := startNATS(t)
+	h := start(t, node, []string{"NATS_URL=" + ns.url, "SUBJECT=bots.node"}, filepath.Join(dir, "handler.js"))
+	h.waitLog(t, "handler ready", map[string]string{"subject": "bots.node"})
+	w := startWorker(t, ns.url)
+	_, url, admin := startIngress(t, "NATS_URL="+ns.url)
+	waitReady(t, admin, w.admin)
+	storeRules(t, admin, []map[string]any{{"name": "Node.js", "when": map[string]any{"event": "message"},
+		"reply": map[string]any{"type": "handler", "subject": "bots.node", "timeout_ms": 3000}}})
+	wait.For(t, wait.Long, wait.Every, func() error {
+		if got := answer(t, url, text("o_node", "你好")).Content; got != "Node.js 收到：你好" {
+			return fmt.Errorf("answered %q", got)
+		}
+		return nil
+	})
+	if got := answer(t, url, voice("o_node", "语音你好")).Content; got != "Node.js 收到：语音你好" {
+		t.Errorf("voice answered %q", got)
+	}
+	if v := metricValue(t, w.admin, `wxgate_handler_calls_total{account="default",outcome="ok"}`); v < 2 {
+		t.Errorf("ok = %v, want the calls counted", v)
 	}
 }
