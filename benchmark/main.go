@@ -4,6 +4,7 @@
 //	go run ./benchmark                  # the full run the README reports
 //	go run ./benchmark -duration 2s -rates '' -scaling '' -records 2000   # a quick look
 //	go run ./benchmark -duration 0 -rates '' -scaling '' -record-scenes '' -peer=false -growth 100000   # the growth mode alone
+//	go run ./benchmark -rules 1000 -rates '' -scaling '' -record-scenes '' -peer=false -wrk=false   # the closed loop with 1 000 rules
 //	go run ./benchmark -accounts 100 -rates '' -scaling '' -record-scenes '' -peer=false -wrk=false   # the closed loop, then accounts
 package main
 
@@ -41,6 +42,7 @@ func main() {
 	flag.BoolVar(&o.Peer, "peer", true, "measure the peer too: a silenceper/wechat server (benchmark/peer), and check the goals against it")
 	flag.BoolVar(&o.Wrk, "wrk", true, "measure every configuration with wrk as well (when installed)")
 	flag.IntVar(&o.Accounts, "accounts", 0, "measure the mix spread over this many accounts (made through /api/accounts) against one, and the memory of so many configured accounts (0: skip)")
+	flag.IntVar(&o.Rules, "rules", 0, "store this many rules (a tenth of them regexes, none matching the mix) ahead of the default account's defaults in (b) and (c) before measuring them (0: none)")
 	flag.IntVar(&o.Growth, "growth", 0, "growth mode: this many people a day, stored with past Wx-Received, for -growth-days over -growth-scenes; memory, disk per person-day and the API's latency (0: skip)")
 	flag.IntVar(&o.GrowthDays, "growth-days", 30, "growth: days of history")
 	flag.IntVar(&o.GrowthScenes, "growth-scenes", 1000, "growth: scenes")

@@ -55,6 +55,10 @@ type Options struct {
 	// against the default account alone, and what so many configured
 	// accounts cost a standalone process's memory.
 	Accounts int
+	// Rules, when set, stores this many rules (a tenth of them regexes)
+	// ahead of the default account's defaults in every configuration with
+	// a bus, before it is measured: the replies stay the seed's.
+	Rules int
 	// Growth, when set, is the growth mode: this many people a day for
 	// GrowthDays days over GrowthScenes scenes, stored with past
 	// Wx-Received, for each population model (GrowthModel "same", "new",
@@ -277,6 +281,12 @@ func (e *env) measureEach(ctx context.Context, configs []config, rates []float64
 		s, err := cfg.start()
 		if err != nil {
 			return ms, fmt.Errorf("%s: %w", cfg.name, err)
+		}
+		if e.o.Rules > 0 && s.admin != "" { // the floor and the peer have no rules
+			if err := storeRules(ctx, s, e.o.Rules); err != nil {
+				s.stop()
+				return ms, fmt.Errorf("%s: %d rules: %w", cfg.name, e.o.Rules, err)
+			}
 		}
 		for _, rate := range rates {
 			name := cfg.name
