@@ -22,7 +22,7 @@ func TestTinyRun(t *testing.T) {
 		Records: 300, RecordSets: []int{5},
 		Soak: 600 * time.Millisecond, SoakRate: 50,
 		Growth: 300, GrowthDays: 3, GrowthScenes: 7, GrowthSettle: time.Millisecond,
-		Accounts: 3, Out: &out,
+		Accounts: 3, Rules: 20, Out: &out,
 	})
 	if err != nil {
 		t.Fatalf("benchmark: %v\n%s", err, out.String())

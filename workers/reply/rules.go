@@ -82,6 +82,9 @@ func (d *Rules) Decide(ctx context.Context, account string, m *wechat.Message, r
 		if reply = d.call(ctx, account, reply, m, raw); reply == nil {
 			return nil, nil
 		}
+		if reply.Type == rules.ReplyText {
+			return wechat.TextReply(reply.Content), nil // as the handler wrote it: no placeholders
+		}
 	}
 	var labels rules.Labels
 	if d.o.Labels != nil {
