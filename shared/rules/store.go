@@ -84,6 +84,9 @@ func (s *Set) Engine(account string) *Engine {
 	return s.defaults
 }
 
+// Ready is closed once the stored rules have been read.
+func (s *Set) Ready() <-chan struct{} { return s.engines.Ready() }
+
 // Check reports whether the rules are current.
 func (s *Set) Check() error { return s.engines.Check() }
 

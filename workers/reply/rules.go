@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -41,8 +42,9 @@ type RulesOptions struct {
 // handler calls happen once too; a handler slower than the request's
 // deadline has its answer sent as a late reply.
 type Rules struct {
-	o     RulesOptions
-	calls *prometheus.CounterVec
+	o      RulesOptions
+	calls  *prometheus.CounterVec
+	waited atomic.Bool
 }
 
 // NewRules returns the rules' Decider.
@@ -67,6 +69,9 @@ func NewRules(o RulesOptions) (*Rules, error) {
 // asked. A handler that fails or answers nothing usable gives no reply
 // ("success"), counted; it never fails the request.
 func (d *Rules) Decide(ctx context.Context, account string, m *wechat.Message, raw []byte) (*wechat.Reply, error) {
+	if !d.waited.Load() {
+		d.awaitRules(ctx)
+	}
 	e := d.o.Set.Engine(account)
 	in := rules.InputOf(m)
 	i := e.Match(in)
@@ -91,6 +96,20 @@ func (d *Rules) Decide(ctx context.Context, account string, m *wechat.Message, r
 		labels = func(scene string) (string, string) { return d.o.Labels(account, scene) }
 	}
 	return rules.Render(reply, in, labels), nil
+}
+
+// awaitRules holds a worker's first messages until it has read the stored
+// rules, 2 s at most, once: an account with rules is not answered by the
+// defaults meanwhile. Without the bucket, the defaults answer after that.
+func (d *Rules) awaitRules(ctx context.Context) {
+	t := time.NewTimer(2 * time.Second)
+	defer t.Stop()
+	select {
+	case <-d.o.Set.Ready():
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	d.waited.Store(true)
 }
 
 // tag asks for the tag, waiting for JetStream a moment at most: the reply

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wxgate/wxgate/shared/accounts"
+	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/config"
 	"github.com/wxgate/wxgate/shared/rules"
 	"github.com/wxgate/wxgate/shared/testutil/metricstest"
@@ -32,9 +33,8 @@ func (g *tagged) tag(_ context.Context, account, openid, tag string) error {
 	return nil
 }
 
-func startRules(t *testing.T) (*reply.Rules, *rules.Set, *tagged, *prometheus.Registry) {
+func startRules(t *testing.T, srv *bus.Embedded, ready bool) (*reply.Rules, *rules.Set, *tagged, *prometheus.Registry) {
 	t.Helper()
-	srv := natstest.RunServer(t)
 	nc := natstest.Connect(t, srv)
 	tx := config.Defaults().Replies
 	set, err := rules.Start(rules.Options{Conn: nc, Logger: quiet, Defaults: rules.Defaults(rules.Texts{Subscribe: tx.Subscribe,
@@ -43,7 +43,9 @@ func startRules(t *testing.T) (*reply.Rules, *rules.Set, *tagged, *prometheus.Re
 		t.Fatal(err)
 	}
 	t.Cleanup(set.Stop)
-	wait.For(t, wait.Short, wait.Every, set.Check)
+	if ready {
+		wait.For(t, wait.Short, wait.Every, set.Check)
+	}
 	accts, err := accounts.Start(accounts.Options{Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
@@ -84,7 +86,7 @@ func decide(t *testing.T, d reply.Decider, m *wechat.Message) string {
 // With no rules stored, the rules' Decider answers every message exactly as
 // the seed's Replier.
 func TestRulesWithNoneStoredAreTheSeed(t *testing.T) {
-	d, _, g, _ := startRules(t)
+	d, _, g, _ := startRules(t, natstest.RunServer(t), true)
 	seed := reply.NewReplier(config.Defaults().Replies)
 	for _, m := range []wechat.Message{
 		{MsgType: "text", Content: "hi"}, {MsgType: "text", Content: "{scene} {label}"}, {MsgType: "text"},
@@ -112,7 +114,8 @@ func TestRulesWithNoneStoredAreTheSeed(t *testing.T) {
 // asked for once per run; a handler's text as it wrote it (no
 // placeholders); a handler nobody serves gives no reply, counted.
 func TestRulesDecide(t *testing.T) {
-	d, set, g, reg := startRules(t)
+	srv := natstest.RunServer(t)
+	d, set, g, reg := startRules(t, srv, true)
 	stored := []rules.Rule{
 		{Name: "store", When: rules.When{Scene: ptr("store_bj")}, Reply: rules.Reply{Type: rules.ReplyText, Content: "欢迎光临{label}"}, Actions: []rules.Action{{Tag: "门店客户"}}},
 		{Name: "bot", When: rules.When{Keyword: ptr("bot"), Match: rules.MatchContains}, Reply: rules.Reply{Type: rules.ReplyHandler, Subject: "bots.echo"}},
@@ -147,6 +150,12 @@ func TestRulesDecide(t *testing.T) {
 		if v, _ := metricstest.Lookup(reg, "wxgate_handler_calls_total", map[string]string{"account": "default", "outcome": outcome}); v != want {
 			t.Errorf("%s = %v, want %v", outcome, v, want)
 		}
+	}
+	// A worker just started answers its first message by the stored
+	// rules, not by the defaults while it reads them.
+	fresh, _, _, _ := startRules(t, srv, false)
+	if got := decide(t, fresh, &wechat.Message{FromUserName: "o2", MsgType: "image"}); got != "" {
+		t.Errorf("a fresh worker's first message = %q, want the stored rules' (no reply)", got)
 	}
 }
 
