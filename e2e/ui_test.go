@@ -485,7 +485,9 @@ func accountsOnPage(t *testing.T, p *page) {
 	if opts := js[[]string](p, `[...document.querySelectorAll('#account option')].map((o) => o.textContent)`); len(opts) != 2 || opts[1] != "门店服务号 (shop)" {
 		t.Fatalf("the account selector offers %q", opts)
 	}
-	js[any](p, `(() => { const s = document.querySelector('#account'); s.value = 'shop'; s.dispatchEvent(new Event('change')); })()`)
+	// ready cleared first: the old page has the new URL (replaceState)
+	// and ready=1 until the reload replaces it.
+	js[any](p, `(() => { delete document.body.dataset.ready; const s = document.querySelector('#account'); s.value = 'shop'; s.dispatchEvent(new Event('change')); })()`)
 	p.until("the shop's page", `location.search.includes('account=shop') && document.body.dataset.ready === '1'`)
 	if rank, codes := p.text("#rank"), p.text("#codelist"); !strings.Contains(rank, "这个时间段还没有扫码") || !strings.Contains(codes, "AppSecret") {
 		t.Errorf("the shop's page: %q, %q", rank, codes)
