@@ -117,10 +117,12 @@ func TestViewOfABucketDeletedAndRecreated(t *testing.T) {
 	if err := js.DeleteKeyValue(ctx, "numbers"); err != nil {
 		t.Fatal(err)
 	}
-	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "numbers"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The view may be creating it at the same moment (the server refuses
+	// one of two creates racing: error 10049).
+	wait.For(t, wait.Short, wait.Every, func() (err error) {
+		kv, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: "numbers"})
+		return err
+	})
 	put(t, kv, "new", "2")
 	shows(t, v, map[string]int{"new": 2})
 }
