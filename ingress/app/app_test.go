@@ -1,6 +1,7 @@
 package app_test
 
 import (
+	"encoding/json"
 	"io"
 	"log/slog"
 	"net/http"
@@ -10,9 +11,11 @@ import (
 	"time"
 
 	"github.com/gin-gonic/gin"
+	"github.com/nats-io/nats.go/micro"
 
 	"github.com/wxgate/wxgate/ingress/app"
 	"github.com/wxgate/wxgate/ingress/app/apptest"
+	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/config"
 	"github.com/wxgate/wxgate/shared/wechat"
 )
@@ -31,6 +34,25 @@ func TestStandaloneInProcess(t *testing.T) {
 	code, plain, err := s.Post(http.DefaultClient, "http://"+a.HTTPAddr()+"/wechat", []byte(msg), time.Now(), "n")
 	if err != nil || code != 200 || !strings.Contains(string(plain), "场景值:7") {
 		t.Fatalf("safe-mode subscribe = %d %q %v", code, plain, err)
+	}
+	// The workers were asked in process: their service on the bus
+	// counted no request.
+	subject, err := micro.ControlSubject(micro.StatsVerb, bus.ServiceName, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := a.WorkerConn().Request(subject, nil, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stats micro.Stats
+	if err := json.Unmarshal(resp.Data, &stats); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range stats.Endpoints {
+		if e.NumRequests != 0 {
+			t.Errorf("endpoint %s served %d requests over the bus, want 0 (asked in process)", e.Name, e.NumRequests)
+		}
 	}
 
 	if err := a.Ready(); err != nil {
