@@ -2,9 +2,11 @@ package app_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"strings"
 	"testing"
@@ -17,7 +19,9 @@ import (
 	"github.com/wxgate/wxgate/ingress/app/apptest"
 	"github.com/wxgate/wxgate/shared/bus"
 	"github.com/wxgate/wxgate/shared/config"
+	"github.com/wxgate/wxgate/shared/testutil/wait"
 	"github.com/wxgate/wxgate/shared/wechat"
+	"github.com/wxgate/wxgate/shared/wechatapi/wechatapitest"
 )
 
 // Standalone mode in process (under the race detector, unlike the e2e
@@ -76,4 +80,30 @@ func TestStartRejectsBadConfig(t *testing.T) {
 func TestMain(m *testing.M) {
 	gin.SetMode(gin.TestMode)
 	os.Exit(m.Run())
+}
+
+// Standalone's late reply: a message answered "success" without its reply
+// (REPLY_TIMEOUT too short for any) gets it through the customer-service
+// API.
+func TestStandaloneLateReply(t *testing.T) {
+	fake := wechatapitest.New(wechatapitest.Options{AppID: "wx_app", Secret: "app-secret", NoWindows: true})
+	ts := httptest.NewServer(fake)
+	t.Cleanup(ts.Close)
+	cfg := config.Defaults()
+	cfg.Token, cfg.AppID, cfg.AppSecret, cfg.APIBase = "app-test-token", "wx_app", "app-secret", ts.URL
+	cfg.ReplyTimeout = time.Nanosecond
+	a := apptest.Start(t, app.Options{Config: cfg, Standalone: true})
+
+	s := wechat.Sender{Token: cfg.Token}
+	msg := fmt.Sprintf(`<xml><ToUserName>gh</ToUserName><FromUserName>o_late</FromUserName><CreateTime>%d</CreateTime><MsgType>text</MsgType><Content>late one</Content><MsgId>42</MsgId></xml>`, time.Now().Unix())
+	code, body, err := s.Post(http.DefaultClient, "http://"+a.HTTPAddr()+"/wechat", []byte(msg), time.Now(), "n")
+	if err != nil || code != 200 || string(body) != "success" {
+		t.Fatalf("POST = %d %q %v, want success", code, body, err)
+	}
+	wait.For(t, wait.Short, wait.Every, func() error {
+		if m := fake.Calls().Messages; len(m) != 1 || m[0].ToUser != "o_late" || !strings.Contains(m[0].Content, "late one") {
+			return fmt.Errorf("customer-service messages %v, want the reply to o_late", m)
+		}
+		return nil
+	})
 }
