@@ -196,16 +196,24 @@ func (a *App) startBus(o Options, cfg config.Config, reg prometheus.Registerer) 
 }
 
 // startWeChat starts the WeChat-facing listener: the gateway, asking the
-// workers over the bus, or (NoBus) answering with their logic in process.
+// workers over the bus (standalone: its own workers, in process), or
+// (NoBus) answering with their logic in process.
 func (a *App) startWeChat(o Options, cfg config.Config, in gateway.Intake, reg prometheus.Registerer) error {
 	var local func(string, []byte) ([]byte, error)
-	if o.NoBus {
+	var ask func(*nats.Msg, time.Duration) (*nats.Msg, error)
+	switch {
+	case o.NoBus:
 		local = reply.NewHandler(reply.NewReplier(cfg.Replies), nil).Handle
+	case a.workers != nil:
+		// Standalone: the workers are in this process; the event still
+		// goes to the stream first (the intake).
+		ask = a.workers.Service.Ask
 	}
 	gw, err := gateway.New(gateway.Options{
 		Accounts:      a.accounts,
 		Conn:          a.nc,
 		Local:         local,
+		Ask:           ask,
 		Intake:        in,
 		ReplyTimeout:  cfg.ReplyTimeout,
 		TimestampSkew: cfg.TimestampSkew,

@@ -31,8 +31,10 @@ import (
 // each a new one: with the worker's logic called directly (local, the
 // floor), over an in-process NATS server to a worker (bus), and as
 // production runs it (bus+intake: the event stored in JetStream first, the
-// worker's reply kept for retries). Requests run 64 at a time; cpu-µs/op
-// is the process's CPU per request, the embedded server's included.
+// worker's reply kept for retries), and as standalone mode runs it
+// (ask+intake: the same, the worker asked in process). Requests run 64 at
+// a time; cpu-µs/op is the process's CPU per request, the embedded
+// server's included.
 //
 //	go test -run '^$' -bench Callback -benchmem ./ingress/gateway
 func BenchmarkCallback(b *testing.B) {
@@ -65,7 +67,7 @@ func BenchmarkCallback(b *testing.B) {
 	}
 	defer svc.Stop(context.Background())
 
-	for _, mode := range []string{"local", "bus", "bus+intake"} {
+	for _, mode := range []string{"local", "bus", "bus+intake", "ask+intake"} {
 		b.Run(mode, func(b *testing.B) {
 			o := gateway.Options{Accounts: defaultOnly(b, accounts.Account{Token: token}), ReplyTimeout: 4 * time.Second, Logger: quiet, Registerer: prometheus.NewRegistry()}
 			switch mode {
@@ -73,8 +75,11 @@ func BenchmarkCallback(b *testing.B) {
 				o.Local = svc.Handle
 			case "bus":
 				o.Conn = connect()
-			case "bus+intake":
+			case "bus+intake", "ask+intake":
 				o.Conn = connect()
+				if mode == "ask+intake" {
+					o.Ask = svc.Ask
+				}
 				in, err := intake.New(intake.Options{Conn: o.Conn, Streams: events.Defaults(), Logger: quiet, Registerer: o.Registerer})
 				if err != nil {
 					b.Fatal(err)

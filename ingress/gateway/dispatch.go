@@ -88,7 +88,7 @@ func (g *Gateway) request(a *account, m *wechat.Message, key string, plain []byt
 		// as a possible retry all the same.
 		msg.Header[bus.HeaderRetry] = []string{"1"}
 	}
-	resp, err := g.o.Conn.RequestMsg(msg, wait)
+	resp, err := g.o.Ask(msg, wait)
 	switch {
 	case err == nil:
 	case errors.Is(err, nats.ErrNoResponders):

@@ -53,6 +53,11 @@ type Options struct {
 	// Intake makes each event durable before it is answered; nil stores
 	// nothing (Local, and tests of the request path alone).
 	Intake Intake
+	// Ask sends a request to the workers and waits for the answer;
+	// Conn.RequestMsg when nil. Standalone mode asks the workers of its
+	// own process with it (reply.Service.Ask), without the round trip
+	// through the NATS server.
+	Ask func(msg *nats.Msg, wait time.Duration) (*nats.Msg, error)
 }
 
 // Gateway is the WeChat callback handler.
@@ -79,6 +84,9 @@ func New(o Options) (*Gateway, error) {
 	}
 	if o.Now == nil {
 		o.Now = time.Now
+	}
+	if o.Ask == nil && o.Conn != nil {
+		o.Ask = o.Conn.RequestMsg
 	}
 	g := &Gateway{o: o, metrics: newMetrics(o.Registerer)}
 	g.unknown = &account{id: accounts.Unknown, m: g.metrics.of(accounts.Unknown)}

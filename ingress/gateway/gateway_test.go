@@ -67,6 +67,7 @@ type opts struct {
 	replyTimeout time.Duration
 	conn         *nats.Conn
 	intake       gateway.Intake
+	ask          func(*nats.Msg, time.Duration) (*nats.Msg, error)
 	// accounts, when set, are served instead of the default alone (made
 	// of token, safe and mode).
 	accounts func(h *harness) *accounts.Registry
@@ -122,7 +123,7 @@ func newHarness(t *testing.T, o opts) *harness {
 		nc = natstest.Connect(t, h.srv)
 	}
 	gw, err := gateway.New(gateway.Options{
-		Accounts: accts, Conn: nc, Intake: o.intake, ReplyTimeout: o.replyTimeout,
+		Accounts: accts, Conn: nc, Intake: o.intake, Ask: o.ask, ReplyTimeout: o.replyTimeout,
 		TimestampSkew: 5 * time.Minute, MaxBodyBytes: 64 << 10, Logger: logger, Registerer: h.reg,
 	})
 	if err != nil {

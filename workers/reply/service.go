@@ -2,6 +2,7 @@ package reply
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -172,10 +173,11 @@ func (s *Service) Check() error {
 	return nil
 }
 
-// serve runs on the subscription's goroutine: it parses, then hands the
-// request to its own goroutine so that a slow handler, or a retry waiting
-// for another's reply, holds up nothing else. A first delivery is in hand
-// from here, slot wait included: a retry's lookup finds it.
+// serve runs on the subscription's goroutine (or Ask's): it parses, then
+// hands the request to its own goroutine so that a slow handler, or a
+// retry waiting for another's reply, holds up nothing else. A first
+// delivery is in hand from here, slot wait included: a retry's lookup
+// finds it.
 func (s *Service) serve(req micro.Request) {
 	m, err := parse(req.Data())
 	account, aerr := accountOf(req.Headers())
@@ -204,6 +206,68 @@ func (s *Service) serve(req micro.Request) {
 		s.answer(req, account, m, key, first, deadline(req.Headers(), arrival))
 	}()
 }
+
+// Ask answers msg in this process as the service answers a request on
+// the bus, without a round trip through the NATS server: standalone mode,
+// whose workers share the ingress's process, asks them with it. It returns
+// what nats.Conn.RequestMsg would: the answer (micro's error headers on an
+// error), nats.ErrTimeout when none came within wait, nats.ErrNoResponders
+// once the service has stopped. msg's data and headers are read by the
+// handler after Ask returns: the caller must not reuse them.
+func (s *Service) Ask(msg *nats.Msg, wait time.Duration) (*nats.Msg, error) {
+	if s.svc.Stopped() {
+		return nil, nats.ErrNoResponders
+	}
+	r := &asked{msg: msg, answer: make(chan *nats.Msg, 1)}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	// On its own goroutine, as on the subscription's: serve may wait for
+	// a slot, and the asker does not wait past wait.
+	go s.serve(r)
+	select {
+	case resp := <-r.answer:
+		return resp, nil
+	case <-t.C:
+		return nil, nats.ErrTimeout
+	}
+}
+
+// asked is a request made with Ask. Its answer channel holds one: an
+// answer that comes after the asker gave up is dropped, not waited on.
+type asked struct {
+	msg    *nats.Msg
+	answer chan *nats.Msg
+}
+
+func (r *asked) Respond(data []byte, opts ...micro.RespondOpt) error {
+	m := &nats.Msg{Data: data}
+	for _, opt := range opts {
+		opt(m)
+	}
+	select {
+	case r.answer <- m:
+	default: // answered already
+	}
+	return nil
+}
+
+func (r *asked) RespondJSON(v any, opts ...micro.RespondOpt) error {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return micro.ErrMarshalResponse
+	}
+	return r.Respond(data, opts...)
+}
+
+func (r *asked) Error(code, description string, data []byte, opts ...micro.RespondOpt) error {
+	h := micro.Headers{micro.ErrorCodeHeader: {code}, micro.ErrorHeader: {description}}
+	return r.Respond(data, append(opts, micro.WithHeaders(h))...)
+}
+
+func (r *asked) Data() []byte           { return r.msg.Data }
+func (r *asked) Headers() micro.Headers { return micro.Headers(r.msg.Header) }
+func (r *asked) Subject() string        { return r.msg.Subject }
+func (r *asked) Reply() string          { return "" }
 
 // take counts a request of account in hand, unless the account holds its
 // share already: all the slots while it is the only account, half of them
