@@ -75,13 +75,17 @@ func TestExactCountsOverDaysAccountsAndFaults(t *testing.T) {
 	port, storeDir := nettest.FreePort(t), t.TempDir()
 	ns := startNATSAt(t, port, storeDir)
 	fake := startFakeAPI(t)
-	env := append([]string{"ANALYTICS_TIME_ZONE=Asia/Shanghai"}, fake.env()...)
+	env := append([]string{"ANALYTICS_TIME_ZONE=Asia/Shanghai", "ACCOUNTS_SECRET_KEY=" + accountsKey}, fake.env()...)
 	replies := startWorker(t, ns.url, append(env, "WORKER_ROLES=replies")...)
 	analytics := []worker{startWorker(t, ns.url, append(env, "WORKER_ROLES=analytics")...),
 		startWorker(t, ns.url, append(env, "WORKER_ROLES=analytics")...)}
 	in1, url1, admin1 := startIngress(t, append(env, "NATS_URL="+ns.url, "REPLY_TIMEOUT=2s")...)
 	in2, url2, admin2 := startIngress(t, append(env, "NATS_URL="+ns.url, "REPLY_TIMEOUT=2s")...)
 	waitReady(t, admin1, admin2, replies.admin, analytics[0].admin, analytics[1].admin)
+	// The second account exists (its counts are read back by its id).
+	if code := apiJSON(t, "POST", "http://"+admin1+"/api/accounts", map[string]string{"id": "second", "token": "secondtoken1", "mode": "plain"}, nil); code != http.StatusCreated {
+		t.Fatalf("POST /api/accounts: %d", code)
+	}
 
 	// The codes' groups: a scene without a code is in the group "".
 	labels := map[string]string{"poster": "海报", "counter": "柜台一", "mall": "商场"}

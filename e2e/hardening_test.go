@@ -43,7 +43,7 @@ func TestLongScenesThroughRealPipelines(t *testing.T) {
 			}
 		}
 		expectEcho(t, s, url, "still answered")
-		if n := metricValue(t, ingress, `wxgate_scene_rejected_total{reason="too_long"}`); n != float64(len(longScenes)) {
+		if n := metricValue(t, ingress, `wxgate_scene_rejected_total{account="default",reason="too_long"}`); n != float64(len(longScenes)) {
 			t.Errorf("scenes rejected as too long = %v, want %d", n, len(longScenes))
 		}
 		waitReady(t, admins...)

@@ -89,7 +89,7 @@ func TestLongScenesAndPathsDoNotSilence(t *testing.T) {
 		t.Error("the workers' connection closed")
 	}
 	reg := "http://" + a.AdminAddr() + "/metrics"
-	if got := metricstest.Scrape(t, reg, `wxgate_scene_rejected_total{reason="too_long"}`); got != 3 {
+	if got := metricstest.Scrape(t, reg, `wxgate_scene_rejected_total{account="default",reason="too_long"}`); got != 3 {
 		t.Errorf("scenes rejected as too long = %v, want 3", got)
 	}
 }

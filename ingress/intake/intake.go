@@ -209,7 +209,7 @@ func (in *Intake) Publish(account string, m *wechat.Message, key string, raw []b
 	if err == nil && !r.Duplicate {
 		if scene, _, scan := m.SceneCandidate(); scan {
 			if p := wechat.SceneProblem(scene); p != "" {
-				in.metrics.sceneRejected.WithLabelValues(p).Inc()
+				in.metrics.sceneRejected.WithLabelValues(account, p).Inc()
 			}
 		}
 	}

@@ -32,14 +32,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"kind", "reason"}),
 		sceneRejected: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "wxgate_scene_rejected_total",
-			Help: "Scans answered but not counted, because their scene is empty, longer than 64 characters or not UTF-8, by reason.",
-		}, []string{"reason"}),
+			Help: "Scans answered but not counted, because their scene is empty, longer than 64 characters or not UTF-8, by account and reason.",
+		}, []string{"account", "reason"}),
 	}
 	for _, k := range [][2]string{{"event", "full"}, {"event", "share"}, {"event", "shutdown"}, {"event", "refused"}, {"unanswered", "full"}, {"unanswered", "shutdown"}, {"unanswered", "refused"}} {
 		m.dropped.WithLabelValues(k[0], k[1])
 	}
 	for _, r := range wechat.SceneReasons {
-		m.sceneRejected.WithLabelValues(r)
+		m.sceneRejected.WithLabelValues(wechat.DefaultAccount, r)
 	}
 	return m
 }

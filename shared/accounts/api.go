@@ -25,9 +25,9 @@ func API(r *Registry) http.Handler {
 	a := api{r}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /api/accounts", a.list)
-	mux.HandleFunc("POST /api/accounts", a.create)
+	mux.HandleFunc("POST /api/accounts", a.sealing(a.create))
 	mux.HandleFunc("GET /api/accounts/{id}", a.get)
-	mux.HandleFunc("PATCH /api/accounts/{id}", a.patch)
+	mux.HandleFunc("PATCH /api/accounts/{id}", a.sealing(a.patch))
 	mux.HandleFunc("DELETE /api/accounts/{id}", a.remove)
 	return mux
 }
@@ -44,6 +44,18 @@ func (r *Registry) FromQuery(w http.ResponseWriter, req *http.Request) (id strin
 }
 
 type api struct{ r *Registry }
+
+// sealing answers 503 before reading anything when accounts cannot be
+// written here: without ACCOUNTS_SECRET_KEY no document is worth checking.
+func (a api) sealing(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, req *http.Request) {
+		if a.r.sealer == nil {
+			a.fail(w, ErrNoSecretKey)
+			return
+		}
+		h(w, req)
+	}
+}
 
 // maxBody bounds an account document.
 const maxBody = 64 << 10

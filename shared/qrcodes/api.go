@@ -331,7 +331,7 @@ func (s *Service) image(w http.ResponseWriter, r *http.Request, account, route, 
 		return
 	}
 	w.Header().Set("Content-Type", contentTypes[o.Format])
-	w.Header().Set("Content-Disposition", attachment(c.name(), c.Scene, "."+o.Format))
+	w.Header().Set("Content-Disposition", attachment(c.name(), "."+o.Format))
 	if ticket != "" {
 		// One code's image never changes: its URL names the code.
 		w.Header().Set("Cache-Control", "private, max-age=31536000, immutable")
@@ -363,28 +363,10 @@ func fileName(name string) string {
 }
 
 // attachment is a Content-Disposition that keeps a Chinese name (RFC 6266:
-// filename* in UTF-8), with an ASCII filename for old clients: name's, or
-// when name is not ASCII, fallback's (a scene is often ASCII when its
-// label is not).
-func attachment(name, fallback, ext string) string {
+// filename* in UTF-8, as every browser reads it).
+func attachment(name, ext string) string {
 	name = fileName(name)
-	plain := name
-	for _, r := range name {
-		if r >= utf8.RuneSelf {
-			plain = fileName(fallback)
-			break
-		}
-	}
-	var ascii strings.Builder
-	for _, r := range plain {
-		switch {
-		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '-', r == '_':
-			ascii.WriteRune(r)
-		default:
-			ascii.WriteByte('_')
-		}
-	}
-	return `attachment; filename="qr-` + ascii.String() + ext + `"; filename*=UTF-8''` + pctEncode(name+ext)
+	return `attachment; filename*=UTF-8''` + pctEncode(name+ext)
 }
 
 // pctEncode writes s as RFC 5987's value-chars: attr-chars as they are,

@@ -309,7 +309,7 @@ func (s *Service) archive(w http.ResponseWriter, r *http.Request, account string
 		name += "-" + *group
 	}
 	w.Header().Set("Content-Type", "application/zip")
-	w.Header().Set("Content-Disposition", attachment(name, "qrcodes", ".zip"))
+	w.Header().Set("Content-Disposition", attachment(name, ".zip"))
 	zw := zip.NewWriter(w)
 	used := map[string]bool{}
 	for _, c := range live {

@@ -227,7 +227,7 @@ func TestPrintReadyImages(t *testing.T) {
 	if w.Code != 200 {
 		t.Fatalf("caption: %d %s", w.Code, w.Body.String())
 	}
-	want := `attachment; filename="qr-store_bj.png"; filename*=UTF-8''%E9%97%A8%E5%BA%97_%E5%8C%97%E4%BA%AC%E6%9C%9D%E9%98%B3.png`
+	want := `attachment; filename*=UTF-8''%E9%97%A8%E5%BA%97_%E5%8C%97%E4%BA%AC%E6%9C%9D%E9%98%B3.png`
 	if cd := w.Header().Get("Content-Disposition"); cd != want {
 		t.Errorf("Content-Disposition %q, want %q", cd, want)
 	}
@@ -443,13 +443,13 @@ func TestArchive(t *testing.T) {
 
 func TestAttachment(t *testing.T) {
 	for name, want := range map[string]string{
-		"poster_a":   `attachment; filename="qr-poster_a.png"; filename*=UTF-8''poster_a.png`,
-		"a/b\\c\x01": `attachment; filename="qr-a_b_c_.png"; filename*=UTF-8''a_b_c_.png`,
-		"50% off!":   `attachment; filename="qr-50__off_.png"; filename*=UTF-8''50%25%20off!.png`,
-		"  ":         `attachment; filename="qr-qr.png"; filename*=UTF-8''qr.png`,
-		"门店 1":       `attachment; filename="qr-scene.png"; filename*=UTF-8''%E9%97%A8%E5%BA%97%201.png`,
+		"poster_a":   `attachment; filename*=UTF-8''poster_a.png`,
+		"a/b\\c\x01": `attachment; filename*=UTF-8''a_b_c_.png`,
+		"50% off!":   `attachment; filename*=UTF-8''50%25%20off!.png`,
+		"  ":         `attachment; filename*=UTF-8''qr.png`,
+		"门店 1":       `attachment; filename*=UTF-8''%E9%97%A8%E5%BA%97%201.png`,
 	} {
-		if got := attachment(name, "scene", ".png"); got != want {
+		if got := attachment(name, ".png"); got != want {
 			t.Errorf("%q: %s, want %s", name, got, want)
 		}
 	}

@@ -162,7 +162,8 @@ func (a *api) test(w http.ResponseWriter, r *http.Request) {
 func Test(e *Engine, m *wechat.Message, labels Labels) Result {
 	in := InputOf(m)
 	i := e.Match(in)
-	res := Result{Actions: []Action{}}
+	// No rule: answered "success", as a none reply is.
+	res := Result{Actions: []Action{}, Reply: &Reply{Type: ReplyNone}}
 	if i < 0 {
 		return res
 	}

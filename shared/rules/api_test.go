@@ -116,8 +116,8 @@ func TestRulesAPI(t *testing.T) {
 		t.Errorf("test = %d %v", code, v)
 	}
 	code, v = e.do("POST", "/api/rules/test?account=shop", "", `{"xml":"<xml><MsgType>image</MsgType></xml>"}`)
-	if code != 200 || v["rule"] != nil || v["reply"] != nil {
-		t.Errorf("test of a message no rule matches = %d %v, want rule null", code, v)
+	if code != 200 || v["rule"] != nil || v["reply"].(map[string]any)["type"] != "none" {
+		t.Errorf("test of a message no rule matches = %d %v, want rule null and a none reply", code, v)
 	}
 	_ = rev
 }

@@ -42,8 +42,8 @@ type APIOptions struct {
 	// Labels puts codes' labels and groups beside scenes; nil: none, every
 	// scene in the group "".
 	Labels Labeler
-	// Known reports whether an account exists (accounts.Registry). The
-	// default, and any account with counts, are known too.
+	// Known reports whether an account exists (accounts.Registry); nil:
+	// default, and any account with counts.
 	Known  func(account string) bool
 	Logger *slog.Logger
 }
@@ -199,8 +199,8 @@ func (a api) begin(w http.ResponseWriter, r *http.Request) (req request, cancel 
 		return req, nil, false
 	}
 	req.ctx, req.store = ctx, s
-	// An account deleted since keeps its counts readable.
-	if known := a.o.Known; req.account != accounts.DefaultID && (known == nil || !known(req.account)) && !a.hasCounts(req) {
+	if known := a.o.Known; known != nil && !known(req.account) ||
+		known == nil && req.account != accounts.DefaultID && !a.hasCounts(req) {
 		cancel()
 		a.fail(w, r, http.StatusNotFound, "no such account")
 		return req, nil, false
