@@ -83,6 +83,10 @@ type Service struct {
 	metrics  *metrics
 	slots    chan struct{}  // one per request in hand
 	pending  sync.WaitGroup // requests in hand
+	// asking guards Ask's requests against Stop: one that began before
+	// Stop is counted in pending before Stop waits on it.
+	asking  sync.RWMutex
+	stopped bool
 
 	mu     sync.Mutex
 	inHand map[string]int // requests in hand by account
@@ -147,6 +151,9 @@ func Start(o Options) (*Service, error) {
 // replies, until ctx ends.
 func (s *Service) Stop(ctx context.Context) error {
 	err := s.svc.Stop()
+	s.asking.Lock()
+	s.stopped = true
+	s.asking.Unlock()
 	done := make(chan struct{})
 	go func() { s.pending.Wait(); close(done) }()
 	select {
@@ -215,15 +222,22 @@ func (s *Service) serve(req micro.Request) {
 // once the service has stopped. msg's data and headers are read by the
 // handler after Ask returns: the caller must not reuse them.
 func (s *Service) Ask(msg *nats.Msg, wait time.Duration) (*nats.Msg, error) {
-	if s.svc.Stopped() {
+	s.asking.RLock()
+	if s.stopped || s.svc.Stopped() {
+		s.asking.RUnlock()
 		return nil, nats.ErrNoResponders
 	}
+	s.pending.Add(1)
+	s.asking.RUnlock()
 	r := &asked{msg: msg, answer: make(chan *nats.Msg, 1)}
 	t := time.NewTimer(wait)
 	defer t.Stop()
 	// On its own goroutine, as on the subscription's: serve may wait for
 	// a slot, and the asker does not wait past wait.
-	go s.serve(r)
+	go func() {
+		defer s.pending.Done()
+		s.serve(r)
+	}()
 	select {
 	case resp := <-r.answer:
 		return resp, nil
