@@ -92,7 +92,7 @@ func (d *Rules) Decide(ctx context.Context, account string, m *wechat.Message, r
 		}
 	}
 	var labels rules.Labels
-	if d.o.Labels != nil {
+	if d.o.Labels != nil && reply.Type == rules.ReplyText { // only a text quotes them
 		labels = func(scene string) (string, string) { return d.o.Labels(account, scene) }
 	}
 	return rules.Render(reply, in, labels), nil
