@@ -698,7 +698,7 @@
     try {
       const list = (await api('/api/accounts')).accounts;
       if (list.length < 2) return;
-      sel.replaceChildren(...list.map((a) => h('option', { value: a.id, selected: a.id === S.account }, a.name ? `${a.name} (${a.id})` : a.id)));
+      sel.replaceChildren(...list.map((a) => h('option', { value: a.id, selected: a.id === S.account }, a.name ? `${a.name} (${a.id})` : a.id === 'default' ? t('default_account') : a.id)));
       sel.hidden = false;
       sel.onchange = () => {
         S.account = sel.value;
